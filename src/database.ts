@@ -1,0 +1,77 @@
+/**
+ * The front thread's own small pool: schema at start, health checks, status queries. Ingest traffic never
+ * goes through it; each worker has its own COPY connection.
+ */
+import pg from "pg";
+
+export interface DatabaseOptions {
+  connectionString: string;
+  /** How often the liveness probe runs. */
+  probeIntervalMs: number;
+}
+
+export class Database {
+  readonly pool: pg.Pool;
+  private probeTimer: NodeJS.Timeout | null = null;
+  private isUp = false;
+  private lastError = "";
+  private listeners: Array<(up: boolean) => void> = [];
+
+  constructor(private readonly options: DatabaseOptions) {
+    this.pool = new pg.Pool({
+      connectionString: options.connectionString,
+      max: 4,
+      connectionTimeoutMillis: 2000,
+      idleTimeoutMillis: 10000,
+      application_name: "ingestd-front",
+    });
+    // An idle client losing its connection is reported here; the probe notices the outage.
+    this.pool.on("error", () => undefined);
+  }
+
+  /** Last probe result: ingest answers 503 at once while the database is known to be down. */
+  get up(): boolean {
+    return this.isUp;
+  }
+
+  get error(): string {
+    return this.lastError;
+  }
+
+  onChange(listener: (up: boolean) => void): void {
+    this.listeners.push(listener);
+  }
+
+  /** Runs `SELECT 1` with a short timeout and updates the up/down state. */
+  async probe(): Promise<boolean> {
+    let up: boolean;
+    try {
+      await this.pool.query({ text: "SELECT 1", query_timeout: 2000 } as pg.QueryConfig);
+      up = true;
+      this.lastError = "";
+    } catch (err) {
+      up = false;
+      this.lastError = (err as Error).message;
+    }
+    if (up !== this.isUp) {
+      this.isUp = up;
+      for (const l of this.listeners) l(up);
+    }
+    return up;
+  }
+
+  startProbing(): void {
+    const tick = async () => {
+      await this.probe();
+      this.probeTimer = setTimeout(tick, this.options.probeIntervalMs);
+      this.probeTimer.unref();
+    };
+    void tick();
+  }
+
+  async close(): Promise<void> {
+    if (this.probeTimer) clearTimeout(this.probeTimer);
+    this.probeTimer = null;
+    await this.pool.end().catch(() => undefined);
+  }
+}

@@ -1,0 +1,143 @@
+/**
+ * HTTP ingest endpoints. The handler checks what it can from the headers (stream, method, content type,
+ * length, database state), streams the body into the ring, dispatches it to a worker and answers only
+ * after the worker reports its rows committed.
+ */
+import { randomUUID } from "node:crypto";
+import { now } from "./clock";
+import type { ServerContext } from "./context";
+import { readBodyIntoRing } from "./http-body";
+import { answerError, answerJson, isClosed, markClosed } from "./http-responses";
+import type { BodyFormat, StreamDefinition } from "./stream-definition";
+import type { HttpRequest, HttpResponse, TemplatedApp } from "./uws";
+import type { IngestOutcome, TaskFormat } from "../workers/task-protocol";
+
+const CONTENT_TYPES: Record<string, BodyFormat> = {
+  "application/json": "json",
+  "application/x-ndjson": "ndjson",
+  "application/ndjson": "ndjson",
+  "application/jsonl": "ndjson",
+  "application/x-jsonlines": "ndjson",
+  "text/plain": "text",
+};
+
+export interface IngestRoute {
+  /** Metrics label. */
+  route: string;
+  pattern: string;
+  /** Fixed stream, or null to take it from the first path parameter. */
+  stream: string | null;
+  /** Body is the `{events, batch_id?, priority?}` envelope. */
+  envelope: boolean;
+}
+
+function formatOf(contentType: string): BodyFormat | null {
+  const base = contentType.split(";", 1)[0].trim().toLowerCase();
+  return CONTENT_TYPES[base] ?? null;
+}
+
+/** Maps a settled task to its HTTP status and body (SPEC §3). */
+export function ingestAnswer(stream: string, outcome: IngestOutcome, durationMs: number): { status: number; body: unknown } {
+  const base = { stream, batch_id: outcome.batchId };
+  switch (outcome.kind) {
+    case "unparseable":
+      return { status: 400, body: { status: "error", error: "malformed_body", message: outcome.message, ...base } };
+    case "db_unavailable":
+      return { status: 503, body: { status: "error", error: "database_unavailable", message: "database unavailable; nothing from this request was stored, retry later", ...base } };
+    case "failed":
+      return { status: 500, body: { status: "error", error: "internal", message: outcome.message, ...base } };
+  }
+  const status = outcome.rejected === 0 ? 200 : outcome.accepted + outcome.duplicates > 0 ? 207 : 422;
+  const body: Record<string, unknown> = {
+    status: status === 200 ? "success" : status === 207 ? "partial" : "rejected",
+    ...base,
+    accepted: outcome.accepted,
+    rejected: outcome.rejected,
+    duplicates: outcome.duplicates,
+    errors: outcome.errors,
+    duration_ms: Math.round(durationMs * 1000) / 1000,
+  };
+  if (outcome.errorsTruncated) body.errors_truncated = true;
+  return { status, body };
+}
+
+export function registerIngestRoute(app: TemplatedApp, ctx: ServerContext, route: IngestRoute): void {
+  const { config, ring, dispatcher, metrics, db } = ctx;
+  const maxBody = config.maxBodyMb * 1024 * 1024;
+  const retryAfter = { "Retry-After": String(config.retryAfterSeconds) };
+
+  const handler = (res: HttpResponse, req: HttpRequest) => {
+    const receivedAt = now();
+    const streamName = route.stream ?? req.getParameter(0);
+    const contentType = req.getHeader("content-type");
+    const lengthHeader = req.getHeader("content-length");
+    const respondAsync = /\brespond-async\b/i.test(req.getHeader("prefer"));
+    const count = (s: number) => metrics.httpRequests.inc({ route: route.route, status: String(s) });
+    res.onAborted(() => {
+      markClosed(res);
+      reader?.abort();
+    });
+    let reader: { abort(): void } | null = null;
+
+    const fail = (s: number, code: string, message: string, headers?: Record<string, string>) => {
+      count(s);
+      // The body was not read: close so the connection cannot be misread as the next request.
+      answerError(res, s, code, message, { headers, close: true });
+    };
+
+    const stream: StreamDefinition | undefined = ctx.streams.get(streamName);
+    if (!stream) return fail(404, "unknown_stream", `unknown stream "${streamName}"; streams: ${[...ctx.streams.keys()].join(", ")}`);
+    if (ctx.draining) return fail(503, "shutting_down", "ingestd is shutting down; retry on another instance or later", retryAfter);
+    const format = formatOf(contentType);
+    if (format === null || !stream.formats.includes(format) || (route.envelope && format !== "json")) {
+      const accepted = route.envelope ? ["json"] : stream.formats;
+      const types = Object.keys(CONTENT_TYPES).filter((t) => accepted.includes(CONTENT_TYPES[t]));
+      return fail(415, "unsupported_media_type", `content type ${JSON.stringify(contentType || "(none)")} not accepted by stream ${streamName}; use ${types.join(", ")}`);
+    }
+    if (lengthHeader === "") return fail(411, "length_required", "Content-Length header is required");
+    const length = Number(lengthHeader);
+    if (!Number.isSafeInteger(length) || length < 0) return fail(400, "bad_content_length", "Content-Length is not a valid length");
+    if (length > maxBody) return fail(413, "body_too_large", `body of ${length} bytes exceeds the limit of ${maxBody} bytes (MAX_BODY_MB)`);
+    if (length === 0) return fail(400, "empty_body", "request body is empty");
+    if (!db.up) return fail(503, "database_unavailable", "database unavailable; nothing was stored, retry later", retryAfter);
+
+    reader = readBodyIntoRing(res, { ring, length, priority: 0, deadlineMs: config.overloadDeadlineMs }, (body) => {
+      if (!body.ok) {
+        if (body.reason === "overloaded") return fail(503, "overloaded", "ingestd is overloaded; nothing was stored, retry later", retryAfter);
+        if (body.reason === "truncated") return fail(400, "truncated_body", "request body ended before Content-Length bytes");
+        return; // aborted: nobody to answer
+      }
+      const batchId = randomUUID();
+      const submission = {
+        stream: stream.name,
+        format: format as TaskFormat,
+        envelope: route.envelope,
+        region: body.region,
+        batchId,
+        priority: 0,
+        receivedAt,
+        ringAt: body.ringAt,
+      };
+      if (respondAsync) {
+        count(202);
+        answerJson(res, 202, { status: "accepted", stream: stream.name, batch_id: batchId });
+      }
+      void dispatcher.run(submission).then((outcome) => {
+        ring.free(body.region);
+        if (respondAsync) return;
+        const { status: s, body: answerBody } = ingestAnswer(stream.name, outcome, now() - receivedAt);
+        if (isClosed(res)) return;
+        count(s);
+        answerJson(res, s, answerBody, s === 503 ? { headers: retryAfter } : {});
+        dispatcher.observeAck(stream.name, "http", receivedAt, outcome);
+      });
+    });
+  };
+
+  app.post(route.pattern, handler);
+  app.any(route.pattern, (res, req) => {
+    res.onAborted(() => markClosed(res));
+    metrics.httpRequests.inc({ route: route.route, status: "405" });
+    answerError(res, 405, "method_not_allowed", `${req.getMethod().toUpperCase()} not allowed; use POST`, { headers: { Allow: "POST" }, close: true });
+  });
+}

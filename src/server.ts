@@ -1,0 +1,178 @@
+/**
+ * Assembles the daemon: database (embedded or DATABASE_URL), schema, ring, worker pool, uWS app and routes;
+ * and takes it down again in the order that keeps every acknowledged event committed.
+ */
+import os from "node:os";
+import path from "node:path";
+import pg from "pg";
+import { streams } from "../config/streams";
+import type { IngestdConfig } from "./config";
+import type { ServerContext } from "./context";
+import { Database } from "./database";
+import { Dispatcher } from "./dispatcher";
+import { startEmbeddedDb, type EmbeddedDb } from "./embedded-db";
+import { answerError, markClosed } from "./http-responses";
+import { registerIngestRoute } from "./ingest-routes";
+import { LatencyRecorder } from "./latency";
+import { redactUrl, type Logger } from "./logger";
+import { Metrics } from "./metrics";
+import { registerOpsRoutes } from "./ops-routes";
+import { Ring } from "./ring";
+import { ensureSchema } from "./schema";
+import { uws, type us_listen_socket } from "./uws";
+import { registerWebSocket } from "./ws-protocol";
+
+export const VERSION: string = require("../../package.json").version;
+
+export interface RunningServer {
+  port: number;
+  databaseUrl: string;
+  /** Stops accepting, drains in-flight work (answering and acking it), closes everything. */
+  stop(): Promise<void>;
+}
+
+async function connectWithRetry(url: string, log: Logger, deadlineMs: number): Promise<pg.Client> {
+  const started = Date.now();
+  for (let attempt = 1; ; attempt++) {
+    const client = new pg.Client({ connectionString: url, connectionTimeoutMillis: 3000 });
+    try {
+      await client.connect();
+      return client;
+    } catch (err) {
+      await client.end().catch(() => undefined);
+      if (Date.now() - started > deadlineMs) throw new Error(`cannot connect to PostgreSQL at ${redactUrl(url)}: ${(err as Error).message}`);
+      log.warn({ attempt, err: (err as Error).message }, "PostgreSQL not reachable yet, retrying");
+      await new Promise((r) => setTimeout(r, Math.min(2000, 200 * attempt)));
+    }
+  }
+}
+
+export async function startServer(config: IngestdConfig, log: Logger): Promise<RunningServer> {
+  let embedded: EmbeddedDb | null = null;
+  let databaseUrl = config.databaseUrl;
+  if (databaseUrl === null) {
+    const dir = path.resolve(config.dataDir);
+    log.info({ dir }, "no DATABASE_URL: starting embedded PostgreSQL");
+    embedded = await startEmbeddedDb({ dir, log: (line) => log.debug({ postgres: line }) });
+    databaseUrl = embedded.url;
+    log.info({ port: embedded.port }, "embedded PostgreSQL ready");
+  }
+
+  const schemaClient = await connectWithRetry(databaseUrl, log, 30_000);
+  try {
+    await ensureSchema(schemaClient, config.dbSchema, streams);
+  } finally {
+    await schemaClient.end().catch(() => undefined);
+  }
+
+  const db = new Database({ connectionString: databaseUrl, probeIntervalMs: 1000 });
+  await db.probe();
+  db.startProbing();
+  db.onChange((up) => (up ? log.info("database reachable again") : log.error({ err: db.error }, "database unreachable")));
+
+  // Shards of at least one maximum body each, so any accepted body fits in a shard.
+  const maxBody = config.maxBodyMb * 1024 * 1024;
+  const ringBytes = config.ringMb * 1024 * 1024;
+  const ring = new Ring({ bytes: ringBytes, shards: Math.max(1, Math.min(8, Math.floor(ringBytes / maxBody))) });
+
+  const dispatcher = new Dispatcher({
+    workers: config.workers,
+    workerData: {
+      ring: ring.buffer,
+      connectionString: databaseUrl,
+      dbSchema: config.dbSchema,
+      batchSize: config.batchSize,
+      batchTimeoutMs: config.batchTimeoutMs,
+      maxBatchBytes: config.maxBatchMemoryMb * 1024 * 1024,
+      maxErrorsReported: config.maxErrorsReported,
+    },
+  });
+
+  const latency = new LatencyRecorder(config.latencyIntervalMs);
+  latency.start(config.hlogPath);
+  let wsConnections = () => 0;
+  const metrics = new Metrics({
+    ringBytesInUse: () => ring.used,
+    ringCapacityBytes: ring.capacity,
+    wsConnections: () => wsConnections(),
+    databaseUp: () => db.up,
+    poolUtilization: () => dispatcher.pool.utilization,
+    tasksInFlight: () => dispatcher.tasksInFlight,
+  });
+  dispatcher.latency = latency;
+  dispatcher.metrics = metrics;
+
+  const ctx: ServerContext = {
+    config,
+    log,
+    ring,
+    dispatcher,
+    db,
+    metrics,
+    latency,
+    streams: new Map(streams.map((s) => [s.name, s])),
+    version: VERSION,
+    startedAt: Date.now(),
+    draining: false,
+  };
+
+  const app = config.tlsCert && config.tlsKey
+    ? uws.SSLApp({ cert_file_name: config.tlsCert, key_file_name: config.tlsKey })
+    : uws.App();
+  registerIngestRoute(app, ctx, { route: "/v1/streams/:stream/events", pattern: "/v1/streams/:stream/events", stream: null, envelope: false });
+  registerIngestRoute(app, ctx, { route: "/v1/ingest/batch", pattern: "/v1/ingest/batch", stream: "events", envelope: true });
+  const ws = registerWebSocket(app, ctx);
+  wsConnections = ws.connections;
+  registerOpsRoutes(app, ctx, ws.connections);
+  app.any("/*", (res, req) => {
+    res.onAborted(() => markClosed(res));
+    metrics.httpRequests.inc({ route: "unmatched", status: "404" });
+    answerError(res, 404, "not_found", `no route for ${req.getMethod().toUpperCase()} ${req.getUrl()}`, { close: true });
+  });
+
+  const listenSocket = await new Promise<us_listen_socket>((resolve, reject) => {
+    app.listen(config.host, config.port, (socket) => {
+      if (socket) resolve(socket);
+      else reject(new Error(`cannot listen on ${config.host}:${config.port} (address in use or not permitted)`));
+    });
+  });
+  const port = uws.us_socket_local_port(listenSocket as any);
+  log.info(
+    {
+      host: config.host,
+      port,
+      tls: config.tlsCert !== null,
+      workers: config.workers,
+      ring_mb: config.ringMb,
+      database: redactUrl(databaseUrl),
+      embedded: embedded !== null,
+      cpus: os.availableParallelism(),
+    },
+    `ingestd listening on ${config.tlsCert ? "https" : "http"}://${config.host}:${port}`,
+  );
+
+  let stopping: Promise<void> | null = null;
+  return {
+    port,
+    databaseUrl,
+    stop() {
+      stopping ??= (async () => {
+        const started = Date.now();
+        ctx.draining = true;
+        uws.us_listen_socket_close(listenSocket);
+        log.info("draining: no new connections; committing and acknowledging in-flight work");
+        await Promise.race([
+          Promise.all([dispatcher.idle(), ws.shutdown()]),
+          new Promise((r) => setTimeout(r, config.stopTimeoutMs)),
+        ]);
+        await dispatcher.idle();
+        await dispatcher.close();
+        latency.stop();
+        await db.close();
+        if (embedded) await embedded.stop();
+        log.info({ ms: Date.now() - started }, "stopped");
+      })();
+      return stopping;
+    },
+  };
+}

@@ -1,0 +1,235 @@
+/**
+ * The WebSocket stream protocol (SPEC §4). Each frame is one batch, numbered implicitly from 1. A frame is
+ * acknowledged only after its records are committed, and acks leave in seq order even though frames commit
+ * out of order on different workers. WebSocket has no inbound pause, so the `window` of unacknowledged
+ * frames is what bounds a producer: a frame past it is a protocol violation.
+ */
+import { now } from "./clock";
+import type { ServerContext } from "./context";
+import type { RingRegion } from "./ring";
+import type { StreamDefinition } from "./stream-definition";
+import type { TemplatedApp, WebSocket } from "./uws";
+import type { IngestOutcome, RecordError } from "../workers/task-protocol";
+
+export const CLOSE_GOING_AWAY = 1001;
+export const CLOSE_POLICY_VIOLATION = 1008;
+export const CLOSE_MESSAGE_TOO_BIG = 1009;
+export const CLOSE_TRY_AGAIN_LATER = 1013;
+
+interface Frame {
+  seq: number;
+  receivedAt: number;
+  ack: string | null;
+  outcome: IngestOutcome | null;
+}
+
+interface Connection {
+  stream: StreamDefinition;
+  seq: number;
+  /** Unacknowledged frames in seq order; the head is the next ack to send. */
+  pending: Frame[];
+  open: boolean;
+}
+
+/** Delay between resubmissions of a frame while the database is unavailable. */
+const DB_RETRY_MS = 250;
+
+export interface WsServer {
+  connections(): number;
+  /** Acks what is committed, then closes every connection with 1001. */
+  shutdown(): Promise<void>;
+}
+
+export function registerWebSocket(app: TemplatedApp, ctx: ServerContext): WsServer {
+  const { config, ring, dispatcher, metrics } = ctx;
+  const window = config.ws.window;
+  const maxFrame = config.ws.maxFrameBytes;
+  const sockets = new Set<WebSocket<Connection>>();
+  let idleWaiters: Array<() => void> = [];
+
+  const hello = (c: Connection) =>
+    JSON.stringify({ type: "hello", stream: c.stream.name, window, max_frame_bytes: maxFrame });
+
+  function ackFor(frame: Frame, outcome: IngestOutcome): string {
+    let accepted = outcome.accepted;
+    let rejected = outcome.rejected;
+    let errors: RecordError[] = outcome.errors;
+    if (outcome.kind === "unparseable" || outcome.kind === "failed") {
+      accepted = 0;
+      rejected = Math.max(1, outcome.received);
+      errors = [{ index: 0, path: "$", expected: "JSON, NDJSON or text lines", message: outcome.message }];
+    }
+    const ack: Record<string, unknown> = {
+      type: "ack",
+      seq: frame.seq,
+      accepted,
+      rejected,
+      duplicates: outcome.duplicates,
+      errors,
+    };
+    if (outcome.errorsTruncated) ack.errors_truncated = true;
+    return JSON.stringify(ack);
+  }
+
+  function flushAcks(ws: WebSocket<Connection>, c: Connection): void {
+    if (!c.open) return;
+    let n = 0;
+    while (n < c.pending.length && c.pending[n].ack !== null) n++;
+    if (n === 0) return;
+    const ready = c.pending.splice(0, n);
+    ws.cork(() => {
+      for (const frame of ready) {
+        ws.send(frame.ack!, false);
+        metrics.wsFrames.inc({ stream: c.stream.name });
+        dispatcher.observeAck(c.stream.name, "ws", frame.receivedAt, frame.outcome);
+      }
+    });
+    if (c.pending.length === 0 && idleWaiters.length > 0) checkIdle();
+  }
+
+  function checkIdle(): void {
+    for (const ws of sockets) if (ws.getUserData().pending.length > 0) return;
+    for (const w of idleWaiters.splice(0)) w();
+  }
+
+  function close(ws: WebSocket<Connection>, code: number, reason: string): void {
+    const c = ws.getUserData();
+    if (!c.open) return;
+    c.open = false;
+    ws.end(code, reason);
+  }
+
+  async function processFrame(ws: WebSocket<Connection>, c: Connection, frame: Frame, region: RingRegion, ringAt: number): Promise<void> {
+    const firstFailure = { at: 0 };
+    for (;;) {
+      const outcome = await dispatcher.run({
+        stream: c.stream.name,
+        format: "auto",
+        envelope: false,
+        region,
+        batchId: `ws-${frame.seq}`,
+        priority: 0,
+        receivedAt: frame.receivedAt,
+        ringAt,
+      });
+      if (outcome.kind !== "db_unavailable") {
+        ring.free(region);
+        frame.outcome = outcome;
+        frame.ack = ackFor(frame, outcome);
+        flushAcks(ws, c);
+        return;
+      }
+      // Never fake an ack: hold the frame and resubmit until the database is back or the deadline passes.
+      const t = now();
+      if (firstFailure.at === 0) firstFailure.at = t;
+      if (!c.open || ctx.draining || t - firstFailure.at > config.overloadDeadlineMs) {
+        ring.free(region);
+        close(ws, CLOSE_TRY_AGAIN_LATER, "database unavailable; resend unacknowledged frames");
+        c.pending.length = 0;
+        checkIdle();
+        return;
+      }
+      await new Promise((r) => setTimeout(r, DB_RETRY_MS));
+    }
+  }
+
+  function onFrame(ws: WebSocket<Connection>, message: ArrayBuffer): void {
+    const c = ws.getUserData();
+    if (!c.open) return;
+    const receivedAt = now();
+    if (ctx.draining) {
+      // Not accepted: it will never be acked, so the producer resends it elsewhere.
+      return;
+    }
+    if (message.byteLength > maxFrame) {
+      close(ws, CLOSE_MESSAGE_TOO_BIG, `frame of ${message.byteLength} bytes exceeds max_frame_bytes ${maxFrame}`);
+      return;
+    }
+    if (c.pending.length >= window) {
+      close(ws, CLOSE_POLICY_VIOLATION, `more than ${window} unacknowledged frames`);
+      return;
+    }
+    const frame: Frame = { seq: ++c.seq, receivedAt, ack: null, outcome: null };
+    c.pending.push(frame);
+    const length = message.byteLength;
+    if (length === 0) {
+      frame.ack = JSON.stringify({
+        type: "ack", seq: frame.seq, accepted: 0, rejected: 1, duplicates: 0,
+        errors: [{ index: 0, path: "$", expected: "at least one record", message: "empty frame" }],
+      });
+      flushAcks(ws, c);
+      return;
+    }
+    const region = ring.tryAlloc(length);
+    if (region !== null) {
+      ring.bytes.set(new Uint8Array(message), region.offset);
+      void processFrame(ws, c, frame, region, now());
+      return;
+    }
+    // Ring full: hold a private copy (bounded by window × max frame per connection) until room appears.
+    const copy = Buffer.from(new Uint8Array(message));
+    void ring.alloc(length, 0, config.overloadDeadlineMs).then((r) => {
+      if (r === null) {
+        close(ws, CLOSE_TRY_AGAIN_LATER, "ingestd overloaded; resend unacknowledged frames");
+        return;
+      }
+      if (!c.open) return ring.free(r);
+      ring.bytes.set(copy, r.offset);
+      void processFrame(ws, c, frame, r, now());
+    });
+  }
+
+  app.ws<Connection>("/v1/ws", {
+    // uWS drops a connection whose frame exceeds maxPayloadLength without a close frame (1006). Taking
+    // frames up to twice the limit lets an oversized frame get its proper 1009; beyond that it is 1006.
+    maxPayloadLength: maxFrame * 2,
+    idleTimeout: config.ws.idleTimeoutSeconds,
+    // Acks are small; a producer that stops reading them is cut off rather than buffered without bound.
+    maxBackpressure: 1024 * 1024,
+    closeOnBackpressureLimit: 1,
+    sendPingsAutomatically: true,
+    upgrade: (res, req, context) => {
+      const name = req.getQuery("stream") ?? "";
+      const key = req.getHeader("sec-websocket-key");
+      const protocol = req.getHeader("sec-websocket-protocol");
+      const extensions = req.getHeader("sec-websocket-extensions");
+      const stream = ctx.streams.get(name);
+      let refusal: [string, string] | null = null;
+      if (!stream) refusal = ["404 Not Found", `unknown stream "${name}"; use /v1/ws?stream=<name>`];
+      else if (ctx.draining) refusal = ["503 Service Unavailable", "ingestd is shutting down"];
+      if (refusal) {
+        res.cork(() => {
+          res.writeStatus(refusal![0]).writeHeader("Content-Type", "application/json");
+          res.end(JSON.stringify({ status: "error", message: refusal![1] }), true);
+        });
+        return;
+      }
+      const conn: Connection = { stream: stream!, seq: 0, pending: [], open: true };
+      res.upgrade(conn, key, protocol, extensions, context);
+    },
+    open: (ws) => {
+      sockets.add(ws);
+      ws.send(hello(ws.getUserData()), false);
+    },
+    message: (ws, message) => onFrame(ws, message),
+    close: (ws) => {
+      const c = ws.getUserData();
+      c.open = false;
+      sockets.delete(ws);
+      c.pending.length = 0;
+      checkIdle();
+    },
+  });
+
+  return {
+    connections: () => sockets.size,
+    async shutdown() {
+      await new Promise<void>((resolve) => {
+        idleWaiters.push(resolve);
+        checkIdle();
+      });
+      for (const ws of [...sockets]) close(ws, CLOSE_GOING_AWAY, "ingestd shutting down");
+      idleWaiters = [];
+    },
+  };
+}

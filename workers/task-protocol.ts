@@ -1,0 +1,59 @@
+/**
+ * What crosses between the front thread and the worker pool. Only these small descriptors and outcomes are
+ * structured-cloned; the body bytes stay in the shared ring at [offset, offset + length).
+ */
+
+export type TaskFormat = "json" | "ndjson" | "text" | "auto";
+
+export interface IngestTask {
+  stream: string;
+  format: TaskFormat;
+  /** Body is the `{events, batch_id?, priority?}` envelope of POST /v1/ingest/batch. */
+  envelope: boolean;
+  offset: number;
+  length: number;
+  batchId: string;
+  priority: number;
+  /** clock.now() when the request or frame arrived. */
+  receivedAt: number;
+  /** clock.now() when its last byte was in the ring. */
+  ringAt: number;
+}
+
+export interface RecordError {
+  /** Position of the record in the request (array index or line number minus one). */
+  index: number;
+  /** Field path inside the record, `$` for the record itself. */
+  path: string;
+  expected: string;
+  message: string;
+  /** 1-based line number, for line formats. */
+  line?: number;
+}
+
+export type OutcomeKind =
+  /** Records were validated and every valid one is committed. */
+  | "done"
+  /** The body as a whole cannot be read (malformed JSON, invalid UTF-8, bad envelope): nothing stored. */
+  | "unparseable"
+  /** PostgreSQL could not be reached or failed the commit: nothing from this task is acknowledged. */
+  | "db_unavailable"
+  /** The worker failed unexpectedly (a bug): nothing from this task is acknowledged. */
+  | "failed";
+
+export interface IngestOutcome {
+  kind: OutcomeKind;
+  batchId: string;
+  priority: number;
+  received: number;
+  accepted: number;
+  rejected: number;
+  duplicates: number;
+  errors: RecordError[];
+  errorsTruncated: boolean;
+  message: string;
+  /** clock.now() stamps for the latency stages. */
+  validatedAt: number;
+  committedAt: number;
+  copyMs: number;
+}
