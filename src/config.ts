@@ -37,6 +37,15 @@ export interface IngestdConfig {
   logLevel: "fatal" | "error" | "warn" | "info" | "debug" | "trace";
   hlogPath: (string & tags.MinLength<1>) | null;
   latencyIntervalMs: Int & tags.Minimum<100>;
+  /** Months of event partitions to keep; null keeps everything (retention off). */
+  retentionMonths: (Int & tags.Minimum<1> & tags.Maximum<1200>) | null;
+  /** How often partitions are created ahead and retention applied. */
+  partitionCheckMinutes: Int & tags.Minimum<1> & tags.Maximum<1440>;
+  /**
+   * Per-stream deduplication by the stream's id field, overriding the stream's default
+   * (on for events and product_events).
+   */
+  deduplicate: Record<string, boolean>;
 }
 
 /** Exit status for a configuration error (sysexits.h EX_CONFIG). */
@@ -73,6 +82,7 @@ const ENV_OVERRIDES: ReadonlyArray<[env: string, path: string, kind: EnvKind]> =
   ["STOP_TIMEOUT_MS", "stopTimeoutMs", "int"],
   ["WS_WINDOW", "ws.window", "int"],
   ["WS_MAX_FRAME_BYTES", "ws.maxFrameBytes", "int"],
+  ["RETENTION_MONTHS", "retentionMonths", "int"],
 ];
 
 export const DEFAULT_CONFIG_PATH = path.resolve(__dirname, "../../config/ingestd.json");

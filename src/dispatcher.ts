@@ -9,6 +9,7 @@ import { now } from "./clock";
 import type { LatencyRecorder } from "./latency";
 import type { Metrics } from "./metrics";
 import type { RingRegion } from "./ring";
+import { Stats } from "./stats";
 import type { IngestOutcome, IngestTask, TaskFormat } from "../workers/task-protocol";
 import type { WorkerData } from "../workers/ingest-task";
 
@@ -26,6 +27,8 @@ export interface Submission {
   priority: number;
   receivedAt: number;
   ringAt: number;
+  source: string;
+  recordBatch: boolean;
 }
 
 export type Transport = "http" | "ws";
@@ -36,6 +39,8 @@ export class Dispatcher {
   private idleWaiters: Array<() => void> = [];
   latency: LatencyRecorder | null = null;
   metrics: Metrics | null = null;
+  /** GET /stats counters, fed by observeAck like the events metric. */
+  readonly stats = new Stats();
 
   constructor(options: DispatcherOptions) {
     this.pool = new Piscina({
@@ -67,6 +72,8 @@ export class Dispatcher {
       priority: sub.priority,
       receivedAt: sub.receivedAt,
       ringAt: sub.ringAt,
+      source: sub.source,
+      recordBatch: sub.recordBatch,
     };
     this.inFlight++;
     try {
@@ -85,6 +92,7 @@ export class Dispatcher {
         errors: [],
         errorsTruncated: false,
         message: `worker failed: ${(err as Error).message}`,
+        first: null,
         validatedAt: 0,
         committedAt: 0,
         copyMs: 0,
@@ -98,6 +106,7 @@ export class Dispatcher {
   observeAck(stream: string, transport: Transport, receivedAt: number, outcome: IngestOutcome | null): void {
     const ms = now() - receivedAt;
     this.latency?.record("ack", stream, ms);
+    this.stats.observe(stream, outcome);
     const metrics = this.metrics;
     if (!metrics) return;
     metrics.ackLatency.observe({ stream, transport }, ms / 1000);

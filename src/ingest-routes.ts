@@ -117,6 +117,8 @@ export function registerIngestRoute(app: TemplatedApp, ctx: ServerContext, route
         priority: 0,
         receivedAt,
         ringAt: body.ringAt,
+        source: "http",
+        recordBatch: true,
       };
       if (respondAsync) {
         count(202);

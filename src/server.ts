@@ -19,6 +19,8 @@ import { Metrics } from "./metrics";
 import { registerOpsRoutes } from "./ops-routes";
 import { Ring } from "./ring";
 import { ensureSchema } from "./schema";
+import { dropPartitionsOlderThan, ensureMonthPartitions } from "./partitions";
+import { ConfigError } from "./config";
 import { uws, type us_listen_socket } from "./uws";
 import { registerWebSocket } from "./ws-protocol";
 
@@ -47,7 +49,45 @@ async function connectWithRetry(url: string, log: Logger, deadlineMs: number): P
   }
 }
 
+/** Streams that deduplicate: each stream's default, overridden by the `deduplicate` setting. */
+export function dedupStreams(config: IngestdConfig): string[] {
+  return streams
+    .filter((s) => s.dedupKey !== undefined && (config.deduplicate[s.name] ?? s.dedupByDefault ?? false))
+    .map((s) => s.name);
+}
+
+/**
+ * Creates next month's partitions well before the boundary and applies retention, on a timer. A missed
+ * run is harmless: the default partition catches rows, and creating a partition moves them out of it.
+ */
+function startPartitionMaintenance(db: Database, config: IngestdConfig, log: Logger): NodeJS.Timeout {
+  const run = async () => {
+    const client = await db.pool.connect().catch(() => null);
+    if (!client) return;
+    try {
+      const created = await ensureMonthPartitions(client, config.dbSchema, streams);
+      if (created.length > 0) log.info({ created }, "partitions created");
+      if (config.retentionMonths !== null) {
+        const dropped = await dropPartitionsOlderThan(client, config.dbSchema, streams, config.retentionMonths);
+        if (dropped.length > 0) log.info({ dropped, retention_months: config.retentionMonths }, "partitions dropped by retention");
+      }
+    } catch (err) {
+      log.error({ err: (err as Error).message }, "partition maintenance failed");
+    } finally {
+      client.release();
+    }
+  };
+  void run();
+  const timer = setInterval(run, config.partitionCheckMinutes * 60_000);
+  timer.unref();
+  return timer;
+}
+
 export async function startServer(config: IngestdConfig, log: Logger): Promise<RunningServer> {
+  for (const name of Object.keys(config.deduplicate)) {
+    const stream = streams.find((s) => s.name === name);
+    if (!stream?.dedupKey) throw new ConfigError(`deduplicate.${name}: not a stream with an id to deduplicate by`);
+  }
   let embedded: EmbeddedDb | null = null;
   let databaseUrl = config.databaseUrl;
   if (databaseUrl === null) {
@@ -66,6 +106,7 @@ export async function startServer(config: IngestdConfig, log: Logger): Promise<R
   }
 
   const db = new Database({ connectionString: databaseUrl, probeIntervalMs: 1000 });
+  const maintenance = startPartitionMaintenance(db, config, log);
   await db.probe();
   db.startProbing();
   db.onChange((up) => (up ? log.info("database reachable again") : log.error({ err: db.error }, "database unreachable")));
@@ -85,6 +126,7 @@ export async function startServer(config: IngestdConfig, log: Logger): Promise<R
       batchTimeoutMs: config.batchTimeoutMs,
       maxBatchBytes: config.maxBatchMemoryMb * 1024 * 1024,
       maxErrorsReported: config.maxErrorsReported,
+      dedupStreams: dedupStreams(config),
     },
   });
 
@@ -168,6 +210,7 @@ export async function startServer(config: IngestdConfig, log: Logger): Promise<R
         await dispatcher.idle();
         await dispatcher.close();
         latency.stop();
+        clearInterval(maintenance);
         await db.close();
         if (embedded) await embedded.stop();
         log.info({ ms: Date.now() - started }, "stopped");

@@ -1,6 +1,7 @@
 /**
- * SQL identifiers: table, column and schema names come from configuration and stream definitions only,
- * and are still quoted so a name can never be read as SQL.
+ * SQL names: table, column and schema names come from configuration and stream definitions only, and are
+ * still quoted so a name can never be read as SQL. Every name derived from a stream's table lives here, so
+ * the schema (front thread) and the COPY statements (workers) agree on them.
  */
 export function quoteIdent(name: string): string {
   return `"${name.replace(/"/g, '""')}"`;
@@ -13,3 +14,24 @@ export function qualifiedName(schema: string, name: string): string {
 export function copyStatement(schema: string, table: string, columns: readonly string[]): string {
   return `COPY ${qualifiedName(schema, table)} (${columns.map(quoteIdent).join(", ")}) FROM STDIN`;
 }
+
+/** The table of ids already stored, for a deduplicating stream. */
+export function dedupTable(table: string): string {
+  return `${table}_dedup`;
+}
+
+/** The per-connection temporary table a deduplicating stream's batch is staged in. */
+export function stagingTable(table: string): string {
+  return `ingestd_stage_${table}`;
+}
+
+export const BATCHES_TABLE = "ingest_batches";
+export const DEAD_LETTERS_TABLE = "ingest_dead_letters";
+
+export const BATCH_COLUMNS = [
+  "batch_id", "stream", "status", "received", "accepted", "rejected", "duplicates", "created_at", "committed_at",
+] as const;
+
+export const DEAD_LETTER_COLUMNS = [
+  "stream", "source", "batch_id", "record_index", "line", "raw", "errors", "received_at",
+] as const;

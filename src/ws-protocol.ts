@@ -111,6 +111,8 @@ export function registerWebSocket(app: TemplatedApp, ctx: ServerContext): WsServ
         priority: 0,
         receivedAt: frame.receivedAt,
         ringAt,
+        source: "ws",
+        recordBatch: false,
       });
       if (outcome.kind !== "db_unavailable") {
         ring.free(region);

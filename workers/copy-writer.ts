@@ -2,9 +2,9 @@ import pg from "pg";
 import { from as copyFrom } from "pg-copy-streams";
 
 /**
- * One worker's PostgreSQL connection and the COPY statements it runs. The common path is a single
- * autocommitted COPY per batch; only when PostgreSQL rejects a row does the batch go through a transaction
- * with savepoints that isolates the offending rows and commits the rest.
+ * One worker's PostgreSQL connection and the statements group commit runs on it. Row isolation lives
+ * here: when PostgreSQL refuses a row inside a COPY, the COPY is retried inside a savepoint without that
+ * row (PostgreSQL names the failing input line; without a line number the rows are bisected).
  */
 
 export interface RowFailure {
@@ -14,7 +14,7 @@ export interface RowFailure {
 }
 
 /** PostgreSQL refused the data of a row (data exception, integrity violation, program limit). */
-function isRowError(err: unknown): err is pg.DatabaseError {
+export function isRowError(err: unknown): err is pg.DatabaseError {
   const code = (err as pg.DatabaseError | undefined)?.code;
   return typeof code === "string" && /^(22|23|54)/.test(code);
 }
@@ -34,6 +34,8 @@ export class DatabaseUnavailable extends Error {
 export interface CopyWriterOptions {
   connectionString: string;
   applicationName: string;
+  /** Statements run once on every new connection (temporary staging tables). */
+  setup: readonly string[];
 }
 
 export class CopyWriter {
@@ -42,29 +44,72 @@ export class CopyWriter {
 
   constructor(private readonly options: CopyWriterOptions) {}
 
+  async connection(): Promise<pg.Client> {
+    if (this.client) return this.client;
+    if (!this.connecting) {
+      this.connecting = this.connect().finally(() => {
+        this.connecting = null;
+      });
+    }
+    return this.connecting;
+  }
+
+  /** Streams `payload` (COPY text rows) through one COPY statement. */
+  copy(client: pg.Client, copySql: string, payload: string): Promise<void> {
+    const buffer = Buffer.from(payload, "utf8");
+    return new Promise((resolve, reject) => {
+      const stream = client.query(copyFrom(copySql));
+      stream.on("error", reject);
+      stream.on("finish", resolve);
+      stream.end(buffer);
+    });
+  }
+
   /**
-   * Commits `rows` (COPY text lines, each ending in a newline) into `table`. Returns the rows PostgreSQL
-   * refused; every other row is committed when this resolves. Throws DatabaseUnavailable when the
-   * outcome is not a commit (connection lost, server down): then nothing may be acknowledged.
+   * COPY `rows` inside savepoints, leaving out each row PostgreSQL refuses. Appends the refused rows to
+   * `failures`; everything else is written when this resolves. Must run inside a transaction.
    */
-  async copyRows(copySql: string, rows: string[]): Promise<RowFailure[]> {
-    const client = await this.connection();
+  async copyIsolating(
+    client: pg.Client,
+    copySql: string,
+    rows: readonly string[],
+    from: number,
+    to: number,
+    failures: RowFailure[],
+  ): Promise<void> {
+    if (from >= to) return;
+    await client.query("SAVEPOINT isolate");
     try {
-      await this.copy(client, copySql, rows, 0, rows.length);
-      return [];
+      await this.copy(client, copySql, join(rows, from, to));
+      await client.query("RELEASE SAVEPOINT isolate");
+      return;
     } catch (err) {
-      if (!isRowError(err)) throw this.fail(err);
+      if (!isRowError(err)) throw err;
+      await client.query("ROLLBACK TO SAVEPOINT isolate");
+      await client.query("RELEASE SAVEPOINT isolate");
+      if (to - from === 1) {
+        failures.push({ row: from, code: err.code ?? "", message: err.message });
+        return;
+      }
+      const line = failingLine(err);
+      if (line !== null && line >= 1 && line <= to - from) {
+        const bad = from + line - 1;
+        failures.push({ row: bad, code: err.code ?? "", message: err.message });
+        await this.copyIsolating(client, copySql, rows, from, bad, failures);
+        await this.copyIsolating(client, copySql, rows, bad + 1, to, failures);
+      } else {
+        const mid = from + ((to - from) >> 1);
+        await this.copyIsolating(client, copySql, rows, from, mid, failures);
+        await this.copyIsolating(client, copySql, rows, mid, to, failures);
+      }
     }
-    const failures: RowFailure[] = [];
-    try {
-      await client.query("BEGIN");
-      await this.isolate(client, copySql, rows, 0, rows.length, failures);
-      await client.query("COMMIT");
-    } catch (err) {
-      await client.query("ROLLBACK").catch(() => undefined);
-      throw this.fail(err);
-    }
-    return failures;
+  }
+
+  /** After anything but a row error the connection's state is unknown: drop it and start over. */
+  reset(): void {
+    const client = this.client;
+    this.client = null;
+    client?.end().catch(() => undefined);
   }
 
   async close(): Promise<void> {
@@ -73,90 +118,33 @@ export class CopyWriter {
     if (client) await client.end().catch(() => undefined);
   }
 
-  /** COPY rows [from, to) inside a savepoint; on a row error, skip the named row (or bisect) and retry. */
-  private async isolate(
-    client: pg.Client,
-    copySql: string,
-    rows: string[],
-    from: number,
-    to: number,
-    failures: RowFailure[],
-  ): Promise<void> {
-    if (from >= to) return;
-    await client.query("SAVEPOINT isolate");
-    try {
-      await this.copy(client, copySql, rows, from, to);
-      await client.query("RELEASE SAVEPOINT isolate");
-      return;
-    } catch (err) {
-      if (!isRowError(err)) throw err;
-      await client.query("ROLLBACK TO SAVEPOINT isolate");
-      await client.query("RELEASE SAVEPOINT isolate");
-      const line = failingLine(err);
-      if (to - from === 1) {
-        failures.push({ row: from, code: err.code ?? "", message: err.message });
-        return;
-      }
-      if (line !== null && line >= 1 && line <= to - from) {
-        const bad = from + line - 1;
-        failures.push({ row: bad, code: err.code ?? "", message: err.message });
-        await this.isolate(client, copySql, rows, from, bad, failures);
-        await this.isolate(client, copySql, rows, bad + 1, to, failures);
-      } else {
-        const mid = from + ((to - from) >> 1);
-        await this.isolate(client, copySql, rows, from, mid, failures);
-        await this.isolate(client, copySql, rows, mid, to, failures);
-      }
-    }
-  }
-
-  private copy(client: pg.Client, copySql: string, rows: string[], from: number, to: number): Promise<void> {
-    const payload = Buffer.from(from === 0 && to === rows.length ? rows.join("") : rows.slice(from, to).join(""), "utf8");
-    return new Promise((resolve, reject) => {
-      const stream = client.query(copyFrom(copySql));
-      stream.on("error", reject);
-      stream.on("finish", resolve);
-      stream.end(payload);
+  private async connect(): Promise<pg.Client> {
+    const client = new pg.Client({
+      connectionString: this.options.connectionString,
+      application_name: this.options.applicationName,
+      connectionTimeoutMillis: 2000,
+      keepAlive: true,
     });
-  }
-
-  private fail(err: unknown): Error {
-    if (isRowError(err)) return err as Error;
-    // Anything but a row error leaves the connection's state unknown: start over on a fresh one.
-    const client = this.client;
-    this.client = null;
-    client?.end().catch(() => undefined);
-    return err instanceof DatabaseUnavailable ? err : new DatabaseUnavailable(err);
-  }
-
-  private async connection(): Promise<pg.Client> {
-    if (this.client) return this.client;
-    if (!this.connecting) {
-      this.connecting = (async () => {
-        const client = new pg.Client({
-          connectionString: this.options.connectionString,
-          application_name: this.options.applicationName,
-          connectionTimeoutMillis: 2000,
-          keepAlive: true,
-        });
-        client.on("error", () => {
-          if (this.client === client) this.client = null;
-        });
-        client.on("end", () => {
-          if (this.client === client) this.client = null;
-        });
-        try {
-          await client.connect();
-        } catch (err) {
-          client.end().catch(() => undefined);
-          throw new DatabaseUnavailable(err);
-        }
-        this.client = client;
-        return client;
-      })().finally(() => {
-        this.connecting = null;
-      });
+    const forget = () => {
+      if (this.client === client) this.client = null;
+    };
+    client.on("error", forget);
+    client.on("end", forget);
+    try {
+      await client.connect();
+      for (const statement of this.options.setup) await client.query(statement);
+    } catch (err) {
+      client.end().catch(() => undefined);
+      throw new DatabaseUnavailable(err);
     }
-    return this.connecting;
+    this.client = client;
+    return client;
   }
+}
+
+export function join(rows: readonly string[], from: number, to: number): string {
+  if (from === 0 && to === rows.length) return rows.join("");
+  let s = "";
+  for (let i = from; i < to; i++) s += rows[i];
+  return s;
 }

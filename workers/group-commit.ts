@@ -1,91 +1,114 @@
+import type pg from "pg";
 import { now } from "../src/clock";
-import { CopyWriter, DatabaseUnavailable, type RowFailure } from "./copy-writer";
+import type { CommitTarget } from "./commit-targets";
+import { CopyWriter, DatabaseUnavailable, isRowError, join, type RowFailure } from "./copy-writer";
 
 /**
- * Group commit: rows of many tasks share one COPY. A batch is sealed when it reaches `batchSize` rows,
- * `maxBatchBytes`, or `batchTimeoutMs` of age; sealed batches run one at a time on the worker's single
- * connection, higher priority first. A task's rows always sit in one batch, so its outcome is settled by
- * exactly one commit.
+ * Group commit: the rows of many tasks share one transaction. A batch is sealed when it reaches
+ * `batchSize` rows, `maxBatchBytes`, or `batchTimeoutMs` of age; sealed batches run one at a time on the
+ * worker's single connection, higher priority first. A task's rows always sit in one batch, so its outcome
+ * is settled by exactly one commit, and its batch-status row and dead letters commit with its rows.
+ *
+ * Inside a transaction tables are written in stream order, so rows that reference another stream's rows
+ * (lineitem → orders) see the rows committed with them.
  */
 
 export interface GroupCommitOptions {
   batchSize: number;
   maxBatchBytes: number;
   batchTimeoutMs: number;
+  batchesCopySql: string;
+  deadLettersCopySql: string;
+}
+
+export interface PartWork {
+  target: CommitTarget;
+  /** COPY text rows, each ending in a newline. */
+  rows: string[];
+}
+
+/** What happened to one part's rows, by row position within the task's part. */
+export interface PartOutcome {
+  failures: RowFailure[];
+  /** 1 where the row was not stored because its id was already stored; null for plain streams. */
+  duplicates: Uint8Array | null;
+}
+
+export interface TaskWork {
+  priority: number;
+  parts: PartWork[];
+  bytes: number;
+  /**
+   * Runs inside the transaction once the rows are written, before COMMIT (and again if the batch is
+   * retried): returns the task's ingest_batches row and dead-letter rows, as COPY text.
+   */
+  finalize(outcomes: PartOutcome[]): { batchRow: string | null; deadLetters: string[] };
 }
 
 export interface CommitResult {
-  /** Row positions (within the task) that PostgreSQL refused, with its message. */
-  failures: RowFailure[];
+  outcomes: PartOutcome[];
   committedAt: number;
   copyMs: number;
 }
 
 interface Member {
-  firstRow: number;
-  rowCount: number;
+  work: TaskWork;
+  /** First row of each of the task's parts within the batch's part of the same target. */
+  offsets: number[];
   resolve: (result: CommitResult) => void;
   reject: (err: Error) => void;
 }
 
 class Batch {
-  rows: string[] = [];
-  bytes = 0;
+  parts = new Map<CommitTarget, string[]>();
   members: Member[] = [];
+  rowCount = 0;
+  bytes = 0;
   timer: NodeJS.Timeout | null = null;
-  constructor(
-    readonly copySql: string,
-    readonly priority: number,
-    readonly createdAt: number,
-  ) {}
+  constructor(readonly priority: number) {}
 }
 
 export class GroupCommitter {
-  /** Open batch per (COPY statement, priority). */
-  private open = new Map<string, Batch>();
+  private open = new Map<number, Batch>();
   private sealed: Batch[] = [];
   private running = false;
-  private closing = false;
 
   constructor(
     private readonly writer: CopyWriter,
     private readonly options: GroupCommitOptions,
   ) {}
 
-  /** Queues the task's encoded rows; resolves once they are committed (or refused row by row). */
-  add(copySql: string, priority: number, rows: string[], bytes: number): Promise<CommitResult> {
-    const key = priority === 0 ? copySql : `${priority}\u0000${copySql}`;
-    let batch = this.open.get(key);
+  /** Queues a task's rows; resolves once they are committed (rows PostgreSQL refused are in the outcomes). */
+  add(work: TaskWork): Promise<CommitResult> {
+    const priority = work.priority;
+    let batch = this.open.get(priority);
     if (!batch) {
-      batch = new Batch(copySql, priority, now());
-      this.open.set(key, batch);
-      const opened = batch;
-      opened.timer = setTimeout(() => this.seal(key, opened), this.options.batchTimeoutMs);
+      const opened = new Batch(priority);
+      this.open.set(priority, opened);
+      opened.timer = setTimeout(() => this.seal(opened), this.options.batchTimeoutMs);
+      batch = opened;
     }
-    const member = { firstRow: batch.rows.length, rowCount: rows.length } as Member;
+    const member = { work, offsets: [] as number[] } as Member;
     const done = new Promise<CommitResult>((resolve, reject) => {
       member.resolve = resolve;
       member.reject = reject;
     });
-    for (let i = 0; i < rows.length; i++) batch.rows.push(rows[i]);
-    batch.bytes += bytes;
-    batch.members.push(member);
-    if (batch.rows.length >= this.options.batchSize || batch.bytes >= this.options.maxBatchBytes || this.closing) {
-      this.seal(key, batch);
+    for (const part of work.parts) {
+      let rows = batch.parts.get(part.target);
+      if (!rows) batch.parts.set(part.target, (rows = []));
+      member.offsets.push(rows.length);
+      for (let i = 0; i < part.rows.length; i++) rows.push(part.rows[i]);
+      batch.rowCount += part.rows.length;
     }
+    batch.bytes += work.bytes;
+    batch.members.push(member);
+    if (batch.rowCount >= this.options.batchSize || batch.bytes >= this.options.maxBatchBytes) this.seal(batch);
     return done;
   }
 
-  /** Seals every open batch now (shutdown) and resolves when all are committed. */
-  async flush(): Promise<void> {
-    this.closing = true;
-    for (const [key, batch] of this.open) this.seal(key, batch);
-    while (this.running || this.sealed.length > 0) await new Promise((r) => setTimeout(r, 2));
-  }
-
-  private seal(key: string, batch: Batch): void {
-    if (this.open.get(key) !== batch) return;
-    this.open.delete(key);
+  private seal(batch: Batch): void {
+    if (this.open.get(batch.priority) !== batch) return;
+    this.open.delete(batch.priority);
     if (batch.timer !== null) clearTimeout(batch.timer);
     let i = this.sealed.length;
     while (i > 0 && this.sealed[i - 1].priority < batch.priority) i--;
@@ -95,35 +118,83 @@ export class GroupCommitter {
 
   private async run(): Promise<void> {
     this.running = true;
-    while (this.sealed.length > 0) {
-      const batch = this.sealed.shift()!;
-      await this.commit(batch);
-    }
+    while (this.sealed.length > 0) await this.commit(this.sealed.shift()!);
     this.running = false;
   }
 
   private async commit(batch: Batch): Promise<void> {
     const started = now();
-    let failures: RowFailure[];
+    let outcomes: PartOutcome[][];
     try {
-      failures = await this.writer.copyRows(batch.copySql, batch.rows);
+      const client = await this.writer.connection();
+      try {
+        outcomes = await this.transaction(client, batch, false);
+      } catch (err) {
+        if (!isRowError(err)) throw err;
+        // A row was refused: redo the batch with row isolation (savepoints), which stores the rest.
+        await client.query("ROLLBACK");
+        outcomes = await this.transaction(client, batch, true);
+      }
     } catch (err) {
+      this.writer.reset();
       const error = err instanceof DatabaseUnavailable ? err : new DatabaseUnavailable(err);
       for (const m of batch.members) m.reject(error);
       return;
     }
     const committedAt = now();
     const copyMs = committedAt - started;
-    failures.sort((a, b) => a.row - b.row);
-    let f = 0;
-    for (const m of batch.members) {
-      const mine: RowFailure[] = [];
-      const end = m.firstRow + m.rowCount;
-      while (f < failures.length && failures[f].row < end) {
-        const failure = failures[f++];
-        mine.push({ ...failure, row: failure.row - m.firstRow });
-      }
-      m.resolve({ failures: mine, committedAt, copyMs });
+    for (let i = 0; i < batch.members.length; i++) {
+      batch.members[i].resolve({ outcomes: outcomes[i], committedAt, copyMs });
     }
+  }
+
+  /** One transaction for the batch; returns each member's part outcomes. */
+  private async transaction(client: pg.Client, batch: Batch, isolating: boolean): Promise<PartOutcome[][]> {
+    await client.query("BEGIN");
+    const targets = [...batch.parts.keys()].sort((a, b) => a.order - b.order);
+    const results = new Map<CommitTarget, { failures: RowFailure[]; stored: Uint8Array | null }>();
+    for (const target of targets) {
+      let rows = batch.parts.get(target)!;
+      if (target.mergeSql !== null) rows = rows.map((row, i) => `${row.slice(0, -1)}\t${i}\n`);
+      const failures: RowFailure[] = [];
+      if (isolating) await this.writer.copyIsolating(client, target.copySql, rows, 0, rows.length, failures);
+      else await this.writer.copy(client, target.copySql, join(rows, 0, rows.length));
+      let stored: Uint8Array | null = null;
+      if (target.mergeSql !== null) {
+        stored = new Uint8Array(rows.length);
+        const merged = await client.query<{ _row: number }>(target.mergeSql);
+        for (const r of merged.rows) stored[r._row] = 1;
+      }
+      failures.sort((a, b) => a.row - b.row);
+      results.set(target, { failures, stored });
+    }
+
+    const outcomes: PartOutcome[][] = [];
+    const batchRows: string[] = [];
+    const deadLetters: string[] = [];
+    for (const member of batch.members) {
+      const mine: PartOutcome[] = member.work.parts.map((part, p) => {
+        const { failures, stored } = results.get(part.target)!;
+        const first = member.offsets[p];
+        const end = first + part.rows.length;
+        const own: RowFailure[] = [];
+        for (const f of failures) if (f.row >= first && f.row < end) own.push({ ...f, row: f.row - first });
+        let duplicates: Uint8Array | null = null;
+        if (stored !== null) {
+          duplicates = new Uint8Array(part.rows.length);
+          const failed = new Set(own.map((f) => f.row));
+          for (let i = 0; i < part.rows.length; i++) if (!stored[first + i] && !failed.has(i)) duplicates[i] = 1;
+        }
+        return { failures: own, duplicates };
+      });
+      outcomes.push(mine);
+      const extra = member.work.finalize(mine);
+      if (extra.batchRow !== null) batchRows.push(extra.batchRow);
+      for (const d of extra.deadLetters) deadLetters.push(d);
+    }
+    if (deadLetters.length > 0) await this.writer.copy(client, this.options.deadLettersCopySql, deadLetters.join(""));
+    if (batchRows.length > 0) await this.writer.copy(client, this.options.batchesCopySql, batchRows.join(""));
+    await client.query("COMMIT");
+    return outcomes;
   }
 }

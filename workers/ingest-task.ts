@@ -1,16 +1,18 @@
 /**
  * Piscina task handler: runs inside each pool thread. Reads a body from the shared ring, parses it,
- * validates each record with the stream's typia validator, encodes COPY rows and hands them to group
- * commit. The task resolves only after PostgreSQL committed its rows: the front thread acknowledges on that.
+ * validates each record with its stream's typia validator, encodes COPY rows and hands them to group
+ * commit. The task resolves only after PostgreSQL committed: the front thread acknowledges on that.
  */
-import { workerData, threadId } from "node:worker_threads";
+import { threadId, workerData } from "node:worker_threads";
 import { streams } from "../config/streams";
 import { now } from "../src/clock";
-import type { StreamDefinition } from "../src/stream-definition";
-import { copyStatement } from "../src/sql-identifiers";
+import { LINE_ROUTER, type StreamDefinition } from "../src/stream-definition";
 import { decodeBody, parseBody, UnparseableBody, type ParsedBody } from "./body-parser";
+import { batchRow, deadLetterRow, rawText } from "./bookkeeping-rows";
+import { batchesCopySql, commitTarget, deadLettersCopySql, stagingSetup, type CommitTarget } from "./commit-targets";
 import { CopyWriter, DatabaseUnavailable } from "./copy-writer";
-import { GroupCommitter } from "./group-commit";
+import { GroupCommitter, type PartOutcome, type TaskWork } from "./group-commit";
+import { LineFormatError } from "../src/line-fields";
 import { validationErrors } from "./record-errors";
 import { compileRowEncoder, EncodeError, type RowEncoder } from "./row-encoder";
 import type { IngestOutcome, IngestTask, RecordError } from "./task-protocol";
@@ -23,36 +25,50 @@ export interface WorkerData {
   batchTimeoutMs: number;
   maxBatchBytes: number;
   maxErrorsReported: number;
+  /** Streams whose records are deduplicated by their dedupKey. */
+  dedupStreams: string[];
 }
 
 const data = workerData as WorkerData;
 const ring = new Uint8Array(data.ring);
+const lenientUtf8 = new TextDecoder("utf-8");
 
 interface CompiledStream {
   definition: StreamDefinition;
   encode: RowEncoder<unknown>;
-  copySql: string;
+  target: CommitTarget;
 }
 
+const dedup = new Set(data.dedupStreams);
 const compiled = new Map<string, CompiledStream>();
-for (const definition of streams) {
-  compiled.set(definition.name, {
+const byPrefix = new Map<string, CompiledStream>();
+streams.forEach((definition, order) => {
+  const c: CompiledStream = {
     definition,
     encode: compileRowEncoder(definition),
-    copySql: copyStatement(
-      data.dbSchema,
-      definition.table,
-      definition.columns.map((c) => c.name),
-    ),
-  });
-}
+    target: commitTarget(data.dbSchema, definition, order, dedup.has(definition.name)),
+  };
+  compiled.set(definition.name, c);
+  if (definition.linePrefix) byPrefix.set(definition.linePrefix, c);
+});
+const prefixes = [...byPrefix.keys()].map((p) => `${p}|`).join(", ");
 
 const committer = new GroupCommitter(
-  new CopyWriter({ connectionString: data.connectionString, applicationName: `ingestd-worker-${threadId}` }),
-  { batchSize: data.batchSize, batchTimeoutMs: data.batchTimeoutMs, maxBatchBytes: data.maxBatchBytes },
+  new CopyWriter({
+    connectionString: data.connectionString,
+    applicationName: `ingestd-worker-${threadId}`,
+    setup: stagingSetup(data.dbSchema, streams, (s) => dedup.has(s.name)),
+  }),
+  {
+    batchSize: data.batchSize,
+    batchTimeoutMs: data.batchTimeoutMs,
+    maxBatchBytes: data.maxBatchBytes,
+    batchesCopySql: batchesCopySql(data.dbSchema),
+    deadLettersCopySql: deadLettersCopySql(data.dbSchema),
+  },
 );
 
-function outcome(task: IngestTask, kind: IngestOutcome["kind"], message: string): IngestOutcome {
+function emptyOutcome(task: IngestTask, kind: IngestOutcome["kind"], message: string): IngestOutcome {
   return {
     kind,
     batchId: task.batchId,
@@ -64,102 +80,220 @@ function outcome(task: IngestTask, kind: IngestOutcome["kind"], message: string)
     errors: [],
     errorsTruncated: false,
     message,
+    first: null,
     validatedAt: now(),
     committedAt: 0,
     copyMs: 0,
   };
 }
 
+/** One stream's share of a task: its rows and, per row, the record it came from. */
+interface Part {
+  stream: CompiledStream;
+  rows: string[];
+  recordIndex: number[];
+  records: unknown[];
+}
+
+interface Rejection {
+  index: number;
+  line: number | undefined;
+  raw: unknown;
+  errors: RecordError[];
+}
+
+function withLine(error: RecordError, line: number | undefined, entity: string | undefined): RecordError {
+  if (line !== undefined) {
+    error.line = line;
+    if (!error.message.startsWith("line ")) error.message = `line ${line}: ${error.message}`;
+  }
+  if (entity !== undefined) error.entity = entity;
+  return error;
+}
+
 export default async function ingest(task: IngestTask): Promise<IngestOutcome> {
-  const stream = compiled.get(task.stream);
-  if (!stream) return outcome(task, "unparseable", `unknown stream ${task.stream}`);
+  const router = task.stream === LINE_ROUTER;
+  const single = router ? null : compiled.get(task.stream);
+  if (!router && !single) return emptyOutcome(task, "unparseable", `unknown stream ${task.stream}`);
+  const receivedAt = new Date(task.receivedAt).toISOString();
+  const bytes = ring.subarray(task.offset, task.offset + task.length);
 
   let body: ParsedBody;
   try {
-    body = parseBody(decodeBody(ring.subarray(task.offset, task.offset + task.length)), task.format, task.envelope);
+    body = parseBody(decodeBody(bytes), task.format, task.envelope);
   } catch (err) {
-    if (err instanceof UnparseableBody) return outcome(task, "unparseable", err.message);
-    return outcome(task, "unparseable", `cannot read body: ${(err as Error).message}`);
+    const message = err instanceof UnparseableBody ? err.message : `cannot read body: ${(err as Error).message}`;
+    const result = emptyOutcome(task, "unparseable", message);
+    if (task.recordBatch) await recordOnly(task, result, [{ index: -1, line: undefined, raw: lenientUtf8.decode(bytes), errors: [{ index: 0, path: "$", expected: "a parseable body", message }] }], receivedAt);
+    return result;
   }
 
-  const result = outcome(task, "done", "");
+  const result = emptyOutcome(task, "done", "");
   if (body.batchId !== undefined) result.batchId = body.batchId;
   if (body.priority !== undefined) result.priority = body.priority;
-  const max = data.maxErrorsReported;
-  const errors: RecordError[] = [];
-  const pushErrors = (list: RecordError[]) => {
-    for (const e of list) {
-      if (errors.length < max) errors.push(e);
-      else result.errorsTruncated = true;
-    }
-  };
-  pushErrors(body.errors);
-
   const values = body.values;
   const lines = body.lines.length > 0 ? body.lines : null;
-  const ctx = { receivedAt: new Date(task.receivedAt).toISOString() };
-  const rows: string[] = [];
-  /** Record index of each encoded row, to map database refusals back to records. */
-  const rowRecord: number[] = [];
-  let bytes = 0;
-  let rejected = body.errors.length;
+  const ctx = { receivedAt };
+  const parts = new Map<CompiledStream, Part>();
+  const rejections: Rejection[] = [];
+  for (const e of body.errors) rejections.push({ index: e.index, line: e.line, raw: "", errors: [e] });
+  let encodedBytes = 0;
+
   for (let i = 0; i < values.length; i++) {
     const value = values[i];
     if (value === undefined) continue; // a line that failed to parse, already reported
     const line = lines === null ? undefined : lines[i];
-    const checked = stream.definition.validate(value);
+    let stream = single;
+    if (router) {
+      const text = value as string;
+      const bar = text.indexOf("|");
+      stream = bar > 0 ? byPrefix.get(text.slice(0, bar)) : undefined;
+      if (!stream) {
+        const kind = bar > 0 ? `"${text.slice(0, bar)}"` : "missing";
+        rejections.push({ index: i, line, raw: value, errors: [withLine({ index: i, path: "$", expected: `a line starting with ${prefixes}`, message: `unknown record type ${kind}; expected a line starting with ${prefixes}` }, line, undefined)] });
+        continue;
+      }
+    }
+    const def = stream!.definition;
+    let record: unknown = value;
+    if (def.parseLine) {
+      try {
+        record = def.parseLine(value as string);
+      } catch (err) {
+        if (!(err instanceof LineFormatError)) throw err;
+        rejections.push({ index: i, line, raw: value, errors: [withLine({ index: i, path: err.path, expected: err.expected, message: err.message }, line, def.entity)] });
+        continue;
+      }
+    }
+    const checked = def.validate(record);
     if (!checked.success) {
-      rejected++;
-      pushErrors(validationErrors(i, line, checked));
+      rejections.push({ index: i, line, raw: value, errors: validationErrors(i, line, checked).map((e) => withLine(e, line, def.entity)) });
       continue;
     }
     let row: string;
     try {
-      row = stream.encode(checked.data, ctx);
+      row = stream!.encode(checked.data, ctx);
     } catch (err) {
-      rejected++;
       if (!(err instanceof EncodeError)) throw err;
-      const e: RecordError = { index: i, path: err.path, expected: err.expected, message: line === undefined ? err.message : `line ${line}: ${err.message}` };
-      if (line !== undefined) e.line = line;
-      pushErrors([e]);
+      rejections.push({ index: i, line, raw: value, errors: [withLine({ index: i, path: err.path, expected: err.expected, message: err.message }, line, def.entity)] });
       continue;
     }
-    rows.push(row);
-    rowRecord.push(i);
-    bytes += row.length;
+    let part = parts.get(stream!);
+    if (!part) parts.set(stream!, (part = { stream: stream!, rows: [], recordIndex: [], records: [] }));
+    part.rows.push(row);
+    part.recordIndex.push(i);
+    part.records.push(checked.data);
+    encodedBytes += row.length;
   }
   result.received = values.length;
   result.validatedAt = now();
 
-  if (rows.length > 0) {
-    try {
-      const committed = await committer.add(stream.copySql, result.priority, rows, bytes);
-      result.committedAt = committed.committedAt;
-      result.copyMs = committed.copyMs;
-      for (const failure of committed.failures) {
-        const index = rowRecord[failure.row];
-        const line = lines === null ? undefined : lines[index];
-        const e: RecordError = {
-          index,
-          path: "$",
-          expected: "a row PostgreSQL accepts",
-          message: `${line === undefined ? "" : `line ${line}: `}rejected by the database: ${failure.message}`,
-        };
-        if (line !== undefined) e.line = line;
-        pushErrors([e]);
-      }
-      rejected += committed.failures.length;
-      result.accepted = rows.length - committed.failures.length;
-    } catch (err) {
-      if (err instanceof DatabaseUnavailable) return { ...outcome(task, "db_unavailable", err.message), received: values.length };
-      throw err;
-    }
-  } else {
+  const partList = [...parts.values()];
+  const streamName = single ? single.definition.name : LINE_ROUTER;
+  const work: TaskWork = {
+    priority: result.priority,
+    parts: partList.map((p) => ({ target: p.stream.target, rows: p.rows })),
+    bytes: encodedBytes,
+    finalize(outcomes: PartOutcome[]) {
+      // Pure function of the outcomes: a batch retried with row isolation calls it again.
+      const all = rejections.slice();
+      let accepted = 0;
+      let duplicates = 0;
+      partList.forEach((part, p) => {
+        const { failures, duplicates: dup } = outcomes[p];
+        for (const f of failures) {
+          const index = part.recordIndex[f.row];
+          const line = lines === null ? undefined : lines[index];
+          all.push({
+            index,
+            line,
+            raw: values[index],
+            errors: [withLine({ index, path: "$", expected: "a row PostgreSQL accepts", message: `rejected by the database: ${f.message}` }, line, part.stream.definition.entity)],
+          });
+        }
+        let dupCount = 0;
+        if (dup) for (let r = 0; r < dup.length; r++) dupCount += dup[r];
+        duplicates += dupCount;
+        accepted += part.rows.length - failures.length - dupCount;
+      });
+      const deadLetters = all.map((r) =>
+        deadLetterRow({ stream: streamName, source: task.source, batchId: result.batchId, index: r.index, line: r.line ?? null, raw: rawText(r.raw), errors: r.errors, receivedAt }),
+      );
+      const row = task.recordBatch
+        ? batchRow({ batchId: result.batchId, stream: streamName, received: values.length, accepted, rejected: all.length, duplicates, createdAt: receivedAt })
+        : null;
+      return { batchRow: row, deadLetters };
+    },
+  };
+
+  let outcomes: PartOutcome[];
+  try {
+    const committed = await committer.add(work);
+    outcomes = committed.outcomes;
+    result.committedAt = committed.committedAt;
+    result.copyMs = committed.copyMs;
+  } catch (err) {
+    if (!(err instanceof DatabaseUnavailable)) throw err;
+    if (partList.length > 0) return { ...emptyOutcome(task, "db_unavailable", err.message), received: values.length };
+    // Nothing to store: the validation answer stands; only its bookkeeping rows were lost.
+    outcomes = [];
     result.committedAt = now();
   }
+
+  const errors: RecordError[] = [];
+  let rejected = rejections.length;
+  for (const r of rejections) for (const e of r.errors) errors.push(e);
+  let firstIndex = Infinity;
+  partList.forEach((part, p) => {
+    const { failures, duplicates: dup } = outcomes[p];
+    const failed = new Set<number>();
+    for (const f of failures) {
+      failed.add(f.row);
+      const index = part.recordIndex[f.row];
+      const line = lines === null ? undefined : lines[index];
+      errors.push(withLine({ index, path: "$", expected: "a row PostgreSQL accepts", message: `rejected by the database: ${f.message}` }, line, part.stream.definition.entity));
+    }
+    rejected += failures.length;
+    for (let r = 0; r < part.rows.length; r++) {
+      if (failed.has(r)) continue;
+      if (dup && dup[r]) {
+        result.duplicates++;
+        continue;
+      }
+      result.accepted++;
+      if (part.recordIndex[r] < firstIndex) {
+        firstIndex = part.recordIndex[r];
+        const def = part.stream.definition;
+        result.first = { entity: def.entity ?? def.name, id: def.recordId ? def.recordId(part.records[r]) : null };
+      }
+    }
+  });
   result.rejected = rejected;
-  // Errors in record order, whichever stage found them.
   errors.sort((a, b) => a.index - b.index);
+  if (errors.length > data.maxErrorsReported) {
+    errors.length = data.maxErrorsReported;
+    result.errorsTruncated = true;
+  }
   result.errors = errors;
   return result;
+}
+
+/** Keeps the batch status and dead letter of a body that could not be read at all. */
+async function recordOnly(task: IngestTask, result: IngestOutcome, rejections: Rejection[], receivedAt: string): Promise<void> {
+  const stream = task.stream;
+  try {
+    await committer.add({
+      priority: task.priority,
+      parts: [],
+      bytes: 0,
+      finalize: () => ({
+        batchRow: batchRow({ batchId: result.batchId, stream, received: 0, accepted: 0, rejected: 1, duplicates: 0, createdAt: receivedAt }),
+        deadLetters: rejections.map((r) =>
+          deadLetterRow({ stream, source: task.source, batchId: result.batchId, index: null, line: null, raw: rawText(r.raw), errors: r.errors, receivedAt }),
+        ),
+      }),
+    });
+  } catch {
+    // The 400 answer does not depend on the database; only the dead letter is lost.
+  }
 }

@@ -18,6 +18,10 @@ export interface IngestTask {
   receivedAt: number;
   /** clock.now() when its last byte was in the ring. */
   ringAt: number;
+  /** Where it came from, kept with dead letters (`http`, `ws`). */
+  source: string;
+  /** Keep the outcome in ingest_batches for status queries (HTTP requests; not WebSocket frames). */
+  recordBatch: boolean;
 }
 
 export interface RecordError {
@@ -29,6 +33,8 @@ export interface RecordError {
   message: string;
   /** 1-based line number, for line formats. */
   line?: number;
+  /** Line formats: the entity the line was routed to (`Order`), when its prefix was known. */
+  entity?: string;
 }
 
 export type OutcomeKind =
@@ -52,6 +58,8 @@ export interface IngestOutcome {
   errors: RecordError[];
   errorsTruncated: boolean;
   message: string;
+  /** Entity and id of the first stored record (for single-line endpoints). */
+  first: { entity: string; id: unknown } | null;
   /** clock.now() stamps for the latency stages. */
   validatedAt: number;
   committedAt: number;

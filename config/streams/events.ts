@@ -28,4 +28,7 @@ export default defineStream<EventRecord>({
   ],
   timeColumn: "event_time",
   indexes: [["service_name", "event_type", "event_time"]],
+  partitioned: true,
+  dedupKey: "event_id",
+  dedupByDefault: true,
 });

@@ -1,8 +1,14 @@
 import type { StreamDefinition } from "../../src/stream-definition";
 import events from "./events";
+import logs from "./logs";
+import productEvents from "./product-events";
+import { customer, lineitem, orders, part } from "./tpch";
 
 /**
  * Every stream the daemon serves. To add one: write its record type and definition in a file beside
  * this one, list it here, and rebuild (`npm run build`) so typia compiles its validator.
+ *
+ * Order matters: within one group-commit transaction tables are written in this order, so a stream must
+ * come after the streams it references (orders before lineitem).
  */
-export const streams: readonly StreamDefinition[] = [events];
+export const streams: readonly StreamDefinition[] = [events, logs, productEvents, orders, customer, part, lineitem];

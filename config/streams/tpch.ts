@@ -1,0 +1,191 @@
+import typia, { tags } from "typia";
+import { lineParser } from "../../src/line-fields";
+import { defineStream } from "../../src/stream-definition";
+
+/**
+ * TPC-H tables fed by pipe-delimited lines, routed by prefix: `O|` orders, `L|` lineitem, `C|` customer,
+ * `P|` part. Decimals stay strings end to end so no cent is lost to floating point.
+ */
+
+type Key = number & tags.Type<"int64"> & tags.Minimum<1>;
+type SmallInt = number & tags.Type<"int32">;
+type Decimal = string & tags.Pattern<"^-?[0-9]{1,13}(\\.[0-9]{1,2})?$">;
+type Day = string & tags.Format<"date">;
+type Text<N extends number> = string & tags.MaxLength<N>;
+
+export interface OrderRecord {
+  o_orderkey: Key;
+  o_custkey: Key;
+  o_orderstatus: Text<1> & tags.MinLength<1>;
+  o_totalprice: Decimal;
+  o_orderdate: Day;
+  o_orderpriority: Text<15>;
+  o_clerk: Text<15>;
+  o_shippriority: SmallInt;
+  o_comment: Text<79>;
+}
+
+export interface LineItemRecord {
+  l_orderkey: Key;
+  l_partkey: Key;
+  l_suppkey: Key;
+  l_linenumber: SmallInt & tags.Minimum<1>;
+  l_quantity: Decimal;
+  l_extendedprice: Decimal;
+  l_discount: Decimal;
+  l_tax: Decimal;
+  l_returnflag: Text<1> & tags.MinLength<1>;
+  l_linestatus: Text<1> & tags.MinLength<1>;
+  l_shipdate: Day;
+  l_commitdate: Day;
+  l_receiptdate: Day;
+  l_shipinstruct: Text<25>;
+  l_shipmode: Text<10>;
+  l_comment: Text<44>;
+}
+
+export interface CustomerRecord {
+  c_custkey: Key;
+  c_name: Text<25>;
+  c_address: Text<40>;
+  c_nationkey: SmallInt & tags.Minimum<0>;
+  c_phone: Text<15>;
+  c_acctbal: Decimal;
+  c_mktsegment: Text<10>;
+  c_comment: Text<117>;
+}
+
+export interface PartRecord {
+  p_partkey: Key;
+  p_name: Text<55>;
+  p_mfgr: Text<25>;
+  p_brand: Text<10>;
+  p_type: Text<25>;
+  p_size: SmallInt;
+  p_container: Text<10>;
+  p_retailprice: Decimal;
+  p_comment: Text<23>;
+}
+
+export const orders = defineStream<OrderRecord>({
+  name: "orders",
+  table: "orders",
+  entity: "Order",
+  description: "TPC-H orders (lines `O|...`)",
+  formats: ["text"],
+  linePrefix: "O",
+  parseLine: lineParser({
+    prefix: "O",
+    fields: [["o_orderkey", "int"], ["o_custkey", "int"], ["o_orderstatus", "text"], ["o_totalprice", "decimal"], ["o_orderdate", "date"], ["o_orderpriority", "text"], ["o_clerk", "text"], ["o_shippriority", "int"], ["o_comment", "text"]],
+  }),
+  validate: typia.createValidateEquals<OrderRecord>(),
+  recordId: (r) => r.o_orderkey,
+  columns: [
+    { name: "o_orderkey", type: "bigint", value: (r) => r.o_orderkey },
+    { name: "o_custkey", type: "bigint", value: (r) => r.o_custkey },
+    { name: "o_orderstatus", type: "text", value: (r) => r.o_orderstatus },
+    { name: "o_totalprice", type: "numeric", value: (r) => r.o_totalprice },
+    { name: "o_orderdate", type: "date", value: (r) => r.o_orderdate },
+    { name: "o_orderpriority", type: "text", value: (r) => r.o_orderpriority },
+    { name: "o_clerk", type: "text", value: (r) => r.o_clerk },
+    { name: "o_shippriority", type: "integer", value: (r) => r.o_shippriority },
+    { name: "o_comment", type: "text", value: (r) => r.o_comment },
+  ],
+  primaryKey: ["o_orderkey"],
+  indexes: [],
+  partitioned: false,
+});
+
+export const lineitem = defineStream<LineItemRecord>({
+  name: "lineitem",
+  table: "lineitem",
+  entity: "LineItem",
+  description: "TPC-H line items (lines `L|...`), each referencing an order",
+  formats: ["text"],
+  linePrefix: "L",
+  parseLine: lineParser({
+    prefix: "L",
+    fields: [["l_orderkey", "int"], ["l_partkey", "int"], ["l_suppkey", "int"], ["l_linenumber", "int"], ["l_quantity", "decimal"], ["l_extendedprice", "decimal"], ["l_discount", "decimal"], ["l_tax", "decimal"], ["l_returnflag", "text"], ["l_linestatus", "text"], ["l_shipdate", "date"], ["l_commitdate", "date"], ["l_receiptdate", "date"], ["l_shipinstruct", "text"], ["l_shipmode", "text"], ["l_comment", "text"]],
+  }),
+  validate: typia.createValidateEquals<LineItemRecord>(),
+  recordId: (r) => `${r.l_orderkey}-${r.l_linenumber}`,
+  columns: [
+    { name: "l_orderkey", type: "bigint", value: (r) => r.l_orderkey },
+    { name: "l_partkey", type: "bigint", value: (r) => r.l_partkey },
+    { name: "l_suppkey", type: "bigint", value: (r) => r.l_suppkey },
+    { name: "l_linenumber", type: "integer", value: (r) => r.l_linenumber },
+    { name: "l_quantity", type: "numeric", value: (r) => r.l_quantity },
+    { name: "l_extendedprice", type: "numeric", value: (r) => r.l_extendedprice },
+    { name: "l_discount", type: "numeric", value: (r) => r.l_discount },
+    { name: "l_tax", type: "numeric", value: (r) => r.l_tax },
+    { name: "l_returnflag", type: "text", value: (r) => r.l_returnflag },
+    { name: "l_linestatus", type: "text", value: (r) => r.l_linestatus },
+    { name: "l_shipdate", type: "date", value: (r) => r.l_shipdate },
+    { name: "l_commitdate", type: "date", value: (r) => r.l_commitdate },
+    { name: "l_receiptdate", type: "date", value: (r) => r.l_receiptdate },
+    { name: "l_shipinstruct", type: "text", value: (r) => r.l_shipinstruct },
+    { name: "l_shipmode", type: "text", value: (r) => r.l_shipmode },
+    { name: "l_comment", type: "text", value: (r) => r.l_comment },
+  ],
+  primaryKey: ["l_orderkey", "l_linenumber"],
+  foreignKeys: [{ columns: ["l_orderkey"], references: { stream: "orders", columns: ["o_orderkey"] } }],
+  indexes: [],
+  partitioned: false,
+});
+
+export const customer = defineStream<CustomerRecord>({
+  name: "customer",
+  table: "customer",
+  entity: "Customer",
+  description: "TPC-H customers (lines `C|...`)",
+  formats: ["text"],
+  linePrefix: "C",
+  parseLine: lineParser({
+    prefix: "C",
+    fields: [["c_custkey", "int"], ["c_name", "text"], ["c_address", "text"], ["c_nationkey", "int"], ["c_phone", "text"], ["c_acctbal", "decimal"], ["c_mktsegment", "text"], ["c_comment", "text"]],
+  }),
+  validate: typia.createValidateEquals<CustomerRecord>(),
+  recordId: (r) => r.c_custkey,
+  columns: [
+    { name: "c_custkey", type: "bigint", value: (r) => r.c_custkey },
+    { name: "c_name", type: "text", value: (r) => r.c_name },
+    { name: "c_address", type: "text", value: (r) => r.c_address },
+    { name: "c_nationkey", type: "integer", value: (r) => r.c_nationkey },
+    { name: "c_phone", type: "text", value: (r) => r.c_phone },
+    { name: "c_acctbal", type: "numeric", value: (r) => r.c_acctbal },
+    { name: "c_mktsegment", type: "text", value: (r) => r.c_mktsegment },
+    { name: "c_comment", type: "text", value: (r) => r.c_comment },
+  ],
+  primaryKey: ["c_custkey"],
+  indexes: [],
+  partitioned: false,
+});
+
+export const part = defineStream<PartRecord>({
+  name: "part",
+  table: "part",
+  entity: "Part",
+  description: "TPC-H parts (lines `P|...`)",
+  formats: ["text"],
+  linePrefix: "P",
+  parseLine: lineParser({
+    prefix: "P",
+    fields: [["p_partkey", "int"], ["p_name", "text"], ["p_mfgr", "text"], ["p_brand", "text"], ["p_type", "text"], ["p_size", "int"], ["p_container", "text"], ["p_retailprice", "decimal"], ["p_comment", "text"]],
+  }),
+  validate: typia.createValidateEquals<PartRecord>(),
+  recordId: (r) => r.p_partkey,
+  columns: [
+    { name: "p_partkey", type: "bigint", value: (r) => r.p_partkey },
+    { name: "p_name", type: "text", value: (r) => r.p_name },
+    { name: "p_mfgr", type: "text", value: (r) => r.p_mfgr },
+    { name: "p_brand", type: "text", value: (r) => r.p_brand },
+    { name: "p_type", type: "text", value: (r) => r.p_type },
+    { name: "p_size", type: "integer", value: (r) => r.p_size },
+    { name: "p_container", type: "text", value: (r) => r.p_container },
+    { name: "p_retailprice", type: "numeric", value: (r) => r.p_retailprice },
+    { name: "p_comment", type: "text", value: (r) => r.p_comment },
+  ],
+  primaryKey: ["p_partkey"],
+  indexes: [],
+  partitioned: false,
+});
