@@ -1,3 +1,4 @@
+import type { BatchRegistry } from "./batch-registry";
 import type { IngestdConfig } from "./config";
 import type { Database } from "./database";
 import type { Dispatcher } from "./dispatcher";
@@ -16,6 +17,7 @@ export interface ServerContext {
   db: Database;
   metrics: Metrics;
   latency: LatencyRecorder;
+  batches: BatchRegistry;
   streams: ReadonlyMap<string, StreamDefinition>;
   version: string;
   startedAt: number;

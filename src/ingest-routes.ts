@@ -8,7 +8,7 @@ import { now } from "./clock";
 import type { ServerContext } from "./context";
 import { readBodyIntoRing } from "./http-body";
 import { answerError, answerJson, isClosed, markClosed } from "./http-responses";
-import type { BodyFormat, StreamDefinition } from "./stream-definition";
+import { LINE_ROUTER, type BodyFormat, type StreamDefinition } from "./stream-definition";
 import type { HttpRequest, HttpResponse, TemplatedApp } from "./uws";
 import type { IngestOutcome, TaskFormat } from "../workers/task-protocol";
 
@@ -21,14 +21,20 @@ const CONTENT_TYPES: Record<string, BodyFormat> = {
   "text/plain": "text",
 };
 
+export type AnswerRenderer = (stream: string, outcome: IngestOutcome, durationMs: number) => { status: number; body: unknown };
+
 export interface IngestRoute {
   /** Metrics label. */
   route: string;
   pattern: string;
-  /** Fixed stream, or null to take it from the first path parameter. */
+  /** Fixed stream (or LINE_ROUTER), or null to take it from the first path parameter. */
   stream: string | null;
   /** Body is the `{events, batch_id?, priority?}` envelope. */
   envelope: boolean;
+  /** Body format whatever the content type says (the TPC-H line endpoints take raw lines). */
+  format?: BodyFormat;
+  /** Shapes the answer; the canonical SPEC §3 shape by default. */
+  render?: AnswerRenderer;
 }
 
 function formatOf(contentType: string): BodyFormat | null {
@@ -65,6 +71,7 @@ export function registerIngestRoute(app: TemplatedApp, ctx: ServerContext, route
   const { config, ring, dispatcher, metrics, db } = ctx;
   const maxBody = config.maxBodyMb * 1024 * 1024;
   const retryAfter = { "Retry-After": String(config.retryAfterSeconds) };
+  const render = route.render ?? ingestAnswer;
 
   const handler = (res: HttpResponse, req: HttpRequest) => {
     const receivedAt = now();
@@ -85,10 +92,11 @@ export function registerIngestRoute(app: TemplatedApp, ctx: ServerContext, route
       answerError(res, s, code, message, { headers, close: true });
     };
 
-    const stream: StreamDefinition | undefined = ctx.streams.get(streamName);
+    const stream: Pick<StreamDefinition, "name" | "formats"> | undefined =
+      streamName === LINE_ROUTER ? { name: LINE_ROUTER, formats: ["text"] } : ctx.streams.get(streamName);
     if (!stream) return fail(404, "unknown_stream", `unknown stream "${streamName}"; streams: ${[...ctx.streams.keys()].join(", ")}`);
     if (ctx.draining) return fail(503, "shutting_down", "ingestd is shutting down; retry on another instance or later", retryAfter);
-    const format = formatOf(contentType);
+    const format = route.format ?? formatOf(contentType);
     if (format === null || !stream.formats.includes(format) || (route.envelope && format !== "json")) {
       const accepted = route.envelope ? ["json"] : stream.formats;
       const types = Object.keys(CONTENT_TYPES).filter((t) => accepted.includes(CONTENT_TYPES[t]));
@@ -120,14 +128,16 @@ export function registerIngestRoute(app: TemplatedApp, ctx: ServerContext, route
         source: "http",
         recordBatch: true,
       };
+      ctx.batches.begin(batchId, stream.name, Date.now());
       if (respondAsync) {
         count(202);
         answerJson(res, 202, { status: "accepted", stream: stream.name, batch_id: batchId });
       }
       void dispatcher.run(submission).then((outcome) => {
         ring.free(body.region);
+        ctx.batches.settle(batchId, outcome.kind === "db_unavailable" || outcome.kind === "failed" ? outcome.message : null);
         if (respondAsync) return;
-        const { status: s, body: answerBody } = ingestAnswer(stream.name, outcome, now() - receivedAt);
+        const { status: s, body: answerBody } = render(stream.name, outcome, now() - receivedAt);
         if (isClosed(res)) return;
         count(s);
         answerJson(res, s, answerBody, s === 503 ? { headers: retryAfter } : {});

@@ -70,6 +70,7 @@ export function bookkeepingDdl(schema: string): string[] {
   return [
     `CREATE TABLE IF NOT EXISTS ${batches} (
   "batch_id" text NOT NULL,
+  "request_id" text NOT NULL,
   "stream" text NOT NULL,
   "status" text NOT NULL,
   "received" integer NOT NULL,
@@ -80,6 +81,7 @@ export function bookkeepingDdl(schema: string): string[] {
   "committed_at" timestamptz NOT NULL
 )`,
     `CREATE INDEX IF NOT EXISTS "ingest_batches_batch_id_idx" ON ${batches} ("batch_id", "committed_at")`,
+    `CREATE INDEX IF NOT EXISTS "ingest_batches_request_id_idx" ON ${batches} ("request_id")`,
     `CREATE TABLE IF NOT EXISTS ${dead} (
   "id" bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
   "stream" text NOT NULL,

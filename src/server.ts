@@ -13,6 +13,9 @@ import { Dispatcher } from "./dispatcher";
 import { startEmbeddedDb, type EmbeddedDb } from "./embedded-db";
 import { answerError, markClosed } from "./http-responses";
 import { registerIngestRoute } from "./ingest-routes";
+import { registerTpchRoutes } from "./tpch-routes";
+import { registerBatchRoutes } from "./batch-routes";
+import { BatchRegistry } from "./batch-registry";
 import { LatencyRecorder } from "./latency";
 import { redactUrl, type Logger } from "./logger";
 import { Metrics } from "./metrics";
@@ -138,7 +141,7 @@ export async function startServer(config: IngestdConfig, log: Logger): Promise<R
     ringCapacityBytes: ring.capacity,
     wsConnections: () => wsConnections(),
     databaseUp: () => db.up,
-    poolUtilization: () => dispatcher.pool.utilization,
+    workerThreads: () => dispatcher.pool.threads,
     tasksInFlight: () => dispatcher.tasksInFlight,
   });
   dispatcher.latency = latency;
@@ -152,6 +155,7 @@ export async function startServer(config: IngestdConfig, log: Logger): Promise<R
     db,
     metrics,
     latency,
+    batches: new BatchRegistry(db, config.dbSchema),
     streams: new Map(streams.map((s) => [s.name, s])),
     version: VERSION,
     startedAt: Date.now(),
@@ -163,6 +167,9 @@ export async function startServer(config: IngestdConfig, log: Logger): Promise<R
     : uws.App();
   registerIngestRoute(app, ctx, { route: "/v1/streams/:stream/events", pattern: "/v1/streams/:stream/events", stream: null, envelope: false });
   registerIngestRoute(app, ctx, { route: "/v1/ingest/batch", pattern: "/v1/ingest/batch", stream: "events", envelope: true });
+  registerIngestRoute(app, ctx, { route: "/events", pattern: "/events", stream: "product_events", envelope: false });
+  registerTpchRoutes(app, ctx);
+  registerBatchRoutes(app, ctx);
   const ws = registerWebSocket(app, ctx);
   wsConnections = ws.connections;
   registerOpsRoutes(app, ctx, ws.connections);

@@ -35,7 +35,10 @@ export function batchStatus(accepted: number, rejected: number, duplicates: numb
 }
 
 export interface BatchRowFields {
+  /** The producer's batch_id when it gave one, else the request id. */
   batchId: string;
+  /** The id the daemon gave the request (returned by a 202). */
+  requestId: string;
   stream: string;
   received: number;
   accepted: number;
@@ -47,7 +50,7 @@ export interface BatchRowFields {
 /** A row of ingest_batches; committed_at is the transaction's time. */
 export function batchRow(f: BatchRowFields): string {
   const status = batchStatus(f.accepted, f.rejected, f.duplicates);
-  return `${storableText(f.batchId)}\t${storableText(f.stream)}\t${status}\t${f.received}\t${f.accepted}\t${f.rejected}\t${f.duplicates}\t${f.createdAt}\t${new Date().toISOString()}\n`;
+  return `${storableText(f.batchId)}\t${storableText(f.requestId)}\t${storableText(f.stream)}\t${status}\t${f.received}\t${f.accepted}\t${f.rejected}\t${f.duplicates}\t${f.createdAt}\t${new Date().toISOString()}\n`;
 }
 
 export interface DeadLetterFields {

@@ -102,10 +102,14 @@ interface Rejection {
   errors: RecordError[];
 }
 
-function withLine(error: RecordError, line: number | undefined, entity: string | undefined): RecordError {
+/** Longest line text echoed back in an error. */
+const MAX_ECHO = 1000;
+
+function withLine(error: RecordError, line: number | undefined, entity: string | undefined, raw?: unknown): RecordError {
   if (line !== undefined) {
     error.line = line;
     if (!error.message.startsWith("line ")) error.message = `line ${line}: ${error.message}`;
+    if (typeof raw === "string") error.text = raw.length > MAX_ECHO ? raw.slice(0, MAX_ECHO) : raw;
   }
   if (entity !== undefined) error.entity = entity;
   return error;
@@ -150,7 +154,7 @@ export default async function ingest(task: IngestTask): Promise<IngestOutcome> {
       stream = bar > 0 ? byPrefix.get(text.slice(0, bar)) : undefined;
       if (!stream) {
         const kind = bar > 0 ? `"${text.slice(0, bar)}"` : "missing";
-        rejections.push({ index: i, line, raw: value, errors: [withLine({ index: i, path: "$", expected: `a line starting with ${prefixes}`, message: `unknown record type ${kind}; expected a line starting with ${prefixes}` }, line, undefined)] });
+        rejections.push({ index: i, line, raw: value, errors: [withLine({ index: i, path: "$", expected: `a line starting with ${prefixes}`, message: `unknown record type ${kind}; expected a line starting with ${prefixes}` }, line, undefined, value)] });
         continue;
       }
     }
@@ -161,13 +165,13 @@ export default async function ingest(task: IngestTask): Promise<IngestOutcome> {
         record = def.parseLine(value as string);
       } catch (err) {
         if (!(err instanceof LineFormatError)) throw err;
-        rejections.push({ index: i, line, raw: value, errors: [withLine({ index: i, path: err.path, expected: err.expected, message: err.message }, line, def.entity)] });
+        rejections.push({ index: i, line, raw: value, errors: [withLine({ index: i, path: err.path, expected: err.expected, message: err.message }, line, def.entity, value)] });
         continue;
       }
     }
     const checked = def.validate(record);
     if (!checked.success) {
-      rejections.push({ index: i, line, raw: value, errors: validationErrors(i, line, checked).map((e) => withLine(e, line, def.entity)) });
+      rejections.push({ index: i, line, raw: value, errors: validationErrors(i, line, checked).map((e) => withLine(e, line, def.entity, value)) });
       continue;
     }
     let row: string;
@@ -175,7 +179,7 @@ export default async function ingest(task: IngestTask): Promise<IngestOutcome> {
       row = stream!.encode(checked.data, ctx);
     } catch (err) {
       if (!(err instanceof EncodeError)) throw err;
-      rejections.push({ index: i, line, raw: value, errors: [withLine({ index: i, path: err.path, expected: err.expected, message: err.message }, line, def.entity)] });
+      rejections.push({ index: i, line, raw: value, errors: [withLine({ index: i, path: err.path, expected: err.expected, message: err.message }, line, def.entity, value)] });
       continue;
     }
     let part = parts.get(stream!);
@@ -190,37 +194,51 @@ export default async function ingest(task: IngestTask): Promise<IngestOutcome> {
 
   const partList = [...parts.values()];
   const streamName = single ? single.definition.name : LINE_ROUTER;
+  /** Tally of the outcomes: the same function serves the in-transaction bookkeeping and the answer. */
+  const tally = (outcomes: PartOutcome[]) => {
+    const all = rejections.slice();
+    let accepted = 0;
+    let duplicates = 0;
+    let first: IngestOutcome["first"] = null;
+    let firstIndex = Infinity;
+    partList.forEach((part, p) => {
+      const { failures, duplicates: dup } = outcomes[p];
+      const failed = new Set<number>();
+      for (const f of failures) {
+        failed.add(f.row);
+        const index = part.recordIndex[f.row];
+        const line = lines === null ? undefined : lines[index];
+        const message = `rejected by the database: ${f.message}`;
+        all.push({ index, line, raw: values[index], errors: [withLine({ index, path: "$", expected: "a row PostgreSQL accepts", message }, line, part.stream.definition.entity, values[index])] });
+      }
+      for (let r = 0; r < part.rows.length; r++) {
+        if (failed.has(r)) continue;
+        if (dup !== null && dup[r] === 1) {
+          duplicates++;
+          continue;
+        }
+        accepted++;
+        if (part.recordIndex[r] < firstIndex) {
+          firstIndex = part.recordIndex[r];
+          const def = part.stream.definition;
+          first = { entity: def.entity ?? def.name, id: def.recordId ? def.recordId(part.records[r]) : null };
+        }
+      }
+    });
+    return { rejections: all, accepted, duplicates, first };
+  };
   const work: TaskWork = {
     priority: result.priority,
     parts: partList.map((p) => ({ target: p.stream.target, rows: p.rows })),
     bytes: encodedBytes,
     finalize(outcomes: PartOutcome[]) {
       // Pure function of the outcomes: a batch retried with row isolation calls it again.
-      const all = rejections.slice();
-      let accepted = 0;
-      let duplicates = 0;
-      partList.forEach((part, p) => {
-        const { failures, duplicates: dup } = outcomes[p];
-        for (const f of failures) {
-          const index = part.recordIndex[f.row];
-          const line = lines === null ? undefined : lines[index];
-          all.push({
-            index,
-            line,
-            raw: values[index],
-            errors: [withLine({ index, path: "$", expected: "a row PostgreSQL accepts", message: `rejected by the database: ${f.message}` }, line, part.stream.definition.entity)],
-          });
-        }
-        let dupCount = 0;
-        if (dup) for (let r = 0; r < dup.length; r++) dupCount += dup[r];
-        duplicates += dupCount;
-        accepted += part.rows.length - failures.length - dupCount;
-      });
-      const deadLetters = all.map((r) =>
+      const t = tally(outcomes);
+      const deadLetters = t.rejections.map((r) =>
         deadLetterRow({ stream: streamName, source: task.source, batchId: result.batchId, index: r.index, line: r.line ?? null, raw: rawText(r.raw), errors: r.errors, receivedAt }),
       );
       const row = task.recordBatch
-        ? batchRow({ batchId: result.batchId, stream: streamName, received: values.length, accepted, rejected: all.length, duplicates, createdAt: receivedAt })
+        ? batchRow({ batchId: result.batchId, requestId: task.batchId, stream: streamName, received: values.length, accepted: t.accepted, rejected: t.rejections.length, duplicates: t.duplicates, createdAt: receivedAt })
         : null;
       return { batchRow: row, deadLetters };
     },
@@ -240,35 +258,13 @@ export default async function ingest(task: IngestTask): Promise<IngestOutcome> {
     result.committedAt = now();
   }
 
+  const t = tally(outcomes);
+  result.accepted = t.accepted;
+  result.duplicates = t.duplicates;
+  result.rejected = t.rejections.length;
+  result.first = t.first;
   const errors: RecordError[] = [];
-  let rejected = rejections.length;
-  for (const r of rejections) for (const e of r.errors) errors.push(e);
-  let firstIndex = Infinity;
-  partList.forEach((part, p) => {
-    const { failures, duplicates: dup } = outcomes[p];
-    const failed = new Set<number>();
-    for (const f of failures) {
-      failed.add(f.row);
-      const index = part.recordIndex[f.row];
-      const line = lines === null ? undefined : lines[index];
-      errors.push(withLine({ index, path: "$", expected: "a row PostgreSQL accepts", message: `rejected by the database: ${f.message}` }, line, part.stream.definition.entity));
-    }
-    rejected += failures.length;
-    for (let r = 0; r < part.rows.length; r++) {
-      if (failed.has(r)) continue;
-      if (dup && dup[r]) {
-        result.duplicates++;
-        continue;
-      }
-      result.accepted++;
-      if (part.recordIndex[r] < firstIndex) {
-        firstIndex = part.recordIndex[r];
-        const def = part.stream.definition;
-        result.first = { entity: def.entity ?? def.name, id: def.recordId ? def.recordId(part.records[r]) : null };
-      }
-    }
-  });
-  result.rejected = rejected;
+  for (const r of t.rejections) for (const e of r.errors) errors.push(e);
   errors.sort((a, b) => a.index - b.index);
   if (errors.length > data.maxErrorsReported) {
     errors.length = data.maxErrorsReported;
@@ -287,7 +283,7 @@ async function recordOnly(task: IngestTask, result: IngestOutcome, rejections: R
       parts: [],
       bytes: 0,
       finalize: () => ({
-        batchRow: batchRow({ batchId: result.batchId, stream, received: 0, accepted: 0, rejected: 1, duplicates: 0, createdAt: receivedAt }),
+        batchRow: batchRow({ batchId: result.batchId, requestId: task.batchId, stream, received: 0, accepted: 0, rejected: 1, duplicates: 0, createdAt: receivedAt }),
         deadLetters: rejections.map((r) =>
           deadLetterRow({ stream, source: task.source, batchId: result.batchId, index: null, line: null, raw: rawText(r.raw), errors: r.errors, receivedAt }),
         ),

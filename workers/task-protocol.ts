@@ -35,6 +35,8 @@ export interface RecordError {
   line?: number;
   /** Line formats: the entity the line was routed to (`Order`), when its prefix was known. */
   entity?: string;
+  /** Line formats: the line's text (cut at 1,000 characters). */
+  text?: string;
 }
 
 export type OutcomeKind =
