@@ -11,7 +11,8 @@ import type { ServerContext } from "./context";
 import { Database } from "./database";
 import { Dispatcher } from "./dispatcher";
 import { startEmbeddedDb, type EmbeddedDb } from "./embedded-db";
-import { answerError, markClosed } from "./http-responses";
+import { answer, answerError, markClosed } from "./http-responses";
+import { openApiDocument } from "./openapi";
 import { registerIngestRoute } from "./ingest-routes";
 import { registerTpchRoutes } from "./tpch-routes";
 import { registerBatchRoutes } from "./batch-routes";
@@ -170,6 +171,11 @@ export async function startServer(config: IngestdConfig, log: Logger): Promise<R
   registerIngestRoute(app, ctx, { route: "/events", pattern: "/events", stream: "product_events", envelope: false });
   registerTpchRoutes(app, ctx);
   registerBatchRoutes(app, ctx);
+  const openApi = JSON.stringify(openApiDocument(streams, VERSION));
+  app.get("/openapi.json", (res) => {
+    metrics.httpRequests.inc({ route: "/openapi.json", status: "200" });
+    answer(res, 200, openApi);
+  });
   const ws = registerWebSocket(app, ctx);
   wsConnections = ws.connections;
   registerOpsRoutes(app, ctx, ws.connections);

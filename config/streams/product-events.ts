@@ -19,6 +19,7 @@ export default defineStream<ProductEventRecord>({
   description: "Product analytics events and experiment exposures",
   formats: ["json", "ndjson"],
   validate: typia.createValidateEquals<ProductEventRecord>(),
+  schema: typia.json.schemas<[ProductEventRecord], "3.1">(),
   columns: [
     { name: "event_id", type: "uuid", value: (r) => r.event_id },
     { name: "user_id", type: "text", value: (r) => r.user_id },

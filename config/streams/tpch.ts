@@ -79,6 +79,7 @@ export const orders = defineStream<OrderRecord>({
     fields: [["o_orderkey", "int"], ["o_custkey", "int"], ["o_orderstatus", "text"], ["o_totalprice", "decimal"], ["o_orderdate", "date"], ["o_orderpriority", "text"], ["o_clerk", "text"], ["o_shippriority", "int"], ["o_comment", "text"]],
   }),
   validate: typia.createValidateEquals<OrderRecord>(),
+  schema: typia.json.schemas<[OrderRecord], "3.1">(),
   recordId: (r) => r.o_orderkey,
   columns: [
     { name: "o_orderkey", type: "bigint", value: (r) => r.o_orderkey },
@@ -108,6 +109,7 @@ export const lineitem = defineStream<LineItemRecord>({
     fields: [["l_orderkey", "int"], ["l_partkey", "int"], ["l_suppkey", "int"], ["l_linenumber", "int"], ["l_quantity", "decimal"], ["l_extendedprice", "decimal"], ["l_discount", "decimal"], ["l_tax", "decimal"], ["l_returnflag", "text"], ["l_linestatus", "text"], ["l_shipdate", "date"], ["l_commitdate", "date"], ["l_receiptdate", "date"], ["l_shipinstruct", "text"], ["l_shipmode", "text"], ["l_comment", "text"]],
   }),
   validate: typia.createValidateEquals<LineItemRecord>(),
+  schema: typia.json.schemas<[LineItemRecord], "3.1">(),
   recordId: (r) => `${r.l_orderkey}-${r.l_linenumber}`,
   columns: [
     { name: "l_orderkey", type: "bigint", value: (r) => r.l_orderkey },
@@ -145,6 +147,7 @@ export const customer = defineStream<CustomerRecord>({
     fields: [["c_custkey", "int"], ["c_name", "text"], ["c_address", "text"], ["c_nationkey", "int"], ["c_phone", "text"], ["c_acctbal", "decimal"], ["c_mktsegment", "text"], ["c_comment", "text"]],
   }),
   validate: typia.createValidateEquals<CustomerRecord>(),
+  schema: typia.json.schemas<[CustomerRecord], "3.1">(),
   recordId: (r) => r.c_custkey,
   columns: [
     { name: "c_custkey", type: "bigint", value: (r) => r.c_custkey },
@@ -173,6 +176,7 @@ export const part = defineStream<PartRecord>({
     fields: [["p_partkey", "int"], ["p_name", "text"], ["p_mfgr", "text"], ["p_brand", "text"], ["p_type", "text"], ["p_size", "int"], ["p_container", "text"], ["p_retailprice", "decimal"], ["p_comment", "text"]],
   }),
   validate: typia.createValidateEquals<PartRecord>(),
+  schema: typia.json.schemas<[PartRecord], "3.1">(),
   recordId: (r) => r.p_partkey,
   columns: [
     { name: "p_partkey", type: "bigint", value: (r) => r.p_partkey },
