@@ -45,6 +45,9 @@ export function registerWebSocket(app: TemplatedApp, ctx: ServerContext): WsServ
   const window = config.ws.window;
   const maxFrame = config.ws.maxFrameBytes;
   const sockets = new Set<WebSocket<Connection>>();
+  /** Bytes of frames held outside the ring while it is full; at most a quarter of the ring's size. */
+  let overflowBytes = 0;
+  const overflowBudget = Math.max(maxFrame, ring.capacity / 4);
   let idleWaiters: Array<() => void> = [];
 
   const hello = (c: Connection) =>
@@ -168,9 +171,16 @@ export function registerWebSocket(app: TemplatedApp, ctx: ServerContext): WsServ
       void processFrame(ws, c, frame, region, now());
       return;
     }
-    // Ring full: hold a private copy (bounded by window × max frame per connection) until room appears.
+    // Ring full: hold a private copy until room appears. Per connection the window bounds these copies;
+    // across connections the overflow budget does, past which producers are told to come back later.
+    if (overflowBytes + length > overflowBudget) {
+      close(ws, CLOSE_TRY_AGAIN_LATER, "ingestd overloaded; resend unacknowledged frames");
+      return;
+    }
+    overflowBytes += length;
     const copy = Buffer.from(new Uint8Array(message));
     void ring.alloc(length, 0, config.overloadDeadlineMs).then((r) => {
+      overflowBytes -= length;
       if (r === null) {
         close(ws, CLOSE_TRY_AGAIN_LATER, "ingestd overloaded; resend unacknowledged frames");
         return;

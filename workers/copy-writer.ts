@@ -124,6 +124,9 @@ export class CopyWriter {
       application_name: this.options.applicationName,
       connectionTimeoutMillis: 2000,
       keepAlive: true,
+      // A commit that hangs (a stuck server, a lock) must end as a failure the producer hears about,
+      // never as a request waiting forever with its ring space held.
+      statement_timeout: 60_000,
     });
     const forget = () => {
       if (this.client === client) this.client = null;
