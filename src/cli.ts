@@ -1,34 +1,57 @@
 #!/usr/bin/env node
 /**
- * The `ingestd` command: serve, check-config (and, as they land: top, partitions, bench).
- * Exit statuses: 0 ok, 1 runtime failure, 64 usage error, 78 configuration error.
+ * The `ingestd` command: serve, top, check-config, partitions, bench.
+ * Exit statuses: 0 ok, 1 runtime failure, 64 usage error, 69 unavailable, 78 configuration error.
  */
+import fs from "node:fs";
+import path from "node:path";
 import { parseArgs } from "node:util";
-import { ConfigError, EX_CONFIG, loadConfig, configPath } from "./config";
+import { ConfigError, EX_CONFIG, loadConfig, configPath, type IngestdConfig } from "./config";
 import { createLogger } from "./logger";
+import { notifySystemd, takeNotifySocket } from "./sd-notify";
 
 const EX_USAGE = 64;
+const EX_UNAVAILABLE = 69;
+
+class UsageError extends Error {}
 
 const HELP = `ingestd — high-throughput event ingestion daemon
 
 Usage: ingestd <command> [options]
 
 Commands:
-  serve           run the daemon (default)
-  check-config    validate config/ingestd.json with the environment overrides, then exit
-  --help          this text
+  serve                     run the daemon (the default command)
+  top [--url URL]           live view of a running daemon: events/s, p50/p95/p99/max per stage and
+      [--interval MS]       stream, ring fill, tasks in flight, connections, database state; q quits.
+      [--once]              URL defaults to http://HOST:PORT from the configuration
+  check-config              validate the configuration (file + environment) and exit: 0 ok, 78 invalid
+  partitions list           monthly partitions of the event tables, with row counts
+  partitions create [YYYY-MM ...]   create partitions (default: this month and the next)
+  partitions drop [--older-than N]  drop partitions older than N months (default: retentionMonths)
+  bench [options]           the performance benchmark (see \`ingestd bench --help\`)
+  keys new --id ID          mint an API key (printed once) and its keys-file entry;
+      --streams S1,S2       see \`ingestd keys --help\`
+      [--rate N] [--burst N]
+  --help, -h                this text
 
-Configuration: config/ingestd.json (or INGESTD_CONFIG), overridden by DATABASE_URL, HOST, PORT,
+Configuration: config/ingestd.json (or the file in INGESTD_CONFIG), overridden by DATABASE_URL, HOST, PORT,
 WORKERS, RING_MB, BATCH_SIZE, BATCH_TIMEOUT_MS, MAX_BATCH_MEMORY_MB, MAX_BODY_MB, API_KEYS_FILE,
 TLS_CERT, TLS_KEY, LOG_LEVEL, HLOG_PATH. Without DATABASE_URL an embedded PostgreSQL runs under ./.data/.
+
+Endpoints: /health, /stats, /metrics (Prometheus), /v1/latency (HDR percentiles).
+Exit status: 0 ok, 1 failure, 64 usage error, 78 configuration error.
 `;
 
-async function serve(): Promise<void> {
+async function serve(argv: string[]): Promise<void> {
+  parseArgs({ args: argv, options: {} }); // serve takes no options: reject typos rather than ignore them
   const config = loadConfig();
   const log = createLogger(config.logLevel);
+  // Before anything is spawned: the embedded PostgreSQL must not inherit systemd's notify socket.
+  takeNotifySocket();
   // Loaded here, not at the top: check-config and --help must work where the native binary does not.
   const { startServer } = require("./server") as typeof import("./server");
   const server = await startServer(config, log);
+  void notifySystemd(["READY=1", `STATUS=listening on ${config.host}:${server.port}`], log);
   let stopping = false;
   const shutdown = (signal: string) => {
     if (stopping) {
@@ -42,6 +65,7 @@ async function serve(): Promise<void> {
     }
     stopping = true;
     log.info({ signal }, "shutting down");
+    void notifySystemd(["STOPPING=1", "STATUS=draining"], log);
     server.stop().then(
       () => {
         log.flush();
@@ -56,31 +80,115 @@ async function serve(): Promise<void> {
   };
   process.on("SIGTERM", () => shutdown("SIGTERM"));
   process.on("SIGINT", () => shutdown("SIGINT"));
+  // Security: reload API keys without a restart (a bad file keeps the old keys; see src/auth.ts).
+  process.on("SIGHUP", () => server.reloadKeys());
 }
 
-function checkConfig(): void {
+function checkConfig(argv: string[]): void {
+  parseArgs({ args: argv, options: {} });
   const config = loadConfig();
   process.stdout.write(`configuration OK: ${configPath()}\n`);
   process.stdout.write(`  listen ${config.host}:${config.port}, ${config.workers} workers, ring ${config.ringMb} MiB, ` +
     `batch ${config.batchSize} rows / ${config.maxBatchMemoryMb} MiB / ${config.batchTimeoutMs} ms\n`);
   process.stdout.write(`  database: ${config.databaseUrl === null ? `embedded under ${config.dataDir}` : "DATABASE_URL"}\n`);
+  if (config.hlogPath !== null) process.stdout.write(`  latency log: ${config.hlogPath}\n`);
+}
+
+/** Where the daemon of this configuration listens, as a URL a local client can reach. */
+function localUrl(config: IngestdConfig): string {
+  const host = config.host === "0.0.0.0" ? "127.0.0.1" : config.host === "::" ? "[::1]" : config.host.includes(":") ? `[${config.host}]` : config.host;
+  return `${config.tlsCert ? "https" : "http"}://${host}:${config.port}`;
+}
+
+async function top(argv: string[]): Promise<number> {
+  const { values } = parseArgs({
+    args: argv,
+    options: { url: { type: "string" }, interval: { type: "string" }, once: { type: "boolean" } },
+  });
+  const url = values.url ?? localUrl(loadConfig());
+  if (!/^https?:\/\/[^/]+/.test(url)) throw new UsageError(`--url: expected http://host:port, got ${JSON.stringify(url)}`);
+  const intervalMs = values.interval === undefined ? 1000 : Number(values.interval);
+  if (!Number.isInteger(intervalMs) || intervalMs < 100) throw new UsageError(`--interval: expected milliseconds >= 100, got ${JSON.stringify(values.interval)}`);
+  const { runTop } = require("./top") as typeof import("./top");
+  return runTop({ url, intervalMs, once: values.once === true, input: process.stdin, output: process.stdout });
+}
+
+async function partitions(argv: string[]): Promise<void> {
+  const mod = path.join(__dirname, "partitions.js");
+  if (!fs.existsSync(mod)) {
+    process.stderr.write("ingestd: partitions: not yet available in this build\n");
+    process.exit(EX_UNAVAILABLE);
+  }
+  const { runPartitions, PARTITIONS_HELP, UsageError: PartitionsUsage } = require("./partitions-command") as typeof import("./partitions-command");
+  if (argv.includes("--help") || argv.includes("-h")) {
+    process.stdout.write(PARTITIONS_HELP);
+    return;
+  }
+  try {
+    await runPartitions(loadConfig(), argv, process.stdout);
+  } catch (err) {
+    if (err instanceof PartitionsUsage) throw new UsageError(`${err.message}\n\n${PARTITIONS_HELP}`);
+    throw err;
+  }
+}
+
+async function bench(argv: string[]): Promise<number | void> {
+  // bench/ is compiled next to src/: dist/bench/run.js. Loaded at call time so the daemon never needs it.
+  const file = path.resolve(__dirname, "../bench/run.js");
+  if (!fs.existsSync(file)) {
+    process.stderr.write("ingestd: bench: not available in this build (no bench/run.js)\n");
+    process.exit(EX_UNAVAILABLE);
+  }
+  const mod = require(file) as { runBench?: (argv: string[]) => Promise<number | void> | number | void };
+  if (typeof mod.runBench !== "function") {
+    process.stderr.write("ingestd: bench: bench/run.js does not export runBench\n");
+    process.exit(EX_UNAVAILABLE);
+  }
+  return mod.runBench(argv);
 }
 
 async function main(argv: string[]): Promise<void> {
-  const { positionals, values } = parseArgs({ args: argv, allowPositionals: true, strict: false, options: { help: { type: "boolean", short: "h" } } });
-  const command = positionals[0] ?? "serve";
-  if (values.help || command === "help") {
+  const [command = "serve", ...rest] = argv;
+  if (command === "--help" || command === "-h" || command === "help") {
+    process.stdout.write(HELP);
+    return;
+  }
+  if (command === "--version" || command === "-V") {
+    process.stdout.write(`${require("../../package.json").version}\n`);
+    return;
+  }
+  if ((rest.includes("--help") || rest.includes("-h")) && command !== "bench" && command !== "partitions" && command !== "keys") {
     process.stdout.write(HELP);
     return;
   }
   switch (command) {
     case "serve":
-      return serve();
+      return serve(rest);
     case "check-config":
-      return checkConfig();
+      return checkConfig(rest);
+    case "top": {
+      const code = await top(rest);
+      process.exit(code);
+    }
+    case "partitions":
+      await partitions(rest);
+      process.exit(0); // a pg pool or an embedded cluster's handles must not keep a finished command alive
+    case "bench": {
+      const code = await bench(rest);
+      process.exit(typeof code === "number" ? code : 0);
+    }
+    case "keys": {
+      // Security: mint API keys (it has its own --help, hence excluded from the generic one above).
+      const keys = require("./api-keys") as typeof import("./api-keys");
+      try {
+        process.exit(keys.runKeysCommand(rest, process.stdout, keys.streamCatalog()));
+      } catch (err) {
+        if (err instanceof keys.ApiKeysError) throw new UsageError(err.message);
+        throw err;
+      }
+    }
     default:
-      process.stderr.write(`ingestd: unknown command "${command}"\n\n${HELP}`);
-      process.exit(EX_USAGE);
+      throw new UsageError(`unknown command "${command}"\n\n${HELP}`);
   }
 }
 
@@ -88,6 +196,12 @@ main(process.argv.slice(2)).catch((err: unknown) => {
   if (err instanceof ConfigError) {
     process.stderr.write(`ingestd: ${err.message}\n`);
     process.exit(EX_CONFIG);
+  }
+  // parseArgs reports unknown options and missing values with these codes.
+  const code = (err as { code?: string })?.code;
+  if (err instanceof UsageError || code === "ERR_PARSE_ARGS_UNKNOWN_OPTION" || code === "ERR_PARSE_ARGS_INVALID_OPTION_VALUE" || code === "ERR_PARSE_ARGS_UNEXPECTED_POSITIONAL") {
+    process.stderr.write(`ingestd: ${(err as Error).message}\n`);
+    process.exit(EX_USAGE);
   }
   process.stderr.write(`ingestd: ${(err as Error)?.stack ?? String(err)}\n`);
   process.exit(1);

@@ -97,7 +97,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, file = configPa
   try {
     raw = JSON.parse(fs.readFileSync(file, "utf8"));
   } catch (err) {
-    throw new ConfigError(`cannot read config file ${file}: ${(err as Error).message}`);
+    throw new ConfigError(`cannot read config file ${file}: ${(err as Error).message}${jsonErrorPosition(file, err)}`);
   }
   if (typeof raw !== "object" || raw === null || Array.isArray(raw)) {
     throw new ConfigError(`config file ${file}: expected a JSON object`);
@@ -114,7 +114,10 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, file = configPa
       const field = e.path.replace(/^\$input\.?/, "");
       const source = ENV_OVERRIDES.find(([, key]) => key === field);
       const via = source && env[source[0]] ? ` (from ${source[0]})` : "";
-      return `${field || "(root)"}${via}: expected ${e.expected}, got ${JSON.stringify(e.value) ?? "undefined"}`;
+      // typia reports an unknown key as "expected undefined": say what it means to the operator.
+      if (e.expected === "undefined") return `${field}: unknown field (not part of the configuration)`;
+      if (e.value === undefined) return `${field}: missing, expected ${e.expected}`;
+      return `${field || "(root)"}${via}: expected ${e.expected}, got ${JSON.stringify(e.value)}`;
     });
     throw new ConfigError(`invalid configuration in ${file}:\n  ${lines.join("\n  ")}`);
   }
@@ -129,7 +132,33 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, file = configPa
     const p = cfg[key];
     if (p !== null && !fs.existsSync(p)) throw new ConfigError(`${key}: file not found: ${p}`);
   }
+  // TLS (security): a bad certificate or key is named here, not left to uWS's "App construction failed".
+  if (cfg.tlsCert !== null && cfg.tlsKey !== null) {
+    const problem = (require("./tls-files") as typeof import("./tls-files")).tlsFilesProblem(cfg.tlsCert, cfg.tlsKey);
+    if (problem !== null) throw new ConfigError(problem);
+  }
+  // API keys (security): validated here too so check-config rejects a bad keys file like serve does (78).
+  if (cfg.apiKeysFile !== null || env.INGESTD_API_KEYS) {
+    const keys = require("./api-keys") as typeof import("./api-keys");
+    try {
+      keys.readKeyEntries(cfg.apiKeysFile, env.INGESTD_API_KEYS, keys.streamCatalog());
+    } catch (err) {
+      throw err instanceof keys.ApiKeysError ? new ConfigError(err.message) : err;
+    }
+  }
+  if (cfg.hlogPath !== null && !fs.existsSync(path.dirname(path.resolve(cfg.hlogPath)))) {
+    throw new ConfigError(`hlogPath: directory not found: ${path.dirname(path.resolve(cfg.hlogPath))}`);
+  }
   return cfg;
+}
+
+/** " (line L, column C)" for a JSON syntax error that reports a character position. */
+function jsonErrorPosition(file: string, err: unknown): string {
+  const match = /position (\d+)/.exec((err as Error).message);
+  if (!(err instanceof SyntaxError) || !match) return "";
+  const before = fs.readFileSync(file, "utf8").slice(0, Number(match[1]));
+  const lines = before.split("\n");
+  return ` (line ${lines.length}, column ${lines[lines.length - 1].length + 1})`;
 }
 
 function parseEnv(name: string, value: string, kind: EnvKind): unknown {

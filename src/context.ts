@@ -1,3 +1,4 @@
+import type { Auth } from "./auth";
 import type { BatchRegistry } from "./batch-registry";
 import type { IngestdConfig } from "./config";
 import type { Database } from "./database";
@@ -21,6 +22,8 @@ export interface ServerContext {
   streams: ReadonlyMap<string, StreamDefinition>;
   version: string;
   startedAt: number;
+  /** API keys and per-key rate limits (SPEC §7), checked by every ingest route. */
+  auth: Auth;
   /** Set by SIGTERM: new requests and frames are refused while in-flight work drains. */
   draining: boolean;
 }

@@ -5,6 +5,7 @@
  */
 import { randomUUID } from "node:crypto";
 import { now } from "./clock";
+import { isDenial } from "./auth";
 import type { ServerContext } from "./context";
 import { readBodyIntoRing } from "./http-body";
 import { answerError, answerJson, isClosed, markClosed } from "./http-responses";
@@ -79,6 +80,8 @@ export function registerIngestRoute(app: TemplatedApp, ctx: ServerContext, route
     const contentType = req.getHeader("content-type");
     const lengthHeader = req.getHeader("content-length");
     const respondAsync = /\brespond-async\b/i.test(req.getHeader("prefer"));
+    // Security: the key is read with the other headers (a uWS request does not outlive this call).
+    const caller = ctx.auth.authenticate(req.getHeader("authorization"), req.getHeader("x-api-key"));
     const count = (s: number) => metrics.httpRequests.inc({ route: route.route, status: String(s) });
     res.onAborted(() => {
       markClosed(res);
@@ -86,15 +89,23 @@ export function registerIngestRoute(app: TemplatedApp, ctx: ServerContext, route
     });
     let reader: { abort(): void } | null = null;
 
-    const fail = (s: number, code: string, message: string, headers?: Record<string, string>) => {
+    // With a plain Content-Length uWS itself skips a body nobody reads once the answer is written, so an
+    // early refusal (413, 415, 503...) can keep the connection. Closing instead while a big body is still
+    // arriving resets the socket: the producer gets EPIPE/ECONNRESET and never reads the 413.
+    const framed = /^\d+$/.test(lengthHeader) && req.getHeader("transfer-encoding") === "";
+    const fail = (s: number, code: string, message: string, headers?: Record<string, string>, close = !framed) => {
       count(s);
-      // The body was not read: close so the connection cannot be misread as the next request.
-      answerError(res, s, code, message, { headers, close: true });
+      // Otherwise the body was not (fully) read: close so it cannot be misread as the next request.
+      answerError(res, s, code, message, { headers, close });
     };
 
+    if (isDenial(caller)) return fail(caller.status, caller.code, caller.message, caller.headers);
     const stream: Pick<StreamDefinition, "name" | "formats"> | undefined =
       streamName === LINE_ROUTER ? { name: LINE_ROUTER, formats: ["text"] } : ctx.streams.get(streamName);
     if (!stream) return fail(404, "unknown_stream", `unknown stream "${streamName}"; streams: ${[...ctx.streams.keys()].join(", ")}`);
+    // Security: 403 for a stream the key may not write, 429 while the key's rate bucket is in debt.
+    const denied = ctx.auth.permit(caller, stream.name);
+    if (denied) return fail(denied.status, denied.code, denied.message, denied.headers);
     if (ctx.draining) return fail(503, "shutting_down", "ingestd is shutting down; retry on another instance or later", retryAfter);
     const format = route.format ?? formatOf(contentType);
     if (format === null || !stream.formats.includes(format) || (route.envelope && format !== "json")) {
@@ -111,8 +122,8 @@ export function registerIngestRoute(app: TemplatedApp, ctx: ServerContext, route
 
     reader = readBodyIntoRing(res, { ring, length, priority: 0, deadlineMs: config.overloadDeadlineMs }, (body) => {
       if (!body.ok) {
-        if (body.reason === "overloaded") return fail(503, "overloaded", "ingestd is overloaded; nothing was stored, retry later", retryAfter);
-        if (body.reason === "truncated") return fail(400, "truncated_body", "request body ended before Content-Length bytes");
+        if (body.reason === "overloaded") return fail(503, "overloaded", "ingestd is overloaded; nothing was stored, retry later", retryAfter, true);
+        if (body.reason === "truncated") return fail(400, "truncated_body", "request body ended before Content-Length bytes", undefined, true);
         return; // aborted: nobody to answer
       }
       const batchId = randomUUID();
@@ -135,6 +146,7 @@ export function registerIngestRoute(app: TemplatedApp, ctx: ServerContext, route
       }
       void dispatcher.run(submission).then((outcome) => {
         ring.free(body.region);
+        ctx.auth.charge(caller, outcome); // rate limit: charged once the event count is known
         ctx.batches.settle(batchId, outcome.kind === "db_unavailable" || outcome.kind === "failed" ? outcome.message : null);
         if (respondAsync) return;
         const { status: s, body: answerBody } = render(stream.name, outcome, now() - receivedAt);

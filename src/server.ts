@@ -12,6 +12,8 @@ import { Database } from "./database";
 import { Dispatcher } from "./dispatcher";
 import { startEmbeddedDb, type EmbeddedDb } from "./embedded-db";
 import { answer, answerError, markClosed } from "./http-responses";
+import { ApiKeysError } from "./api-keys";
+import { Auth } from "./auth";
 import { openApiDocument } from "./openapi";
 import { registerIngestRoute } from "./ingest-routes";
 import { registerTpchRoutes } from "./tpch-routes";
@@ -35,6 +37,8 @@ export interface RunningServer {
   databaseUrl: string;
   /** Stops accepting, drains in-flight work (answering and acking it), closes everything. */
   stop(): Promise<void>;
+  /** SIGHUP: reloads the API keys; a bad keys file keeps the old keys (and logs why). */
+  reloadKeys(): boolean;
 }
 
 async function connectWithRetry(url: string, log: Logger, deadlineMs: number): Promise<pg.Client> {
@@ -68,6 +72,13 @@ function startPartitionMaintenance(db: Database, config: IngestdConfig, log: Log
   const run = async () => {
     const client = await db.pool.connect().catch(() => null);
     if (!client) return;
+    // A checked-out client has no pool error listener: PostgreSQL going away between two statements
+    // would otherwise be an unhandled 'error' event that takes the whole daemon down.
+    let lost: Error | undefined;
+    const onError = (err: Error) => {
+      lost = err;
+    };
+    client.on("error", onError);
     try {
       const created = await ensureMonthPartitions(client, config.dbSchema, streams);
       if (created.length > 0) log.info({ created }, "partitions created");
@@ -78,7 +89,8 @@ function startPartitionMaintenance(db: Database, config: IngestdConfig, log: Log
     } catch (err) {
       log.error({ err: (err as Error).message }, "partition maintenance failed");
     } finally {
-      client.release();
+      client.removeListener("error", onError);
+      client.release(lost); // a lost connection is discarded, not returned to the pool
     }
   };
   void run();
@@ -92,6 +104,15 @@ export async function startServer(config: IngestdConfig, log: Logger): Promise<R
     const stream = streams.find((s) => s.name === name);
     if (!stream?.dedupKey) throw new ConfigError(`deduplicate.${name}: not a stream with an id to deduplicate by`);
   }
+  // API keys before anything starts: a bad keys file is a configuration error (exit 78), not a late failure.
+  let auth: Auth;
+  try {
+    auth = new Auth(config.apiKeysFile, process.env.INGESTD_API_KEYS);
+  } catch (err) {
+    if (err instanceof ApiKeysError) throw new ConfigError(err.message);
+    throw err;
+  }
+  auth.announce(log);
   let embedded: EmbeddedDb | null = null;
   let databaseUrl = config.databaseUrl;
   if (databaseUrl === null) {
@@ -160,6 +181,7 @@ export async function startServer(config: IngestdConfig, log: Logger): Promise<R
     streams: new Map(streams.map((s) => [s.name, s])),
     version: VERSION,
     startedAt: Date.now(),
+    auth,
     draining: false,
   };
 
@@ -210,6 +232,7 @@ export async function startServer(config: IngestdConfig, log: Logger): Promise<R
   return {
     port,
     databaseUrl,
+    reloadKeys: () => auth.reload(log),
     stop() {
       stopping ??= (async () => {
         const started = Date.now();

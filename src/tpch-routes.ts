@@ -5,12 +5,14 @@
  */
 import { randomUUID } from "node:crypto";
 import { now } from "./clock";
+import type { ApiKey } from "./api-keys";
+import { isDenial } from "./auth";
 import type { ServerContext } from "./context";
 import { answerError, isClosed, markClosed } from "./http-responses";
 import { registerIngestRoute, type AnswerRenderer } from "./ingest-routes";
 import type { RingRegion } from "./ring";
 import { LINE_ROUTER } from "./stream-definition";
-import type { HttpResponse, TemplatedApp } from "./uws";
+import type { HttpRequest, HttpResponse, TemplatedApp } from "./uws";
 import type { IngestOutcome, RecordError } from "../workers/task-protocol";
 
 interface LineError {
@@ -72,13 +74,22 @@ function registerStream(app: TemplatedApp, ctx: ServerContext): void {
   const maxLine = config.maxBodyMb * 1024 * 1024;
   const count = (status: number) => metrics.httpRequests.inc({ route: "/ingest/stream", status: String(status) });
 
-  app.post("/ingest/stream", (res: HttpResponse) => {
+  app.post("/ingest/stream", (res: HttpResponse, req: HttpRequest) => {
     const receivedAt = now();
     let aborted = false;
     res.onAborted(() => {
       aborted = true;
       markClosed(res);
     });
+    // Security: the same gate as the other line endpoints (stream "tpch"); see src/auth.ts.
+    const caller = ctx.auth.authenticate(req.getHeader("authorization"), req.getHeader("x-api-key"));
+    const denied = isDenial(caller) ? caller : ctx.auth.permit(caller, LINE_ROUTER);
+    if (denied) {
+      count(denied.status);
+      answerError(res, denied.status, denied.code, denied.message, { headers: denied.headers, close: true });
+      return;
+    }
+    const key = caller as ApiKey;
     if (ctx.draining || !ctx.db.up) {
       count(503);
       answerError(res, 503, ctx.draining ? "shutting_down" : "database_unavailable", "retry later", { headers: { "Retry-After": String(config.retryAfterSeconds) }, close: true });
@@ -142,13 +153,19 @@ function registerStream(app: TemplatedApp, ctx: ServerContext): void {
       pending = rest.length > 0 ? [Buffer.from(rest)] : [];
       pendingBytes = rest.length;
       inFlight = true;
-      void commitSegment(segment).then(() => {
+      const next = () => {
         inFlight = false;
         if (paused && pendingBytes < 2 * SEGMENT_BYTES) {
           paused = false;
           if (!aborted) res.resume();
         }
         pump();
+      };
+      // Rate limit: a key in debt waits before its next segment (reads stay paused meanwhile).
+      void commitSegment(segment).then(() => {
+        const wait = ctx.auth.waitMs(key);
+        if (wait > 0 && !aborted && !finished && !ctx.draining) setTimeout(next, wait);
+        else next();
       });
     };
 
@@ -172,6 +189,7 @@ function registerStream(app: TemplatedApp, ctx: ServerContext): void {
             await new Promise((r) => setTimeout(r, DB_RETRY_MS));
             continue;
           }
+          ctx.auth.charge(key, outcome);
           if (outcome.kind !== "done") return finish(outcome.message);
           totals.total += outcome.received;
           totals.inserted += outcome.accepted;

@@ -5,6 +5,8 @@
  * frames is what bounds a producer: a frame past it is a protocol violation.
  */
 import { now } from "./clock";
+import { mayWrite, type ApiKey } from "./api-keys";
+import { isDenial } from "./auth";
 import type { ServerContext } from "./context";
 import type { RingRegion } from "./ring";
 import type { StreamDefinition } from "./stream-definition";
@@ -29,6 +31,10 @@ interface Connection {
   /** Unacknowledged frames in seq order; the head is the next ack to send. */
   pending: Frame[];
   open: boolean;
+  /** The producer's API key (security); its rate bucket decides when acks may leave. */
+  key: ApiKey;
+  /** Pending flush of acks held back while the key's rate bucket is in debt. */
+  throttle: NodeJS.Timeout | null;
 }
 
 /** Delay between resubmissions of a frame while the database is unavailable. */
@@ -76,6 +82,19 @@ export function registerWebSocket(app: TemplatedApp, ctx: ServerContext): WsServ
 
   function flushAcks(ws: WebSocket<Connection>, c: Connection): void {
     if (!c.open) return;
+    // Rate limit: while the key is in debt its acks wait (committed, not yet acknowledged); the ack window
+    // then stops the producer without a close. On shutdown committed frames are acked regardless.
+    if (c.key.bucket !== null && !ctx.draining) {
+      if (c.throttle !== null) return;
+      const wait = c.key.bucket.waitMs();
+      if (wait > 0) {
+        c.throttle = setTimeout(() => {
+          c.throttle = null;
+          flushAcks(ws, c);
+        }, wait);
+        return;
+      }
+    }
     let n = 0;
     while (n < c.pending.length && c.pending[n].ack !== null) n++;
     if (n === 0) return;
@@ -119,6 +138,7 @@ export function registerWebSocket(app: TemplatedApp, ctx: ServerContext): WsServ
       });
       if (outcome.kind !== "db_unavailable") {
         ring.free(region);
+        ctx.auth.charge(c.key, outcome); // rate limit: charged once the frame's event count is known
         frame.outcome = outcome;
         frame.ack = ackFor(frame, outcome);
         flushAcks(ws, c);
@@ -191,6 +211,17 @@ export function registerWebSocket(app: TemplatedApp, ctx: ServerContext): WsServ
     });
   }
 
+  // Security: after a SIGHUP reload, live connections take their key's new limits; a revoked key, or one
+  // that may no longer write the stream, is cut off (1008). Its unacknowledged frames may be resent.
+  ctx.auth.onReload(() => {
+    for (const ws of [...sockets]) {
+      const c = ws.getUserData();
+      const key = ctx.auth.keys.current(c.key);
+      if (key === null || !mayWrite(key, c.stream.name)) close(ws, CLOSE_POLICY_VIOLATION, "API key revoked or no longer allowed on this stream");
+      else c.key = key;
+    }
+  });
+
   app.ws<Connection>("/v1/ws", {
     // uWS drops a connection whose frame exceeds maxPayloadLength without a close frame (1006). Taking
     // frames up to twice the limit lets an oversized frame get its proper 1009; beyond that it is 1006.
@@ -205,18 +236,23 @@ export function registerWebSocket(app: TemplatedApp, ctx: ServerContext): WsServ
       const key = req.getHeader("sec-websocket-key");
       const protocol = req.getHeader("sec-websocket-protocol");
       const extensions = req.getHeader("sec-websocket-extensions");
+      // Security: key from Authorization / X-API-Key, or ?token= (browsers cannot set upgrade headers).
+      const caller = ctx.auth.authenticate(req.getHeader("authorization"), req.getHeader("x-api-key"), req.getQuery("token") ?? "");
       const stream = ctx.streams.get(name);
-      let refusal: [string, string] | null = null;
-      if (!stream) refusal = ["404 Not Found", `unknown stream "${name}"; use /v1/ws?stream=<name>`];
+      let refusal: [string, string, Record<string, string>?] | null = null;
+      if (isDenial(caller)) refusal = ["401 Unauthorized", caller.message, caller.headers];
+      else if (!stream) refusal = ["404 Not Found", `unknown stream "${name}"; use /v1/ws?stream=<name>`];
+      else if (!mayWrite(caller, stream.name)) refusal = ["403 Forbidden", `API key ${caller.id} may not write stream ${stream.name}`];
       else if (ctx.draining) refusal = ["503 Service Unavailable", "ingestd is shutting down"];
       if (refusal) {
         res.cork(() => {
           res.writeStatus(refusal![0]).writeHeader("Content-Type", "application/json");
+          for (const [k, v] of Object.entries(refusal![2] ?? {})) res.writeHeader(k, v);
           res.end(JSON.stringify({ status: "error", message: refusal![1] }), true);
         });
         return;
       }
-      const conn: Connection = { stream: stream!, seq: 0, pending: [], open: true };
+      const conn: Connection = { stream: stream!, seq: 0, pending: [], open: true, key: caller as ApiKey, throttle: null };
       res.upgrade(conn, key, protocol, extensions, context);
     },
     open: (ws) => {
@@ -227,6 +263,7 @@ export function registerWebSocket(app: TemplatedApp, ctx: ServerContext): WsServ
     close: (ws) => {
       const c = ws.getUserData();
       c.open = false;
+      if (c.throttle !== null) clearTimeout(c.throttle);
       sockets.delete(ws);
       c.pending.length = 0;
       checkIdle();
@@ -236,6 +273,13 @@ export function registerWebSocket(app: TemplatedApp, ctx: ServerContext): WsServ
   return {
     connections: () => sockets.size,
     async shutdown() {
+      // Acks held back by rate limits go out now (ctx.draining is set): their frames are committed.
+      for (const ws of sockets) {
+        const c = ws.getUserData();
+        if (c.throttle !== null) clearTimeout(c.throttle);
+        c.throttle = null;
+        flushAcks(ws, c);
+      }
       await new Promise<void>((resolve) => {
         idleWaiters.push(resolve);
         checkIdle();
