@@ -48,13 +48,16 @@ export interface LatencyReport {
 
 function percentiles(h: hdr.Histogram): Percentiles {
   const ms = (us: number) => Math.round(us) / 1000;
+  // getValueAtPercentile answers the top of the value's HDR bucket, which can exceed the exact recorded
+  // max (p99 214.015 ms over max 213.916 ms): clamp so a report never shows a percentile above its max.
+  const at = (p: number) => ms(Math.min(h.getValueAtPercentile(p), h.maxValue));
   return {
     count: h.totalCount,
-    p50_ms: ms(h.getValueAtPercentile(50)),
-    p90_ms: ms(h.getValueAtPercentile(90)),
-    p95_ms: ms(h.getValueAtPercentile(95)),
-    p99_ms: ms(h.getValueAtPercentile(99)),
-    p999_ms: ms(h.getValueAtPercentile(99.9)),
+    p50_ms: at(50),
+    p90_ms: at(90),
+    p95_ms: at(95),
+    p99_ms: at(99),
+    p999_ms: at(99.9),
     max_ms: ms(h.maxValue),
   };
 }
@@ -90,6 +93,9 @@ export class LatencyRecorder {
       writer.outputComment(`ingestd latency log, values in microseconds, tags are <stage>.<stream>`);
       writer.outputLogFormatVersion();
       writer.outputStartTime(this.startedAt);
+      // Interval timestamps are relative to this base. Stating it (as Java's writer does) keeps a file that
+      // several runs appended to readable: readers take each run's base from its own header.
+      writer.outputComment(`[BaseTime: ${(this.startedAt / 1000).toFixed(3)} (seconds since epoch)]`);
       writer.baseTime = this.startedAt;
       writer.outputLegend();
       this.hlog = { fd, writer };

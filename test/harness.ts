@@ -4,9 +4,11 @@
  */
 import { spawn, type ChildProcess } from "node:child_process";
 import fs from "node:fs";
+import net from "node:net";
 import os from "node:os";
 import path from "node:path";
 import pg from "pg";
+import WebSocket from "ws";
 import { startEmbeddedDb, type EmbeddedDb } from "../src/embedded-db";
 
 export const ROOT = path.resolve(__dirname, "../..");
@@ -156,4 +158,179 @@ export async function post(
 /** A valid `events` record. */
 export function event(id: string, extra: Record<string, unknown> = {}): Record<string, unknown> {
   return { event_id: id, service_name: "checkout", event_type: "click", payload: { n: id }, ...extra };
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Helpers for the behaviour tests (HTTP edge cases, WebSocket protocol, polling).
+
+/** Polls `probe` until it returns a truthy value or `timeoutMs` passes (then throws with `what`). */
+export async function waitFor<T>(what: string, probe: () => Promise<T> | T, timeoutMs = 10_000, intervalMs = 50): Promise<NonNullable<T>> {
+  const deadline = Date.now() + timeoutMs;
+  let last: unknown;
+  for (;;) {
+    try {
+      const value = await probe();
+      if (value) return value as NonNullable<T>;
+      last = value;
+    } catch (err) {
+      last = err;
+    }
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what} (last: ${String(last)})`);
+    await new Promise((r) => setTimeout(r, intervalMs));
+  }
+}
+
+/** GETs a URL and returns status, headers and parsed JSON (or text). */
+export async function get(url: string, method = "GET"): Promise<{ status: number; headers: Headers; json: any; text: string }> {
+  const res = await fetch(url, { method });
+  const text = await res.text();
+  let json: any = undefined;
+  try {
+    json = JSON.parse(text);
+  } catch {
+    // not JSON
+  }
+  return { status: res.status, headers: res.headers, json, text };
+}
+
+export interface RawResponse {
+  /** 0 when no status line arrived. */
+  status: number;
+  head: string;
+  body: string;
+  /** Socket error seen (EPIPE/ECONNRESET after an early answer), if any. */
+  error?: string;
+}
+
+/**
+ * Sends bytes over a plain TCP socket and collects one answer (until its Content-Length is complete, the
+ * server closes, or `timeoutMs`). For small requests fetch cannot make: no Content-Length, chunked bodies,
+ * lying lengths. (Big bodies answered early go through fetch: a raw socket that keeps writing after the
+ * server closed gets EPIPE and Node drops the answer.)
+ */
+export function rawRequest(port: number, head: string, body: Uint8Array | string = "", timeoutMs = 5000): Promise<RawResponse> {
+  return new Promise((resolve) => {
+    const socket = net.connect(port, "127.0.0.1");
+    const chunks: Buffer[] = [];
+    let error: string | undefined;
+    const finish = () => {
+      clearTimeout(timer);
+      socket.destroy();
+      const text = Buffer.concat(chunks).toString("utf8");
+      const split = text.indexOf("\r\n\r\n");
+      const headPart = split === -1 ? text : text.slice(0, split);
+      const m = /^HTTP\/1\.[01] (\d{3})/.exec(headPart);
+      resolve({ status: m ? Number(m[1]) : 0, head: headPart, body: split === -1 ? "" : text.slice(split + 4), error });
+    };
+    const timer = setTimeout(finish, timeoutMs);
+    socket.on("data", (c) => {
+      chunks.push(c);
+      // One answer is all these requests get: stop once its body (by Content-Length) is complete.
+      const text = Buffer.concat(chunks).toString("latin1");
+      const split = text.indexOf("\r\n\r\n");
+      if (split !== -1) {
+        const len = /\r\ncontent-length: *(\d+)/i.exec(text.slice(0, split));
+        if (len && text.length - split - 4 >= Number(len[1])) finish();
+      }
+    });
+    socket.on("error", (err) => {
+      error = (err as NodeJS.ErrnoException).code ?? err.message;
+    });
+    socket.on("close", finish);
+    socket.on("connect", () => {
+      socket.write(head);
+      if (body.length > 0) socket.write(body);
+    });
+  });
+}
+
+export interface WsClient {
+  socket: WebSocket;
+  /** The server's hello message. */
+  hello: any;
+  /** Every ack received so far, in arrival order. */
+  acks: any[];
+  /** Resolves with the close code and reason (1006 when the connection dropped without a close frame). */
+  closed: Promise<{ code: number; reason: string }>;
+  /** Resolves once `n` acks in total have arrived; rejects on close or after `timeoutMs`. */
+  waitForAcks(n: number, timeoutMs?: number): Promise<any[]>;
+  send(data: string | Buffer): void;
+}
+
+/**
+ * Opens a WebSocket to the daemon and waits for its hello. Rejects with `status` set when the upgrade is
+ * refused with an HTTP answer.
+ */
+export function openWs(url: string, timeoutMs = 5000): Promise<WsClient> {
+  return new Promise((resolve, reject) => {
+    const socket = new WebSocket(url, { perMessageDeflate: false });
+    const acks: any[] = [];
+    const waiters: Array<{ n: number; resolve: (a: any[]) => void; reject: (e: Error) => void }> = [];
+    let closeInfo: { code: number; reason: string } | null = null;
+    const timer = setTimeout(() => {
+      socket.terminate();
+      reject(new Error(`no hello from ${url} within ${timeoutMs} ms`));
+    }, timeoutMs);
+    const closed = new Promise<{ code: number; reason: string }>((resolveClosed) => {
+      socket.on("close", (code, reason) => {
+        closeInfo = { code, reason: reason.toString() };
+        clearTimeout(timer);
+        reject(new Error(`closed before hello: ${code} ${reason.toString()}`));
+        for (const w of waiters.splice(0)) w.reject(new Error(`closed (${code} ${reason.toString()}) after ${acks.length} acks, waiting for ${w.n}`));
+        resolveClosed(closeInfo);
+      });
+    });
+    socket.on("unexpected-response", (_req, res) => {
+      clearTimeout(timer);
+      let text = "";
+      res.setEncoding("utf8");
+      res.on("data", (c: string) => (text += c));
+      res.on("end", () => reject(Object.assign(new Error(`upgrade refused: ${res.statusCode} ${text}`), { status: res.statusCode, body: text })));
+      res.on("error", () => reject(Object.assign(new Error(`upgrade refused: ${res.statusCode}`), { status: res.statusCode })));
+    });
+    socket.on("error", (err) => {
+      clearTimeout(timer);
+      reject(err);
+    });
+    let client: WsClient | null = null;
+    socket.on("message", (data) => {
+      const msg = JSON.parse(data.toString());
+      if (client === null) {
+        clearTimeout(timer);
+        client = {
+          socket,
+          hello: msg,
+          acks,
+          closed,
+          waitForAcks(n, waitMs = 10_000) {
+            if (acks.length >= n) return Promise.resolve(acks);
+            if (closeInfo) return Promise.reject(new Error(`closed (${closeInfo.code}) after ${acks.length} acks, waiting for ${n}`));
+            return new Promise((res, rej) => {
+              const w = { n, resolve: res, reject: rej };
+              waiters.push(w);
+              setTimeout(() => {
+                const i = waiters.indexOf(w);
+                if (i >= 0) {
+                  waiters.splice(i, 1);
+                  rej(new Error(`timed out after ${waitMs} ms with ${acks.length} acks, waiting for ${n}`));
+                }
+              }, waitMs).unref();
+            });
+          },
+          send(data) {
+            socket.send(data);
+          },
+        };
+        resolve(client);
+        return;
+      }
+      acks.push(msg);
+      for (const w of [...waiters]) {
+        if (acks.length >= w.n) {
+          waiters.splice(waiters.indexOf(w), 1);
+          w.resolve(acks);
+        }
+      }
+    });
+  });
 }
