@@ -110,6 +110,7 @@ export class Dispatcher {
     const metrics = this.metrics;
     if (!metrics) return;
     metrics.ackLatency.observe({ stream, transport }, ms / 1000);
+    metrics.ingestRequests.inc({ stream, transport, outcome: outcome?.kind ?? "none" });
     if (outcome && outcome.kind === "done") {
       if (outcome.accepted > 0) metrics.events.inc({ stream, outcome: "accepted" }, outcome.accepted);
       if (outcome.rejected > 0) metrics.events.inc({ stream, outcome: "rejected" }, outcome.rejected);

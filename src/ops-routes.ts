@@ -1,4 +1,4 @@
-/** Operational endpoints: health, Prometheus metrics, HDR latency. */
+/** Operational endpoints: health, stats, Prometheus metrics, HDR latency. */
 import type { ServerContext } from "./context";
 import { answer, answerJson, markClosed } from "./http-responses";
 import type { HttpResponse, TemplatedApp } from "./uws";
@@ -43,6 +43,14 @@ export function registerOpsRoutes(app: TemplatedApp, ctx: ServerContext, wsConne
   };
   app.get("/metrics", metricsRoute);
   app.get("/v1/metrics", metricsRoute);
+
+  const stats = (res: HttpResponse) => {
+    res.onAborted(() => markClosed(res));
+    count("/stats", 200);
+    answerJson(res, 200, ctx.dispatcher.stats.report());
+  };
+  app.get("/stats", stats);
+  app.get("/v1/stats", stats);
 
   app.get("/v1/latency", (res) => {
     res.onAborted(() => markClosed(res));

@@ -1,0 +1,102 @@
+/**
+ * `ingestd partitions list | create [YYYY-MM ...] | drop --older-than N`: the monthly partitions of
+ * src/partitions.ts by hand. It talks to DATABASE_URL, or to the embedded cluster under dataDir: the running
+ * daemon's (found through the credentials file the cluster keeps there) or, when none runs, one it starts
+ * for the command and stops again.
+ */
+import fs from "node:fs";
+import path from "node:path";
+import { parseArgs } from "node:util";
+import pg from "pg";
+import { streams } from "../config/streams";
+import type { IngestdConfig } from "./config";
+import { addMonths, createPartitions, dropPartitionsOlderThan, listPartitions, monthOf, parseMonth } from "./partitions";
+
+export const PARTITIONS_HELP = `Usage: ingestd partitions <list | create [YYYY-MM ...] | drop [--older-than MONTHS]>
+
+  list                       partitions of every partitioned stream, with row counts
+  create [YYYY-MM ...]       create the months' partitions (default: this month and the next)
+  drop [--older-than N]      drop partitions ending before the month N months ago
+                             (default: retentionMonths / RETENTION_MONTHS)
+`;
+
+export class UsageError extends Error {}
+
+async function withDatabase<T>(config: IngestdConfig, work: (client: pg.Client) => Promise<T>): Promise<T> {
+  let url = config.databaseUrl;
+  let stopEmbedded: (() => Promise<void>) | null = null;
+  if (url === null) {
+    const dir = path.resolve(config.dataDir);
+    const pidFile = path.join(dir, "pg", "postmaster.pid");
+    const credentialsFile = path.join(dir, "credentials.json");
+    const running = fs.existsSync(pidFile) && isAlive(Number(fs.readFileSync(pidFile, "utf8").split("\n")[0]));
+    if (running && fs.existsSync(credentialsFile)) {
+      // The daemon's cluster: connect, never stop it.
+      const { password, port } = JSON.parse(fs.readFileSync(credentialsFile, "utf8")) as { password: string; port: number };
+      url = `postgres://postgres:${encodeURIComponent(password)}@127.0.0.1:${port}/postgres`;
+    } else {
+      const { startEmbeddedDb } = require("./embedded-db") as typeof import("./embedded-db");
+      const db = await startEmbeddedDb({ dir });
+      url = db.url;
+      stopEmbedded = () => db.stop();
+    }
+  }
+  const client = new pg.Client({ connectionString: url, connectionTimeoutMillis: 5000, application_name: "ingestd partitions" });
+  try {
+    await client.connect();
+    return await work(client);
+  } finally {
+    await client.end().catch(() => undefined);
+    if (stopEmbedded) await stopEmbedded();
+  }
+}
+
+function isAlive(pid: number): boolean {
+  try {
+    return pid > 0 && (process.kill(pid, 0), true);
+  } catch {
+    return false;
+  }
+}
+
+export async function runPartitions(config: IngestdConfig, argv: string[], out: NodeJS.WritableStream): Promise<void> {
+  const { positionals, values } = parseArgs({
+    args: argv,
+    allowPositionals: true,
+    options: { "older-than": { type: "string" } },
+  });
+  const [action, ...rest] = positionals;
+  const schema = config.dbSchema;
+  switch (action) {
+    case "list":
+      return withDatabase(config, async (client) => {
+        const parts = await listPartitions(client, schema, streams);
+        if (parts.length === 0) out.write("no partitions (no partitioned stream table yet: has `ingestd serve` run?)\n");
+        for (const p of parts) out.write(`${p.stream.padEnd(20)} ${p.partition.padEnd(36)} ${(p.month ?? "default").padEnd(8)} ${p.rows} rows\n`);
+      });
+    case "create": {
+      let months;
+      try {
+        months = rest.length > 0 ? rest.map(parseMonth) : [monthOf(new Date()), addMonths(monthOf(new Date()), 1)];
+      } catch (err) {
+        throw new UsageError((err as Error).message);
+      }
+      return withDatabase(config, async (client) => {
+        const created = await createPartitions(client, schema, streams, months);
+        out.write(created.length > 0 ? `created ${created.join(", ")}\n` : "nothing to create: the partitions exist\n");
+      });
+    }
+    case "drop": {
+      const raw = values["older-than"] ?? (config.retentionMonths === null ? undefined : String(config.retentionMonths));
+      if (raw === undefined) throw new UsageError("drop needs --older-than MONTHS (or retentionMonths in the configuration)");
+      const months = Number(raw);
+      if (!Number.isInteger(months) || months < 1) throw new UsageError(`--older-than: expected a whole number of months >= 1, got ${JSON.stringify(raw)}`);
+      return withDatabase(config, async (client) => {
+        const dropped = await dropPartitionsOlderThan(client, schema, streams, months);
+        out.write(dropped.length > 0 ? `dropped ${dropped.join(", ")}\n` : `nothing older than ${months} months\n`);
+      });
+    }
+    default:
+      throw new UsageError(action === undefined ? "partitions: missing action" : `partitions: unknown action "${action}"`);
+  }
+}
