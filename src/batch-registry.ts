@@ -4,7 +4,9 @@
  * flight (`pending`), and requests whose commit failed (`failed`, kept a while in memory because a failed
  * transaction by definition wrote nothing).
  */
+import { BroadcastChannel } from "node:worker_threads";
 import type { Database } from "./database";
+import { BATCH_ALIAS_CHANNEL } from "../workers/task-protocol";
 import { BATCHES_TABLE, qualifiedName } from "./sql-identifiers";
 
 export interface BatchStatusView {
@@ -23,9 +25,13 @@ export interface BatchStatusView {
 /** Failed outcomes remembered in memory; older ones are forgotten first. */
 const MAX_FAILED = 10_000;
 
+
 export class BatchRegistry {
   private pending = new Map<string, { stream: string; createdAt: string }>();
   private failed = new Map<string, BatchStatusView>();
+  /** Producer batch_id → request id, for requests still pending. */
+  private aliases = new Map<string, string>();
+  private readonly channel = new BroadcastChannel(BATCH_ALIAS_CHANNEL);
   private readonly table: string;
 
   constructor(
@@ -33,6 +39,16 @@ export class BatchRegistry {
     schema: string,
   ) {
     this.table = qualifiedName(schema, BATCHES_TABLE);
+    this.channel.onmessage = (event) => {
+      const [requestId, alias] = (event as MessageEvent).data as [string, string];
+      // An announcement that arrives after the commit is stale: the table answers for it now.
+      if (this.pending.has(requestId)) this.aliases.set(alias, requestId);
+    };
+    (this.channel as unknown as { unref(): void }).unref();
+  }
+
+  close(): void {
+    this.channel.close();
   }
 
   begin(requestId: string, stream: string, receivedAtMs: number): void {
@@ -43,6 +59,7 @@ export class BatchRegistry {
   settle(requestId: string, failure: string | null): void {
     const p = this.pending.get(requestId);
     this.pending.delete(requestId);
+    for (const [alias, id] of this.aliases) if (id === requestId) this.aliases.delete(alias);
     if (failure === null || !p) return;
     if (this.failed.size >= MAX_FAILED) this.failed.delete(this.failed.keys().next().value!);
     this.failed.set(requestId, {
@@ -52,7 +69,7 @@ export class BatchRegistry {
   }
 
   async lookup(id: string): Promise<BatchStatusView | null> {
-    const p = this.pending.get(id);
+    const p = this.pending.get(id) ?? this.pending.get(this.aliases.get(id) ?? "");
     if (p) {
       return { batch_id: id, stream: p.stream, status: "pending", received: null, accepted: 0, rejected: 0, duplicates: 0, created_at: p.createdAt, committed_at: null };
     }

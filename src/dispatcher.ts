@@ -48,8 +48,10 @@ export class Dispatcher {
       minThreads: options.workers,
       maxThreads: options.workers,
       idleTimeout: Infinity,
-      // Tasks wait on group commit, so each worker holds many at once; the ring bounds the total.
-      concurrentTasksPerWorker: 256,
+      // Tasks wait on group commit, so each worker holds many at once; the ring bounds the total. High
+      // enough that tasks never wait in Piscina's FIFO queue: priority is applied by group commit inside
+      // the worker, which only sees tasks it has been given.
+      concurrentTasksPerWorker: 4096,
       // Workers do async I/O (their COPY connection): they must not block in Atomics.wait between tasks.
       atomics: "disabled",
       workerData: options.workerData,

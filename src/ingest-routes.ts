@@ -148,12 +148,12 @@ export function registerIngestRoute(app: TemplatedApp, ctx: ServerContext, route
         ring.free(body.region);
         ctx.auth.charge(caller, outcome); // rate limit: charged once the event count is known
         ctx.batches.settle(batchId, outcome.kind === "db_unavailable" || outcome.kind === "failed" ? outcome.message : null);
-        if (respondAsync) return;
+        // Counted whether or not anyone is still listening: the rows are committed either way.
+        dispatcher.observeAck(stream.name, "http", receivedAt, outcome);
+        if (respondAsync || isClosed(res)) return;
         const { status: s, body: answerBody } = render(stream.name, outcome, now() - receivedAt);
-        if (isClosed(res)) return;
         count(s);
         answerJson(res, s, answerBody, s === 503 ? { headers: retryAfter } : {});
-        dispatcher.observeAck(stream.name, "http", receivedAt, outcome);
       });
     });
   };

@@ -138,7 +138,7 @@ export function openApiDocument(streams: readonly StreamDefinition[], version: s
     const record = ref(recordSchemaName(product));
     paths["/events"] = {
       post: {
-        operationId: "ingest_product_events",
+        operationId: "ingest_product_events_compat", // unique: ingest_product_events is the canonical route
         summary: "Ingest one product event or an array of them.",
         requestBody: { required: true, content: json({ oneOf: [record, { type: "array", items: record, minItems: 1 }] }) },
         responses: ingestResponses,

@@ -12,10 +12,10 @@ import { streams } from "../config/streams";
 import type { IngestdConfig } from "./config";
 import { addMonths, createPartitions, dropPartitionsOlderThan, listPartitions, monthOf, parseMonth } from "./partitions";
 
-export const PARTITIONS_HELP = `Usage: ingestd partitions <list | create [YYYY-MM ...] | drop [--older-than MONTHS]>
+export const PARTITIONS_HELP = `Usage: ingestd partitions <list | create [--month YYYY-MM ...] | drop [--older-than MONTHS]>
 
   list                       partitions of every partitioned stream, with row counts
-  create [YYYY-MM ...]       create the months' partitions (default: this month and the next)
+  create [--month YYYY-MM]   create the months' partitions (default: this month and the next)
   drop [--older-than N]      drop partitions ending before the month N months ago
                              (default: retentionMonths / RETENTION_MONTHS)
 `;
@@ -63,7 +63,7 @@ export async function runPartitions(config: IngestdConfig, argv: string[], out: 
   const { positionals, values } = parseArgs({
     args: argv,
     allowPositionals: true,
-    options: { "older-than": { type: "string" } },
+    options: { "older-than": { type: "string" }, month: { type: "string", multiple: true } },
   });
   const [action, ...rest] = positionals;
   const schema = config.dbSchema;
@@ -77,7 +77,9 @@ export async function runPartitions(config: IngestdConfig, argv: string[], out: 
     case "create": {
       let months;
       try {
-        months = rest.length > 0 ? rest.map(parseMonth) : [monthOf(new Date()), addMonths(monthOf(new Date()), 1)];
+        // `create --month YYYY-MM` (as issue 4 spells it) and `create YYYY-MM ...` both work.
+        const named = [...(values.month ?? []), ...rest];
+        months = named.length > 0 ? named.map(parseMonth) : [monthOf(new Date()), addMonths(monthOf(new Date()), 1)];
       } catch (err) {
         throw new UsageError((err as Error).message);
       }

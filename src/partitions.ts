@@ -145,8 +145,14 @@ export async function dropPartitionsOlderThan(client: pg.ClientBase, schema: str
         dropped.push(name);
       }
       if (stream.dedupKey && stream.timeColumn) {
+        // Forget the ids of the events dropped with their partitions, but not of old events still stored (in
+        // the default partition): a producer's retry of one of those must stay a duplicate.
+        const key = quoteIdent(stream.dedupKey);
+        const time = quoteIdent(stream.timeColumn);
+        const before = `'${monthStart(cutoff)}'`;
         await client.query(
-          `DELETE FROM ${qualifiedName(schema, dedupTable(stream.table))} WHERE ${quoteIdent(stream.timeColumn)} < '${monthStart(cutoff)}'`,
+          `DELETE FROM ${qualifiedName(schema, dedupTable(stream.table))} d WHERE d.${time} < ${before}
+             AND NOT EXISTS (SELECT 1 FROM ${qualifiedName(schema, stream.table)} e WHERE e.${time} < ${before} AND e.${key} = d.${key})`,
         );
       }
     }

@@ -30,6 +30,9 @@ import { ConfigError } from "./config";
 import { uws, type us_listen_socket } from "./uws";
 import { registerWebSocket } from "./ws-protocol";
 
+/** LIBUS_LISTEN_EXCLUSIVE_PORT */
+const EXCLUSIVE_PORT = 1;
+
 export const VERSION: string = require("../../package.json").version;
 
 export interface RunningServer {
@@ -208,7 +211,9 @@ export async function startServer(config: IngestdConfig, log: Logger): Promise<R
   });
 
   const listenSocket = await new Promise<us_listen_socket>((resolve, reject) => {
-    app.listen(config.host, config.port, (socket) => {
+    // Exclusive: without it uWS sets SO_REUSEPORT and a second daemon on the same port would silently
+    // split the traffic with the first instead of failing to start.
+    (app.listen as unknown as (host: string, port: number, options: number, cb: (s: us_listen_socket | false) => void) => void)(config.host, config.port, EXCLUSIVE_PORT, (socket) => {
       if (socket) resolve(socket);
       else reject(new Error(`cannot listen on ${config.host}:${config.port} (address in use or not permitted)`));
     });
@@ -245,6 +250,7 @@ export async function startServer(config: IngestdConfig, log: Logger): Promise<R
         ]);
         await dispatcher.idle();
         await dispatcher.close();
+        ctx.batches.close();
         latency.stop();
         clearInterval(maintenance);
         await db.close();

@@ -127,7 +127,12 @@ function registerStream(app: TemplatedApp, ctx: ServerContext): void {
         markClosed(res);
         res.cork(() => res.end());
       }
-      dispatcher.observeAck(LINE_ROUTER, "http", receivedAt, null);
+      // The whole upload as one outcome, so /stats and the events metric count the lines it committed.
+      const summary: IngestOutcome = {
+        kind: "done", batchId: "", priority: 0, received: totals.total, accepted: totals.inserted, rejected: totals.failed, duplicates: 0,
+        errors: [], errorsTruncated: false, message: error ?? "", first: null, validatedAt: 0, committedAt: 0, copyMs: 0,
+      };
+      dispatcher.observeAck(LINE_ROUTER, "http", receivedAt, summary);
     };
 
     /** Cuts the pending bytes at the last newline (or all of them at the end) and commits that segment. */

@@ -8,6 +8,8 @@ export interface ParsedBody {
   /** Line numbers (1-based) of `values` for line formats; empty for a JSON body. */
   lines: number[];
   errors: RecordError[];
+  /** The raw text of each entry of `errors` (the line that failed to parse), for its dead letter. */
+  errorRaw: string[];
   /** The envelope's batch_id / priority, when the body was an envelope that carried them. */
   batchId?: string;
   priority?: number;
@@ -52,7 +54,7 @@ function parseJson(text: string): ParsedBody {
 
 function fromJsonValue(value: unknown): ParsedBody {
   if (Array.isArray(value) && value.length === 0) throw new UnparseableBody("request body has no records (empty array)");
-  return { values: Array.isArray(value) ? value : [value], lines: [], errors: [] };
+  return { values: Array.isArray(value) ? value : [value], lines: [], errors: [], errorRaw: [] };
 }
 
 function parseEnvelope(text: string): ParsedBody {
@@ -68,7 +70,7 @@ function parseEnvelope(text: string): ParsedBody {
   const env = value as { events?: unknown; batch_id?: unknown; priority?: unknown };
   if (!Array.isArray(env.events)) throw new UnparseableBody("events: expected an array of events");
   if (env.events.length === 0) throw new UnparseableBody("events: the array is empty");
-  const parsed: ParsedBody = { values: env.events, lines: [], errors: [] };
+  const parsed: ParsedBody = { values: env.events, lines: [], errors: [], errorRaw: [] };
   if (env.batch_id !== undefined) {
     if (typeof env.batch_id !== "string" || env.batch_id.length < 1 || env.batch_id.length > 128) {
       throw new UnparseableBody("batch_id: expected a string of 1 to 128 characters");
@@ -86,7 +88,7 @@ function parseEnvelope(text: string): ParsedBody {
 
 /** NDJSON (json = true) or plain text lines; blank lines are skipped but still counted. */
 function parseLines(text: string, json: boolean): ParsedBody {
-  const parsed: ParsedBody = { values: [], lines: [], errors: [] };
+  const parsed: ParsedBody = { values: [], lines: [], errors: [], errorRaw: [] };
   let start = 0;
   let line = 0;
   const n = text.length;
@@ -113,6 +115,7 @@ function parseLines(text: string, json: boolean): ParsedBody {
             expected: "one JSON value per line",
             message: `line ${line}: malformed JSON: ${(err as Error).message}`,
           });
+          parsed.errorRaw.push(raw);
         }
         parsed.lines.push(line);
       }

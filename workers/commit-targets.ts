@@ -22,7 +22,10 @@ export interface CommitTarget {
   /** Position in the transaction: a table is written after the tables it references. */
   order: number;
   copySql: string;
-  /** Dedup only: moves new rows from staging into the table; returns `_row` of each stored row. */
+  /**
+   * Dedup only: moves new rows from staging into the table; returns `_row` of each staged row it did not
+   * store (a duplicate): usually none, so the worker does not parse a result row per stored row.
+   */
   mergeSql: string | null;
 }
 
@@ -46,7 +49,7 @@ export function commitTarget(schema: string, stream: StreamDefinition, order: nu
 ), stored AS (
   INSERT INTO ${qualifiedName(schema, stream.table)} (${list}) SELECT ${list} FROM chosen
 )
-SELECT _row FROM chosen`;
+SELECT s._row FROM ${stage} s WHERE NOT EXISTS (SELECT 1 FROM chosen c WHERE c._row = s._row)`;
   return {
     stream: stream.name,
     order,

@@ -161,9 +161,10 @@ export class GroupCommitter {
       else await this.writer.copy(client, target.copySql, join(rows, 0, rows.length));
       let stored: Uint8Array | null = null;
       if (target.mergeSql !== null) {
-        stored = new Uint8Array(rows.length);
-        const merged = await client.query<{ _row: number }>(target.mergeSql);
-        for (const r of merged.rows) stored[r._row] = 1;
+        // The merge names the staged rows it did not store; rows refused by COPY were never staged.
+        stored = new Uint8Array(rows.length).fill(1);
+        const skipped = await client.query<{ _row: number }>(target.mergeSql);
+        for (const r of skipped.rows) stored[r._row] = 0;
       }
       failures.sort((a, b) => a.row - b.row);
       results.set(target, { failures, stored });

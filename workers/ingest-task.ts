@@ -3,7 +3,7 @@
  * validates each record with its stream's typia validator, encodes COPY rows and hands them to group
  * commit. The task resolves only after PostgreSQL committed: the front thread acknowledges on that.
  */
-import { threadId, workerData } from "node:worker_threads";
+import { BroadcastChannel, threadId, workerData } from "node:worker_threads";
 import { streams } from "../config/streams";
 import { now } from "../src/clock";
 import { LINE_ROUTER, type StreamDefinition } from "../src/stream-definition";
@@ -15,7 +15,7 @@ import { GroupCommitter, type PartOutcome, type TaskWork } from "./group-commit"
 import { LineFormatError } from "../src/line-fields";
 import { validationErrors } from "./record-errors";
 import { compileRowEncoder, EncodeError, type RowEncoder } from "./row-encoder";
-import type { IngestOutcome, IngestTask, RecordError } from "./task-protocol";
+import { BATCH_ALIAS_CHANNEL, type IngestOutcome, type IngestTask, type RecordError } from "./task-protocol";
 
 export interface WorkerData {
   ring: SharedArrayBuffer;
@@ -30,6 +30,8 @@ export interface WorkerData {
 }
 
 const data = workerData as WorkerData;
+const aliases = new BroadcastChannel(BATCH_ALIAS_CHANNEL);
+(aliases as unknown as { unref(): void }).unref();
 const ring = new Uint8Array(data.ring);
 const lenientUtf8 = new TextDecoder("utf-8");
 
@@ -100,6 +102,8 @@ interface Rejection {
   line: number | undefined;
   raw: unknown;
   errors: RecordError[];
+  /** The stream a routed line belongs to (its dead letter is filed there); unset: the task's stream. */
+  stream?: string;
 }
 
 /** Longest line text echoed back in an error. */
@@ -133,14 +137,17 @@ export default async function ingest(task: IngestTask): Promise<IngestOutcome> {
   }
 
   const result = emptyOutcome(task, "done", "");
-  if (body.batchId !== undefined) result.batchId = body.batchId;
+  if (body.batchId !== undefined) {
+    result.batchId = body.batchId;
+    if (task.recordBatch) aliases.postMessage([task.batchId, body.batchId]);
+  }
   if (body.priority !== undefined) result.priority = body.priority;
   const values = body.values;
   const lines = body.lines.length > 0 ? body.lines : null;
   const ctx = { receivedAt };
   const parts = new Map<CompiledStream, Part>();
   const rejections: Rejection[] = [];
-  for (const e of body.errors) rejections.push({ index: e.index, line: e.line, raw: "", errors: [e] });
+  body.errors.forEach((e, k) => rejections.push({ index: e.index, line: e.line, raw: body.errorRaw[k] ?? "", errors: [e] }));
   let encodedBytes = 0;
 
   for (let i = 0; i < values.length; i++) {
@@ -165,13 +172,13 @@ export default async function ingest(task: IngestTask): Promise<IngestOutcome> {
         record = def.parseLine(value as string);
       } catch (err) {
         if (!(err instanceof LineFormatError)) throw err;
-        rejections.push({ index: i, line, raw: value, errors: [withLine({ index: i, path: err.path, expected: err.expected, message: err.message }, line, def.entity, value)] });
+        rejections.push({ index: i, line, raw: value, stream: def.name, errors: [withLine({ index: i, path: err.path, expected: err.expected, message: err.message }, line, def.entity, value)] });
         continue;
       }
     }
     const checked = def.validate(record);
     if (!checked.success) {
-      rejections.push({ index: i, line, raw: value, errors: validationErrors(i, line, checked).map((e) => withLine(e, line, def.entity, value)) });
+      rejections.push({ index: i, line, raw: value, stream: def.name, errors: validationErrors(i, line, checked).map((e) => withLine(e, line, def.entity, value)) });
       continue;
     }
     let row: string;
@@ -179,7 +186,7 @@ export default async function ingest(task: IngestTask): Promise<IngestOutcome> {
       row = stream!.encode(checked.data, ctx);
     } catch (err) {
       if (!(err instanceof EncodeError)) throw err;
-      rejections.push({ index: i, line, raw: value, errors: [withLine({ index: i, path: err.path, expected: err.expected, message: err.message }, line, def.entity, value)] });
+      rejections.push({ index: i, line, raw: value, stream: def.name, errors: [withLine({ index: i, path: err.path, expected: err.expected, message: err.message }, line, def.entity, value)] });
       continue;
     }
     let part = parts.get(stream!);
@@ -209,7 +216,7 @@ export default async function ingest(task: IngestTask): Promise<IngestOutcome> {
         const index = part.recordIndex[f.row];
         const line = lines === null ? undefined : lines[index];
         const message = `rejected by the database: ${f.message}`;
-        all.push({ index, line, raw: values[index], errors: [withLine({ index, path: "$", expected: "a row PostgreSQL accepts", message }, line, part.stream.definition.entity, values[index])] });
+        all.push({ index, line, raw: values[index], stream: part.stream.definition.name, errors: [withLine({ index, path: "$", expected: "a row PostgreSQL accepts", message }, line, part.stream.definition.entity, values[index])] });
       }
       for (let r = 0; r < part.rows.length; r++) {
         if (failed.has(r)) continue;
@@ -235,7 +242,7 @@ export default async function ingest(task: IngestTask): Promise<IngestOutcome> {
       // Pure function of the outcomes: a batch retried with row isolation calls it again.
       const t = tally(outcomes);
       const deadLetters = t.rejections.map((r) =>
-        deadLetterRow({ stream: streamName, source: task.source, batchId: result.batchId, index: r.index, line: r.line ?? null, raw: rawText(r.raw), errors: r.errors, receivedAt }),
+        deadLetterRow({ stream: r.stream ?? streamName, source: task.source, batchId: result.batchId, index: r.index, line: r.line ?? null, raw: rawText(r.raw), errors: r.errors, receivedAt }),
       );
       const row = task.recordBatch
         ? batchRow({ batchId: result.batchId, requestId: task.batchId, stream: streamName, received: values.length, accepted: t.accepted, rejected: t.rejections.length, duplicates: t.duplicates, createdAt: receivedAt })

@@ -67,3 +67,9 @@ export interface IngestOutcome {
   committedAt: number;
   copyMs: number;
 }
+
+/**
+ * Workers announce `[requestId, producerBatchId]` on this BroadcastChannel as soon as they parse an envelope
+ * naming its own batch_id: the front thread never parses bodies, yet a producer polls by its own id.
+ */
+export const BATCH_ALIAS_CHANNEL = "ingestd.batch-aliases";
