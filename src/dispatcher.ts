@@ -7,6 +7,7 @@ import path from "node:path";
 import Piscina from "piscina";
 import { now } from "./clock";
 import type { LatencyRecorder } from "./latency";
+import type { Logger } from "./logger";
 import type { Metrics } from "./metrics";
 import type { RingRegion } from "./ring";
 import { Stats } from "./stats";
@@ -39,6 +40,9 @@ export class Dispatcher {
   private idleWaiters: Array<() => void> = [];
   latency: LatencyRecorder | null = null;
   metrics: Metrics | null = null;
+  log: Logger | null = null;
+  /** Last time a failed task was logged: an outage fails every task, the log gets one line a second. */
+  private lastFailureLog = 0;
   /** GET /stats counters, fed by observeAck like the events metric. */
   readonly stats = new Stats();
 
@@ -81,8 +85,10 @@ export class Dispatcher {
     try {
       const outcome = await this.pool.run(task);
       this.observeStages(sub, outcome);
+      if (outcome.kind === "db_unavailable" || outcome.kind === "failed") this.logFailure(sub.stream, outcome.kind, outcome.message);
       return outcome;
     } catch (err) {
+      this.logFailure(sub.stream, "failed", (err as Error).message);
       return {
         kind: "failed",
         batchId: sub.batchId,
@@ -102,6 +108,13 @@ export class Dispatcher {
     } finally {
       if (--this.inFlight === 0) for (const w of this.idleWaiters.splice(0)) w();
     }
+  }
+
+  private logFailure(stream: string, kind: string, message: string): void {
+    const t = Date.now();
+    if (t - this.lastFailureLog < 1000) return;
+    this.lastFailureLog = t;
+    this.log?.warn({ stream, kind, err: message }, "ingest task not committed");
   }
 
   /** Records the acknowledgement of a settled request or frame. */

@@ -56,7 +56,8 @@ export function streamTableDdl(schema: string, stream: StreamDefinition, all: re
   if (stream.dedupKey) {
     const key = stream.columns.find((c) => c.name === stream.dedupKey);
     if (!key) throw new Error(`stream ${stream.name}: dedupKey ${stream.dedupKey} is not a column`);
-    const time = stream.timeColumn ? `, ${quoteIdent(stream.timeColumn)} timestamptz NOT NULL` : "";
+    // Nullable: an id whose event time PostgreSQL could not read is still recorded (see group-commit.ts).
+    const time = stream.timeColumn ? `, ${quoteIdent(stream.timeColumn)} timestamptz` : "";
     ddl.push(
       `CREATE TABLE IF NOT EXISTS ${qualifiedName(schema, dedupTable(stream.table))} (${quoteIdent(key.name)} ${SQL_TYPES[key.type]} PRIMARY KEY${time})`,
     );

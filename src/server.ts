@@ -170,6 +170,7 @@ export async function startServer(config: IngestdConfig, log: Logger): Promise<R
     tasksInFlight: () => dispatcher.tasksInFlight,
   });
   dispatcher.latency = latency;
+  dispatcher.log = log;
   dispatcher.metrics = metrics;
 
   const ctx: ServerContext = {

@@ -20,10 +20,6 @@ export function dedupTable(table: string): string {
   return `${table}_dedup`;
 }
 
-/** The per-connection temporary table a deduplicating stream's batch is staged in. */
-export function stagingTable(table: string): string {
-  return `ingestd_stage_${table}`;
-}
 
 export const BATCHES_TABLE = "ingest_batches";
 export const DEAD_LETTERS_TABLE = "ingest_dead_letters";

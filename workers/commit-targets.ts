@@ -1,10 +1,11 @@
 /**
  * The SQL each stream's rows are committed with, built once per worker from the stream definitions.
- * Plain streams COPY straight into their table. Deduplicating streams COPY into a temporary staging table
- * and one statement moves the rows whose id is new into the table, recording the ids; the unique index
- * on the id table makes concurrent batches on other workers (and other daemons) agree on who stored it.
+ * Every stream COPYs straight into its table. A deduplicating stream first records the batch's ids in its
+ * `<table>_dedup` table (primary key on the id) with ON CONFLICT DO NOTHING, and only the rows whose id
+ * that statement inserted are copied. The unique index makes concurrent batches of other workers (and
+ * other daemons) agree on who stored an id; within one statement the first occurrence wins.
  */
-import type { StreamDefinition } from "../src/stream-definition";
+import type { ColumnType, StreamDefinition } from "../src/stream-definition";
 import {
   BATCHES_TABLE,
   BATCH_COLUMNS,
@@ -14,59 +15,51 @@ import {
   dedupTable,
   qualifiedName,
   quoteIdent,
-  stagingTable,
 } from "../src/sql-identifiers";
+
+export interface DedupSql {
+  /**
+   * `$1` ids, `$2` event times (when the stream has a time column), in row order: returns `n`, the
+   * 1-based position of the first row of each id it recorded. Rows not returned are duplicates.
+   */
+  claim: string;
+  /** `$1` ids: forgets ids whose rows PostgreSQL refused after all (row isolation). */
+  release: string;
+  /** The time column's values are sent along so retention can forget old ids. */
+  withTime: boolean;
+}
 
 export interface CommitTarget {
   stream: string;
   /** Position in the transaction: a table is written after the tables it references. */
   order: number;
   copySql: string;
-  /**
-   * Dedup only: moves new rows from staging into the table; returns `_row` of each staged row it did not
-   * store (a duplicate): usually none, so the worker does not parse a result row per stored row.
-   */
-  mergeSql: string | null;
+  dedup: DedupSql | null;
 }
+
+const ARRAY_TYPES: Partial<Record<ColumnType, string>> = { text: "text[]", uuid: "uuid[]", bigint: "bigint[]", integer: "integer[]" };
 
 export function commitTarget(schema: string, stream: StreamDefinition, order: number, dedup: boolean): CommitTarget {
-  const columns = stream.columns.map((c) => c.name);
-  if (!dedup || !stream.dedupKey) {
-    return { stream: stream.name, order, copySql: copyStatement(schema, stream.table, columns), mergeSql: null };
-  }
-  const key = quoteIdent(stream.dedupKey);
-  // The id table keeps the event time (when the stream has one) so retention can forget old ids.
-  const time = stream.timeColumn ? `, ${quoteIdent(stream.timeColumn)}` : "";
-  const stage = `pg_temp.${quoteIdent(stagingTable(stream.table))}`;
-  const list = columns.map(quoteIdent).join(", ");
-  const mergeSql = `WITH fresh AS (
-  INSERT INTO ${qualifiedName(schema, dedupTable(stream.table))} (${key}${time})
-  SELECT DISTINCT ON (${key}) ${key}${time} FROM ${stage} ORDER BY ${key}, _row
+  const copySql = copyStatement(schema, stream.table, stream.columns.map((c) => c.name));
+  const keyColumn = stream.columns.find((c) => c.name === stream.dedupKey);
+  if (!dedup || !keyColumn) return { stream: stream.name, order, copySql, dedup: null };
+  const ids = qualifiedName(schema, dedupTable(stream.table));
+  const key = quoteIdent(keyColumn.name);
+  const keyArray = ARRAY_TYPES[keyColumn.type] ?? "text[]";
+  const withTime = stream.timeColumn !== undefined;
+  const time = withTime ? quoteIdent(stream.timeColumn!) : "";
+  const input = withTime
+    ? `unnest($1::${keyArray}, $2::timestamptz[]) WITH ORDINALITY AS u(k, t, n)`
+    : `unnest($1::${keyArray}) WITH ORDINALITY AS u(k, n)`;
+  const claim = `WITH input AS (SELECT * FROM ${input}),
+claimed AS (
+  INSERT INTO ${ids} (${key}${withTime ? `, ${time}` : ""}) SELECT k${withTime ? ", t" : ""} FROM input ORDER BY n
   ON CONFLICT (${key}) DO NOTHING
   RETURNING ${key}
-), chosen AS (
-  SELECT DISTINCT ON (s.${key}) s.* FROM ${stage} s JOIN fresh f ON f.${key} = s.${key} ORDER BY s.${key}, s._row
-), stored AS (
-  INSERT INTO ${qualifiedName(schema, stream.table)} (${list}) SELECT ${list} FROM chosen
 )
-SELECT s._row FROM ${stage} s WHERE NOT EXISTS (SELECT 1 FROM chosen c WHERE c._row = s._row)`;
-  return {
-    stream: stream.name,
-    order,
-    copySql: `COPY ${stage} (${list}, _row) FROM STDIN`,
-    mergeSql,
-  };
-}
-
-/** Per-connection setup: the staging tables of the deduplicating streams. */
-export function stagingSetup(schema: string, streams: readonly StreamDefinition[], dedup: (s: StreamDefinition) => boolean): string[] {
-  return streams
-    .filter((s) => dedup(s) && s.dedupKey)
-    .map(
-      (s) =>
-        `CREATE TEMP TABLE IF NOT EXISTS ${quoteIdent(stagingTable(s.table))} ` +
-        `(LIKE ${qualifiedName(schema, s.table)} INCLUDING DEFAULTS, _row integer NOT NULL) ON COMMIT DELETE ROWS`,
-    );
+SELECT min(input.n)::integer AS n FROM input JOIN claimed ON claimed.${key} = input.k GROUP BY input.k`;
+  const release = `DELETE FROM ${ids} WHERE ${key} = ANY($1::${keyArray})`;
+  return { stream: stream.name, order, copySql, dedup: { claim, release, withTime } };
 }
 
 export function batchesCopySql(schema: string): string {

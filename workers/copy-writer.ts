@@ -34,8 +34,8 @@ export class DatabaseUnavailable extends Error {
 export interface CopyWriterOptions {
   connectionString: string;
   applicationName: string;
-  /** Statements run once on every new connection (temporary staging tables). */
-  setup: readonly string[];
+  /** Statements run once on every new connection. */
+  setup?: readonly string[];
 }
 
 export class CopyWriter {
@@ -135,7 +135,7 @@ export class CopyWriter {
     client.on("end", forget);
     try {
       await client.connect();
-      for (const statement of this.options.setup) await client.query(statement);
+      for (const statement of this.options.setup ?? []) await client.query(statement);
     } catch (err) {
       client.end().catch(() => undefined);
       throw new DatabaseUnavailable(err);

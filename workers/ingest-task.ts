@@ -6,10 +6,10 @@
 import { BroadcastChannel, threadId, workerData } from "node:worker_threads";
 import { streams } from "../config/streams";
 import { now } from "../src/clock";
-import { LINE_ROUTER, type StreamDefinition } from "../src/stream-definition";
+import { LINE_ROUTER, type RowContext, type StreamDefinition } from "../src/stream-definition";
 import { decodeBody, parseBody, UnparseableBody, type ParsedBody } from "./body-parser";
 import { batchRow, deadLetterRow, rawText } from "./bookkeeping-rows";
-import { batchesCopySql, commitTarget, deadLettersCopySql, stagingSetup, type CommitTarget } from "./commit-targets";
+import { batchesCopySql, commitTarget, deadLettersCopySql, type CommitTarget } from "./commit-targets";
 import { CopyWriter, DatabaseUnavailable } from "./copy-writer";
 import { GroupCommitter, type PartOutcome, type TaskWork } from "./group-commit";
 import { LineFormatError } from "../src/line-fields";
@@ -39,16 +39,34 @@ interface CompiledStream {
   definition: StreamDefinition;
   encode: RowEncoder<unknown>;
   target: CommitTarget;
+  /** Deduplicating streams: a row's id and event time as the id table stores them. */
+  keyOf: ((record: unknown, ctx: RowContext) => string) | null;
+  timeOf: ((record: unknown, ctx: RowContext) => string) | null;
+}
+
+function rawColumn(definition: StreamDefinition, name: string | undefined): ((record: unknown, ctx: RowContext) => string) | null {
+  const column = definition.columns.find((c) => c.name === name);
+  if (!column) return null;
+  if (column.type === "timestamptz") {
+    return (record, ctx) => {
+      const v = column.value(record, ctx);
+      return typeof v === "number" ? new Date(v).toISOString() : String(v);
+    };
+  }
+  return (record, ctx) => String(column.value(record, ctx));
 }
 
 const dedup = new Set(data.dedupStreams);
 const compiled = new Map<string, CompiledStream>();
 const byPrefix = new Map<string, CompiledStream>();
 streams.forEach((definition, order) => {
+  const target = commitTarget(data.dbSchema, definition, order, dedup.has(definition.name));
   const c: CompiledStream = {
     definition,
     encode: compileRowEncoder(definition),
-    target: commitTarget(data.dbSchema, definition, order, dedup.has(definition.name)),
+    target,
+    keyOf: target.dedup ? rawColumn(definition, definition.dedupKey) : null,
+    timeOf: target.dedup?.withTime ? rawColumn(definition, definition.timeColumn) : null,
   };
   compiled.set(definition.name, c);
   if (definition.linePrefix) byPrefix.set(definition.linePrefix, c);
@@ -59,7 +77,6 @@ const committer = new GroupCommitter(
   new CopyWriter({
     connectionString: data.connectionString,
     applicationName: `ingestd-worker-${threadId}`,
-    setup: stagingSetup(data.dbSchema, streams, (s) => dedup.has(s.name)),
   }),
   {
     batchSize: data.batchSize,
@@ -95,6 +112,8 @@ interface Part {
   rows: string[];
   recordIndex: number[];
   records: unknown[];
+  keys: string[];
+  times: string[];
 }
 
 interface Rejection {
@@ -190,8 +209,10 @@ export default async function ingest(task: IngestTask): Promise<IngestOutcome> {
       continue;
     }
     let part = parts.get(stream!);
-    if (!part) parts.set(stream!, (part = { stream: stream!, rows: [], recordIndex: [], records: [] }));
+    if (!part) parts.set(stream!, (part = { stream: stream!, rows: [], recordIndex: [], records: [], keys: [], times: [] }));
     part.rows.push(row);
+    if (stream!.keyOf !== null) part.keys.push(stream!.keyOf(checked.data, ctx));
+    if (stream!.timeOf !== null) part.times.push(stream!.timeOf(checked.data, ctx));
     part.recordIndex.push(i);
     part.records.push(checked.data);
     encodedBytes += row.length;
@@ -236,7 +257,7 @@ export default async function ingest(task: IngestTask): Promise<IngestOutcome> {
   };
   const work: TaskWork = {
     priority: result.priority,
-    parts: partList.map((p) => ({ target: p.stream.target, rows: p.rows })),
+    parts: partList.map((p) => ({ target: p.stream.target, rows: p.rows, keys: p.keys, times: p.times })),
     bytes: encodedBytes,
     finalize(outcomes: PartOutcome[]) {
       // Pure function of the outcomes: a batch retried with row isolation calls it again.

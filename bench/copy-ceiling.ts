@@ -1,0 +1,218 @@
+/**
+ * The COPY ceiling: the bench's rows streamed straight into the `events` table with pg-copy-streams, no
+ * daemon, over 1 and 2 parallel connections. The rows are made exactly as a worker makes them (frame JSON
+ * parsed, typia-validated, encoded by workers/row-encoder.ts), so the bytes are the ones the daemon sends;
+ * that preparation is timed too, as the single-thread CPU cost of a worker's share of the pipeline.
+ * A third run sends the same rows through the daemon's own commit SQL, to split the gap between the daemon
+ * and the ceiling into what its SQL costs PostgreSQL and what the daemon itself adds.
+ */
+import { once } from "node:events";
+import { performance } from "node:perf_hooks";
+import pg from "pg";
+import { from as copyFrom } from "pg-copy-streams";
+import { copyStatement } from "../src/sql-identifiers";
+import { commitTarget } from "../workers/commit-targets";
+import { compileRowEncoder } from "../workers/row-encoder";
+import type { BenchDb } from "./bench-db";
+import { dbDelta, markDb, type DbDelta, type DbMark } from "./db-counters";
+import { FrameTemplate } from "./event-factory";
+import { benchStream, countByPrefix, resetTable } from "./event-table";
+import { CpuMeter, type CpuShare } from "./proc-stats";
+
+export interface CeilingRun {
+  streams: number;
+  rows: number;
+  seconds: number;
+  rows_per_s: number;
+  mib_per_s: number;
+  rows_verified: number;
+  cpu: CpuShare;
+  /** PostgreSQL CPU per row, µs (null without an embedded server to measure). */
+  pg_us_per_row: number | null;
+  /** The bench process's own CPU per row while sending (pg-copy-streams, socket writes), µs. */
+  client_us_per_row: number;
+  /** Rows/s this CPU cost allows on all cores of an otherwise idle machine. */
+  capacity_rows_per_s: number | null;
+  db: DbDelta | null;
+}
+
+export interface CeilingResult {
+  row_bytes_avg: number;
+  /** parse + validate + encode on one thread, events/s: a worker's CPU-bound rate, minus the database. */
+  prepare_events_per_s: number;
+  runs: CeilingRun[];
+  /** The same rows through the daemon's commit statements (id claim + COPY when deduplicating), no daemon. */
+  commit_sql: (CeilingRun & { batch_size: number; dedup: boolean }) | null;
+}
+
+const ROWS_PER_CHUNK = 2000;
+const EVENTS_PER_FRAME = 100;
+const PREFIX = "copy-";
+
+/** Rows as COPY text (each ending in a newline), made the way a worker makes them, with their ids and times. */
+function prepareRows(total: number): { rows: string[]; keys: string[]; times: string[]; seconds: number } {
+  const stream = benchStream();
+  const encode = compileRowEncoder(stream);
+  const template = new FrameTemplate(PREFIX, EVENTS_PER_FRAME);
+  const decoder = new TextDecoder("utf-8", { fatal: true });
+  const rows: string[] = new Array(total);
+  const keys: string[] = new Array(total);
+  const times: string[] = new Array(total);
+  const keyColumn = stream.columns.find((c) => c.name === stream.dedupKey)!;
+  const timeColumn = stream.columns.find((c) => c.name === stream.timeColumn)!;
+  const started = performance.now();
+  const ctx = { receivedAt: new Date().toISOString() };
+  for (let first = 0; first < total; first += EVENTS_PER_FRAME) {
+    const frame = template.stamp(first);
+    const records = JSON.parse(decoder.decode(frame)) as unknown[];
+    const n = Math.min(EVENTS_PER_FRAME, total - first);
+    for (let i = 0; i < n; i++) {
+      const checked = stream.validate(records[i]);
+      if (!checked.success) throw new Error(`bench event fails the stream's validator: ${JSON.stringify(checked.errors[0])}`);
+      rows[first + i] = encode(checked.data, ctx);
+      keys[first + i] = String(keyColumn.value(checked.data, ctx));
+      times[first + i] = String(timeColumn.value(checked.data, ctx));
+    }
+  }
+  return { rows, keys, times, seconds: (performance.now() - started) / 1000 };
+}
+
+/** Consecutive rows joined into buffers of `size` rows. */
+function chunk(rows: readonly string[], size: number): Buffer[] {
+  const chunks: Buffer[] = [];
+  for (let from = 0; from < rows.length; from += size) {
+    chunks.push(Buffer.from(rows.slice(from, Math.min(rows.length, from + size)).join(""), "utf8"));
+  }
+  return chunks;
+}
+
+async function connect(url: string): Promise<pg.Client> {
+  const client = new pg.Client({ connectionString: url, application_name: "ingestd-bench-copy" });
+  await client.connect();
+  return client;
+}
+
+/** One COPY statement (autocommit) of all `chunks`, honouring the stream's backpressure. */
+async function copyChunks(client: pg.Client, sql: string, chunks: readonly Buffer[]): Promise<void> {
+  const stream = client.query(copyFrom(sql));
+  const done = new Promise<void>((resolve, reject) => {
+    stream.on("error", reject);
+    stream.on("finish", resolve);
+  });
+  for (const chunk of chunks) {
+    if (!stream.write(chunk)) await Promise.race([once(stream, "drain"), done]);
+  }
+  stream.end();
+  await done;
+}
+
+export async function measureCopyCeiling(
+  db: BenchDb,
+  schema: string,
+  totalRows: number,
+  streamCounts: readonly number[],
+  cores: number,
+  log: (line: string) => void,
+  commitSqlOptions: { rows: number; batchSize: number; dedup: boolean; streams: number } | null = null,
+): Promise<CeilingResult> {
+  const stream = benchStream();
+  const sql = copyStatement(schema, stream.table, stream.columns.map((c) => c.name));
+  const prepared = prepareRows(totalRows);
+  const chunks = chunk(prepared.rows, ROWS_PER_CHUNK);
+  const bytes = chunks.reduce((a, c) => a + c.length, 0);
+  log(`COPY ceiling: ${totalRows} rows prepared (${(bytes / 2 ** 20).toFixed(1)} MiB) in ${prepared.seconds.toFixed(2)} s`);
+
+  const runs: CeilingRun[] = [];
+  for (const n of streamCounts) {
+    const run = await timedRun(db, schema, n, chunks, bytes, totalRows, cores, (client, share) => copyChunks(client, sql, share));
+    runs.push(run);
+    log(`COPY ceiling, ${n} stream${n > 1 ? "s" : ""}: ${run.rows_per_s.toLocaleString("en-US")} rows/s (${run.seconds} s)`);
+  }
+
+  let commitSql: CeilingResult["commit_sql"] = null;
+  if (commitSqlOptions) {
+    // The daemon's own statements (workers/commit-targets.ts), batch after batch on each connection as a
+    // worker runs them, minus the daemon: what PostgreSQL can do with the daemon's SQL alone.
+    const { batchSize, dedup, streams: n } = commitSqlOptions;
+    const rows = Math.min(totalRows, commitSqlOptions.rows);
+    const target = commitTarget(schema, stream, 0, dedup);
+    const batches = chunk(prepared.rows.slice(0, rows), batchSize);
+    // Each batch's ids and times, as a worker sends them to claim the ids before its COPY.
+    const claims = new Map<Buffer, unknown[]>();
+    batches.forEach((b, k) => {
+      const from = k * batchSize;
+      const to = Math.min(rows, from + batchSize);
+      claims.set(b, [prepared.keys.slice(from, to), prepared.times.slice(from, to)]);
+    });
+    const batchBytes = batches.reduce((a, c) => a + c.length, 0);
+    const run = await timedRun(db, schema, n, batches, batchBytes, rows, cores, async (client, share) => {
+      for (const batch of share) {
+        await client.query("BEGIN");
+        if (target.dedup !== null) await client.query(target.dedup.claim, claims.get(batch));
+        await copyChunks(client, target.copySql, [batch]);
+        await client.query("COMMIT");
+      }
+    });
+    commitSql = { ...run, batch_size: batchSize, dedup: target.dedup !== null };
+    log(`daemon's commit SQL, ${n} streams, ${batchSize}-row batches${commitSql.dedup ? ", dedup id claim" : ""}: ${run.rows_per_s.toLocaleString("en-US")} rows/s`);
+  }
+  await resetTable(db, schema);
+  return {
+    row_bytes_avg: Math.round(bytes / totalRows),
+    prepare_events_per_s: Math.round(totalRows / prepared.seconds),
+    runs,
+    commit_sql: commitSql,
+  };
+}
+
+/** Empties the table, then runs `work` over `n` connections, each on its contiguous share of `chunks`. */
+async function timedRun(
+  db: BenchDb,
+  schema: string,
+  n: number,
+  chunks: readonly Buffer[],
+  bytes: number,
+  rows: number,
+  cores: number,
+  work: (client: pg.Client, share: Buffer[]) => Promise<void>,
+): Promise<CeilingRun> {
+  await resetTable(db, schema);
+  const shares: Buffer[][] = Array.from({ length: n }, () => []);
+  chunks.forEach((c, i) => shares[Math.floor((i * n) / chunks.length)].push(c));
+  const clients = await Promise.all(shares.map(() => connect(db.url)));
+  let seconds: number;
+  let cpu: CpuShare;
+  let dbBefore: DbMark | null;
+  let clientS = 0;
+  let dbAfter: DbMark | null;
+  try {
+    dbBefore = await markDb(db);
+    const meter = new CpuMeter(null, db.postmasterPid());
+    const ownBefore = process.cpuUsage();
+    const started = performance.now();
+    await Promise.all(shares.map((share, i) => work(clients[i], share)));
+    seconds = (performance.now() - started) / 1000;
+    const own = process.cpuUsage(ownBefore);
+    clientS = (own.user + own.system) / 1e6;
+    // Read while the backends live: an exiting backend's CPU moves to the postmaster only once reaped.
+    cpu = meter.read(cores);
+    dbAfter = await markDb(db);
+  } finally {
+    await Promise.all(clients.map((c) => c.end().catch(() => undefined)));
+  }
+  const pgUs = cpu.postgres_cores === null ? null : Math.round(((cpu.postgres_cores * cpu.wall_s) / rows) * 1e7) / 10;
+  const clientUs = Math.round((clientS / rows) * 1e7) / 10;
+  return {
+    streams: n,
+    rows,
+    seconds: Math.round(seconds * 1000) / 1000,
+    rows_per_s: Math.round(rows / seconds),
+    mib_per_s: Math.round((bytes / 2 ** 20 / seconds) * 10) / 10,
+    rows_verified: await countByPrefix(db, schema, PREFIX),
+    cpu,
+    pg_us_per_row: pgUs,
+    client_us_per_row: clientUs,
+    capacity_rows_per_s: pgUs === null ? null : Math.round((cores * 1e6) / (pgUs + clientUs)),
+    db: dbDelta(dbBefore, dbAfter),
+  };
+}
