@@ -1,0 +1,111 @@
+/**
+ * The bench's PostgreSQL: an embedded cluster in a temporary directory (removed afterwards), or the server
+ * of DATABASE_URL. Either way the run gets a fresh database of its own, dropped at the end.
+ */
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import pg from "pg";
+import { startEmbeddedDb, type EmbeddedDb } from "../src/embedded-db";
+import { quoteIdent } from "../src/sql-identifiers";
+
+export interface BenchDb {
+  /** URL of the fresh database. */
+  url: string;
+  embedded: boolean;
+  /** The postmaster's pid when it runs here (embedded), for CPU accounting. */
+  postmasterPid(): number | null;
+  /** PostgreSQL version string. */
+  version: string;
+  query<T extends pg.QueryResultRow = any>(sql: string, params?: unknown[]): Promise<pg.QueryResult<T>>;
+  close(): Promise<void>;
+}
+
+function withDatabase(url: string, name: string): string {
+  const u = new URL(url);
+  u.pathname = `/${name}`;
+  return u.toString();
+}
+
+/**
+ * A DATABASE_URL server on this machine: its postmaster (the parent of our backend), so its CPU can be
+ * accounted like the embedded one's. Null for a remote server or when /proc does not show it.
+ */
+async function findLocalPostmaster(client: pg.Client, url: string): Promise<number | null> {
+  const host = new URL(url).hostname;
+  if (!["127.0.0.1", "localhost", "::1", "[::1]", ""].includes(host)) return null;
+  try {
+    const backend = (await client.query<{ pid: number }>("SELECT pg_backend_pid() AS pid")).rows[0].pid;
+    const stat = fs.readFileSync(`/proc/${backend}/stat`, "utf8");
+    const ppid = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
+    const comm = fs.readFileSync(`/proc/${ppid}/comm`, "utf8").trim();
+    return comm.startsWith("postgres") ? ppid : null;
+  } catch {
+    return null;
+  }
+}
+
+export async function startBenchDb(log: (line: string) => void, env: NodeJS.ProcessEnv = process.env): Promise<BenchDb> {
+  let embedded: EmbeddedDb | null = null;
+  let dir: string | null = null;
+  let serverUrl = env.DATABASE_URL || null;
+  const cleanup = async () => {
+    if (embedded) await embedded.stop().catch(() => undefined);
+    embedded = null;
+    if (dir) fs.rmSync(dir, { recursive: true, force: true });
+    dir = null;
+  };
+  try {
+    if (serverUrl === null) {
+      dir = fs.mkdtempSync(path.join(os.tmpdir(), "ingestd-bench-pg-"));
+      const started = Date.now();
+      embedded = await startEmbeddedDb({ dir, ephemeral: true });
+      serverUrl = embedded.url;
+      log(`embedded PostgreSQL ready on port ${embedded.port} in ${Date.now() - started} ms (${dir})`);
+    }
+
+    const name = `ingestd_bench_${process.pid}_${Date.now().toString(36)}`;
+    const admin = new pg.Client({ connectionString: serverUrl });
+    await admin.connect();
+    let version: string;
+    let localPostmaster: number | null = null;
+    try {
+      version = (await admin.query<{ v: string }>("SELECT current_setting('server_version') AS v")).rows[0].v;
+      if (embedded === null) localPostmaster = await findLocalPostmaster(admin, serverUrl);
+      await admin.query(`CREATE DATABASE ${quoteIdent(name)}`);
+    } catch (err) {
+      throw new Error(`cannot create the bench database (the bench needs a fresh database; CREATEDB privilege): ${(err as Error).message}`);
+    } finally {
+      await admin.end().catch(() => undefined);
+    }
+    const url = withDatabase(serverUrl, name);
+    const pool = new pg.Pool({ connectionString: url, max: 2 });
+    pool.on("error", () => undefined);
+    const dropDatabase = async () => {
+      const c = new pg.Client({ connectionString: serverUrl! });
+      try {
+        await c.connect();
+        await c.query(`DROP DATABASE IF EXISTS ${quoteIdent(name)} WITH (FORCE)`);
+      } finally {
+        await c.end().catch(() => undefined);
+      }
+    };
+    const isEmbedded = embedded !== null;
+    return {
+      url,
+      embedded: isEmbedded,
+      version,
+      postmasterPid: () => (embedded ? embedded.pid() ?? null : localPostmaster),
+      query: (sql, params) => pool.query(sql, params as any[]),
+      async close() {
+        await pool.end().catch(() => undefined);
+        // An embedded cluster goes away whole; a real server keeps nothing of the run.
+        if (!isEmbedded) await dropDatabase().catch((err) => log(`could not drop database ${name}: ${(err as Error).message}`));
+        await cleanup();
+      },
+    };
+  } catch (err) {
+    await cleanup();
+    throw err;
+  }
+}
