@@ -20,7 +20,8 @@ import {
 export interface DedupSql {
   /**
    * `$1` ids, `$2` event times (when the stream has a time column), in row order: returns `n`, the
-   * 1-based position of the first row of each id it recorded. Rows not returned are duplicates.
+   * 1-based position of each row it did NOT record (a duplicate, or a later copy of an id in the batch).
+   * Usually none, so the worker parses no result row per stored row.
    */
   claim: string;
   /** `$1` ids: forgets ids whose rows PostgreSQL refused after all (row isolation). */
@@ -56,8 +57,9 @@ claimed AS (
   INSERT INTO ${ids} (${key}${withTime ? `, ${time}` : ""}) SELECT k${withTime ? ", t" : ""} FROM input ORDER BY n
   ON CONFLICT (${key}) DO NOTHING
   RETURNING ${key}
-)
-SELECT min(input.n)::integer AS n FROM input JOIN claimed ON claimed.${key} = input.k GROUP BY input.k`;
+),
+firsts AS (SELECT min(input.n) AS n FROM input JOIN claimed ON claimed.${key} = input.k GROUP BY input.k)
+SELECT input.n::integer AS n FROM input WHERE NOT EXISTS (SELECT 1 FROM firsts WHERE firsts.n = input.n)`;
   const release = `DELETE FROM ${ids} WHERE ${key} = ANY($1::${keyArray})`;
   return { stream: stream.name, order, copySql, dedup: { claim, release, withTime } };
 }

@@ -179,7 +179,7 @@ export class GroupCommitter {
   }
 
   /**
-   * Records the part's ids; returns the rows whose id was new. An event time PostgreSQL cannot read (the
+   * Records the part's ids; returns the rows whose id was not new. An event time PostgreSQL cannot read (the
    * validator's date-time format allows February 30th) fails the whole statement without naming a row, so
    * when isolating, a failed claim is retried without times: the ids still deduplicate, the COPY that
    * follows isolates the bad row, and its id is released again.
@@ -216,9 +216,9 @@ export class GroupCommitter {
       if (target.dedup !== null) {
         // Claim the ids first; only rows whose id this batch recorded are copied.
         const claimed = await this.claim(client, target, part, isolating);
-        stored = new Uint8Array(n);
-        for (const r of claimed.rows) stored[r.n - 1] = 1;
-        if (claimed.rows.length < n) {
+        stored = new Uint8Array(n).fill(1);
+        for (const r of claimed.rows) stored[r.n - 1] = 0;
+        if (claimed.rows.length > 0) {
           copied = [];
           rows = [];
           for (let i = 0; i < n; i++) {
