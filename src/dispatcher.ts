@@ -11,7 +11,7 @@ import type { Logger } from "./logger";
 import type { Metrics } from "./metrics";
 import type { RingRegion } from "./ring";
 import { Stats } from "./stats";
-import type { IngestOutcome, IngestTask, TaskFormat } from "../workers/task-protocol";
+import { emptyOutcome, type IngestOutcome, type IngestTask, type TaskFormat } from "../workers/task-protocol";
 import type { WorkerData } from "../workers/ingest-task";
 
 export interface DispatcherOptions {
@@ -89,22 +89,7 @@ export class Dispatcher {
       return outcome;
     } catch (err) {
       this.logFailure(sub.stream, "failed", (err as Error).message);
-      return {
-        kind: "failed",
-        batchId: sub.batchId,
-        priority: sub.priority,
-        received: 0,
-        accepted: 0,
-        rejected: 0,
-        duplicates: 0,
-        errors: [],
-        errorsTruncated: false,
-        message: `worker failed: ${(err as Error).message}`,
-        first: null,
-        validatedAt: 0,
-        committedAt: 0,
-        copyMs: 0,
-      };
+      return emptyOutcome(sub, "failed", `worker failed: ${(err as Error).message}`);
     } finally {
       if (--this.inFlight === 0) for (const w of this.idleWaiters.splice(0)) w();
     }

@@ -15,7 +15,7 @@ import { GroupCommitter, type PartOutcome, type TaskWork } from "./group-commit"
 import { LineFormatError } from "../src/line-fields";
 import { validationErrors } from "./record-errors";
 import { compileRowEncoder, EncodeError, type RowEncoder } from "./row-encoder";
-import { BATCH_ALIAS_CHANNEL, type IngestOutcome, type IngestTask, type RecordError } from "./task-protocol";
+import { BATCH_ALIAS_CHANNEL, emptyOutcome, type IngestOutcome, type IngestTask, type RecordError } from "./task-protocol";
 
 export interface WorkerData {
   ring: SharedArrayBuffer;
@@ -87,25 +87,6 @@ const committer = new GroupCommitter(
   },
 );
 
-function emptyOutcome(task: IngestTask, kind: IngestOutcome["kind"], message: string): IngestOutcome {
-  return {
-    kind,
-    batchId: task.batchId,
-    priority: task.priority,
-    received: 0,
-    accepted: 0,
-    rejected: 0,
-    duplicates: 0,
-    errors: [],
-    errorsTruncated: false,
-    message,
-    first: null,
-    validatedAt: now(),
-    committedAt: 0,
-    copyMs: 0,
-  };
-}
-
 /** One stream's share of a task: its rows and, per row, the record it came from. */
 interface Part {
   stream: CompiledStream;
@@ -141,7 +122,7 @@ function withLine(error: RecordError, line: number | undefined, entity: string |
 export default async function ingest(task: IngestTask): Promise<IngestOutcome> {
   const router = task.stream === LINE_ROUTER;
   const single = router ? null : compiled.get(task.stream);
-  if (!router && !single) return emptyOutcome(task, "unparseable", `unknown stream ${task.stream}`);
+  if (!router && !single) return emptyOutcome(task, "unparseable", `unknown stream ${task.stream}`, now());
   const receivedAt = new Date(task.receivedAt).toISOString();
   const bytes = ring.subarray(task.offset, task.offset + task.length);
 
@@ -150,12 +131,12 @@ export default async function ingest(task: IngestTask): Promise<IngestOutcome> {
     body = parseBody(decodeBody(bytes), task.format, task.envelope);
   } catch (err) {
     const message = err instanceof UnparseableBody ? err.message : `cannot read body: ${(err as Error).message}`;
-    const result = emptyOutcome(task, "unparseable", message);
+    const result = emptyOutcome(task, "unparseable", message, now());
     if (task.recordBatch) await recordOnly(task, result, [{ index: -1, line: undefined, raw: lenientUtf8.decode(bytes), errors: [{ index: 0, path: "$", expected: "a parseable body", message }] }], receivedAt);
     return result;
   }
 
-  const result = emptyOutcome(task, "done", "");
+  const result = emptyOutcome(task, "done", "", now());
   if (body.batchId !== undefined) {
     result.batchId = body.batchId;
     if (task.recordBatch) aliases.postMessage([task.batchId, body.batchId]);
@@ -280,7 +261,7 @@ export default async function ingest(task: IngestTask): Promise<IngestOutcome> {
     result.copyMs = committed.copyMs;
   } catch (err) {
     if (!(err instanceof DatabaseUnavailable)) throw err;
-    if (partList.length > 0) return { ...emptyOutcome(task, "db_unavailable", err.message), received: values.length };
+    if (partList.length > 0) return { ...emptyOutcome(task, "db_unavailable", err.message, now()), received: values.length };
     // Nothing to store: the validation answer stands; only its bookkeeping rows were lost.
     outcomes = [];
     result.committedAt = now();

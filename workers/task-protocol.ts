@@ -68,6 +68,26 @@ export interface IngestOutcome {
   copyMs: number;
 }
 
+/** An outcome with nothing stored yet: the start of every task's answer, and the whole of a failed one. */
+export function emptyOutcome(task: Pick<IngestTask, "batchId" | "priority">, kind: OutcomeKind, message: string, validatedAt = 0): IngestOutcome {
+  return {
+    kind,
+    batchId: task.batchId,
+    priority: task.priority,
+    received: 0,
+    accepted: 0,
+    rejected: 0,
+    duplicates: 0,
+    errors: [],
+    errorsTruncated: false,
+    message,
+    first: null,
+    validatedAt,
+    committedAt: 0,
+    copyMs: 0,
+  };
+}
+
 /**
  * Workers announce `[requestId, producerBatchId]` on this BroadcastChannel as soon as they parse an envelope
  * naming its own batch_id: the front thread never parses bodies, yet a producer polls by its own id.
