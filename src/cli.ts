@@ -66,6 +66,13 @@ async function serve(argv: string[]): Promise<void> {
     stopping = true;
     log.info({ signal }, "shutting down");
     void notifySystemd(["STOPPING=1", "STATUS=draining"], log);
+    // The drain is bounded by the stop timeout even when a commit never returns (a hung database): past
+    // it, exit without the rest. Nothing more is acknowledged, so this is as safe as kill -9.
+    setTimeout(() => {
+      log.error({ stop_timeout_ms: config.stopTimeoutMs }, "drain did not finish within the stop timeout; exiting, unanswered work was not acknowledged");
+      log.flush();
+      process.exit(1);
+    }, config.stopTimeoutMs).unref();
     server.stop().then(
       () => {
         log.flush();

@@ -126,7 +126,8 @@ export function registerWebSocket(app: TemplatedApp, ctx: ServerContext): WsServ
     for (;;) {
       const outcome = await dispatcher.run({
         stream: c.stream.name,
-        format: "auto",
+        // Line-format streams take text lines (SPEC §4); "auto" would read them as NDJSON.
+        format: c.stream.formats.includes("json") ? "auto" : "text",
         envelope: false,
         region,
         batchId: `ws-${frame.seq}`,
@@ -240,7 +241,12 @@ export function registerWebSocket(app: TemplatedApp, ctx: ServerContext): WsServ
       const caller = ctx.auth.authenticate(req.getHeader("authorization"), req.getHeader("x-api-key"), req.getQuery("token") ?? "");
       const stream = ctx.streams.get(name);
       let refusal: [string, string, Record<string, string>?] | null = null;
-      if (isDenial(caller)) refusal = ["401 Unauthorized", caller.message, caller.headers];
+      // uWS routes here on a 24-character Sec-WebSocket-Key alone; RFC 6455 §4.2.1 asks for the rest too.
+      if (!/^websocket$/i.test(req.getHeader("upgrade").trim()) || !/(^|,)\s*upgrade\s*(,|$)/i.test(req.getHeader("connection"))) {
+        refusal = ["400 Bad Request", "not a WebSocket upgrade: Upgrade: websocket and Connection: Upgrade are required"];
+      } else if (req.getHeader("sec-websocket-version") !== "13") {
+        refusal = ["426 Upgrade Required", "unsupported WebSocket version; this server speaks version 13", { "Sec-WebSocket-Version": "13" }];
+      } else if (isDenial(caller)) refusal = ["401 Unauthorized", caller.message, caller.headers];
       else if (!stream) refusal = ["404 Not Found", `unknown stream "${name}"; use /v1/ws?stream=<name>`];
       else if (!mayWrite(caller, stream.name)) refusal = ["403 Forbidden", `API key ${caller.id} may not write stream ${stream.name}`];
       else if (ctx.draining) refusal = ["503 Service Unavailable", "ingestd is shutting down"];

@@ -64,8 +64,18 @@ export interface DeadLetterFields {
   receivedAt: string;
 }
 
+/**
+ * Error text jsonb accepts once JSON-encoded: jsonb refuses the escapes of NUL and of an unpaired surrogate
+ * (a line prefix holding NUL, a message cut inside a surrogate pair), and the failed COPY would fail the
+ * whole group-commit batch.
+ */
+function jsonbSafe(s: string): string {
+  const t = s.indexOf("\u0000") !== -1 ? s.replace(/\u0000/g, "\\u0000") : s;
+  return t.isWellFormed() ? t : t.toWellFormed();
+}
+
 export function deadLetterRow(f: DeadLetterFields): string {
-  const errors = f.errors.map((e) => ({ path: e.path, expected: e.expected, message: e.message }));
+  const errors = f.errors.map((e) => ({ path: jsonbSafe(e.path), expected: jsonbSafe(e.expected), message: jsonbSafe(e.message) }));
   return (
     `${storableText(f.stream)}\t${storableText(f.source)}\t${storableText(f.batchId)}\t` +
     `${f.index ?? "\\N"}\t${f.line ?? "\\N"}\t${storableText(f.raw)}\t${storableText(JSON.stringify(errors))}\t${f.receivedAt}\n`
