@@ -182,6 +182,7 @@ describe("PostgreSQL falls behind a small ring", () => {
     const all = [...http, ...ws];
     producers.push(...all);
     const overloaded: string[] = [];
+    let refusedAfterMs = -1;
     let healthWhileLocked: number[] = [];
     try {
       await until(
@@ -192,7 +193,9 @@ describe("PostgreSQL falls behind a small ring", () => {
         () => `ring peak ${ring.peak} of ${capacity}, outcomes ${JSON.stringify(total(all).outcomes)}`,
       );
       // One more request to read the 503 body: it names the overload, not the database.
+      const probeAt = Date.now();
       const refused = await post(`${d.base}/v1/streams/events/events`, JSON.stringify(Array.from({ length: 1000 }, (_, i) => event(`lk-probe-${i}`))));
+      refusedAfterMs = Date.now() - probeAt;
       overloaded.push(`${refused.status} ${refused.json?.error} retry-after=${refused.headers.get("retry-after")}`);
       healthWhileLocked = await Promise.all([health(d.base), health(d.base)].map((p) => p.then((h) => h.status)));
     } finally {
@@ -208,6 +211,8 @@ describe("PostgreSQL falls behind a small ring", () => {
     const t = total(all);
     assert.deepEqual(t.protocolErrors, []);
     assert.deepEqual(overloaded, ["503 overloaded retry-after=1"]);
+    // It waited for ring space for the deadline (1500 ms), then was refused: not at once, not never.
+    assert.ok(refusedAfterMs >= 1400 && refusedAfterMs < 6000, `refused after ${refusedAfterMs} ms`);
     assert.deepEqual(healthWhileLocked, [200, 200], "PostgreSQL itself was fine: /health said so");
     assert.equal(t.retryAfterMissing, 0);
     for (const p of all) assert.deepEqual(p.unackedIds(), [], `${p.stats.name} drained`);
@@ -217,7 +222,7 @@ describe("PostgreSQL falls behind a small ring", () => {
     assert.deepEqual(await doubledWithPrefix(db, "lk-"), []);
     assert.equal((await health(d.base)).json.ring.used_bytes, 0);
     console.log(
-      `[faults] backpressure/lock: locked ${lockedMs} ms; ring peak ${ring.peak} of ${capacity}; HTTP 503 ×${outcome(http, "503")}, ` +
+      `[faults] backpressure/lock: locked ${lockedMs} ms; ring peak ${ring.peak} of ${capacity}; a request waited ${refusedAfterMs} ms for ring space, then 503; HTTP 503 ×${outcome(http, "503")}, ` +
         `WS 1013 ×${outcome(ws, "close 1013")}; ${t.ackedEvents} events acked, missing 0, doubled 0`,
     );
   });

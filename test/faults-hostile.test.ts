@@ -222,7 +222,9 @@ describe("WebSocket producers that misbehave", () => {
     assert.equal(connsLeft, 0, "every non-reading producer was disconnected by the server");
     assert.ok(rounds < ROUNDS_MAX, "cut off long before the producers gave up");
     assert.ok(perConnection < 16 * MiB, `unread acks per connection bounded (${mib(perConnection)} MiB)`);
-    assert.ok(peak < controlPeak + 64 * MiB, `the unread acks cost ${mib(peak - controlPeak)} MiB over the polite run`);
+    // Worker-heap GC timing alone moves the peak by tens of MiB between two runs of the same frames; an
+    // uncapped server would instead hold every unread ack: ~130 MiB per connection by the 60th round.
+    assert.ok(peak < controlPeak + 128 * MiB, `the unread acks cost ${mib(peak - controlPeak)} MiB over the polite run`);
     // Everyone else is unaffected.
     const c = await openWs(`${daemon.wsBase}/v1/ws?stream=events`);
     clients.push(c);

@@ -127,9 +127,10 @@ function assertUnderBound(label: string): void {
 const RSS_BUG =
   "daemon RSS peaks far over 512 MiB under 200 producers (measured 640-1070 MiB across runs; idle ~85 MiB): V8 --trace-gc " +
   "shows each of the 2 worker heaps growing to 360-470 MB between major GCs while only 90-100 MB of it is live (the parsed " +
-  "records and encoded COPY rows of up to 256 concurrent tasks per worker waiting for their group commit), plus the 64 MiB " +
-  "ring and the front thread. Nothing leaks (RSS falls back after the load) but nothing bounds it either: the workers need a " +
-  "heap budget (Piscina resourceLimits sized from RING_MB and WORKERS, which turns a too-big live set into a worker OOM " +
+  "records and encoded COPY rows of every task whose body is in the ring, waiting for its group commit: up to " +
+  "concurrentTasksPerWorker tasks per worker, bounded only by the 64 MiB ring), plus the ring itself and the front " +
+  "thread. Nothing leaks (RSS falls back after the load) but nothing bounds it either: the workers need a heap budget " +
+  "(Piscina resourceLimits sized from RING_MB and WORKERS, which turns a too-big live set into a worker OOM " +
   "unless tasks are also admitted by bytes), or fewer tasks held per worker, or parsed records dropped once encoded. Not a " +
   "small change; --heap-growing-percent=50 alone still peaked at 560 MiB.";
 
