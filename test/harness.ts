@@ -250,6 +250,8 @@ export interface WsClient {
   hello: any;
   /** Every ack received so far, in arrival order. */
   acks: any[];
+  /** Arrival time (ms, Date.now()) of each ack. */
+  ackTimes: number[];
   /** Resolves with the close code and reason (1006 when the connection dropped without a close frame). */
   closed: Promise<{ code: number; reason: string }>;
   /** Resolves once `n` acks in total have arrived; rejects on close or after `timeoutMs`. */
@@ -258,13 +260,14 @@ export interface WsClient {
 }
 
 /**
- * Opens a WebSocket to the daemon and waits for its hello. Rejects with `status` set when the upgrade is
- * refused with an HTTP answer.
+ * Opens a WebSocket to the daemon and waits for its hello. Rejects with `status`, `headers` and `body` set
+ * when the upgrade is refused with an HTTP answer. `options` are the `ws` client's (headers, TLS trust).
  */
-export function openWs(url: string, timeoutMs = 5000): Promise<WsClient> {
+export function openWs(url: string, timeoutMs = 5000, options: WebSocket.ClientOptions = {}): Promise<WsClient> {
   return new Promise((resolve, reject) => {
-    const socket = new WebSocket(url, { perMessageDeflate: false });
+    const socket = new WebSocket(url, { perMessageDeflate: false, ...options });
     const acks: any[] = [];
+    const ackTimes: number[] = [];
     const waiters: Array<{ n: number; resolve: (a: any[]) => void; reject: (e: Error) => void }> = [];
     let closeInfo: { code: number; reason: string } | null = null;
     const timer = setTimeout(() => {
@@ -285,8 +288,9 @@ export function openWs(url: string, timeoutMs = 5000): Promise<WsClient> {
       let text = "";
       res.setEncoding("utf8");
       res.on("data", (c: string) => (text += c));
-      res.on("end", () => reject(Object.assign(new Error(`upgrade refused: ${res.statusCode} ${text}`), { status: res.statusCode, body: text })));
-      res.on("error", () => reject(Object.assign(new Error(`upgrade refused: ${res.statusCode}`), { status: res.statusCode })));
+      const fail = () => reject(Object.assign(new Error(`upgrade refused: ${res.statusCode} ${text}`), { status: res.statusCode, headers: res.headers, body: text }));
+      res.on("end", fail);
+      res.on("error", fail);
     });
     socket.on("error", (err) => {
       clearTimeout(timer);
@@ -301,6 +305,7 @@ export function openWs(url: string, timeoutMs = 5000): Promise<WsClient> {
           socket,
           hello: msg,
           acks,
+          ackTimes,
           closed,
           waitForAcks(n, waitMs = 10_000) {
             if (acks.length >= n) return Promise.resolve(acks);
@@ -325,6 +330,7 @@ export function openWs(url: string, timeoutMs = 5000): Promise<WsClient> {
         return;
       }
       acks.push(msg);
+      ackTimes.push(Date.now());
       for (const w of [...waiters]) {
         if (acks.length >= w.n) {
           waiters.splice(waiters.indexOf(w), 1);
