@@ -64,6 +64,34 @@ export function freePort(): Promise<number> {
   });
 }
 
+interface Credentials {
+  password: string;
+  port: number;
+}
+
+function urlFor(credentials: Credentials): string {
+  return `postgres://postgres:${encodeURIComponent(credentials.password)}@127.0.0.1:${credentials.port}/postgres`;
+}
+
+/** The pid in a cluster's postmaster.pid when that process is alive, else null. */
+function livePostmasterPid(dataDir: string): number | null {
+  const pidFile = path.join(dataDir, "postmaster.pid");
+  if (!fs.existsSync(pidFile)) return null;
+  const pid = Number(fs.readFileSync(pidFile, "utf8").split("\n")[0]);
+  return pid > 0 && isAlive(pid) ? pid : null;
+}
+
+/**
+ * The URL of the embedded cluster under `dir` if it is running now (a daemon's), or null. A command that
+ * connects through it must not stop it.
+ */
+export function runningEmbeddedDbUrl(dir: string): string | null {
+  const root = path.resolve(dir);
+  const credentialsFile = path.join(root, "credentials.json");
+  if (livePostmasterPid(path.join(root, "pg")) === null || !fs.existsSync(credentialsFile)) return null;
+  return urlFor(JSON.parse(fs.readFileSync(credentialsFile, "utf8")) as Credentials);
+}
+
 function isAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
@@ -82,7 +110,7 @@ export async function startEmbeddedDb(options: EmbeddedDbOptions): Promise<Embed
   // Under root, PostgreSQL runs as the `postgres` user, which must be able to reach its data directory.
   if (process.getuid?.() === 0) fs.chmodSync(dir, 0o755);
 
-  let credentials: { password: string; port: number };
+  let credentials: Credentials;
   const initialised = fs.existsSync(path.join(dataDir, "PG_VERSION"));
   if (initialised && fs.existsSync(credentialsFile)) {
     credentials = JSON.parse(fs.readFileSync(credentialsFile, "utf8"));
@@ -110,14 +138,9 @@ export async function startEmbeddedDb(options: EmbeddedDbOptions): Promise<Embed
   if (!initialised) await server.initialise();
 
   // A daemon killed with SIGKILL leaves its cluster running: reuse it rather than fail on the pid file.
-  const pidFile = path.join(dataDir, "postmaster.pid");
-  let adoptedPid: number | undefined;
   const handle = server as unknown as { process?: { pid?: number } };
-  if (fs.existsSync(pidFile)) {
-    const pid = Number(fs.readFileSync(pidFile, "utf8").split("\n")[0]);
-    if (pid > 0 && isAlive(pid)) adoptedPid = pid;
-    else fs.rmSync(pidFile, { force: true });
-  }
+  let adoptedPid: number | undefined = livePostmasterPid(dataDir) ?? undefined;
+  if (adoptedPid === undefined) fs.rmSync(path.join(dataDir, "postmaster.pid"), { force: true });
   if (adoptedPid === undefined) await server.start();
 
   // If this process exits without stop() (a crash), take the cluster down with it; after SIGKILL the next
@@ -128,7 +151,7 @@ export async function startEmbeddedDb(options: EmbeddedDbOptions): Promise<Embed
   };
   process.on("exit", onExit);
 
-  const url = `postgres://postgres:${encodeURIComponent(credentials.password)}@127.0.0.1:${credentials.port}/postgres`;
+  const url = urlFor(credentials);
   return {
     url,
     port: credentials.port,

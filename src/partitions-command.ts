@@ -4,7 +4,6 @@
  * daemon's (found through the credentials file the cluster keeps there) or, when none runs, one it starts
  * for the command and stops again.
  */
-import fs from "node:fs";
 import path from "node:path";
 import { parseArgs } from "node:util";
 import pg from "pg";
@@ -27,15 +26,10 @@ async function withDatabase<T>(config: IngestdConfig, work: (client: pg.Client) 
   let stopEmbedded: (() => Promise<void>) | null = null;
   if (url === null) {
     const dir = path.resolve(config.dataDir);
-    const pidFile = path.join(dir, "pg", "postmaster.pid");
-    const credentialsFile = path.join(dir, "credentials.json");
-    const running = fs.existsSync(pidFile) && isAlive(Number(fs.readFileSync(pidFile, "utf8").split("\n")[0]));
-    if (running && fs.existsSync(credentialsFile)) {
-      // The daemon's cluster: connect, never stop it.
-      const { password, port } = JSON.parse(fs.readFileSync(credentialsFile, "utf8")) as { password: string; port: number };
-      url = `postgres://postgres:${encodeURIComponent(password)}@127.0.0.1:${port}/postgres`;
-    } else {
-      const { startEmbeddedDb } = require("./embedded-db") as typeof import("./embedded-db");
+    const { runningEmbeddedDbUrl, startEmbeddedDb } = require("./embedded-db") as typeof import("./embedded-db");
+    // A running daemon's cluster is only connected to, never stopped; otherwise start it for this command.
+    url = runningEmbeddedDbUrl(dir);
+    if (url === null) {
       const db = await startEmbeddedDb({ dir });
       url = db.url;
       stopEmbedded = () => db.stop();
@@ -51,13 +45,6 @@ async function withDatabase<T>(config: IngestdConfig, work: (client: pg.Client) 
   }
 }
 
-function isAlive(pid: number): boolean {
-  try {
-    return pid > 0 && (process.kill(pid, 0), true);
-  } catch {
-    return false;
-  }
-}
 
 export async function runPartitions(config: IngestdConfig, argv: string[], out: NodeJS.WritableStream): Promise<void> {
   const { positionals, values } = parseArgs({
