@@ -4,6 +4,8 @@
  * typia validator afterwards, so a bad field is always reported with its name.
  */
 
+import type { ColumnSpec, ColumnType } from "./stream-definition";
+
 export class LineFormatError extends Error {
   constructor(
     readonly path: string,
@@ -14,7 +16,8 @@ export class LineFormatError extends Error {
   }
 }
 
-export type FieldKind = "int" | "decimal" | "date" | "text";
+/** `key` and `int` are both integers in the line; a key is stored as bigint, an int as integer. */
+export type FieldKind = "key" | "int" | "decimal" | "date" | "text";
 
 export interface LineLayout {
   prefix: string;
@@ -39,7 +42,7 @@ export function lineParser(layout: LineLayout): (line: string) => Record<string,
     for (let i = 0; i < n; i++) {
       const [name, kind] = layout.fields[i];
       const raw = parts[i + 1];
-      if (kind === "int") {
+      if (kind === "int" || kind === "key") {
         if (!INTEGER.test(raw)) throw new LineFormatError(name, "an integer", `${name}: expected an integer, got ${JSON.stringify(raw)}`);
         record[name] = Number(raw);
       } else {
@@ -48,4 +51,15 @@ export function lineParser(layout: LineLayout): (line: string) => Record<string,
     }
     return record;
   };
+}
+
+const COLUMN_TYPES: Record<FieldKind, ColumnType> = { key: "bigint", int: "integer", decimal: "numeric", date: "date", text: "text" };
+
+/** The table columns of a line layout: one per field, same name, the field's value as is. */
+export function lineColumns<R>(layout: LineLayout): ColumnSpec<R>[] {
+  return layout.fields.map(([name, kind]) => ({
+    name,
+    type: COLUMN_TYPES[kind],
+    value: (record: R) => (record as Record<string, unknown>)[name],
+  }));
 }

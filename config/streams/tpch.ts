@@ -1,5 +1,5 @@
 import typia, { tags } from "typia";
-import { lineParser } from "../../src/line-fields";
+import { lineColumns, lineParser, type LineLayout } from "../../src/line-fields";
 import { defineStream } from "../../src/stream-definition";
 
 /**
@@ -67,6 +67,26 @@ export interface PartRecord {
   p_comment: Text<23>;
 }
 
+const ORDERS_LINE: LineLayout = {
+  prefix: "O",
+  fields: [["o_orderkey", "key"], ["o_custkey", "key"], ["o_orderstatus", "text"], ["o_totalprice", "decimal"], ["o_orderdate", "date"], ["o_orderpriority", "text"], ["o_clerk", "text"], ["o_shippriority", "int"], ["o_comment", "text"]],
+};
+
+const LINEITEM_LINE: LineLayout = {
+  prefix: "L",
+  fields: [["l_orderkey", "key"], ["l_partkey", "key"], ["l_suppkey", "key"], ["l_linenumber", "int"], ["l_quantity", "decimal"], ["l_extendedprice", "decimal"], ["l_discount", "decimal"], ["l_tax", "decimal"], ["l_returnflag", "text"], ["l_linestatus", "text"], ["l_shipdate", "date"], ["l_commitdate", "date"], ["l_receiptdate", "date"], ["l_shipinstruct", "text"], ["l_shipmode", "text"], ["l_comment", "text"]],
+};
+
+const CUSTOMER_LINE: LineLayout = {
+  prefix: "C",
+  fields: [["c_custkey", "key"], ["c_name", "text"], ["c_address", "text"], ["c_nationkey", "int"], ["c_phone", "text"], ["c_acctbal", "decimal"], ["c_mktsegment", "text"], ["c_comment", "text"]],
+};
+
+const PART_LINE: LineLayout = {
+  prefix: "P",
+  fields: [["p_partkey", "key"], ["p_name", "text"], ["p_mfgr", "text"], ["p_brand", "text"], ["p_type", "text"], ["p_size", "int"], ["p_container", "text"], ["p_retailprice", "decimal"], ["p_comment", "text"]],
+};
+
 export const orders = defineStream<OrderRecord>({
   name: "orders",
   table: "orders",
@@ -74,24 +94,11 @@ export const orders = defineStream<OrderRecord>({
   description: "TPC-H orders (lines `O|...`)",
   formats: ["text"],
   linePrefix: "O",
-  parseLine: lineParser({
-    prefix: "O",
-    fields: [["o_orderkey", "int"], ["o_custkey", "int"], ["o_orderstatus", "text"], ["o_totalprice", "decimal"], ["o_orderdate", "date"], ["o_orderpriority", "text"], ["o_clerk", "text"], ["o_shippriority", "int"], ["o_comment", "text"]],
-  }),
+  parseLine: lineParser(ORDERS_LINE),
   validate: typia.createValidateEquals<OrderRecord>(),
   schema: typia.json.schemas<[OrderRecord], "3.1">(),
   recordId: (r) => r.o_orderkey,
-  columns: [
-    { name: "o_orderkey", type: "bigint", value: (r) => r.o_orderkey },
-    { name: "o_custkey", type: "bigint", value: (r) => r.o_custkey },
-    { name: "o_orderstatus", type: "text", value: (r) => r.o_orderstatus },
-    { name: "o_totalprice", type: "numeric", value: (r) => r.o_totalprice },
-    { name: "o_orderdate", type: "date", value: (r) => r.o_orderdate },
-    { name: "o_orderpriority", type: "text", value: (r) => r.o_orderpriority },
-    { name: "o_clerk", type: "text", value: (r) => r.o_clerk },
-    { name: "o_shippriority", type: "integer", value: (r) => r.o_shippriority },
-    { name: "o_comment", type: "text", value: (r) => r.o_comment },
-  ],
+  columns: lineColumns(ORDERS_LINE),
   primaryKey: ["o_orderkey"],
   indexes: [],
   partitioned: false,
@@ -104,31 +111,11 @@ export const lineitem = defineStream<LineItemRecord>({
   description: "TPC-H line items (lines `L|...`), each referencing an order",
   formats: ["text"],
   linePrefix: "L",
-  parseLine: lineParser({
-    prefix: "L",
-    fields: [["l_orderkey", "int"], ["l_partkey", "int"], ["l_suppkey", "int"], ["l_linenumber", "int"], ["l_quantity", "decimal"], ["l_extendedprice", "decimal"], ["l_discount", "decimal"], ["l_tax", "decimal"], ["l_returnflag", "text"], ["l_linestatus", "text"], ["l_shipdate", "date"], ["l_commitdate", "date"], ["l_receiptdate", "date"], ["l_shipinstruct", "text"], ["l_shipmode", "text"], ["l_comment", "text"]],
-  }),
+  parseLine: lineParser(LINEITEM_LINE),
   validate: typia.createValidateEquals<LineItemRecord>(),
   schema: typia.json.schemas<[LineItemRecord], "3.1">(),
   recordId: (r) => `${r.l_orderkey}-${r.l_linenumber}`,
-  columns: [
-    { name: "l_orderkey", type: "bigint", value: (r) => r.l_orderkey },
-    { name: "l_partkey", type: "bigint", value: (r) => r.l_partkey },
-    { name: "l_suppkey", type: "bigint", value: (r) => r.l_suppkey },
-    { name: "l_linenumber", type: "integer", value: (r) => r.l_linenumber },
-    { name: "l_quantity", type: "numeric", value: (r) => r.l_quantity },
-    { name: "l_extendedprice", type: "numeric", value: (r) => r.l_extendedprice },
-    { name: "l_discount", type: "numeric", value: (r) => r.l_discount },
-    { name: "l_tax", type: "numeric", value: (r) => r.l_tax },
-    { name: "l_returnflag", type: "text", value: (r) => r.l_returnflag },
-    { name: "l_linestatus", type: "text", value: (r) => r.l_linestatus },
-    { name: "l_shipdate", type: "date", value: (r) => r.l_shipdate },
-    { name: "l_commitdate", type: "date", value: (r) => r.l_commitdate },
-    { name: "l_receiptdate", type: "date", value: (r) => r.l_receiptdate },
-    { name: "l_shipinstruct", type: "text", value: (r) => r.l_shipinstruct },
-    { name: "l_shipmode", type: "text", value: (r) => r.l_shipmode },
-    { name: "l_comment", type: "text", value: (r) => r.l_comment },
-  ],
+  columns: lineColumns(LINEITEM_LINE),
   primaryKey: ["l_orderkey", "l_linenumber"],
   foreignKeys: [{ columns: ["l_orderkey"], references: { stream: "orders", columns: ["o_orderkey"] } }],
   indexes: [],
@@ -142,23 +129,11 @@ export const customer = defineStream<CustomerRecord>({
   description: "TPC-H customers (lines `C|...`)",
   formats: ["text"],
   linePrefix: "C",
-  parseLine: lineParser({
-    prefix: "C",
-    fields: [["c_custkey", "int"], ["c_name", "text"], ["c_address", "text"], ["c_nationkey", "int"], ["c_phone", "text"], ["c_acctbal", "decimal"], ["c_mktsegment", "text"], ["c_comment", "text"]],
-  }),
+  parseLine: lineParser(CUSTOMER_LINE),
   validate: typia.createValidateEquals<CustomerRecord>(),
   schema: typia.json.schemas<[CustomerRecord], "3.1">(),
   recordId: (r) => r.c_custkey,
-  columns: [
-    { name: "c_custkey", type: "bigint", value: (r) => r.c_custkey },
-    { name: "c_name", type: "text", value: (r) => r.c_name },
-    { name: "c_address", type: "text", value: (r) => r.c_address },
-    { name: "c_nationkey", type: "integer", value: (r) => r.c_nationkey },
-    { name: "c_phone", type: "text", value: (r) => r.c_phone },
-    { name: "c_acctbal", type: "numeric", value: (r) => r.c_acctbal },
-    { name: "c_mktsegment", type: "text", value: (r) => r.c_mktsegment },
-    { name: "c_comment", type: "text", value: (r) => r.c_comment },
-  ],
+  columns: lineColumns(CUSTOMER_LINE),
   primaryKey: ["c_custkey"],
   indexes: [],
   partitioned: false,
@@ -171,24 +146,11 @@ export const part = defineStream<PartRecord>({
   description: "TPC-H parts (lines `P|...`)",
   formats: ["text"],
   linePrefix: "P",
-  parseLine: lineParser({
-    prefix: "P",
-    fields: [["p_partkey", "int"], ["p_name", "text"], ["p_mfgr", "text"], ["p_brand", "text"], ["p_type", "text"], ["p_size", "int"], ["p_container", "text"], ["p_retailprice", "decimal"], ["p_comment", "text"]],
-  }),
+  parseLine: lineParser(PART_LINE),
   validate: typia.createValidateEquals<PartRecord>(),
   schema: typia.json.schemas<[PartRecord], "3.1">(),
   recordId: (r) => r.p_partkey,
-  columns: [
-    { name: "p_partkey", type: "bigint", value: (r) => r.p_partkey },
-    { name: "p_name", type: "text", value: (r) => r.p_name },
-    { name: "p_mfgr", type: "text", value: (r) => r.p_mfgr },
-    { name: "p_brand", type: "text", value: (r) => r.p_brand },
-    { name: "p_type", type: "text", value: (r) => r.p_type },
-    { name: "p_size", type: "integer", value: (r) => r.p_size },
-    { name: "p_container", type: "text", value: (r) => r.p_container },
-    { name: "p_retailprice", type: "numeric", value: (r) => r.p_retailprice },
-    { name: "p_comment", type: "text", value: (r) => r.p_comment },
-  ],
+  columns: lineColumns(PART_LINE),
   primaryKey: ["p_partkey"],
   indexes: [],
   partitioned: false,
