@@ -236,6 +236,7 @@ export default async function ingest(task: IngestTask): Promise<IngestOutcome> {
     });
     return { rejections: all, accepted, duplicates, first };
   };
+  let lastTally = null as { outcomes: PartOutcome[]; t: ReturnType<typeof tally> } | null;
   const work: TaskWork = {
     priority: result.priority,
     parts: partList.map((p) => ({ target: p.stream.target, rows: p.rows, keys: p.keys, times: p.times })),
@@ -243,6 +244,7 @@ export default async function ingest(task: IngestTask): Promise<IngestOutcome> {
     finalize(outcomes: PartOutcome[]) {
       // Pure function of the outcomes: a batch retried with row isolation calls it again.
       const t = tally(outcomes);
+      lastTally = { outcomes, t };
       const deadLetters = t.rejections.map((r) =>
         deadLetterRow({ stream: r.stream ?? streamName, source: task.source, batchId: result.batchId, index: r.index, line: r.line ?? null, raw: rawText(r.raw), errors: r.errors, receivedAt }),
       );
@@ -267,7 +269,8 @@ export default async function ingest(task: IngestTask): Promise<IngestOutcome> {
     result.committedAt = now();
   }
 
-  const t = tally(outcomes);
+  // The committed transaction's finalize already tallied these very outcomes.
+  const t = lastTally !== null && lastTally.outcomes === outcomes ? lastTally.t : tally(outcomes);
   result.accepted = t.accepted;
   result.duplicates = t.duplicates;
   result.rejected = t.rejections.length;
