@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import { after, before, test } from "node:test";
 import WebSocket from "ws";
-import { post, startDaemon, startTestDb, event, type Daemon, type TestDb } from "./harness";
+import { post, startDaemon, startTestDb, event, waitFor, type Daemon, type TestDb } from "./harness";
 import { getJson, getMetrics, metric, requireTool, sendEvents, sleep } from "./ops-tools";
 
 let db: TestDb;
@@ -42,8 +42,11 @@ test("/v1/latency: every stage gets percentiles for the stream, over the last in
 
   // Traffic within one interval shows up in last_interval; an idle interval after it shows none.
   await sendEvents(daemon.base, "lat2", 10, 10);
-  await sleep(1100);
-  const moved = await getJson(`${daemon.base}/v1/latency`);
+  // Poll rather than sleep one interval: on a loaded machine the rotation timer runs late.
+  const moved = await waitFor("an interval holding the traffic", async () => {
+    const r = await getJson(`${daemon.base}/v1/latency`);
+    return r.last_interval.ack?.events?.count > 0 ? r : null;
+  }, 5_000, 100);
   assert.ok(moved.last_interval.ack.events.count > 0, JSON.stringify(moved.last_interval.ack));
   assert.ok(Date.parse(moved.interval_end) > Date.parse(report.interval_end), "interval advanced");
   await sleep(2100);
