@@ -50,10 +50,16 @@ async function serve(argv: string[]): Promise<void> {
   takeNotifySocket();
   // Loaded here, not at the top: check-config and --help must work where the native binary does not.
   const { startServer } = require("./server") as typeof import("./server");
-  const server = await startServer(config, log);
-  void notifySystemd(["READY=1", `STATUS=listening on ${config.host}:${server.port}`], log);
+  // Handlers go in before the server starts: a supervisor may send SIGTERM the moment it reads "listening",
+  // and a signal that lands before process.on() would kill the daemon with the default action mid-start.
+  let server: Awaited<ReturnType<typeof startServer>> | null = null;
+  let pendingSignal: string | null = null;
   let stopping = false;
   const shutdown = (signal: string) => {
+    if (server === null) {
+      pendingSignal ??= signal;
+      return;
+    }
     if (stopping) {
       // A second Ctrl-C is an operator who will not wait; a repeated SIGTERM (supervisors may send one to
       // the whole process group) must not cut the drain short.
@@ -88,7 +94,10 @@ async function serve(argv: string[]): Promise<void> {
   process.on("SIGTERM", () => shutdown("SIGTERM"));
   process.on("SIGINT", () => shutdown("SIGINT"));
   // Security: reload API keys without a restart (a bad file keeps the old keys; see src/auth.ts).
-  process.on("SIGHUP", () => server.reloadKeys());
+  process.on("SIGHUP", () => server?.reloadKeys());
+  server = await startServer(config, log);
+  void notifySystemd(["READY=1", `STATUS=listening on ${config.host}:${server.port}`], log);
+  if (pendingSignal !== null) shutdown(pendingSignal);
 }
 
 function checkConfig(argv: string[]): void {
