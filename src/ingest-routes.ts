@@ -50,7 +50,7 @@ export function ingestAnswer(stream: string, outcome: IngestOutcome, durationMs:
     case "unparseable":
       return { status: 400, body: { status: "error", error: "malformed_body", message: outcome.message, ...base } };
     case "db_unavailable":
-      return { status: 503, body: { status: "error", error: "database_unavailable", message: "database unavailable; nothing from this request was stored, retry later", ...base } };
+      return { status: 503, body: { status: "error", error: "database_unavailable", message: "database unavailable or not answering within the deadline; nothing from this request was stored, retry later", ...base } };
     case "failed":
       return { status: 500, body: { status: "error", error: "internal", message: outcome.message, ...base } };
   }

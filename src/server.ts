@@ -153,6 +153,7 @@ export async function startServer(config: IngestdConfig, log: Logger): Promise<R
       batchSize: config.batchSize,
       batchTimeoutMs: config.batchTimeoutMs,
       maxBatchBytes: config.maxBatchMemoryMb * 1024 * 1024,
+      stallTimeoutMs: config.overloadDeadlineMs,
       maxErrorsReported: config.maxErrorsReported,
       dedupStreams: dedupStreams(config),
     },

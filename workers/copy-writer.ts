@@ -31,16 +31,30 @@ export class DatabaseUnavailable extends Error {
   }
 }
 
+/** The connection's protocol stream: pg emits every backend message on it once a "message" listener exists. */
+interface PgConnection {
+  on(event: "message", listener: () => void): void;
+  stream: { destroy(): void };
+}
+
 export interface CopyWriterOptions {
   connectionString: string;
   applicationName: string;
   /** Statements run once on every new connection. */
   setup?: readonly string[];
+  /**
+   * Client-side bound on waiting for PostgreSQL: work that gets no message from the server for this long
+   * fails as DatabaseUnavailable and the connection is dropped. statement_timeout cannot do this: the
+   * server enforces it, and the server is what hangs (SIGSTOP, a black-holed network, a lock).
+   */
+  stallTimeoutMs: number;
 }
 
 export class CopyWriter {
   private client: pg.Client | null = null;
   private connecting: Promise<pg.Client> | null = null;
+  /** performance.now() of the last message PostgreSQL sent on the current connection. */
+  private lastAnswerAt = 0;
 
   constructor(private readonly options: CopyWriterOptions) {}
 
@@ -52,6 +66,38 @@ export class CopyWriter {
       });
     }
     return this.connecting;
+  }
+
+  /**
+   * Runs `work` on `client` under the stall watchdog. A stall rejects at once and destroys the socket, so
+   * the statements still outstanding fail too; the work may have committed anyway (COMMIT sent, answer
+   * lost), which only turns an acknowledgement into a refusal the producer retries, never the reverse.
+   */
+  watched<T>(client: pg.Client, work: () => Promise<T>): Promise<T> {
+    const stallMs = this.options.stallTimeoutMs;
+    const startedAt = performance.now();
+    return new Promise<T>((resolve, reject) => {
+      const timer = setInterval(
+        () => {
+          const silentMs = performance.now() - Math.max(this.lastAnswerAt, startedAt);
+          if (silentMs < stallMs) return;
+          clearInterval(timer);
+          this.destroy(client);
+          reject(new DatabaseUnavailable(new Error(`PostgreSQL did not answer for ${Math.round(silentMs)} ms`)));
+        },
+        Math.min(250, Math.max(10, stallMs >> 2)),
+      );
+      work().then(
+        (value) => {
+          clearInterval(timer);
+          resolve(value);
+        },
+        (err) => {
+          clearInterval(timer);
+          reject(err);
+        },
+      );
+    });
   }
 
   /** Streams `payload` (COPY text rows) through one COPY statement. */
@@ -112,6 +158,12 @@ export class CopyWriter {
     client?.end().catch(() => undefined);
   }
 
+  /** Drops a connection that stopped answering: end() would wait for a server that may never reply. */
+  private destroy(client: pg.Client): void {
+    if (this.client === client) this.client = null;
+    (client as unknown as { connection: PgConnection }).connection.stream.destroy();
+  }
+
   async close(): Promise<void> {
     const client = this.client;
     this.client = null;
@@ -124,8 +176,8 @@ export class CopyWriter {
       application_name: this.options.applicationName,
       connectionTimeoutMillis: 2000,
       keepAlive: true,
-      // A commit that hangs (a stuck server, a lock) must end as a failure the producer hears about,
-      // never as a request waiting forever with its ring space held.
+      // The server's own bound on a statement that runs but never ends; one that hangs silently is the
+      // stall watchdog's (watched()).
       statement_timeout: 60_000,
     });
     const forget = () => {
@@ -133,6 +185,9 @@ export class CopyWriter {
     };
     client.on("error", forget);
     client.on("end", forget);
+    (client as unknown as { connection: PgConnection }).connection.on("message", () => {
+      if (this.client === client) this.lastAnswerAt = performance.now();
+    });
     try {
       await client.connect();
       for (const statement of this.options.setup ?? []) await client.query(statement);

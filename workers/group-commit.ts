@@ -157,18 +157,23 @@ export class GroupCommitter {
     let outcomes: PartOutcome[][];
     try {
       const client = await this.writer.connection();
-      try {
-        outcomes = await this.transaction(client, batch, false);
-      } catch (err) {
-        if (!isRowError(err)) throw err;
-        // A row was refused: redo the batch with row isolation (savepoints), which stores the rest.
-        await client.query("ROLLBACK");
-        outcomes = await this.transaction(client, batch, true);
-      }
+      outcomes = await this.writer.watched(client, async () => {
+        try {
+          return await this.transaction(client, batch, false);
+        } catch (err) {
+          if (!isRowError(err)) throw err;
+          // A row was refused: redo the batch with row isolation (savepoints), which stores the rest.
+          await client.query("ROLLBACK");
+          return this.transaction(client, batch, true);
+        }
+      });
     } catch (err) {
       this.writer.reset();
       const error = err instanceof DatabaseUnavailable ? err : new DatabaseUnavailable(err);
       for (const m of batch.members) m.reject(error);
+      // The batches queued behind this one have waited as long, for a connection that just failed: refuse
+      // them now rather than each waiting out its own timeout in turn (their producers resend).
+      for (const queued of this.sealed.splice(0)) for (const m of queued.members) m.reject(error);
       return;
     }
     const committedAt = now();

@@ -24,6 +24,8 @@ export interface WorkerData {
   batchSize: number;
   batchTimeoutMs: number;
   maxBatchBytes: number;
+  /** OVERLOAD_DEADLINE_MS: how long a commit may go without a word from PostgreSQL before it is given up. */
+  stallTimeoutMs: number;
   maxErrorsReported: number;
   /** Streams whose records are deduplicated by their dedupKey. */
   dedupStreams: string[];
@@ -77,6 +79,7 @@ const committer = new GroupCommitter(
   new CopyWriter({
     connectionString: data.connectionString,
     applicationName: `ingestd-worker-${threadId}`,
+    stallTimeoutMs: data.stallTimeoutMs,
   }),
   {
     batchSize: data.batchSize,
