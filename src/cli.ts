@@ -93,8 +93,8 @@ async function serve(argv: string[]): Promise<void> {
   };
   process.on("SIGTERM", () => shutdown("SIGTERM"));
   process.on("SIGINT", () => shutdown("SIGINT"));
-  // Security: reload API keys without a restart (a bad file keeps the old keys; see src/auth.ts).
-  process.on("SIGHUP", () => server?.reloadKeys());
+  // API keys without a restart (a bad file keeps the old keys; see src/auth.ts); HLOG_PATH after logrotate.
+  process.on("SIGHUP", () => server?.reload());
   server = await startServer(config, log);
   void notifySystemd(["READY=1", `STATUS=listening on ${config.host}:${server.port}`], log);
   if (pendingSignal !== null) shutdown(pendingSignal);

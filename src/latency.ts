@@ -70,6 +70,7 @@ export class LatencyRecorder {
   private lastIntervalEnd = Date.now();
   private timer: NodeJS.Timeout | null = null;
   private hlog: { fd: number; writer: hdr.HistogramLogWriter } | null = null;
+  private hlogPath: string | null = null;
 
   constructor(private readonly intervalMs: number) {}
 
@@ -87,21 +88,36 @@ export class LatencyRecorder {
   }
 
   start(hlogPath: string | null): void {
-    if (hlogPath) {
-      const fd = fs.openSync(hlogPath, "a");
-      const writer = new hdr.HistogramLogWriter((chunk: string) => fs.writeSync(fd, chunk));
-      writer.outputComment(`ingestd latency log, values in microseconds, tags are <stage>.<stream>`);
-      writer.outputLogFormatVersion();
-      writer.outputStartTime(this.startedAt);
-      // Interval timestamps are relative to this base. Stating it (as Java's writer does) keeps a file that
-      // several runs appended to readable: readers take each run's base from its own header.
-      writer.outputComment(`[BaseTime: ${(this.startedAt / 1000).toFixed(3)} (seconds since epoch)]`);
-      writer.baseTime = this.startedAt;
-      writer.outputLegend();
-      this.hlog = { fd, writer };
-    }
+    this.hlogPath = hlogPath;
+    this.openHlog();
     this.timer = setInterval(() => this.rotate(), this.intervalMs);
     this.timer.unref();
+  }
+
+  /**
+   * SIGHUP: closes the interval log and opens HLOG_PATH again, so logrotate can move the file away. The new
+   * file gets its own header with the same base time, so each file reads on its own.
+   */
+  reopenLog(): void {
+    if (!this.hlog) return;
+    fs.closeSync(this.hlog.fd);
+    this.hlog = null;
+    this.openHlog();
+  }
+
+  private openHlog(): void {
+    if (!this.hlogPath) return;
+    const fd = fs.openSync(this.hlogPath, "a");
+    const writer = new hdr.HistogramLogWriter((chunk: string) => fs.writeSync(fd, chunk));
+    writer.outputComment(`ingestd latency log, values in microseconds, tags are <stage>.<stream>`);
+    writer.outputLogFormatVersion();
+    writer.outputStartTime(this.startedAt);
+    // Interval timestamps are relative to this base. Stating it (as Java's writer does) keeps a file that
+    // several runs appended to readable: readers take each run's base from its own header.
+    writer.outputComment(`[BaseTime: ${(this.startedAt / 1000).toFixed(3)} (seconds since epoch)]`);
+    writer.baseTime = this.startedAt;
+    writer.outputLegend();
+    this.hlog = { fd, writer };
   }
 
   stop(): void {

@@ -40,8 +40,11 @@ export interface RunningServer {
   databaseUrl: string;
   /** Stops accepting, drains in-flight work (answering and acking it), closes everything. */
   stop(): Promise<void>;
-  /** SIGHUP: reloads the API keys; a bad keys file keeps the old keys (and logs why). */
-  reloadKeys(): boolean;
+  /**
+   * SIGHUP: reloads the API keys (a bad keys file keeps the old keys, and logs why) and reopens the latency
+   * interval log (logrotate).
+   */
+  reload(): void;
 }
 
 async function connectWithRetry(url: string, log: Logger, deadlineMs: number): Promise<pg.Client> {
@@ -239,7 +242,10 @@ export async function startServer(config: IngestdConfig, log: Logger): Promise<R
   return {
     port,
     databaseUrl,
-    reloadKeys: () => auth.reload(log),
+    reload() {
+      auth.reload(log);
+      latency.reopenLog();
+    },
     stop() {
       stopping ??= (async () => {
         const started = Date.now();

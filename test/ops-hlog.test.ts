@@ -8,7 +8,7 @@ import os from "node:os";
 import path from "node:path";
 import { after, before, test } from "node:test";
 import * as hdr from "hdr-histogram-js";
-import { startDaemon, startTestDb, type TestDb } from "./harness";
+import { startDaemon, startTestDb, waitFor, type TestDb } from "./harness";
 import { sendEvents, sleep } from "./ops-tools";
 
 let db: TestDb;
@@ -100,4 +100,30 @@ test("a second run appends to the same log and its intervals keep their own time
   }
   assert.equal(secondCount, 7);
   assert.equal(total, firstCount + 7);
+});
+
+test("SIGHUP reopens HLOG_PATH (logrotate): the moved file and the new one each read back on their own, no interval lost", async () => {
+  const live = path.join(dir, "rotated.hlog");
+  const moved = `${live}.1`;
+  const daemon = await startDaemon({ databaseUrl: db.url, env: { HLOG_PATH: live } });
+  try {
+    await sendEvents(daemon.base, "hlog-rot-a", 6, 5);
+    await sleep(1300); // one interval boundary (1 s) past the traffic, so it is in the file being moved
+    fs.renameSync(live, moved);
+    daemon.child.kill("SIGHUP");
+    await waitFor("the reopened log", () => fs.existsSync(live) || null);
+    await sendEvents(daemon.base, "hlog-rot-b", 4, 5);
+  } finally {
+    assert.equal((await daemon.stop()).code, 0);
+  }
+  const ackCount = (file: string) => {
+    const reader = new hdr.HistogramLogReader(fs.readFileSync(file, "utf8"));
+    let n = 0;
+    for (let h = reader.nextIntervalHistogram(); h !== null; h = reader.nextIntervalHistogram()) if (h.tag === "ack.events") n += h.totalCount;
+    return n;
+  };
+  assert.match(fs.readFileSync(live, "utf8"), /^#\[StartTime: /m, "the new file has its own header");
+  // Intervals written between the rename and the reopen still land in the moved file (same descriptor).
+  assert.equal(ackCount(moved) + ackCount(live), 10);
+  assert.ok(ackCount(moved) >= 6, `the moved file holds the first traffic: ${ackCount(moved)}`);
 });
