@@ -1,17 +1,14 @@
 #!/usr/bin/env node
 /**
  * The `ingestd` command: serve, top, check-config, partitions, bench.
- * Exit statuses: 0 ok, 1 runtime failure, 64 usage error, 69 unavailable, 78 configuration error.
+ * Exit statuses: 0 ok, 1 runtime failure, 64 usage error, 78 configuration error.
  */
-import fs from "node:fs";
-import path from "node:path";
 import { parseArgs } from "node:util";
 import { ConfigError, EX_CONFIG, loadConfig, configPath, type IngestdConfig } from "./config";
 import { createLogger } from "./logger";
 import { notifySystemd, takeNotifySocket } from "./sd-notify";
 
 const EX_USAGE = 64;
-const EX_UNAVAILABLE = 69;
 
 class UsageError extends Error {}
 
@@ -130,11 +127,6 @@ async function top(argv: string[]): Promise<number> {
 }
 
 async function partitions(argv: string[]): Promise<void> {
-  const mod = path.join(__dirname, "partitions.js");
-  if (!fs.existsSync(mod)) {
-    process.stderr.write("ingestd: partitions: not yet available in this build\n");
-    process.exit(EX_UNAVAILABLE);
-  }
   const { runPartitions, PARTITIONS_HELP, UsageError: PartitionsUsage } = require("./partitions-command") as typeof import("./partitions-command");
   if (argv.includes("--help") || argv.includes("-h")) {
     process.stdout.write(PARTITIONS_HELP);
@@ -148,19 +140,10 @@ async function partitions(argv: string[]): Promise<void> {
   }
 }
 
-async function bench(argv: string[]): Promise<number | void> {
-  // bench/ is compiled next to src/: dist/bench/run.js. Loaded at call time so the daemon never needs it.
-  const file = path.resolve(__dirname, "../bench/run.js");
-  if (!fs.existsSync(file)) {
-    process.stderr.write("ingestd: bench: not available in this build (no bench/run.js)\n");
-    process.exit(EX_UNAVAILABLE);
-  }
-  const mod = require(file) as { runBench?: (argv: string[]) => Promise<number | void> | number | void };
-  if (typeof mod.runBench !== "function") {
-    process.stderr.write("ingestd: bench: bench/run.js does not export runBench\n");
-    process.exit(EX_UNAVAILABLE);
-  }
-  return mod.runBench(argv);
+async function bench(argv: string[]): Promise<number> {
+  // Loaded at call time so the daemon never loads the bench (dist/bench/run.js, compiled beside src/).
+  const { runBench } = require("../bench/run") as typeof import("../bench/run");
+  return runBench(argv);
 }
 
 async function main(argv: string[]): Promise<void> {
@@ -190,8 +173,7 @@ async function main(argv: string[]): Promise<void> {
       await partitions(rest);
       process.exit(0); // a pg pool or an embedded cluster's handles must not keep a finished command alive
     case "bench": {
-      const code = await bench(rest);
-      process.exit(typeof code === "number" ? code : 0);
+      process.exit(await bench(rest));
     }
     case "keys": {
       // Security: mint API keys (it has its own --help, hence excluded from the generic one above).
