@@ -76,8 +76,12 @@ function dedupShape(schema: string, stream: StreamDefinition): DedupShape | null
  * INSERT ... ON CONFLICT DO NOTHING, whose speculative insertion takes a lock and writes an extra WAL
  * record per row. Any id already stored (committed, or inserted by a concurrent transaction that then
  * commits: the INSERT waits for it) makes the plain INSERT fail on the unique index; its subtransaction is
- * rolled back and the batch is claimed with ON CONFLICT DO NOTHING instead, in row order so the first copy
- * of an id within the batch wins. Either way the unique index decides who stored an id.
+ * rolled back and the batch is claimed with ON CONFLICT DO NOTHING instead, where the first copy of an id
+ * within the batch wins. Either way the unique index decides who stored an id.
+ *
+ * Both paths insert in id order: a transaction only ever waits for another's uncommitted id while holding
+ * smaller ids itself, so two claims can never wait for each other (no deadlock between workers or
+ * daemons whose batches share ids in different orders).
  *
  * Returns the 1-based positions of the rows whose id it did NOT record.
  */
@@ -88,30 +92,30 @@ export function dedupClaimFunctionDdl(schema: string, stream: StreamDefinition):
   const args = d.withTime ? `claim_keys ${d.keyArray}, claim_times timestamptz[]` : `claim_keys ${d.keyArray}`;
   const input = d.withTime ? "unnest(claim_keys, claim_times)" : "unnest(claim_keys)";
   const columns = d.withTime ? `${d.key}, ${d.time}` : d.key;
+  const values = d.withTime ? "claim_k, claim_t" : "claim_k";
   const aliases = d.withTime ? "claim_k, claim_t, claim_n" : "claim_k, claim_n";
   return `CREATE OR REPLACE FUNCTION ${fn}(${args}) RETURNS SETOF integer
 LANGUAGE plpgsql AS $claim$
 #variable_conflict use_column
 BEGIN
   BEGIN
-    INSERT INTO ${d.ids} (${columns}) SELECT * FROM ${input};
+    INSERT INTO ${d.ids} (${columns}) SELECT ${values} FROM ${input} AS claim_u(${values}) ORDER BY claim_k;
     RETURN;
   EXCEPTION WHEN unique_violation THEN
     -- Some id is stored already (or twice in the batch): claim row by row below.
   END;
   RETURN QUERY
   WITH claim_input AS (SELECT * FROM ${input} WITH ORDINALITY AS claim_u(${aliases})),
+  firsts AS (SELECT DISTINCT ON (claim_k) ${values}, claim_n FROM claim_input ORDER BY claim_k, claim_n),
   claimed AS (
-    INSERT INTO ${d.ids} AS claim_ids (${columns}) SELECT ${d.withTime ? "claim_k, claim_t" : "claim_k"} FROM claim_input ORDER BY claim_n
+    INSERT INTO ${d.ids} AS claim_ids (${columns}) SELECT ${values} FROM firsts ORDER BY claim_k
     ON CONFLICT (${d.key}) DO NOTHING
     RETURNING claim_ids.${d.key} AS claim_k
-  ),
-  firsts AS (
-    SELECT min(claim_input.claim_n) AS claim_n FROM claim_input JOIN claimed ON claimed.claim_k = claim_input.claim_k
-    GROUP BY claim_input.claim_k
   )
   SELECT claim_input.claim_n::integer FROM claim_input
-  WHERE NOT EXISTS (SELECT 1 FROM firsts WHERE firsts.claim_n = claim_input.claim_n);
+  WHERE NOT EXISTS (
+    SELECT 1 FROM firsts JOIN claimed ON claimed.claim_k = firsts.claim_k WHERE firsts.claim_n = claim_input.claim_n
+  );
 END
 $claim$`;
 }
