@@ -12,6 +12,7 @@ import {
   qualifiedName,
   quoteIdent,
 } from "./sql-identifiers";
+import { dedupClaimFunctionDdl } from "../workers/commit-targets";
 
 const SQL_TYPES: Record<ColumnType, string> = {
   text: "text",
@@ -61,6 +62,9 @@ export function streamTableDdl(schema: string, stream: StreamDefinition, all: re
     ddl.push(
       `CREATE TABLE IF NOT EXISTS ${qualifiedName(schema, dedupTable(stream.table))} (${quoteIdent(key.name)} ${SQL_TYPES[key.type]} PRIMARY KEY${time})`,
     );
+    // The function workers claim a batch's ids with (workers/commit-targets.ts); replaced at every start so
+    // an upgraded daemon brings its own version.
+    ddl.push(dedupClaimFunctionDdl(schema, stream)!);
   }
   return ddl;
 }

@@ -95,7 +95,8 @@ interface Part {
   stream: CompiledStream;
   rows: string[];
   recordIndex: number[];
-  records: unknown[];
+  /** Each row's `recordId` (streams that report one), taken before the parsed records are let go. */
+  ids: unknown[] | null;
   keys: string[];
   times: string[];
 }
@@ -129,9 +130,11 @@ export default async function ingest(task: IngestTask): Promise<IngestOutcome> {
   const receivedAt = new Date(task.receivedAt).toISOString();
   const bytes = ring.subarray(task.offset, task.offset + task.length);
 
-  let body: ParsedBody;
+  let text: string;
+  let body: ParsedBody | null;
   try {
-    body = parseBody(decodeBody(bytes), task.format, task.envelope);
+    text = decodeBody(bytes);
+    body = parseBody(text, task.format, task.envelope);
   } catch (err) {
     const message = err instanceof UnparseableBody ? err.message : `cannot read body: ${(err as Error).message}`;
     const result = emptyOutcome(task, "unparseable", message, now());
@@ -145,12 +148,20 @@ export default async function ingest(task: IngestTask): Promise<IngestOutcome> {
     if (task.recordBatch) aliases.postMessage([task.batchId, body.batchId]);
   }
   if (body.priority !== undefined) result.priority = body.priority;
-  const values = body.values;
+  // The parsed records are not kept while the commit is awaited (a batch waits for hundreds of ms, long
+  // enough for the garbage collector to copy and promote every object of it): what the answer needs is
+  // taken out of them here, and the rare record PostgreSQL refuses is read again from the body text.
+  let values: unknown[] | null = body.values;
+  const received = values.length;
   const lines = body.lines.length > 0 ? body.lines : null;
   const ctx = { receivedAt };
   const parts = new Map<CompiledStream, Part>();
   const rejections: Rejection[] = [];
-  body.errors.forEach((e, k) => rejections.push({ index: e.index, line: e.line, raw: body.errorRaw[k] ?? "", errors: [e] }));
+  for (let k = 0; k < body.errors.length; k++) {
+    const e = body.errors[k];
+    rejections.push({ index: e.index, line: e.line, raw: body.errorRaw[k] ?? "", errors: [e] });
+  }
+  body = null;
   let encodedBytes = 0;
 
   for (let i = 0; i < values.length; i++) {
@@ -193,16 +204,20 @@ export default async function ingest(task: IngestTask): Promise<IngestOutcome> {
       continue;
     }
     let part = parts.get(stream!);
-    if (!part) parts.set(stream!, (part = { stream: stream!, rows: [], recordIndex: [], records: [], keys: [], times: [] }));
+    if (!part) parts.set(stream!, (part = { stream: stream!, rows: [], recordIndex: [], ids: def.recordId ? [] : null, keys: [], times: [] }));
     part.rows.push(row);
     if (stream!.keyOf !== null) part.keys.push(stream!.keyOf(checked.data, ctx));
     if (stream!.timeOf !== null) part.times.push(stream!.timeOf(checked.data, ctx));
     part.recordIndex.push(i);
-    part.records.push(checked.data);
+    if (part.ids !== null) part.ids.push(def.recordId!(checked.data));
     encodedBytes += row.length;
   }
-  result.received = values.length;
+  result.received = received;
   result.validatedAt = now();
+  values = null;
+  /** The parsed record at `index`, for a row PostgreSQL refused: the body parsed again (same text, same values). */
+  let reparsed: unknown[] | null = null;
+  const valueAt = (index: number): unknown => (reparsed ??= parseBody(text, task.format, task.envelope).values)[index];
 
   const partList = [...parts.values()];
   const streamName = single ? single.definition.name : LINE_ROUTER;
@@ -221,7 +236,8 @@ export default async function ingest(task: IngestTask): Promise<IngestOutcome> {
         const index = part.recordIndex[f.row];
         const line = lines === null ? undefined : lines[index];
         const message = `rejected by the database: ${f.message}`;
-        all.push({ index, line, raw: values[index], stream: part.stream.definition.name, errors: [withLine({ index, path: "$", expected: "a row PostgreSQL accepts", message }, line, part.stream.definition.entity, values[index])] });
+        const raw = valueAt(index);
+        all.push({ index, line, raw, stream: part.stream.definition.name, errors: [withLine({ index, path: "$", expected: "a row PostgreSQL accepts", message }, line, part.stream.definition.entity, raw)] });
       }
       for (let r = 0; r < part.rows.length; r++) {
         if (failed.has(r)) continue;
@@ -233,7 +249,7 @@ export default async function ingest(task: IngestTask): Promise<IngestOutcome> {
         if (part.recordIndex[r] < firstIndex) {
           firstIndex = part.recordIndex[r];
           const def = part.stream.definition;
-          first = { entity: def.entity ?? def.name, id: def.recordId ? def.recordId(part.records[r]) : null };
+          first = { entity: def.entity ?? def.name, id: part.ids !== null ? part.ids[r] : null };
         }
       }
     });
@@ -252,7 +268,7 @@ export default async function ingest(task: IngestTask): Promise<IngestOutcome> {
         deadLetterRow({ stream: r.stream ?? streamName, source: task.source, batchId: result.batchId, index: r.index, line: r.line ?? null, raw: rawText(r.raw), errors: r.errors, receivedAt }),
       );
       const row = task.recordBatch
-        ? batchRow({ batchId: result.batchId, requestId: task.batchId, stream: streamName, received: values.length, accepted: t.accepted, rejected: t.rejections.length, duplicates: t.duplicates, createdAt: receivedAt })
+        ? batchRow({ batchId: result.batchId, requestId: task.batchId, stream: streamName, received, accepted: t.accepted, rejected: t.rejections.length, duplicates: t.duplicates, createdAt: receivedAt })
         : null;
       return { batchRow: row, deadLetters };
     },
@@ -266,7 +282,7 @@ export default async function ingest(task: IngestTask): Promise<IngestOutcome> {
     result.copyMs = committed.copyMs;
   } catch (err) {
     if (!(err instanceof DatabaseUnavailable)) throw err;
-    if (partList.length > 0) return { ...emptyOutcome(task, "db_unavailable", err.message, now()), received: values.length };
+    if (partList.length > 0) return { ...emptyOutcome(task, "db_unavailable", err.message, now()), received };
     // Nothing to store: the validation answer stands; only its bookkeeping rows were lost.
     outcomes = [];
     result.committedAt = now();
