@@ -15,6 +15,7 @@
 import path from "node:path";
 import Piscina from "piscina";
 import { now } from "./clock";
+import { envelopePriority } from "./envelope-priority";
 import type { LatencyRecorder } from "./latency";
 import type { Logger } from "./logger";
 import type { Metrics } from "./metrics";
@@ -101,6 +102,8 @@ export class Dispatcher {
   private runningBytes = 0;
   private readonly workers: number;
   readonly maxWorkerBytes: number;
+  /** The ring, to read an envelope's priority when its body has to wait. */
+  private readonly ring: Buffer;
   private idleWaiters: Array<() => void> = [];
   latency: LatencyRecorder | null = null;
   metrics: Metrics | null = null;
@@ -113,6 +116,7 @@ export class Dispatcher {
   constructor(options: DispatcherOptions) {
     this.workers = options.workers;
     this.maxWorkerBytes = options.maxWorkerBytes;
+    this.ring = Buffer.from(options.workerData.ring);
     this.pool = new Piscina({
       filename: path.resolve(__dirname, "../workers/ingest-task.js"),
       minThreads: options.workers,
@@ -158,7 +162,7 @@ export class Dispatcher {
     if (this.queued === 0 && this.admits(cost)) {
       outcome = this.start(sub, cost);
     } else {
-      const priority = Math.min(MAX_PRIORITY, Math.max(0, Math.trunc(sub.priority) || 0));
+      const priority = Math.min(MAX_PRIORITY, Math.max(0, Math.trunc(sub.priority) || 0, this.hintedPriority(sub)));
       outcome = new Promise<IngestOutcome>((resolve) => this.queues[priority].push({ sub, cost, resolve }));
       this.queued++;
       this.queuedBytes += sub.region.length;
@@ -166,6 +170,12 @@ export class Dispatcher {
     return outcome.finally(() => {
       if (--this.inFlight === 0) for (const w of this.idleWaiters.splice(0)) w();
     });
+  }
+
+  /** The priority an envelope body names (the front sets 0: it does not parse bodies); see envelope-priority. */
+  private hintedPriority(sub: Submission): number {
+    if (!sub.envelope) return 0;
+    return envelopePriority(this.ring.subarray(sub.region.offset, sub.region.offset + sub.region.length));
   }
 
   private admits(cost: number): boolean {
