@@ -24,6 +24,11 @@ export interface IngestdConfig {
   batchSize: Int & tags.Minimum<1> & tags.Maximum<1000000>;
   batchTimeoutMs: Int & tags.Minimum<0> & tags.Maximum<60000>;
   maxBatchMemoryMb: Int & tags.Minimum<1> & tags.Maximum<1024>;
+  /**
+   * Body megabytes each worker is given at once: it holds them parsed and encoded until their group commit
+   * (its heap grows with them); further bodies wait in the ring, ordered by priority. Bounds memory.
+   */
+  workerBacklogMb: Int & tags.Minimum<1> & tags.Maximum<4096>;
   maxBodyMb: Int & tags.Minimum<1> & tags.Maximum<1024>;
   /** How long a request may wait for ring space (or a database) before 503 / close 1013. */
   overloadDeadlineMs: Int & tags.Minimum<1>;
@@ -71,6 +76,7 @@ const ENV_OVERRIDES: ReadonlyArray<[env: string, path: string, kind: EnvKind]> =
   ["BATCH_SIZE", "batchSize", "int"],
   ["BATCH_TIMEOUT_MS", "batchTimeoutMs", "int"],
   ["MAX_BATCH_MEMORY_MB", "maxBatchMemoryMb", "int"],
+  ["WORKER_BACKLOG_MB", "workerBacklogMb", "int"],
   ["MAX_BODY_MB", "maxBodyMb", "int"],
   ["API_KEYS_FILE", "apiKeysFile", "nullable"],
   ["TLS_CERT", "tlsCert", "nullable"],

@@ -149,6 +149,7 @@ export async function startServer(config: IngestdConfig, log: Logger): Promise<R
 
   const dispatcher = new Dispatcher({
     workers: config.workers,
+    maxWorkerBytes: config.workers * config.workerBacklogMb * 1024 * 1024,
     workerData: {
       ring: ring.buffer,
       connectionString: databaseUrl,
