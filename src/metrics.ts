@@ -14,6 +14,10 @@ export interface MetricsSources {
   /** The pool's worker threads, whose event-loop utilisation is the pool's utilisation. */
   workerThreads: () => readonly Worker[];
   tasksInFlight: () => number;
+  /** Of those, the ones waiting in the dispatcher for the workers' byte budget. */
+  tasksWaiting: () => number;
+  /** Body bytes handed to the workers and not yet settled (bounded by workerBacklogMb per worker). */
+  workerBacklogBytes: () => number;
 }
 
 const LATENCY_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
@@ -191,6 +195,22 @@ export class Metrics {
       registers,
       collect() {
         this.set(sources.tasksInFlight());
+      },
+    });
+    new client.Gauge({
+      name: "ingestd_tasks_waiting",
+      help: "Requests and frames in the ring waiting for the workers' byte budget (part of tasks in flight).",
+      registers,
+      collect() {
+        this.set(sources.tasksWaiting());
+      },
+    });
+    new client.Gauge({
+      name: "ingestd_worker_backlog_bytes",
+      help: "Body bytes handed to the worker threads and not yet committed or refused.",
+      registers,
+      collect() {
+        this.set(sources.workerBacklogBytes());
       },
     });
   }

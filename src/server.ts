@@ -173,6 +173,8 @@ export async function startServer(config: IngestdConfig, log: Logger): Promise<R
     databaseUp: () => db.up,
     workerThreads: () => dispatcher.pool.threads,
     tasksInFlight: () => dispatcher.tasksInFlight,
+    tasksWaiting: () => dispatcher.tasksQueued,
+    workerBacklogBytes: () => dispatcher.bytesInWorkers,
   });
   dispatcher.latency = latency;
   dispatcher.log = log;

@@ -72,6 +72,8 @@ test("/metrics: counters and histograms move with traffic; gauges describe the d
   assert.equal(metric(m1, "ingestd_ring_capacity_bytes"), 64 * 1024 * 1024);
   assert.equal(metric(m1, "ingestd_ring_used_bytes"), 0, "nothing held once every request is answered");
   assert.equal(metric(m1, "ingestd_tasks_in_flight"), 0);
+  assert.equal(metric(m1, "ingestd_tasks_waiting"), 0);
+  assert.equal(metric(m1, "ingestd_worker_backlog_bytes"), 0, "every body's bytes are released once answered");
   assert.equal(metric(m1, "ingestd_worker_threads"), 2);
   assert.ok(metric(m1, "process_resident_memory_bytes") > 0, "default process metrics");
   assert.ok(m1.some((s) => s.name === "nodejs_eventloop_lag_seconds"), "default Node.js metrics");
