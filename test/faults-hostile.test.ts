@@ -151,10 +151,11 @@ describe("slow and stalled HTTP producers", () => {
 
 describe("WebSocket producers that misbehave", () => {
   test("producers that never read their acks are cut off at the 1 MiB outbound cap, and the daemon's memory does not grow with what they refuse to read", async () => {
-    // A record with 1,000 unknown fields is acked with 1,000 errors: ~140 KB of ack per 24 KB frame.
-    const record: Record<string, unknown> = { event_id: "noread", service_name: "s", event_type: "t", payload: {} };
-    for (let i = 0; i < 1000; i++) record[`unknown_field_${i}`] = i;
-    const frame = JSON.stringify(record);
+    // 500 records with two unknown fields each are acked with 1,000 errors (maxErrorsReported): an ack of
+    // ~140 KB per ~45 KB frame.
+    const frame = JSON.stringify(
+      Array.from({ length: 500 }, (_, i) => ({ event_id: `noread-${i}`, service_name: "s", event_type: "t", payload: {}, unknown_a: i, unknown_b: i })),
+    );
     const probe = await openWs(`${daemon.wsBase}/v1/ws?stream=events`);
     clients.push(probe);
     probe.send(frame);
@@ -224,7 +225,7 @@ describe("WebSocket producers that misbehave", () => {
     assert.ok(perConnection < 16 * MiB, `unread acks per connection bounded (${mib(perConnection)} MiB)`);
     // An uncapped server would hold every unread ack: ~130 MiB per connection by the 60th round, ~520 MiB for
     // the 4. Worker-heap GC timing alone moves the peak between two runs of the same frames: each record
-    // here becomes 1,000 errors, dead-letter text and a 140 KB ack (not bounded by the dispatcher's byte
+    // here becomes 1,000 errors, 500 dead letters and a 140 KB ack (not bounded by the dispatcher's byte
     // budget, which counts bodies), and the polite run's peak landed 76-168 MiB under the rude one's in
     // repeated runs with the same cut-off after 3 rounds. 256 MiB sits between that noise and the failure.
     assert.ok(peak < controlPeak + 256 * MiB, `the unread acks cost ${mib(peak - controlPeak)} MiB over the polite run`);

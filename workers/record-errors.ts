@@ -18,8 +18,16 @@ function show(value: unknown): string {
   return s.length > 80 ? `${s.slice(0, 77)}...` : s;
 }
 
+/**
+ * Errors listed per record; the rest are summed up in one more entry. A record of a thousand unknown fields
+ * would otherwise carry a thousand errors into its answer and dead letter, and hold them in the worker
+ * until the commit: memory the byte budget for bodies (src/dispatcher.ts) does not see.
+ */
+export const MAX_ERRORS_PER_RECORD = 20;
+
 export function validationErrors(index: number, line: number | undefined, failure: IValidation.IFailure): RecordError[] {
-  return failure.errors.map((e) => {
+  const listed = failure.errors.length > MAX_ERRORS_PER_RECORD ? failure.errors.slice(0, MAX_ERRORS_PER_RECORD) : failure.errors;
+  const errors = listed.map((e) => {
     const path = fieldPath(e.path);
     const message =
       e.value === undefined && !e.expected.includes("undefined")
@@ -31,4 +39,12 @@ export function validationErrors(index: number, line: number | undefined, failur
     if (line !== undefined) error.line = line;
     return error;
   });
+  const more = failure.errors.length - listed.length;
+  if (more > 0) {
+    const message = `$: ${more} more errors in this record (the first ${MAX_ERRORS_PER_RECORD} are listed)`;
+    const error: RecordError = { index, path: "$", expected: "a record of the stream's type", message: line === undefined ? message : `line ${line}: ${message}` };
+    if (line !== undefined) error.line = line;
+    errors.push(error);
+  }
+  return errors;
 }
