@@ -122,7 +122,6 @@ export function registerWebSocket(app: TemplatedApp, ctx: ServerContext): WsServ
   }
 
   async function processFrame(ws: WebSocket<Connection>, c: Connection, frame: Frame, region: RingRegion, ringAt: number): Promise<void> {
-    const firstFailure = { at: 0 };
     for (;;) {
       const outcome = await dispatcher.run({
         stream: c.stream.name,
@@ -146,9 +145,8 @@ export function registerWebSocket(app: TemplatedApp, ctx: ServerContext): WsServ
         return;
       }
       // Never fake an ack: hold the frame and resubmit until the database is back or the deadline passes.
-      const t = now();
-      if (firstFailure.at === 0) firstFailure.at = t;
-      if (!c.open || ctx.draining || t - firstFailure.at > config.overloadDeadlineMs) {
+      // The deadline counts from the frame's arrival: a commit that stalled has already used it up.
+      if (!c.open || ctx.draining || now() - frame.receivedAt > config.overloadDeadlineMs) {
         ring.free(region);
         close(ws, CLOSE_TRY_AGAIN_LATER, "database unavailable; resend unacknowledged frames");
         c.pending.length = 0;

@@ -10,8 +10,8 @@
  * The timing is random from a seed printed at the start; FAULTS_SEED=<seed> replays a run.
  */
 import assert from "node:assert/strict";
-import { after, before, test } from "node:test";
-import { event, post, startDaemon, startTestDb, type Daemon, type TestDb } from "./harness";
+import { test } from "node:test";
+import { event, post, startDaemon } from "./harness";
 import {
   allAckedIds,
   checkStored,
@@ -23,22 +23,11 @@ import {
   total,
   until,
   wsProducer,
-  type Producer,
+  faultFixture,
 } from "./faults-helpers";
 
-let db: TestDb;
-const daemons: Daemon[] = [];
-const producers: Producer[] = [];
-
-before(async () => {
-  db = await startTestDb();
-});
-
-after(async () => {
-  await Promise.all(producers.map((p) => p.stop().catch(() => undefined)));
-  for (const d of daemons) await d.kill("SIGKILL").catch(() => undefined);
-  await db?.close().catch(() => undefined);
-});
+const fx = faultFixture();
+const { daemons, producers } = fx;
 
 const ROUNDS = 3;
 
@@ -53,7 +42,7 @@ test(`SIGKILL at a random moment under load, ${ROUNDS} rounds: every acknowledge
   for (let round = 1; round <= ROUNDS; round++) {
     const batchTimeoutMs = [5, 50, 250][Math.floor(random() * 3)];
     const killAfterMs = Math.round(500 + random() * 2000);
-    const d = await startDaemon({ databaseUrl: db.url, env: { BATCH_TIMEOUT_MS: String(batchTimeoutMs) } });
+    const d = await startDaemon({ databaseUrl: fx.db.url, env: { BATCH_TIMEOUT_MS: String(batchTimeoutMs) } });
     daemons.push(d);
     const prefix = `crash${round}`;
     const ps = [
@@ -76,7 +65,7 @@ test(`SIGKILL at a random moment under load, ${ROUNDS} rounds: every acknowledge
     assert.deepEqual(t.protocolErrors, [], `round ${round}`);
     const roundUnacked = ps.flatMap((p) => p.unackedIds());
     assert.ok(roundUnacked.length > 0, `round ${round}: the kill hit while work was in flight`);
-    const check = await checkStored(db.url, allAckedIds(ps));
+    const check = await checkStored(fx.db.url, allAckedIds(ps));
     assert.equal(check.checked, t.ackedEvents);
     assert.equal(check.missing, 0, `round ${round} (seed ${seed}): acknowledged but missing after kill -9: ${check.missingSample}`);
     assert.equal(check.doubled, 0, `round ${round}: stored twice: ${check.doubledSample}`);
@@ -88,7 +77,7 @@ test(`SIGKILL at a random moment under load, ${ROUNDS} rounds: every acknowledge
   }
 
   // A daemon after the last kill: producers resend what was never acknowledged, with the same ids.
-  const d = await startDaemon({ databaseUrl: db.url });
+  const d = await startDaemon({ databaseUrl: fx.db.url });
   daemons.push(d);
   let stored = 0;
   let duplicates = 0;
@@ -100,11 +89,11 @@ test(`SIGKILL at a random moment under load, ${ROUNDS} rounds: every acknowledge
     stored += res.json.accepted;
     duplicates += res.json.duplicates;
   }
-  const everything = await checkStored(db.url, [...ackedIdsAll, ...unacked]);
+  const everything = await checkStored(fx.db.url, [...ackedIdsAll, ...unacked]);
   assert.equal(everything.checked, ackedTotal + unacked.length, "ids are unique across rounds");
   assert.equal(everything.missing, 0);
   assert.equal(everything.doubled, 0);
-  assert.deepEqual(await doubledWithPrefix(db, "crash"), [], "nothing stored twice");
+  assert.deepEqual(await doubledWithPrefix(fx.db, "crash"), [], "nothing stored twice");
   const { code } = await d.stop();
   assert.equal(code, 0);
   for (const line of rounds) console.log(`[faults] crash ${line}`);

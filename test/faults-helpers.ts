@@ -8,10 +8,11 @@
  */
 import { execFileSync } from "node:child_process";
 import fs from "node:fs";
+import { after, before } from "node:test";
 import pg from "pg";
 import { from as copyFrom } from "pg-copy-streams";
 import WebSocket from "ws";
-import { event, type TestDb } from "./harness";
+import { event, startTestDb, type Daemon, type TestDb } from "./harness";
 
 export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
@@ -597,4 +598,32 @@ export async function until(
     if (Date.now() - start > timeoutMs) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${state ? ` (${state()})` : ""}`);
     await sleep(intervalMs);
   }
+}
+
+export interface FaultFixture {
+  /** The file's PostgreSQL, started before its first test. */
+  db: TestDb;
+  /** Everything a test starts goes here, so that a failed test leaves nothing running. */
+  daemons: Daemon[];
+  producers: Producer[];
+  cleanups: Array<() => void>;
+}
+
+/**
+ * What every fault suite shares: one embedded PostgreSQL for the file and, on the way out (after a failed
+ * test too), PostgreSQL thawed, the cleanups run, producers stopped, daemons killed, the cluster closed.
+ */
+export function faultFixture(): FaultFixture {
+  const fx: FaultFixture = { db: undefined as unknown as TestDb, daemons: [], producers: [], cleanups: [] };
+  before(async () => {
+    fx.db = await startTestDb();
+  });
+  after(async () => {
+    thawPostgres();
+    for (const c of fx.cleanups) c();
+    await Promise.all(fx.producers.map((p) => p.stop().catch(() => undefined)));
+    for (const d of fx.daemons) await d.kill("SIGKILL").catch(() => undefined);
+    await fx.db?.close().catch(() => undefined);
+  });
+  return fx;
 }

@@ -10,8 +10,8 @@
  * freeze produces refusals within its 5 s.
  */
 import assert from "node:assert/strict";
-import { after, before, test } from "node:test";
-import { startDaemon, startTestDb, type Daemon, type TestDb } from "./harness";
+import { test } from "node:test";
+import { startDaemon } from "./harness";
 import {
   allAckedIds,
   checkStored,
@@ -26,26 +26,11 @@ import {
   total,
   until,
   wsProducer,
-  type Producer,
-  type RssSampler,
+  faultFixture,
 } from "./faults-helpers";
 
-let db: TestDb;
-const daemons: Daemon[] = [];
-const producers: Producer[] = [];
-const samplers: RssSampler[] = [];
-
-before(async () => {
-  db = await startTestDb();
-});
-
-after(async () => {
-  thawPostgres();
-  for (const s of samplers) s.stop();
-  await Promise.all(producers.map((p) => p.stop().catch(() => undefined)));
-  for (const d of daemons) await d.kill("SIGKILL").catch(() => undefined);
-  await db?.close().catch(() => undefined);
-});
+const fx = faultFixture();
+const { daemons, producers, cleanups } = fx;
 
 interface Shape {
   label: string;
@@ -58,11 +43,11 @@ interface Shape {
 
 /** Runs the load; asserts what it acknowledged is stored exactly once; returns the daemon's RSS peak. */
 async function run200(shape: Shape): Promise<number> {
-  const d = await startDaemon({ databaseUrl: db.url, env: { OVERLOAD_DEADLINE_MS: "2000" } });
+  const d = await startDaemon({ databaseUrl: fx.db.url, env: { OVERLOAD_DEADLINE_MS: "2000" } });
   daemons.push(d);
   const pid = d.child.pid!;
   const rss = sampleRss(pid, 50);
-  samplers.push(rss);
+  cleanups.push(() => rss.stop());
   const idleRss = rss.last;
   const common = { resend: true, padBytes: shape.padBytes };
   const ws = Array.from({ length: 160 }, (_, i) => wsProducer(d.wsBase, { ...common, prefix: `${shape.prefix}-w${i}`, perUnit: shape.wsPerFrame, retryDelayMs: 500 }));
@@ -81,7 +66,7 @@ async function run200(shape: Shape): Promise<number> {
   const fullEvents = total(all).ackedEvents - ackedBefore;
 
   // PostgreSQL stops answering: the ring fills and stays full, producers are refused and retry.
-  freezePostgres(db);
+  freezePostgres(fx.db);
   const frozenAt = Date.now();
   try {
     await sleep(5000);
@@ -105,7 +90,7 @@ async function run200(shape: Shape): Promise<number> {
   );
   assert.deepEqual(t.protocolErrors, []);
   for (const p of all) assert.deepEqual(p.unackedIds(), [], `${p.stats.name} drained`);
-  const check = await checkStored(db.url, allAckedIds(all));
+  const check = await checkStored(fx.db.url, allAckedIds(all));
   console.log(`[faults] memory/${shape.label}: ${check.checked} acknowledged events checked: missing ${check.missing}, doubled ${check.doubled}`);
   assert.equal(check.checked, t.ackedEvents);
   assert.equal(check.missing, 0, `acknowledged but missing: ${check.missingSample}`);

@@ -7,8 +7,8 @@
  * including everything resent).
  */
 import assert from "node:assert/strict";
-import { after, before, test } from "node:test";
-import { post, event, startDaemon, startTestDb, type Daemon, type TestDb } from "./harness";
+import { test } from "node:test";
+import { post, event, startDaemon } from "./harness";
 import {
   allAckedIds,
   checkStored,
@@ -16,28 +16,17 @@ import {
   health,
   httpProducer,
   sleep,
-  thawPostgres,
   total,
   until,
   wsProducer,
-  type Producer,
+  faultFixture,
 } from "./faults-helpers";
 
-let db: TestDb;
-let daemon: Daemon | null = null;
-const producers: Producer[] = [];
+const fx = faultFixture();
+const { producers } = fx;
 let polling = false;
-
-before(async () => {
-  db = await startTestDb();
-});
-
-after(async () => {
+fx.cleanups.push(() => {
   polling = false;
-  thawPostgres();
-  await Promise.all(producers.map((p) => p.stop().catch(() => undefined)));
-  await daemon?.kill("SIGKILL").catch(() => undefined);
-  await db?.close().catch(() => undefined);
 });
 
 const OUTAGE_MS = 10_000;
@@ -46,8 +35,8 @@ const DEADLINE_MS = 4000;
 const logRecord = (id: string) => ({ service_name: "outage", severity: "INFO", message: `log ${id}`, payload: { n: id } });
 
 test("PostgreSQL stopped for 10 s under load: /health 503, nothing acknowledged meanwhile, the daemon reconnects by itself, every acked event is stored (exactly once in events, resends included)", async () => {
-  const d = await startDaemon({ databaseUrl: db.url, env: { OVERLOAD_DEADLINE_MS: String(DEADLINE_MS) } });
-  daemon = d;
+  const d = await startDaemon({ databaseUrl: fx.db.url, env: { OVERLOAD_DEADLINE_MS: String(DEADLINE_MS) } });
+  fx.daemons.push(d);
   const pid = d.child.pid;
   const events = [
     ...Array.from({ length: 6 }, (_, i) => wsProducer(d.wsBase, { prefix: `out-w${i}`, perUnit: 50, resend: true, retryDelayMs: 500 })),
@@ -69,7 +58,7 @@ test("PostgreSQL stopped for 10 s under load: /health 503, nothing acknowledged 
 
   // --- the outage -------------------------------------------------------------------------------------
   const stopAt = Date.now();
-  await db.server.stop();
+  await fx.db.server.stop();
   const stoppedMs = Date.now() - stopAt;
   const loadMs = stopAt - loadFrom;
   const healthSeen: Array<{ at: number; status: number; database: string }> = [];
@@ -93,7 +82,7 @@ test("PostgreSQL stopped for 10 s under load: /health 503, nothing acknowledged 
   const ackedLateInOutage = total(all).ackedUnits;
   const outcomesInOutage = total(all).outcomes;
   const restartAt = Date.now();
-  await db.server.restart();
+  await fx.db.server.restart();
   const outageMs = Date.now() - stopAt;
 
   // --- recovery, by the daemon alone ------------------------------------------------------------------
@@ -134,12 +123,12 @@ test("PostgreSQL stopped for 10 s under load: /health 503, nothing acknowledged 
   for (const p of all) assert.deepEqual(p.unackedIds(), [], `${p.stats.name}: every unit acknowledged in the end`);
 
   // --- what PostgreSQL holds --------------------------------------------------------------------------
-  const ev = await checkStored(db.url, allAckedIds(events));
+  const ev = await checkStored(fx.db.url, allAckedIds(events));
   assert.equal(ev.checked, total(events).ackedEvents);
   assert.equal(ev.missing, 0, `acknowledged but missing: ${ev.missingSample}`);
   assert.equal(ev.doubled, 0, `stored twice: ${ev.doubledSample}`);
-  assert.deepEqual(await doubledWithPrefix(db, "out-"), [], "no event stored twice, acknowledged or not");
-  const lg = await checkStored(db.url, allAckedIds(logs), "logs", "payload->>'n'");
+  assert.deepEqual(await doubledWithPrefix(fx.db, "out-"), [], "no event stored twice, acknowledged or not");
+  const lg = await checkStored(fx.db.url, allAckedIds(logs), "logs", "payload->>'n'");
   assert.equal(lg.missing, 0, `acknowledged logs missing: ${lg.missingSample}`);
   console.log(
     `[faults] outage: events ${ev.checked} acked, lost 0, doubled 0 (exactly once); logs ${lg.checked} acked, lost 0, ` +

@@ -12,9 +12,9 @@
  *   within the stop timeout and must not have acknowledged anything that was not committed.
  */
 import assert from "node:assert/strict";
-import { after, before, test } from "node:test";
+import { test } from "node:test";
 import WebSocket from "ws";
-import { event, openWs, startDaemon, startTestDb, type Daemon, type TestDb } from "./harness";
+import { event, openWs, startDaemon } from "./harness";
 import {
   allAckedIds,
   checkStored,
@@ -25,26 +25,14 @@ import {
   total,
   until,
   wsProducer,
-  type Producer,
+  faultFixture,
 } from "./faults-helpers";
 
-let db: TestDb;
-const daemons: Daemon[] = [];
-const producers: Producer[] = [];
-
-before(async () => {
-  db = await startTestDb();
-});
-
-after(async () => {
-  thawPostgres();
-  await Promise.all(producers.map((p) => p.stop().catch(() => undefined)));
-  for (const d of daemons) await d.kill("SIGKILL").catch(() => undefined);
-  await db?.close().catch(() => undefined);
-});
+const fx = faultFixture();
+const { daemons, producers } = fx;
 
 async function storedWithPrefix(prefix: string): Promise<string[]> {
-  const res = await db.query("SELECT event_id FROM events WHERE event_id LIKE $1 || '%' ORDER BY event_id", [prefix]);
+  const res = await fx.db.query("SELECT event_id FROM events WHERE event_id LIKE $1 || '%' ORDER BY event_id", [prefix]);
   return res.rows.map((r) => r.event_id);
 }
 
@@ -68,7 +56,7 @@ const STOP_TIMEOUT_MS = 10_000;
 
 test("SIGTERM under continuous load (16 WS + 8 HTTP producers): exit 0 within STOP_TIMEOUT_MS, every WS closes 1001, stored == acknowledged per producer, drain-time requests refused 503 + Retry-After", async () => {
   // A group-commit age of 200 ms keeps plenty in flight at the signal.
-  const d = await startDaemon({ databaseUrl: db.url, env: { STOP_TIMEOUT_MS: String(STOP_TIMEOUT_MS), BATCH_TIMEOUT_MS: "200" } });
+  const d = await startDaemon({ databaseUrl: fx.db.url, env: { STOP_TIMEOUT_MS: String(STOP_TIMEOUT_MS), BATCH_TIMEOUT_MS: "200" } });
   daemons.push(d);
   const ws = Array.from({ length: 16 }, (_, i) => wsProducer(d.wsBase, { prefix: `term-w${i}-`, perUnit: 50, resend: false }));
   const http = Array.from({ length: 8 }, (_, i) => httpProducer(d.base, { prefix: `term-h${i}-`, perUnit: 100, resend: false }));
@@ -107,14 +95,14 @@ test("SIGTERM under continuous load (16 WS + 8 HTTP producers): exit 0 within ST
     const prefix = p.stats.name.replace(/^(ws|http) /, "");
     assert.deepEqual(await storedWithPrefix(prefix), [...p.stats.ackedIds].sort(), `${p.stats.name}: stored == acknowledged`);
   }
-  const check = await checkStored(db.url, allAckedIds(all));
+  const check = await checkStored(fx.db.url, allAckedIds(all));
   assert.equal(check.missing, 0);
   assert.equal(check.doubled, 0);
 });
 
 test("SIGTERM while PostgreSQL is frozen: the drain cannot finish, yet the daemon exits within STOP_TIMEOUT_MS (status 1, saying why), and nothing it acknowledged is missing once PostgreSQL is back", async () => {
   const stopTimeout = 3000;
-  const d = await startDaemon({ databaseUrl: db.url, env: { STOP_TIMEOUT_MS: String(stopTimeout) } });
+  const d = await startDaemon({ databaseUrl: fx.db.url, env: { STOP_TIMEOUT_MS: String(stopTimeout) } });
   daemons.push(d);
   const c = await openWs(`${d.wsBase}/v1/ws?stream=events`);
   c.send(JSON.stringify([event("termfrozen-1")]));
@@ -124,7 +112,7 @@ test("SIGTERM while PostgreSQL is frozen: the drain cannot finish, yet the daemo
   producers.push(ws, http);
   await until("load established", () => ws.stats.ackedUnits >= 2 && http.stats.ackedUnits >= 2, 20_000);
 
-  freezePostgres(db);
+  freezePostgres(fx.db);
   let exit: { code: number | null; signal: NodeJS.Signals | null } | null = null;
   let stopMs = -1;
   try {
@@ -141,7 +129,7 @@ test("SIGTERM while PostgreSQL is frozen: the drain cannot finish, yet the daemo
   if (!exit) await d.exited; // PostgreSQL is back: the drain can finish now
   await Promise.all([ws, http].map((p) => p.stop()));
   c.socket.terminate();
-  const check = await checkStored(db.url, allAckedIds([ws, http]));
+  const check = await checkStored(fx.db.url, allAckedIds([ws, http]));
   assert.equal(check.missing, 0, "nothing acknowledged is missing");
   assert.ok(exit !== null, `the daemon had not exited ${stopTimeout + 5000} ms after SIGTERM (STOP_TIMEOUT_MS ${stopTimeout})`);
   // The timeout itself plus process start-to-exit slack on a busy machine.

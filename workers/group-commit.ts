@@ -171,9 +171,14 @@ export class GroupCommitter {
       this.writer.reset();
       const error = err instanceof DatabaseUnavailable ? err : new DatabaseUnavailable(err);
       for (const m of batch.members) m.reject(error);
-      // The batches queued behind this one have waited as long, for a connection that just failed: refuse
-      // them now rather than each waiting out its own timeout in turn (their producers resend).
+      // The batches behind this one would each wait out their own timeout on a database that just failed
+      // or stopped answering: refuse them now (their producers resend; nothing of them was acknowledged).
       for (const queued of this.sealed.splice(0)) for (const m of queued.members) m.reject(error);
+      for (const open of this.open.values()) {
+        if (open.timer !== null) clearTimeout(open.timer);
+        for (const m of open.members) m.reject(error);
+      }
+      this.open.clear();
       return;
     }
     const committedAt = now();
