@@ -96,7 +96,6 @@ export class Dispatcher {
   /** Waiting for admission, one FIFO per priority. */
   private readonly queues: Array<Fifo<Queued>> = Array.from({ length: MAX_PRIORITY + 1 }, () => new Fifo<Queued>());
   private queued = 0;
-  private queuedBytes = 0;
   /** Admitted to the pool and not settled, and what they cost against maxWorkerBytes. */
   private running = 0;
   private runningBytes = 0;
@@ -137,13 +136,9 @@ export class Dispatcher {
     return this.inFlight;
   }
 
-  /** Tasks waiting for admission to a worker, and their body bytes. */
+  /** Tasks waiting for admission to a worker. */
   get tasksQueued(): number {
     return this.queued;
-  }
-
-  get bytesQueued(): number {
-    return this.queuedBytes;
   }
 
   /** Body bytes (plus per-task cost) admitted to the workers and not settled. */
@@ -165,7 +160,6 @@ export class Dispatcher {
       const priority = Math.min(MAX_PRIORITY, Math.max(0, Math.trunc(sub.priority) || 0, this.hintedPriority(sub)));
       outcome = new Promise<IngestOutcome>((resolve) => this.queues[priority].push({ sub, cost, resolve }));
       this.queued++;
-      this.queuedBytes += sub.region.length;
     }
     return outcome.finally(() => {
       if (--this.inFlight === 0) for (const w of this.idleWaiters.splice(0)) w();
@@ -193,7 +187,6 @@ export class Dispatcher {
       if (!this.admits(head.cost)) return;
       this.queues[p].shift();
       this.queued--;
-      this.queuedBytes -= head.sub.region.length;
       head.resolve(this.start(head.sub, head.cost));
     }
   }

@@ -11,7 +11,7 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import pg from "pg";
-import { event, openWs, post, startDaemon, type Daemon } from "./harness";
+import { event, openWs, post, startDaemon, waitFor, type Daemon } from "./harness";
 import {
   allAckedIds,
   checkStored,
@@ -249,11 +249,15 @@ describe("PostgreSQL falls behind a small ring", () => {
       }
       c.socket.terminate();
       // The given-up connection is replaced: once PostgreSQL is back, the same daemon commits again.
-      let after = await post(`${d.base}/v1/streams/events/events`, JSON.stringify([event("hung-after")]));
-      for (let i = 0; i < 20 && after.status === 503; i++) {
-        await new Promise((r) => setTimeout(r, 250));
-        after = await post(`${d.base}/v1/streams/events/events`, JSON.stringify([event("hung-after")]));
-      }
+      const after = await waitFor(
+        "an answer other than 503 after the thaw",
+        async () => {
+          const r = await post(`${d.base}/v1/streams/events/events`, JSON.stringify([event("hung-after")]));
+          return r.status === 503 ? null : r;
+        },
+        5_000,
+        250,
+      );
       assert.equal(after.status, 200, after.text);
     },
   );

@@ -170,15 +170,14 @@ export class GroupCommitter {
     } catch (err) {
       this.writer.reset();
       const error = err instanceof DatabaseUnavailable ? err : new DatabaseUnavailable(err);
-      for (const m of batch.members) m.reject(error);
       // The batches behind this one would each wait out their own timeout on a database that just failed
       // or stopped answering: refuse them now (their producers resend; nothing of them was acknowledged).
-      for (const queued of this.sealed.splice(0)) for (const m of queued.members) m.reject(error);
-      for (const open of this.open.values()) {
-        if (open.timer !== null) clearTimeout(open.timer);
-        for (const m of open.members) m.reject(error);
-      }
+      const refused = [batch, ...this.sealed.splice(0), ...this.open.values()];
       this.open.clear();
+      for (const b of refused) {
+        if (b.timer !== null) clearTimeout(b.timer);
+        for (const m of b.members) m.reject(error);
+      }
       return;
     }
     const committedAt = now();

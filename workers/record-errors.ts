@@ -26,6 +26,11 @@ function show(value: unknown): string {
 export const MAX_ERRORS_PER_RECORD = 20;
 
 export function validationErrors(index: number, line: number | undefined, failure: IValidation.IFailure): RecordError[] {
+  const entry = (path: string, expected: string, message: string): RecordError => {
+    const error: RecordError = { index, path, expected, message: line === undefined ? message : `line ${line}: ${message}` };
+    if (line !== undefined) error.line = line;
+    return error;
+  };
   const listed = failure.errors.length > MAX_ERRORS_PER_RECORD ? failure.errors.slice(0, MAX_ERRORS_PER_RECORD) : failure.errors;
   const errors = listed.map((e) => {
     const path = fieldPath(e.path);
@@ -35,16 +40,9 @@ export function validationErrors(index: number, line: number | undefined, failur
         : e.expected === "undefined"
           ? `${path}: unknown field, not allowed by the stream's type`
           : `${path}: expected ${e.expected}, got ${show(e.value)}`;
-    const error: RecordError = { index, path, expected: e.expected, message: line === undefined ? message : `line ${line}: ${message}` };
-    if (line !== undefined) error.line = line;
-    return error;
+    return entry(path, e.expected, message);
   });
   const more = failure.errors.length - listed.length;
-  if (more > 0) {
-    const message = `$: ${more} more errors in this record (the first ${MAX_ERRORS_PER_RECORD} are listed)`;
-    const error: RecordError = { index, path: "$", expected: "a record of the stream's type", message: line === undefined ? message : `line ${line}: ${message}` };
-    if (line !== undefined) error.line = line;
-    errors.push(error);
-  }
+  if (more > 0) errors.push(entry("$", "a record of the stream's type", `$: ${more} more errors in this record (the first ${MAX_ERRORS_PER_RECORD} are listed)`));
   return errors;
 }
