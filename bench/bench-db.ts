@@ -6,8 +6,8 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import pg from "pg";
-import { startEmbeddedDb, type EmbeddedDb } from "../src/embedded-db";
-import { quoteIdent } from "../src/sql-identifiers";
+import { startEmbeddedDb, type EmbeddedDb } from "../src/storage/embedded-db";
+import { quoteIdent } from "../src/shared/sql-identifiers";
 
 export interface BenchDb {
   /** URL of the fresh database. */

@@ -1,7 +1,7 @@
 /**
  * The COPY ceiling: the bench's rows streamed straight into the `events` table with pg-copy-streams, no
  * daemon, over 1 and 2 parallel connections. The rows are made exactly as a worker makes them (frame JSON
- * parsed, typia-validated, encoded by workers/row-encoder.ts), so the bytes are the ones the daemon sends;
+ * parsed, typia-validated, encoded by workers/records/row-encoder.ts), so the bytes are the ones the daemon sends;
  * that preparation is timed too, as the single-thread CPU cost of a worker's share of the pipeline.
  * A third run sends the same rows through the daemon's own commit SQL, to split the gap between the daemon
  * and the ceiling into what its SQL costs PostgreSQL and what the daemon itself adds.
@@ -10,9 +10,9 @@ import { once } from "node:events";
 import { performance } from "node:perf_hooks";
 import pg from "pg";
 import { from as copyFrom } from "pg-copy-streams";
-import { copyStatement } from "../src/sql-identifiers";
-import { commitTarget } from "../workers/commit-targets";
-import { compileRowEncoder } from "../workers/row-encoder";
+import { copyStatement } from "../src/shared/sql-identifiers";
+import { commitTarget } from "../workers/commit/commit-targets";
+import { compileRowEncoder } from "../workers/records/row-encoder";
 import type { BenchDb } from "./bench-db";
 import { dbDelta, markDb, type DbDelta, type DbMark } from "./db-counters";
 import { FrameTemplate } from "./event-factory";
@@ -131,7 +131,7 @@ export async function measureCopyCeiling(
 
   let commitSql: CeilingResult["commit_sql"] = null;
   if (commitSqlOptions) {
-    // The daemon's own statements (workers/commit-targets.ts), batch after batch on each connection as a
+    // The daemon's own statements (workers/commit/commit-targets.ts), batch after batch on each connection as a
     // worker runs them, minus the daemon: what PostgreSQL can do with the daemon's SQL alone.
     const { batchSize, dedup, streams: n } = commitSqlOptions;
     const rows = Math.min(totalRows, commitSqlOptions.rows);

@@ -1,12 +1,12 @@
 /**
- * The bench's view of the `events` table: created exactly as the daemon creates it (src/schema.ts), emptied
+ * The bench's view of the `events` table: created exactly as the daemon creates it (src/storage/schema.ts), emptied
  * between phases, and counted by id prefix to verify that rows stored equal events acknowledged.
  */
 import pg from "pg";
 import { streams } from "../config/streams";
-import { ensureSchema } from "../src/schema";
-import { dedupTable, qualifiedName } from "../src/sql-identifiers";
-import type { StreamDefinition } from "../src/stream-definition";
+import { ensureSchema } from "../src/storage/schema";
+import { dedupTable, qualifiedName } from "../src/shared/sql-identifiers";
+import type { StreamDefinition } from "../src/shared/stream-definition";
 import type { BenchDb } from "./bench-db";
 
 export const BENCH_STREAM = "events";

@@ -14,7 +14,7 @@ import crypto from "node:crypto";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { configPath, loadConfig, type IngestdConfig } from "../src/config";
+import { configPath, loadConfig, type IngestdConfig } from "../src/ops/config";
 import { startBenchDb, type BenchDb } from "./bench-db";
 import { measureCopyCeiling, type CeilingResult } from "./copy-ceiling";
 import { ROOT, startDaemon, type DaemonProcess } from "./daemon-process";
@@ -72,7 +72,7 @@ function dedupConfigFile(env: Record<string, string>, on: boolean): string {
   return file;
 }
 
-/** Whether the daemon deduplicates the bench stream, decided as src/server.ts does (not imported: it loads uWS). */
+/** Whether the daemon deduplicates the bench stream, decided as src/front/server.ts does (not imported: it loads uWS). */
 function streamDedups(config: IngestdConfig | null): boolean {
   const stream = benchStream();
   return stream.dedupKey !== undefined && (config?.deduplicate[BENCH_STREAM] ?? stream.dedupByDefault ?? false);

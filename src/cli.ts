@@ -4,9 +4,9 @@
  * Exit statuses: 0 ok, 1 runtime failure, 64 usage error, 78 configuration error.
  */
 import { parseArgs } from "node:util";
-import { ConfigError, EX_CONFIG, loadConfig, configPath, type IngestdConfig } from "./config";
-import { createLogger } from "./logger";
-import { notifySystemd, takeNotifySocket } from "./sd-notify";
+import { ConfigError, EX_CONFIG, loadConfig, configPath, type IngestdConfig } from "./ops/config";
+import { createLogger } from "./ops/logger";
+import { notifySystemd, takeNotifySocket } from "./ops/sd-notify";
 
 const EX_USAGE = 64;
 
@@ -46,7 +46,7 @@ async function serve(argv: string[]): Promise<void> {
   // Before anything is spawned: the embedded PostgreSQL must not inherit systemd's notify socket.
   takeNotifySocket();
   // Loaded here, not at the top: check-config and --help must work where the native binary does not.
-  const { startServer } = require("./server") as typeof import("./server");
+  const { startServer } = require("./front/server") as typeof import("./front/server");
   // Handlers go in before the server starts: a supervisor may send SIGTERM the moment it reads "listening",
   // and a signal that lands before process.on() would kill the daemon with the default action mid-start.
   let server: Awaited<ReturnType<typeof startServer>> | null = null;
@@ -90,7 +90,7 @@ async function serve(argv: string[]): Promise<void> {
   };
   process.on("SIGTERM", () => shutdown("SIGTERM"));
   process.on("SIGINT", () => shutdown("SIGINT"));
-  // API keys without a restart (a bad file keeps the old keys; see src/auth.ts); HLOG_PATH after logrotate.
+  // API keys without a restart (a bad file keeps the old keys; see src/security/auth.ts); HLOG_PATH after logrotate.
   process.on("SIGHUP", () => server?.reload());
   server = await startServer(config, log);
   void notifySystemd(["READY=1", `STATUS=listening on ${config.host}:${server.port}`], log);
@@ -122,12 +122,12 @@ async function top(argv: string[]): Promise<number> {
   if (!/^https?:\/\/[^/]+/.test(url)) throw new UsageError(`--url: expected http://host:port, got ${JSON.stringify(url)}`);
   const intervalMs = values.interval === undefined ? 1000 : Number(values.interval);
   if (!Number.isInteger(intervalMs) || intervalMs < 100) throw new UsageError(`--interval: expected milliseconds >= 100, got ${JSON.stringify(values.interval)}`);
-  const { runTop } = require("./top") as typeof import("./top");
+  const { runTop } = require("./commands/top") as typeof import("./commands/top");
   return runTop({ url, intervalMs, once: values.once === true, input: process.stdin, output: process.stdout });
 }
 
 async function partitions(argv: string[]): Promise<void> {
-  const { runPartitions, PARTITIONS_HELP, UsageError: PartitionsUsage } = require("./partitions-command") as typeof import("./partitions-command");
+  const { runPartitions, PARTITIONS_HELP, UsageError: PartitionsUsage } = require("./commands/partitions") as typeof import("./commands/partitions");
   if (argv.includes("--help") || argv.includes("-h")) {
     process.stdout.write(PARTITIONS_HELP);
     return;
@@ -177,7 +177,7 @@ async function main(argv: string[]): Promise<void> {
     }
     case "keys": {
       // Security: mint API keys (it has its own --help, hence excluded from the generic one above).
-      const keys = require("./api-keys") as typeof import("./api-keys");
+      const keys = require("./security/api-keys") as typeof import("./security/api-keys");
       try {
         process.exit(keys.runKeysCommand(rest, process.stdout, keys.streamCatalog()));
       } catch (err) {

@@ -9,7 +9,7 @@ import os from "node:os";
 import path from "node:path";
 import pg from "pg";
 import WebSocket from "ws";
-import { startEmbeddedDb, type EmbeddedDb } from "../src/embedded-db";
+import { startEmbeddedDb, type EmbeddedDb } from "../src/storage/embedded-db";
 
 export const ROOT = path.resolve(__dirname, "../..");
 export const CLI = path.join(ROOT, "dist/src/cli.js");

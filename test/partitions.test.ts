@@ -1,6 +1,6 @@
 /**
  * Monthly partitions of the event tables (SPEC §5, issue 4): where rows land (by tableoid), the partitions
- * the daemon creates at start, the functions of src/partitions.ts that the schedule and the CLI use
+ * the daemon creates at start, the functions of src/storage/partitions.ts that the schedule and the CLI use
  * (createPartitions, dropPartitionsOlderThan, listPartitions), retention by the daemon itself, and the
  * `ingestd partitions` command. Real daemon, real PostgreSQL.
  */
@@ -10,7 +10,7 @@ import { randomUUID } from "node:crypto";
 import { after, before, describe, test } from "node:test";
 import pg from "pg";
 import { streams } from "../config/streams";
-import { addMonths, createPartitions, dropPartitionsOlderThan, ensureMonthPartitions, listPartitions, monthLabel, monthOf, partitionName, type Month } from "../src/partitions";
+import { addMonths, createPartitions, dropPartitionsOlderThan, ensureMonthPartitions, listPartitions, monthLabel, monthOf, partitionName, type Month } from "../src/storage/partitions";
 import { CLI, ROOT, event, post, startDaemon, startTestDb, waitFor, type Daemon, type TestDb } from "./harness";
 
 let db: TestDb;

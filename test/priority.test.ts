@@ -2,7 +2,7 @@
  * Priority on POST /v1/ingest/batch (SPEC §3, issue 3 item 4): under contention, higher-priority requests
  * are committed first. Priority is applied twice: bodies waiting for a worker (the dispatcher admits only
  * workerBacklogMb of bodies per worker at once) are admitted highest priority first, the front reading the
- * envelope's priority (src/envelope-priority.ts); inside the worker, group commit orders its sealed batches by
+ * envelope's priority (src/front/envelope-priority.ts); inside the worker, group commit orders its sealed batches by
  * priority. Contention is made where it matters: one worker (WORKERS=1), one request per batch
  * (BATCH_SIZE = records per request), and the worker's commit held by a lock on the dedup table while the
  * backlog builds. A sleeping machine cannot reorder anything here: the order is decided while the commit is
@@ -13,7 +13,7 @@ import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 import pg from "pg";
 import { event, get, post, startDaemon, startTestDb, waitFor, type Daemon, type TestDb } from "./harness";
-import { envelopePriority } from "../src/envelope-priority";
+import { envelopePriority } from "../src/front/envelope-priority";
 
 let db: TestDb;
 let daemon: Daemon;

@@ -6,7 +6,7 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import WebSocket from "ws";
-import { hashToken, mintToken } from "../src/api-keys";
+import { hashToken, mintToken } from "../src/security/api-keys";
 import { openWs, type WsClient } from "./harness";
 
 export interface TestKey {

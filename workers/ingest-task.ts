@@ -5,17 +5,17 @@
  */
 import { BroadcastChannel, threadId, workerData } from "node:worker_threads";
 import { streams } from "../config/streams";
-import { now } from "../src/clock";
-import { LINE_ROUTER, type RowContext, type StreamDefinition } from "../src/stream-definition";
-import { decodeBody, parseBody, UnparseableBody, type ParsedBody } from "./body-parser";
-import { batchRow, deadLetterRow, rawText } from "./bookkeeping-rows";
-import { batchesCopySql, commitTarget, deadLettersCopySql, type CommitTarget } from "./commit-targets";
-import { CopyWriter, DatabaseUnavailable } from "./copy-writer";
-import { GroupCommitter, type PartOutcome, type TaskWork } from "./group-commit";
-import { LineFormatError } from "../src/line-fields";
-import { validationErrors } from "./record-errors";
-import { compileRowEncoder, EncodeError, type RowEncoder } from "./row-encoder";
-import { BATCH_ALIAS_CHANNEL, emptyOutcome, type IngestOutcome, type IngestTask, type RecordError } from "./task-protocol";
+import { now } from "../src/shared/clock";
+import { LINE_ROUTER, type RowContext, type StreamDefinition } from "../src/shared/stream-definition";
+import { decodeBody, parseBody, UnparseableBody, type ParsedBody } from "./records/body-parser";
+import { batchRow, deadLetterRow, rawText } from "./commit/bookkeeping-rows";
+import { batchesCopySql, commitTarget, deadLettersCopySql, type CommitTarget } from "./commit/commit-targets";
+import { CopyWriter, DatabaseUnavailable } from "./commit/copy-writer";
+import { GroupCommitter, type PartOutcome, type TaskWork } from "./commit/group-commit";
+import { LineFormatError } from "../src/shared/line-fields";
+import { validationErrors } from "./records/record-errors";
+import { compileRowEncoder, EncodeError, type RowEncoder } from "./records/row-encoder";
+import { BATCH_ALIAS_CHANNEL, emptyOutcome, type IngestOutcome, type IngestTask, type RecordError } from "../src/shared/task-protocol";
 
 export interface WorkerData {
   ring: SharedArrayBuffer;

@@ -1,5 +1,5 @@
 import typia, { tags } from "typia";
-import { defineStream } from "../../src/stream-definition";
+import { defineStream } from "../../src/shared/stream-definition";
 
 /** A generic application event (SPEC §2 `events`). */
 export interface EventRecord {

@@ -1,4 +1,4 @@
-import type { StreamDefinition } from "../../src/stream-definition";
+import type { StreamDefinition } from "../../src/shared/stream-definition";
 import events from "./events";
 import logs from "./logs";
 import productEvents from "./product-events";

@@ -1,5 +1,5 @@
 import typia, { tags } from "typia";
-import { defineStream } from "../../src/stream-definition";
+import { defineStream } from "../../src/shared/stream-definition";
 
 /** A log line from a service (SPEC §2 `logs`). */
 export interface LogRecord {

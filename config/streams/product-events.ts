@@ -1,5 +1,5 @@
 import typia, { tags } from "typia";
-import { defineStream } from "../../src/stream-definition";
+import { defineStream } from "../../src/shared/stream-definition";
 
 /** A product-analytics event (SPEC §2 `product_events`), the body of POST /events. */
 export interface ProductEventRecord {

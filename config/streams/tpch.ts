@@ -1,6 +1,6 @@
 import typia, { tags } from "typia";
-import { lineColumns, lineParser, type LineLayout } from "../../src/line-fields";
-import { defineStream } from "../../src/stream-definition";
+import { lineColumns, lineParser, type LineLayout } from "../../src/shared/line-fields";
+import { defineStream } from "../../src/shared/stream-definition";
 
 /**
  * TPC-H tables fed by pipe-delimited lines, routed by prefix: `O|` orders, `L|` lineitem, `C|` customer,

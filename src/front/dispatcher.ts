@@ -1,0 +1,275 @@
+/**
+ * Hands ring descriptors to the Piscina worker pool and turns each settled task into latency and metrics
+ * records. It never frees ring regions: whoever allocated a region frees it once it has answered, because a
+ * WebSocket frame may be resubmitted from the same region while the database is down.
+ *
+ * Work is admitted to the workers by bytes (SPEC §9, resident memory bounded). A task in a worker is held
+ * there as parsed records and encoded COPY rows until its group commit (measured: 1.5-4.5 times its body's
+ * size, the more the smaller the records), and V8 lets a worker's heap grow to about 4 times what is live
+ * between full GCs. Handing the workers everything in the 64 MiB ring made the daemon peak at 640-1070 MiB
+ * under 200 producers; so the workers get at most `maxWorkerBytes` of bodies at once (each task also counts
+ * TASK_COST_BYTES for its fixed overhead). The rest wait here, as descriptors of bodies already in the ring
+ * (counted there), ordered by priority: higher first, arrival order within a priority. Inside a worker,
+ * group commit orders its sealed batches by priority too.
+ */
+import path from "node:path";
+import Piscina from "piscina";
+import { now } from "../shared/clock";
+import { envelopePriority } from "./envelope-priority";
+import type { LatencyRecorder } from "../ops/latency";
+import type { Logger } from "../ops/logger";
+import type { Metrics } from "../ops/metrics";
+import type { RingRegion } from "./ring";
+import { Stats } from "../ops/stats";
+import { emptyOutcome, type IngestOutcome, type IngestTask, type TaskFormat } from "../shared/task-protocol";
+import type { WorkerData } from "../../workers/ingest-task";
+
+export interface DispatcherOptions {
+  workers: number;
+  workerData: WorkerData;
+  /**
+   * Body bytes handed to the workers at once (all workers together). A task is admitted while it fits, or
+   * while fewer tasks than workers are running, so a body larger than the budget still gets a worker.
+   */
+  maxWorkerBytes: number;
+}
+
+/** What a task costs in the worker besides its body (task, outcome, closures, batch bookkeeping). */
+export const TASK_COST_BYTES = 1024;
+/** Priorities are 0..10 (SPEC §3); anything else is clamped into that range. */
+const MAX_PRIORITY = 10;
+
+interface Queued {
+  sub: Submission;
+  cost: number;
+  resolve: (outcome: Promise<IngestOutcome>) => void;
+}
+
+/** FIFO with O(1) shift: a head index into an array that is compacted once half of it is consumed. */
+class Fifo<T> {
+  private items: T[] = [];
+  private head = 0;
+  get length(): number {
+    return this.items.length - this.head;
+  }
+  push(item: T): void {
+    this.items.push(item);
+  }
+  peek(): T | undefined {
+    return this.items[this.head];
+  }
+  shift(): T | undefined {
+    if (this.head >= this.items.length) return undefined;
+    const item = this.items[this.head];
+    (this.items as Array<T | undefined>)[this.head] = undefined;
+    this.head++;
+    if (this.head === this.items.length) {
+      this.items = [];
+      this.head = 0;
+    } else if (this.head >= 1024 && this.head * 2 >= this.items.length) {
+      this.items = this.items.slice(this.head);
+      this.head = 0;
+    }
+    return item;
+  }
+}
+
+export interface Submission {
+  stream: string;
+  format: TaskFormat;
+  envelope: boolean;
+  region: RingRegion;
+  batchId: string;
+  priority: number;
+  receivedAt: number;
+  ringAt: number;
+  source: string;
+  recordBatch: boolean;
+}
+
+export type Transport = "http" | "ws";
+
+export class Dispatcher {
+  readonly pool: Piscina<IngestTask, IngestOutcome>;
+  /** Submitted and not settled: waiting here or in a worker. */
+  private inFlight = 0;
+  /** Waiting for admission, one FIFO per priority. */
+  private readonly queues: Array<Fifo<Queued>> = Array.from({ length: MAX_PRIORITY + 1 }, () => new Fifo<Queued>());
+  private queued = 0;
+  /** Admitted to the pool and not settled, and what they cost against maxWorkerBytes. */
+  private running = 0;
+  private runningBytes = 0;
+  private readonly workers: number;
+  readonly maxWorkerBytes: number;
+  /** The ring, to read an envelope's priority when its body has to wait. */
+  private readonly ring: Buffer;
+  private idleWaiters: Array<() => void> = [];
+  latency: LatencyRecorder | null = null;
+  metrics: Metrics | null = null;
+  log: Logger | null = null;
+  /** Last time a failed task was logged: an outage fails every task, the log gets one line a second. */
+  private lastFailureLog = 0;
+  /** GET /stats counters, fed by observeAck like the events metric. */
+  readonly stats = new Stats();
+
+  constructor(options: DispatcherOptions) {
+    this.workers = options.workers;
+    this.maxWorkerBytes = options.maxWorkerBytes;
+    this.ring = Buffer.from(options.workerData.ring);
+    this.pool = new Piscina({
+      filename: path.resolve(__dirname, "../../workers/ingest-task.js"),
+      minThreads: options.workers,
+      maxThreads: options.workers,
+      idleTimeout: Infinity,
+      // Tasks wait on group commit, so each worker holds many at once; admission by bytes (below) bounds
+      // the total. High enough that an admitted task never waits in Piscina's FIFO queue, which knows no
+      // priority.
+      concurrentTasksPerWorker: Math.max(16, options.workers + Math.ceil(options.maxWorkerBytes / TASK_COST_BYTES)),
+      // Workers do async I/O (their COPY connection): they must not block in Atomics.wait between tasks.
+      atomics: "disabled",
+      workerData: options.workerData,
+    });
+  }
+
+  /** Tasks submitted and not settled (waiting for a worker or in one). */
+  get tasksInFlight(): number {
+    return this.inFlight;
+  }
+
+  /** Tasks waiting for admission to a worker. */
+  get tasksQueued(): number {
+    return this.queued;
+  }
+
+  /** Body bytes (plus per-task cost) admitted to the workers and not settled. */
+  get bytesInWorkers(): number {
+    return this.runningBytes;
+  }
+
+  /**
+   * Runs one body through a worker, once the workers have room for it (see the class comment). Never
+   * rejects: a worker failure becomes a `failed` outcome.
+   */
+  run(sub: Submission): Promise<IngestOutcome> {
+    this.inFlight++;
+    const cost = sub.region.length + TASK_COST_BYTES;
+    let outcome: Promise<IngestOutcome>;
+    if (this.queued === 0 && this.admits(cost)) {
+      outcome = this.start(sub, cost);
+    } else {
+      const priority = Math.min(MAX_PRIORITY, Math.max(0, Math.trunc(sub.priority) || 0, this.hintedPriority(sub)));
+      outcome = new Promise<IngestOutcome>((resolve) => this.queues[priority].push({ sub, cost, resolve }));
+      this.queued++;
+    }
+    return outcome.finally(() => {
+      if (--this.inFlight === 0) for (const w of this.idleWaiters.splice(0)) w();
+    });
+  }
+
+  /** The priority an envelope body names (the front sets 0: it does not parse bodies); see envelope-priority. */
+  private hintedPriority(sub: Submission): number {
+    if (!sub.envelope) return 0;
+    return envelopePriority(this.ring.subarray(sub.region.offset, sub.region.offset + sub.region.length));
+  }
+
+  private admits(cost: number): boolean {
+    return this.running < this.workers || this.runningBytes + cost <= this.maxWorkerBytes;
+  }
+
+  /** Admits waiting tasks, highest priority first, while they fit; a task that does not fit blocks the rest. */
+  private pump(): void {
+    for (let p = MAX_PRIORITY; p >= 0 && this.queued > 0; ) {
+      const head = this.queues[p].peek();
+      if (head === undefined) {
+        p--;
+        continue;
+      }
+      if (!this.admits(head.cost)) return;
+      this.queues[p].shift();
+      this.queued--;
+      head.resolve(this.start(head.sub, head.cost));
+    }
+  }
+
+  private async start(sub: Submission, cost: number): Promise<IngestOutcome> {
+    this.running++;
+    this.runningBytes += cost;
+    try {
+      return await this.execute(sub);
+    } finally {
+      this.running--;
+      this.runningBytes -= cost;
+      this.pump();
+    }
+  }
+
+  private async execute(sub: Submission): Promise<IngestOutcome> {
+    const task: IngestTask = {
+      stream: sub.stream,
+      format: sub.format,
+      envelope: sub.envelope,
+      offset: sub.region.offset,
+      length: sub.region.length,
+      batchId: sub.batchId,
+      priority: sub.priority,
+      receivedAt: sub.receivedAt,
+      ringAt: sub.ringAt,
+      source: sub.source,
+      recordBatch: sub.recordBatch,
+    };
+    try {
+      const outcome = await this.pool.run(task);
+      this.observeStages(sub, outcome);
+      if (outcome.kind === "db_unavailable" || outcome.kind === "failed") this.logFailure(sub.stream, outcome.kind, outcome.message);
+      return outcome;
+    } catch (err) {
+      this.logFailure(sub.stream, "failed", (err as Error).message);
+      return emptyOutcome(sub, "failed", `worker failed: ${(err as Error).message}`);
+    }
+  }
+
+  private logFailure(stream: string, kind: string, message: string): void {
+    const t = Date.now();
+    if (t - this.lastFailureLog < 1000) return;
+    this.lastFailureLog = t;
+    this.log?.warn({ stream, kind, err: message }, "ingest task not committed");
+  }
+
+  /** Records the acknowledgement of a settled request or frame. */
+  observeAck(stream: string, transport: Transport, receivedAt: number, outcome: IngestOutcome | null): void {
+    const ms = now() - receivedAt;
+    this.latency?.record("ack", stream, ms);
+    this.stats.observe(stream, outcome);
+    const metrics = this.metrics;
+    if (!metrics) return;
+    metrics.ackLatency.observe({ stream, transport }, ms / 1000);
+    metrics.ingestRequests.inc({ stream, transport, outcome: outcome?.kind ?? "none" });
+    if (outcome && outcome.kind === "done") {
+      if (outcome.accepted > 0) metrics.events.inc({ stream, outcome: "accepted" }, outcome.accepted);
+      if (outcome.rejected > 0) metrics.events.inc({ stream, outcome: "rejected" }, outcome.rejected);
+      if (outcome.duplicates > 0) metrics.events.inc({ stream, outcome: "duplicate" }, outcome.duplicates);
+    }
+  }
+
+  /** Resolves when no task is in flight. */
+  idle(): Promise<void> {
+    if (this.inFlight === 0) return Promise.resolve();
+    return new Promise((resolve) => this.idleWaiters.push(resolve));
+  }
+
+  async close(): Promise<void> {
+    await this.pool.close({ force: false }).catch(() => this.pool.destroy());
+  }
+
+  private observeStages(sub: Submission, outcome: IngestOutcome): void {
+    const latency = this.latency;
+    if (latency) {
+      latency.record("receive", sub.stream, sub.ringAt - sub.receivedAt);
+      if (outcome.validatedAt > 0) latency.record("validate", sub.stream, outcome.validatedAt - sub.ringAt);
+      if (outcome.kind === "done" && outcome.committedAt > 0) {
+        latency.record("commit", sub.stream, outcome.committedAt - outcome.validatedAt);
+      }
+    }
+    if (outcome.copyMs > 0) this.metrics?.copyDuration.observe({ stream: sub.stream }, outcome.copyMs / 1000);
+  }
+}

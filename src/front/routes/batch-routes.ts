@@ -1,0 +1,28 @@
+/** `GET /v1/batches/{id}` and its compatible spelling `GET /v1/batch/{id}/status`. */
+import type { ServerContext } from "../context";
+import { answerError, answerJson, markClosed } from "../http-responses";
+import type { HttpRequest, HttpResponse, TemplatedApp } from "../uws";
+
+export function registerBatchRoutes(app: TemplatedApp, ctx: ServerContext): void {
+  const handler = (route: string) => (res: HttpResponse, req: HttpRequest) => {
+    res.onAborted(() => markClosed(res));
+    const id = decodeURIComponent(req.getParameter(0));
+    const count = (status: number) => ctx.metrics.httpRequests.inc({ route, status: String(status) });
+    ctx.batches.lookup(id).then(
+      (view) => {
+        if (view === null) {
+          count(404);
+          return answerError(res, 404, "unknown_batch", `no batch ${JSON.stringify(id)}`);
+        }
+        count(200);
+        answerJson(res, 200, view);
+      },
+      (err: Error) => {
+        count(503);
+        answerError(res, 503, "database_unavailable", `cannot read batch status: ${err.message}`, { headers: { "Retry-After": String(ctx.config.retryAfterSeconds) } });
+      },
+    );
+  };
+  app.get("/v1/batches/:id", handler("/v1/batches/:id"));
+  app.get("/v1/batch/:id/status", handler("/v1/batch/:id/status"));
+}

@@ -1,0 +1,217 @@
+/**
+ * Prometheus metrics (prom-client). Names follow the conventions: `ingestd_` prefix, `_total` counters,
+ * `_seconds` and `_bytes` units, `_ratio` for 0..1. Label values come from a fixed set (routes, streams,
+ * outcomes), never from input, so cardinality stays bounded. Checked by `promtool check metrics`.
+ */
+import type { Worker } from "node:worker_threads";
+import client from "prom-client";
+
+export interface MetricsSources {
+  ringBytesInUse: () => number;
+  ringCapacityBytes: number;
+  wsConnections: () => number;
+  databaseUp: () => boolean;
+  /** The pool's worker threads, whose event-loop utilisation is the pool's utilisation. */
+  workerThreads: () => readonly Worker[];
+  tasksInFlight: () => number;
+  /** Of those, the ones waiting in the dispatcher for the workers' byte budget. */
+  tasksWaiting: () => number;
+  /** Body bytes handed to the workers and not yet settled (bounded by workerBacklogMb per worker). */
+  workerBacklogBytes: () => number;
+}
+
+const LATENCY_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
+const VERSION: string = require("../../../package.json").version;
+
+/**
+ * Worker busy time from each thread's event-loop utilisation. Piscina's own `utilization` is a since-start
+ * mean of task run time, and our tasks mostly wait on group commit (many per worker at once), so it neither
+ * stays within 0..1 nor follows the load. ELU counts only the time a worker's loop is actually busy.
+ */
+class WorkerBusy {
+  private readonly lastActive = new WeakMap<Worker, number>();
+  /** Busy seconds summed over all workers since start (monotonic). */
+  busySeconds = 0;
+  /** Mean utilisation of the pool over the last sample window. */
+  ratio = 0;
+  private lastSampleAt = performance.now();
+
+  constructor(private readonly threads: () => readonly Worker[]) {}
+
+  sample(): void {
+    const at = performance.now();
+    const elapsed = at - this.lastSampleAt;
+    let busy = 0;
+    let counted = 0;
+    for (const w of this.threads()) {
+      let active: number;
+      try {
+        active = w.performance.eventLoopUtilization().active;
+      } catch {
+        continue; // a worker being replaced
+      }
+      const prev = this.lastActive.get(w);
+      this.lastActive.set(w, active);
+      // A new worker's first sample only sets its baseline; an exited one reports 0 and is skipped.
+      if (prev === undefined || active < prev) continue;
+      busy += active - prev;
+      counted++;
+    }
+    this.busySeconds += busy / 1000;
+    this.ratio = counted > 0 && elapsed > 0 ? Math.min(1, busy / (elapsed * counted)) : 0;
+    this.lastSampleAt = at;
+  }
+}
+
+export class Metrics {
+  readonly registry = new client.Registry();
+  readonly httpRequests: client.Counter<"route" | "status">;
+  readonly events: client.Counter<"stream" | "outcome">;
+  readonly ingestRequests: client.Counter<"stream" | "transport" | "outcome">;
+  readonly wsFrames: client.Counter<"stream">;
+  readonly ackLatency: client.Histogram<"stream" | "transport">;
+  readonly copyDuration: client.Histogram<"stream">;
+  private readonly busy: WorkerBusy;
+
+  constructor(sources: MetricsSources) {
+    const registers = [this.registry];
+    client.collectDefaultMetrics({ register: this.registry });
+    // prom-client names three gauges `_total`, which promtool rejects (prometheus/client_js#283); the
+    // per-type gauges of the same names without the suffix stay, and sum() over them gives the totals.
+    for (const name of ["nodejs_active_handles_total", "nodejs_active_requests_total", "nodejs_active_resources_total"]) {
+      this.registry.removeSingleMetric(name);
+    }
+    this.busy = new WorkerBusy(sources.workerThreads);
+    // A fixed one-second window, so every scraper (Prometheus, `ingestd top`) sees the same ratio.
+    setInterval(() => this.busy.sample(), 1000).unref();
+    const busy = this.busy;
+
+    new client.Gauge({
+      name: "ingestd_build_info",
+      help: "Always 1; the version label says which ingestd is running.",
+      labelNames: ["version"],
+      registers,
+    }).set({ version: VERSION }, 1);
+    this.httpRequests = new client.Counter({
+      name: "ingestd_http_requests_total",
+      help: "HTTP requests answered, by route and status code.",
+      labelNames: ["route", "status"],
+      registers,
+    });
+    this.events = new client.Counter({
+      name: "ingestd_events_total",
+      help: "Records acknowledged, by stream and outcome (accepted = committed, rejected, duplicate).",
+      labelNames: ["stream", "outcome"],
+      registers,
+    });
+    this.ingestRequests = new client.Counter({
+      name: "ingestd_ingest_requests_total",
+      help: "HTTP ingest requests and WebSocket frames answered, by stream, transport and outcome (done, unparseable, db_unavailable, failed).",
+      labelNames: ["stream", "transport", "outcome"],
+      registers,
+    });
+    this.wsFrames = new client.Counter({
+      name: "ingestd_ws_frames_total",
+      help: "WebSocket frames acknowledged, by stream.",
+      labelNames: ["stream"],
+      registers,
+    });
+    this.ackLatency = new client.Histogram({
+      name: "ingestd_ack_latency_seconds",
+      help: "Time from request or frame arrival to its response or ack, after commit.",
+      labelNames: ["stream", "transport"],
+      buckets: LATENCY_BUCKETS,
+      registers,
+    });
+    this.copyDuration = new client.Histogram({
+      name: "ingestd_copy_duration_seconds",
+      help: "Duration of the COPY and commit of the group-commit batch that held a request.",
+      labelNames: ["stream"],
+      buckets: LATENCY_BUCKETS,
+      registers,
+    });
+    new client.Gauge({
+      name: "ingestd_ring_used_bytes",
+      help: "Bytes of the shared ring held by requests and frames not yet answered.",
+      registers,
+      collect() {
+        this.set(sources.ringBytesInUse());
+      },
+    });
+    new client.Gauge({
+      name: "ingestd_ring_capacity_bytes",
+      help: "Size of the shared ring.",
+      registers,
+      collect() {
+        this.set(sources.ringCapacityBytes);
+      },
+    });
+    new client.Gauge({
+      name: "ingestd_ws_connections",
+      help: "Open WebSocket connections.",
+      registers,
+      collect() {
+        this.set(sources.wsConnections());
+      },
+    });
+    new client.Gauge({
+      name: "ingestd_database_up",
+      help: "1 when the last PostgreSQL probe succeeded, else 0.",
+      registers,
+      collect() {
+        this.set(sources.databaseUp() ? 1 : 0);
+      },
+    });
+    new client.Gauge({
+      name: "ingestd_worker_pool_utilization_ratio",
+      help: "Mean event-loop utilisation of the worker threads over the last second (0..1).",
+      registers,
+      collect() {
+        this.set(busy.ratio);
+      },
+    });
+    let reportedBusy = 0;
+    new client.Counter({
+      name: "ingestd_worker_busy_seconds_total",
+      help: "Time the worker threads' event loops were busy, summed over workers; rate() gives busy workers.",
+      registers,
+      collect() {
+        const add = busy.busySeconds - reportedBusy;
+        if (add > 0) this.inc(add);
+        reportedBusy = busy.busySeconds;
+      },
+    });
+    new client.Gauge({
+      name: "ingestd_worker_threads",
+      help: "Worker threads in the pool.",
+      registers,
+      collect() {
+        this.set(sources.workerThreads().length);
+      },
+    });
+    new client.Gauge({
+      name: "ingestd_tasks_in_flight",
+      help: "Requests and frames dispatched to the worker pool and not yet settled.",
+      registers,
+      collect() {
+        this.set(sources.tasksInFlight());
+      },
+    });
+    new client.Gauge({
+      name: "ingestd_tasks_waiting",
+      help: "Requests and frames in the ring waiting for the workers' byte budget (part of tasks in flight).",
+      registers,
+      collect() {
+        this.set(sources.tasksWaiting());
+      },
+    });
+    new client.Gauge({
+      name: "ingestd_worker_backlog_bytes",
+      help: "Body bytes handed to the worker threads and not yet committed or refused.",
+      registers,
+      collect() {
+        this.set(sources.workerBacklogBytes());
+      },
+    });
+  }
+}

@@ -1,0 +1,186 @@
+/**
+ * The OpenAPI 3.1 document served at GET /openapi.json. Request schemas come from the stream definitions,
+ * which typia generated from the same TypeScript types it compiles the validators from, so the document
+ * cannot drift from what the daemon accepts.
+ */
+import type { StreamDefinition } from "../shared/stream-definition";
+
+type Schema = Record<string, unknown>;
+
+const json = (schema: Schema) => ({ "application/json": { schema } });
+const ref = (name: string) => ({ $ref: `#/components/schemas/${name}` });
+
+function recordSchemaName(stream: StreamDefinition): string {
+  return ((stream.schema.schemas[0] as { $ref?: string }).$ref ?? "").replace("#/components/schemas/", "");
+}
+
+const errorResponses = {
+  "400": { description: "The body cannot be parsed at all (malformed JSON, invalid UTF-8, empty).", content: json(ref("Error")) },
+  "401": { description: "Missing or unknown API key.", content: json(ref("Error")) },
+  "403": { description: "The API key may not write this stream.", content: json(ref("Error")) },
+  "404": { description: "Unknown stream.", content: json(ref("Error")) },
+  "405": { description: "Wrong method.", content: json(ref("Error")) },
+  "411": { description: "Content-Length missing.", content: json(ref("Error")) },
+  "413": { description: "Body larger than MAX_BODY_MB.", content: json(ref("Error")) },
+  "415": { description: "Content type not accepted by the stream.", content: json(ref("Error")) },
+  "429": { description: "Rate limited; see Retry-After.", content: json(ref("Error")) },
+  "503": { description: "Database unavailable or daemon overloaded; nothing was stored. See Retry-After.", content: json(ref("Error")) },
+};
+
+export function openApiDocument(streams: readonly StreamDefinition[], version: string): Schema {
+  const schemas: Record<string, unknown> = {
+    Error: {
+      type: "object",
+      required: ["status", "message"],
+      properties: { status: { const: "error" }, error: { type: "string" }, message: { type: "string" } },
+    },
+    RecordError: {
+      type: "object",
+      required: ["index", "path", "expected", "message"],
+      properties: {
+        index: { type: "integer", description: "Position of the record in the request." },
+        path: { type: "string", description: "Field path inside the record; `$` for the record itself." },
+        expected: { type: "string" },
+        message: { type: "string" },
+        line: { type: "integer", description: "1-based line number (line formats)." },
+      },
+    },
+    IngestResult: {
+      type: "object",
+      required: ["status", "stream", "batch_id", "accepted", "rejected", "duplicates", "errors", "duration_ms"],
+      properties: {
+        status: { enum: ["success", "partial", "rejected"] },
+        stream: { type: "string" },
+        batch_id: { type: "string" },
+        accepted: { type: "integer", description: "Records committed in PostgreSQL." },
+        rejected: { type: "integer" },
+        duplicates: { type: "integer", description: "Records whose id was already stored (deduplicating streams)." },
+        errors: { type: "array", items: ref("RecordError") },
+        duration_ms: { type: "number" },
+      },
+    },
+    Accepted: {
+      type: "object",
+      required: ["status", "batch_id"],
+      properties: { status: { const: "accepted" }, stream: { type: "string" }, batch_id: { type: "string" } },
+    },
+    BatchStatus: {
+      type: "object",
+      required: ["batch_id", "stream", "status"],
+      properties: {
+        batch_id: { type: "string" },
+        stream: { type: "string" },
+        status: { enum: ["pending", "committed", "partial", "failed"] },
+        received: { type: ["integer", "null"] },
+        accepted: { type: "integer" },
+        rejected: { type: "integer" },
+        duplicates: { type: "integer" },
+        created_at: { type: "string", format: "date-time" },
+        committed_at: { type: ["string", "null"], format: "date-time" },
+      },
+    },
+  };
+  for (const stream of streams) {
+    for (const [name, schema] of Object.entries(stream.schema.components.schemas ?? {})) {
+      // Records are validated with validateEquals: unknown fields are refused, say so.
+      schemas[name] = name === recordSchemaName(stream) ? { ...(schema as Schema), additionalProperties: false } : schema;
+    }
+  }
+
+  const ingestResponses = {
+    "200": { description: "Every record committed.", content: json(ref("IngestResult")) },
+    "202": { description: "`Prefer: respond-async`: the body is in the ring; poll GET /v1/batches/{batch_id}.", content: json(ref("Accepted")) },
+    "207": { description: "Some records rejected; the others are committed.", content: json(ref("IngestResult")) },
+    "422": { description: "Every record invalid; nothing stored.", content: json(ref("IngestResult")) },
+    ...errorResponses,
+  };
+
+  const paths: Record<string, unknown> = {};
+  for (const stream of streams) {
+    const record = ref(recordSchemaName(stream));
+    const content: Record<string, unknown> = {};
+    if (stream.formats.includes("json")) content["application/json"] = { schema: { oneOf: [record, { type: "array", items: record, minItems: 1 }] } };
+    if (stream.formats.includes("ndjson")) content["application/x-ndjson"] = { schema: { type: "string", description: `One ${recordSchemaName(stream)} JSON object per line.` } };
+    if (stream.formats.includes("text")) content["text/plain"] = { schema: { type: "string", description: `One line per record, starting with "${stream.linePrefix}|".` } };
+    paths[`/v1/streams/${stream.name}/events`] = {
+      post: {
+        operationId: `ingest_${stream.name}`,
+        summary: `Ingest into ${stream.name}: ${stream.description}`,
+        requestBody: { required: true, content },
+        responses: ingestResponses,
+      },
+    };
+  }
+  const events = streams.find((s) => s.name === "events");
+  if (events) {
+    paths["/v1/ingest/batch"] = {
+      post: {
+        operationId: "ingest_batch",
+        summary: "Ingest a batch of events with an optional batch id and priority (0..10, higher is served first under contention).",
+        requestBody: {
+          required: true,
+          content: json({
+            type: "object",
+            required: ["events"],
+            properties: {
+              events: { type: "array", items: ref(recordSchemaName(events)), minItems: 1 },
+              batch_id: { type: "string", minLength: 1, maxLength: 128 },
+              priority: { type: "integer", minimum: 0, maximum: 10 },
+            },
+          }),
+        },
+        responses: ingestResponses,
+      },
+    };
+  }
+  const product = streams.find((s) => s.name === "product_events");
+  if (product) {
+    const record = ref(recordSchemaName(product));
+    paths["/events"] = {
+      post: {
+        operationId: "ingest_product_events_compat", // unique: ingest_product_events is the canonical route
+        summary: "Ingest one product event or an array of them.",
+        requestBody: { required: true, content: json({ oneOf: [record, { type: "array", items: record, minItems: 1 }] }) },
+        responses: ingestResponses,
+      },
+    };
+  }
+  const lines = { required: true, content: { "text/plain": { schema: { type: "string", description: "TPC-H lines: O|, L|, C| or P| prefixed, one per line." } } } };
+  paths["/ingest/message"] = { post: { operationId: "ingest_line", summary: "Ingest one TPC-H line.", requestBody: lines, responses: { "200": { description: "Stored." }, "400": { description: "Line rejected, with entity and reason." }, "503": errorResponses["503"] } } };
+  paths["/ingest/batch"] = { post: { operationId: "ingest_lines", summary: "Ingest TPC-H lines; each failed line is reported, the others stored.", requestBody: lines, responses: { "200": { description: "All lines stored." }, "207": { description: "Some lines failed." }, "503": errorResponses["503"] } } };
+  paths["/ingest/stream"] = { post: { operationId: "ingest_line_stream", summary: "Chunked TPC-H upload; progress as server-sent events.", requestBody: lines, responses: { "200": { description: "text/event-stream of progress events and a final summary.", content: { "text/event-stream": { schema: { type: "string" } } } } } } };
+  const batch = { parameters: [{ name: "batch_id", in: "path", required: true, schema: { type: "string" } }], get: { operationId: "batch_status", summary: "Outcome of a request by its batch id.", responses: { "200": { description: "Batch status.", content: json(ref("BatchStatus")) }, "404": { description: "Unknown batch." } } } };
+  paths["/v1/batches/{batch_id}"] = batch;
+  paths["/v1/batch/{batch_id}/status"] = { ...batch, get: { ...batch.get, operationId: "batch_status_compat" } };
+  paths["/v1/ws"] = {
+    get: {
+      operationId: "websocket_stream",
+      summary: "WebSocket upgrade: each frame is a batch, acknowledged in order after commit (see README).",
+      parameters: [{ name: "stream", in: "query", required: true, schema: { type: "string", enum: streams.map((s) => s.name) } }],
+      responses: { "101": { description: "Switching protocols." }, "404": { description: "Unknown stream." } },
+    },
+  };
+  for (const [path, summary] of [
+    ["/health", "Liveness with a real database check."],
+    ["/v1/health", "Same as /health."],
+    ["/metrics", "Prometheus metrics."],
+    ["/v1/metrics", "Same as /metrics."],
+    ["/v1/latency", "HDR latency percentiles per stage and stream."],
+    ["/stats", "Totals since start."],
+  ] as const) {
+    paths[path] = { get: { operationId: `get_${path.replace(/\W/g, "_")}`, summary, responses: { "200": { description: "OK." } } } };
+  }
+
+  return {
+    openapi: "3.1.0",
+    info: { title: "ingestd", version, description: "Event ingestion: every accepted record is committed in PostgreSQL before it is acknowledged." },
+    paths,
+    components: {
+      schemas,
+      securitySchemes: {
+        bearer: { type: "http", scheme: "bearer" },
+        apiKey: { type: "apiKey", in: "header", name: "X-API-Key" },
+      },
+    },
+  };
+}
