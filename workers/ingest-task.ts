@@ -15,21 +15,7 @@ import { GroupCommitter, type PartOutcome, type TaskWork } from "./commit/group-
 import { LineFormatError } from "../src/shared/line-fields";
 import { validationErrors } from "./records/record-errors";
 import { compileRowEncoder, EncodeError, type RowEncoder } from "./records/row-encoder";
-import { BATCH_ALIAS_CHANNEL, emptyOutcome, type IngestOutcome, type IngestTask, type RecordError } from "../src/shared/task-protocol";
-
-export interface WorkerData {
-  ring: SharedArrayBuffer;
-  connectionString: string;
-  dbSchema: string;
-  batchSize: number;
-  batchTimeoutMs: number;
-  maxBatchBytes: number;
-  /** OVERLOAD_DEADLINE_MS: how long a commit may go without a word from PostgreSQL before it is given up. */
-  stallTimeoutMs: number;
-  maxErrorsReported: number;
-  /** Streams whose records are deduplicated by their dedupKey. */
-  dedupStreams: string[];
-}
+import { BATCH_ALIAS_CHANNEL, emptyOutcome, type IngestOutcome, type IngestTask, type RecordError, type WorkerData } from "../src/shared/task-protocol";
 
 const data = workerData as WorkerData;
 const aliases = new BroadcastChannel(BATCH_ALIAS_CHANNEL);
@@ -145,7 +131,7 @@ export default async function ingest(task: IngestTask): Promise<IngestOutcome> {
   const result = emptyOutcome(task, "done", "", now());
   if (body.batchId !== undefined) {
     result.batchId = body.batchId;
-    if (task.recordBatch) aliases.postMessage([task.batchId, body.batchId]);
+    if (task.recordBatch) aliases.postMessage([task.requestId, body.batchId]);
   }
   if (body.priority !== undefined) result.priority = body.priority;
   // The parsed records are not kept while the commit is awaited (a batch waits for hundreds of ms, long
@@ -268,7 +254,7 @@ export default async function ingest(task: IngestTask): Promise<IngestOutcome> {
         deadLetterRow({ stream: r.stream ?? streamName, source: task.source, batchId: result.batchId, index: r.index, line: r.line ?? null, raw: rawText(r.raw), errors: r.errors, receivedAt }),
       );
       const row = task.recordBatch
-        ? batchRow({ batchId: result.batchId, requestId: task.batchId, stream: streamName, received, accepted: t.accepted, rejected: t.rejections.length, duplicates: t.duplicates, createdAt: receivedAt })
+        ? batchRow({ batchId: result.batchId, requestId: task.requestId, stream: streamName, received, accepted: t.accepted, rejected: t.rejections.length, duplicates: t.duplicates, createdAt: receivedAt })
         : null;
       return { batchRow: row, deadLetters };
     },
@@ -314,7 +300,7 @@ async function recordOnly(task: IngestTask, result: IngestOutcome, rejections: R
       parts: [],
       bytes: 0,
       finalize: () => ({
-        batchRow: batchRow({ batchId: result.batchId, requestId: task.batchId, stream, received: 0, accepted: 0, rejected: 1, duplicates: 0, createdAt: receivedAt }),
+        batchRow: batchRow({ batchId: result.batchId, requestId: task.requestId, stream, received: 0, accepted: 0, rejected: 1, duplicates: 0, createdAt: receivedAt }),
         deadLetters: rejections.map((r) =>
           deadLetterRow({ stream, source: task.source, batchId: result.batchId, index: null, line: null, raw: rawText(r.raw), errors: r.errors, receivedAt }),
         ),

@@ -21,8 +21,7 @@ import type { Logger } from "../ops/logger";
 import type { Metrics } from "../ops/metrics";
 import type { RingRegion } from "./ring";
 import { Stats } from "../ops/stats";
-import { emptyOutcome, type IngestOutcome, type IngestTask, type TaskFormat } from "../shared/task-protocol";
-import type { WorkerData } from "../../workers/ingest-task";
+import { emptyOutcome, type IngestOutcome, type IngestTask, type TaskFormat, type WorkerData } from "../shared/task-protocol";
 
 export interface DispatcherOptions {
   workers: number;
@@ -79,7 +78,7 @@ export interface Submission {
   format: TaskFormat;
   envelope: boolean;
   region: RingRegion;
-  batchId: string;
+  requestId: string;
   priority: number;
   receivedAt: number;
   ringAt: number;
@@ -210,7 +209,7 @@ export class Dispatcher {
       envelope: sub.envelope,
       offset: sub.region.offset,
       length: sub.region.length,
-      batchId: sub.batchId,
+      requestId: sub.requestId,
       priority: sub.priority,
       receivedAt: sub.receivedAt,
       ringAt: sub.ringAt,

@@ -3,6 +3,21 @@
  * structured-cloned; the body bytes stay in the shared ring at [offset, offset + length).
  */
 
+/** What every worker thread is started with (Piscina workerData). */
+export interface WorkerData {
+  ring: SharedArrayBuffer;
+  connectionString: string;
+  dbSchema: string;
+  batchSize: number;
+  batchTimeoutMs: number;
+  maxBatchBytes: number;
+  /** OVERLOAD_DEADLINE_MS: how long a commit may go without a word from PostgreSQL before it is given up. */
+  stallTimeoutMs: number;
+  maxErrorsReported: number;
+  /** Streams whose records are deduplicated by their dedupKey. */
+  dedupStreams: string[];
+}
+
 export type TaskFormat = "json" | "ndjson" | "text" | "auto";
 
 export interface IngestTask {
@@ -12,7 +27,11 @@ export interface IngestTask {
   envelope: boolean;
   offset: number;
   length: number;
-  batchId: string;
+  /**
+   * This request's or frame's own id (a UUID per HTTP request): the key of its ingest_batches row. The
+   * producer-facing batch_id is the outcome's `batchId` (the envelope's own batch_id when it names one).
+   */
+  requestId: string;
   priority: number;
   /** clock.now() when the request or frame arrived. */
   receivedAt: number;
@@ -51,6 +70,7 @@ export type OutcomeKind =
 
 export interface IngestOutcome {
   kind: OutcomeKind;
+  /** The batch_id answered to the producer: the envelope's own batch_id, else the request id. */
   batchId: string;
   priority: number;
   received: number;
@@ -69,10 +89,10 @@ export interface IngestOutcome {
 }
 
 /** An outcome with nothing stored yet: the start of every task's answer, and the whole of a failed one. */
-export function emptyOutcome(task: Pick<IngestTask, "batchId" | "priority">, kind: OutcomeKind, message: string, validatedAt = 0): IngestOutcome {
+export function emptyOutcome(task: Pick<IngestTask, "requestId" | "priority">, kind: OutcomeKind, message: string, validatedAt = 0): IngestOutcome {
   return {
     kind,
-    batchId: task.batchId,
+    batchId: task.requestId,
     priority: task.priority,
     received: 0,
     accepted: 0,

@@ -12,7 +12,7 @@ import {
   qualifiedName,
   quoteIdent,
 } from "../shared/sql-identifiers";
-import { dedupClaimFunctionDdl } from "../../workers/commit/commit-targets";
+import { dedupClaimFunctionDdl } from "../shared/dedup-sql";
 
 const SQL_TYPES: Record<ColumnType, string> = {
   text: "text",

@@ -132,7 +132,7 @@ export function registerIngestRoute(app: TemplatedApp, ctx: ServerContext, route
         format: format as TaskFormat,
         envelope: route.envelope,
         region: body.region,
-        batchId,
+        requestId: batchId,
         priority: 0,
         receivedAt,
         ringAt: body.ringAt,

@@ -186,7 +186,7 @@ function registerStream(app: TemplatedApp, ctx: ServerContext): void {
       try {
         for (;;) {
           const outcome = await dispatcher.run({
-            stream: LINE_ROUTER, format: "text", envelope: false, region, batchId: randomUUID(), priority: 0,
+            stream: LINE_ROUTER, format: "text", envelope: false, region, requestId: randomUUID(), priority: 0,
             receivedAt, ringAt: now(), source: "http /ingest/stream", recordBatch: true,
           });
           if (outcome.kind === "db_unavailable") {

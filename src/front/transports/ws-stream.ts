@@ -129,7 +129,7 @@ export function registerWebSocket(app: TemplatedApp, ctx: ServerContext): WsServ
         format: c.stream.formats.includes("json") ? "auto" : "text",
         envelope: false,
         region,
-        batchId: `ws-${frame.seq}`,
+        requestId: `ws-${frame.seq}`,
         priority: 0,
         receivedAt: frame.receivedAt,
         ringAt,
