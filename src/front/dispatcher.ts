@@ -14,17 +14,18 @@
  */
 import path from "node:path";
 import Piscina from "piscina";
-import { now } from "../shared/clock";
 import { envelopePriority } from "./envelope-priority";
 import type { LatencyRecorder } from "../ops/latency";
 import type { Logger } from "../ops/logger";
 import type { Metrics } from "../ops/metrics";
 import type { RingRegion } from "./ring";
-import { Stats } from "../ops/stats";
 import { emptyOutcome, type IngestOutcome, type IngestTask, type TaskFormat, type WorkerData } from "../shared/task-protocol";
 
 export interface DispatcherOptions {
   workers: number;
+  latency: LatencyRecorder;
+  metrics: Metrics;
+  log: Logger;
   workerData: WorkerData;
   /**
    * Body bytes handed to the workers at once (all workers together). A task is admitted while it fits, or
@@ -86,8 +87,6 @@ export interface Submission {
   recordBatch: boolean;
 }
 
-export type Transport = "http" | "ws";
-
 export class Dispatcher {
   readonly pool: Piscina<IngestTask, IngestOutcome>;
   /** Submitted and not settled: waiting here or in a worker. */
@@ -103,16 +102,17 @@ export class Dispatcher {
   /** The ring, to read an envelope's priority when its body has to wait. */
   private readonly ring: Buffer;
   private idleWaiters: Array<() => void> = [];
-  latency: LatencyRecorder | null = null;
-  metrics: Metrics | null = null;
-  log: Logger | null = null;
+  private readonly latency: LatencyRecorder;
+  private readonly metrics: Metrics;
+  private readonly log: Logger;
   /** Last time a failed task was logged: an outage fails every task, the log gets one line a second. */
   private lastFailureLog = 0;
-  /** GET /stats counters, fed by observeAck like the events metric. */
-  readonly stats = new Stats();
 
   constructor(options: DispatcherOptions) {
     this.workers = options.workers;
+    this.latency = options.latency;
+    this.metrics = options.metrics;
+    this.log = options.log;
     this.maxWorkerBytes = options.maxWorkerBytes;
     this.ring = Buffer.from(options.workerData.ring);
     this.pool = new Piscina({
@@ -231,23 +231,7 @@ export class Dispatcher {
     const t = Date.now();
     if (t - this.lastFailureLog < 1000) return;
     this.lastFailureLog = t;
-    this.log?.warn({ stream, kind, err: message }, "ingest task not committed");
-  }
-
-  /** Records the acknowledgement of a settled request or frame. */
-  observeAck(stream: string, transport: Transport, receivedAt: number, outcome: IngestOutcome | null): void {
-    const ms = now() - receivedAt;
-    this.latency?.record("ack", stream, ms);
-    this.stats.observe(stream, outcome);
-    const metrics = this.metrics;
-    if (!metrics) return;
-    metrics.ackLatency.observe({ stream, transport }, ms / 1000);
-    metrics.ingestRequests.inc({ stream, transport, outcome: outcome?.kind ?? "none" });
-    if (outcome && outcome.kind === "done") {
-      if (outcome.accepted > 0) metrics.events.inc({ stream, outcome: "accepted" }, outcome.accepted);
-      if (outcome.rejected > 0) metrics.events.inc({ stream, outcome: "rejected" }, outcome.rejected);
-      if (outcome.duplicates > 0) metrics.events.inc({ stream, outcome: "duplicate" }, outcome.duplicates);
-    }
+    this.log.warn({ stream, kind, err: message }, "ingest task not committed");
   }
 
   /** Resolves when no task is in flight. */
@@ -262,13 +246,11 @@ export class Dispatcher {
 
   private observeStages(sub: Submission, outcome: IngestOutcome): void {
     const latency = this.latency;
-    if (latency) {
-      latency.record("receive", sub.stream, sub.ringAt - sub.receivedAt);
-      if (outcome.validatedAt > 0) latency.record("validate", sub.stream, outcome.validatedAt - sub.ringAt);
-      if (outcome.kind === "done" && outcome.committedAt > 0) {
-        latency.record("commit", sub.stream, outcome.committedAt - outcome.validatedAt);
-      }
+    latency.record("receive", sub.stream, sub.ringAt - sub.receivedAt);
+    if (outcome.validatedAt > 0) latency.record("validate", sub.stream, outcome.validatedAt - sub.ringAt);
+    if (outcome.kind === "done" && outcome.committedAt > 0) {
+      latency.record("commit", sub.stream, outcome.committedAt - outcome.validatedAt);
     }
-    if (outcome.copyMs > 0) this.metrics?.copyDuration.observe({ stream: sub.stream }, outcome.copyMs / 1000);
+    if (outcome.copyMs > 0) this.metrics.copyDuration.observe({ stream: sub.stream }, outcome.copyMs / 1000);
   }
 }

@@ -1,4 +1,5 @@
 /** Writing HTTP answers on uWS responses: status lines, JSON bodies, the headers every answer carries. */
+import type { Refusal } from "./submission/admission";
 import type { HttpResponse } from "./uws";
 
 const STATUS_LINES: Record<number, string> = {
@@ -67,4 +68,9 @@ export function answerError(
   options: AnswerOptions = {},
 ): void {
   answerJson(res, status, { status: "error", error: code, message }, options);
+}
+
+/** A refusal from admission, as every HTTP route answers it. */
+export function answerRefusal(res: HttpResponse, refusal: Refusal, close: boolean): void {
+  answerError(res, refusal.status, refusal.code, refusal.message, { headers: refusal.headers, close });
 }

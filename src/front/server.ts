@@ -6,34 +6,36 @@ import os from "node:os";
 import path from "node:path";
 import pg from "pg";
 import { streams } from "../../config/streams";
-import type { IngestdConfig } from "../ops/config";
-import type { ServerContext } from "./context";
-import { Database } from "../storage/database";
-import { Dispatcher } from "./dispatcher";
-import { startEmbeddedDb, type EmbeddedDb } from "../storage/embedded-db";
-import { answer, answerError, markClosed } from "./http-responses";
-import { ApiKeysError } from "../security/api-keys";
-import { Auth } from "../security/auth";
-import { openApiDocument } from "../ops/openapi";
-import { registerIngestRoute } from "./transports/http-ingest";
-import { registerTpchRoutes } from "./transports/line-routes";
-import { registerBatchRoutes } from "./routes/batch-routes";
-import { BatchRegistry } from "../storage/batch-registry";
+import { ConfigError, type IngestdConfig } from "../ops/config";
 import { LatencyRecorder } from "../ops/latency";
 import { redactUrl, type Logger } from "../ops/logger";
 import { Metrics } from "../ops/metrics";
-import { registerOpsRoutes } from "./routes/ops-routes";
-import { Ring } from "./ring";
-import { ensureSchema } from "../storage/schema";
+import { openApiDocument } from "../ops/openapi";
+import { Stats } from "../ops/stats";
+import { VERSION } from "../ops/version";
+import { ApiKeysError } from "../security/api-keys";
+import { Auth } from "../security/auth";
+import { BatchRegistry } from "../storage/batch-registry";
+import { Database } from "../storage/database";
+import { startEmbeddedDb, type EmbeddedDb } from "../storage/embedded-db";
 import { dropPartitionsOlderThan, ensureMonthPartitions } from "../storage/partitions";
-import { ConfigError } from "../ops/config";
-import { uws, type us_listen_socket } from "./uws";
+import { ensureSchema } from "../storage/schema";
+import { Dispatcher } from "./dispatcher";
+import { answer, answerError, markClosed } from "./http-responses";
+import { Ring } from "./ring";
+import { registerBatchRoutes } from "./routes/batch-routes";
+import { registerOpsRoutes } from "./routes/ops-routes";
+import { AckTelemetry } from "./submission/ack-telemetry";
+import { Admission } from "./submission/admission";
+import type { Pipeline } from "./submission/pipeline";
+import { Submitter } from "./submission/submitter";
+import { registerIngestRoute } from "./transports/http-ingest";
+import { registerLineRoutes } from "./transports/line-routes";
 import { registerWebSocket } from "./transports/ws-stream";
+import { uws, type us_listen_socket } from "./uws";
 
 /** LIBUS_LISTEN_EXCLUSIVE_PORT */
 const EXCLUSIVE_PORT = 1;
-
-export const VERSION: string = require("../../../package.json").version;
 
 export interface RunningServer {
   port: number;
@@ -147,8 +149,24 @@ export async function startServer(config: IngestdConfig, log: Logger): Promise<R
   const ringBytes = config.ringMb * 1024 * 1024;
   const ring = new Ring({ bytes: ringBytes, shards: Math.max(1, Math.min(8, Math.floor(ringBytes / maxBody))) });
 
-  const dispatcher = new Dispatcher({
+  const latency = new LatencyRecorder(config.latencyIntervalMs);
+  latency.start(config.hlogPath);
+  // The gauges read the parts below when scraped, by which time they all exist.
+  const metrics: Metrics = new Metrics({
+    ringBytesInUse: () => ring.used,
+    ringCapacityBytes: ring.capacity,
+    wsConnections: () => ws.connections(),
+    databaseUp: () => db.up,
+    workerThreads: () => dispatcher.pool.threads,
+    tasksInFlight: () => dispatcher.tasksInFlight,
+    tasksWaiting: () => dispatcher.tasksQueued,
+    workerBacklogBytes: () => dispatcher.bytesInWorkers,
+  });
+  const dispatcher: Dispatcher = new Dispatcher({
     workers: config.workers,
+    latency,
+    metrics,
+    log,
     maxWorkerBytes: config.workers * config.workerBacklogMb * 1024 * 1024,
     workerData: {
       ring: ring.buffer,
@@ -163,55 +181,46 @@ export async function startServer(config: IngestdConfig, log: Logger): Promise<R
     },
   });
 
-  const latency = new LatencyRecorder(config.latencyIntervalMs);
-  latency.start(config.hlogPath);
-  let wsConnections = () => 0;
-  const metrics = new Metrics({
-    ringBytesInUse: () => ring.used,
-    ringCapacityBytes: ring.capacity,
-    wsConnections: () => wsConnections(),
-    databaseUp: () => db.up,
-    workerThreads: () => dispatcher.pool.threads,
-    tasksInFlight: () => dispatcher.tasksInFlight,
-    tasksWaiting: () => dispatcher.tasksQueued,
-    workerBacklogBytes: () => dispatcher.bytesInWorkers,
-  });
-  dispatcher.latency = latency;
-  dispatcher.log = log;
-  dispatcher.metrics = metrics;
-
-  const ctx: ServerContext = {
-    config,
-    log,
-    ring,
-    dispatcher,
-    db,
-    metrics,
-    latency,
-    batches: new BatchRegistry(db, config.dbSchema),
-    streams: new Map(streams.map((s) => [s.name, s])),
-    version: VERSION,
-    startedAt: Date.now(),
+  const streamMap = new Map(streams.map((s) => [s.name, s]));
+  const batches = new BatchRegistry(db, config.dbSchema);
+  const stats = new Stats();
+  const admission = new Admission({ auth, streams: streamMap, db, retryAfterSeconds: config.retryAfterSeconds });
+  const pipeline: Pipeline = {
     auth,
-    draining: false,
+    admission,
+    ring,
+    submitter: new Submitter({ ring, dispatcher, auth, batches }),
+    telemetry: new AckTelemetry(latency, metrics, stats),
+    metrics,
+    limits: { maxBodyBytes: maxBody, overloadDeadlineMs: config.overloadDeadlineMs, retryAfterSeconds: config.retryAfterSeconds },
   };
 
   const app = config.tlsCert && config.tlsKey
     ? uws.SSLApp({ cert_file_name: config.tlsCert, key_file_name: config.tlsKey })
     : uws.App();
-  registerIngestRoute(app, ctx, { route: "/v1/streams/:stream/events", pattern: "/v1/streams/:stream/events", stream: null, envelope: false });
-  registerIngestRoute(app, ctx, { route: "/v1/ingest/batch", pattern: "/v1/ingest/batch", stream: "events", envelope: true });
-  registerIngestRoute(app, ctx, { route: "/events", pattern: "/events", stream: "product_events", envelope: false });
-  registerTpchRoutes(app, ctx);
-  registerBatchRoutes(app, ctx);
+  registerIngestRoute(app, pipeline, { route: "/v1/streams/:stream/events", pattern: "/v1/streams/:stream/events", stream: null, envelope: false });
+  registerIngestRoute(app, pipeline, { route: "/v1/ingest/batch", pattern: "/v1/ingest/batch", stream: "events", envelope: true });
+  registerIngestRoute(app, pipeline, { route: "/events", pattern: "/events", stream: "product_events", envelope: false });
+  registerLineRoutes(app, pipeline);
+  const ws = registerWebSocket(app, pipeline, config.ws);
+  registerBatchRoutes(app, { batches, metrics, retryAfterSeconds: config.retryAfterSeconds });
   const openApi = JSON.stringify(openApiDocument(streams, VERSION));
   app.get("/openapi.json", (res) => {
     metrics.httpRequests.inc({ route: "/openapi.json", status: "200" });
     answer(res, 200, openApi);
   });
-  const ws = registerWebSocket(app, ctx);
-  wsConnections = ws.connections;
-  registerOpsRoutes(app, ctx, ws.connections);
+  registerOpsRoutes(app, {
+    db,
+    admission,
+    ring,
+    metrics,
+    latency,
+    stats,
+    streamNames: [...streamMap.keys()],
+    startedAt: Date.now(),
+    wsConnections: () => ws.connections(),
+    retryAfterSeconds: config.retryAfterSeconds,
+  });
   app.any("/*", (res, req) => {
     res.onAborted(() => markClosed(res));
     metrics.httpRequests.inc({ route: "unmatched", status: "404" });
@@ -252,7 +261,7 @@ export async function startServer(config: IngestdConfig, log: Logger): Promise<R
     stop() {
       stopping ??= (async () => {
         const started = Date.now();
-        ctx.draining = true;
+        admission.startDraining();
         uws.us_listen_socket_close(listenSocket);
         log.info("draining: no new connections; committing and acknowledging in-flight work");
         await Promise.race([
@@ -261,7 +270,7 @@ export async function startServer(config: IngestdConfig, log: Logger): Promise<R
         ]);
         await dispatcher.idle();
         await dispatcher.close();
-        ctx.batches.close();
+        batches.close();
         latency.stop();
         clearInterval(maintenance);
         await db.close();

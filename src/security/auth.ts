@@ -48,13 +48,16 @@ export class Auth {
     return token === "" ? MISSING : INVALID;
   }
 
-  /** The 403 or 429 for this key writing this stream now, or null when it may go ahead. */
-  permit(key: ApiKey, stream: string): Denial | null {
+  /**
+   * The 403 or 429 for this key writing this stream now, or null when it may go ahead. `rate` false skips
+   * the 429: WebSocket producers are slowed by delayed acks instead of refused.
+   */
+  permit(key: ApiKey, stream: string, rate = true): Denial | null {
     if (!mayWrite(key, stream)) {
       // Names the key's id (not secret) so an operator can see which key to extend.
       return { status: 403, code: "forbidden", message: `API key ${key.id} may not write stream ${stream}`, headers: {} };
     }
-    const wait = key.bucket === null ? 0 : key.bucket.waitMs();
+    const wait = !rate || key.bucket === null ? 0 : key.bucket.waitMs();
     if (wait > 0) {
       const seconds = retryAfterSeconds(wait);
       return {

@@ -1,14 +1,22 @@
 /** `GET /v1/batches/{id}` and its compatible spelling `GET /v1/batch/{id}/status`. */
-import type { ServerContext } from "../context";
+import type { Metrics } from "../../ops/metrics";
+import type { BatchRegistry } from "../../storage/batch-registry";
 import { answerError, answerJson, markClosed } from "../http-responses";
 import type { HttpRequest, HttpResponse, TemplatedApp } from "../uws";
 
-export function registerBatchRoutes(app: TemplatedApp, ctx: ServerContext): void {
+export interface BatchRoutesOptions {
+  batches: BatchRegistry;
+  metrics: Metrics;
+  retryAfterSeconds: number;
+}
+
+export function registerBatchRoutes(app: TemplatedApp, options: BatchRoutesOptions): void {
+  const { batches, metrics, retryAfterSeconds } = options;
   const handler = (route: string) => (res: HttpResponse, req: HttpRequest) => {
     res.onAborted(() => markClosed(res));
     const id = decodeURIComponent(req.getParameter(0));
-    const count = (status: number) => ctx.metrics.httpRequests.inc({ route, status: String(status) });
-    ctx.batches.lookup(id).then(
+    const count = (status: number) => metrics.httpRequests.inc({ route, status: String(status) });
+    batches.lookup(id).then(
       (view) => {
         if (view === null) {
           count(404);
@@ -19,7 +27,7 @@ export function registerBatchRoutes(app: TemplatedApp, ctx: ServerContext): void
       },
       (err: Error) => {
         count(503);
-        answerError(res, 503, "database_unavailable", `cannot read batch status: ${err.message}`, { headers: { "Retry-After": String(ctx.config.retryAfterSeconds) } });
+        answerError(res, 503, "database_unavailable", `cannot read batch status: ${err.message}`, { headers: { "Retry-After": String(retryAfterSeconds) } });
       },
     );
   };

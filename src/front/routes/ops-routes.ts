@@ -1,30 +1,49 @@
 /** Operational endpoints: health, stats, Prometheus metrics, HDR latency. */
-import type { ServerContext } from "../context";
+import type { LatencyRecorder } from "../../ops/latency";
+import type { Metrics } from "../../ops/metrics";
+import type { Stats } from "../../ops/stats";
+import { VERSION } from "../../ops/version";
+import type { Database } from "../../storage/database";
+import type { Ring } from "../ring";
+import type { Admission } from "../submission/admission";
 import { answer, answerJson, markClosed } from "../http-responses";
 import type { HttpResponse, TemplatedApp } from "../uws";
 
-export function registerOpsRoutes(app: TemplatedApp, ctx: ServerContext, wsConnections: () => number): void {
-  const { metrics } = ctx;
+export interface OpsRoutesOptions {
+  db: Database;
+  admission: Admission;
+  ring: Ring;
+  metrics: Metrics;
+  latency: LatencyRecorder;
+  stats: Stats;
+  streamNames: readonly string[];
+  startedAt: number;
+  wsConnections: () => number;
+  retryAfterSeconds: number;
+}
+
+export function registerOpsRoutes(app: TemplatedApp, options: OpsRoutesOptions): void {
+  const { db, admission, ring, metrics, latency, stats, streamNames, startedAt, wsConnections, retryAfterSeconds } = options;
   const count = (route: string, status: number) => metrics.httpRequests.inc({ route, status: String(status) });
 
   const health = (res: HttpResponse) => {
     res.onAborted(() => markClosed(res));
-    void ctx.db.probe().then((up) => {
-      const status = up && !ctx.draining ? 200 : 503;
+    void db.probe().then((up) => {
+      const status = up && !admission.isDraining ? 200 : 503;
       count("/health", status);
       answerJson(
         res,
         status,
         {
-          status: !up ? "unhealthy" : ctx.draining ? "draining" : "healthy",
+          status: !up ? "unhealthy" : admission.isDraining ? "draining" : "healthy",
           database: up ? "connected" : "disconnected",
-          streams: [...ctx.streams.keys()],
-          version: ctx.version,
-          uptime_seconds: Math.round((Date.now() - ctx.startedAt) / 1000),
+          streams: streamNames,
+          version: VERSION,
+          uptime_seconds: Math.round((Date.now() - startedAt) / 1000),
           ws_connections: wsConnections(),
-          ring: { used_bytes: ctx.ring.used, capacity_bytes: ctx.ring.capacity },
+          ring: { used_bytes: ring.used, capacity_bytes: ring.capacity },
         },
-        status === 503 ? { headers: { "Retry-After": String(ctx.config.retryAfterSeconds) } } : {},
+        status === 503 ? { headers: { "Retry-After": String(retryAfterSeconds) } } : {},
       );
     });
   };
@@ -44,17 +63,17 @@ export function registerOpsRoutes(app: TemplatedApp, ctx: ServerContext, wsConne
   app.get("/metrics", metricsRoute);
   app.get("/v1/metrics", metricsRoute);
 
-  const stats = (res: HttpResponse) => {
+  const statsRoute = (res: HttpResponse) => {
     res.onAborted(() => markClosed(res));
     count("/stats", 200);
-    answerJson(res, 200, ctx.dispatcher.stats.report());
+    answerJson(res, 200, stats.report());
   };
-  app.get("/stats", stats);
-  app.get("/v1/stats", stats);
+  app.get("/stats", statsRoute);
+  app.get("/v1/stats", statsRoute);
 
   app.get("/v1/latency", (res) => {
     res.onAborted(() => markClosed(res));
     count("/v1/latency", 200);
-    answerJson(res, 200, ctx.latency.report());
+    answerJson(res, 200, latency.report());
   });
 }

@@ -1,17 +1,21 @@
 /**
- * The WebSocket stream protocol (SPEC §4). Each frame is one batch, numbered implicitly from 1. A frame is
- * acknowledged only after its records are committed, and acks leave in seq order even though frames commit
- * out of order on different workers. WebSocket has no inbound pause, so the `window` of unacknowledged
- * frames is what bounds a producer: a frame past it is a protocol violation.
+ * The WebSocket stream protocol (docs/websocket-protocol.md): a thin adapter over the submission owners.
+ * Each frame is one batch, numbered implicitly from 1. A frame is acknowledged only after its records are
+ * committed, and acks leave in seq order even though frames commit out of order on different workers.
+ * WebSocket has no inbound pause, so the `window` of unacknowledged frames is what bounds a producer: a
+ * frame past it is a protocol violation.
  */
 import { now } from "../../shared/clock";
+import { LINE_ROUTER, type StreamDefinition } from "../../shared/stream-definition";
+import type { IngestOutcome } from "../../shared/task-protocol";
 import { mayWrite, type ApiKey } from "../../security/api-keys";
-import { isDenial } from "../../security/auth";
-import type { ServerContext } from "../context";
+import type { Denial } from "../../security/auth";
 import type { RingRegion } from "../ring";
-import type { StreamDefinition } from "../../shared/stream-definition";
-import type { TemplatedApp, WebSocket } from "../uws";
-import type { IngestOutcome, RecordError } from "../../shared/task-protocol";
+import { statusLine } from "../http-responses";
+import { isRefusal, type Admitted, type Refusal } from "../submission/admission";
+import { emptyFrameAck, wsAck } from "../submission/answers";
+import type { Pipeline } from "../submission/pipeline";
+import type { HttpRequest, TemplatedApp, WebSocket } from "../uws";
 
 export const CLOSE_GOING_AWAY = 1001;
 export const CLOSE_POLICY_VIOLATION = 1008;
@@ -26,7 +30,7 @@ interface Frame {
 }
 
 interface Connection {
-  stream: StreamDefinition;
+  stream: Pick<StreamDefinition, "name" | "formats">;
   seq: number;
   /** Unacknowledged frames in seq order; the head is the next ack to send. */
   pending: Frame[];
@@ -37,19 +41,23 @@ interface Connection {
   throttle: NodeJS.Timeout | null;
 }
 
-/** Delay between resubmissions of a frame while the database is unavailable. */
-const DB_RETRY_MS = 250;
-
 export interface WsServer {
   connections(): number;
   /** Acks what is committed, then closes every connection with 1001. */
   shutdown(): Promise<void>;
 }
 
-export function registerWebSocket(app: TemplatedApp, ctx: ServerContext): WsServer {
-  const { config, ring, dispatcher, metrics } = ctx;
-  const window = config.ws.window;
-  const maxFrame = config.ws.maxFrameBytes;
+export interface WsSettings {
+  /** Unacknowledged frames a producer may have. */
+  window: number;
+  maxFrameBytes: number;
+  idleTimeoutSeconds: number;
+}
+
+export function registerWebSocket(app: TemplatedApp, pipeline: Pipeline, settings: WsSettings): WsServer {
+  const { auth, admission, ring, submitter, telemetry, metrics, limits } = pipeline;
+  const window = settings.window;
+  const maxFrame = settings.maxFrameBytes;
   const sockets = new Set<WebSocket<Connection>>();
   /** Bytes of frames held outside the ring while it is full; at most a quarter of the ring's size. */
   let overflowBytes = 0;
@@ -59,32 +67,11 @@ export function registerWebSocket(app: TemplatedApp, ctx: ServerContext): WsServ
   const hello = (c: Connection) =>
     JSON.stringify({ type: "hello", stream: c.stream.name, window, max_frame_bytes: maxFrame });
 
-  function ackFor(frame: Frame, outcome: IngestOutcome): string {
-    let accepted = outcome.accepted;
-    let rejected = outcome.rejected;
-    let errors: RecordError[] = outcome.errors;
-    if (outcome.kind === "unparseable" || outcome.kind === "failed") {
-      accepted = 0;
-      rejected = Math.max(1, outcome.received);
-      errors = [{ index: 0, path: "$", expected: "JSON, NDJSON or text lines", message: outcome.message }];
-    }
-    const ack: Record<string, unknown> = {
-      type: "ack",
-      seq: frame.seq,
-      accepted,
-      rejected,
-      duplicates: outcome.duplicates,
-      errors,
-    };
-    if (outcome.errorsTruncated) ack.errors_truncated = true;
-    return JSON.stringify(ack);
-  }
-
   function flushAcks(ws: WebSocket<Connection>, c: Connection): void {
     if (!c.open) return;
     // Rate limit: while the key is in debt its acks wait (committed, not yet acknowledged); the ack window
     // then stops the producer without a close. On shutdown committed frames are acked regardless.
-    if (c.key.bucket !== null && !ctx.draining) {
+    if (c.key.bucket !== null && !admission.isDraining) {
       if (c.throttle !== null) return;
       const wait = c.key.bucket.waitMs();
       if (wait > 0) {
@@ -103,7 +90,7 @@ export function registerWebSocket(app: TemplatedApp, ctx: ServerContext): WsServ
       for (const frame of ready) {
         ws.send(frame.ack!, false);
         metrics.wsFrames.inc({ stream: c.stream.name });
-        dispatcher.observeAck(c.stream.name, "ws", frame.receivedAt, frame.outcome);
+        telemetry.acknowledged(c.stream.name, "ws", frame.receivedAt, frame.outcome);
       }
     });
     if (c.pending.length === 0 && idleWaiters.length > 0) checkIdle();
@@ -122,10 +109,10 @@ export function registerWebSocket(app: TemplatedApp, ctx: ServerContext): WsServ
   }
 
   async function processFrame(ws: WebSocket<Connection>, c: Connection, frame: Frame, region: RingRegion, ringAt: number): Promise<void> {
-    for (;;) {
-      const outcome = await dispatcher.run({
+    const outcome = await submitter.commit(
+      {
         stream: c.stream.name,
-        // Line-format streams take text lines (SPEC §4); "auto" would read them as NDJSON.
+        // Line-format streams take text lines; "auto" would read them as NDJSON.
         format: c.stream.formats.includes("json") ? "auto" : "text",
         envelope: false,
         region,
@@ -135,33 +122,28 @@ export function registerWebSocket(app: TemplatedApp, ctx: ServerContext): WsServ
         ringAt,
         source: "ws",
         recordBatch: false,
-      });
-      if (outcome.kind !== "db_unavailable") {
-        ring.free(region);
-        ctx.auth.charge(c.key, outcome); // rate limit: charged once the frame's event count is known
-        frame.outcome = outcome;
-        frame.ack = ackFor(frame, outcome);
-        flushAcks(ws, c);
-        return;
-      }
-      // Never fake an ack: hold the frame and resubmit until the database is back or the deadline passes.
-      // The deadline counts from the frame's arrival: a commit that stalled has already used it up.
-      if (!c.open || ctx.draining || now() - frame.receivedAt > config.overloadDeadlineMs) {
-        ring.free(region);
-        close(ws, CLOSE_TRY_AGAIN_LATER, "database unavailable; resend unacknowledged frames");
-        c.pending.length = 0;
-        checkIdle();
-        return;
-      }
-      await new Promise((r) => setTimeout(r, DB_RETRY_MS));
+      },
+      c.key,
+      // Never a faked ack: while the database is down the frame is held and resubmitted, until the deadline
+      // counted from its arrival (a commit that stalled has already used it up).
+      { retryUntil: frame.receivedAt + limits.overloadDeadlineMs, wanted: () => c.open && !admission.isDraining },
+    );
+    if (outcome.kind === "db_unavailable") {
+      close(ws, CLOSE_TRY_AGAIN_LATER, "database unavailable; resend unacknowledged frames");
+      c.pending.length = 0;
+      checkIdle();
+      return;
     }
+    frame.outcome = outcome;
+    frame.ack = wsAck(frame.seq, outcome);
+    flushAcks(ws, c);
   }
 
   function onFrame(ws: WebSocket<Connection>, message: ArrayBuffer): void {
     const c = ws.getUserData();
     if (!c.open) return;
     const receivedAt = now();
-    if (ctx.draining) {
+    if (admission.isDraining) {
       // Not accepted: it will never be acked, so the producer resends it elsewhere.
       return;
     }
@@ -177,10 +159,7 @@ export function registerWebSocket(app: TemplatedApp, ctx: ServerContext): WsServ
     c.pending.push(frame);
     const length = message.byteLength;
     if (length === 0) {
-      frame.ack = JSON.stringify({
-        type: "ack", seq: frame.seq, accepted: 0, rejected: 1, duplicates: 0,
-        errors: [{ index: 0, path: "$", expected: "at least one record", message: "empty frame" }],
-      });
+      frame.ack = emptyFrameAck(frame.seq);
       flushAcks(ws, c);
       return;
     }
@@ -198,7 +177,7 @@ export function registerWebSocket(app: TemplatedApp, ctx: ServerContext): WsServ
     }
     overflowBytes += length;
     const copy = Buffer.from(new Uint8Array(message));
-    void ring.alloc(length, 0, config.overloadDeadlineMs).then((r) => {
+    void ring.alloc(length, 0, limits.overloadDeadlineMs).then((r) => {
       overflowBytes -= length;
       if (r === null) {
         close(ws, CLOSE_TRY_AGAIN_LATER, "ingestd overloaded; resend unacknowledged frames");
@@ -212,20 +191,37 @@ export function registerWebSocket(app: TemplatedApp, ctx: ServerContext): WsServ
 
   // Security: after a SIGHUP reload, live connections take their key's new limits; a revoked key, or one
   // that may no longer write the stream, is cut off (1008). Its unacknowledged frames may be resent.
-  ctx.auth.onReload(() => {
+  auth.onReload(() => {
     for (const ws of [...sockets]) {
       const c = ws.getUserData();
-      const key = ctx.auth.keys.current(c.key);
+      const key = auth.keys.current(c.key);
       if (key === null || !mayWrite(key, c.stream.name)) close(ws, CLOSE_POLICY_VIOLATION, "API key revoked or no longer allowed on this stream");
       else c.key = key;
     }
   });
 
+  /** The upgrade's own checks, then admission (no 429: rate limits slow a stream by delaying its acks). */
+  function admitUpgrade(req: HttpRequest, caller: ApiKey | Denial, name: string): Admitted | Refusal {
+    // uWS routes here on a 24-character Sec-WebSocket-Key alone; RFC 6455 §4.2.1 asks for the rest too.
+    if (!/^websocket$/i.test(req.getHeader("upgrade").trim()) || !/(^|,)\s*upgrade\s*(,|$)/i.test(req.getHeader("connection"))) {
+      return { status: 400, code: "bad_request", message: "not a WebSocket upgrade: Upgrade: websocket and Connection: Upgrade are required" };
+    }
+    if (req.getHeader("sec-websocket-version") !== "13") {
+      return { status: 426, code: "upgrade_required", message: "unsupported WebSocket version; this server speaks version 13", headers: { "Sec-WebSocket-Version": "13" } };
+    }
+    // Mixed TPC-H lines are an HTTP-only stream: their frames would need the line endpoints' answers.
+    const admitted = name === LINE_ROUTER ? null : admission.admit(caller, name, false);
+    if (admitted === null || (isRefusal(admitted) && admitted.status === 404)) {
+      return { status: 404, code: "unknown_stream", message: `unknown stream "${name}"; use /v1/ws?stream=<name>` };
+    }
+    return admitted;
+  }
+
   app.ws<Connection>("/v1/ws", {
     // uWS drops a connection whose frame exceeds maxPayloadLength without a close frame (1006). Taking
     // frames up to twice the limit lets an oversized frame get its proper 1009; beyond that it is 1006.
     maxPayloadLength: maxFrame * 2,
-    idleTimeout: config.ws.idleTimeoutSeconds,
+    idleTimeout: settings.idleTimeoutSeconds,
     // Acks are small; a producer that stops reading them is cut off rather than buffered without bound.
     maxBackpressure: 1024 * 1024,
     closeOnBackpressureLimit: 1,
@@ -235,28 +231,18 @@ export function registerWebSocket(app: TemplatedApp, ctx: ServerContext): WsServ
       const key = req.getHeader("sec-websocket-key");
       const protocol = req.getHeader("sec-websocket-protocol");
       const extensions = req.getHeader("sec-websocket-extensions");
-      // Security: key from Authorization / X-API-Key, or ?token= (browsers cannot set upgrade headers).
-      const caller = ctx.auth.authenticate(req.getHeader("authorization"), req.getHeader("x-api-key"), req.getQuery("token") ?? "");
-      const stream = ctx.streams.get(name);
-      let refusal: [string, string, Record<string, string>?] | null = null;
-      // uWS routes here on a 24-character Sec-WebSocket-Key alone; RFC 6455 §4.2.1 asks for the rest too.
-      if (!/^websocket$/i.test(req.getHeader("upgrade").trim()) || !/(^|,)\s*upgrade\s*(,|$)/i.test(req.getHeader("connection"))) {
-        refusal = ["400 Bad Request", "not a WebSocket upgrade: Upgrade: websocket and Connection: Upgrade are required"];
-      } else if (req.getHeader("sec-websocket-version") !== "13") {
-        refusal = ["426 Upgrade Required", "unsupported WebSocket version; this server speaks version 13", { "Sec-WebSocket-Version": "13" }];
-      } else if (isDenial(caller)) refusal = ["401 Unauthorized", caller.message, caller.headers];
-      else if (!stream) refusal = ["404 Not Found", `unknown stream "${name}"; use /v1/ws?stream=<name>`];
-      else if (!mayWrite(caller, stream.name)) refusal = ["403 Forbidden", `API key ${caller.id} may not write stream ${stream.name}`];
-      else if (ctx.draining) refusal = ["503 Service Unavailable", "ingestd is shutting down"];
-      if (refusal) {
+      // The key from Authorization / X-API-Key, or ?token= (browsers cannot set upgrade headers).
+      const caller = auth.authenticate(req.getHeader("authorization"), req.getHeader("x-api-key"), req.getQuery("token") ?? "");
+      const admitted = admitUpgrade(req, caller, name);
+      if (isRefusal(admitted)) {
         res.cork(() => {
-          res.writeStatus(refusal![0]).writeHeader("Content-Type", "application/json");
-          for (const [k, v] of Object.entries(refusal![2] ?? {})) res.writeHeader(k, v);
-          res.end(JSON.stringify({ status: "error", message: refusal![1] }), true);
+          res.writeStatus(statusLine(admitted.status)).writeHeader("Content-Type", "application/json");
+          for (const [k, v] of Object.entries(admitted.headers ?? {})) res.writeHeader(k, v);
+          res.end(JSON.stringify({ status: "error", message: admitted.message }), true);
         });
         return;
       }
-      const conn: Connection = { stream: stream!, seq: 0, pending: [], open: true, key: caller as ApiKey, throttle: null };
+      const conn: Connection = { stream: admitted.stream, seq: 0, pending: [], open: true, key: admitted.key, throttle: null };
       res.upgrade(conn, key, protocol, extensions, context);
     },
     open: (ws) => {
@@ -277,7 +263,7 @@ export function registerWebSocket(app: TemplatedApp, ctx: ServerContext): WsServ
   return {
     connections: () => sockets.size,
     async shutdown() {
-      // Acks held back by rate limits go out now (ctx.draining is set): their frames are committed.
+      // Acks held back by rate limits go out now (admission is draining): their frames are committed.
       for (const ws of sockets) {
         const c = ws.getUserData();
         if (c.throttle !== null) clearTimeout(c.throttle);
