@@ -1,118 +1,35 @@
 /**
- * Piscina task handler: runs inside each pool thread. Reads a body from the shared ring, parses it,
- * validates each record with its stream's typia validator, encodes COPY rows and hands them to group
- * commit. The task resolves only after PostgreSQL committed: the front thread acknowledges on that.
+ * Piscina entry: runs inside each pool thread. Reads a task's body from the shared ring, parses it, sorts its
+ * records into COPY rows and rejections (records/), and group-commits the rows with the task's bookkeeping
+ * rows (commit/). The task resolves only after PostgreSQL committed: the front thread acknowledges on that.
  */
 import { BroadcastChannel, threadId, workerData } from "node:worker_threads";
 import { streams } from "../config/streams";
 import { now } from "../src/shared/clock";
-import { LINE_ROUTER, type RowContext, type StreamDefinition } from "../src/shared/stream-definition";
-import { decodeBody, parseBody, UnparseableBody, type ParsedBody } from "./records/body-parser";
-import { batchRow, deadLetterRow, rawText } from "./commit/bookkeeping-rows";
-import { batchesCopySql, commitTarget, deadLettersCopySql, type CommitTarget } from "./commit/commit-targets";
-import { CopyWriter, DatabaseUnavailable } from "./commit/copy-writer";
-import { GroupCommitter, type PartOutcome, type TaskWork } from "./commit/group-commit";
-import { LineFormatError } from "../src/shared/line-fields";
-import { validationErrors } from "./records/record-errors";
-import { compileRowEncoder, EncodeError, type RowEncoder } from "./records/row-encoder";
+import { LINE_ROUTER } from "../src/shared/stream-definition";
 import { BATCH_ALIAS_CHANNEL, emptyOutcome, type IngestOutcome, type IngestTask, type RecordError, type WorkerData } from "../src/shared/task-protocol";
+import { decodeBody, parseBody, recordReader, UnparseableBody, type ParsedBody } from "./records/body-parser";
+import { compileStreams } from "./records/compiled-streams";
+import { validateRecords } from "./records/validate";
+import { commitTargets } from "./commit/commit-targets";
+import { DatabaseUnavailable } from "./commit/copy-writer";
+import type { PartOutcome } from "./commit/group-commit";
+import { recordUnreadableBody, TaskCommit, workerCommitter } from "./commit/task-commit";
+import { reportTally } from "./commit/task-outcome";
 
 const data = workerData as WorkerData;
-const aliases = new BroadcastChannel(BATCH_ALIAS_CHANNEL);
-(aliases as unknown as { unref(): void }).unref();
 const ring = new Uint8Array(data.ring);
 const lenientUtf8 = new TextDecoder("utf-8");
-
-interface CompiledStream {
-  definition: StreamDefinition;
-  encode: RowEncoder<unknown>;
-  target: CommitTarget;
-  /** Deduplicating streams: a row's id and event time as the id table stores them. */
-  keyOf: ((record: unknown, ctx: RowContext) => string) | null;
-  timeOf: ((record: unknown, ctx: RowContext) => string) | null;
-}
-
-function rawColumn(definition: StreamDefinition, name: string | undefined): ((record: unknown, ctx: RowContext) => string) | null {
-  const column = definition.columns.find((c) => c.name === name);
-  if (!column) return null;
-  if (column.type === "timestamptz") {
-    return (record, ctx) => {
-      const v = column.value(record, ctx);
-      return typeof v === "number" ? new Date(v).toISOString() : String(v);
-    };
-  }
-  return (record, ctx) => String(column.value(record, ctx));
-}
-
-const dedup = new Set(data.dedupStreams);
-const compiled = new Map<string, CompiledStream>();
-const byPrefix = new Map<string, CompiledStream>();
-streams.forEach((definition, order) => {
-  const target = commitTarget(data.dbSchema, definition, order, dedup.has(definition.name));
-  const c: CompiledStream = {
-    definition,
-    encode: compileRowEncoder(definition),
-    target,
-    keyOf: target.dedup ? rawColumn(definition, definition.dedupKey) : null,
-    timeOf: target.dedup?.withTime ? rawColumn(definition, definition.timeColumn) : null,
-  };
-  compiled.set(definition.name, c);
-  if (definition.linePrefix) byPrefix.set(definition.linePrefix, c);
-});
-const prefixes = [...byPrefix.keys()].map((p) => `${p}|`).join(", ");
-
-const committer = new GroupCommitter(
-  new CopyWriter({
-    connectionString: data.connectionString,
-    applicationName: `ingestd-worker-${threadId}`,
-    stallTimeoutMs: data.stallTimeoutMs,
-  }),
-  {
-    batchSize: data.batchSize,
-    batchTimeoutMs: data.batchTimeoutMs,
-    maxBatchBytes: data.maxBatchBytes,
-    batchesCopySql: batchesCopySql(data.dbSchema),
-    deadLettersCopySql: deadLettersCopySql(data.dbSchema),
-  },
-);
-
-/** One stream's share of a task: its rows and, per row, the record it came from. */
-interface Part {
-  stream: CompiledStream;
-  rows: string[];
-  recordIndex: number[];
-  /** Each row's `recordId` (streams that report one), taken before the parsed records are let go. */
-  ids: unknown[] | null;
-  keys: string[];
-  times: string[];
-}
-
-interface Rejection {
-  index: number;
-  line: number | undefined;
-  raw: unknown;
-  errors: RecordError[];
-  /** The stream a routed line belongs to (its dead letter is filed there); unset: the task's stream. */
-  stream?: string;
-}
-
-/** Longest line text echoed back in an error. */
-const MAX_ECHO = 1000;
-
-function withLine(error: RecordError, line: number | undefined, entity: string | undefined, raw?: unknown): RecordError {
-  if (line !== undefined) {
-    error.line = line;
-    if (!error.message.startsWith("line ")) error.message = `line ${line}: ${error.message}`;
-    if (typeof raw === "string") error.text = raw.length > MAX_ECHO ? raw.slice(0, MAX_ECHO) : raw;
-  }
-  if (entity !== undefined) error.entity = entity;
-  return error;
-}
+const aliases = new BroadcastChannel(BATCH_ALIAS_CHANNEL);
+(aliases as unknown as { unref(): void }).unref();
+const streamTable = compileStreams(streams, data.dbSchema, data.dedupStreams);
+const targets = commitTargets(data.dbSchema, streams, data.dedupStreams);
+const committer = workerCommitter(data, `ingestd-worker-${threadId}`);
 
 export default async function ingest(task: IngestTask): Promise<IngestOutcome> {
-  const router = task.stream === LINE_ROUTER;
-  const single = router ? null : compiled.get(task.stream);
-  if (!router && !single) return emptyOutcome(task, "unparseable", `unknown stream ${task.stream}`, now());
+  // null: a line-router task, whose lines each go to the stream their prefix names.
+  const single = task.stream === LINE_ROUTER ? null : streamTable.byName.get(task.stream);
+  if (single === undefined) return emptyOutcome(task, "unparseable", `unknown stream ${task.stream}`, now());
   const receivedAt = new Date(task.receivedAt).toISOString();
   const bytes = ring.subarray(task.offset, task.offset + task.length);
 
@@ -122,144 +39,20 @@ export default async function ingest(task: IngestTask): Promise<IngestOutcome> {
     text = decodeBody(bytes);
     body = parseBody(text, task.format, task.envelope);
   } catch (err) {
-    const message = err instanceof UnparseableBody ? err.message : `cannot read body: ${(err as Error).message}`;
-    const result = emptyOutcome(task, "unparseable", message, now());
-    if (task.recordBatch) await recordOnly(task, result, [{ index: -1, line: undefined, raw: lenientUtf8.decode(bytes), errors: [{ index: 0, path: "$", expected: "a parseable body", message }] }], receivedAt);
-    return result;
+    return refuseUnreadableBody(task, bytes, err, receivedAt);
   }
 
   const result = emptyOutcome(task, "done", "", now());
-  if (body.batchId !== undefined) {
-    result.batchId = body.batchId;
-    if (task.recordBatch) aliases.postMessage([task.requestId, body.batchId]);
-  }
-  if (body.priority !== undefined) result.priority = body.priority;
+  adoptEnvelope(task, body, result);
   // The parsed records are not kept while the commit is awaited (a batch waits for hundreds of ms, long
-  // enough for the garbage collector to copy and promote every object of it): what the answer needs is
-  // taken out of them here, and the rare record PostgreSQL refuses is read again from the body text.
-  let values: unknown[] | null = body.values;
-  const received = values.length;
-  const lines = body.lines.length > 0 ? body.lines : null;
-  const ctx = { receivedAt };
-  const parts = new Map<CompiledStream, Part>();
-  const rejections: Rejection[] = [];
-  for (let k = 0; k < body.errors.length; k++) {
-    const e = body.errors[k];
-    rejections.push({ index: e.index, line: e.line, raw: body.errorRaw[k] ?? "", errors: [e] });
-  }
+  // enough for the garbage collector to copy and promote every object of it): validation takes out what the
+  // answer needs, and the rare record PostgreSQL refuses is read again from the body text.
+  const records = validateRecords(body, single, streamTable, { receivedAt });
   body = null;
-  let encodedBytes = 0;
-
-  for (let i = 0; i < values.length; i++) {
-    const value = values[i];
-    if (value === undefined) continue; // a line that failed to parse, already reported
-    const line = lines === null ? undefined : lines[i];
-    let stream = single;
-    if (router) {
-      const text = value as string;
-      const bar = text.indexOf("|");
-      stream = bar > 0 ? byPrefix.get(text.slice(0, bar)) : undefined;
-      if (!stream) {
-        const kind = bar > 0 ? `"${text.slice(0, bar)}"` : "missing";
-        rejections.push({ index: i, line, raw: value, errors: [withLine({ index: i, path: "$", expected: `a line starting with ${prefixes}`, message: `unknown record type ${kind}; expected a line starting with ${prefixes}` }, line, undefined, value)] });
-        continue;
-      }
-    }
-    const def = stream!.definition;
-    let record: unknown = value;
-    if (def.parseLine) {
-      try {
-        record = def.parseLine(value as string);
-      } catch (err) {
-        if (!(err instanceof LineFormatError)) throw err;
-        rejections.push({ index: i, line, raw: value, stream: def.name, errors: [withLine({ index: i, path: err.path, expected: err.expected, message: err.message }, line, def.entity, value)] });
-        continue;
-      }
-    }
-    const checked = def.validate(record);
-    if (!checked.success) {
-      rejections.push({ index: i, line, raw: value, stream: def.name, errors: validationErrors(i, line, checked).map((e) => withLine(e, line, def.entity, value)) });
-      continue;
-    }
-    let row: string;
-    try {
-      row = stream!.encode(checked.data, ctx);
-    } catch (err) {
-      if (!(err instanceof EncodeError)) throw err;
-      rejections.push({ index: i, line, raw: value, stream: def.name, errors: [withLine({ index: i, path: err.path, expected: err.expected, message: err.message }, line, def.entity, value)] });
-      continue;
-    }
-    let part = parts.get(stream!);
-    if (!part) parts.set(stream!, (part = { stream: stream!, rows: [], recordIndex: [], ids: def.recordId ? [] : null, keys: [], times: [] }));
-    part.rows.push(row);
-    if (stream!.keyOf !== null) part.keys.push(stream!.keyOf(checked.data, ctx));
-    if (stream!.timeOf !== null) part.times.push(stream!.timeOf(checked.data, ctx));
-    part.recordIndex.push(i);
-    if (part.ids !== null) part.ids.push(def.recordId!(checked.data));
-    encodedBytes += row.length;
-  }
-  result.received = received;
+  result.received = records.received;
   result.validatedAt = now();
-  values = null;
-  /** The parsed record at `index`, for a row PostgreSQL refused: the body parsed again (same text, same values). */
-  let reparsed: unknown[] | null = null;
-  const valueAt = (index: number): unknown => (reparsed ??= parseBody(text, task.format, task.envelope).values)[index];
 
-  const partList = [...parts.values()];
-  const streamName = single ? single.definition.name : LINE_ROUTER;
-  /** Tally of the outcomes: the same function serves the in-transaction bookkeeping and the answer. */
-  const tally = (outcomes: PartOutcome[]) => {
-    const all = rejections.slice();
-    let accepted = 0;
-    let duplicates = 0;
-    let first: IngestOutcome["first"] = null;
-    let firstIndex = Infinity;
-    partList.forEach((part, p) => {
-      const { failures, duplicates: dup } = outcomes[p];
-      const failed = new Set<number>();
-      for (const f of failures) {
-        failed.add(f.row);
-        const index = part.recordIndex[f.row];
-        const line = lines === null ? undefined : lines[index];
-        const message = `rejected by the database: ${f.message}`;
-        const raw = valueAt(index);
-        all.push({ index, line, raw, stream: part.stream.definition.name, errors: [withLine({ index, path: "$", expected: "a row PostgreSQL accepts", message }, line, part.stream.definition.entity, raw)] });
-      }
-      for (let r = 0; r < part.rows.length; r++) {
-        if (failed.has(r)) continue;
-        if (dup !== null && dup[r] === 1) {
-          duplicates++;
-          continue;
-        }
-        accepted++;
-        if (part.recordIndex[r] < firstIndex) {
-          firstIndex = part.recordIndex[r];
-          const def = part.stream.definition;
-          first = { entity: def.entity ?? def.name, id: part.ids !== null ? part.ids[r] : null };
-        }
-      }
-    });
-    return { rejections: all, accepted, duplicates, first };
-  };
-  let lastTally = null as { outcomes: PartOutcome[]; t: ReturnType<typeof tally> } | null;
-  const work: TaskWork = {
-    priority: result.priority,
-    parts: partList.map((p) => ({ target: p.stream.target, rows: p.rows, keys: p.keys, times: p.times })),
-    bytes: encodedBytes,
-    finalize(outcomes: PartOutcome[]) {
-      // Pure function of the outcomes: a batch retried with row isolation calls it again.
-      const t = tally(outcomes);
-      lastTally = { outcomes, t };
-      const deadLetters = t.rejections.map((r) =>
-        deadLetterRow({ stream: r.stream ?? streamName, source: task.source, batchId: result.batchId, index: r.index, line: r.line ?? null, raw: rawText(r.raw), errors: r.errors, receivedAt }),
-      );
-      const row = task.recordBatch
-        ? batchRow({ batchId: result.batchId, requestId: task.requestId, stream: streamName, received, accepted: t.accepted, rejected: t.rejections.length, duplicates: t.duplicates, createdAt: receivedAt })
-        : null;
-      return { batchRow: row, deadLetters };
-    },
-  };
-
+  const work = new TaskCommit(targets, task, result, receivedAt, records, recordReader(text, task.format, task.envelope));
   let outcomes: PartOutcome[];
   try {
     const committed = await committer.add(work);
@@ -268,45 +61,31 @@ export default async function ingest(task: IngestTask): Promise<IngestOutcome> {
     result.copyMs = committed.copyMs;
   } catch (err) {
     if (!(err instanceof DatabaseUnavailable)) throw err;
-    if (partList.length > 0) return { ...emptyOutcome(task, "db_unavailable", err.message, now()), received };
+    if (records.parts.length > 0) return { ...emptyOutcome(task, "db_unavailable", err.message, now()), received: records.received };
     // Nothing to store: the validation answer stands; only its bookkeeping rows were lost.
     outcomes = [];
     result.committedAt = now();
   }
-
-  // The committed transaction's finalize already tallied these very outcomes.
-  const t = lastTally !== null && lastTally.outcomes === outcomes ? lastTally.t : tally(outcomes);
-  result.accepted = t.accepted;
-  result.duplicates = t.duplicates;
-  result.rejected = t.rejections.length;
-  result.first = t.first;
-  const errors: RecordError[] = [];
-  for (const r of t.rejections) for (const e of r.errors) errors.push(e);
-  errors.sort((a, b) => a.index - b.index);
-  if (errors.length > data.maxErrorsReported) {
-    errors.length = data.maxErrorsReported;
-    result.errorsTruncated = true;
-  }
-  result.errors = errors;
+  reportTally(result, work.tally(outcomes), data.maxErrorsReported);
   return result;
 }
 
-/** Keeps the batch status and dead letter of a body that could not be read at all. */
-async function recordOnly(task: IngestTask, result: IngestOutcome, rejections: Rejection[], receivedAt: string): Promise<void> {
-  const stream = task.stream;
-  try {
-    await committer.add({
-      priority: task.priority,
-      parts: [],
-      bytes: 0,
-      finalize: () => ({
-        batchRow: batchRow({ batchId: result.batchId, requestId: task.requestId, stream, received: 0, accepted: 0, rejected: 1, duplicates: 0, createdAt: receivedAt }),
-        deadLetters: rejections.map((r) =>
-          deadLetterRow({ stream, source: task.source, batchId: result.batchId, index: null, line: null, raw: rawText(r.raw), errors: r.errors, receivedAt }),
-        ),
-      }),
-    });
-  } catch {
-    // The 400 answer does not depend on the database; only the dead letter is lost.
+/** An envelope's own batch_id and priority replace the task's; the front thread learns the batch_id for status queries. */
+function adoptEnvelope(task: IngestTask, body: ParsedBody, result: IngestOutcome): void {
+  if (body.batchId !== undefined) {
+    result.batchId = body.batchId;
+    if (task.recordBatch) aliases.postMessage([task.requestId, body.batchId]);
   }
+  if (body.priority !== undefined) result.priority = body.priority;
+}
+
+/** The answer to a body that cannot be read at all; its batch status and dead letter are kept when the task keeps one. */
+async function refuseUnreadableBody(task: IngestTask, bytes: Uint8Array, err: unknown, receivedAt: string): Promise<IngestOutcome> {
+  const message = err instanceof UnparseableBody ? err.message : `cannot read body: ${(err as Error).message}`;
+  const result = emptyOutcome(task, "unparseable", message, now());
+  if (task.recordBatch) {
+    const error: RecordError = { index: 0, path: "$", expected: "a parseable body", message };
+    await recordUnreadableBody(committer, task, result.batchId, lenientUtf8.decode(bytes), error, receivedAt);
+  }
+  return result;
 }

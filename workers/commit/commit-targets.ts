@@ -49,6 +49,12 @@ export function commitTarget(schema: string, stream: StreamDefinition, order: nu
   return { stream: stream.name, order, copySql, dedup: { claim, release, withTime: d.withTime } };
 }
 
+/** Every stream's target, in config/streams order (the index a compiled stream's `order` gives). */
+export function commitTargets(schema: string, streams: readonly StreamDefinition[], dedupStreams: readonly string[]): CommitTarget[] {
+  const dedup = new Set(dedupStreams);
+  return streams.map((stream, order) => commitTarget(schema, stream, order, dedup.has(stream.name)));
+}
+
 export function batchesCopySql(schema: string): string {
   return copyStatement(schema, BATCHES_TABLE, BATCH_COLUMNS);
 }

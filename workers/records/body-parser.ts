@@ -125,3 +125,13 @@ function parseLines(text: string, json: boolean): ParsedBody {
   if (parsed.values.length === 0) throw new UnparseableBody("request body has no records");
   return parsed;
 }
+
+/**
+ * Reads a record of the body again by its index. A task lets go of its parsed records before awaiting the
+ * commit; only the rare row PostgreSQL refuses needs its record back, so the body is parsed again then
+ * (same text, same values), at most once.
+ */
+export function recordReader(text: string, format: TaskFormat, envelope: boolean): (index: number) => unknown {
+  let reparsed: unknown[] | null = null;
+  return (index) => (reparsed ??= parseBody(text, format, envelope).values)[index];
+}

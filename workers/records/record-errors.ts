@@ -46,3 +46,20 @@ export function validationErrors(index: number, line: number | undefined, failur
   if (more > 0) errors.push(entry("$", "a record of the stream's type", `$: ${more} more errors in this record (the first ${MAX_ERRORS_PER_RECORD} are listed)`));
   return errors;
 }
+
+/** Longest line text echoed back in an error. */
+const MAX_ECHO = 1000;
+
+/**
+ * Completes an error entry of a line-format record: its line number (also leading the message), the
+ * entity it was routed to, and the line's text. Mutates and returns `error`.
+ */
+export function withLine(error: RecordError, line: number | undefined, entity: string | undefined, raw?: unknown): RecordError {
+  if (line !== undefined) {
+    error.line = line;
+    if (!error.message.startsWith("line ")) error.message = `line ${line}: ${error.message}`;
+    if (typeof raw === "string") error.text = raw.length > MAX_ECHO ? raw.slice(0, MAX_ECHO) : raw;
+  }
+  if (entity !== undefined) error.entity = entity;
+  return error;
+}
