@@ -42,7 +42,7 @@ export interface BenchOptions {
   verbose: boolean;
 }
 
-/** Daemon settings passed through from the bench's environment when set (SPEC §8 overrides). */
+/** Daemon settings passed through from the bench's environment when set (the overrides of docs/operations.md#configuration). */
 export const DAEMON_ENV_KEYS = [
   "WORKERS", "RING_MB", "BATCH_SIZE", "BATCH_TIMEOUT_MS", "MAX_BATCH_MEMORY_MB", "MAX_BODY_MB",
   "WS_WINDOW", "WS_MAX_FRAME_BYTES", "OVERLOAD_DEADLINE_MS", "LOG_LEVEL", "INGESTD_CONFIG",

@@ -1,6 +1,6 @@
 /**
  * The bench report: one JSON document (written to .bench/latest.json) and its text rendering, with the
- * SPEC §9 targets checked against this run's numbers.
+ * The targets of docs/performance.md#targets, checked against this run's numbers.
  */
 import type { CeilingResult } from "./copy-ceiling";
 import type { PhaseResult } from "./load-phase";
@@ -70,7 +70,7 @@ function target(name: string, value: number | null | undefined, kind: "min" | "m
   return { name, value: v, limit, kind, unit, pass: v === null ? null : kind === "min" ? v >= limit : v < limit };
 }
 
-/** SPEC §9 targets; a phase that did not run leaves its target unchecked (null). */
+/** The targets of docs/performance.md#targets; a phase that did not run leaves its target unchecked (null). */
 export function checkTargets(report: Pick<BenchReport, "phases" | "ws_to_copy_ceiling_2" | "daemon">): Target[] {
   const phase = (mode: string) => report.phases.find((p) => p.mode === mode);
   const ws = phase("ws");
@@ -234,7 +234,7 @@ export function renderReport(r: BenchReport): string {
   }
   if (r.daemon) out.push(`daemon peak RSS: ${r.daemon.peak_rss_mib.toFixed(0)} MiB sampled, ${r.daemon.vm_hwm_mib.toFixed(0)} MiB VmHWM; exit ${r.daemon.exit}; ${r.daemon.warnings} warning/error log lines`);
   out.push("");
-  out.push("targets (SPEC §9, 2 cores, generators on the same machine)");
+  out.push("targets (docs/performance.md, 2 cores, generators on the same machine)");
   out.push(
     ...table(
       ["", "value", "target", ""],

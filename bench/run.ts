@@ -1,5 +1,5 @@
 /**
- * `npm run bench` / `ingestd bench`: the SPEC §9 benchmark.
+ * `npm run bench` / `ingestd bench`: the benchmark of docs/performance.md.
  *
  *   PostgreSQL (embedded in a temp dir, or DATABASE_URL) with a fresh database
  *   → COPY ceiling, 1 and 2 streams, no daemon

@@ -1,7 +1,7 @@
 import typia, { tags } from "typia";
 import { defineStream } from "../../src/shared/stream-definition";
 
-/** A generic application event (SPEC §2 `events`). */
+/** A generic application event (docs/streams.md#events). */
 export interface EventRecord {
   event_id: string & tags.MinLength<1> & tags.MaxLength<128>;
   service_name: string & tags.MinLength<1> & tags.MaxLength<50>;

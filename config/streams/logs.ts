@@ -1,7 +1,7 @@
 import typia, { tags } from "typia";
 import { defineStream } from "../../src/shared/stream-definition";
 
-/** A log line from a service (SPEC §2 `logs`). */
+/** A log line from a service (docs/streams.md#logs). */
 export interface LogRecord {
   service_name: string & tags.MinLength<1> & tags.MaxLength<50>;
   severity: "INFO" | "WARN" | "ERROR" | "DEBUG" | "CRITICAL";

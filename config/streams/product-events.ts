@@ -1,7 +1,7 @@
 import typia, { tags } from "typia";
 import { defineStream } from "../../src/shared/stream-definition";
 
-/** A product-analytics event (SPEC §2 `product_events`), the body of POST /events. */
+/** A product-analytics event (docs/streams.md#product_events), the body of POST /events. */
 export interface ProductEventRecord {
   event_id: string & tags.Format<"uuid">;
   user_id: string & tags.MinLength<1> & tags.MaxLength<128>;

@@ -3,7 +3,7 @@
  * records. It never frees ring regions: whoever allocated a region frees it once it has answered, because a
  * WebSocket frame may be resubmitted from the same region while the database is down.
  *
- * Work is admitted to the workers by bytes (SPEC §9, resident memory bounded). A task in a worker is held
+ * Work is admitted to the workers by bytes (resident memory bounded: docs/architecture.md#ring-and-backpressure). A task in a worker is held
  * there as parsed records and encoded COPY rows until its group commit (measured: 1.5-4.5 times its body's
  * size, the more the smaller the records), and V8 lets a worker's heap grow to about 4 times what is live
  * between full GCs. Handing the workers everything in the 64 MiB ring made the daemon peak at 640-1070 MiB
@@ -36,7 +36,7 @@ export interface DispatcherOptions {
 
 /** What a task costs in the worker besides its body (task, outcome, closures, batch bookkeeping). */
 export const TASK_COST_BYTES = 1024;
-/** Priorities are 0..10 (SPEC §3); anything else is clamped into that range. */
+/** Priorities are 0..10 (docs/architecture.md#priority); anything else is clamped into that range. */
 const MAX_PRIORITY = 10;
 
 interface Queued {

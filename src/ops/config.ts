@@ -66,7 +66,7 @@ export class ConfigError extends Error {
 const validateConfig = typia.createValidateEquals<IngestdConfig>();
 
 type EnvKind = "string" | "int" | "nullable";
-/** Environment overrides of SPEC §8, mapped onto config paths. */
+/** Environment overrides (docs/operations.md#configuration), mapped onto config paths. */
 const ENV_OVERRIDES: ReadonlyArray<[env: string, path: string, kind: EnvKind]> = [
   ["DATABASE_URL", "databaseUrl", "nullable"],
   ["HOST", "host", "string"],

@@ -1,5 +1,5 @@
 /**
- * Counters behind `GET /stats` (SPEC §3). Fed from Dispatcher.observeAck, the same place and the same
+ * Counters behind `GET /stats` (docs/http-api.md#operations-endpoints). Fed from AckTelemetry, the same place and the same
  * outcomes as the `ingestd_events_total` metric, so the two never disagree.
  *
  *   total_messages_processed  records handled successfully: accepted (committed) plus duplicates

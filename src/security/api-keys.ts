@@ -1,5 +1,5 @@
 /**
- * API keys (SPEC §7): who may write which streams, and at what rate.
+ * API keys (docs/security.md#api-keys): who may write which streams, and at what rate.
  *
  * Keys come from the keys file (`apiKeysFile` / API_KEYS_FILE) and from INGESTD_API_KEYS; both hold only
  * the SHA-256 of each key. Why SHA-256 and not a slow KDF (scrypt, argon2): the keys are 256-bit random

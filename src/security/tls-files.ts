@@ -1,5 +1,5 @@
 /**
- * TLS certificate and key checks at start (SPEC §7). uWebSockets.js only says "App construction failed"
+ * TLS certificate and key checks at start (docs/security.md#tls). uWebSockets.js only says "App construction failed"
  * for an unreadable certificate, a key that does not parse, an encrypted key or a mismatched pair, and only
  * after the database and the workers have started; these checks name the problem up front (exit 78).
  */
