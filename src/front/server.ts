@@ -27,13 +27,12 @@ import { Ring } from "./ring";
 import { ensureSchema } from "../storage/schema";
 import { dropPartitionsOlderThan, ensureMonthPartitions } from "../storage/partitions";
 import { ConfigError } from "../ops/config";
+import { VERSION } from "../ops/version";
 import { uws, type us_listen_socket } from "./uws";
 import { registerWebSocket } from "./transports/ws-stream";
 
 /** LIBUS_LISTEN_EXCLUSIVE_PORT */
 const EXCLUSIVE_PORT = 1;
-
-export const VERSION: string = require("../../../package.json").version;
 
 export interface RunningServer {
   port: number;
