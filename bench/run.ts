@@ -93,7 +93,7 @@ function phaseSpec(name: PhaseName, o: BenchOptions): PhaseSpec {
 }
 
 /**
- * `ingestd bench [flags]` (src/cli.ts passes its arguments): options from the environment and `argv`;
+ * `ingestd bench [flags]` (src/commands/bench.ts runs this file with them): options from the environment and `argv`;
  * resolves to the exit status: 0 ran and verified, 1 verification failed or the bench could not run,
  * 64 bad flags.
  */

@@ -1,16 +1,11 @@
 #!/usr/bin/env node
 /**
- * The `ingestd` command: serve, top, check-config, partitions, bench.
- * Exit statuses: 0 ok, 1 runtime failure, 64 usage error, 78 configuration error.
+ * The `ingestd` command: picks the command, runs it from src/commands/, and maps errors to exit statuses:
+ * 0 ok, 1 runtime failure, 64 usage error, 78 configuration error.
  */
-import { parseArgs } from "node:util";
-import { ConfigError, EX_CONFIG, loadConfig, configPath, type IngestdConfig } from "./ops/config";
-import { createLogger } from "./ops/logger";
-import { notifySystemd, takeNotifySocket } from "./ops/sd-notify";
-
-const EX_USAGE = 64;
-
-class UsageError extends Error {}
+import { ConfigError, EX_CONFIG } from "./ops/config";
+import { VERSION } from "./ops/version";
+import { EX_USAGE, UsageError } from "./commands/usage-error";
 
 const HELP = `ingestd — high-throughput event ingestion daemon
 
@@ -39,112 +34,22 @@ Endpoints: /health, /stats, /metrics (Prometheus), /v1/latency (HDR percentiles)
 Exit status: 0 ok, 1 failure, 64 usage error, 78 configuration error.
 `;
 
-async function serve(argv: string[]): Promise<void> {
-  parseArgs({ args: argv, options: {} }); // serve takes no options: reject typos rather than ignore them
-  const config = loadConfig();
-  const log = createLogger(config.logLevel);
-  // Before anything is spawned: the embedded PostgreSQL must not inherit systemd's notify socket.
-  takeNotifySocket();
-  // Loaded here, not at the top: check-config and --help must work where the native binary does not.
-  const { startServer } = require("./front/server") as typeof import("./front/server");
-  // Handlers go in before the server starts: a supervisor may send SIGTERM the moment it reads "listening",
-  // and a signal that lands before process.on() would kill the daemon with the default action mid-start.
-  let server: Awaited<ReturnType<typeof startServer>> | null = null;
-  let pendingSignal: string | null = null;
-  let stopping = false;
-  const shutdown = (signal: string) => {
-    if (server === null) {
-      pendingSignal ??= signal;
-      return;
-    }
-    if (stopping) {
-      // A second Ctrl-C is an operator who will not wait; a repeated SIGTERM (supervisors may send one to
-      // the whole process group) must not cut the drain short.
-      if (signal === "SIGINT") {
-        log.warn({ signal }, "second interrupt: exiting without waiting for the drain");
-        process.exit(1);
-      }
-      return;
-    }
-    stopping = true;
-    log.info({ signal }, "shutting down");
-    void notifySystemd(["STOPPING=1", "STATUS=draining"], log);
-    // The drain is bounded by the stop timeout even when a commit never returns (a hung database): past
-    // it, exit without the rest. Nothing more is acknowledged, so this is as safe as kill -9.
-    setTimeout(() => {
-      log.error({ stop_timeout_ms: config.stopTimeoutMs }, "drain did not finish within the stop timeout; exiting, unanswered work was not acknowledged");
-      log.flush();
-      process.exit(1);
-    }, config.stopTimeoutMs).unref();
-    server.stop().then(
-      () => {
-        log.flush();
-        process.exit(0);
-      },
-      (err: Error) => {
-        log.error({ err: err.message }, "shutdown failed");
-        log.flush();
-        process.exit(1);
-      },
-    );
-  };
-  process.on("SIGTERM", () => shutdown("SIGTERM"));
-  process.on("SIGINT", () => shutdown("SIGINT"));
-  // API keys without a restart (a bad file keeps the old keys; see src/security/auth.ts); HLOG_PATH after logrotate.
-  process.on("SIGHUP", () => server?.reload());
-  server = await startServer(config, log);
-  void notifySystemd(["READY=1", `STATUS=listening on ${config.host}:${server.port}`], log);
-  if (pendingSignal !== null) shutdown(pendingSignal);
-}
+/** A command resolves to its exit status, or to nothing when it keeps running (serve). */
+type Command = (argv: string[]) => Promise<number | void>;
 
-function checkConfig(argv: string[]): void {
-  parseArgs({ args: argv, options: {} });
-  const config = loadConfig();
-  process.stdout.write(`configuration OK: ${configPath()}\n`);
-  process.stdout.write(`  listen ${config.host}:${config.port}, ${config.workers} workers, ring ${config.ringMb} MiB, ` +
-    `batch ${config.batchSize} rows / ${config.maxBatchMemoryMb} MiB / ${config.batchTimeoutMs} ms\n`);
-  process.stdout.write(`  database: ${config.databaseUrl === null ? `embedded under ${config.dataDir}` : "DATABASE_URL"}\n`);
-  if (config.hlogPath !== null) process.stdout.write(`  latency log: ${config.hlogPath}\n`);
-}
+// Each command module is required only when run: check-config and --help must work where the native uWS
+// binary (behind serve) does not, and no command pays for another's modules (pg, the typia validators).
+const COMMANDS: Record<string, () => Command> = {
+  serve: () => (require("./commands/serve") as typeof import("./commands/serve")).serveCommand,
+  top: () => (require("./commands/top") as typeof import("./commands/top")).topCommand,
+  "check-config": () => (require("./commands/check-config") as typeof import("./commands/check-config")).checkConfigCommand,
+  partitions: () => (require("./commands/partitions") as typeof import("./commands/partitions")).partitionsCommand,
+  bench: () => (require("./commands/bench") as typeof import("./commands/bench")).benchCommand,
+  keys: () => (require("./commands/keys") as typeof import("./commands/keys")).keysCommand,
+};
 
-/** Where the daemon of this configuration listens, as a URL a local client can reach. */
-function localUrl(config: IngestdConfig): string {
-  const host = config.host === "0.0.0.0" ? "127.0.0.1" : config.host === "::" ? "[::1]" : config.host.includes(":") ? `[${config.host}]` : config.host;
-  return `${config.tlsCert ? "https" : "http"}://${host}:${config.port}`;
-}
-
-async function top(argv: string[]): Promise<number> {
-  const { values } = parseArgs({
-    args: argv,
-    options: { url: { type: "string" }, interval: { type: "string" }, once: { type: "boolean" } },
-  });
-  const url = values.url ?? localUrl(loadConfig());
-  if (!/^https?:\/\/[^/]+/.test(url)) throw new UsageError(`--url: expected http://host:port, got ${JSON.stringify(url)}`);
-  const intervalMs = values.interval === undefined ? 1000 : Number(values.interval);
-  if (!Number.isInteger(intervalMs) || intervalMs < 100) throw new UsageError(`--interval: expected milliseconds >= 100, got ${JSON.stringify(values.interval)}`);
-  const { runTop } = require("./commands/top") as typeof import("./commands/top");
-  return runTop({ url, intervalMs, once: values.once === true, input: process.stdin, output: process.stdout });
-}
-
-async function partitions(argv: string[]): Promise<void> {
-  const { runPartitions, PARTITIONS_HELP, UsageError: PartitionsUsage } = require("./commands/partitions") as typeof import("./commands/partitions");
-  if (argv.includes("--help") || argv.includes("-h")) {
-    process.stdout.write(PARTITIONS_HELP);
-    return;
-  }
-  try {
-    await runPartitions(loadConfig(), argv, process.stdout);
-  } catch (err) {
-    if (err instanceof PartitionsUsage) throw new UsageError(`${err.message}\n\n${PARTITIONS_HELP}`);
-    throw err;
-  }
-}
-
-async function bench(argv: string[]): Promise<number> {
-  // Loaded at call time so the daemon never loads the bench (dist/bench/run.js, compiled beside src/).
-  const { runBench } = require("../bench/run") as typeof import("../bench/run");
-  return runBench(argv);
-}
+/** Commands that answer --help themselves; the others get the text above. */
+const OWN_HELP = new Set(["bench", "partitions", "keys"]);
 
 async function main(argv: string[]): Promise<void> {
   const [command = "serve", ...rest] = argv;
@@ -153,41 +58,19 @@ async function main(argv: string[]): Promise<void> {
     return;
   }
   if (command === "--version" || command === "-V") {
-    process.stdout.write(`${require("../../package.json").version}\n`);
+    process.stdout.write(`${VERSION}\n`);
     return;
   }
-  if ((rest.includes("--help") || rest.includes("-h")) && command !== "bench" && command !== "partitions" && command !== "keys") {
+  if ((rest.includes("--help") || rest.includes("-h")) && !OWN_HELP.has(command)) {
     process.stdout.write(HELP);
     return;
   }
-  switch (command) {
-    case "serve":
-      return serve(rest);
-    case "check-config":
-      return checkConfig(rest);
-    case "top": {
-      const code = await top(rest);
-      process.exit(code);
-    }
-    case "partitions":
-      await partitions(rest);
-      process.exit(0); // a pg pool or an embedded cluster's handles must not keep a finished command alive
-    case "bench": {
-      process.exit(await bench(rest));
-    }
-    case "keys": {
-      // Security: mint API keys (it has its own --help, hence excluded from the generic one above).
-      const keys = require("./security/api-keys") as typeof import("./security/api-keys");
-      try {
-        process.exit(keys.runKeysCommand(rest, process.stdout, keys.streamCatalog()));
-      } catch (err) {
-        if (err instanceof keys.ApiKeysError) throw new UsageError(err.message);
-        throw err;
-      }
-    }
-    default:
-      throw new UsageError(`unknown command "${command}"\n\n${HELP}`);
-  }
+  const load = Object.hasOwn(COMMANDS, command) ? COMMANDS[command] : undefined;
+  if (load === undefined) throw new UsageError(`unknown command "${command}"\n\n${HELP}`);
+  const status = await load()(rest);
+  // Exit rather than wait for the event loop: a pg pool or an embedded cluster's handles must not keep a
+  // finished command alive.
+  if (status !== undefined) process.exit(status);
 }
 
 main(process.argv.slice(2)).catch((err: unknown) => {

@@ -8,8 +8,9 @@ import path from "node:path";
 import { parseArgs } from "node:util";
 import pg from "pg";
 import { streams } from "../../config/streams";
-import type { IngestdConfig } from "../ops/config";
+import { loadConfig, type IngestdConfig } from "../ops/config";
 import { addMonths, createPartitions, dropPartitionsOlderThan, listPartitions, monthOf, parseMonth } from "../storage/partitions";
+import { UsageError } from "./usage-error";
 
 export const PARTITIONS_HELP = `Usage: ingestd partitions <list | create [--month YYYY-MM ...] | drop [--older-than MONTHS]>
 
@@ -18,8 +19,6 @@ export const PARTITIONS_HELP = `Usage: ingestd partitions <list | create [--mont
   drop [--older-than N]      drop partitions ending before the month N months ago
                              (default: retentionMonths / RETENTION_MONTHS)
 `;
-
-export class UsageError extends Error {}
 
 async function withDatabase<T>(config: IngestdConfig, work: (client: pg.Client) => Promise<T>): Promise<T> {
   let url = config.databaseUrl;
@@ -88,4 +87,19 @@ export async function runPartitions(config: IngestdConfig, argv: string[], out: 
     default:
       throw new UsageError(action === undefined ? "partitions: missing action" : `partitions: unknown action "${action}"`);
   }
+}
+
+/** `ingestd partitions ...` as the command line runs it: its own --help, usage errors with the help. */
+export async function partitionsCommand(argv: string[]): Promise<number> {
+  if (argv.includes("--help") || argv.includes("-h")) {
+    process.stdout.write(PARTITIONS_HELP);
+    return 0;
+  }
+  try {
+    await runPartitions(loadConfig(), argv, process.stdout);
+  } catch (err) {
+    if (err instanceof UsageError) throw new UsageError(`${err.message}\n\n${PARTITIONS_HELP}`);
+    throw err;
+  }
+  return 0;
 }

@@ -5,6 +5,9 @@
  */
 import http from "node:http";
 import https from "node:https";
+import { parseArgs } from "node:util";
+import { loadConfig, type IngestdConfig } from "../ops/config";
+import { UsageError } from "./usage-error";
 
 export interface TopOptions {
   /** Base URL of the daemon, e.g. http://127.0.0.1:8080 */
@@ -381,4 +384,23 @@ export async function runTop(options: TopOptions): Promise<number> {
   // Resolves on q / a signal at once, even while a poll is still waiting for its answer.
   void loop();
   return done;
+}
+
+/** Where the daemon of this configuration listens, as a URL a local client can reach. */
+function localUrl(config: IngestdConfig): string {
+  const host = config.host === "0.0.0.0" ? "127.0.0.1" : config.host === "::" ? "[::1]" : config.host.includes(":") ? `[${config.host}]` : config.host;
+  return `${config.tlsCert ? "https" : "http"}://${host}:${config.port}`;
+}
+
+/** `ingestd top [--url URL] [--interval MS] [--once]`; resolves to the exit status. */
+export async function topCommand(argv: string[]): Promise<number> {
+  const { values } = parseArgs({
+    args: argv,
+    options: { url: { type: "string" }, interval: { type: "string" }, once: { type: "boolean" } },
+  });
+  const url = values.url ?? localUrl(loadConfig());
+  if (!/^https?:\/\/[^/]+/.test(url)) throw new UsageError(`--url: expected http://host:port, got ${JSON.stringify(url)}`);
+  const intervalMs = values.interval === undefined ? 1000 : Number(values.interval);
+  if (!Number.isInteger(intervalMs) || intervalMs < 100) throw new UsageError(`--interval: expected milliseconds >= 100, got ${JSON.stringify(values.interval)}`);
+  return runTop({ url, intervalMs, once: values.once === true, input: process.stdin, output: process.stdout });
 }

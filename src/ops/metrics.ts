@@ -5,6 +5,7 @@
  */
 import type { Worker } from "node:worker_threads";
 import client from "prom-client";
+import { VERSION } from "./version";
 
 export interface MetricsSources {
   ringBytesInUse: () => number;
@@ -21,7 +22,6 @@ export interface MetricsSources {
 }
 
 const LATENCY_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
-const VERSION: string = require("../../../package.json").version;
 
 /**
  * Worker busy time from each thread's event-loop utilisation. Piscina's own `utilization` is a since-start

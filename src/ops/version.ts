@@ -1,2 +1,5 @@
-/** The package's version, read once (health, metrics, OpenAPI, `ingestd --version`). */
+/**
+ * The package version, read once from package.json. The path is relative to the compiled file
+ * (dist/src/ops/version.js), and require keeps package.json out of dist/.
+ */
 export const VERSION: string = require("../../../package.json").version;

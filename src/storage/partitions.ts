@@ -7,8 +7,11 @@ import type pg from "pg";
 import type { StreamDefinition } from "../shared/stream-definition";
 import { dedupTable, qualifiedName, quoteIdent } from "../shared/sql-identifiers";
 
-/** Same key as schema.ts: partition changes and schema changes exclude each other. */
-const SCHEMA_LOCK_KEY = 0x1e57d;
+/**
+ * Key of the advisory lock serialising schema and partition changes across daemons (arbitrary, fixed).
+ * Defined here, not in schema.ts, because schema.ts imports this module.
+ */
+export const SCHEMA_LOCK_KEY = 0x1e57d;
 
 export interface Month {
   year: number;

@@ -3,7 +3,7 @@
  * so all DDL runs in one transaction under an advisory lock (partition maintenance takes the same lock).
  */
 import type pg from "pg";
-import { ensureMonthPartitions } from "./partitions";
+import { ensureMonthPartitions, SCHEMA_LOCK_KEY } from "./partitions";
 import type { ColumnType, StreamDefinition } from "../shared/stream-definition";
 import {
   BATCHES_TABLE,
@@ -24,9 +24,6 @@ const SQL_TYPES: Record<ColumnType, string> = {
   date: "date",
   uuid: "uuid",
 };
-
-/** Key of the advisory lock serialising schema changes across daemons (arbitrary, fixed). */
-export const SCHEMA_LOCK_KEY = 0x1e57d;
 
 function indexName(table: string, columns: readonly string[]): string {
   return quoteIdent(`${table}_${columns.join("_")}_idx`.slice(0, 63));
