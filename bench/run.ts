@@ -14,7 +14,8 @@ import crypto from "node:crypto";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { configPath, loadConfig, type IngestdConfig } from "../src/ops/config";
+import { configPath, type IngestdConfig } from "../src/ops/config";
+import { loadCheckedConfig } from "../src/security/checked-config";
 import { startBenchDb, type BenchDb } from "./bench-db";
 import { measureCopyCeiling, type CeilingResult } from "./copy-ceiling";
 import { ROOT, startDaemon, type DaemonProcess } from "./daemon-process";
@@ -46,7 +47,7 @@ function machineInfo(): MachineInfo {
 /** The daemon's effective settings: the same loader it uses, on the environment it gets. */
 function daemonConfig(env: Record<string, string>, databaseUrl: string): IngestdConfig | null {
   try {
-    return loadConfig({ ...process.env, ...env, DATABASE_URL: databaseUrl, PORT: "0" });
+    return loadCheckedConfig({ ...process.env, ...env, DATABASE_URL: databaseUrl, PORT: "0" });
   } catch {
     return null;
   }

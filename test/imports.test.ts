@@ -50,16 +50,6 @@ const ALLOWED: Record<Exclude<Layer, "bench" | "test">, readonly Layer[]> = {
   "src/cli": [...SRC_ALL, "config"],
 };
 
-/**
- * Edges against the order that exist today in files outside this change; the lead empties this list after
- * the merge. An entry that no longer occurs fails the test, so the list cannot outlive its edges.
- */
-const KNOWN_EXCEPTIONS: ReadonlyArray<{ file: string; target: string }> = [
-  // loadConfig checks the TLS files and the API keys file so check-config rejects them as serve does (78).
-  { file: "src/ops/config.ts", target: "src/security/tls-files" },
-  { file: "src/ops/config.ts", target: "src/security/api-keys" },
-];
-
 interface SourceFile {
   /** Repository-relative, with forward slashes. */
   file: string;
@@ -145,21 +135,13 @@ function readTree(): SourceFile[] {
   return files;
 }
 
-const isKnown = (v: Violation) => KNOWN_EXCEPTIONS.some((k) => k.file === v.file && k.target === v.target);
-
 test("every relative import in src/, workers/ and config/ follows the layer order", () => {
   const tree = readTree();
   // A checker that finds nothing would pass anything: the tree has well over these many files and edges.
   assert.ok(tree.length > 30, `only ${tree.length} .ts files found under ${SCANNED.join(", ")} in ${ROOT}`);
   assert.ok(tree.flatMap(relativeImports).length > 80, "too few relative imports found: is the pattern broken?");
-  const violations = check(tree).filter((v) => !isKnown(v));
+  const violations = check(tree);
   assert.equal(violations.length, 0, `imports against the layer order:\n  ${violations.map((v) => v.message).join("\n  ")}`);
-});
-
-test("every known exception still occurs (remove the ones that do not)", () => {
-  const found = check(readTree());
-  const stale = KNOWN_EXCEPTIONS.filter((k) => !found.some((v) => v.file === k.file && v.target === k.target));
-  assert.deepEqual(stale, [], "these edges are gone: delete them from KNOWN_EXCEPTIONS");
 });
 
 test("self-check: fabricated edges against the order are reported, allowed ones are not", () => {

@@ -1,11 +1,12 @@
 /** `ingestd check-config`: validates the configuration (file + environment) and prints what it resolved to. */
 import { parseArgs } from "node:util";
-import { configPath, loadConfig } from "../ops/config";
+import { configPath } from "../ops/config";
+import { loadCheckedConfig } from "../security/checked-config";
 
 /** 0 when valid; an invalid configuration throws ConfigError, which src/cli.ts turns into 78. */
 export async function checkConfigCommand(argv: string[]): Promise<number> {
   parseArgs({ args: argv, options: {} });
-  const config = loadConfig();
+  const config = loadCheckedConfig();
   process.stdout.write(`configuration OK: ${configPath()}\n`);
   process.stdout.write(`  listen ${config.host}:${config.port}, ${config.workers} workers, ring ${config.ringMb} MiB, ` +
     `batch ${config.batchSize} rows / ${config.maxBatchMemoryMb} MiB / ${config.batchTimeoutMs} ms\n`);

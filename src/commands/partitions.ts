@@ -8,7 +8,8 @@ import path from "node:path";
 import { parseArgs } from "node:util";
 import pg from "pg";
 import { streams } from "../../config/streams";
-import { loadConfig, type IngestdConfig } from "../ops/config";
+import type { IngestdConfig } from "../ops/config";
+import { loadCheckedConfig } from "../security/checked-config";
 import { addMonths, createPartitions, dropPartitionsOlderThan, listPartitions, monthOf, parseMonth } from "../storage/partitions";
 import { UsageError } from "./usage-error";
 
@@ -96,7 +97,7 @@ export async function partitionsCommand(argv: string[]): Promise<number> {
     return 0;
   }
   try {
-    await runPartitions(loadConfig(), argv, process.stdout);
+    await runPartitions(loadCheckedConfig(), argv, process.stdout);
   } catch (err) {
     if (err instanceof UsageError) throw new UsageError(`${err.message}\n\n${PARTITIONS_HELP}`);
     throw err;

@@ -3,13 +3,13 @@
  * then startServer. Resolves once listening; from then on the signal handlers end the process.
  */
 import { parseArgs } from "node:util";
-import { loadConfig } from "../ops/config";
+import { loadCheckedConfig } from "../security/checked-config";
 import { createLogger } from "../ops/logger";
 import { notifySystemd, takeNotifySocket } from "../ops/sd-notify";
 
 export async function serveCommand(argv: string[]): Promise<void> {
   parseArgs({ args: argv, options: {} }); // serve takes no options: reject typos rather than ignore them
-  const config = loadConfig();
+  const config = loadCheckedConfig();
   const log = createLogger(config.logLevel);
   // Before anything is spawned: the embedded PostgreSQL must not inherit systemd's notify socket.
   takeNotifySocket();

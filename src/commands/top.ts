@@ -6,7 +6,8 @@
 import http from "node:http";
 import https from "node:https";
 import { parseArgs } from "node:util";
-import { loadConfig, type IngestdConfig } from "../ops/config";
+import type { IngestdConfig } from "../ops/config";
+import { loadCheckedConfig } from "../security/checked-config";
 import { UsageError } from "./usage-error";
 
 export interface TopOptions {
@@ -398,7 +399,7 @@ export async function topCommand(argv: string[]): Promise<number> {
     args: argv,
     options: { url: { type: "string" }, interval: { type: "string" }, once: { type: "boolean" } },
   });
-  const url = values.url ?? localUrl(loadConfig());
+  const url = values.url ?? localUrl(loadCheckedConfig());
   if (!/^https?:\/\/[^/]+/.test(url)) throw new UsageError(`--url: expected http://host:port, got ${JSON.stringify(url)}`);
   const intervalMs = values.interval === undefined ? 1000 : Number(values.interval);
   if (!Number.isInteger(intervalMs) || intervalMs < 100) throw new UsageError(`--interval: expected milliseconds >= 100, got ${JSON.stringify(values.interval)}`);

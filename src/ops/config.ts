@@ -138,20 +138,6 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, file = configPa
     const p = cfg[key];
     if (p !== null && !fs.existsSync(p)) throw new ConfigError(`${key}: file not found: ${p}`);
   }
-  // TLS (security): a bad certificate or key is named here, not left to uWS's "App construction failed".
-  if (cfg.tlsCert !== null && cfg.tlsKey !== null) {
-    const problem = (require("../security/tls-files") as typeof import("../security/tls-files")).tlsFilesProblem(cfg.tlsCert, cfg.tlsKey);
-    if (problem !== null) throw new ConfigError(problem);
-  }
-  // API keys (security): validated here too so check-config rejects a bad keys file like serve does (78).
-  if (cfg.apiKeysFile !== null || env.INGESTD_API_KEYS) {
-    const keys = require("../security/api-keys") as typeof import("../security/api-keys");
-    try {
-      keys.readKeyEntries(cfg.apiKeysFile, env.INGESTD_API_KEYS, keys.streamCatalog());
-    } catch (err) {
-      throw err instanceof keys.ApiKeysError ? new ConfigError(err.message) : err;
-    }
-  }
   if (cfg.hlogPath !== null && !fs.existsSync(path.dirname(path.resolve(cfg.hlogPath)))) {
     throw new ConfigError(`hlogPath: directory not found: ${path.dirname(path.resolve(cfg.hlogPath))}`);
   }
