@@ -14,7 +14,7 @@ import crypto from "node:crypto";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { configPath, type IngestdConfig } from "../src/ops/config";
+import { configPath, dedupStreams, type IngestdConfig } from "../src/ops/config";
 import { loadCheckedConfig } from "../src/security/checked-config";
 import { startBenchDb, type BenchDb } from "./bench-db";
 import { measureCopyCeiling, type CeilingResult } from "./copy-ceiling";
@@ -73,10 +73,11 @@ function dedupConfigFile(env: Record<string, string>, on: boolean): string {
   return file;
 }
 
-/** Whether the daemon deduplicates the bench stream, decided as src/front/server.ts does (not imported: it loads uWS). */
+/** Whether the daemon deduplicates the bench stream, decided as the daemon decides it. */
 function streamDedups(config: IngestdConfig | null): boolean {
   const stream = benchStream();
-  return stream.dedupKey !== undefined && (config?.deduplicate[BENCH_STREAM] ?? stream.dedupByDefault ?? false);
+  if (config === null) return stream.dedupKey !== undefined && (stream.dedupByDefault ?? false);
+  return dedupStreams(config, [stream]).includes(BENCH_STREAM);
 }
 
 function phaseSpec(name: PhaseName, o: BenchOptions): PhaseSpec {

@@ -4,9 +4,8 @@
  */
 import os from "node:os";
 import path from "node:path";
-import pg from "pg";
 import { streams } from "../../config/streams";
-import { ConfigError, type IngestdConfig } from "../ops/config";
+import { ConfigError, dedupStreams, type IngestdConfig } from "../ops/config";
 import { LatencyRecorder } from "../ops/latency";
 import { redactUrl, type Logger } from "../ops/logger";
 import { Metrics } from "../ops/metrics";
@@ -16,9 +15,9 @@ import { VERSION } from "../ops/version";
 import { ApiKeysError } from "../security/api-keys";
 import { Auth } from "../security/auth";
 import { BatchRegistry } from "../storage/batch-registry";
-import { Database } from "../storage/database";
+import { connectWithRetry, Database } from "../storage/database";
 import { startEmbeddedDb, type EmbeddedDb } from "../storage/embedded-db";
-import { dropPartitionsOlderThan, ensureMonthPartitions } from "../storage/partitions";
+import { startPartitionMaintenance } from "../storage/partition-maintenance";
 import { ensureSchema } from "../storage/schema";
 import { Dispatcher } from "./dispatcher";
 import { answer, answerError, markClosed } from "./http-responses";
@@ -47,64 +46,6 @@ export interface RunningServer {
    * interval log (logrotate).
    */
   reload(): void;
-}
-
-async function connectWithRetry(url: string, log: Logger, deadlineMs: number): Promise<pg.Client> {
-  const started = Date.now();
-  for (let attempt = 1; ; attempt++) {
-    const client = new pg.Client({ connectionString: url, connectionTimeoutMillis: 3000 });
-    try {
-      await client.connect();
-      return client;
-    } catch (err) {
-      await client.end().catch(() => undefined);
-      if (Date.now() - started > deadlineMs) throw new Error(`cannot connect to PostgreSQL at ${redactUrl(url)}: ${(err as Error).message}`);
-      log.warn({ attempt, err: (err as Error).message }, "PostgreSQL not reachable yet, retrying");
-      await new Promise((r) => setTimeout(r, Math.min(2000, 200 * attempt)));
-    }
-  }
-}
-
-/** Streams that deduplicate: each stream's default, overridden by the `deduplicate` setting. */
-export function dedupStreams(config: IngestdConfig): string[] {
-  return streams
-    .filter((s) => s.dedupKey !== undefined && (config.deduplicate[s.name] ?? s.dedupByDefault ?? false))
-    .map((s) => s.name);
-}
-
-/**
- * Creates next month's partitions well before the boundary and applies retention, on a timer. A missed
- * run is harmless: the default partition catches rows, and creating a partition moves them out of it.
- */
-function startPartitionMaintenance(db: Database, config: IngestdConfig, log: Logger): NodeJS.Timeout {
-  const run = async () => {
-    const client = await db.pool.connect().catch(() => null);
-    if (!client) return;
-    // A checked-out client has no pool error listener: PostgreSQL going away between two statements
-    // would otherwise be an unhandled 'error' event that takes the whole daemon down.
-    let lost: Error | undefined;
-    const onError = (err: Error) => {
-      lost = err;
-    };
-    client.on("error", onError);
-    try {
-      const created = await ensureMonthPartitions(client, config.dbSchema, streams);
-      if (created.length > 0) log.info({ created }, "partitions created");
-      if (config.retentionMonths !== null) {
-        const dropped = await dropPartitionsOlderThan(client, config.dbSchema, streams, config.retentionMonths);
-        if (dropped.length > 0) log.info({ dropped, retention_months: config.retentionMonths }, "partitions dropped by retention");
-      }
-    } catch (err) {
-      log.error({ err: (err as Error).message }, "partition maintenance failed");
-    } finally {
-      client.removeListener("error", onError);
-      client.release(lost); // a lost connection is discarded, not returned to the pool
-    }
-  };
-  void run();
-  const timer = setInterval(run, config.partitionCheckMinutes * 60_000);
-  timer.unref();
-  return timer;
 }
 
 export async function startServer(config: IngestdConfig, log: Logger): Promise<RunningServer> {
@@ -139,7 +80,7 @@ export async function startServer(config: IngestdConfig, log: Logger): Promise<R
   }
 
   const db = new Database({ connectionString: databaseUrl, probeIntervalMs: 1000 });
-  const maintenance = startPartitionMaintenance(db, config, log);
+  const maintenance = startPartitionMaintenance(db, config, streams, log);
   await db.probe();
   db.startProbing();
   db.onChange((up) => (up ? log.info("database reachable again") : log.error({ err: db.error }, "database unreachable")));
@@ -177,7 +118,7 @@ export async function startServer(config: IngestdConfig, log: Logger): Promise<R
       maxBatchBytes: config.maxBatchMemoryMb * 1024 * 1024,
       stallTimeoutMs: config.overloadDeadlineMs,
       maxErrorsReported: config.maxErrorsReported,
-      dedupStreams: dedupStreams(config),
+      dedupStreams: dedupStreams(config, streams),
     },
   });
 

@@ -1,6 +1,7 @@
 import fs from "node:fs";
 import path from "node:path";
 import typia, { tags } from "typia";
+import type { StreamDefinition } from "../shared/stream-definition";
 
 type Int = number & tags.Type<"int32">;
 type Port = Int & tags.Minimum<0> & tags.Maximum<65535>;
@@ -169,4 +170,11 @@ function setPath(target: Record<string, unknown>, key: string, value: unknown): 
     node = node[part] as Record<string, unknown>;
   }
   node[parts[parts.length - 1]] = value;
+}
+
+/** Streams that deduplicate: each stream's default, overridden by the `deduplicate` setting. */
+export function dedupStreams(config: IngestdConfig, streams: readonly StreamDefinition[]): string[] {
+  return streams
+    .filter((s) => s.dedupKey !== undefined && (config.deduplicate[s.name] ?? s.dedupByDefault ?? false))
+    .map((s) => s.name);
 }

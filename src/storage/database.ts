@@ -3,6 +3,7 @@
  * goes through it; each worker has its own COPY connection.
  */
 import pg from "pg";
+import { redactUrl, type Logger } from "../ops/logger";
 
 export interface DatabaseOptions {
   connectionString: string;
@@ -73,5 +74,22 @@ export class Database {
     if (this.probeTimer) clearTimeout(this.probeTimer);
     this.probeTimer = null;
     await this.pool.end().catch(() => undefined);
+  }
+}
+
+/** One connection for start-up work, retried while PostgreSQL is still coming up (a fresh VM, a restart). */
+export async function connectWithRetry(url: string, log: Logger, deadlineMs: number): Promise<pg.Client> {
+  const started = Date.now();
+  for (let attempt = 1; ; attempt++) {
+    const client = new pg.Client({ connectionString: url, connectionTimeoutMillis: 3000 });
+    try {
+      await client.connect();
+      return client;
+    } catch (err) {
+      await client.end().catch(() => undefined);
+      if (Date.now() - started > deadlineMs) throw new Error(`cannot connect to PostgreSQL at ${redactUrl(url)}: ${(err as Error).message}`);
+      log.warn({ attempt, err: (err as Error).message }, "PostgreSQL not reachable yet, retrying");
+      await new Promise((r) => setTimeout(r, Math.min(2000, 200 * attempt)));
+    }
   }
 }
