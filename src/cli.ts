@@ -1,10 +1,12 @@
 #!/usr/bin/env node
 /**
  * The `ingestd` command: serve, top, check-config, partitions, bench.
- * Exit statuses: 0 ok, 1 runtime failure, 64 usage error, 78 configuration error.
+ * Exit statuses: 0 ok, 1 runtime failure, 64 usage error, 69 embedded database unavailable, 78 configuration
+ * error.
  */
 import { parseArgs } from "node:util";
 import { ConfigError, EX_CONFIG, loadConfig, configPath, type IngestdConfig } from "./config";
+import { EmbeddedDbError, EX_UNAVAILABLE } from "./embedded-db";
 import { createLogger } from "./logger";
 import { notifySystemd, takeNotifySocket } from "./sd-notify";
 
@@ -36,7 +38,8 @@ WORKERS, RING_MB, BATCH_SIZE, BATCH_TIMEOUT_MS, MAX_BATCH_MEMORY_MB, MAX_BODY_MB
 TLS_CERT, TLS_KEY, LOG_LEVEL, HLOG_PATH. Without DATABASE_URL an embedded PostgreSQL runs under ./.data/.
 
 Endpoints: /health, /stats, /metrics (Prometheus), /v1/latency (HDR percentiles).
-Exit status: 0 ok, 1 failure, 64 usage error, 78 configuration error.
+Exit status: 0 ok, 1 failure, 64 usage error, 69 the embedded PostgreSQL cannot start (the message says
+why; DATABASE_URL avoids it), 78 configuration error.
 `;
 
 async function serve(argv: string[]): Promise<void> {
@@ -194,6 +197,12 @@ main(process.argv.slice(2)).catch((err: unknown) => {
   if (err instanceof ConfigError) {
     process.stderr.write(`ingestd: ${err.message}\n`);
     process.exit(EX_CONFIG);
+  }
+  // The database cannot start here (no postgres user, read-only disk, port taken): the cause and the fix
+  // in one line; a stack trace would only bury them.
+  if (err instanceof EmbeddedDbError) {
+    process.stderr.write(`ingestd: ${err.message}\n`);
+    process.exit(EX_UNAVAILABLE);
   }
   // parseArgs reports unknown options and missing values with these codes.
   const code = (err as { code?: string })?.code;
