@@ -16,6 +16,7 @@ import os from "node:os";
 import path from "node:path";
 import { configPath, dedupStreams, type IngestdConfig } from "../src/ops/config";
 import { loadCheckedConfig } from "../src/security/checked-config";
+import { EmbeddedDbError, EX_UNAVAILABLE } from "../src/storage/embedded-db";
 import { startBenchDb, type BenchDb } from "./bench-db";
 import { measureCopyCeiling, type CeilingResult } from "./copy-ceiling";
 import { ROOT, startDaemon, type DaemonProcess } from "./daemon-process";
@@ -125,6 +126,10 @@ async function runFromArgv(argv: string[]): Promise<number> {
     const report = await runWithOptions(options, process.stdout);
     return report.verified ? 0 : 1;
   } catch (err) {
+    if (err instanceof EmbeddedDbError) {
+      process.stderr.write(`bench failed: ${err.message}\n`);
+      return EX_UNAVAILABLE;
+    }
     process.stderr.write(`bench failed: ${(err as Error)?.stack ?? String(err)}\n`);
     return 1;
   }

@@ -1,11 +1,12 @@
 #!/usr/bin/env node
 /**
  * The `ingestd` command: picks the command, runs it from src/commands/, and maps errors to exit statuses:
- * 0 ok, 1 runtime failure, 64 usage error, 78 configuration error.
+ * 0 ok, 1 runtime failure, 64 usage error, 69 embedded database unavailable, 78 configuration error.
  */
 import { ConfigError, EX_CONFIG } from "./ops/config";
 import { VERSION } from "./ops/version";
 import { EX_USAGE, UsageError } from "./commands/usage-error";
+import { EmbeddedDbError, EX_UNAVAILABLE } from "./storage/embedded-db";
 
 const HELP = `ingestd — high-throughput event ingestion daemon
 
@@ -31,7 +32,8 @@ WORKERS, RING_MB, BATCH_SIZE, BATCH_TIMEOUT_MS, MAX_BATCH_MEMORY_MB, MAX_BODY_MB
 TLS_CERT, TLS_KEY, LOG_LEVEL, HLOG_PATH. Without DATABASE_URL an embedded PostgreSQL runs under ./.data/.
 
 Endpoints: /health, /stats, /metrics (Prometheus), /v1/latency (HDR percentiles).
-Exit status: 0 ok, 1 failure, 64 usage error, 78 configuration error.
+Exit status: 0 ok, 1 failure, 64 usage error, 69 the embedded PostgreSQL cannot start (the message says
+why; DATABASE_URL avoids it), 78 configuration error.
 `;
 
 /** A command resolves to its exit status, or to nothing when it keeps running (serve). */
@@ -77,6 +79,12 @@ main(process.argv.slice(2)).catch((err: unknown) => {
   if (err instanceof ConfigError) {
     process.stderr.write(`ingestd: ${err.message}\n`);
     process.exit(EX_CONFIG);
+  }
+  // The database cannot start here (no postgres user, read-only disk, port taken): the cause and the fix
+  // in one line; a stack trace would only bury them.
+  if (err instanceof EmbeddedDbError) {
+    process.stderr.write(`ingestd: ${err.message}\n`);
+    process.exit(EX_UNAVAILABLE);
   }
   // parseArgs reports unknown options and missing values with these codes.
   const code = (err as { code?: string })?.code;

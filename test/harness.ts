@@ -42,7 +42,7 @@ export async function startTestDb(): Promise<TestDb> {
     query: (sql, params) => pool.query(sql, params as any[]),
     async close() {
       await pool.end().catch(() => undefined);
-      await server.stop().catch(() => undefined);
+      await server.remove().catch(() => undefined);
       fs.rmSync(dir, { recursive: true, force: true });
     },
   };
@@ -62,7 +62,10 @@ export interface Daemon {
 }
 
 export interface DaemonOptions {
+  /** "" runs the daemon's own embedded PostgreSQL under its DATA_DIR. */
   databaseUrl: string;
+  /** The checkout to run from (its dist/src/cli.js, in its directory); default this one. */
+  root?: string;
   env?: Record<string, string>;
   args?: string[];
   /** How long to wait for the listening line. */
@@ -71,8 +74,9 @@ export interface DaemonOptions {
 
 /** Starts the real daemon on a free port and resolves once it logs that it is listening. */
 export async function startDaemon(options: DaemonOptions): Promise<Daemon> {
-  const child = spawn(process.execPath, [CLI, ...(options.args ?? ["serve"])], {
-    cwd: ROOT,
+  const root = options.root ?? ROOT;
+  const child = spawn(process.execPath, [path.join(root, "dist/src/cli.js"), ...(options.args ?? ["serve"])], {
+    cwd: root,
     env: {
       ...process.env,
       DATABASE_URL: options.databaseUrl,

@@ -67,9 +67,13 @@ export async function startServer(config: IngestdConfig, log: Logger): Promise<R
   if (databaseUrl === null) {
     const dir = path.resolve(config.dataDir);
     log.info({ dir }, "no DATABASE_URL: starting embedded PostgreSQL");
-    embedded = await startEmbeddedDb({ dir, log: (line) => log.debug({ postgres: line }) });
+    embedded = await startEmbeddedDb({
+      dir,
+      log: (line) => log.debug({ postgres: line }),
+      notice: (message, fields) => log.info(fields, message),
+    });
     databaseUrl = embedded.url;
-    log.info({ port: embedded.port }, "embedded PostgreSQL ready");
+    log.info({ port: embedded.port, data_dir: embedded.dataDir, binaries: embedded.binDir }, "embedded PostgreSQL ready");
   }
 
   const schemaClient = await connectWithRetry(databaseUrl, log, 30_000);

