@@ -4,29 +4,20 @@
  * held `pending` deterministically by locking the table its commit needs, then released.
  */
 import assert from "node:assert/strict";
-import { after, before, describe, test } from "node:test";
+import { describe, test } from "node:test";
 import pg from "pg";
-import { event, get, openWs, post, startDaemon, startTestDb, waitFor, type Daemon, type TestDb } from "./harness";
+import { useDaemon } from "./fixture";
+import { event, get, openWs, post, waitFor } from "./harness";
 
-let db: TestDb;
-let daemon: Daemon;
-const extra: Daemon[] = [];
+const fx = useDaemon();
 const clients: pg.Client[] = [];
-
-before(async () => {
-  db = await startTestDb();
-  daemon = await startDaemon({ databaseUrl: db.url });
-});
-
-after(async () => {
+fx.teardown(async () => {
   for (const c of clients) await c.end().catch(() => undefined);
-  for (const d of [daemon, ...extra]) await d?.stop().catch(() => undefined);
-  await db?.close().catch(() => undefined);
 });
 
 const STATUS_KEYS = ["accepted", "batch_id", "committed_at", "created_at", "duplicates", "received", "rejected", "status", "stream"];
 
-async function status(id: string, base = daemon.base) {
+async function status(id: string, base = fx.daemon.base) {
   const a = await get(`${base}/v1/batches/${encodeURIComponent(id)}`);
   const b = await get(`${base}/v1/batch/${encodeURIComponent(id)}/status`);
   assert.equal(a.status, b.status, "both routes answer alike");
@@ -46,7 +37,7 @@ async function pollUntilSettled(id: string, timeoutMs = 15_000) {
 
 /** A connection of the test's own that holds a lock on `table` until release() (commit of its transaction). */
 async function lockTable(table: string): Promise<{ release(): Promise<void> }> {
-  const client = new pg.Client({ connectionString: db.url });
+  const client = new pg.Client({ connectionString: fx.db.url });
   clients.push(client);
   await client.connect();
   await client.query("BEGIN");
@@ -62,7 +53,7 @@ describe("the bookkeeping tables", () => {
   test("ingest_batches and ingest_dead_letters have the columns and types of SPEC §3 and §5", async () => {
     const columns = async (table: string) =>
       Object.fromEntries(
-        (await db.query(`SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = 'public' AND table_name = $1`, [table])).rows.map((r) => [r.column_name, r.data_type]),
+        (await fx.db.query(`SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = 'public' AND table_name = $1`, [table])).rows.map((r) => [r.column_name, r.data_type]),
       );
     assert.deepEqual(await columns("ingest_dead_letters"), {
       id: "bigint", stream: "text", source: "text", batch_id: "text", record_index: "integer", line: "integer", raw: "text", errors: "jsonb", received_at: "timestamp with time zone",
@@ -77,7 +68,7 @@ describe("the bookkeeping tables", () => {
 describe("GET /v1/batches/{id} and /v1/batch/{id}/status", () => {
   test("a committed request: every field, the same on both routes", async () => {
     const before = Date.now();
-    const res = await post(`${daemon.base}/v1/streams/events/events`, JSON.stringify([event("st-1"), event("st-2")]));
+    const res = await post(`${fx.daemon.base}/v1/streams/events/events`, JSON.stringify([event("st-1"), event("st-2")]));
     assert.equal(res.status, 200, res.text);
     const s = await status(res.json.batch_id);
     assert.equal(s.status, 200, s.text);
@@ -93,20 +84,20 @@ describe("GET /v1/batches/{id} and /v1/batch/{id}/status", () => {
   });
 
   test("partial (some records refused), failed (all refused), failed (unparseable body), duplicates counted", async () => {
-    const partial = await post(`${daemon.base}/v1/streams/events/events`, JSON.stringify([event("st-3"), event("")]));
+    const partial = await post(`${fx.daemon.base}/v1/streams/events/events`, JSON.stringify([event("st-3"), event("")]));
     assert.equal(partial.status, 207, partial.text);
     const p = await status(partial.json.batch_id);
     assert.equal(p.status, 200, p.text);
     assert.equal(p.json.status, "partial");
     assert.deepEqual([p.json.received, p.json.accepted, p.json.rejected, p.json.duplicates], [2, 1, 1, 0]);
 
-    const none = await post(`${daemon.base}/v1/streams/logs/events`, JSON.stringify([{ service_name: "x", severity: "NOPE", message: "m" }]));
+    const none = await post(`${fx.daemon.base}/v1/streams/logs/events`, JSON.stringify([{ service_name: "x", severity: "NOPE", message: "m" }]));
     assert.equal(none.status, 422, none.text);
     const n = await status(none.json.batch_id);
     assert.equal(n.json.status, "failed");
     assert.deepEqual([n.json.stream, n.json.received, n.json.accepted, n.json.rejected], ["logs", 1, 0, 1]);
 
-    const broken = await post(`${daemon.base}/v1/streams/events/events`, "{not json");
+    const broken = await post(`${fx.daemon.base}/v1/streams/events/events`, "{not json");
     assert.equal(broken.status, 400, broken.text);
     assert.equal(typeof broken.json.batch_id, "string");
     const b = await waitFor("the unparseable body's status", async () => {
@@ -116,7 +107,7 @@ describe("GET /v1/batches/{id} and /v1/batch/{id}/status", () => {
     assert.equal(b.status, "failed");
     assert.equal(b.accepted, 0);
 
-    const dup = await post(`${daemon.base}/v1/streams/events/events`, JSON.stringify([event("st-1"), event("st-4")]));
+    const dup = await post(`${fx.daemon.base}/v1/streams/events/events`, JSON.stringify([event("st-1"), event("st-4")]));
     assert.equal(dup.status, 200, dup.text);
     const d = await status(dup.json.batch_id);
     assert.equal(d.json.status, "committed", "a duplicate is not an error");
@@ -124,7 +115,7 @@ describe("GET /v1/batches/{id} and /v1/batch/{id}/status", () => {
   });
 
   test("an unknown batch id → 404 on both routes", async () => {
-    for (const url of [`${daemon.base}/v1/batches/no-such-batch`, `${daemon.base}/v1/batch/no-such-batch/status`]) {
+    for (const url of [`${fx.daemon.base}/v1/batches/no-such-batch`, `${fx.daemon.base}/v1/batch/no-such-batch/status`]) {
       const res = await get(url);
       assert.equal(res.status, 404, res.text);
       assert.equal(res.json.status, "error");
@@ -132,13 +123,13 @@ describe("GET /v1/batches/{id} and /v1/batch/{id}/status", () => {
   });
 
   test("POST /v1/ingest/batch with the producer's batch_id: its status is found under that id and under the request id", async () => {
-    const res = await post(`${daemon.base}/v1/ingest/batch`, JSON.stringify({ events: [event("pb-1"), event("pb-2", { payload: 1 })], batch_id: "producer-batch-7", priority: 3 }));
+    const res = await post(`${fx.daemon.base}/v1/ingest/batch`, JSON.stringify({ events: [event("pb-1"), event("pb-2", { payload: 1 })], batch_id: "producer-batch-7", priority: 3 }));
     assert.equal(res.status, 207, res.text);
     assert.equal(res.json.batch_id, "producer-batch-7");
     const s = await status("producer-batch-7");
     assert.equal(s.status, 200, s.text);
     assert.deepEqual([s.json.batch_id, s.json.status, s.json.accepted, s.json.rejected], ["producer-batch-7", "partial", 1, 1]);
-    const dead = await db.query(`SELECT batch_id, record_index FROM ingest_dead_letters WHERE batch_id = 'producer-batch-7'`);
+    const dead = await fx.db.query(`SELECT batch_id, record_index FROM ingest_dead_letters WHERE batch_id = 'producer-batch-7'`);
     assert.deepEqual(dead.rows, [{ batch_id: "producer-batch-7", record_index: 1 }], "dead letters carry the producer's batch id");
   });
 });
@@ -148,7 +139,7 @@ describe("Prefer: respond-async", () => {
     const lock = await lockTable("events_dedup");
     let released = false;
     try {
-      const res = await post(`${daemon.base}/v1/streams/events/events`, JSON.stringify([event("as-1"), event("as-2")]), "application/json", { prefer: "respond-async" });
+      const res = await post(`${fx.daemon.base}/v1/streams/events/events`, JSON.stringify([event("as-1"), event("as-2")]), "application/json", { prefer: "respond-async" });
       assert.equal(res.status, 202, res.text);
       assert.deepEqual(Object.keys(res.json).sort(), ["batch_id", "status", "stream"]);
       assert.equal(res.json.status, "accepted");
@@ -162,13 +153,13 @@ describe("Prefer: respond-async", () => {
         assert.equal(s.json.committed_at, null);
         await new Promise((r) => setTimeout(r, 100));
       }
-      assert.equal(Number((await db.query(`SELECT count(*) AS n FROM events WHERE event_id LIKE 'as-%'`)).rows[0].n), 0, "nothing committed yet");
+      assert.equal(Number((await fx.db.query(`SELECT count(*) AS n FROM events WHERE event_id LIKE 'as-%'`)).rows[0].n), 0, "nothing committed yet");
       await lock.release();
       released = true;
       const settled = await pollUntilSettled(id);
       assert.equal(settled.status, "committed");
       assert.equal(settled.accepted, 2);
-      assert.equal(Number((await db.query(`SELECT count(*) AS n FROM events WHERE event_id LIKE 'as-%'`)).rows[0].n), 2);
+      assert.equal(Number((await fx.db.query(`SELECT count(*) AS n FROM events WHERE event_id LIKE 'as-%'`)).rows[0].n), 2);
     } finally {
       if (!released) await lock.release();
     }
@@ -179,7 +170,7 @@ describe("Prefer: respond-async", () => {
     let released = false;
     try {
       const body = ["O|70001|1|O|10.00|1996-01-02|5-LOW|Clerk#1|0|async", "L|70001|1|1|1|1.00|1.00|0.00|0.00|N|O|1996-01-03|1996-01-03|1996-01-03|NONE|AIR|ok", "L|79999|1|1|1|1.00|1.00|0.00|0.00|N|O|1996-01-03|1996-01-03|1996-01-03|NONE|AIR|orphan"].join("\n");
-      const res = await post(`${daemon.base}/ingest/batch`, body, "text/plain", { prefer: "respond-async" });
+      const res = await post(`${fx.daemon.base}/ingest/batch`, body, "text/plain", { prefer: "respond-async" });
       assert.equal(res.status, 202, res.text);
       const id = res.json.batch_id;
       assert.equal((await status(id)).json.status, "pending");
@@ -187,7 +178,7 @@ describe("Prefer: respond-async", () => {
       released = true;
       const settled = await pollUntilSettled(id);
       assert.deepEqual([settled.status, settled.received, settled.accepted, settled.rejected], ["partial", 3, 2, 1]);
-      const dead = await db.query(`SELECT stream, line, raw, errors FROM ingest_dead_letters WHERE batch_id = $1`, [id]);
+      const dead = await fx.db.query(`SELECT stream, line, raw, errors FROM ingest_dead_letters WHERE batch_id = $1`, [id]);
       assert.equal(dead.rows.length, 1);
       assert.equal(dead.rows[0].stream, "lineitem");
       assert.equal(dead.rows[0].line, 3);
@@ -203,7 +194,7 @@ describe("Prefer: respond-async", () => {
     async () => {
       const lock = await lockTable("events_dedup");
       try {
-        const res = await post(`${daemon.base}/v1/ingest/batch`, JSON.stringify({ events: [event("pa-1")], batch_id: "producer-async-1" }), "application/json", { prefer: "respond-async" });
+        const res = await post(`${fx.daemon.base}/v1/ingest/batch`, JSON.stringify({ events: [event("pa-1")], batch_id: "producer-async-1" }), "application/json", { prefer: "respond-async" });
         assert.equal(res.status, 202, res.text);
         const byRequestId = await status(res.json.batch_id);
         assert.equal(byRequestId.json.status, "pending", "the 202's id is pending");
@@ -221,7 +212,7 @@ describe("Prefer: respond-async", () => {
     const ids: string[] = [];
     for (let i = 0; i < 20; i++) {
       const records = Array.from({ length: i + 1 }, (_, j) => event(`many-${i}-${j}`));
-      const res = await post(`${daemon.base}/v1/streams/events/events`, JSON.stringify(records), "application/json", { prefer: "respond-async" });
+      const res = await post(`${fx.daemon.base}/v1/streams/events/events`, JSON.stringify(records), "application/json", { prefer: "respond-async" });
       assert.equal(res.status, 202, res.text);
       ids.push(res.json.batch_id);
     }
@@ -234,13 +225,13 @@ describe("Prefer: respond-async", () => {
 
 describe("dead letters from every path", () => {
   test("a WebSocket frame's refused records: source ws, stream of the connection, raw record and errors", async () => {
-    const ws = await openWs(`${daemon.wsBase}/v1/ws?stream=logs`);
+    const ws = await openWs(`${fx.daemon.wsBase}/v1/ws?stream=logs`);
     try {
       ws.send(JSON.stringify([{ service_name: "ws-dl", severity: "INFO", message: "ok" }, { service_name: "ws-dl", severity: "LOUD", message: "bad" }]));
       const [ack] = await ws.waitForAcks(1);
       assert.deepEqual([ack.accepted, ack.rejected], [1, 1]);
       const dead = await waitFor("the ws dead letter", async () => {
-        const r = await db.query(`SELECT stream, source, record_index, raw, errors FROM ingest_dead_letters WHERE raw LIKE '%"LOUD"%'`);
+        const r = await fx.db.query(`SELECT stream, source, record_index, raw, errors FROM ingest_dead_letters WHERE raw LIKE '%"LOUD"%'`);
         return r.rows.length > 0 ? r.rows : null;
       });
       assert.equal(dead.length, 1);
@@ -256,10 +247,10 @@ describe("dead letters from every path", () => {
 
   test("an unparseable body is one dead letter holding the body as received", async () => {
     const body = '[{"event_id": "x", truncated';
-    const res = await post(`${daemon.base}/v1/streams/events/events`, body);
+    const res = await post(`${fx.daemon.base}/v1/streams/events/events`, body);
     assert.equal(res.status, 400, res.text);
     const dead = await waitFor("the body's dead letter", async () => {
-      const r = await db.query(`SELECT stream, record_index, line, raw, errors FROM ingest_dead_letters WHERE batch_id = $1`, [res.json.batch_id]);
+      const r = await fx.db.query(`SELECT stream, record_index, line, raw, errors FROM ingest_dead_letters WHERE batch_id = $1`, [res.json.batch_id]);
       return r.rows.length > 0 ? r.rows : null;
     });
     assert.equal(dead.length, 1);
@@ -269,10 +260,10 @@ describe("dead letters from every path", () => {
 
   test("the count of dead letters of a request equals its `rejected`", async () => {
     const records = Array.from({ length: 50 }, (_, i) => (i % 5 === 0 ? event(`cnt-${i}`, { event_type: "" }) : event(`cnt-${i}`)));
-    const res = await post(`${daemon.base}/v1/streams/events/events`, JSON.stringify(records));
+    const res = await post(`${fx.daemon.base}/v1/streams/events/events`, JSON.stringify(records));
     assert.equal(res.status, 207, res.text);
     assert.equal(res.json.rejected, 10);
-    const dead = await db.query(`SELECT record_index FROM ingest_dead_letters WHERE batch_id = $1 ORDER BY record_index`, [res.json.batch_id]);
+    const dead = await fx.db.query(`SELECT record_index FROM ingest_dead_letters WHERE batch_id = $1 ORDER BY record_index`, [res.json.batch_id]);
     assert.deepEqual(dead.rows.map((r) => r.record_index), [0, 5, 10, 15, 20, 25, 30, 35, 40, 45]);
   });
 });
@@ -280,13 +271,13 @@ describe("dead letters from every path", () => {
 describe("batch status survives a restart of the daemon", () => {
   test("stop the daemon, start a new one on the same database: the same answers for every batch", async () => {
     const ids: string[] = [];
-    const a = await post(`${daemon.base}/v1/streams/events/events`, JSON.stringify([event("rs-1")]));
-    const b = await post(`${daemon.base}/v1/streams/events/events`, JSON.stringify([event("rs-2"), event("rs-3", { payload: null })]));
-    const c = await post(`${daemon.base}/ingest/batch`, "O|71001|1|O|10.00|1996-01-02|5-LOW|Clerk#1|0|restart\nL|71999|1|1|1|1.00|1.00|0.00|0.00|N|O|1996-01-03|1996-01-03|1996-01-03|NONE|AIR|x", "text/plain");
-    const d = await post(`${daemon.base}/v1/ingest/batch`, JSON.stringify({ events: [event("rs-4")], batch_id: "restart-producer-id" }));
+    const a = await post(`${fx.daemon.base}/v1/streams/events/events`, JSON.stringify([event("rs-1")]));
+    const b = await post(`${fx.daemon.base}/v1/streams/events/events`, JSON.stringify([event("rs-2"), event("rs-3", { payload: null })]));
+    const c = await post(`${fx.daemon.base}/ingest/batch`, "O|71001|1|O|10.00|1996-01-02|5-LOW|Clerk#1|0|restart\nL|71999|1|1|1|1.00|1.00|0.00|0.00|N|O|1996-01-03|1996-01-03|1996-01-03|NONE|AIR|x", "text/plain");
+    const d = await post(`${fx.daemon.base}/v1/ingest/batch`, JSON.stringify({ events: [event("rs-4")], batch_id: "restart-producer-id" }));
     ids.push(a.json.batch_id, b.json.batch_id, "restart-producer-id");
     assert.deepEqual([a.status, b.status, c.status, d.status], [200, 207, 207, 200]);
-    const tpchId = (await db.query(`SELECT batch_id FROM ingest_batches WHERE stream = 'tpch' ORDER BY committed_at DESC LIMIT 1`)).rows[0].batch_id;
+    const tpchId = (await fx.db.query(`SELECT batch_id FROM ingest_batches WHERE stream = 'tpch' ORDER BY committed_at DESC LIMIT 1`)).rows[0].batch_id;
     ids.push(tpchId);
     const beforeViews = [];
     for (const id of ids) {
@@ -296,14 +287,14 @@ describe("batch status survives a restart of the daemon", () => {
     }
     assert.deepEqual(beforeViews.map((v) => v.status), ["committed", "partial", "committed", "partial"]);
 
-    const { code } = await daemon.stop();
+    const { code } = await fx.daemon.stop();
     assert.equal(code, 0);
-    daemon = await startDaemon({ databaseUrl: db.url });
+    await fx.restart();
     for (let i = 0; i < ids.length; i++) {
       const s = await status(ids[i]);
       assert.equal(s.status, 200, s.text);
       assert.deepEqual(s.json, beforeViews[i], `batch ${ids[i]} after the restart`);
     }
-    assert.equal((await get(`${daemon.base}/v1/batches/never-seen`)).status, 404);
+    assert.equal((await get(`${fx.daemon.base}/v1/batches/never-seen`)).status, 404);
   });
 });

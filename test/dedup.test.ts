@@ -8,23 +8,14 @@ import assert from "node:assert/strict";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { after, before, describe, test } from "node:test";
+import { after, describe, test } from "node:test";
 import pg from "pg";
-import { ROOT, event, openWs, post, startDaemon, startTestDb, type Daemon, type TestDb } from "./harness";
+import { useDaemon } from "./fixture";
+import { ROOT, event, openWs, post, type Daemon } from "./harness";
 
-let db: TestDb;
-let daemon: Daemon;
-const extraDaemons: Daemon[] = [];
+const fx = useDaemon();
 const tmpFiles: string[] = [];
-
-before(async () => {
-  db = await startTestDb();
-  daemon = await startDaemon({ databaseUrl: db.url });
-});
-
-after(async () => {
-  for (const d of [daemon, ...extraDaemons]) await d?.stop().catch(() => undefined);
-  await db?.close().catch(() => undefined);
+after(() => {
   for (const f of tmpFiles) fs.rmSync(f, { force: true });
 });
 
@@ -32,14 +23,14 @@ let dbCounter = 0;
 /** A new empty database in the test's cluster. */
 async function createDatabase(): Promise<{ url: string; query: (sql: string, params?: unknown[]) => Promise<pg.QueryResult> }> {
   const name = `dedup_extra_${process.pid}_${++dbCounter}`;
-  const admin = new pg.Client({ connectionString: db.server.url });
+  const admin = new pg.Client({ connectionString: fx.db.server.url });
   await admin.connect();
   try {
     await admin.query(`CREATE DATABASE ${name}`);
   } finally {
     await admin.end();
   }
-  const url = db.server.url.replace(/\/postgres$/, `/${name}`);
+  const url = fx.db.server.url.replace(/\/postgres$/, `/${name}`);
   return {
     url,
     async query(sql, params) {
@@ -83,7 +74,7 @@ function chunk<T>(items: T[], size: number): T[][] {
 
 const sum = (xs: any[], key: string) => xs.reduce((n, x) => n + x[key], 0);
 
-async function countEvents(prefix: string, q: (sql: string, params?: unknown[]) => Promise<pg.QueryResult> = db.query): Promise<{ rows: number; distinct: number }> {
+async function countEvents(prefix: string, q: (sql: string, params?: unknown[]) => Promise<pg.QueryResult> = fx.db.query): Promise<{ rows: number; distinct: number }> {
   const { rows } = await q(`SELECT count(*)::int AS rows, count(DISTINCT event_id)::int AS distinct FROM events WHERE event_id LIKE $1 || '%'`, [prefix]);
   return rows[0];
 }
@@ -96,8 +87,8 @@ describe("the same 10,000 event ids sent three times", () => {
     const framesA = chunk(records, 250).map((c) => JSON.stringify(c));
     const framesB = chunk(records, 200).map((c) => c.map((r) => JSON.stringify(r)).join("\n"));
     const [acksA, acksB] = await Promise.all([
-      sendOverWs(`${daemon.wsBase}/v1/ws?stream=events`, framesA),
-      sendOverWs(`${daemon.wsBase}/v1/ws?stream=events`, framesB),
+      sendOverWs(`${fx.daemon.wsBase}/v1/ws?stream=events`, framesA),
+      sendOverWs(`${fx.daemon.wsBase}/v1/ws?stream=events`, framesB),
     ]);
     const ws = [...acksA, ...acksB];
     assert.equal(sum(ws, "rejected"), 0);
@@ -106,33 +97,33 @@ describe("the same 10,000 event ids sent three times", () => {
     acksA.forEach((a, i) => assert.equal(a.accepted + a.duplicates, JSON.parse(framesA[i]).length, `frame A${i + 1}`));
     acksB.forEach((a, i) => assert.equal(a.accepted + a.duplicates, framesB[i].split("\n").length, `frame B${i + 1}`));
 
-    const http = await Promise.all(chunk(records, 1000).map((c) => post(`${daemon.base}/v1/streams/events/events`, JSON.stringify(c))));
+    const http = await Promise.all(chunk(records, 1000).map((c) => post(`${fx.daemon.base}/v1/streams/events/events`, JSON.stringify(c))));
     for (const res of http) assert.equal(res.status, 200, res.text);
     const answers = http.map((r) => r.json);
     assert.equal(sum(answers, "accepted"), 0);
     assert.equal(sum(answers, "duplicates"), 10_000);
 
     assert.deepEqual(await countEvents("dd-"), { rows: 10_000, distinct: 10_000 });
-    const dedup = await db.query(`SELECT count(*)::int AS n FROM events_dedup WHERE event_id LIKE 'dd-%'`);
+    const dedup = await fx.db.query(`SELECT count(*)::int AS n FROM events_dedup WHERE event_id LIKE 'dd-%'`);
     assert.equal(dedup.rows[0].n, 10_000);
     // The batch outcomes agree with the answers.
-    const batches = await db.query(`SELECT sum(accepted)::int AS accepted, sum(duplicates)::int AS duplicates FROM ingest_batches WHERE batch_id = ANY($1)`, [answers.map((a) => a.batch_id)]);
+    const batches = await fx.db.query(`SELECT sum(accepted)::int AS accepted, sum(duplicates)::int AS duplicates FROM ingest_batches WHERE batch_id = ANY($1)`, [answers.map((a) => a.batch_id)]);
     assert.deepEqual(batches.rows[0], { accepted: 0, duplicates: 10_000 });
   });
 });
 
 describe("duplicates in other shapes", () => {
   test("within one request: the first copy is stored, the later ones are duplicates", async () => {
-    const res = await post(`${daemon.base}/v1/streams/events/events`, JSON.stringify([event("in-a", { payload: { copy: 1 } }), event("in-a", { payload: { copy: 2 } }), event("in-b"), event("in-a", { payload: { copy: 3 } })]));
+    const res = await post(`${fx.daemon.base}/v1/streams/events/events`, JSON.stringify([event("in-a", { payload: { copy: 1 } }), event("in-a", { payload: { copy: 2 } }), event("in-b"), event("in-a", { payload: { copy: 3 } })]));
     assert.equal(res.status, 200, res.text);
     assert.deepEqual([res.json.accepted, res.json.duplicates, res.json.rejected], [2, 2, 0]);
-    const { rows } = await db.query(`SELECT event_id, payload FROM events WHERE event_id LIKE 'in-%' ORDER BY 1`);
+    const { rows } = await fx.db.query(`SELECT event_id, payload FROM events WHERE event_id LIKE 'in-%' ORDER BY 1`);
     assert.deepEqual(rows, [{ event_id: "in-a", payload: { copy: 1 } }, { event_id: "in-b", payload: { n: "in-b" } }]);
   });
 
   test("with refused records in the same request (invalid, and one PostgreSQL refuses): counts stay exact", async () => {
     const res = await post(
-      `${daemon.base}/v1/streams/events/events`,
+      `${fx.daemon.base}/v1/streams/events/events`,
       JSON.stringify([event("mix-1"), event("mix-2", { timestamp: "2026-02-30T00:00:00Z" }), event("mix-1"), event("mix-3"), event("", {}), event("in-b")]),
     );
     assert.equal(res.status, 207, res.text);
@@ -142,7 +133,7 @@ describe("duplicates in other shapes", () => {
   });
 
   test("a request that is all duplicates is a success (200), not an error", async () => {
-    const res = await post(`${daemon.base}/v1/ingest/batch`, JSON.stringify({ events: [event("in-a"), event("in-b")] }));
+    const res = await post(`${fx.daemon.base}/v1/ingest/batch`, JSON.stringify({ events: [event("in-a"), event("in-b")] }));
     assert.equal(res.status, 200, res.text);
     assert.deepEqual([res.json.status, res.json.accepted, res.json.duplicates, res.json.errors], ["success", 0, 2, []]);
   });
@@ -150,13 +141,13 @@ describe("duplicates in other shapes", () => {
   test("product_events deduplicate by their uuid; an id refused as invalid is not remembered", async () => {
     const id = "3b241101-e2bb-4255-8caf-4136c566a962";
     const product = (extra: Record<string, unknown> = {}) => ({ event_id: id, user_id: "u", event_type: "t", event_time: Date.now(), properties: {}, ...extra });
-    const invalid = await post(`${daemon.base}/events`, JSON.stringify(product({ user_id: "" })));
+    const invalid = await post(`${fx.daemon.base}/events`, JSON.stringify(product({ user_id: "" })));
     assert.equal(invalid.status, 422, invalid.text);
-    const first = await post(`${daemon.base}/events`, JSON.stringify(product()));
+    const first = await post(`${fx.daemon.base}/events`, JSON.stringify(product()));
     assert.deepEqual([first.status, first.json.accepted, first.json.duplicates], [200, 1, 0]);
-    const again = await post(`${daemon.base}/events`, JSON.stringify([product(), product({ event_type: "other" })]));
+    const again = await post(`${fx.daemon.base}/events`, JSON.stringify([product(), product({ event_type: "other" })]));
     assert.deepEqual([again.status, again.json.accepted, again.json.duplicates], [200, 0, 2]);
-    assert.equal((await db.query(`SELECT count(*)::int AS n FROM product_events WHERE event_id = $1`, [id])).rows[0].n, 1);
+    assert.equal((await fx.db.query(`SELECT count(*)::int AS n FROM product_events WHERE event_id = $1`, [id])).rows[0].n, 1);
   });
 
   test("with deduplication turned off in the configuration, the same id is stored each time and no duplicate is counted", async () => {
@@ -165,8 +156,7 @@ describe("duplicates in other shapes", () => {
     const file = path.join(os.tmpdir(), `ingestd-dedup-off-${process.pid}.json`);
     fs.writeFileSync(file, JSON.stringify(config));
     tmpFiles.push(file);
-    const plain = await startDaemon({ databaseUrl: db.url, env: { INGESTD_CONFIG: file } });
-    extraDaemons.push(plain);
+    const plain = await fx.startDaemon({ env: { INGESTD_CONFIG: file } });
     for (let i = 0; i < 2; i++) {
       const res = await post(`${plain.base}/v1/streams/events/events`, JSON.stringify([event("off-1"), event("off-1")]));
       assert.equal(res.status, 200, res.text);
@@ -180,8 +170,7 @@ describe("duplicates in other shapes", () => {
 describe("one group commit shared by several requests", () => {
   test("an id in two requests of one transaction is stored once; a record PostgreSQL refuses in one request costs the others nothing", async () => {
     // One worker and a long batch age: requests sent together share one transaction.
-    const gc = await startDaemon({ databaseUrl: db.url, env: { WORKERS: "1", BATCH_TIMEOUT_MS: "1500", BATCH_SIZE: "100000" } });
-    extraDaemons.push(gc);
+    const gc = await fx.startDaemon({ env: { WORKERS: "1", BATCH_TIMEOUT_MS: "1500", BATCH_SIZE: "100000" } });
     const bodies = [
       [event("gcd-1"), event("gcd-2", { timestamp: "2026-02-30T00:00:00Z" }), event("gcd-3")],
       [event("gcd-1"), event("gcd-4")],
@@ -193,7 +182,7 @@ describe("one group commit shared by several requests", () => {
     assert.equal(sum(answers, "duplicates"), 3);
     answers.forEach((a, i) => assert.equal(a.accepted + a.duplicates + a.rejected, bodies[i].length));
     assert.deepEqual(await countEvents("gcd-"), { rows: 4, distinct: 4 });
-    const txns = await db.query(`SELECT count(DISTINCT ingested_at)::int AS n FROM events WHERE event_id LIKE 'gcd-%'`);
+    const txns = await fx.db.query(`SELECT count(DISTINCT ingested_at)::int AS n FROM events WHERE event_id LIKE 'gcd-%'`);
     assert.equal(txns.rows[0].n, 1, "one transaction");
     await gc.stop();
   });
@@ -202,8 +191,7 @@ describe("one group commit shared by several requests", () => {
 describe("two daemons started at once on one empty database", () => {
   test("both come up (schema and partitions created once) and both ingest; ids sent to both are stored once", async () => {
     const fresh = await createDatabase();
-    const pair = await Promise.all([startDaemon({ databaseUrl: fresh.url }), startDaemon({ databaseUrl: fresh.url })]);
-    extraDaemons.push(...pair);
+    const pair = await Promise.all([fx.startDaemon({ databaseUrl: fresh.url }), fx.startDaemon({ databaseUrl: fresh.url })]);
     const [a, b] = pair;
     const parts = await fresh.query(
       `SELECT p.relname AS parent, count(*)::int AS n FROM pg_inherits i JOIN pg_class p ON p.oid = i.inhparent WHERE p.relkind = 'p' GROUP BY 1 ORDER BY 1`,

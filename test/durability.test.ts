@@ -3,27 +3,28 @@
  * SIGTERM drains and acknowledges before it exits, and a PostgreSQL outage delays acks without faking them.
  */
 import assert from "node:assert/strict";
-import { after, before, describe, test } from "node:test";
-import { event, get, openWs, post, startDaemon, startTestDb, waitFor, type Daemon, type TestDb, type WsClient } from "./harness";
+import { describe, test } from "node:test";
+import { useTestDb } from "./fixture";
+import { event, get, openWs, post, waitFor, type Daemon, type TestDb, type WsClient } from "./harness";
 
-let db: TestDb;
-const daemons: Daemon[] = [];
-const extraDbs: TestDb[] = [];
+/** A database; each test starts its own daemon (launch), the outage tests a cluster of their own (fx.startDb). Daemons are killed (SIGKILL) in after(). */
+const fx = useTestDb({ stopSignal: "SIGKILL" });
 const clients: WsClient[] = [];
+fx.teardown(() => {
+  for (const c of clients) c.socket.terminate();
+});
 
-async function launch(env: Record<string, string> = {}, on: TestDb = db): Promise<Daemon> {
-  const d = await startDaemon({ databaseUrl: on.url, env });
-  daemons.push(d);
-  return d;
+function launch(env: Record<string, string> = {}, on: TestDb = fx.db): Promise<Daemon> {
+  return fx.startDaemon({ databaseUrl: on.url, env });
 }
 
 /** How many of `ids` are stored, and whether any is stored twice. */
-async function stored(ids: string[], on: TestDb = db): Promise<{ present: number; doubled: string[] }> {
+async function stored(ids: string[], on: TestDb = fx.db): Promise<{ present: number; doubled: string[] }> {
   const res = await on.query("SELECT event_id, count(*)::int AS n FROM events WHERE event_id = ANY($1) GROUP BY event_id", [ids]);
   return { present: res.rows.length, doubled: res.rows.filter((r) => r.n > 1).map((r) => r.event_id) };
 }
 
-async function idsWithPrefix(prefix: string, on: TestDb = db): Promise<string[]> {
+async function idsWithPrefix(prefix: string, on: TestDb = fx.db): Promise<string[]> {
   const res = await on.query("SELECT event_id FROM events WHERE event_id LIKE $1 || '%' ORDER BY event_id", [prefix]);
   return res.rows.map((r) => r.event_id);
 }
@@ -129,16 +130,6 @@ function httpProducer(d: Daemon, prefix: string, perRequest: number, max: number
   return p;
 }
 
-before(async () => {
-  db = await startTestDb();
-});
-
-after(async () => {
-  for (const c of clients) c.socket.terminate();
-  for (const d of daemons) await d.kill("SIGKILL").catch(() => undefined);
-  for (const d of [db, ...extraDbs]) await d?.close().catch(() => undefined);
-});
-
 describe("kill -9", () => {
   test("every event acknowledged (WebSocket ack or HTTP 200) before SIGKILL is in PostgreSQL, once", async () => {
     const d = await launch();
@@ -224,8 +215,7 @@ describe("SIGTERM under load", () => {
 
 describe("PostgreSQL outage under a WebSocket producer", () => {
   test("acks wait during a short outage and arrive after recovery; the rows are stored once", async () => {
-    const own = await startTestDb();
-    extraDbs.push(own);
+    const own = await fx.startDb();
     // A deadline well beyond the outage, so the frame waits rather than closes even on a slow machine.
     const d = await launch({ OVERLOAD_DEADLINE_MS: "20000" }, own);
     const c = await openWs(`${d.wsBase}/v1/ws?stream=events`);
@@ -251,8 +241,7 @@ describe("PostgreSQL outage under a WebSocket producer", () => {
   });
 
   test("an outage longer than the deadline closes with 1013 and the unacknowledged frame is not stored", async () => {
-    const own = await startTestDb();
-    extraDbs.push(own);
+    const own = await fx.startDb();
     const d = await launch({ OVERLOAD_DEADLINE_MS: "1500" }, own);
     const c = await openWs(`${d.wsBase}/v1/ws?stream=events`);
     clients.push(c);

@@ -11,7 +11,7 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import pg from "pg";
-import { event, openWs, post, startDaemon, waitFor, type Daemon } from "./harness";
+import { event, openWs, post, waitFor, type Daemon } from "./harness";
 import {
   allAckedIds,
   checkStored,
@@ -31,16 +31,15 @@ import {
   faultFixture,
 } from "./faults-helpers";
 
+/** A database; each test starts its daemon (launch). */
 const fx = faultFixture();
-const { daemons, producers, cleanups } = fx;
+const { producers } = fx;
 
 /** Small ring (2 MiB in two 1 MiB shards), one worker, a short deadline: easy to fill, quick to refuse. */
 const SMALL = { RING_MB: "2", MAX_BODY_MB: "1", WORKERS: "1", OVERLOAD_DEADLINE_MS: "1500", WS_MAX_FRAME_BYTES: "262144" };
 
-async function launch(env: Record<string, string>): Promise<Daemon> {
-  const d = await startDaemon({ databaseUrl: fx.db.url, env });
-  daemons.push(d);
-  return d;
+function launch(env: Record<string, string>): Promise<Daemon> {
+  return fx.startDaemon({ env });
 }
 
 /** Polls ring usage every 50 ms and keeps the highest value seen. */
@@ -62,7 +61,7 @@ function watchRing(base: string): { readonly peak: number; readonly last: number
   const stop = () => {
     running = false;
   };
-  cleanups.push(stop);
+  fx.teardown(stop);
   return {
     get peak() {
       return peak;
@@ -85,7 +84,7 @@ describe("PostgreSQL falls behind a small ring", () => {
     assert.equal(warm.status, 200, warm.text);
     const capacity = await metric(d.base, "ingestd_ring_capacity_bytes");
     const rss = sampleRss(d.child.pid!);
-    cleanups.push(() => rss.stop());
+    fx.teardown(() => rss.stop());
 
     freezePostgres(fx.db);
     const frozenAt = Date.now();

@@ -11,7 +11,7 @@
  */
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { event, post, startDaemon } from "./harness";
+import { event, post } from "./harness";
 import {
   allAckedIds,
   checkStored,
@@ -26,8 +26,9 @@ import {
   faultFixture,
 } from "./faults-helpers";
 
+/** A database; the test starts (and kills) its daemons through fx. */
 const fx = faultFixture();
-const { daemons, producers } = fx;
+const { producers } = fx;
 
 const ROUNDS = 3;
 
@@ -42,8 +43,7 @@ test(`SIGKILL at a random moment under load, ${ROUNDS} rounds: every acknowledge
   for (let round = 1; round <= ROUNDS; round++) {
     const batchTimeoutMs = [5, 50, 250][Math.floor(random() * 3)];
     const killAfterMs = Math.round(500 + random() * 2000);
-    const d = await startDaemon({ databaseUrl: fx.db.url, env: { BATCH_TIMEOUT_MS: String(batchTimeoutMs) } });
-    daemons.push(d);
+    const d = await fx.startDaemon({ env: { BATCH_TIMEOUT_MS: String(batchTimeoutMs) } });
     const prefix = `crash${round}`;
     const ps = [
       ...Array.from({ length: 4 }, (_, i) => wsProducer(d.wsBase, { prefix: `${prefix}-w${i}`, perUnit: 50, resend: false })),
@@ -77,8 +77,7 @@ test(`SIGKILL at a random moment under load, ${ROUNDS} rounds: every acknowledge
   }
 
   // A daemon after the last kill: producers resend what was never acknowledged, with the same ids.
-  const d = await startDaemon({ databaseUrl: fx.db.url });
-  daemons.push(d);
+  const d = await fx.startDaemon();
   let stored = 0;
   let duplicates = 0;
   for (let i = 0; i < unacked.length; i += 500) {

@@ -19,7 +19,7 @@
  *    connection), every frame its ack in order; the daemon stays healthy and still ingests a valid event.
  */
 import assert from "node:assert/strict";
-import { after, before, test } from "node:test";
+import { test } from "node:test";
 import { performance } from "node:perf_hooks";
 import { streams } from "../config/streams";
 import type { StreamDefinition } from "../src/shared/stream-definition";
@@ -29,22 +29,15 @@ import { deadLetterRow } from "../workers/commit/bookkeeping-rows";
 import { validationErrors } from "../workers/records/record-errors";
 import { compileRowEncoder, EncodeError } from "../workers/records/row-encoder";
 import type { RecordError, TaskFormat } from "../src/shared/task-protocol";
-import { event, openWs, post, startDaemon, startTestDb, type Daemon, type TestDb, type WsClient } from "./harness";
+import { useDaemon } from "./fixture";
+import { event, openWs, post, type WsClient } from "./harness";
 import { health, prng, testSeed } from "./faults-helpers";
 
-let db: TestDb;
-let daemon: Daemon;
+/** A database and a daemon with default limits, killed (SIGKILL) in after(). */
+const fx = useDaemon({ stopSignal: "SIGKILL" });
 const clients: WsClient[] = [];
-
-before(async () => {
-  db = await startTestDb();
-  daemon = await startDaemon({ databaseUrl: db.url });
-});
-
-after(async () => {
+fx.teardown(() => {
   for (const c of clients) c.socket.terminate();
-  await daemon?.kill("SIGKILL").catch(() => undefined);
-  await db?.close().catch(() => undefined);
 });
 
 // ---------------------------------------------------------------------------------------------------------
@@ -351,7 +344,7 @@ test(`at least ${TARGET.toLocaleString("en")} generated malformed bodies through
 });
 
 test("found by this fuzzing: WebSocket frames on a line-format stream are read as text lines (stored), and a JSON frame there is a rejected line, not a worker failure", async () => {
-  const c = await openWs(`${daemon.wsBase}/v1/ws?stream=orders`);
+  const c = await openWs(`${fx.daemon.wsBase}/v1/ws?stream=orders`);
   clients.push(c);
   c.send("O|990001|100|O|123.45|1996-01-02|5-LOW|Clerk#000000951|0|fuzz ws line\nO|990002|100|O|1.00|1996-01-03|5-LOW|Clerk#000000951|0|second");
   c.send('{"o_orderkey": 990003}');
@@ -363,18 +356,18 @@ test("found by this fuzzing: WebSocket frames on a line-format stream are read a
     assert.equal(a.rejected, 1);
     assert.doesNotMatch(a.errors[0].message, /worker failed/, JSON.stringify(a));
   }
-  const stored = await db.query("SELECT o_orderkey::int AS k FROM orders WHERE o_orderkey >= 990001 ORDER BY 1");
+  const stored = await fx.db.query("SELECT o_orderkey::int AS k FROM orders WHERE o_orderkey >= 990001 ORDER BY 1");
   assert.deepEqual(stored.rows.map((r) => r.k), [990001, 990002]);
   c.socket.close();
 });
 
 test("found by this fuzzing: a rejected record whose error text holds a NUL or half a surrogate pair is a rejected record, not a 503 for its whole group-commit batch", async () => {
-  const ok = () => post(`${daemon.base}/v1/streams/events/events`, JSON.stringify([event(`jsonb-ok-${Math.random()}`)]));
+  const ok = () => post(`${fx.daemon.base}/v1/streams/events/events`, JSON.stringify([event(`jsonb-ok-${Math.random()}`)]));
   const [line, cut, neighbour] = await Promise.all([
     // The line's prefix, NUL included, is quoted in its error message.
-    post(`${daemon.base}/ingest/batch`, "\u0000L|1|2\nC|990001|Customer#990001|addr|15|25-989-741-2988|711.56|BUILDING|fuzz", "text/plain"),
+    post(`${fx.daemon.base}/ingest/batch`, "\u0000L|1|2\nC|990001|Customer#990001|addr|15|25-989-741-2988|711.56|BUILDING|fuzz", "text/plain"),
     // The echoed value is cut at 80 characters, here between the two halves of an emoji.
-    post(`${daemon.base}/v1/streams/events/events`, JSON.stringify([{ event_id: "jsonb-cut-1", service_name: "s", event_type: ["a".repeat(74) + "😀😀"], payload: {} }, event("jsonb-cut-2")])),
+    post(`${fx.daemon.base}/v1/streams/events/events`, JSON.stringify([{ event_id: "jsonb-cut-1", service_name: "s", event_type: ["a".repeat(74) + "😀😀"], payload: {} }, event("jsonb-cut-2")])),
     ok(),
   ]);
   assert.equal(line.status, 207, line.text);
@@ -382,7 +375,7 @@ test("found by this fuzzing: a rejected record whose error text holds a NUL or h
   assert.equal(cut.status, 207, cut.text);
   assert.equal(cut.json.accepted, 1);
   assert.equal(neighbour.status, 200, neighbour.text);
-  const dead = await db.query("SELECT count(*)::int AS n FROM ingest_dead_letters WHERE raw LIKE '%jsonb-cut-1%' OR raw LIKE '%L|1|2%'");
+  const dead = await fx.db.query("SELECT count(*)::int AS n FROM ingest_dead_letters WHERE raw LIKE '%jsonb-cut-1%' OR raw LIKE '%L|1|2%'");
   assert.equal(dead.rows[0].n, 2, "both rejected records are kept as dead letters");
 });
 
@@ -410,7 +403,7 @@ test("a few thousand fuzzed bodies over HTTP (every ingest endpoint) and WebSock
         const [path, contentType] = gen.pick(routes[body.kind]);
         if (contentType === "application/x-ndjson") ndjsonLines += body.bytes.toString("latin1").split("\n").length;
         try {
-          const res = await post(`${daemon.base}${path}`, body.bytes, gen.random() < 0.05 ? gen.pick(["image/png", "", "application/json; charset=latin1"]) : contentType);
+          const res = await post(`${fx.daemon.base}${path}`, body.bytes, gen.random() < 0.05 ? gen.pick(["image/png", "", "application/json; charset=latin1"]) : contentType);
           statuses[res.status] = (statuses[res.status] ?? 0) + 1;
           if (![200, 207, 400, 415, 422].includes(res.status) || res.json === undefined) unexpected.push(`${path} ${res.status}: ${res.text.slice(0, 200)} ← ${body.how}`);
         } catch (err) {
@@ -427,7 +420,7 @@ test("a few thousand fuzzed bodies over HTTP (every ingest endpoint) and WebSock
   const t1 = Date.now();
   const acked = await Promise.all(
     wsStreams.map(async (stream) => {
-      const c = await openWs(`${daemon.wsBase}/v1/ws?stream=${stream}`);
+      const c = await openWs(`${fx.daemon.wsBase}/v1/ws?stream=${stream}`);
       clients.push(c);
       const window: number = c.hello.window;
       let sent = 0;
@@ -457,13 +450,13 @@ test("a few thousand fuzzed bodies over HTTP (every ingest endpoint) and WebSock
   );
   assert.deepEqual(unexpected.slice(0, 20), []);
 
-  assert.equal(daemon.child.exitCode, null, "the daemon is alive");
-  const h = await health(daemon.base);
+  assert.equal(fx.daemon.child.exitCode, null, "the daemon is alive");
+  const h = await health(fx.daemon.base);
   assert.equal(h.status, 200);
   assert.equal(h.json.ring.used_bytes, 0);
-  const ok = await post(`${daemon.base}/v1/streams/events/events`, JSON.stringify(event("fuzz-after-1")));
+  const ok = await post(`${fx.daemon.base}/v1/streams/events/events`, JSON.stringify(event("fuzz-after-1")));
   assert.equal(ok.status, 200, ok.text);
-  const row = await db.query("SELECT count(*)::int AS n FROM events WHERE event_id = 'fuzz-after-1'");
+  const row = await fx.db.query("SELECT count(*)::int AS n FROM events WHERE event_id = 'fuzz-after-1'");
   assert.equal(row.rows[0].n, 1);
-  assert.deepEqual(daemon.output.filter((l) => /"level":"?(60|50|fatal|error)"?/.test(l)).slice(0, 5), [], "nothing logged at error or fatal");
+  assert.deepEqual(fx.daemon.output.filter((l) => /"level":"?(60|50|fatal|error)"?/.test(l)).slice(0, 5), [], "nothing logged at error or fatal");
 });

@@ -8,11 +8,11 @@
  */
 import { execFileSync } from "node:child_process";
 import fs from "node:fs";
-import { after, before } from "node:test";
 import pg from "pg";
 import { from as copyFrom } from "pg-copy-streams";
 import WebSocket from "ws";
-import { event, startTestDb, type Daemon, type TestDb } from "./harness";
+import { useTestDb, type TestDbFixture } from "./fixture";
+import { event, type TestDb } from "./harness";
 
 export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
@@ -600,30 +600,23 @@ export async function until(
   }
 }
 
-export interface FaultFixture {
-  /** The file's PostgreSQL, started before its first test. */
-  db: TestDb;
-  /** Everything a test starts goes here, so that a failed test leaves nothing running. */
-  daemons: Daemon[];
-  producers: Producer[];
-  cleanups: Array<() => void>;
+export interface FaultFixture extends TestDbFixture {
+  /** Every producer a test starts goes here, so that a failed test leaves none running. */
+  readonly producers: Producer[];
 }
 
 /**
- * What every fault suite shares: one embedded PostgreSQL for the file and, on the way out (after a failed
- * test too), PostgreSQL thawed, the cleanups run, producers stopped, daemons killed, the cluster closed.
+ * What every fault suite shares: the common fixture's database for the file (fx.db; tests start their
+ * daemons with fx.startDaemon) and, on the way out (after a failed test too), PostgreSQL thawed, producers
+ * stopped, then the fixture's teardown: what tests registered with fx.teardown, daemons killed (SIGKILL),
+ * the cluster closed.
  */
 export function faultFixture(): FaultFixture {
-  const fx: FaultFixture = { db: undefined as unknown as TestDb, daemons: [], producers: [], cleanups: [] };
-  before(async () => {
-    fx.db = await startTestDb();
-  });
-  after(async () => {
+  const fx = useTestDb({ stopSignal: "SIGKILL" });
+  const producers: Producer[] = [];
+  fx.teardown(async () => {
     thawPostgres();
-    for (const c of fx.cleanups) c();
-    await Promise.all(fx.producers.map((p) => p.stop().catch(() => undefined)));
-    for (const d of fx.daemons) await d.kill("SIGKILL").catch(() => undefined);
-    await fx.db?.close().catch(() => undefined);
+    await Promise.all(producers.map((p) => p.stop().catch(() => undefined)));
   });
-  return fx;
+  return Object.assign(fx, { producers });
 }

@@ -15,37 +15,30 @@
  */
 import assert from "node:assert/strict";
 import net from "node:net";
-import { after, before, describe, test } from "node:test";
+import { describe, test } from "node:test";
 import WebSocket from "ws";
-import { event, openWs, post, startDaemon, startTestDb, type Daemon, type TestDb, type WsClient } from "./harness";
+import { useDaemon } from "./fixture";
+import { event, openWs, post, type Daemon, type WsClient } from "./harness";
 import { health, metricSum, mib, MiB, rssBytes, sampleRss, sleep, until } from "./faults-helpers";
 
-let db: TestDb;
-/** Default limits, except 64 KiB frames. */
-let daemon: Daemon;
-/** A 2 MiB ring (two 1 MiB shards), 1 MiB bodies, a 1.5 s overload deadline. */
-let small: Daemon;
-const sockets: net.Socket[] = [];
-const clients: Array<WsClient | WebSocket> = [];
 const MAX_FRAME = 65_536;
 
-before(async () => {
-  db = await startTestDb();
-  [daemon, small] = await Promise.all([
-    startDaemon({ databaseUrl: db.url, env: { WS_MAX_FRAME_BYTES: String(MAX_FRAME) } }),
-    startDaemon({ databaseUrl: db.url, env: { RING_MB: "2", MAX_BODY_MB: "1", OVERLOAD_DEADLINE_MS: "1500" } }),
-  ]);
+/** A database, and a daemon with default limits except 64 KiB frames; daemons are killed (SIGKILL) in after(). */
+const fx = useDaemon({ env: { WS_MAX_FRAME_BYTES: String(MAX_FRAME) }, stopSignal: "SIGKILL" });
+/** A second daemon on the same database: a 2 MiB ring (two 1 MiB shards), 1 MiB bodies, a 1.5 s overload deadline. */
+let small: Daemon;
+fx.setup(async () => {
+  small = await fx.startDaemon({ env: { RING_MB: "2", MAX_BODY_MB: "1", OVERLOAD_DEADLINE_MS: "1500" } });
 });
-
-after(async () => {
+const sockets: net.Socket[] = [];
+const clients: Array<WsClient | WebSocket> = [];
+fx.teardown(() => {
   for (const s of sockets) s.destroy();
   for (const c of clients) ("socket" in c ? c.socket : c).terminate();
-  for (const d of [daemon, small]) await d?.kill("SIGKILL").catch(() => undefined);
-  await db?.close().catch(() => undefined);
 });
 
 async function idsWithPrefix(prefix: string): Promise<string[]> {
-  const res = await db.query("SELECT event_id FROM events WHERE event_id LIKE $1 || '%' ORDER BY event_id", [prefix]);
+  const res = await fx.db.query("SELECT event_id FROM events WHERE event_id LIKE $1 || '%' ORDER BY event_id", [prefix]);
   return res.rows.map((r) => r.event_id);
 }
 
@@ -103,10 +96,10 @@ const INGEST_HEAD = "POST /v1/streams/events/events HTTP/1.1\r\nHost: 127.0.0.1\
 
 describe("slow and stalled HTTP producers", () => {
   test("slowloris: 50 connections dribbling header bytes are closed by the server within 20 s; meanwhile normal requests are served at once", async () => {
-    const lorises = Array.from({ length: 50 }, () => rawSession(daemon.port, `${INGEST_HEAD}X-Slow: `, { chunk: "a", everyMs: 250 }));
+    const lorises = Array.from({ length: 50 }, () => rawSession(fx.daemon.port, `${INGEST_HEAD}X-Slow: `, { chunk: "a", everyMs: 250 }));
     await sleep(1000);
     const t0 = Date.now();
-    const res = await post(`${daemon.base}/v1/streams/events/events`, JSON.stringify(event("loris-ok-1")));
+    const res = await post(`${fx.daemon.base}/v1/streams/events/events`, JSON.stringify(event("loris-ok-1")));
     const servedMs = Date.now() - t0;
     assert.equal(res.status, 200, res.text);
     assert.ok(servedMs < 5000, `served in ${servedMs} ms while 50 slowloris connections were open`);
@@ -156,22 +149,22 @@ describe("WebSocket producers that misbehave", () => {
     const frame = JSON.stringify(
       Array.from({ length: 500 }, (_, i) => ({ event_id: `noread-${i}`, service_name: "s", event_type: "t", payload: {}, unknown_a: i, unknown_b: i })),
     );
-    const probe = await openWs(`${daemon.wsBase}/v1/ws?stream=events`);
+    const probe = await openWs(`${fx.daemon.wsBase}/v1/ws?stream=events`);
     clients.push(probe);
     probe.send(frame);
     const [sample] = await probe.waitForAcks(1);
     const ackBytes = Buffer.byteLength(JSON.stringify(sample));
     probe.socket.close();
-    await until("the probe to go", async () => (await health(daemon.base)).json.ws_connections === 0, 5000);
+    await until("the probe to go", async () => (await health(fx.daemon.base)).json.ws_connections === 0, 5000);
 
-    const pid = daemon.child.pid!;
+    const pid = fx.daemon.child.pid!;
     const N = 4;
     const ROUNDS_MAX = 60;
     // Control: the same frames from producers that do read their acks. Processing 1,000-error records
     // grows the worker heaps by itself; the rude producers below must not add to that.
     const baseline = rssBytes(pid);
     const controlRss = sampleRss(pid, 50);
-    const polite = await Promise.all(Array.from({ length: N }, () => openWs(`${daemon.wsBase}/v1/ws?stream=events`)));
+    const polite = await Promise.all(Array.from({ length: N }, () => openWs(`${fx.daemon.wsBase}/v1/ws?stream=events`)));
     clients.push(...polite);
     const window: number = polite[0].hello.window;
     for (let round = 1; round <= 3; round++) {
@@ -179,39 +172,39 @@ describe("WebSocket producers that misbehave", () => {
       await Promise.all(polite.map((c) => c.waitForAcks(round * window, 30_000)));
     }
     for (const c of polite) c.socket.close();
-    await until("the polite producers to go", async () => (await health(daemon.base)).json.ws_connections === 0, 5000);
+    await until("the polite producers to go", async () => (await health(fx.daemon.base)).json.ws_connections === 0, 5000);
     const controlPeak = controlRss.stop();
 
     const rss = sampleRss(pid, 50);
     const hostile: WebSocket[] = [];
     for (let i = 0; i < N; i++) {
-      const ws = new WebSocket(`${daemon.wsBase}/v1/ws?stream=events`, { perMessageDeflate: false });
+      const ws = new WebSocket(`${fx.daemon.wsBase}/v1/ws?stream=events`, { perMessageDeflate: false });
       clients.push(ws);
       ws.on("error", () => undefined);
       await new Promise((r) => ws.once("message", r)); // the hello
       (ws as unknown as { _socket: net.Socket })._socket.pause(); // never read again
       hostile.push(ws);
     }
-    const acksBefore = await metricSum(daemon.base, "ingestd_ws_frames_total");
+    const acksBefore = await metricSum(fx.daemon.base, "ingestd_ws_frames_total");
     // Each round sends one window of frames on every connection still open, then waits until the server
     // has written their acks (the window is respected: the producers are rude, not in violation). Without
     // a cap this would go on for 60 rounds: ~130 MiB of unread acks per connection.
     let rounds = 0;
     for (; rounds < ROUNDS_MAX; rounds++) {
-      const conns = (await health(daemon.base)).json.ws_connections as number;
+      const conns = (await health(fx.daemon.base)).json.ws_connections as number;
       if (conns === 0) break;
-      const before = await metricSum(daemon.base, "ingestd_ws_frames_total");
+      const before = await metricSum(fx.daemon.base, "ingestd_ws_frames_total");
       const open = hostile.filter((ws) => ws.readyState === WebSocket.OPEN);
       for (const ws of open) for (let f = 0; f < window; f++) ws.send(frame);
       await until(
         "acks written or connections cut",
-        async () => (await metricSum(daemon.base, "ingestd_ws_frames_total")) >= before + conns * window || (await health(daemon.base)).json.ws_connections < conns,
+        async () => (await metricSum(fx.daemon.base, "ingestd_ws_frames_total")) >= before + conns * window || (await health(fx.daemon.base)).json.ws_connections < conns,
         20_000,
         50,
       );
     }
-    const acksWritten = (await metricSum(daemon.base, "ingestd_ws_frames_total")) - acksBefore;
-    const connsLeft = (await health(daemon.base)).json.ws_connections;
+    const acksWritten = (await metricSum(fx.daemon.base, "ingestd_ws_frames_total")) - acksBefore;
+    const connsLeft = (await health(fx.daemon.base)).json.ws_connections;
     await sleep(1000);
     const peak = rss.stop();
     const perConnection = (acksWritten / N) * ackBytes;
@@ -230,7 +223,7 @@ describe("WebSocket producers that misbehave", () => {
     // repeated runs with the same cut-off after 3 rounds. 256 MiB sits between that noise and the failure.
     assert.ok(peak < controlPeak + 256 * MiB, `the unread acks cost ${mib(peak - controlPeak)} MiB over the polite run`);
     // Everyone else is unaffected.
-    const c = await openWs(`${daemon.wsBase}/v1/ws?stream=events`);
+    const c = await openWs(`${fx.daemon.wsBase}/v1/ws?stream=events`);
     clients.push(c);
     c.send(JSON.stringify(event("noread-after-1")));
     const [ack] = await c.waitForAcks(1);
@@ -239,12 +232,12 @@ describe("WebSocket producers that misbehave", () => {
   });
 
   test("frames over max_frame_bytes (just over: 1009; over twice the limit: dropped) end only their own connection; nothing of them is stored", async () => {
-    const good = await openWs(`${daemon.wsBase}/v1/ws?stream=events`);
+    const good = await openWs(`${fx.daemon.wsBase}/v1/ws?stream=events`);
     clients.push(good);
     const sizes = [MAX_FRAME + 1, 2 * MAX_FRAME + 1, 10 * MAX_FRAME];
     const codes: number[] = [];
     for (const size of sizes) {
-      const c = await openWs(`${daemon.wsBase}/v1/ws?stream=events`);
+      const c = await openWs(`${fx.daemon.wsBase}/v1/ws?stream=events`);
       clients.push(c);
       const base = JSON.stringify(event(`big-${size}`, { payload: { s: "" } })).length;
       c.send(JSON.stringify(event(`big-${size}`, { payload: { s: "z".repeat(size - base) } })));
@@ -269,7 +262,7 @@ describe("WebSocket producers that misbehave", () => {
     const t0 = Date.now();
     const floods = await Promise.all(
       Array.from({ length: 4 }, async () => {
-        const c = await openWs(`${daemon.wsBase}/v1/ws?stream=events`);
+        const c = await openWs(`${fx.daemon.wsBase}/v1/ws?stream=events`);
         clients.push(c);
         const window: number = c.hello.window;
         let sent = 0;
@@ -293,14 +286,14 @@ describe("WebSocket producers that misbehave", () => {
     }
 
     // Past the window: every connection is closed 1008, none takes the daemon with it.
-    const violators = await Promise.all(Array.from({ length: 20 }, () => openWs(`${daemon.wsBase}/v1/ws?stream=events`)));
+    const violators = await Promise.all(Array.from({ length: 20 }, () => openWs(`${fx.daemon.wsBase}/v1/ws?stream=events`)));
     clients.push(...violators);
     for (const v of violators) for (let i = 0; i < 200; i++) v.send("{}");
     const codes = await Promise.all(violators.map((v) => within(v.closed, 10_000, { code: -1, reason: "" })));
     assert.deepEqual([...new Set(codes.map((x) => x.code))], [1008]);
     for (const v of violators) assert.ok(v.acks.length <= v.hello.window);
     console.log(`[faults] tiny-frame flood: ${4 * perConnection} frames acked (all rejected, in order) in ${floodMs} ms (${Math.round((4 * perConnection) / (floodMs / 1000))} frames/s); 20 window violators closed 1008`);
-    const h = await health(daemon.base);
+    const h = await health(fx.daemon.base);
     assert.equal(h.status, 200);
   });
 });
@@ -326,7 +319,7 @@ describe("malformed upgrade requests (raw sockets)", () => {
   test(`${cases.length} malformed upgrades are refused (4xx or closed, never 101) and the connection ends within 20 s; a proper upgrade still works`, async () => {
     const results = await Promise.all(
       cases.map(async ([name, request, expect]) => {
-        const s = rawSession(daemon.port, request);
+        const s = rawSession(fx.daemon.port, request);
         const closedMs = await within(s.closed, 20_000, -1);
         s.stop();
         const head = s.received().split("\r\n\r\n")[0];
@@ -339,7 +332,7 @@ describe("malformed upgrade requests (raw sockets)", () => {
       assert.ok(r.closedMs >= 0, `${r.name}: the server ended the connection within 20 s`);
     }
     console.log(`[faults] malformed upgrades: ${results.map((r) => `${r.name} → ${r.head.split("\r\n")[0] || "closed"} (${r.closedMs} ms)`).join("; ")}`);
-    const c = await openWs(`${daemon.wsBase}/v1/ws?stream=events`);
+    const c = await openWs(`${fx.daemon.wsBase}/v1/ws?stream=events`);
     clients.push(c);
     c.send(JSON.stringify(event("upgrade-after-1")));
     assert.equal((await c.waitForAcks(1))[0].accepted, 1);
@@ -349,7 +342,7 @@ describe("malformed upgrade requests (raw sockets)", () => {
 
 describe("after all of it", () => {
   test("both daemons are alive and healthy, logged nothing fatal, and ingest a valid event", async () => {
-    for (const d of [daemon, small]) {
+    for (const d of [fx.daemon, small]) {
       assert.equal(d.child.exitCode, null);
       const h = await health(d.base);
       assert.equal(h.status, 200);

@@ -11,7 +11,6 @@
  */
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { startDaemon } from "./harness";
 import {
   allAckedIds,
   checkStored,
@@ -29,8 +28,9 @@ import {
   faultFixture,
 } from "./faults-helpers";
 
+/** A database; each test starts its daemon (run200). */
 const fx = faultFixture();
-const { daemons, producers, cleanups } = fx;
+const { producers } = fx;
 
 interface Shape {
   label: string;
@@ -43,11 +43,10 @@ interface Shape {
 
 /** Runs the load; asserts what it acknowledged is stored exactly once; returns the daemon's RSS peak. */
 async function run200(shape: Shape): Promise<number> {
-  const d = await startDaemon({ databaseUrl: fx.db.url, env: { OVERLOAD_DEADLINE_MS: "2000" } });
-  daemons.push(d);
+  const d = await fx.startDaemon({ env: { OVERLOAD_DEADLINE_MS: "2000" } });
   const pid = d.child.pid!;
   const rss = sampleRss(pid, 50);
-  cleanups.push(() => rss.stop());
+  fx.teardown(() => rss.stop());
   const idleRss = rss.last;
   const common = { resend: true, padBytes: shape.padBytes };
   const ws = Array.from({ length: 160 }, (_, i) => wsProducer(d.wsBase, { ...common, prefix: `${shape.prefix}-w${i}`, perUnit: shape.wsPerFrame, retryDelayMs: 500 }));

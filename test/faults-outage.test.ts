@@ -8,7 +8,7 @@
  */
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { post, event, startDaemon } from "./harness";
+import { post, event } from "./harness";
 import {
   allAckedIds,
   checkStored,
@@ -22,10 +22,11 @@ import {
   faultFixture,
 } from "./faults-helpers";
 
+/** A database (stopped and restarted by the test); the test starts its daemon through fx. */
 const fx = faultFixture();
 const { producers } = fx;
 let polling = false;
-fx.cleanups.push(() => {
+fx.teardown(() => {
   polling = false;
 });
 
@@ -35,8 +36,7 @@ const DEADLINE_MS = 4000;
 const logRecord = (id: string) => ({ service_name: "outage", severity: "INFO", message: `log ${id}`, payload: { n: id } });
 
 test("PostgreSQL stopped for 10 s under load: /health 503, nothing acknowledged meanwhile, the daemon reconnects by itself, every acked event is stored (exactly once in events, resends included)", async () => {
-  const d = await startDaemon({ databaseUrl: fx.db.url, env: { OVERLOAD_DEADLINE_MS: String(DEADLINE_MS) } });
-  fx.daemons.push(d);
+  const d = await fx.startDaemon({ env: { OVERLOAD_DEADLINE_MS: String(DEADLINE_MS) } });
   const pid = d.child.pid;
   const events = [
     ...Array.from({ length: 6 }, (_, i) => wsProducer(d.wsBase, { prefix: `out-w${i}`, perUnit: 50, resend: true, retryDelayMs: 500 })),

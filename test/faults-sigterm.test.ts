@@ -14,7 +14,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import WebSocket from "ws";
-import { event, openWs, startDaemon } from "./harness";
+import { event, openWs } from "./harness";
 import {
   allAckedIds,
   checkStored,
@@ -28,8 +28,9 @@ import {
   faultFixture,
 } from "./faults-helpers";
 
+/** A database; each test starts its daemon through fx. */
 const fx = faultFixture();
-const { daemons, producers } = fx;
+const { producers } = fx;
 
 async function storedWithPrefix(prefix: string): Promise<string[]> {
   const res = await fx.db.query("SELECT event_id FROM events WHERE event_id LIKE $1 || '%' ORDER BY event_id", [prefix]);
@@ -56,8 +57,7 @@ const STOP_TIMEOUT_MS = 10_000;
 
 test("SIGTERM under continuous load (16 WS + 8 HTTP producers): exit 0 within STOP_TIMEOUT_MS, every WS closes 1001, stored == acknowledged per producer, drain-time requests refused 503 + Retry-After", async () => {
   // A group-commit age of 200 ms keeps plenty in flight at the signal.
-  const d = await startDaemon({ databaseUrl: fx.db.url, env: { STOP_TIMEOUT_MS: String(STOP_TIMEOUT_MS), BATCH_TIMEOUT_MS: "200" } });
-  daemons.push(d);
+  const d = await fx.startDaemon({ env: { STOP_TIMEOUT_MS: String(STOP_TIMEOUT_MS), BATCH_TIMEOUT_MS: "200" } });
   const ws = Array.from({ length: 16 }, (_, i) => wsProducer(d.wsBase, { prefix: `term-w${i}-`, perUnit: 50, resend: false }));
   const http = Array.from({ length: 8 }, (_, i) => httpProducer(d.base, { prefix: `term-h${i}-`, perUnit: 100, resend: false }));
   const all = [...ws, ...http];
@@ -102,8 +102,7 @@ test("SIGTERM under continuous load (16 WS + 8 HTTP producers): exit 0 within ST
 
 test("SIGTERM while PostgreSQL is frozen: the drain cannot finish, yet the daemon exits within STOP_TIMEOUT_MS (status 1, saying why), and nothing it acknowledged is missing once PostgreSQL is back", async () => {
   const stopTimeout = 3000;
-  const d = await startDaemon({ databaseUrl: fx.db.url, env: { STOP_TIMEOUT_MS: String(stopTimeout) } });
-  daemons.push(d);
+  const d = await fx.startDaemon({ env: { STOP_TIMEOUT_MS: String(stopTimeout) } });
   const c = await openWs(`${d.wsBase}/v1/ws?stream=events`);
   c.send(JSON.stringify([event("termfrozen-1")]));
   await c.waitForAcks(1);

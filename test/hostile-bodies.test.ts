@@ -4,20 +4,23 @@
  */
 import assert from "node:assert/strict";
 import net from "node:net";
-import { after, before, describe, test } from "node:test";
-import { event, get, openWs, post, rawRequest, startDaemon, startTestDb, waitFor, type Daemon, type TestDb, type WsClient } from "./harness";
+import { describe, test } from "node:test";
+import { useDaemon } from "./fixture";
+import { event, get, openWs, post, rawRequest, waitFor, type WsClient } from "./harness";
 
-let db: TestDb;
-/** Default limits (MAX_BODY_MB=16). */
-let daemon: Daemon;
-const extraDaemons: Daemon[] = [];
+/** A database and a daemon with default limits (MAX_BODY_MB=16). */
+const fx = useDaemon();
 const sockets: net.Socket[] = [];
 const clients: WsClient[] = [];
+fx.teardown(() => {
+  for (const s of sockets) s.destroy();
+  for (const c of clients) c.socket.terminate();
+});
 
-const url = () => `${daemon.base}/v1/streams/events/events`;
+const url = () => `${fx.daemon.base}/v1/streams/events/events`;
 
 async function idsWithPrefix(prefix: string): Promise<string[]> {
-  const res = await db.query("SELECT event_id FROM events WHERE event_id LIKE $1 || '%' ORDER BY event_id", [prefix]);
+  const res = await fx.db.query("SELECT event_id FROM events WHERE event_id LIKE $1 || '%' ORDER BY event_id", [prefix]);
   return res.rows.map((r) => r.event_id);
 }
 
@@ -29,18 +32,6 @@ function nestedObject(depth: number): string {
 function rawRecord(id: string, payloadJson: string): string {
   return `{"event_id":"${id}","service_name":"svc","event_type":"deep","payload":${payloadJson}}`;
 }
-
-before(async () => {
-  db = await startTestDb();
-  daemon = await startDaemon({ databaseUrl: db.url });
-});
-
-after(async () => {
-  for (const s of sockets) s.destroy();
-  for (const c of clients) c.socket.terminate();
-  for (const d of [daemon, ...extraDaemons]) await d?.stop().catch(() => undefined);
-  await db?.close().catch(() => undefined);
-});
 
 describe("unreadable bodies → 400", () => {
   test("truncated JSON → 400 malformed_body; nothing lands", async () => {
@@ -94,7 +85,7 @@ describe("unreadable bodies → 400", () => {
   test("a Content-Length shorter than the body → the cut body is answered 400, no crash", async () => {
     const body = JSON.stringify(event("short-len-1"));
     const res = await rawRequest(
-      daemon.port,
+      fx.daemon.port,
       `POST /v1/streams/events/events HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 10\r\n\r\n`,
       body,
     );
@@ -131,7 +122,7 @@ describe("wrong shapes and types → 415 / 422", () => {
   test("a record whose payload is nested 10,000 deep is stored intact", async () => {
     const res = await post(url(), rawRecord("deep10k-1", nestedObject(10_000)));
     assert.equal(res.status, 200, res.text);
-    const row = await db.query("SELECT length(payload::text) AS n FROM events WHERE event_id = 'deep10k-1'");
+    const row = await fx.db.query("SELECT length(payload::text) AS n FROM events WHERE event_id = 'deep10k-1'");
     // PostgreSQL prints each level as `{"a": ` + `}`: 7 characters, plus the innermost 1.
     assert.equal(row.rows[0]?.n, 10_000 * 7 + 1);
   });
@@ -197,11 +188,10 @@ describe("huge bodies", () => {
   });
 
   test("a 50 MB string with MAX_BODY_MB=64 / RING_MB=128 gets a clear answer and the daemon survives", async () => {
-    const big = await startDaemon({ databaseUrl: db.url, env: { MAX_BODY_MB: "64", RING_MB: "128" } });
-    extraDaemons.push(big);
+    const big = await fx.startDaemon({ env: { MAX_BODY_MB: "64", RING_MB: "128" } });
     const res = await post(`${big.base}/v1/streams/events/events`, fifty());
     assert.ok(res.status >= 200 && res.status < 500, `status ${res.status}: ${res.text.slice(0, 300)}`);
-    const stored = await db.query("SELECT length(payload->>'s') AS n FROM events WHERE event_id = 'huge50-1'");
+    const stored = await fx.db.query("SELECT length(payload->>'s') AS n FROM events WHERE event_id = 'huge50-1'");
     if (res.status === 200) assert.equal(stored.rows[0]?.n, 50 * 1024 * 1024);
     else assert.equal(stored.rows.length, 0);
     const health = await get(`${big.base}/health`);
@@ -213,7 +203,7 @@ describe("huge bodies", () => {
 describe("slow and stalled clients", () => {
   test("a body trickled in small pieces is read and stored", async () => {
     const body = JSON.stringify(event("slow-1"));
-    const socket = net.connect(daemon.port, "127.0.0.1");
+    const socket = net.connect(fx.daemon.port, "127.0.0.1");
     sockets.push(socket);
     let answer = "";
     socket.setEncoding("utf8");
@@ -231,24 +221,24 @@ describe("slow and stalled clients", () => {
   });
 
   test("a stalled body does not hold up other producers, and its ring space is freed when it goes", async () => {
-    const socket = net.connect(daemon.port, "127.0.0.1");
+    const socket = net.connect(fx.daemon.port, "127.0.0.1");
     sockets.push(socket);
     await new Promise((r) => socket.once("connect", r));
     socket.write(`POST /v1/streams/events/events HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n[{"event_id":"stalled-1"`);
-    await waitFor("the stalled body to hold ring space", async () => (await get(`${daemon.base}/health`)).json.ring.used_bytes > 0, 5000);
+    await waitFor("the stalled body to hold ring space", async () => (await get(`${fx.daemon.base}/health`)).json.ring.used_bytes > 0, 5000);
 
     const other = await post(url(), JSON.stringify(event("stalled-other")));
     assert.equal(other.status, 200, other.text);
 
     socket.destroy();
-    await waitFor("ring space back", async () => (await get(`${daemon.base}/health`)).json.ring.used_bytes === 0, 5000);
+    await waitFor("ring space back", async () => (await get(`${fx.daemon.base}/health`)).json.ring.used_bytes === 0, 5000);
     assert.deepEqual(await idsWithPrefix("stalled-"), ["stalled-other"]);
   });
 });
 
 describe("WebSocket frames", () => {
   test("hostile frames (deep nesting, NUL, lone surrogate, non-records) are acked as rejected; the socket stays open", async () => {
-    const c = await openWs(`${daemon.wsBase}/v1/ws?stream=events`);
+    const c = await openWs(`${fx.daemon.wsBase}/v1/ws?stream=events`);
     clients.push(c);
     c.send(rawRecord("wsh-1", nestedObject(100_000)));
     c.send(JSON.stringify(event("wsh-2", { payload: { s: "\u0000" } })));
@@ -270,16 +260,16 @@ describe("WebSocket frames", () => {
 
 describe("after all of it", () => {
   test("the daemon is alive, healthy, logged nothing fatal, and ingests a valid event", async () => {
-    assert.equal(daemon.child.exitCode, null, "the daemon is still running");
-    const health = await get(`${daemon.base}/health`);
+    assert.equal(fx.daemon.child.exitCode, null, "the daemon is still running");
+    const health = await get(`${fx.daemon.base}/health`);
     assert.equal(health.status, 200, health.text);
     assert.equal(health.json.status, "healthy");
     const res = await post(url(), JSON.stringify(event("survivor-1")));
     assert.equal(res.status, 200, res.text);
     assert.deepEqual(await idsWithPrefix("survivor-"), ["survivor-1"]);
-    const fatal = daemon.output.filter((line) => /"level":60/.test(line));
+    const fatal = fx.daemon.output.filter((line) => /"level":60/.test(line));
     assert.deepEqual(fatal, []);
-    const metrics = await get(`${daemon.base}/metrics`);
+    const metrics = await get(`${fx.daemon.base}/metrics`);
     assert.doesNotMatch(metrics.text, /ingestd_http_requests_total\{[^}]*status="5\d\d"/, "no 5xx was ever answered");
   });
 });

@@ -3,28 +3,16 @@
  * the rows that actually landed in `events`.
  */
 import assert from "node:assert/strict";
-import { after, before, describe, test } from "node:test";
-import {
-  event,
-  get,
-  post,
-  rawRequest,
-  startDaemon,
-  startTestDb,
-  waitFor,
-  type Daemon,
-  type TestDb,
-} from "./harness";
+import { describe, test } from "node:test";
+import { useDaemon } from "./fixture";
+import { event, get, post, rawRequest, waitFor, type TestDb } from "./harness";
 
-let db: TestDb;
-let daemon: Daemon;
-/** Extra daemons and clusters a test starts; stopped in after() even when the test fails. */
-const extraDaemons: Daemon[] = [];
-const extraDbs: TestDb[] = [];
+/** A database and a daemon on it; the daemons and clusters tests start through fx are stopped in after() too. */
+const fx = useDaemon();
 
-const ingestUrl = (stream = "events") => `${daemon.base}/v1/streams/${stream}/events`;
+const ingestUrl = (stream = "events") => `${fx.daemon.base}/v1/streams/${stream}/events`;
 
-async function rowsWithPrefix(prefix: string, on: TestDb = db) {
+async function rowsWithPrefix(prefix: string, on: TestDb = fx.db) {
   const res = await on.query(
     `SELECT event_id, service_name, event_type, event_time, payload, metadata, ingested_at
        FROM events WHERE event_id LIKE $1 || '%' ORDER BY event_id`,
@@ -33,7 +21,7 @@ async function rowsWithPrefix(prefix: string, on: TestDb = db) {
   return res.rows;
 }
 
-async function idsWithPrefix(prefix: string, on: TestDb = db): Promise<string[]> {
+async function idsWithPrefix(prefix: string, on: TestDb = fx.db): Promise<string[]> {
   return (await rowsWithPrefix(prefix, on)).map((r) => r.event_id);
 }
 
@@ -62,16 +50,6 @@ function assertSuccessShape(json: any, accepted: number): void {
   assert.equal(typeof json.duration_ms, "number");
   assert.ok(json.duration_ms >= 0);
 }
-
-before(async () => {
-  db = await startTestDb();
-  daemon = await startDaemon({ databaseUrl: db.url });
-});
-
-after(async () => {
-  for (const d of [daemon, ...extraDaemons]) await d?.stop().catch(() => undefined);
-  for (const d of [db, ...extraDbs]) await d?.close().catch(() => undefined);
-});
 
 describe("POST /v1/streams/{stream}/events: accepted bodies", () => {
   test("one JSON object → 200 success, and the row holds every field as sent", async () => {
@@ -241,7 +219,7 @@ describe("POST /v1/streams/{stream}/events: rejected records and bodies", () => 
     // fetch always sends a length for a known body; a raw socket sends a chunked one.
     const chunk = JSON.stringify(event("chunked-1"));
     const res = await rawRequest(
-      daemon.port,
+      fx.daemon.port,
       "POST /v1/streams/events/events HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n" +
         "Transfer-Encoding: chunked\r\n\r\n",
       `${chunk.length.toString(16)}\r\n${chunk}\r\n0\r\n\r\n`,
@@ -252,8 +230,7 @@ describe("POST /v1/streams/{stream}/events: rejected records and bodies", () => 
   });
 
   test("a body over MAX_BODY_MB → 413 and nothing lands", async () => {
-    const small = await startDaemon({ databaseUrl: db.url, env: { MAX_BODY_MB: "1" } });
-    extraDaemons.push(small);
+    const small = await fx.startDaemon({ env: { MAX_BODY_MB: "1" } });
     const big = JSON.stringify(event("big-1", { payload: { s: "x".repeat(1024 * 1024) } }));
     assert.ok(big.length > 1024 * 1024);
     const res = await post(`${small.base}/v1/streams/events/events`, big);
@@ -271,7 +248,7 @@ describe("POST /v1/streams/{stream}/events: rejected records and bodies", () => 
 describe("POST /v1/ingest/batch (envelope)", () => {
   test("{events, batch_id, priority} → 200 echoing batch_id; the rows land", async () => {
     const body = { events: [event("env-1"), event("env-2")], batch_id: "x", priority: 5 };
-    const res = await post(`${daemon.base}/v1/ingest/batch`, JSON.stringify(body));
+    const res = await post(`${fx.daemon.base}/v1/ingest/batch`, JSON.stringify(body));
     assert.equal(res.status, 200, res.text);
     assert.equal(res.json.status, "success");
     assert.equal(res.json.batch_id, "x");
@@ -280,11 +257,11 @@ describe("POST /v1/ingest/batch (envelope)", () => {
   });
 
   test("a bad envelope (events not an array, priority out of range) → 400 and nothing lands", async () => {
-    const notArray = await post(`${daemon.base}/v1/ingest/batch`, JSON.stringify({ events: event("envbad-1") }));
+    const notArray = await post(`${fx.daemon.base}/v1/ingest/batch`, JSON.stringify({ events: event("envbad-1") }));
     assert.equal(notArray.status, 400, notArray.text);
-    const badPriority = await post(`${daemon.base}/v1/ingest/batch`, JSON.stringify({ events: [event("envbad-2")], priority: 11 }));
+    const badPriority = await post(`${fx.daemon.base}/v1/ingest/batch`, JSON.stringify({ events: [event("envbad-2")], priority: 11 }));
     assert.equal(badPriority.status, 400, badPriority.text);
-    const bareArray = await post(`${daemon.base}/v1/ingest/batch`, JSON.stringify([event("envbad-3")]));
+    const bareArray = await post(`${fx.daemon.base}/v1/ingest/batch`, JSON.stringify([event("envbad-3")]));
     assert.equal(bareArray.status, 400, bareArray.text);
     assert.deepEqual(await idsWithPrefix("envbad-"), []);
   });
@@ -305,7 +282,7 @@ describe("Prefer: respond-async", () => {
 describe("operations endpoints", () => {
   test("GET /health and /v1/health → 200 healthy, database connected", async () => {
     for (const path of ["/health", "/v1/health"]) {
-      const res = await get(`${daemon.base}${path}`);
+      const res = await get(`${fx.daemon.base}${path}`);
       assert.equal(res.status, 200, `${path}: ${res.text}`);
       assert.equal(res.json.status, "healthy");
       assert.equal(res.json.database, "connected");
@@ -316,11 +293,11 @@ describe("operations endpoints", () => {
   });
 
   test("GET /metrics counters and the ack histogram move with traffic", async () => {
-    const before = (await get(`${daemon.base}/metrics`)).text;
+    const before = (await get(`${fx.daemon.base}/metrics`)).text;
     const records = Array.from({ length: 7 }, (_, i) => event(`metrics-${i}`));
     const res = await post(ingestUrl(), JSON.stringify(records));
     assert.equal(res.status, 200, res.text);
-    const after = await get(`${daemon.base}/metrics`);
+    const after = await get(`${fx.daemon.base}/metrics`);
     assert.equal(after.status, 200);
     assert.match(after.headers.get("content-type") ?? "", /text\/plain/);
     const delta = (name: string, labels: Record<string, string>) => metricValue(after.text, name, labels) - metricValue(before, name, labels);
@@ -328,7 +305,7 @@ describe("operations endpoints", () => {
     assert.equal(delta("ingestd_events_total", { stream: "events", outcome: "accepted" }), 7);
     assert.equal(delta("ingestd_ack_latency_seconds_count", { stream: "events", transport: "http" }), 1);
     // /v1/metrics is the same registry.
-    const v1 = await get(`${daemon.base}/v1/metrics`);
+    const v1 = await get(`${fx.daemon.base}/v1/metrics`);
     assert.equal(v1.status, 200);
     assert.ok(metricValue(v1.text, "ingestd_events_total", { outcome: "accepted" }) >= 7);
   });
@@ -336,7 +313,7 @@ describe("operations endpoints", () => {
   test("GET /v1/latency reports the ack stage after traffic", async () => {
     const res = await post(ingestUrl(), JSON.stringify(event("latency-1")));
     assert.equal(res.status, 200, res.text);
-    const lat = await get(`${daemon.base}/v1/latency`);
+    const lat = await get(`${fx.daemon.base}/v1/latency`);
     assert.equal(lat.status, 200, lat.text);
     const ack = lat.json.since_start?.ack?.events;
     assert.ok(ack, `no since_start.ack.events in ${lat.text}`);
@@ -350,10 +327,8 @@ describe("operations endpoints", () => {
 
 describe("PostgreSQL outage", () => {
   test("database down → /health 503 disconnected, ingest 503 with Retry-After; recovers when it returns", async () => {
-    const own = await startTestDb();
-    extraDbs.push(own);
-    const d = await startDaemon({ databaseUrl: own.url });
-    extraDaemons.push(d);
+    const own = await fx.startDb();
+    const d = await fx.startDaemon({ databaseUrl: own.url });
     const url = `${d.base}/v1/streams/events/events`;
     const first = await post(url, JSON.stringify(event("outage-before")));
     assert.equal(first.status, 200, first.text);

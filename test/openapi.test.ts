@@ -7,25 +7,18 @@
  */
 import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
-import { after, before, describe, test } from "node:test";
+import { describe, test } from "node:test";
 import { streams } from "../config/streams";
-import { get, post, startDaemon, startTestDb, type Daemon, type TestDb } from "./harness";
+import { useDaemon } from "./fixture";
+import { get, post } from "./harness";
 
-let db: TestDb;
-let daemon: Daemon;
+const fx = useDaemon();
 let doc: any;
 
-before(async () => {
-  db = await startTestDb();
-  daemon = await startDaemon({ databaseUrl: db.url });
-  const res = await get(`${daemon.base}/openapi.json`);
+fx.setup(async () => {
+  const res = await get(`${fx.daemon.base}/openapi.json`);
   assert.equal(res.status, 200, res.text);
   doc = res.json;
-});
-
-after(async () => {
-  await daemon?.stop().catch(() => undefined);
-  await db?.close().catch(() => undefined);
 });
 
 /** Follows `#/components/schemas/...` references. */
@@ -222,7 +215,7 @@ describe("the daemon accepts exactly what the document says", () => {
 
   async function tryAll(stream: string, path: string, base: () => Record<string, unknown>) {
     const cases = variants(recordSchema(path), base);
-    const res = await post(`${daemon.base}${path}`, JSON.stringify(cases.map((c) => c.record)));
+    const res = await post(`${fx.daemon.base}${path}`, JSON.stringify(cases.map((c) => c.record)));
     assert.equal(res.status, 207, res.text);
     const byIndex = new Map<number, any[]>();
     for (const e of res.json.errors) byIndex.set(e.index, [...(byIndex.get(e.index) ?? []), e]);

@@ -8,19 +8,17 @@ import os from "node:os";
 import path from "node:path";
 import { after, before, test } from "node:test";
 import * as hdr from "hdr-histogram-js";
-import { startDaemon, startTestDb, waitFor, type TestDb } from "./harness";
+import { useTestDb } from "./fixture";
+import { waitFor } from "./harness";
 import { sendEvents, sleep } from "./ops-tools";
 
-let db: TestDb;
+/** A database; each test starts its daemon with HLOG_PATH in a temporary directory. */
+const fx = useTestDb();
 let dir: string;
-
-before(async () => {
-  db = await startTestDb();
+before(() => {
   dir = fs.mkdtempSync(path.join(os.tmpdir(), "ingestd-hlog-"));
 });
-
-after(async () => {
-  await db?.close();
+after(() => {
   fs.rmSync(dir, { recursive: true, force: true });
 });
 
@@ -28,7 +26,7 @@ const file = () => path.join(dir, "latency.hlog");
 
 test("HLOG_PATH: interval histograms with the ack stage's counts parse back with HistogramLogReader", async () => {
   const startedAt = Date.now();
-  const daemon = await startDaemon({ databaseUrl: db.url, env: { HLOG_PATH: file() } });
+  const daemon = await fx.startDaemon({ env: { HLOG_PATH: file() } });
   let requests = 0;
   try {
     // Three rounds over about three one-second intervals, so the log holds more than one interval.
@@ -80,7 +78,7 @@ test("a second run appends to the same log and its intervals keep their own time
     firstEnd = Math.max(firstEnd, h.endTimeStampMsec);
   }
   const startedAt = Date.now();
-  const daemon = await startDaemon({ databaseUrl: db.url, env: { HLOG_PATH: file() } });
+  const daemon = await fx.startDaemon({ env: { HLOG_PATH: file() } });
   try {
     await sendEvents(daemon.base, "hlog-again", 7, 5);
   } finally {
@@ -105,7 +103,7 @@ test("a second run appends to the same log and its intervals keep their own time
 test("SIGHUP reopens HLOG_PATH (logrotate): the moved file and the new one each read back on their own, no interval lost", async () => {
   const live = path.join(dir, "rotated.hlog");
   const moved = `${live}.1`;
-  const daemon = await startDaemon({ databaseUrl: db.url, env: { HLOG_PATH: live } });
+  const daemon = await fx.startDaemon({ env: { HLOG_PATH: live } });
   try {
     await sendEvents(daemon.base, "hlog-rot-a", 6, 5);
     await sleep(1300); // one interval boundary (1 s) past the traffic, so it is in the file being moved

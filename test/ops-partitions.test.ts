@@ -3,25 +3,21 @@
  */
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
-import { after, before, test } from "node:test";
-import { CLI, ROOT, startDaemon, startTestDb, type TestDb } from "./harness";
+import { test } from "node:test";
+import { useTestDb } from "./fixture";
+import { CLI, ROOT } from "./harness";
 import { configEnv } from "./ops-tools";
 
-let db: TestDb;
+const fx = useTestDb();
 
-before(async () => {
-  db = await startTestDb();
+fx.setup(async () => {
   // The daemon creates the tables and this month's and next month's partitions, then goes away.
-  const daemon = await startDaemon({ databaseUrl: db.url });
+  const daemon = await fx.startDaemon();
   assert.equal((await daemon.stop()).code, 0);
 });
 
-after(async () => {
-  await db?.close();
-});
-
 function partitions(...args: string[]) {
-  const r = spawnSync(process.execPath, [CLI, "partitions", ...args], { cwd: ROOT, env: configEnv({ DATABASE_URL: db.url }), encoding: "utf8", timeout: 60_000 });
+  const r = spawnSync(process.execPath, [CLI, "partitions", ...args], { cwd: ROOT, env: configEnv({ DATABASE_URL: fx.db.url }), encoding: "utf8", timeout: 60_000 });
   return { code: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 

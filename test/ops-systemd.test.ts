@@ -13,7 +13,8 @@ import os from "node:os";
 import path from "node:path";
 import readline from "node:readline";
 import { after, before, test } from "node:test";
-import { ROOT, startDaemon, startTestDb, type Daemon, type TestDb } from "./harness";
+import { useFixture } from "./fixture";
+import { ROOT } from "./harness";
 import { configEnv, requireTool } from "./ops-tools";
 
 const UNIT = path.join(ROOT, "systemd/ingestd.service");
@@ -124,13 +125,12 @@ while True:
     print(json.dumps({"message": msg.decode(), "pid": pid}), flush=True)
 `;
 
-let db: TestDb | null = null;
-let daemon: Daemon | null = null;
-after(async () => {
-  // A failed assertion must not leave the daemon running (it would keep this file from finishing).
-  if (daemon && daemon.child.exitCode === null && daemon.child.signalCode === null) await daemon.kill("SIGKILL");
-  await db?.close();
-});
+/**
+ * Nothing started up front: the readiness test starts its database and daemon through fx once it knows the
+ * tools it needs are there. A failed assertion must not leave the daemon running (it would keep this file
+ * from finishing): after() kills it.
+ */
+const fx = useFixture({ stopSignal: "SIGKILL" });
 
 test("readiness: READY=1 once the daemon answers, STOPPING=1 on SIGTERM, over NOTIFY_SOCKET", async (t) => {
   const python = requireTool(t, "python3", "apt-get install python3");
@@ -157,8 +157,8 @@ test("readiness: READY=1 once the daemon answers, STOPPING=1 on SIGTERM, over NO
   };
   try {
     await waitFor(() => fs.existsSync(socketPath), "the receiver's socket");
-    db = await startTestDb();
-    daemon = await startDaemon({ databaseUrl: db.url, env: { NOTIFY_SOCKET: socketPath } });
+    const db = await fx.startDb();
+    const daemon = await fx.startDaemon({ databaseUrl: db.url, env: { NOTIFY_SOCKET: socketPath } });
     await waitFor(() => messages.some((m) => m.message.includes("READY=1")), "READY=1");
     // As root, systemd-notify sends with its parent's pid (ours); unprivileged, as under the unit's
     // DynamicUser, with its own: hence NotifyAccess=all in the unit.

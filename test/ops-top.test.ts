@@ -4,22 +4,12 @@
  */
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { after, before, test } from "node:test";
-import { CLI, startDaemon, startTestDb, type Daemon, type TestDb } from "./harness";
+import { test } from "node:test";
+import { useDaemon } from "./fixture";
+import { CLI } from "./harness";
 import { backgroundTraffic, requireTool, sleep } from "./ops-tools";
 
-let db: TestDb;
-let daemon: Daemon;
-
-before(async () => {
-  db = await startTestDb();
-  daemon = await startDaemon({ databaseUrl: db.url });
-});
-
-after(async () => {
-  await daemon?.stop();
-  await db?.close();
-});
+const fx = useDaemon();
 
 const stripAnsi = (s: string) => s.replace(/\x1b\[[0-9;?]*[A-Za-z]/g, "");
 const shellQuote = (s: string) => `'${s.replace(/'/g, `'\\''`)}'`;
@@ -32,9 +22,9 @@ function eventRates(screen: string): number[] {
 test("top in a pseudo-terminal shows non-zero throughput and per-stage percentiles, and exits on q", async (t) => {
   const script = requireTool(t, "script", "apt-get install bsdutils (util-linux)");
   if (!script) return;
-  const traffic = backgroundTraffic(daemon.base, "top", 20_000);
+  const traffic = backgroundTraffic(fx.daemon.base, "top", 20_000);
   // `script` gives the command a pty: top sees a terminal on stdin and stdout, as over SSH.
-  const command = `stty cols 120 rows 40; exec ${shellQuote(process.execPath)} ${shellQuote(CLI)} top --url ${daemon.base}`;
+  const command = `stty cols 120 rows 40; exec ${shellQuote(process.execPath)} ${shellQuote(CLI)} top --url ${fx.daemon.base}`;
   const child = spawn(script, ["-qfec", command, "/dev/null"], { stdio: ["pipe", "pipe", "pipe"], env: { ...process.env, TERM: "xterm" } });
   let screen = "";
   child.stdout.setEncoding("utf8");
@@ -73,12 +63,12 @@ test("top in a pseudo-terminal shows non-zero throughput and per-stage percentil
 });
 
 test("top --once prints one plain frame (no escapes) and exits 0", async () => {
-  const traffic = backgroundTraffic(daemon.base, "once", 10_000);
+  const traffic = backgroundTraffic(fx.daemon.base, "once", 10_000);
   let out = "";
   let code: number | null;
   try {
     await sleep(500);
-    const child = spawn(process.execPath, [CLI, "top", "--once", "--url", daemon.base], { stdio: ["ignore", "pipe", "inherit"] });
+    const child = spawn(process.execPath, [CLI, "top", "--once", "--url", fx.daemon.base], { stdio: ["ignore", "pipe", "inherit"] });
     child.stdout.setEncoding("utf8");
     child.stdout.on("data", (c: string) => (out += c));
     code = await new Promise((resolve) => child.on("exit", resolve));

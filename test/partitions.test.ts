@@ -7,35 +7,29 @@
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { randomUUID } from "node:crypto";
-import { after, before, describe, test } from "node:test";
+import { describe, test } from "node:test";
 import pg from "pg";
 import { streams } from "../config/streams";
 import { addMonths, createPartitions, dropPartitionsOlderThan, ensureMonthPartitions, listPartitions, monthLabel, monthOf, partitionName, type Month } from "../src/storage/partitions";
-import { CLI, ROOT, event, post, startDaemon, startTestDb, waitFor, type Daemon, type TestDb } from "./harness";
+import { useDaemon } from "./fixture";
+import { CLI, ROOT, event, post, waitFor } from "./harness";
 
-let db: TestDb;
-let daemon: Daemon;
+const fx = useDaemon();
+/** The test's own connection to fx.db. */
 let client: pg.Client;
-const extraDaemons: Daemon[] = [];
 const extraClients: pg.Client[] = [];
+fx.setup(async () => {
+  client = new pg.Client({ connectionString: fx.db.url });
+  await client.connect();
+});
+fx.teardown(async () => {
+  for (const c of [client, ...extraClients]) await c?.end().catch(() => undefined);
+});
 
 /** The month the daemon started in; every month below is relative to it. */
 const M = monthOf(new Date());
 const rel = (n: number) => addMonths(M, n);
 const PARTITIONED = ["events", "logs", "product_events"];
-
-before(async () => {
-  db = await startTestDb();
-  daemon = await startDaemon({ databaseUrl: db.url });
-  client = new pg.Client({ connectionString: db.url });
-  await client.connect();
-});
-
-after(async () => {
-  for (const c of [client, ...extraClients]) await c?.end().catch(() => undefined);
-  for (const d of [daemon, ...extraDaemons]) await d?.stop().catch(() => undefined);
-  await db?.close().catch(() => undefined);
-});
 
 function startOf(m: Month): Date {
   return new Date(Date.UTC(m.year, m.month - 1, 1));
@@ -64,14 +58,14 @@ async function whereStored(prefix: string): Promise<Record<string, string>> {
 }
 
 async function sendEvents(records: Record<string, unknown>[]) {
-  const res = await post(`${daemon.base}/v1/streams/events/events`, JSON.stringify(records));
+  const res = await post(`${fx.daemon.base}/v1/streams/events/events`, JSON.stringify(records));
   assert.equal(res.status, 200, res.text);
   return res.json;
 }
 
 function runCli(args: string[], env: Record<string, string> = {}): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [CLI, ...args], { cwd: ROOT, env: { ...process.env, DATABASE_URL: db.url, LOG_LEVEL: "warn", ...env }, stdio: ["ignore", "pipe", "pipe"] });
+    const child = spawn(process.execPath, [CLI, ...args], { cwd: ROOT, env: { ...process.env, DATABASE_URL: fx.db.url, LOG_LEVEL: "warn", ...env }, stdio: ["ignore", "pipe", "pipe"] });
     let stdout = "";
     let stderr = "";
     child.stdout.setEncoding("utf8").on("data", (c) => (stdout += c));
@@ -140,7 +134,7 @@ describe("where rows land", () => {
   test("product_events by their epoch-ms time and logs by their receive time", async () => {
     const ids = { prev: randomUUID(), now: randomUUID(), old: randomUUID() };
     const product = (id: string, ms: number) => ({ event_id: id, user_id: "u", event_type: "t", event_time: ms, properties: {} });
-    const res = await post(`${daemon.base}/events`, JSON.stringify([product(ids.prev, startOf(rel(-1)).getTime() + 5), product(ids.now, Date.now()), product(ids.old, 1000)]));
+    const res = await post(`${fx.daemon.base}/events`, JSON.stringify([product(ids.prev, startOf(rel(-1)).getTime() + 5), product(ids.now, Date.now()), product(ids.old, 1000)]));
     assert.equal(res.status, 200, res.text);
     const { rows } = await client.query(`SELECT event_id::text AS id, tableoid::regclass::text AS part FROM product_events WHERE event_id = ANY($1::uuid[])`, [Object.values(ids)]);
     assert.deepEqual(Object.fromEntries(rows.map((r) => [r.id, r.part])), {
@@ -148,7 +142,7 @@ describe("where rows land", () => {
       [ids.now]: partitionName("product_events", monthOf(new Date())),
       [ids.old]: "product_events_default",
     });
-    const logs = await post(`${daemon.base}/v1/streams/logs/events`, JSON.stringify({ service_name: "part-logs", severity: "INFO", message: "m" }));
+    const logs = await post(`${fx.daemon.base}/v1/streams/logs/events`, JSON.stringify({ service_name: "part-logs", severity: "INFO", message: "m" }));
     assert.equal(logs.status, 200, logs.text);
     const l = await client.query(`SELECT tableoid::regclass::text AS part FROM logs WHERE service_name = 'part-logs'`);
     assert.deepEqual(l.rows, [{ part: partitionName("logs", monthOf(new Date())) }]);
@@ -170,7 +164,7 @@ describe("createPartitions / listPartitions", () => {
     const idx = await client.query(`SELECT indexdef FROM pg_indexes WHERE tablename = $1`, [name]);
     assert.ok(idx.rows.some((r) => r.indexdef.endsWith("(service_name, event_type, event_time)")), "the moved partition is indexed");
 
-    const again = await post(`${daemon.base}/v1/streams/events/events`, JSON.stringify([event("mv-1", { timestamp: at(month, DAY) })]));
+    const again = await post(`${fx.daemon.base}/v1/streams/events/events`, JSON.stringify([event("mv-1", { timestamp: at(month, DAY) })]));
     assert.equal(again.json.duplicates, 1);
 
     const list = await listPartitions(client, "public", streams);
@@ -185,7 +179,7 @@ describe("createPartitions / listPartitions", () => {
     const month = rel(6);
     const racers = await Promise.all(
       Array.from({ length: 4 }, async () => {
-        const c = new pg.Client({ connectionString: db.url });
+        const c = new pg.Client({ connectionString: fx.db.url });
         extraClients.push(c);
         await c.connect();
         return createPartitions(c, "public", streams, [month]);
@@ -246,8 +240,7 @@ describe("retention by the daemon", () => {
     const old = rel(-8);
     await createPartitions(client, "public", streams, [old, rel(-2)]);
     await sendEvents([event("ret-old", { timestamp: at(old, DAY) }), event("ret-recent", { timestamp: at(rel(-2), DAY) })]);
-    const second = await startDaemon({ databaseUrl: db.url, env: { RETENTION_MONTHS: "6" } });
-    extraDaemons.push(second);
+    const second = await fx.startDaemon({ env: { RETENTION_MONTHS: "6" } });
     await waitFor("retention to drop the old partition", async () => !(await partitionsOf("events")).includes(partitionName("events", old)), 15_000);
     const parts = await partitionsOf("events");
     for (const keep of [rel(-2), rel(-1), M, rel(1)]) assert.ok(parts.includes(partitionName("events", keep)), `keeps ${monthLabel(keep)}`);

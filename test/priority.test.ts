@@ -10,30 +10,25 @@
  * sequential transactions make strictly increasing.
  */
 import assert from "node:assert/strict";
-import { after, before, describe, test } from "node:test";
+import { before, describe, test } from "node:test";
 import pg from "pg";
-import { event, get, post, startDaemon, startTestDb, waitFor, type Daemon, type TestDb } from "./harness";
+import { useDaemon } from "./fixture";
+import { event, get, post, waitFor, type Daemon } from "./harness";
 import { envelopePriority } from "../src/front/envelope-priority";
-
-let db: TestDb;
-let daemon: Daemon;
-/** A daemon whose worker takes 1 MiB of bodies at once: a backlog of ~3 KB requests waits in the dispatcher. */
-let narrow: Daemon | null = null;
-const clients: pg.Client[] = [];
 
 /** Records per request; also BATCH_SIZE, so each request is sealed as a batch of its own. */
 const PER_REQUEST = 20;
 
-before(async () => {
-  db = await startTestDb();
-  daemon = await startDaemon({ databaseUrl: db.url, env: { WORKERS: "1", BATCH_SIZE: String(PER_REQUEST), BATCH_TIMEOUT_MS: "5" } });
-});
-
-after(async () => {
+/** A database, and a daemon with one worker and small, fast batches. */
+const fx = useDaemon({ env: { WORKERS: "1", BATCH_SIZE: String(PER_REQUEST), BATCH_TIMEOUT_MS: "5" } });
+/**
+ * A daemon whose worker takes 1 MiB of bodies at once: a backlog of ~3 KB requests waits in the dispatcher.
+ * Started (through fx) by the last describe() below.
+ */
+let narrow: Daemon | null = null;
+const clients: pg.Client[] = [];
+fx.teardown(async () => {
   for (const c of clients) await c.end().catch(() => undefined);
-  await daemon?.stop().catch(() => undefined);
-  await narrow?.stop().catch(() => undefined);
-  await db?.close().catch(() => undefined);
 });
 
 async function tasksInFlight(d: Daemon): Promise<number> {
@@ -45,7 +40,7 @@ async function tasksInFlight(d: Daemon): Promise<number> {
 
 /** Holds the worker's commit: its merge into events_dedup waits for this lock until release(). */
 async function holdCommits(): Promise<{ release(): Promise<void> }> {
-  const client = new pg.Client({ connectionString: db.url });
+  const client = new pg.Client({ connectionString: fx.db.url });
   clients.push(client);
   await client.connect();
   await client.query("BEGIN");
@@ -70,13 +65,13 @@ function send(d: Daemon, tag: string, n: number, priority: number) {
  * then `late` requests of `latePriority`, and releases the commit. Returns, in commit order, which group each
  * request belonged to ("early" / "late").
  */
-async function contend(tag: string, early: number, late: number, latePriority: number, d: Daemon = daemon): Promise<("early" | "late")[]> {
+async function contend(tag: string, early: number, late: number, latePriority: number, d: Daemon = fx.daemon): Promise<("early" | "late")[]> {
   const hold = await holdCommits();
   try {
     const earlyAnswers = Array.from({ length: early }, (_, i) => send(d, `${tag}-early`, i, 0));
     // The first batch's transaction is waiting for the lock; the others queue behind it in the worker.
     await waitFor("the worker's commit to wait for the lock", async () => {
-      const { rows } = await db.query(`SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name LIKE 'ingestd-worker-%' AND wait_event_type = 'Lock'`);
+      const { rows } = await fx.db.query(`SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name LIKE 'ingestd-worker-%' AND wait_event_type = 'Lock'`);
       return rows[0].n === 1;
     }, 20_000);
     await waitFor(`${early} tasks in flight`, async () => (await tasksInFlight(d)) === early, 20_000);
@@ -94,7 +89,7 @@ async function contend(tag: string, early: number, late: number, latePriority: n
   } finally {
     await hold.release();
   }
-  const { rows } = await db.query(
+  const { rows } = await fx.db.query(
     `SELECT split_part(event_id, '-', 2) AS grp, split_part(event_id, '-', 3)::int AS n, min(ingested_at) AS t, min(ingested_at)::text AS exact,
             count(DISTINCT ingested_at)::int AS txns
        FROM events WHERE event_id LIKE $1 || '-%' GROUP BY 1, 2 ORDER BY t`,
@@ -121,7 +116,7 @@ describe("priority under contention (one worker, commit held while the backlog b
   });
 
   test("the batch status records the priority requests as committed before the others", async () => {
-    const { rows } = await db.query(
+    const { rows } = await fx.db.query(
       `SELECT batch_id, committed_at FROM ingest_batches WHERE batch_id LIKE 'pri-%' ORDER BY committed_at, batch_id`,
     );
     assert.equal(rows.length, 40);
@@ -138,7 +133,7 @@ describe("priority under contention (one worker, commit held while the backlog b
 
 describe("priority when requests wait for the worker (WORKER_BACKLOG_MB=1: ~300 requests in the worker, the rest in the dispatcher)", () => {
   before(async () => {
-    narrow = await startDaemon({ databaseUrl: db.url, env: { WORKERS: "1", BATCH_SIZE: String(PER_REQUEST), BATCH_TIMEOUT_MS: "5", WORKER_BACKLOG_MB: "1" } });
+    narrow = await fx.startDaemon({ env: { WORKERS: "1", BATCH_SIZE: String(PER_REQUEST), BATCH_TIMEOUT_MS: "5", WORKER_BACKLOG_MB: "1" } });
   });
 
   test("control: 500 requests then 10 of equal priority are committed in arrival order", async () => {

@@ -8,14 +8,10 @@ import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import fs from "node:fs";
 import path from "node:path";
-import { after, before, describe, test } from "node:test";
-import { CLI, ROOT, event, get, post, startDaemon, startTestDb, waitFor, type Daemon, type TestDb } from "./harness";
+import { after, describe, test } from "node:test";
+import { useDaemon } from "./fixture";
+import { CLI, ROOT, event, get, post, waitFor } from "./harness";
 import { connectWs, keysFileJson, logEntries, newKey, tempDir, writeAtomic, type TestKey } from "./security-helpers";
-
-let db: TestDb;
-let daemon: Daemon;
-let dir: string;
-let keysFile: string;
 
 const writer = newKey("writer", ["events"]);
 const logsOnly = newKey("logs-only", ["logs"]);
@@ -37,25 +33,27 @@ const json = "application/json";
 let orderKey = 1000;
 const orderLine = () => `O|${++orderKey}|100|O|123.45|1996-01-02|5-LOW|Clerk#000000951|0|nstructions sleep furiously`;
 
-async function eventIds(prefix: string): Promise<string[]> {
-  const res = await db.query("SELECT event_id FROM events WHERE event_id LIKE $1 || '%' ORDER BY event_id", [prefix]);
-  return res.rows.map((r) => r.event_id);
-}
-
-before(async () => {
-  db = await startTestDb();
-  dir = tempDir("ingestd-sec-auth-");
-  keysFile = path.join(dir, "keys.json");
-  fs.writeFileSync(keysFile, keysFileJson(initial));
-  // trace: the most the daemon ever logs, so the final scan covers every log statement that runs.
-  daemon = await startDaemon({ databaseUrl: db.url, env: { API_KEYS_FILE: keysFile, LOG_LEVEL: "trace" } });
+let dir: string;
+/** The keys file the daemon reads; the reload tests rewrite it. */
+let keysFile: string;
+/** A database, and a daemon reading a keys file of the `initial` keys, written in a temporary directory. */
+const fx = useDaemon({
+  env: () => {
+    dir = tempDir("ingestd-sec-auth-");
+    keysFile = path.join(dir, "keys.json");
+    fs.writeFileSync(keysFile, keysFileJson(initial));
+    // trace: the most the daemon ever logs, so the final scan covers every log statement that runs.
+    return { API_KEYS_FILE: keysFile, LOG_LEVEL: "trace" };
+  },
 });
-
-after(async () => {
-  await daemon?.stop().catch(() => undefined);
-  await db?.close().catch(() => undefined);
+after(() => {
   if (dir) fs.rmSync(dir, { recursive: true, force: true });
 });
+
+async function eventIds(prefix: string): Promise<string[]> {
+  const res = await fx.db.query("SELECT event_id FROM events WHERE event_id LIKE $1 || '%' ORDER BY event_id", [prefix]);
+  return res.rows.map((r) => r.event_id);
+}
 
 describe("HTTP ingest routes", () => {
   test("no key and a wrong key get 401 with a Bearer challenge on every ingest route; nothing is stored", async () => {
@@ -69,7 +67,7 @@ describe("HTTP ingest routes", () => {
     ];
     for (const [route, type, body] of routes) {
       for (const headers of [{}, bearer(stranger), xApiKey(stranger), { authorization: "Bearer " }, { authorization: `Basic ${Buffer.from("a:b").toString("base64")}` }]) {
-        const res = await post(`${daemon.base}${route}`, body, type, headers);
+        const res = await post(`${fx.daemon.base}${route}`, body, type, headers);
         assert.equal(res.status, 401, `${route} ${JSON.stringify(Object.keys(headers))}: ${res.text}`);
         assert.equal(res.headers.get("www-authenticate"), 'Bearer realm="ingestd"');
         assert.equal(res.json.error, "unauthorized");
@@ -79,68 +77,68 @@ describe("HTTP ingest routes", () => {
   });
 
   test("Authorization: Bearer and X-API-Key are both accepted (200, rows stored)", async () => {
-    const a = await post(`${daemon.base}/v1/streams/events/events`, JSON.stringify(event("hdr-bearer")), json, bearer(writer));
+    const a = await post(`${fx.daemon.base}/v1/streams/events/events`, JSON.stringify(event("hdr-bearer")), json, bearer(writer));
     assert.equal(a.status, 200, a.text);
-    const b = await post(`${daemon.base}/v1/streams/events/events`, JSON.stringify(event("hdr-xkey")), json, xApiKey(writer));
+    const b = await post(`${fx.daemon.base}/v1/streams/events/events`, JSON.stringify(event("hdr-xkey")), json, xApiKey(writer));
     assert.equal(b.status, 200, b.text);
     // The scheme name is case-insensitive (RFC 9110).
-    const c = await post(`${daemon.base}/v1/ingest/batch`, JSON.stringify({ events: [event("hdr-lower")] }), json, { authorization: `bearer ${writer.token}` });
+    const c = await post(`${fx.daemon.base}/v1/ingest/batch`, JSON.stringify({ events: [event("hdr-lower")] }), json, { authorization: `bearer ${writer.token}` });
     assert.equal(c.status, 200, c.text);
     assert.deepEqual(await eventIds("hdr-"), ["hdr-bearer", "hdr-lower", "hdr-xkey"]);
   });
 
   test("403 for a stream the key may not write; '*' writes every stream", async () => {
     const logRecord = JSON.stringify({ service_name: "svc", severity: "INFO", message: "hello" });
-    const denied = await post(`${daemon.base}/v1/streams/logs/events`, logRecord, json, bearer(writer));
+    const denied = await post(`${fx.daemon.base}/v1/streams/logs/events`, logRecord, json, bearer(writer));
     assert.equal(denied.status, 403, denied.text);
     assert.equal(denied.json.error, "forbidden");
     assert.match(denied.json.message, /writer may not write stream logs/);
-    const deniedEvents = await post(`${daemon.base}/v1/streams/events/events`, JSON.stringify(event("forbid-1")), json, bearer(logsOnly));
+    const deniedEvents = await post(`${fx.daemon.base}/v1/streams/events/events`, JSON.stringify(event("forbid-1")), json, bearer(logsOnly));
     assert.equal(deniedEvents.status, 403);
     const productEvent = JSON.stringify({ event_id: "7f1c0d2e-1111-4a4a-8b8b-000000000002", user_id: "u", event_type: "t", event_time: 1, properties: {} });
-    assert.equal((await post(`${daemon.base}/events`, productEvent, json, bearer(writer))).status, 403);
-    assert.equal((await post(`${daemon.base}/v1/streams/logs/events`, logRecord, json, bearer(logsOnly))).status, 200);
-    assert.equal((await post(`${daemon.base}/v1/streams/logs/events`, logRecord, json, bearer(star))).status, 200);
-    assert.equal((await post(`${daemon.base}/events`, productEvent, json, xApiKey(star))).status, 200);
+    assert.equal((await post(`${fx.daemon.base}/events`, productEvent, json, bearer(writer))).status, 403);
+    assert.equal((await post(`${fx.daemon.base}/v1/streams/logs/events`, logRecord, json, bearer(logsOnly))).status, 200);
+    assert.equal((await post(`${fx.daemon.base}/v1/streams/logs/events`, logRecord, json, bearer(star))).status, 200);
+    assert.equal((await post(`${fx.daemon.base}/events`, productEvent, json, xApiKey(star))).status, 200);
     assert.deepEqual(await eventIds("forbid-"), []);
     // An unknown stream is still 404 for a valid key (authentication first, then the stream, then permission).
-    assert.equal((await post(`${daemon.base}/v1/streams/nope/events`, "{}", json, bearer(writer))).status, 404);
+    assert.equal((await post(`${fx.daemon.base}/v1/streams/nope/events`, "{}", json, bearer(writer))).status, 404);
   });
 
   test("TPC-H line endpoints need 'tpch', all four line streams, or '*'", async () => {
     for (const route of ["/ingest/message", "/ingest/batch"]) {
-      assert.equal((await post(`${daemon.base}${route}`, orderLine(), "text/plain", bearer(writer))).status, 403, route);
+      assert.equal((await post(`${fx.daemon.base}${route}`, orderLine(), "text/plain", bearer(writer))).status, 403, route);
       // One line stream is not enough: a body may hold lines for any of the four.
-      assert.equal((await post(`${daemon.base}${route}`, orderLine(), "text/plain", bearer(ordersOnly))).status, 403, route);
+      assert.equal((await post(`${fx.daemon.base}${route}`, orderLine(), "text/plain", bearer(ordersOnly))).status, 403, route);
       for (const key of [tpch, tpchFour, star]) {
-        const res = await post(`${daemon.base}${route}`, orderLine(), "text/plain", bearer(key));
+        const res = await post(`${fx.daemon.base}${route}`, orderLine(), "text/plain", bearer(key));
         assert.equal(res.status, 200, `${route} ${key.id}: ${res.text}`);
       }
     }
-    const stream = await post(`${daemon.base}/ingest/stream`, `${orderLine()}\n${orderLine()}\n`, "text/plain", bearer(tpch));
+    const stream = await post(`${fx.daemon.base}/ingest/stream`, `${orderLine()}\n${orderLine()}\n`, "text/plain", bearer(tpch));
     assert.equal(stream.status, 200, stream.text);
     assert.match(stream.text, /"inserted":2/);
-    assert.equal((await post(`${daemon.base}/ingest/stream`, `${orderLine()}\n`, "text/plain", bearer(ordersOnly))).status, 403);
+    assert.equal((await post(`${fx.daemon.base}/ingest/stream`, `${orderLine()}\n`, "text/plain", bearer(ordersOnly))).status, 403);
     // A key for one line stream writes it through the canonical route; 'tpch' grants the four streams too.
-    assert.equal((await post(`${daemon.base}/v1/streams/orders/events`, orderLine(), "text/plain", bearer(ordersOnly))).status, 200);
-    assert.equal((await post(`${daemon.base}/v1/streams/orders/events`, orderLine(), "text/plain", bearer(tpch))).status, 200);
-    assert.equal((await post(`${daemon.base}/v1/streams/orders/events`, orderLine(), "text/plain", bearer(writer))).status, 403);
+    assert.equal((await post(`${fx.daemon.base}/v1/streams/orders/events`, orderLine(), "text/plain", bearer(ordersOnly))).status, 200);
+    assert.equal((await post(`${fx.daemon.base}/v1/streams/orders/events`, orderLine(), "text/plain", bearer(tpch))).status, 200);
+    assert.equal((await post(`${fx.daemon.base}/v1/streams/orders/events`, orderLine(), "text/plain", bearer(writer))).status, 403);
   });
 
   test("read-only endpoints stay open without a key", async () => {
     for (const p of ["/health", "/v1/health", "/metrics", "/stats", "/v1/latency", "/openapi.json"]) {
-      const res = await get(`${daemon.base}${p}`);
+      const res = await get(`${fx.daemon.base}${p}`);
       assert.equal(res.status, 200, `${p}: ${res.text.slice(0, 200)}`);
     }
-    const accepted = await post(`${daemon.base}/v1/streams/events/events`, JSON.stringify(event("ro-batch")), json, bearer(writer));
-    const status = await get(`${daemon.base}/v1/batches/${accepted.json.batch_id}`);
+    const accepted = await post(`${fx.daemon.base}/v1/streams/events/events`, JSON.stringify(event("ro-batch")), json, bearer(writer));
+    const status = await get(`${fx.daemon.base}/v1/batches/${accepted.json.batch_id}`);
     assert.equal(status.status, 200, status.text);
     assert.equal(status.json.status, "committed");
   });
 });
 
 describe("WebSocket upgrade", () => {
-  const url = () => `${daemon.wsBase}/v1/ws?stream=events`;
+  const url = () => `${fx.daemon.wsBase}/v1/ws?stream=events`;
 
   test("Bearer header, X-API-Key header and ?token= each open a stream whose frames are acked", async () => {
     const variants: Array<[string, { url: string; headers: Record<string, string> }]> = [
@@ -163,8 +161,8 @@ describe("WebSocket upgrade", () => {
     await assert.rejects(connectWs(url()), (err: any) => err.status === 401 && err.headers["www-authenticate"] === 'Bearer realm="ingestd"');
     await assert.rejects(connectWs(`${url()}&token=${stranger.token}`), (err: any) => err.status === 401);
     await assert.rejects(connectWs(url(), { headers: bearer(stranger) }), (err: any) => err.status === 401);
-    await assert.rejects(connectWs(`${daemon.wsBase}/v1/ws?stream=events&token=${logsOnly.token}`), (err: any) => err.status === 403);
-    const ok = await connectWs(`${daemon.wsBase}/v1/ws?stream=logs&token=${logsOnly.token}`);
+    await assert.rejects(connectWs(`${fx.daemon.wsBase}/v1/ws?stream=events&token=${logsOnly.token}`), (err: any) => err.status === 403);
+    const ok = await connectWs(`${fx.daemon.wsBase}/v1/ws?stream=logs&token=${logsOnly.token}`);
     assert.equal(ok.hello.stream, "logs");
     ok.socket.close();
   });
@@ -172,35 +170,35 @@ describe("WebSocket upgrade", () => {
 
 describe("SIGHUP reload", () => {
   async function reload(): Promise<any> {
-    const before = logEntries(daemon.output).filter((e) => /^API keys reload/.test(e.msg ?? "")).length;
-    daemon.child.kill("SIGHUP");
-    return waitFor("a reload log line", () => logEntries(daemon.output).filter((e) => /^API keys reload/.test(e.msg ?? ""))[before]);
+    const before = logEntries(fx.daemon.output).filter((e) => /^API keys reload/.test(e.msg ?? "")).length;
+    fx.daemon.child.kill("SIGHUP");
+    return waitFor("a reload log line", () => logEntries(fx.daemon.output).filter((e) => /^API keys reload/.test(e.msg ?? ""))[before]);
   }
 
   test("a key added to the file works after SIGHUP, a removed one stops working, without a restart", async () => {
-    const pid = daemon.child.pid;
-    assert.equal((await post(`${daemon.base}/v1/streams/events/events`, JSON.stringify(event("hup-0")), json, bearer(later))).status, 401);
-    const revokedWs = await connectWs(`${daemon.wsBase}/v1/ws?stream=logs&token=${logsOnly.token}`);
-    const keptWs = await connectWs(`${daemon.wsBase}/v1/ws?stream=events`, { headers: bearer(writer) });
+    const pid = fx.daemon.child.pid;
+    assert.equal((await post(`${fx.daemon.base}/v1/streams/events/events`, JSON.stringify(event("hup-0")), json, bearer(later))).status, 401);
+    const revokedWs = await connectWs(`${fx.daemon.wsBase}/v1/ws?stream=logs&token=${logsOnly.token}`);
+    const keptWs = await connectWs(`${fx.daemon.wsBase}/v1/ws?stream=events`, { headers: bearer(writer) });
     // `later` added, `logsOnly` removed.
     writeAtomic(keysFile, keysFileJson([...initial.filter((k) => k !== logsOnly), later]));
     const line = await reload();
     assert.equal(line.msg, "API keys reloaded");
     assert.equal(line.keys, initial.length);
-    const added = await post(`${daemon.base}/v1/streams/events/events`, JSON.stringify(event("hup-1")), json, bearer(later));
+    const added = await post(`${fx.daemon.base}/v1/streams/events/events`, JSON.stringify(event("hup-1")), json, bearer(later));
     assert.equal(added.status, 200, added.text);
     const logRecord = JSON.stringify({ service_name: "svc", severity: "INFO", message: "gone" });
-    assert.equal((await post(`${daemon.base}/v1/streams/logs/events`, logRecord, json, bearer(logsOnly))).status, 401);
-    await assert.rejects(connectWs(`${daemon.wsBase}/v1/ws?stream=logs&token=${logsOnly.token}`), (err: any) => err.status === 401);
+    assert.equal((await post(`${fx.daemon.base}/v1/streams/logs/events`, logRecord, json, bearer(logsOnly))).status, 401);
+    await assert.rejects(connectWs(`${fx.daemon.wsBase}/v1/ws?stream=logs&token=${logsOnly.token}`), (err: any) => err.status === 401);
     // A live WebSocket of the removed key is cut off (1008); one of a kept key goes on.
     assert.equal((await revokedWs.closed).code, 1008);
     keptWs.socket.send(JSON.stringify(event("hup-ws")));
     assert.equal((await keptWs.waitForAcks(1))[0].accepted, 1);
     keptWs.socket.close();
     // Unchanged keys keep working; same process throughout.
-    assert.equal((await post(`${daemon.base}/v1/streams/events/events`, JSON.stringify(event("hup-2")), json, bearer(writer))).status, 200);
-    assert.equal(daemon.child.pid, pid);
-    assert.equal(daemon.child.exitCode, null);
+    assert.equal((await post(`${fx.daemon.base}/v1/streams/events/events`, JSON.stringify(event("hup-2")), json, bearer(writer))).status, 200);
+    assert.equal(fx.daemon.child.pid, pid);
+    assert.equal(fx.daemon.child.exitCode, null);
     assert.deepEqual(await eventIds("hup-"), ["hup-1", "hup-2", "hup-ws"]);
   });
 
@@ -216,13 +214,13 @@ describe("SIGHUP reload", () => {
     assert.equal(line.level, "error");
     assert.match(line.err, /keys\[0\]\.hash/);
     assert.ok(!line.err.includes(stranger.token));
-    assert.equal((await post(`${daemon.base}/v1/streams/events/events`, JSON.stringify(event("hup-bad-1")), json, bearer(later))).status, 200);
-    assert.equal((await post(`${daemon.base}/v1/streams/events/events`, JSON.stringify(event("hup-bad-2")), json, bearer(stranger))).status, 401);
+    assert.equal((await post(`${fx.daemon.base}/v1/streams/events/events`, JSON.stringify(event("hup-bad-1")), json, bearer(later))).status, 200);
+    assert.equal((await post(`${fx.daemon.base}/v1/streams/events/events`, JSON.stringify(event("hup-bad-2")), json, bearer(stranger))).status, 401);
 
     writeAtomic(keysFile, "{ not json");
     const syntax = await reload();
     assert.equal(syntax.level, "error");
-    assert.equal((await post(`${daemon.base}/v1/streams/events/events`, JSON.stringify(event("hup-bad-3")), json, bearer(writer))).status, 200);
+    assert.equal((await post(`${fx.daemon.base}/v1/streams/events/events`, JSON.stringify(event("hup-bad-3")), json, bearer(writer))).status, 200);
 
     writeAtomic(keysFile, good);
     assert.equal((await reload()).msg, "API keys reloaded");
@@ -231,7 +229,7 @@ describe("SIGHUP reload", () => {
 
 describe("configuration", () => {
   test("with no keys configured the daemon runs open and says so loudly at start", async () => {
-    const open = await startDaemon({ databaseUrl: db.url, env: { API_KEYS_FILE: "", INGESTD_API_KEYS: "" } });
+    const open = await fx.startDaemon({ env: { API_KEYS_FILE: "", INGESTD_API_KEYS: "" } });
     try {
       const warning = logEntries(open.output).find((e) => e.auth === "open");
       assert.ok(warning, open.output.join("\n"));
@@ -245,10 +243,10 @@ describe("configuration", () => {
       await open.stop();
     }
     // The keyed daemon said which keys it loaded (by id), and did not warn.
-    const loaded = logEntries(daemon.output).find((e) => e.msg === "API keys loaded");
+    const loaded = logEntries(fx.daemon.output).find((e) => e.msg === "API keys loaded");
     assert.ok(loaded);
     assert.deepEqual(loaded.key_ids, initial.map((k) => k.id));
-    assert.equal(logEntries(daemon.output).find((e) => e.auth === "open"), undefined);
+    assert.equal(logEntries(fx.daemon.output).find((e) => e.auth === "open"), undefined);
   });
 
   test("a bad keys file at start is a configuration error: exit 78, naming the field (serve and check-config)", async () => {
@@ -257,7 +255,7 @@ describe("configuration", () => {
     for (const args of [["serve"], ["check-config"]]) {
       const child = spawn(process.execPath, [CLI, ...args], {
         cwd: ROOT,
-        env: { ...process.env, DATABASE_URL: db.url, HOST: "127.0.0.1", PORT: "0", API_KEYS_FILE: badFile },
+        env: { ...process.env, DATABASE_URL: fx.db.url, HOST: "127.0.0.1", PORT: "0", API_KEYS_FILE: badFile },
         stdio: ["ignore", "pipe", "pipe"],
       });
       let stderr = "";
@@ -281,10 +279,10 @@ describe("configuration", () => {
 
 describe("secrets", () => {
   test("no key ever appears in the daemon's output or in /metrics", async () => {
-    const metrics = await get(`${daemon.base}/metrics`);
-    const stats = await get(`${daemon.base}/stats`);
-    await daemon.stop();
-    const output = daemon.output.join("\n");
+    const metrics = await get(`${fx.daemon.base}/metrics`);
+    const stats = await get(`${fx.daemon.base}/stats`);
+    await fx.daemon.stop();
+    const output = fx.daemon.output.join("\n");
     assert.ok(output.length > 1000, "the daemon logged something to scan");
     for (const k of allKeys) {
       assert.ok(!output.includes(k.token), `key ${k.id} appears in the daemon's output`);

@@ -5,12 +5,10 @@
  * and its NEXT requests get 429 with Retry-After; on WebSocket its acks wait until the debt is paid.
  */
 import assert from "node:assert/strict";
-import { after, before, describe, test } from "node:test";
-import { event, post, startDaemon, startTestDb, type Daemon, type TestDb } from "./harness";
+import { describe, test } from "node:test";
+import { useDaemon } from "./fixture";
+import { event, post } from "./harness";
 import { connectWs, envKeys, newKey, type SecWs, type TestKey } from "./security-helpers";
-
-let db: TestDb;
-let daemon: Daemon;
 
 const slow = newKey("slow-http", ["events"], 10); // burst defaults to one second: 10 events
 const free = newKey("free", ["events", "tpch"]);
@@ -22,44 +20,34 @@ const WS_RATE = 2000;
 const WS_BURST = 100;
 const WINDOW = 16;
 
-before(async () => {
-  db = await startTestDb();
-  daemon = await startDaemon({
-    databaseUrl: db.url,
-    env: { INGESTD_API_KEYS: envKeys([slow, free, wsSlow, wsFree, lines]), WS_WINDOW: String(WINDOW) },
-  });
-});
-
-after(async () => {
-  await daemon?.stop().catch(() => undefined);
-  await db?.close().catch(() => undefined);
-});
+/** A database, and a daemon with these keys (INGESTD_API_KEYS) and a window of 16. */
+const fx = useDaemon({ env: { INGESTD_API_KEYS: envKeys([slow, free, wsSlow, wsFree, lines]), WS_WINDOW: String(WINDOW) } });
 
 const auth = (k: TestKey) => ({ authorization: `Bearer ${k.token}` });
 const events = (prefix: string, n: number) => JSON.stringify(Array.from({ length: n }, (_, i) => event(`${prefix}-${String(i).padStart(4, "0")}`)));
 
 async function count(prefix: string): Promise<number> {
-  const res = await db.query("SELECT count(*)::int AS n FROM events WHERE event_id LIKE $1 || '%'", [prefix]);
+  const res = await fx.db.query("SELECT count(*)::int AS n FROM events WHERE event_id LIKE $1 || '%'", [prefix]);
   return res.rows[0].n;
 }
 
 describe("HTTP", () => {
   test("a key over its rate gets 429 with Retry-After, other keys do not, and it recovers after waiting", async () => {
     // 30 events against a bucket of 10 at 10/s: accepted (the bucket was not in debt), then 20 owed.
-    const first = await post(`${daemon.base}/v1/streams/events/events`, events("rl-a", 30), "application/json", auth(slow));
+    const first = await post(`${fx.daemon.base}/v1/streams/events/events`, events("rl-a", 30), "application/json", auth(slow));
     assert.equal(first.status, 200, first.text);
-    const refused = await post(`${daemon.base}/v1/streams/events/events`, events("rl-b", 1), "application/json", auth(slow));
+    const refused = await post(`${fx.daemon.base}/v1/streams/events/events`, events("rl-b", 1), "application/json", auth(slow));
     assert.equal(refused.status, 429, refused.text);
     assert.equal(refused.json.error, "rate_limited");
     const retryAfter = Number(refused.headers.get("retry-after"));
     assert.ok(Number.isInteger(retryAfter) && retryAfter >= 1 && retryAfter <= 2, `Retry-After ${refused.headers.get("retry-after")}`);
     // Per key: another key is not affected.
-    assert.equal((await post(`${daemon.base}/v1/streams/events/events`, events("rl-c", 5), "application/json", auth(free))).status, 200);
+    assert.equal((await post(`${fx.daemon.base}/v1/streams/events/events`, events("rl-c", 5), "application/json", auth(free))).status, 200);
     // Still in debt a moment later.
-    assert.equal((await post(`${daemon.base}/v1/streams/events/events`, events("rl-b", 1), "application/json", auth(slow))).status, 429);
+    assert.equal((await post(`${fx.daemon.base}/v1/streams/events/events`, events("rl-b", 1), "application/json", auth(slow))).status, 429);
 
     await new Promise((r) => setTimeout(r, retryAfter * 1000 + 100));
-    const recovered = await post(`${daemon.base}/v1/streams/events/events`, events("rl-d", 1), "application/json", auth(slow));
+    const recovered = await post(`${fx.daemon.base}/v1/streams/events/events`, events("rl-d", 1), "application/json", auth(slow));
     assert.equal(recovered.status, 200, recovered.text);
     assert.equal(await count("rl-a"), 30);
     assert.equal(await count("rl-b"), 0, "refused requests store nothing");
@@ -68,12 +56,12 @@ describe("HTTP", () => {
 
   test("the TPC-H line endpoints are limited the same way (/ingest/batch then /ingest/stream)", async () => {
     const body = Array.from({ length: 10 }, (_, i) => `O|${5000 + i}|100|O|123.45|1996-01-02|5-LOW|Clerk#000000951|0|x`).join("\n");
-    const first = await post(`${daemon.base}/ingest/batch`, body, "text/plain", auth(lines));
+    const first = await post(`${fx.daemon.base}/ingest/batch`, body, "text/plain", auth(lines));
     assert.equal(first.status, 200, first.text);
-    const stream = await post(`${daemon.base}/ingest/stream`, "O|5100|100|O|1.00|1996-01-02|5-LOW|Clerk#1|0|x\n", "text/plain", auth(lines));
+    const stream = await post(`${fx.daemon.base}/ingest/stream`, "O|5100|100|O|1.00|1996-01-02|5-LOW|Clerk#1|0|x\n", "text/plain", auth(lines));
     assert.equal(stream.status, 429, stream.text);
     assert.ok(Number(stream.headers.get("retry-after")) >= 1);
-    const message = await post(`${daemon.base}/ingest/message`, "O|5101|100|O|1.00|1996-01-02|5-LOW|Clerk#1|0|x", "text/plain", auth(lines));
+    const message = await post(`${fx.daemon.base}/ingest/message`, "O|5101|100|O|1.00|1996-01-02|5-LOW|Clerk#1|0|x", "text/plain", auth(lines));
     assert.equal(message.status, 429);
   });
 });
@@ -99,9 +87,9 @@ describe("WebSocket", () => {
   }
 
   test("acks of a key over its rate are delayed (not refused, not closed): N frames take about N*events/rate", async (t) => {
-    const limited = await connectWs(`${daemon.wsBase}/v1/ws?stream=events`, { headers: auth(wsSlow) });
+    const limited = await connectWs(`${fx.daemon.wsBase}/v1/ws?stream=events`, { headers: auth(wsSlow) });
     const limitedMs = await run(limited, "wsr-slow");
-    const unlimited = await connectWs(`${daemon.wsBase}/v1/ws?stream=events`, { headers: auth(wsFree) });
+    const unlimited = await connectWs(`${fx.daemon.wsBase}/v1/ws?stream=events`, { headers: auth(wsFree) });
     const unlimitedMs = await run(unlimited, "wsr-free");
 
     // The first WS_BURST events are free; the rest are paid at WS_RATE per second.

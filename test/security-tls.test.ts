@@ -8,9 +8,10 @@ import { execFileSync, spawnSync } from "node:child_process";
 import fs from "node:fs";
 import net from "node:net";
 import path from "node:path";
-import { after, before, test } from "node:test";
+import { after, test } from "node:test";
 import { Agent, fetch as undiciFetch } from "undici";
-import { CLI, ROOT, event, startDaemon, startTestDb, waitFor, type Daemon, type TestDb } from "./harness";
+import { useDaemon } from "./fixture";
+import { CLI, ROOT, event, waitFor } from "./harness";
 import { connectWs, keysFileJson, logEntries, newKey, tempDir } from "./security-helpers";
 
 /** A self-signed certificate with SANs, so a client connecting to 127.0.0.1 verifies the name too. */
@@ -26,37 +27,35 @@ function makeCert(certFile: string, keyFile: string): void {
   }
 }
 
-let db: TestDb;
-let daemon: Daemon;
 let dir: string;
+/** The certificate: clients trust it as their CA. */
 let ca: Buffer;
 let agent: Agent;
 const key = newKey("tls-producer", ["events"]);
 
-before(async () => {
-  dir = tempDir("ingestd-sec-tls-");
-  const certFile = path.join(dir, "cert.pem");
-  const keyFile = path.join(dir, "key.pem");
-  makeCert(certFile, keyFile);
-  ca = fs.readFileSync(certFile);
-  const keysFile = path.join(dir, "keys.json");
-  fs.writeFileSync(keysFile, keysFileJson([key]));
-  agent = new Agent({ connect: { ca } });
-  db = await startTestDb();
-  daemon = await startDaemon({ databaseUrl: db.url, env: { TLS_CERT: certFile, TLS_KEY: keyFile, API_KEYS_FILE: keysFile } });
+/** A database, and a daemon serving HTTPS / WSS with a certificate and a keys file made in a temporary directory. */
+const fx = useDaemon({
+  env: () => {
+    dir = tempDir("ingestd-sec-tls-");
+    const certFile = path.join(dir, "cert.pem");
+    const keyFile = path.join(dir, "key.pem");
+    makeCert(certFile, keyFile);
+    ca = fs.readFileSync(certFile);
+    const keysFile = path.join(dir, "keys.json");
+    fs.writeFileSync(keysFile, keysFileJson([key]));
+    agent = new Agent({ connect: { ca } });
+    return { TLS_CERT: certFile, TLS_KEY: keyFile, API_KEYS_FILE: keysFile };
+  },
 });
-
-after(async () => {
-  await agent?.close().catch(() => undefined);
-  await daemon?.stop().catch(() => undefined);
-  await db?.close().catch(() => undefined);
+fx.teardown(() => agent?.close());
+after(() => {
   if (dir) fs.rmSync(dir, { recursive: true, force: true });
 });
 
-const https = () => `https://127.0.0.1:${daemon.port}`;
+const https = () => `https://127.0.0.1:${fx.daemon.port}`;
 
 test("the daemon says it listens on https", () => {
-  const line = logEntries(daemon.output).find((e) => typeof e.msg === "string" && e.msg.startsWith("ingestd listening"));
+  const line = logEntries(fx.daemon.output).find((e) => typeof e.msg === "string" && e.msg.startsWith("ingestd listening"));
   assert.equal(line.tls, true);
   assert.match(line.msg, /^ingestd listening on https:\/\//);
 });
@@ -79,21 +78,21 @@ test("HTTPS ingest lands rows (keys checked over TLS too)", async () => {
   const health = await undiciFetch(`${https()}/health`, { dispatcher: agent });
   assert.equal(health.status, 200);
   await health.text();
-  const rows = await db.query("SELECT event_id FROM events WHERE event_id LIKE 'tls-http-%' ORDER BY event_id");
+  const rows = await fx.db.query("SELECT event_id FROM events WHERE event_id LIKE 'tls-http-%' ORDER BY event_id");
   assert.deepEqual(rows.rows.map((r) => r.event_id), ["tls-http-1", "tls-http-2"]);
 });
 
 test("WSS ingest lands rows, with the key in a header or in ?token=", async () => {
-  const viaHeader = await connectWs(`wss://127.0.0.1:${daemon.port}/v1/ws?stream=events`, { ca, headers: { "x-api-key": key.token } });
+  const viaHeader = await connectWs(`wss://127.0.0.1:${fx.daemon.port}/v1/ws?stream=events`, { ca, headers: { "x-api-key": key.token } });
   viaHeader.socket.send(JSON.stringify([event("tls-ws-1"), event("tls-ws-2")]));
-  const viaQuery = await connectWs(`wss://127.0.0.1:${daemon.port}/v1/ws?stream=events&token=${key.token}`, { ca });
+  const viaQuery = await connectWs(`wss://127.0.0.1:${fx.daemon.port}/v1/ws?stream=events&token=${key.token}`, { ca });
   viaQuery.socket.send(JSON.stringify(event("tls-ws-3")));
   assert.equal((await viaHeader.waitForAcks(1))[0].accepted, 2);
   assert.equal((await viaQuery.waitForAcks(1))[0].accepted, 1);
-  await assert.rejects(connectWs(`wss://127.0.0.1:${daemon.port}/v1/ws?stream=events`, { ca }), (err: any) => err.status === 401);
+  await assert.rejects(connectWs(`wss://127.0.0.1:${fx.daemon.port}/v1/ws?stream=events`, { ca }), (err: any) => err.status === 401);
   viaHeader.socket.close();
   viaQuery.socket.close();
-  const rows = await db.query("SELECT event_id FROM events WHERE event_id LIKE 'tls-ws-%' ORDER BY event_id");
+  const rows = await fx.db.query("SELECT event_id FROM events WHERE event_id LIKE 'tls-ws-%' ORDER BY event_id");
   assert.deepEqual(rows.rows.map((r) => r.event_id), ["tls-ws-1", "tls-ws-2", "tls-ws-3"]);
 });
 
@@ -106,7 +105,7 @@ test("a client that does not trust the certificate is refused, and plain HTTP ge
   await untrusting.close();
   // Plain HTTP on the TLS port: the server never answers in clear text.
   const reply = await new Promise<string>((resolve) => {
-    const socket = net.connect(daemon.port, "127.0.0.1");
+    const socket = net.connect(fx.daemon.port, "127.0.0.1");
     let text = "";
     socket.setEncoding("latin1");
     socket.on("data", (c: string) => (text += c));

@@ -5,27 +5,17 @@
  */
 import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
-import { after, before, describe, test } from "node:test";
-import { event, post, startDaemon, startTestDb, type Daemon, type TestDb } from "./harness";
+import { describe, test } from "node:test";
+import { useDaemon } from "./fixture";
+import { event, post } from "./harness";
 
-let db: TestDb;
-let daemon: Daemon;
+const fx = useDaemon();
 
-before(async () => {
-  db = await startTestDb();
-  daemon = await startDaemon({ databaseUrl: db.url });
-});
-
-after(async () => {
-  await daemon?.stop().catch(() => undefined);
-  await db?.close().catch(() => undefined);
-});
-
-const streamUrl = (stream: string) => `${daemon.base}/v1/streams/${stream}/events`;
+const streamUrl = (stream: string) => `${fx.daemon.base}/v1/streams/${stream}/events`;
 
 /** SQL type of every column of a table, as information_schema names it. */
 async function columnTypes(table: string): Promise<Record<string, string>> {
-  const { rows } = await db.query(
+  const { rows } = await fx.db.query(
     `SELECT column_name, data_type, is_nullable FROM information_schema.columns WHERE table_schema = 'public' AND table_name = $1`,
     [table],
   );
@@ -33,7 +23,7 @@ async function columnTypes(table: string): Promise<Record<string, string>> {
 }
 
 async function deadLetters(batchId: string) {
-  const { rows } = await db.query(
+  const { rows } = await fx.db.query(
     `SELECT stream, source, batch_id, record_index, line, raw, errors, received_at FROM ingest_dead_letters WHERE batch_id = $1 ORDER BY record_index, line`,
     [batchId],
   );
@@ -85,7 +75,7 @@ describe("events", () => {
     const res = await post(streamUrl("events"), JSON.stringify(record));
     assert.equal(res.status, 200, res.text);
     assert.equal(res.json.accepted, 1);
-    const { rows } = await db.query(
+    const { rows } = await fx.db.query(
       `SELECT event_id, service_name, event_type, to_char(event_time AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS') AS t, payload, metadata
          FROM events WHERE event_id = 'ev-full'`,
     );
@@ -96,7 +86,7 @@ describe("events", () => {
     const before = Date.now();
     const res = await post(streamUrl("events"), JSON.stringify(event("ev-now")));
     assert.equal(res.status, 200, res.text);
-    const { rows } = await db.query(`SELECT event_time, metadata FROM events WHERE event_id = 'ev-now'`);
+    const { rows } = await fx.db.query(`SELECT event_time, metadata FROM events WHERE event_id = 'ev-now'`);
     assert.equal(rows.length, 1);
     const t = (rows[0].event_time as Date).getTime();
     assert.ok(t >= before - 1000 && t <= Date.now() + 1000, `event_time ${rows[0].event_time.toISOString()} is the receive time`);
@@ -104,7 +94,7 @@ describe("events", () => {
   });
 
   test("each kind of invalid value is refused with a path naming the field", async () => {
-    const count = async () => Number((await db.query(`SELECT count(*) AS n FROM events WHERE event_id LIKE 'bad-%'`)).rows[0].n);
+    const count = async () => Number((await fx.db.query(`SELECT count(*) AS n FROM events WHERE event_id LIKE 'bad-%'`)).rows[0].n);
     await assertEachRefused(
       streamUrl("events"),
       [
@@ -139,7 +129,7 @@ describe("events", () => {
     assert.equal(res.json.errors.length, 1);
     assert.equal(res.json.errors[0].index, 1);
     assert.match(res.json.errors[0].message, /rejected by the database: .*out of range/);
-    const { rows } = await db.query(`SELECT event_id FROM events WHERE event_id LIKE 'feb-%' ORDER BY 1`);
+    const { rows } = await fx.db.query(`SELECT event_id FROM events WHERE event_id LIKE 'feb-%' ORDER BY 1`);
     assert.deepEqual(rows.map((r) => r.event_id), ["feb-1", "feb-3"]);
     const dead = await deadLetters(res.json.batch_id);
     assert.equal(dead.length, 1);
@@ -211,7 +201,7 @@ describe("logs", () => {
     assert.equal(res.json.stream, "logs");
     assert.equal(res.json.accepted, 5);
     assert.equal(res.json.duplicates, 0);
-    const { rows } = await db.query(`SELECT service_name, severity, message, payload, logged_at FROM logs WHERE service_name = 'log-svc' ORDER BY message`);
+    const { rows } = await fx.db.query(`SELECT service_name, severity, message, payload, logged_at FROM logs WHERE service_name = 'log-svc' ORDER BY message`);
     assert.deepEqual(
       rows.map(({ logged_at, ...r }) => r),
       records.map((r) => ({ service_name: r.service_name, severity: r.severity, message: r.message, payload: (r as any).payload ?? null })),
@@ -223,7 +213,7 @@ describe("logs", () => {
   });
 
   test("each kind of invalid value is refused with a path naming the field", async () => {
-    const count = async () => Number((await db.query(`SELECT count(*) AS n FROM logs WHERE service_name = 'bad-logs'`)).rows[0].n);
+    const count = async () => Number((await fx.db.query(`SELECT count(*) AS n FROM logs WHERE service_name = 'bad-logs'`)).rows[0].n);
     const log = (extra: Record<string, unknown>) => ({ service_name: "bad-logs", severity: "INFO", message: "m", ...extra });
     await assertEachRefused(
       streamUrl("logs"),
@@ -247,7 +237,7 @@ describe("logs", () => {
       assert.equal(res.status, 200, res.text);
       assert.equal(res.json.duplicates, 0);
     }
-    assert.equal(Number((await db.query(`SELECT count(*) AS n FROM logs WHERE service_name = 'twice-svc'`)).rows[0].n), 2);
+    assert.equal(Number((await fx.db.query(`SELECT count(*) AS n FROM logs WHERE service_name = 'twice-svc'`)).rows[0].n), 2);
   });
 });
 
@@ -276,12 +266,12 @@ describe("product_events (POST /events)", () => {
 
   test("one object → 200; the row holds the uuid, the exact millisecond and the properties", async () => {
     const record = product({ experiment_id: "exp-42", variant: "B" });
-    const res = await post(`${daemon.base}/events`, JSON.stringify(record));
+    const res = await post(`${fx.daemon.base}/events`, JSON.stringify(record));
     assert.equal(res.status, 200, res.text);
     assert.equal(res.json.status, "success");
     assert.equal(res.json.stream, "product_events");
     assert.equal(res.json.accepted, 1);
-    const { rows } = await db.query(
+    const { rows } = await fx.db.query(
       `SELECT event_id::text AS id, user_id, event_type, (extract(epoch FROM event_time) * 1000)::bigint AS ms,
               to_char(event_time AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS') AS t, experiment_id, variant, properties
          FROM product_events WHERE event_id = $1`,
@@ -292,10 +282,10 @@ describe("product_events (POST /events)", () => {
 
   test("an array → 200 with every record; absent experiment fields are NULL; the epoch bounds 0 and 9999-12-31 land", async () => {
     const records = [product({ event_time: 0 }), product({ event_time: 253402300799999 }), product()];
-    const res = await post(`${daemon.base}/events`, JSON.stringify(records));
+    const res = await post(`${fx.daemon.base}/events`, JSON.stringify(records));
     assert.equal(res.status, 200, res.text);
     assert.equal(res.json.accepted, 3);
-    const { rows } = await db.query(
+    const { rows } = await fx.db.query(
       `SELECT event_id::text AS id, to_char(event_time AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS') AS t, experiment_id, variant
          FROM product_events WHERE event_id = ANY($1::uuid[]) ORDER BY event_time`,
       [records.map((r) => r.event_id)],
@@ -311,14 +301,14 @@ describe("product_events (POST /events)", () => {
     const record = product();
     const res = await post(streamUrl("product_events"), JSON.stringify(record));
     assert.equal(res.status, 200, res.text);
-    assert.equal(Number((await db.query(`SELECT count(*) AS n FROM product_events WHERE event_id = $1`, [record.event_id])).rows[0].n), 1);
+    assert.equal(Number((await fx.db.query(`SELECT count(*) AS n FROM product_events WHERE event_id = $1`, [record.event_id])).rows[0].n), 1);
   });
 
   test("each kind of invalid value is refused with a path naming the field; dead letters keep them under product_events", async () => {
-    const count = async () => Number((await db.query(`SELECT count(*) AS n FROM product_events WHERE user_id = 'bad-user'`)).rows[0].n);
+    const count = async () => Number((await fx.db.query(`SELECT count(*) AS n FROM product_events WHERE user_id = 'bad-user'`)).rows[0].n);
     const bad = (extra: Record<string, unknown>) => product({ user_id: "bad-user", ...extra });
     const answers = await assertEachRefused(
-      `${daemon.base}/events`,
+      `${fx.daemon.base}/events`,
       [
         ["event_id not a uuid", bad({ event_id: "not-a-uuid" }), "event_id"],
         ["event_id missing", { user_id: "bad-user", event_type: "x", event_time: 1, properties: {} }, "event_id"],
@@ -347,12 +337,12 @@ describe("product_events (POST /events)", () => {
 
   test("a uuid in upper case is the same id: the second is a duplicate", async () => {
     const record = product();
-    const first = await post(`${daemon.base}/events`, JSON.stringify(record));
+    const first = await post(`${fx.daemon.base}/events`, JSON.stringify(record));
     assert.equal(first.status, 200, first.text);
-    const again = await post(`${daemon.base}/events`, JSON.stringify({ ...record, event_id: record.event_id.toUpperCase() }));
+    const again = await post(`${fx.daemon.base}/events`, JSON.stringify({ ...record, event_id: record.event_id.toUpperCase() }));
     assert.equal(again.status, 200, again.text);
     assert.equal(again.json.accepted, 0);
     assert.equal(again.json.duplicates, 1);
-    assert.equal(Number((await db.query(`SELECT count(*) AS n FROM product_events WHERE event_id = $1`, [record.event_id])).rows[0].n), 1);
+    assert.equal(Number((await fx.db.query(`SELECT count(*) AS n FROM product_events WHERE event_id = $1`, [record.event_id])).rows[0].n), 1);
   });
 });

@@ -6,21 +6,11 @@
  */
 import assert from "node:assert/strict";
 import http from "node:http";
-import { after, before, describe, test } from "node:test";
-import { get, post, startDaemon, startTestDb, type Daemon, type TestDb } from "./harness";
+import { describe, test } from "node:test";
+import { useDaemon } from "./fixture";
+import { get, post } from "./harness";
 
-let db: TestDb;
-let daemon: Daemon;
-
-before(async () => {
-  db = await startTestDb();
-  daemon = await startDaemon({ databaseUrl: db.url });
-});
-
-after(async () => {
-  await daemon?.stop().catch(() => undefined);
-  await db?.close().catch(() => undefined);
-});
+const fx = useDaemon();
 
 const EXAMPLE = "O|1|100|O|123.45|1996-01-02|5-LOW|Clerk#000000951|0|nstructions sleep furiously";
 
@@ -49,7 +39,7 @@ function partLine(key: number, p: Partial<Record<"name" | "mfgr" | "brand" | "ty
 
 /** Every stored row of the four tables whose key lies in [from, to], as the line it came from. */
 async function storedLines(from: number, to: number): Promise<Record<"O" | "L" | "C" | "P", string[]>> {
-  const q = async (sql: string) => (await db.query<{ line: string }>(sql, [from, to])).rows.map((r) => r.line).sort();
+  const q = async (sql: string) => (await fx.db.query<{ line: string }>(sql, [from, to])).rows.map((r) => r.line).sort();
   return {
     O: await q(`SELECT concat_ws('|', 'O', o_orderkey, o_custkey, o_orderstatus, o_totalprice, o_orderdate, o_orderpriority, o_clerk, o_shippriority, o_comment) AS line
                   FROM orders WHERE o_orderkey BETWEEN $1 AND $2`),
@@ -302,7 +292,7 @@ function postStream(port: number, body: string, chunk: number, holdAt: number, t
 describe("POST /ingest/message: one line", () => {
   test("the SPEC §2 example → 200 {status: success, entity: Order, id: 1, timestamp}; the row holds every typed field", async () => {
     const before = Date.now();
-    const res = await post(`${daemon.base}/ingest/message`, EXAMPLE, "text/plain");
+    const res = await post(`${fx.daemon.base}/ingest/message`, EXAMPLE, "text/plain");
     assert.equal(res.status, 200, res.text);
     assert.deepEqual(Object.keys(res.json).sort(), ["entity", "id", "status", "timestamp"]);
     assert.equal(res.json.status, "success");
@@ -311,7 +301,7 @@ describe("POST /ingest/message: one line", () => {
     const ts = Date.parse(res.json.timestamp);
     assert.ok(ts >= before - 1000 && ts <= Date.now() + 1000, `timestamp ${res.json.timestamp} is now`);
 
-    const { rows } = await db.query(
+    const { rows } = await fx.db.query(
       `SELECT o_orderkey, o_custkey, o_orderstatus, o_totalprice::text AS price, o_orderdate::text AS day, o_orderpriority, o_clerk,
               o_shippriority, o_comment, pg_typeof(o_orderkey)::text AS key_type, pg_typeof(o_totalprice)::text AS price_type,
               pg_typeof(o_orderdate)::text AS date_type, pg_typeof(o_shippriority)::text AS ship_type
@@ -333,43 +323,43 @@ describe("POST /ingest/message: one line", () => {
       [partLine(200, { price: "2098.99" }), "Part", 200],
     ];
     for (const [line, entity, id] of cases) {
-      const res = await post(`${daemon.base}/ingest/message`, line, "text/plain");
+      const res = await post(`${fx.daemon.base}/ingest/message`, line, "text/plain");
       assert.equal(res.status, 200, `${line}: ${res.text}`);
       assert.equal(res.json.entity, entity);
       assert.deepEqual(res.json.id, id);
     }
-    const li = await db.query(`SELECT l_quantity::text AS q, l_extendedprice::text AS p, l_discount::text AS d, l_shipdate::text AS s FROM lineitem WHERE l_orderkey = 1 AND l_linenumber = 1`);
+    const li = await fx.db.query(`SELECT l_quantity::text AS q, l_extendedprice::text AS p, l_discount::text AS d, l_shipdate::text AS s FROM lineitem WHERE l_orderkey = 1 AND l_linenumber = 1`);
     assert.deepEqual(li.rows, [{ q: "36.00", p: "99999999999.99", d: "0.10", s: "1996-03-13" }], "decimals are exact, not floats");
-    const c = await db.query(`SELECT c_acctbal::text AS bal, c_nationkey FROM customer WHERE c_custkey = 100`);
+    const c = await fx.db.query(`SELECT c_acctbal::text AS bal, c_nationkey FROM customer WHERE c_custkey = 100`);
     assert.deepEqual(c.rows, [{ bal: "-986.96", c_nationkey: 15 }]);
-    const p = await db.query(`SELECT p_retailprice::text AS price, p_size FROM part WHERE p_partkey = 200`);
+    const p = await fx.db.query(`SELECT p_retailprice::text AS price, p_size FROM part WHERE p_partkey = 200`);
     assert.deepEqual(p.rows, [{ price: "2098.99", p_size: 7 }]);
   });
 
   test("a bad line → 400 {status: error, message naming the field, entity, line}; nothing stored", async () => {
     const line = orderLine(2, { price: "12x.45" });
-    const res = await post(`${daemon.base}/ingest/message`, line, "text/plain");
+    const res = await post(`${fx.daemon.base}/ingest/message`, line, "text/plain");
     assert.equal(res.status, 400, res.text);
     assert.deepEqual(Object.keys(res.json).sort(), ["entity", "line", "message", "status"]);
     assert.equal(res.json.status, "error");
     assert.equal(res.json.entity, "Order");
     assert.equal(res.json.line, line);
     assert.match(res.json.message, /^o_totalprice: /);
-    assert.equal((await db.query("SELECT count(*)::int AS n FROM orders WHERE o_orderkey = 2")).rows[0].n, 0);
+    assert.equal((await fx.db.query("SELECT count(*)::int AS n FROM orders WHERE o_orderkey = 2")).rows[0].n, 0);
   });
 
   test("a lineitem whose order does not exist → 400 with PostgreSQL's foreign-key message", async () => {
     const line = lineItemLine(424242, 1);
-    const res = await post(`${daemon.base}/ingest/message`, line, "text/plain");
+    const res = await post(`${fx.daemon.base}/ingest/message`, line, "text/plain");
     assert.equal(res.status, 400, res.text);
     assert.equal(res.json.entity, "LineItem");
     assert.match(res.json.message, /rejected by the database: .*foreign key/);
     assert.equal(res.json.line, line);
-    assert.equal((await db.query("SELECT count(*)::int AS n FROM lineitem WHERE l_orderkey = 424242")).rows[0].n, 0);
+    assert.equal((await fx.db.query("SELECT count(*)::int AS n FROM lineitem WHERE l_orderkey = 424242")).rows[0].n, 0);
   });
 
   test("an unknown prefix → 400 naming the accepted prefixes", async () => {
-    const res = await post(`${daemon.base}/ingest/message`, "X|1|2|3", "text/plain");
+    const res = await post(`${fx.daemon.base}/ingest/message`, "X|1|2|3", "text/plain");
     assert.equal(res.status, 400, res.text);
     assert.equal(res.json.status, "error");
     assert.match(res.json.message, /O\|/);
@@ -380,13 +370,13 @@ describe("POST /ingest/message: one line", () => {
 describe("the canonical route of a line stream: POST /v1/streams/orders/events (text/plain)", () => {
   test("order lines → 200 in the canonical shape with line numbers on errors; a line of another entity is refused; JSON is 415", async () => {
     const lines = [orderLine(6001), lineItemLine(6001, 1), orderLine(6002, { date: "1996-1-2" }), orderLine(6003)];
-    const res = await post(`${daemon.base}/v1/streams/orders/events`, lines.join("\n"), "text/plain");
+    const res = await post(`${fx.daemon.base}/v1/streams/orders/events`, lines.join("\n"), "text/plain");
     assert.equal(res.status, 207, res.text);
     assert.equal(res.json.stream, "orders");
     assert.deepEqual([res.json.accepted, res.json.rejected, res.json.duplicates], [2, 2, 0]);
     assert.deepEqual(res.json.errors.map((e: any) => [e.index, e.line, e.path]), [[1, 2, "$"], [2, 3, "o_orderdate"]]);
     assert.deepEqual((await storedLines(6000, 6999)).O, [orderLine(6001), orderLine(6003)]);
-    const json = await post(`${daemon.base}/v1/streams/orders/events`, JSON.stringify({ o_orderkey: 6004 }));
+    const json = await post(`${fx.daemon.base}/v1/streams/orders/events`, JSON.stringify({ o_orderkey: 6004 }));
     assert.equal(json.status, 415, json.text);
   });
 });
@@ -416,7 +406,7 @@ describe("TPC-H field validation: each kind of invalid value names its field", (
 
   test("every case in one /ingest/batch → 422, one error per line naming the field; dead letters hold them", async () => {
     const body = cases.map((c) => c[0]).join("\n");
-    const res = await post(`${daemon.base}/ingest/batch`, body, "text/plain");
+    const res = await post(`${fx.daemon.base}/ingest/batch`, body, "text/plain");
     assert.equal(res.status, 422, res.text);
     assert.equal(res.json.processed, cases.length);
     assert.equal(res.json.inserted, 0);
@@ -428,11 +418,11 @@ describe("TPC-H field validation: each kind of invalid value names its field", (
       assert.equal(e.line, line);
       assert.ok(e.message.startsWith(`${field}: `), `line ${i + 1} (${line}): "${e.message}" names ${field}`);
     });
-    const stored = await db.query(`SELECT (SELECT count(*) FROM orders WHERE o_orderkey BETWEEN 3000 AND 3100) + (SELECT count(*) FROM lineitem WHERE l_orderkey BETWEEN 3000 AND 3100)
+    const stored = await fx.db.query(`SELECT (SELECT count(*) FROM orders WHERE o_orderkey BETWEEN 3000 AND 3100) + (SELECT count(*) FROM lineitem WHERE l_orderkey BETWEEN 3000 AND 3100)
                                         + (SELECT count(*) FROM customer WHERE c_custkey BETWEEN 3000 AND 3100) + (SELECT count(*) FROM part WHERE p_partkey BETWEEN 3000 AND 3100) AS n`);
     assert.equal(Number(stored.rows[0].n), 0, "nothing stored");
 
-    const dead = await db.query(
+    const dead = await fx.db.query(
       `SELECT stream, source, line, record_index, raw, errors FROM ingest_dead_letters WHERE raw = ANY($1) ORDER BY line`,
       [cases.map((c) => c[0])],
     );
@@ -461,7 +451,7 @@ describe("TPC-H field validation: each kind of invalid value names its field", (
       customerLine(3103),
       orderLine(3101, { comment: "duplicate order" }),
     ];
-    const res = await post(`${daemon.base}/ingest/batch`, lines.join("\n"), "text/plain");
+    const res = await post(`${fx.daemon.base}/ingest/batch`, lines.join("\n"), "text/plain");
     assert.equal(res.status, 207, res.text);
     assert.equal(res.json.status, "partial");
     assert.equal(res.json.processed, 8);
@@ -485,7 +475,7 @@ describe("TPC-H field validation: each kind of invalid value names its field", (
 describe("one group commit shared by several requests", () => {
   test("lines PostgreSQL refuses in one request cost nothing to the other requests committed in the same transaction", async () => {
     // One worker and a long batch age: requests sent together share one transaction.
-    const gc = await startDaemon({ databaseUrl: db.url, env: { WORKERS: "1", BATCH_TIMEOUT_MS: "1500", BATCH_SIZE: "100000" } });
+    const gc = await fx.startDaemon({ env: { WORKERS: "1", BATCH_TIMEOUT_MS: "1500", BATCH_SIZE: "100000" } });
     try {
       const a = [orderLine(4001), lineItemLine(4001, 1), lineItemLine(4999, 1), orderLine(4002, { date: "1996-02-30" })];
       const b = [orderLine(4003), lineItemLine(4003, 1), lineItemLine(4001, 2), customerLine(4004)];
@@ -507,7 +497,7 @@ describe("one group commit shared by several requests", () => {
         C: [customerLine(4004)],
         P: [],
       });
-      const txns = await db.query(
+      const txns = await fx.db.query(
         `SELECT count(DISTINCT t)::int AS n FROM (
            SELECT ingested_at AS t FROM orders WHERE o_orderkey BETWEEN 4000 AND 4999
            UNION ALL SELECT ingested_at FROM lineitem WHERE l_orderkey BETWEEN 4000 AND 4999
@@ -528,7 +518,7 @@ describe("a 10,000-line mixed TPC-H file", () => {
     assert.ok(failed.length >= 50 && failed.length < 200, `the file has ${failed.length} bad lines`);
     assert.ok(file.lines.filter((e) => e.outcome === "db" && e.detail === "foreign key").length >= 30, "orphans");
 
-    const res = await post(`${daemon.base}/ingest/batch`, file.body, "text/plain");
+    const res = await post(`${fx.daemon.base}/ingest/batch`, file.body, "text/plain");
     assert.equal(res.status, 207, res.text.slice(0, 2000));
     assert.deepEqual(Object.keys(res.json).sort(), ["duration_ms", "errors", "failed", "inserted", "processed", "status"]);
     assert.equal(res.json.status, "partial");
@@ -539,16 +529,16 @@ describe("a 10,000-line mixed TPC-H file", () => {
     assertLineErrors(res.json.errors, file);
 
     assert.deepEqual(await storedLines(file.keyBase, file.keyBase + 999_999), expectedStored(file));
-    const dead = await db.query(`SELECT line, raw FROM ingest_dead_letters WHERE source = 'http' AND line IS NOT NULL AND raw = ANY($1) ORDER BY line`, [failed.map((e) => e.text)]);
+    const dead = await fx.db.query(`SELECT line, raw FROM ingest_dead_letters WHERE source = 'http' AND line IS NOT NULL AND raw = ANY($1) ORDER BY line`, [failed.map((e) => e.text)]);
     assert.deepEqual(dead.rows.map((d) => d.line), failed.map((e) => e.line), "a dead letter per failed line, with its line number");
   });
 
   test("POST /ingest/stream (chunked) → text/event-stream: progress per committed segment while uploading, a final summary, exact per-line errors", async () => {
     const file = mixedFile(2_000_000);
     const failed = file.lines.filter((e) => e.outcome !== "ok");
-    const statsBefore = (await get(`${daemon.base}/stats`)).json;
+    const statsBefore = (await get(`${fx.daemon.base}/stats`)).json;
     // Chunks of a prime size cut lines (and multi-byte characters) anywhere.
-    const result = await postStream(daemon.port, file.body, 7919, 700_000);
+    const result = await postStream(fx.daemon.port, file.body, 7919, 700_000);
     assert.equal(result.status, 200);
     assert.match(result.contentType, /^text\/event-stream/);
     assert.ok(result.heldForProgress, "a progress event arrived while the upload was still going");
@@ -575,19 +565,19 @@ describe("a 10,000-line mixed TPC-H file", () => {
     assertLineErrors(progress.flatMap((p) => p.data.errors), file);
 
     assert.deepEqual(await storedLines(file.keyBase, file.keyBase + 999_999), expectedStored(file));
-    const dead = await db.query(`SELECT count(*)::int AS n FROM ingest_dead_letters WHERE source = 'http /ingest/stream'`);
+    const dead = await fx.db.query(`SELECT count(*)::int AS n FROM ingest_dead_letters WHERE source = 'http /ingest/stream'`);
     assert.equal(dead.rows[0].n, failed.length, "a dead letter per failed line");
 
-    const statsAfter = (await get(`${daemon.base}/stats`)).json;
+    const statsAfter = (await get(`${fx.daemon.base}/stats`)).json;
     assert.equal(statsAfter.total_messages_processed - statsBefore.total_messages_processed, final.data.inserted, "GET /stats counts the streamed lines");
     assert.equal(statsAfter.errors - statsBefore.errors, final.data.failed);
   });
 
   test("GET /stats counts the TPC-H lines of /ingest/batch", async () => {
-    const before = (await get(`${daemon.base}/stats`)).json;
-    const res = await post(`${daemon.base}/ingest/batch`, [orderLine(5001), lineItemLine(5001, 1), lineItemLine(5999, 1)].join("\n"), "text/plain");
+    const before = (await get(`${fx.daemon.base}/stats`)).json;
+    const res = await post(`${fx.daemon.base}/ingest/batch`, [orderLine(5001), lineItemLine(5001, 1), lineItemLine(5999, 1)].join("\n"), "text/plain");
     assert.equal(res.status, 207, res.text);
-    const after = await get(`${daemon.base}/stats`);
+    const after = await get(`${fx.daemon.base}/stats`);
     assert.equal(after.status, 200, after.text);
     assert.equal(after.json.total_messages_processed - before.total_messages_processed, 2);
     assert.equal(after.json.errors - before.errors, 1);

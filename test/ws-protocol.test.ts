@@ -3,18 +3,24 @@
  * order after commit, unparseable frames, and the two limits that close the connection (frame size, window).
  */
 import assert from "node:assert/strict";
-import { after, before, describe, test } from "node:test";
-import { event, openWs, startDaemon, startTestDb, type Daemon, type TestDb, type WsClient } from "./harness";
-
-let db: TestDb;
-/** Roomy limits, set explicitly so the hello can be checked against them. */
-let daemon: Daemon;
-/** Tight limits: window 2, frames up to 64 KiB. */
-let tight: Daemon;
-const clients: WsClient[] = [];
+import { describe, test } from "node:test";
+import { useDaemon } from "./fixture";
+import { event, openWs, type Daemon, type WsClient } from "./harness";
 
 const WINDOW = 12;
 const MAX_FRAME = 262_144;
+
+/** A database, and a daemon with roomy limits, set explicitly so the hello can be checked against them. */
+const fx = useDaemon({ env: { WS_WINDOW: String(WINDOW), WS_MAX_FRAME_BYTES: String(MAX_FRAME) } });
+/** A second daemon on the same database with tight limits: window 2, frames up to 64 KiB. */
+let tight: Daemon;
+fx.setup(async () => {
+  tight = await fx.startDaemon({ env: { WS_WINDOW: "2", WS_MAX_FRAME_BYTES: "65536" } });
+});
+const clients: WsClient[] = [];
+fx.teardown(() => {
+  for (const c of clients) c.socket.terminate();
+});
 
 async function connect(d: Daemon, stream = "events"): Promise<WsClient> {
   const c = await openWs(`${d.wsBase}/v1/ws?stream=${stream}`);
@@ -23,7 +29,7 @@ async function connect(d: Daemon, stream = "events"): Promise<WsClient> {
 }
 
 async function idsWithPrefix(prefix: string): Promise<string[]> {
-  const res = await db.query("SELECT event_id FROM events WHERE event_id LIKE $1 || '%' ORDER BY event_id", [prefix]);
+  const res = await fx.db.query("SELECT event_id FROM events WHERE event_id LIKE $1 || '%' ORDER BY event_id", [prefix]);
   return res.rows.map((r) => r.event_id);
 }
 
@@ -36,24 +42,9 @@ function assertAckShape(ack: any): void {
   assert.ok(Array.isArray(ack.errors));
 }
 
-before(async () => {
-  db = await startTestDb();
-  [daemon, tight] = await Promise.all([
-    startDaemon({ databaseUrl: db.url, env: { WS_WINDOW: String(WINDOW), WS_MAX_FRAME_BYTES: String(MAX_FRAME) } }),
-    startDaemon({ databaseUrl: db.url, env: { WS_WINDOW: "2", WS_MAX_FRAME_BYTES: "65536" } }),
-  ]);
-});
-
-after(async () => {
-  for (const c of clients) c.socket.terminate();
-  await daemon?.stop().catch(() => undefined);
-  await tight?.stop().catch(() => undefined);
-  await db?.close().catch(() => undefined);
-});
-
 describe("GET /v1/ws?stream=…", () => {
   test("on open the server says hello with stream, window and max_frame_bytes", async () => {
-    const c = await connect(daemon);
+    const c = await connect(fx.daemon);
     assert.deepEqual(c.hello, { type: "hello", stream: "events", window: WINDOW, max_frame_bytes: MAX_FRAME });
     const t = await connect(tight);
     assert.equal(t.hello.window, 2);
@@ -63,14 +54,14 @@ describe("GET /v1/ws?stream=…", () => {
   });
 
   test("an unknown stream is refused at the upgrade (404), and so is a missing one", async () => {
-    await assert.rejects(openWs(`${daemon.wsBase}/v1/ws?stream=nope`), (err: any) => err.status === 404);
-    await assert.rejects(openWs(`${daemon.wsBase}/v1/ws`), (err: any) => err.status === 404);
+    await assert.rejects(openWs(`${fx.daemon.wsBase}/v1/ws?stream=nope`), (err: any) => err.status === 404);
+    await assert.rejects(openWs(`${fx.daemon.wsBase}/v1/ws`), (err: any) => err.status === 404);
   });
 });
 
 describe("frames and acks", () => {
   test("pipelined frames (object, array, NDJSON, binary) are acked in seq order with the committed counts", async () => {
-    const c = await connect(daemon);
+    const c = await connect(fx.daemon);
     const frames: Array<{ data: string | Buffer; ids: string[] }> = [];
     for (let f = 0; f < 10; f++) {
       const ids = Array.from({ length: f + 1 }, (_, i) => `seq-${String(f).padStart(2, "0")}-${String(i).padStart(2, "0")}`);
@@ -95,7 +86,7 @@ describe("frames and acks", () => {
   });
 
   test("acks stay in seq order when a big first frame commits after small later ones", async () => {
-    const c = await connect(daemon);
+    const c = await connect(fx.daemon);
     const big = Array.from({ length: 1500 }, (_, i) => event(`order-a-${String(i).padStart(4, "0")}`, { payload: { pad: "p".repeat(40) } }));
     const bigFrame = JSON.stringify(big);
     assert.ok(bigFrame.length < MAX_FRAME);
@@ -109,7 +100,7 @@ describe("frames and acks", () => {
   });
 
   test("a frame with invalid records is acked with counts and field paths; only its valid records land", async () => {
-    const c = await connect(daemon);
+    const c = await connect(fx.daemon);
     c.send(JSON.stringify([event("part-0"), { event_id: "part-1", service_name: "svc", payload: {} }, event("part-2", { extra: true })]));
     const [ack] = await c.waitForAcks(1);
     assert.equal(ack.seq, 1);
@@ -121,7 +112,7 @@ describe("frames and acks", () => {
   });
 
   test("an unparseable frame is acked as rejected and the connection stays open for the next frame", async () => {
-    const c = await connect(daemon);
+    const c = await connect(fx.daemon);
     c.send('{"event_id": "garbage-0", "service_name": ');
     const [bad] = await c.waitForAcks(1);
     assertAckShape(bad);
