@@ -1,6 +1,6 @@
 /**
- * Batch status (SPEC §3 `GET /v1/batches/{id}`, `GET /v1/batch/{id}/status`, `Prefer: respond-async`) and
- * dead letters (SPEC §5 `ingest_dead_letters`), against the real daemon and a real PostgreSQL. A request is
+ * Batch status (docs/http-api.md, `GET /v1/batches/{id}`, `GET /v1/batch/{id}/status`, `Prefer: respond-async`) and
+ * dead letters (docs/storage.md, `ingest_dead_letters`), against the real daemon and a real PostgreSQL. A request is
  * held `pending` deterministically by locking the table its commit needs, then released.
  */
 import assert from "node:assert/strict";
@@ -50,7 +50,7 @@ async function lockTable(table: string): Promise<{ release(): Promise<void> }> {
 }
 
 describe("the bookkeeping tables", () => {
-  test("ingest_batches and ingest_dead_letters have the columns and types of SPEC §3 and §5", async () => {
+  test("ingest_batches and ingest_dead_letters have the columns and types documented in docs/http-api.md and docs/storage.md", async () => {
     const columns = async (table: string) =>
       Object.fromEntries(
         (await fx.db.query(`SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = 'public' AND table_name = $1`, [table])).rows.map((r) => [r.column_name, r.data_type]),

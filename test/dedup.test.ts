@@ -1,5 +1,5 @@
 /**
- * Idempotent ingestion (SPEC §5, issue 4): an event whose event_id is already stored is not stored again and
+ * Idempotent ingestion (docs/storage.md, issue 4): an event whose event_id is already stored is not stored again and
  * is counted in `duplicates` — within one request, across concurrent batches of different workers and
  * connections, across daemons, and later. Also: two daemons started at once on one empty database.
  * Real daemons, real PostgreSQL; the rows that landed are counted.

@@ -1,5 +1,5 @@
 /**
- * Durability (SPEC §6): what was acknowledged is in PostgreSQL whatever happens to the daemon afterwards,
+ * Durability (docs/storage.md, Durability and failure): what was acknowledged is in PostgreSQL whatever happens to the daemon afterwards,
  * SIGTERM drains and acknowledges before it exits, and a PostgreSQL outage delays acks without faking them.
  */
 import assert from "node:assert/strict";

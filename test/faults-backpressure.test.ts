@@ -1,5 +1,5 @@
 /**
- * Issue 6 item 1, backpressure end to end (SPEC §1, §4, §6): when PostgreSQL falls behind, the bounded ring
+ * Issue 6 item 1, backpressure end to end (docs/architecture.md; docs/websocket-protocol.md; docs/storage.md, Durability and failure): when PostgreSQL falls behind, the bounded ring
  * fills, HTTP requests wait and past OVERLOAD_DEADLINE_MS get 503 with Retry-After, WebSocket acks wait and
  * past the deadline the connection closes 1013; nothing is acknowledged while nothing can commit; once the
  * database catches up everything acknowledged is stored exactly once.

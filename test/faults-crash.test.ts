@@ -1,5 +1,5 @@
 /**
- * Issue 6 item 3, crash safety (SPEC §6 "An acknowledged record survives kill -9 of the daemon at any
+ * Issue 6 item 3, crash safety (docs/storage.md, Durability and failure: "An acknowledged record survives kill -9 of the daemon at any
  * moment"): three rounds of start daemon → WebSocket and HTTP load → SIGKILL after a random 0.5–2.5 s →
  * restart, on one database, with a random group-commit age per round (so the kill lands in different
  * phases of a batch). After every round each acknowledged event is stored exactly once. At the end a fresh

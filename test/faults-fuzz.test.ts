@@ -1,5 +1,5 @@
 /**
- * Issue 6 item 8, fuzzing (SPEC §6 "Bad input gets a clear error and never takes the daemon down"): at
+ * Issue 6 item 8, fuzzing (docs/storage.md, Durability and failure: "Bad input gets a clear error and never takes the daemon down"): at
  * least 100,000 generated malformed bodies go through the same code the workers run, and a few thousand
  * more through the real daemon over HTTP and WebSocket. Bodies come from a seeded PRNG (mutated valid
  * bodies, type-confused records, random JSON, raw bytes and invalid UTF-8, broken TPC-H lines, deep

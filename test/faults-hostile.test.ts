@@ -1,5 +1,5 @@
 /**
- * Issue 6 item 8, hostile producers at the connection level (SPEC §6 "slow or stalled clients", §4 limits).
+ * Issue 6 item 8, hostile producers at the connection level (docs/storage.md, Durability and failure: "slow or stalled clients"; docs/http-api.md limits).
  * test/hostile-bodies.test.ts covers hostile *bodies* (truncated JSON, bad UTF-8, nesting, huge values) and
  * a stalled body the client itself abandons; test/ws-protocol.test.ts covers one oversized frame (1009) and
  * one window violation (1008). This file covers what the server must do on its own:

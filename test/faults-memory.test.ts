@@ -1,5 +1,5 @@
 /**
- * Issue 6 item 1, memory half (SPEC §1 "Memory never grows without bound", §9 "Resident memory bounded
+ * Issue 6 item 1, memory half (docs/architecture.md: "Memory never grows without bound"; docs/performance.md "Resident memory bounded
  * (under 512 MiB) whatever the offered load"): 200 producers (160 WebSocket connections keeping their ack
  * window full, 40 HTTP producers posting back to back) push as fast as they can through a full-speed
  * phase, a 5 s PostgreSQL freeze (SIGSTOP: the ring fills, producers are refused with 1013 / 503 and come

@@ -1,5 +1,5 @@
 /**
- * Issue 6 item 2, PostgreSQL outage under load (SPEC §6): producers stream over WebSocket and HTTP, into
+ * Issue 6 item 2, PostgreSQL outage under load (docs/storage.md, Durability and failure): producers stream over WebSocket and HTTP, into
  * the deduplicating `events` stream (exactly once) and the plain `logs` stream (at least once); PostgreSQL
  * is stopped for 10 s and started again. During the outage /health is 503 and nothing is acknowledged;
  * producers refused with 503 / 1013 resend the same events, as an SDK would; afterwards the same daemon

@@ -1,5 +1,5 @@
 /**
- * Issue 6 item 4, SIGTERM under load (SPEC §6 "stop accepting, drain the ring, commit, answer and ack, exit
+ * Issue 6 item 4, SIGTERM under load (docs/storage.md, Durability and failure: "stop accepting, drain the ring, commit, answer and ack, exit
  * 0 within the stop timeout"). test/durability.test.ts already shows the basic drain (2 WebSocket
  * producers and 10 requests in flight, exit 0, 1001). This file extends it rather than repeating it:
  *

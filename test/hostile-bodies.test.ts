@@ -1,5 +1,5 @@
 /**
- * Hostile and broken input (SPEC §6): each body gets a clear 4xx (never a 5xx, never a crash), nothing of
+ * Hostile and broken input (docs/storage.md, Durability and failure): each body gets a clear 4xx (never a 5xx, never a crash), nothing of
  * it is stored unless it is valid, and the daemon keeps serving afterwards.
  */
 import assert from "node:assert/strict";

@@ -1,5 +1,5 @@
 /**
- * HTTP ingest API (SPEC §3) against the real daemon and a real PostgreSQL: every answer is checked against
+ * HTTP ingest API (docs/http-api.md) against the real daemon and a real PostgreSQL: every answer is checked against
  * the rows that actually landed in `events`.
  */
 import assert from "node:assert/strict";

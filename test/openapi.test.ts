@@ -1,5 +1,5 @@
 /**
- * GET /openapi.json (SPEC §3, issue 3): a valid OpenAPI 3.1 document — checked with a real validator from the
+ * GET /openapi.json (docs/http-api.md, issue 3): a valid OpenAPI 3.1 document — checked with a real validator from the
  * registry, @seriousme/openapi-schema-validator — whose request schemas are the ones typia generated from the
  * record types. The constraints the document states are then tried against the running daemon: a value at a
  * stated bound is accepted, one past it is refused naming the field, so the document cannot drift from the
@@ -78,7 +78,7 @@ describe("the document", () => {
     assert.equal(new Set(ids).size, ids.length, `unique operationIds: ${ids.join(", ")}`);
   });
 
-  test("documents every endpoint of SPEC §3 and one canonical route per stream, with the stream's body formats", () => {
+  test("documents every endpoint of docs/http-api.md and one canonical route per stream, with the stream's body formats", () => {
     for (const path of ["/v1/ingest/batch", "/events", "/ingest/message", "/ingest/batch", "/ingest/stream"]) assert.ok(doc.paths[path]?.post, `POST ${path}`);
     for (const path of ["/v1/batches/{batch_id}", "/v1/batch/{batch_id}/status", "/health", "/v1/health", "/metrics", "/v1/metrics", "/v1/latency", "/stats", "/v1/ws"]) {
       assert.ok(doc.paths[path]?.get, `GET ${path}`);

@@ -1,5 +1,5 @@
 /**
- * Monthly partitions of the event tables (SPEC §5, issue 4): where rows land (by tableoid), the partitions
+ * Monthly partitions of the event tables (docs/storage.md, issue 4): where rows land (by tableoid), the partitions
  * the daemon creates at start, the functions of src/storage/partitions.ts that the schedule and the CLI use
  * (createPartitions, dropPartitionsOlderThan, listPartitions), retention by the daemon itself, and the
  * `ingestd partitions` command. Real daemon, real PostgreSQL.
@@ -89,7 +89,7 @@ describe("partitions at start", () => {
     assert.deepEqual(await partitionsOf("orders"), []);
   });
 
-  test("the indexes of SPEC §5 are on the parent, so every partition has them", async () => {
+  test("the indexes of docs/storage.md are on the parent, so every partition has them", async () => {
     const want: Record<string, string[]> = {
       events: ["(service_name, event_type, event_time)"],
       logs: ["(service_name, severity, logged_at)"],

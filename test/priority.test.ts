@@ -1,5 +1,5 @@
 /**
- * Priority on POST /v1/ingest/batch (SPEC §3, issue 3 item 4): under contention, higher-priority requests
+ * Priority on POST /v1/ingest/batch (docs/http-api.md, issue 3 item 4): under contention, higher-priority requests
  * are committed first. Priority is applied twice: bodies waiting for a worker (the dispatcher admits only
  * workerBacklogMb of bodies per worker at once) are admitted highest priority first, the front reading the
  * envelope's priority (src/front/envelope-priority.ts); inside the worker, group commit orders its sealed batches by

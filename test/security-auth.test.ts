@@ -1,5 +1,5 @@
 /**
- * API keys (SPEC §7, issue 6 item 5) against the real daemon and PostgreSQL: 401 / 403 / 200 per header
+ * API keys (docs/security.md, issue 6 item 5) against the real daemon and PostgreSQL: 401 / 403 / 200 per header
  * style and route, the TPC-H line endpoints' permission, open read-only endpoints, WebSocket upgrades
  * (headers and ?token=), SIGHUP reload (add, remove, bad file kept out), open mode's warning, a bad keys
  * file at start (exit 78), and a scan of everything the daemon printed for the keys it was given.

@@ -1,5 +1,5 @@
 /**
- * Per-key rate limits (SPEC §7, issue 6 item 6) against the real daemon and PostgreSQL. Keys come from
+ * Per-key rate limits (docs/security.md, issue 6 item 6) against the real daemon and PostgreSQL. Keys come from
  * INGESTD_API_KEYS here (the keys file is covered by security-auth). The bucket is charged after the
  * outcome (the front thread cannot count events before a worker has parsed them), so a key goes into debt
  * and its NEXT requests get 429 with Retry-After; on WebSocket its acks wait until the debt is paid.

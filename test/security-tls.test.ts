@@ -1,5 +1,5 @@
 /**
- * TLS (SPEC §7, issue 6 item 7): with TLS_CERT / TLS_KEY the daemon serves HTTPS and WSS through
+ * TLS (docs/security.md, issue 6 item 7): with TLS_CERT / TLS_KEY the daemon serves HTTPS and WSS through
  * uWebSockets.js SSLApp. The certificate is made by the test with openssl; clients verify it against that
  * certificate as their CA (not rejectUnauthorized: false), so the handshake and the name check are real.
  */

@@ -1,5 +1,5 @@
 /**
- * The JSON streams of SPEC §2 (issue 3): `events`, `logs` and `product_events`, against the real daemon and
+ * The JSON streams of docs/streams.md (issue 3): `events`, `logs` and `product_events`, against the real daemon and
  * a real PostgreSQL. Valid records land with the right column values and SQL types; each kind of invalid
  * value is refused with a path naming its field; every refused record is kept in ingest_dead_letters.
  */

@@ -1,5 +1,5 @@
 /**
- * The TPC-H line streams (SPEC §2, §3; issue 3): `orders`, `lineitem`, `customer`, `part` fed by pipe-delimited
+ * The TPC-H line streams (docs/streams.md; docs/http-api.md; issue 3): `orders`, `lineitem`, `customer`, `part` fed by pipe-delimited
  * lines through POST /ingest/message, /ingest/batch and /ingest/stream, against the real daemon and a real
  * PostgreSQL. Every answer is checked against the rows that really landed: each stored row is turned back
  * into its line by SQL and compared with the lines that should have been stored.
@@ -290,7 +290,7 @@ function postStream(port: number, body: string, chunk: number, holdAt: number, t
 // ---------------------------------------------------------------------------------------------------------
 
 describe("POST /ingest/message: one line", () => {
-  test("the SPEC §2 example → 200 {status: success, entity: Order, id: 1, timestamp}; the row holds every typed field", async () => {
+  test("the docs/streams.md example → 200 {status: success, entity: Order, id: 1, timestamp}; the row holds every typed field", async () => {
     const before = Date.now();
     const res = await post(`${fx.daemon.base}/ingest/message`, EXAMPLE, "text/plain");
     assert.equal(res.status, 200, res.text);

@@ -1,5 +1,5 @@
 /**
- * WebSocket stream protocol (SPEC §4) against the real daemon and PostgreSQL: hello, per-frame acks in seq
+ * WebSocket stream protocol (docs/websocket-protocol.md) against the real daemon and PostgreSQL: hello, per-frame acks in seq
  * order after commit, unparseable frames, and the two limits that close the connection (frame size, window).
  */
 import assert from "node:assert/strict";
