@@ -7,6 +7,7 @@ import { randomUUID } from "node:crypto";
 import { now } from "./clock";
 import { isDenial } from "./auth";
 import type { ServerContext } from "./context";
+import { envelopePriority } from "./envelope-priority";
 import { readBodyIntoRing } from "./http-body";
 import { answerError, answerJson, isClosed, markClosed } from "./http-responses";
 import { LINE_ROUTER, type BodyFormat, type StreamDefinition } from "./stream-definition";
@@ -37,6 +38,9 @@ export interface IngestRoute {
   /** Shapes the answer; the canonical SPEC §3 shape by default. */
   render?: AnswerRenderer;
 }
+
+/** The X-Ingest-Priority values, at their own index. */
+const PRIORITY_VALUES = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10"];
 
 function formatOf(contentType: string): BodyFormat | null {
   const base = contentType.split(";", 1)[0].trim().toLowerCase();
@@ -80,6 +84,8 @@ export function registerIngestRoute(app: TemplatedApp, ctx: ServerContext, route
     const contentType = req.getHeader("content-type");
     const lengthHeader = req.getHeader("content-length");
     const respondAsync = /\brespond-async\b/i.test(req.getHeader("prefer"));
+    // A priority named outside the body is known before the body is read (README "Priority").
+    const priorityHeader = req.getHeader("x-ingest-priority");
     // Security: the key is read with the other headers (a uWS request does not outlive this call).
     const caller = ctx.auth.authenticate(req.getHeader("authorization"), req.getHeader("x-api-key"));
     const count = (s: number) => metrics.httpRequests.inc({ route: route.route, status: String(s) });
@@ -118,9 +124,12 @@ export function registerIngestRoute(app: TemplatedApp, ctx: ServerContext, route
     if (!Number.isSafeInteger(length) || length < 0) return fail(400, "bad_content_length", "Content-Length is not a valid length");
     if (length > maxBody) return fail(413, "body_too_large", `body of ${length} bytes exceeds the limit of ${maxBody} bytes (MAX_BODY_MB)`);
     if (length === 0) return fail(400, "empty_body", "request body is empty");
+    const priority = priorityHeader === "" ? 0 : PRIORITY_VALUES.indexOf(priorityHeader.trim());
+    if (priority < 0) return fail(400, "bad_priority", "X-Ingest-Priority must be an integer from 0 to 10");
     if (!db.up) return fail(503, "database_unavailable", "database unavailable; nothing was stored, retry later", retryAfter);
 
-    reader = readBodyIntoRing(res, { ring, length, priority: 0, deadlineMs: config.overloadDeadlineMs }, (body) => {
+    const classify = route.envelope ? envelopePriority : undefined;
+    reader = readBodyIntoRing(res, { ring, length, priority, deadlineMs: config.overloadDeadlineMs, classify }, (body) => {
       if (!body.ok) {
         if (body.reason === "overloaded") return fail(503, "overloaded", "ingestd is overloaded; nothing was stored, retry later", retryAfter, true);
         if (body.reason === "truncated") return fail(400, "truncated_body", "request body ended before Content-Length bytes", undefined, true);
@@ -133,7 +142,7 @@ export function registerIngestRoute(app: TemplatedApp, ctx: ServerContext, route
         envelope: route.envelope,
         region: body.region,
         batchId,
-        priority: 0,
+        priority: body.priority,
         receivedAt,
         ringAt: body.ringAt,
         source: "http",

@@ -142,10 +142,17 @@ export async function startServer(config: IngestdConfig, log: Logger): Promise<R
   db.startProbing();
   db.onChange((up) => (up ? log.info("database reachable again") : log.error({ err: db.error }, "database unreachable")));
 
-  // Shards of at least one maximum body each, so any accepted body fits in a shard.
+  // Shards of at least one maximum body each, so any accepted body fits in a shard. An eighth of the ring is
+  // reserved for work of priority above 0 (README "Priority"), unless that would leave no room for a
+  // maximum body.
   const maxBody = config.maxBodyMb * 1024 * 1024;
   const ringBytes = config.ringMb * 1024 * 1024;
-  const ring = new Ring({ bytes: ringBytes, shards: Math.max(1, Math.min(8, Math.floor(ringBytes / maxBody))) });
+  const reserveBytes = ringBytes - Math.floor(ringBytes / 8) >= maxBody ? Math.floor(ringBytes / 8) : 0;
+  const ring = new Ring({
+    bytes: ringBytes,
+    shards: Math.max(1, Math.min(8, Math.floor((ringBytes - reserveBytes) / maxBody))),
+    reserveBytes,
+  });
 
   const dispatcher = new Dispatcher({
     workers: config.workers,
