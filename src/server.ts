@@ -29,6 +29,7 @@ import { dropPartitionsOlderThan, ensureMonthPartitions } from "./partitions";
 import { ConfigError } from "./config";
 import { uws, type us_listen_socket } from "./uws";
 import { registerWebSocket } from "./ws-protocol";
+import { COMMIT_GAUGE_COMMITTING, COMMIT_GAUGE_SLOTS, COMMIT_GAUGE_WAITING } from "../workers/task-protocol";
 
 /** LIBUS_LISTEN_EXCLUSIVE_PORT */
 const EXCLUSIVE_PORT = 1;
@@ -153,6 +154,7 @@ export async function startServer(config: IngestdConfig, log: Logger): Promise<R
     shards: Math.max(1, Math.min(8, Math.floor((ringBytes - reserveBytes) / maxBody))),
     reserveBytes,
   });
+  const commitGauges = new Int32Array(new SharedArrayBuffer(COMMIT_GAUGE_SLOTS * 4));
 
   const dispatcher = new Dispatcher({
     workers: config.workers,
@@ -167,6 +169,7 @@ export async function startServer(config: IngestdConfig, log: Logger): Promise<R
       stallTimeoutMs: config.overloadDeadlineMs,
       maxErrorsReported: config.maxErrorsReported,
       dedupStreams: dedupStreams(config),
+      commitGauges: commitGauges.buffer as SharedArrayBuffer,
     },
   });
 
@@ -176,6 +179,10 @@ export async function startServer(config: IngestdConfig, log: Logger): Promise<R
   const metrics = new Metrics({
     ringBytesInUse: () => ring.used,
     ringCapacityBytes: ring.capacity,
+    ringReserveBytesInUse: () => ring.reserveUsed,
+    ringReserveBytes: ring.reserveCapacity,
+    ringWaiting: () => ring.waiting,
+    commitTasks: (state) => Atomics.load(commitGauges, state === "waiting" ? COMMIT_GAUGE_WAITING : COMMIT_GAUGE_COMMITTING),
     wsConnections: () => wsConnections(),
     databaseUp: () => db.up,
     workerThreads: () => dispatcher.pool.threads,

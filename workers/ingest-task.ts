@@ -29,6 +29,8 @@ export interface WorkerData {
   maxErrorsReported: number;
   /** Streams whose records are deduplicated by their dedupKey. */
   dedupStreams: string[];
+  /** COMMIT_GAUGE_SLOTS Int32 counters shared with the front (metrics). */
+  commitGauges: SharedArrayBuffer;
 }
 
 const data = workerData as WorkerData;
@@ -87,6 +89,7 @@ const committer = new GroupCommitter(
     maxBatchBytes: data.maxBatchBytes,
     batchesCopySql: batchesCopySql(data.dbSchema),
     deadLettersCopySql: deadLettersCopySql(data.dbSchema),
+    gauges: new Int32Array(data.commitGauges),
   },
 );
 
@@ -147,7 +150,8 @@ export default async function ingest(task: IngestTask): Promise<IngestOutcome> {
     result.batchId = body.batchId;
     if (task.recordBatch) aliases.postMessage([task.batchId, body.batchId]);
   }
-  if (body.priority !== undefined) result.priority = body.priority;
+  // The task's priority may be named outside the body (README "Priority"): the higher of the two counts.
+  if (body.priority !== undefined && body.priority > result.priority) result.priority = body.priority;
   // The parsed records are not kept while the commit is awaited (a batch waits for hundreds of ms, long
   // enough for the garbage collector to copy and promote every object of it): what the answer needs is
   // taken out of them here, and the rare record PostgreSQL refuses is read again from the body text.

@@ -93,3 +93,12 @@ export function emptyOutcome(task: Pick<IngestTask, "batchId" | "priority">, kin
  * naming its own batch_id: the front thread never parses bodies, yet a producer polls by its own id.
  */
 export const BATCH_ALIAS_CHANNEL = "ingestd.batch-aliases";
+
+/**
+ * Slots of the Int32Array over `WorkerData.commitGauges`: every worker adds and subtracts its own tasks with
+ * Atomics, so each slot is the sum over workers. WAITING: tasks whose rows sit in a group-commit batch not
+ * yet started; COMMITTING: tasks in the transaction under way.
+ */
+export const COMMIT_GAUGE_WAITING = 0;
+export const COMMIT_GAUGE_COMMITTING = 1;
+export const COMMIT_GAUGE_SLOTS = 2;
