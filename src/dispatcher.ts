@@ -79,18 +79,13 @@ class Fifo<T> {
   }
 }
 
-interface Waiting<T> {
-  item: T;
-  cost: number;
-}
-
 /**
  * The admission policy of the Dispatcher (see the comment at the top) as bookkeeping only: what runs in the
  * workers per priority level, and what waits, one FIFO per level. `admit` is called, synchronously from
  * `done`, for each waiting item that may start; every item started is reported to `done` once settled.
  */
-export class WorkerAdmission<T> {
-  private readonly queues: Array<Fifo<Waiting<T>>> = Array.from({ length: LEVELS }, () => new Fifo<Waiting<T>>());
+export class WorkerAdmission<T extends { readonly cost: number }> {
+  private readonly queues: Array<Fifo<T>> = Array.from({ length: LEVELS }, () => new Fifo<T>());
   private waitingCount = 0;
   private readonly runningAt = new Int32Array(LEVELS);
   private readonly runningBytesAt = new Float64Array(LEVELS);
@@ -100,7 +95,7 @@ export class WorkerAdmission<T> {
   constructor(
     private readonly workers: number,
     private readonly budget: number,
-    private readonly admit: (item: T, priority: number, cost: number) => void,
+    private readonly admit: (item: T, priority: number) => void,
   ) {}
 
   /** Priorities are 0..10; anything else is clamped into that range. */
@@ -126,8 +121,8 @@ export class WorkerAdmission<T> {
   }
 
   /** Waits behind the items of its own or higher priority; `admit` is called once it may start. */
-  enqueue(item: T, priority: number, cost: number): void {
-    this.queues[priority].push({ item, cost });
+  enqueue(item: T, priority: number): void {
+    this.queues[priority].push(item);
     this.waitingCount++;
   }
 
@@ -192,7 +187,7 @@ export class WorkerAdmission<T> {
         tasks++;
         bytes += head.cost;
         this.count(p, head.cost);
-        this.admit(head.item, p, head.cost);
+        this.admit(head, p);
       }
     }
   }
@@ -200,6 +195,7 @@ export class WorkerAdmission<T> {
 
 interface Queued {
   sub: Submission;
+  cost: number;
   resolve: (outcome: Promise<IngestOutcome>) => void;
 }
 
@@ -238,8 +234,8 @@ export class Dispatcher {
 
   constructor(options: DispatcherOptions) {
     this.maxWorkerBytes = options.maxWorkerBytes;
-    this.admission = new WorkerAdmission<Queued>(options.workers, options.maxWorkerBytes, (q, priority, cost) =>
-      q.resolve(this.start(q.sub, cost, priority)),
+    this.admission = new WorkerAdmission<Queued>(options.workers, options.maxWorkerBytes, (q, priority) =>
+      q.resolve(this.start(q.sub, q.cost, priority)),
     );
     this.ring = Buffer.from(options.workerData.ring);
     this.pool = new Piscina({
@@ -284,7 +280,7 @@ export class Dispatcher {
     if (this.admission.tryStart(priority, cost)) {
       outcome = this.start(sub, cost, priority);
     } else {
-      outcome = new Promise<IngestOutcome>((resolve) => this.admission.enqueue({ sub, resolve }, priority, cost));
+      outcome = new Promise<IngestOutcome>((resolve) => this.admission.enqueue({ sub, cost, resolve }, priority));
     }
     return outcome.finally(() => {
       if (--this.inFlight === 0) for (const w of this.idleWaiters.splice(0)) w();

@@ -10,11 +10,11 @@ import { WorkerAdmission } from "../src/dispatcher";
 /** One worker, a budget of 100; `started` lists what was admitted from the queue, in order. */
 function admission(workers = 1, budget = 100) {
   const started: string[] = [];
-  const a = new WorkerAdmission<string>(workers, budget, (item) => started.push(item));
+  const a = new WorkerAdmission<{ name: string; cost: number }>(workers, budget, (item) => started.push(item.name));
   /** Starts now (returns true) or queues `name`. */
   const offer = (name: string, priority: number, cost: number) => {
     if (a.tryStart(priority, cost)) return true;
-    a.enqueue(name, priority, cost);
+    a.enqueue({ name, cost }, priority);
     return false;
   };
   return { a, started, offer };
