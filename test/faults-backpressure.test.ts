@@ -35,7 +35,7 @@ import {
 const fx = faultFixture();
 const { producers } = fx;
 
-/** Small ring (2 MiB in two 1 MiB shards), one worker, a short deadline: easy to fill, quick to refuse. */
+/** Small ring (2 MiB: a 1.75 MiB shard and the 256 KiB reserve for priority above 0), one worker, a short deadline: easy to fill, quick to refuse. */
 const SMALL = { RING_MB: "2", MAX_BODY_MB: "1", WORKERS: "1", OVERLOAD_DEADLINE_MS: "1500", WS_MAX_FRAME_BYTES: "262144" };
 
 function launch(env: Record<string, string>): Promise<Daemon> {

@@ -19,13 +19,16 @@ import { describe, test } from "node:test";
 import WebSocket from "ws";
 import { useDaemon } from "./fixture";
 import { event, openWs, post, type Daemon, type WsClient } from "./harness";
-import { health, metricSum, mib, MiB, rssBytes, sampleRss, sleep, until } from "./faults-helpers";
+import { health, metric, metricSum, mib, MiB, rssBytes, sampleRss, sleep, until } from "./faults-helpers";
 
 const MAX_FRAME = 65_536;
 
 /** A database, and a daemon with default limits except 64 KiB frames; daemons are killed (SIGKILL) in after(). */
 const fx = useDaemon({ env: { WS_MAX_FRAME_BYTES: String(MAX_FRAME) }, stopSignal: "SIGKILL" });
-/** A second daemon on the same database: a 2 MiB ring (two 1 MiB shards), 1 MiB bodies, a 1.5 s overload deadline. */
+/**
+ * A second daemon on the same database: a 2 MiB ring (one 1.75 MiB shard and the 256 KiB reserve for priority
+ * above 0), 1 MiB bodies, a 1.5 s overload deadline.
+ */
 let small: Daemon;
 fx.setup(async () => {
   small = await fx.startDaemon({ env: { RING_MB: "2", MAX_BODY_MB: "1", OVERLOAD_DEADLINE_MS: "1500" } });
@@ -115,11 +118,13 @@ describe("slow and stalled HTTP producers", () => {
 
   test("stalled and dribbled bodies that reserve the whole ring: others get 503 + Retry-After (not a hang); the server cuts the stallers off within 20 s, the ring returns to 0, others succeed", async () => {
     const capacity = 2 * MiB;
-    const head = `${INGEST_HEAD}Content-Length: ${MiB}\r\n\r\n`;
-    // Two 1 MiB bodies reserve both 1 MiB shards: one stalls after a few bytes, one dribbles a byte every 500 ms.
+    // All of the ring that priority-0 work may use: the rest is the reserve for priority above 0 (README "Priority").
+    const general = capacity - (await metric(small.base, "ingestd_ring_reserve_bytes"));
+    const head = `${INGEST_HEAD}Content-Length: ${general / 2}\r\n\r\n`;
+    // Two bodies reserve all of it: one stalls after a few bytes, one dribbles a byte every 500 ms.
     const stalled = rawSession(small.port, `${head}[{"event_id":"stall-1"`);
     const dribbled = rawSession(small.port, `${head}[`, { chunk: " ", everyMs: 500 });
-    await until("the stalled bodies to reserve the ring", async () => (await health(small.base)).json.ring.used_bytes === capacity, 5000);
+    await until("the stalled bodies to reserve the ring", async () => (await health(small.base)).json.ring.used_bytes === general, 5000);
 
     const t0 = Date.now();
     const refused = await post(`${small.base}/v1/streams/events/events`, JSON.stringify([event("stall-other-1")]));
@@ -132,7 +137,7 @@ describe("slow and stalled HTTP producers", () => {
     const [stalledMs, dribbledMs] = await Promise.all([within(stalled.closed, 25_000, -1), within(dribbled.closed, 25_000, -1)]);
     stalled.stop();
     dribbled.stop();
-    console.log(`[faults] stalled bodies: ring ${capacity} of ${capacity} bytes reserved; others refused 503 in ${refusedMs} ms; server closed the stalled body after ${stalledMs} ms, the dribbled one after ${dribbledMs} ms`);
+    console.log(`[faults] stalled bodies: ring ${general} of ${capacity} bytes reserved (the rest is for priority above 0); others refused 503 in ${refusedMs} ms; server closed the stalled body after ${stalledMs} ms, the dribbled one after ${dribbledMs} ms`);
     assert.ok(stalledMs > 0 && stalledMs < 20_000, `stalled body closed by the server within 20 s (${stalledMs})`);
     assert.ok(dribbledMs > 0 && dribbledMs < 20_000, `dribbled body closed by the server within 20 s (${dribbledMs})`);
     await until("the ring to be released", async () => (await health(small.base)).json.ring.used_bytes === 0, 5000);

@@ -70,13 +70,16 @@ export default async function ingest(task: IngestTask): Promise<IngestOutcome> {
   return result;
 }
 
-/** An envelope's own batch_id and priority replace the task's; the front thread learns the batch_id for status queries. */
+/**
+ * An envelope's own batch_id replaces the task's (the front thread learns it for status queries); its
+ * priority counts when higher than the one named outside the body (docs/architecture.md#priority).
+ */
 function adoptEnvelope(task: IngestTask, body: ParsedBody, result: IngestOutcome): void {
   if (body.batchId !== undefined) {
     result.batchId = body.batchId;
     if (task.recordBatch) aliases.postMessage([task.requestId, body.batchId]);
   }
-  if (body.priority !== undefined) result.priority = body.priority;
+  if (body.priority !== undefined && body.priority > result.priority) result.priority = body.priority;
 }
 
 /** The answer to a body that cannot be read at all; its batch status and dead letter are kept when the task keeps one. */

@@ -9,8 +9,17 @@
  * between full GCs. Handing the workers everything in the 64 MiB ring made the daemon peak at 640-1070 MiB
  * under 200 producers; so the workers get at most `maxWorkerBytes` of bodies at once (each task also counts
  * TASK_COST_BYTES for its fixed overhead). The rest wait here, as descriptors of bodies already in the ring
- * (counted there), ordered by priority: higher first, arrival order within a priority. Inside a worker,
- * group commit orders its sealed batches by priority too.
+ * (counted there), ordered by priority: higher first, arrival order within a priority.
+ *
+ * Priority (docs/architecture.md#priority): the budget is counted per level. A task of priority p is admitted while the
+ * work of priority >= p in the workers fits `maxWorkerBytes`, so it waits here behind work of its own or
+ * higher priority, not behind lower-priority work, and reaches its worker while lower-priority batches
+ * still wait there (group commit runs it first). With one budget for all levels, a priority task waited
+ * for a lower-priority commit to free room, and by the time it reached the worker (1-25 ms later on a
+ * loaded 2-core machine) the worker had started its next lower-priority transaction (1-15 ms): priority
+ * lost that race at random. All levels together stay under twice the budget (memory, as above); that cap
+ * binds only when three or more levels each fill the budget, and then the highest waiting task takes the
+ * next room freed.
  */
 import path from "node:path";
 import Piscina from "piscina";
@@ -28,8 +37,9 @@ export interface DispatcherOptions {
   log: Logger;
   workerData: WorkerData;
   /**
-   * Body bytes handed to the workers at once (all workers together). A task is admitted while it fits, or
-   * while fewer tasks than workers are running, so a body larger than the budget still gets a worker.
+   * Body bytes handed to the workers at once (all workers together), counted per priority level (see the
+   * comment at the top). A task is admitted while it fits, or while fewer tasks than workers are running,
+   * so a body larger than the budget still gets a worker.
    */
   maxWorkerBytes: number;
 }
@@ -38,12 +48,7 @@ export interface DispatcherOptions {
 export const TASK_COST_BYTES = 1024;
 /** Priorities are 0..10 (docs/architecture.md#priority); anything else is clamped into that range. */
 const MAX_PRIORITY = 10;
-
-interface Queued {
-  sub: Submission;
-  cost: number;
-  resolve: (outcome: Promise<IngestOutcome>) => void;
-}
+const LEVELS = MAX_PRIORITY + 1;
 
 /** FIFO with O(1) shift: a head index into an array that is compacted once half of it is consumed. */
 class Fifo<T> {
@@ -74,6 +79,126 @@ class Fifo<T> {
   }
 }
 
+/**
+ * The admission policy of the Dispatcher (see the comment at the top) as bookkeeping only: what runs in the
+ * workers per priority level, and what waits, one FIFO per level. `admit` is called, synchronously from
+ * `done`, for each waiting item that may start; every item started is reported to `done` once settled.
+ */
+export class WorkerAdmission<T extends { readonly cost: number }> {
+  private readonly queues: Array<Fifo<T>> = Array.from({ length: LEVELS }, () => new Fifo<T>());
+  private waitingCount = 0;
+  private readonly runningAt = new Int32Array(LEVELS);
+  private readonly runningBytesAt = new Float64Array(LEVELS);
+  private running = 0;
+  private runningBytes = 0;
+
+  constructor(
+    private readonly workers: number,
+    private readonly budget: number,
+    private readonly admit: (item: T, priority: number) => void,
+  ) {}
+
+  /** Priorities are 0..10; anything else is clamped into that range. */
+  static level(priority: number): number {
+    return Math.min(MAX_PRIORITY, Math.max(0, Math.trunc(priority) || 0));
+  }
+
+  /** Items waiting for admission. */
+  get waiting(): number {
+    return this.waitingCount;
+  }
+
+  /** Cost of the items started and not done. */
+  get bytes(): number {
+    return this.runningBytes;
+  }
+
+  /** True, and counted as started, when an item may start now; otherwise false: `enqueue` it. */
+  tryStart(priority: number, cost: number): boolean {
+    if (this.waitingAtOrAbove(priority) || !this.fits(priority, cost)) return false;
+    this.count(priority, cost);
+    return true;
+  }
+
+  /** Waits behind the items of its own or higher priority; `admit` is called once it may start. */
+  enqueue(item: T, priority: number): void {
+    this.queues[priority].push(item);
+    this.waitingCount++;
+  }
+
+  /** A started item settled: its room goes to the waiting items that now fit, highest priority first. */
+  done(priority: number, cost: number): void {
+    this.runningAt[priority]--;
+    this.runningBytesAt[priority] -= cost;
+    this.running--;
+    this.runningBytes -= cost;
+    this.pump();
+  }
+
+  private count(priority: number, cost: number): void {
+    this.runningAt[priority]++;
+    this.runningBytesAt[priority] += cost;
+    this.running++;
+    this.runningBytes += cost;
+  }
+
+  private waitingAtOrAbove(priority: number): boolean {
+    if (this.waitingCount === 0) return false;
+    for (let p = MAX_PRIORITY; p >= priority; p--) if (this.queues[p].length > 0) return true;
+    return false;
+  }
+
+  /**
+   * Whether the work of priority >= `priority` leaves room for `cost` in the budget (or runs on fewer tasks
+   * than there are workers, so a body larger than the budget still gets a worker), and all of it stays
+   * under twice the budget.
+   */
+  private fits(priority: number, cost: number): boolean {
+    let tasks = 0;
+    let bytes = 0;
+    for (let p = MAX_PRIORITY; p >= priority; p--) {
+      tasks += this.runningAt[p];
+      bytes += this.runningBytesAt[p];
+    }
+    return (tasks < this.workers || bytes + cost <= this.budget) && this.underCap(cost);
+  }
+
+  private underCap(cost: number): boolean {
+    return this.running < this.workers || this.runningBytes + cost <= 2 * this.budget;
+  }
+
+  /**
+   * Admits waiting items, highest priority first. One that does not fit its level's budget blocks the rest
+   * of its level (so a large one is not starved by small ones) but not the levels below, whose work does
+   * not count against that budget; one that does not fit under the cap blocks everything below it.
+   */
+  private pump(): void {
+    let tasks = 0;
+    let bytes = 0;
+    for (let p = MAX_PRIORITY; p >= 0 && this.waitingCount > 0; p--) {
+      tasks += this.runningAt[p];
+      bytes += this.runningBytesAt[p];
+      const queue = this.queues[p];
+      for (let head = queue.peek(); head !== undefined; head = queue.peek()) {
+        if (tasks >= this.workers && bytes + head.cost > this.budget) break;
+        if (!this.underCap(head.cost)) return;
+        queue.shift();
+        this.waitingCount--;
+        tasks++;
+        bytes += head.cost;
+        this.count(p, head.cost);
+        this.admit(head, p);
+      }
+    }
+  }
+}
+
+interface Queued {
+  sub: Submission;
+  cost: number;
+  resolve: (outcome: Promise<IngestOutcome>) => void;
+}
+
 export interface Submission {
   stream: string;
   format: TaskFormat;
@@ -91,15 +216,10 @@ export class Dispatcher {
   readonly pool: Piscina<IngestTask, IngestOutcome>;
   /** Submitted and not settled: waiting here or in a worker. */
   private inFlight = 0;
-  /** Waiting for admission, one FIFO per priority. */
-  private readonly queues: Array<Fifo<Queued>> = Array.from({ length: MAX_PRIORITY + 1 }, () => new Fifo<Queued>());
-  private queued = 0;
-  /** Admitted to the pool and not settled, and what they cost against maxWorkerBytes. */
-  private running = 0;
-  private runningBytes = 0;
-  private readonly workers: number;
+  /** Admitted to the pool and not settled, and what waits for admission. */
+  private readonly admission: WorkerAdmission<Queued>;
   readonly maxWorkerBytes: number;
-  /** The ring, to read an envelope's priority when its body has to wait. */
+  /** The ring, to read an envelope's priority. */
   private readonly ring: Buffer;
   private idleWaiters: Array<() => void> = [];
   private readonly latency: LatencyRecorder;
@@ -109,11 +229,13 @@ export class Dispatcher {
   private lastFailureLog = 0;
 
   constructor(options: DispatcherOptions) {
-    this.workers = options.workers;
     this.latency = options.latency;
     this.metrics = options.metrics;
     this.log = options.log;
     this.maxWorkerBytes = options.maxWorkerBytes;
+    this.admission = new WorkerAdmission<Queued>(options.workers, options.maxWorkerBytes, (q, priority) =>
+      q.resolve(this.start(q.sub, q.cost, priority)),
+    );
     this.ring = Buffer.from(options.workerData.ring);
     this.pool = new Piscina({
       filename: path.resolve(__dirname, "../../workers/ingest-task.js"),
@@ -122,8 +244,8 @@ export class Dispatcher {
       idleTimeout: Infinity,
       // Tasks wait on group commit, so each worker holds many at once; admission by bytes (below) bounds
       // the total. High enough that an admitted task never waits in Piscina's FIFO queue, which knows no
-      // priority.
-      concurrentTasksPerWorker: Math.max(16, options.workers + Math.ceil(options.maxWorkerBytes / TASK_COST_BYTES)),
+      // priority. Up to twice the budget (see the comment at the top).
+      concurrentTasksPerWorker: Math.max(16, 2 * (options.workers + Math.ceil(options.maxWorkerBytes / TASK_COST_BYTES))),
       // Workers do async I/O (their COPY connection): they must not block in Atomics.wait between tasks.
       atomics: "disabled",
       workerData: options.workerData,
@@ -137,12 +259,12 @@ export class Dispatcher {
 
   /** Tasks waiting for admission to a worker. */
   get tasksQueued(): number {
-    return this.queued;
+    return this.admission.waiting;
   }
 
   /** Body bytes (plus per-task cost) admitted to the workers and not settled. */
   get bytesInWorkers(): number {
-    return this.runningBytes;
+    return this.admission.bytes;
   }
 
   /**
@@ -152,57 +274,38 @@ export class Dispatcher {
   run(sub: Submission): Promise<IngestOutcome> {
     this.inFlight++;
     const cost = sub.region.length + TASK_COST_BYTES;
+    const priority = this.priorityOf(sub);
     let outcome: Promise<IngestOutcome>;
-    if (this.queued === 0 && this.admits(cost)) {
-      outcome = this.start(sub, cost);
+    if (this.admission.tryStart(priority, cost)) {
+      outcome = this.start(sub, cost, priority);
     } else {
-      const priority = Math.min(MAX_PRIORITY, Math.max(0, Math.trunc(sub.priority) || 0, this.hintedPriority(sub)));
-      outcome = new Promise<IngestOutcome>((resolve) => this.queues[priority].push({ sub, cost, resolve }));
-      this.queued++;
+      outcome = new Promise<IngestOutcome>((resolve) => this.admission.enqueue({ sub, cost, resolve }, priority));
     }
     return outcome.finally(() => {
       if (--this.inFlight === 0) for (const w of this.idleWaiters.splice(0)) w();
     });
   }
 
-  /** The priority an envelope body names (the front sets 0: it does not parse bodies); see envelope-priority. */
-  private hintedPriority(sub: Submission): number {
-    if (!sub.envelope) return 0;
-    return envelopePriority(this.ring.subarray(sub.region.offset, sub.region.offset + sub.region.length));
+  /**
+   * The submission's priority (named outside the body, or found by the front while it waited for the ring),
+   * or the higher one an envelope body names (the front does not parse bodies; see envelope-priority).
+   */
+  private priorityOf(sub: Submission): number {
+    const named = WorkerAdmission.level(sub.priority);
+    if (!sub.envelope || named === MAX_PRIORITY) return named;
+    return Math.max(named, envelopePriority(this.ring.subarray(sub.region.offset, sub.region.offset + sub.region.length)));
   }
 
-  private admits(cost: number): boolean {
-    return this.running < this.workers || this.runningBytes + cost <= this.maxWorkerBytes;
-  }
-
-  /** Admits waiting tasks, highest priority first, while they fit; a task that does not fit blocks the rest. */
-  private pump(): void {
-    for (let p = MAX_PRIORITY; p >= 0 && this.queued > 0; ) {
-      const head = this.queues[p].peek();
-      if (head === undefined) {
-        p--;
-        continue;
-      }
-      if (!this.admits(head.cost)) return;
-      this.queues[p].shift();
-      this.queued--;
-      head.resolve(this.start(head.sub, head.cost));
-    }
-  }
-
-  private async start(sub: Submission, cost: number): Promise<IngestOutcome> {
-    this.running++;
-    this.runningBytes += cost;
+  /** Runs an admitted task (already counted by `admission`) and reports it done once settled. */
+  private async start(sub: Submission, cost: number, priority: number): Promise<IngestOutcome> {
     try {
-      return await this.execute(sub);
+      return await this.execute(sub, priority);
     } finally {
-      this.running--;
-      this.runningBytes -= cost;
-      this.pump();
+      this.admission.done(priority, cost);
     }
   }
 
-  private async execute(sub: Submission): Promise<IngestOutcome> {
+  private async execute(sub: Submission, priority: number): Promise<IngestOutcome> {
     const task: IngestTask = {
       stream: sub.stream,
       format: sub.format,
@@ -210,7 +313,7 @@ export class Dispatcher {
       offset: sub.region.offset,
       length: sub.region.length,
       requestId: sub.requestId,
-      priority: sub.priority,
+      priority,
       receivedAt: sub.receivedAt,
       ringAt: sub.ringAt,
       source: sub.source,

@@ -9,6 +9,12 @@
  * The buffer is split into shards, each a circular allocator with in-order reclaim. Tasks finish out of
  * order, so a slow region holds back reuse of the space behind it; spreading allocations round-robin over
  * shards keeps one slow batch from stalling the whole ring.
+ *
+ * Priority at admission (docs/architecture.md#priority): the last shard, when `reserveBytes` is set, is a reserve that
+ * only work known to be of priority above 0 may use, so such work finds room while priority-0 bodies fill
+ * the rest. Waiters are served highest priority first (arrival order within a priority), and no allocation
+ * takes room that a waiter of higher priority is waiting for. A waiter's priority may be raised while it
+ * waits (`claim().raise`), when the body's priority becomes known only then.
  */
 
 export interface RingRegion {
@@ -40,19 +46,36 @@ interface Waiter {
   seq: number;
   resolve: (region: RingRegion | null) => void;
   timer: NodeJS.Timeout | null;
+  settled: boolean;
+}
+
+/** A pending allocation: its region (null past the deadline), and a way to raise its priority meanwhile. */
+export interface RingClaim {
+  readonly region: Promise<RingRegion | null>;
+  /** Moves the claim up to `priority` if that is higher (never down); it may be served at once. */
+  raise(priority: number): void;
 }
 
 export interface RingOptions {
   bytes: number;
+  /** Shards the general (non-reserved) part is split into. */
   shards: number;
+  /** Bytes set apart for work of priority above 0 (taken from `bytes`); 0 for none. */
+  reserveBytes?: number;
 }
+
+const NO_RAISE = (): void => undefined;
 
 export class Ring {
   readonly buffer: SharedArrayBuffer;
   readonly bytes: Uint8Array;
   readonly capacity: number;
   readonly maxRegion: number;
+  /** Size of the reserve for priority above 0 (part of capacity). */
+  readonly reserveCapacity: number;
   private readonly shards: Shard[];
+  /** General shards are [0, general); the reserve, if any, is shard `general`. */
+  private readonly general: number;
   private next = 0;
   private usedBytes = 0;
   private waiters: Waiter[] = [];
@@ -60,8 +83,13 @@ export class Ring {
 
   constructor(options: RingOptions) {
     const shardCount = Math.max(1, options.shards);
-    const shardSize = Math.floor(options.bytes / shardCount);
-    this.capacity = shardSize * shardCount;
+    const asked = Math.max(0, Math.floor(options.reserveBytes ?? 0));
+    const shardSize = Math.floor((options.bytes - asked) / shardCount);
+    // The reserve takes what the general shards' rounding leaves, so the ring is exactly `bytes`.
+    const reserve = asked > 0 ? options.bytes - shardSize * shardCount : 0;
+    this.general = shardCount;
+    this.reserveCapacity = reserve;
+    this.capacity = shardSize * shardCount + reserve;
     this.buffer = new SharedArrayBuffer(this.capacity);
     this.bytes = new Uint8Array(this.buffer);
     this.maxRegion = shardSize;
@@ -69,29 +97,30 @@ export class Ring {
     for (let i = 0; i < shardCount; i++) {
       this.shards.push({ base: i * shardSize, size: shardSize, head: 0, tail: 0, used: 0, live: [], liveStart: 0 });
     }
+    if (reserve > 0) this.shards.push({ base: shardCount * shardSize, size: reserve, head: 0, tail: 0, used: 0, live: [], liveStart: 0 });
   }
 
   get used(): number {
     return this.usedBytes;
   }
 
+  /** Bytes of the reserve in use. */
+  get reserveUsed(): number {
+    return this.general < this.shards.length ? this.shards[this.general].used : 0;
+  }
+
+  /** Allocations waiting for room. */
   get waiting(): number {
     return this.waiters.length;
   }
 
-  /** Allocates `length` contiguous bytes, or returns null when no shard has room right now. */
-  tryAlloc(length: number): RingRegion | null {
-    if (length > this.maxRegion || length <= 0) return null;
-    const n = this.shards.length;
-    for (let i = 0; i < n; i++) {
-      const index = (this.next + i) % n;
-      const region = this.allocIn(index, length);
-      if (region !== null) {
-        this.next = (index + 1) % n;
-        return region;
-      }
-    }
-    return null;
+  /**
+   * Allocates `length` contiguous bytes for work of `priority`, or returns null when there is no room for it
+   * right now, or when a waiter of higher priority is waiting for room.
+   */
+  tryAlloc(length: number, priority = 0): RingRegion | null {
+    if (this.waiters.length > 0 && this.waiters[0].priority > priority) return null;
+    return this.allocate(length, priority);
   }
 
   /**
@@ -99,20 +128,30 @@ export class Ring {
    * resolves null when `deadlineMs` passes first.
    */
   alloc(length: number, priority: number, deadlineMs: number): Promise<RingRegion | null> {
-    if (this.waiters.length === 0) {
-      const region = this.tryAlloc(length);
-      if (region !== null) return Promise.resolve(region);
+    return this.claim(length, priority, deadlineMs).region;
+  }
+
+  /** As alloc, and the claim's priority can be raised while it waits. */
+  claim(length: number, priority: number, deadlineMs: number): RingClaim {
+    if (this.waiters.length === 0 || this.waiters[0].priority < priority) {
+      const region = this.allocate(length, priority);
+      if (region !== null) return { region: Promise.resolve(region), raise: NO_RAISE };
     }
-    if (length > this.maxRegion || length <= 0) return Promise.resolve(null);
-    return new Promise((resolve) => {
-      const waiter: Waiter = { length, priority, seq: this.waiterSeq++, resolve, timer: null };
-      waiter.timer = setTimeout(() => {
-        const i = this.waiters.indexOf(waiter);
-        if (i >= 0) this.waiters.splice(i, 1);
-        resolve(null);
-      }, deadlineMs);
-      this.insertWaiter(waiter);
+    if (length > this.maxRegion || length <= 0) return { region: Promise.resolve(null), raise: NO_RAISE };
+    let waiter!: Waiter;
+    const region = new Promise<RingRegion | null>((resolve) => {
+      waiter = { length, priority, seq: this.waiterSeq++, resolve, timer: null, settled: false };
     });
+    waiter.timer = setTimeout(() => {
+      const i = this.waiters.indexOf(waiter);
+      if (i >= 0) this.waiters.splice(i, 1);
+      waiter.settled = true;
+      waiter.resolve(null);
+      // A large waiter that gave up may have been holding back smaller ones behind it.
+      if (i === 0) this.wakeWaiters();
+    }, deadlineMs);
+    this.insertWaiter(waiter);
+    return { region, raise: (p) => this.raise(waiter, p) };
   }
 
   free(region: RingRegion): void {
@@ -135,6 +174,32 @@ export class Ring {
       shard.live = shard.live.slice(shard.liveStart);
       shard.liveStart = 0;
     }
+    this.wakeWaiters();
+  }
+
+  /** General shards round-robin; then, for priority above 0, the reserve. */
+  private allocate(length: number, priority: number): RingRegion | null {
+    if (length > this.maxRegion || length <= 0) return null;
+    const n = this.general;
+    for (let i = 0; i < n; i++) {
+      const index = (this.next + i) % n;
+      const region = this.allocIn(index, length);
+      if (region !== null) {
+        this.next = (index + 1) % n;
+        return region;
+      }
+    }
+    if (priority > 0 && length <= this.reserveCapacity) return this.allocIn(n, length);
+    return null;
+  }
+
+  private raise(waiter: Waiter, priority: number): void {
+    if (waiter.settled || priority <= waiter.priority) return;
+    const i = this.waiters.indexOf(waiter);
+    if (i < 0) return;
+    this.waiters.splice(i, 1);
+    waiter.priority = priority;
+    this.insertWaiter(waiter);
     this.wakeWaiters();
   }
 
@@ -165,19 +230,25 @@ export class Ring {
     return region;
   }
 
+  /** Highest priority first, then arrival order (a raised waiter keeps its place among its new peers). */
   private insertWaiter(waiter: Waiter): void {
     let i = this.waiters.length;
-    while (i > 0 && this.waiters[i - 1].priority < waiter.priority) i--;
+    while (i > 0) {
+      const w = this.waiters[i - 1];
+      if (w.priority > waiter.priority || (w.priority === waiter.priority && w.seq < waiter.seq)) break;
+      i--;
+    }
     this.waiters.splice(i, 0, waiter);
   }
 
   private wakeWaiters(): void {
     while (this.waiters.length > 0) {
       const waiter = this.waiters[0];
-      const region = this.tryAlloc(waiter.length);
+      const region = this.allocate(waiter.length, waiter.priority);
       // Strict order: a large waiter at the front is not overtaken, so it cannot starve.
       if (region === null) return;
       this.waiters.shift();
+      waiter.settled = true;
       if (waiter.timer !== null) clearTimeout(waiter.timer);
       waiter.resolve(region);
     }

@@ -12,6 +12,7 @@ import { Metrics } from "../ops/metrics";
 import { openApiDocument } from "../ops/openapi";
 import { Stats } from "../ops/stats";
 import { VERSION } from "../ops/version";
+import { COMMIT_GAUGE_COMMITTING, COMMIT_GAUGE_SLOTS, COMMIT_GAUGE_WAITING } from "../shared/task-protocol";
 import { ApiKeysError } from "../security/api-keys";
 import { Auth } from "../security/auth";
 import { BatchRegistry } from "../storage/batch-registry";
@@ -89,10 +90,18 @@ export async function startServer(config: IngestdConfig, log: Logger): Promise<R
   db.startProbing();
   db.onChange((up) => (up ? log.info("database reachable again") : log.error({ err: db.error }, "database unreachable")));
 
-  // Shards of at least one maximum body each, so any accepted body fits in a shard.
+  // Shards of at least one maximum body each, so any accepted body fits in a shard. An eighth of the ring is
+  // reserved for work of priority above 0 (README "Priority"), unless that would leave no room for a
+  // maximum body.
   const maxBody = config.maxBodyMb * 1024 * 1024;
   const ringBytes = config.ringMb * 1024 * 1024;
-  const ring = new Ring({ bytes: ringBytes, shards: Math.max(1, Math.min(8, Math.floor(ringBytes / maxBody))) });
+  const reserveBytes = ringBytes - Math.floor(ringBytes / 8) >= maxBody ? Math.floor(ringBytes / 8) : 0;
+  const ring = new Ring({
+    bytes: ringBytes,
+    shards: Math.max(1, Math.min(8, Math.floor((ringBytes - reserveBytes) / maxBody))),
+    reserveBytes,
+  });
+  const commitGauges = new Int32Array(new SharedArrayBuffer(COMMIT_GAUGE_SLOTS * 4));
 
   const latency = new LatencyRecorder(config.latencyIntervalMs);
   latency.start(config.hlogPath);
@@ -100,6 +109,10 @@ export async function startServer(config: IngestdConfig, log: Logger): Promise<R
   const metrics: Metrics = new Metrics({
     ringBytesInUse: () => ring.used,
     ringCapacityBytes: ring.capacity,
+    ringReserveBytesInUse: () => ring.reserveUsed,
+    ringReserveBytes: ring.reserveCapacity,
+    ringWaiting: () => ring.waiting,
+    commitTasks: (state) => Atomics.load(commitGauges, state === "waiting" ? COMMIT_GAUGE_WAITING : COMMIT_GAUGE_COMMITTING),
     wsConnections: () => ws.connections(),
     databaseUp: () => db.up,
     workerThreads: () => dispatcher.pool.threads,
@@ -123,6 +136,7 @@ export async function startServer(config: IngestdConfig, log: Logger): Promise<R
       stallTimeoutMs: config.overloadDeadlineMs,
       maxErrorsReported: config.maxErrorsReported,
       dedupStreams: dedupStreams(config, streams),
+      commitGauges: commitGauges.buffer as SharedArrayBuffer,
     },
   });
 

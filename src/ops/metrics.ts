@@ -10,6 +10,13 @@ import { VERSION } from "./version";
 export interface MetricsSources {
   ringBytesInUse: () => number;
   ringCapacityBytes: number;
+  /** The ring's reserve for work of priority above 0 (part of the capacity), and what of it is in use. */
+  ringReserveBytesInUse: () => number;
+  ringReserveBytes: number;
+  /** Requests and frames waiting for ring space. */
+  ringWaiting: () => number;
+  /** Tasks in the workers' group commit: waiting in a batch not yet started, or in the running transaction. */
+  commitTasks: (state: "waiting" | "committing") => number;
   wsConnections: () => number;
   databaseUp: () => boolean;
   /** The pool's worker threads, whose event-loop utilisation is the pool's utilisation. */
@@ -147,6 +154,30 @@ export class Metrics {
       },
     });
     new client.Gauge({
+      name: "ingestd_ring_reserve_used_bytes",
+      help: "Bytes of the ring's reserve for priority above 0 held by requests not yet answered.",
+      registers,
+      collect() {
+        this.set(sources.ringReserveBytesInUse());
+      },
+    });
+    new client.Gauge({
+      name: "ingestd_ring_reserve_bytes",
+      help: "Size of the ring's reserve for priority above 0 (part of the capacity).",
+      registers,
+      collect() {
+        this.set(sources.ringReserveBytes);
+      },
+    });
+    new client.Gauge({
+      name: "ingestd_ring_waiting",
+      help: "Requests and frames waiting for ring space.",
+      registers,
+      collect() {
+        this.set(sources.ringWaiting());
+      },
+    });
+    new client.Gauge({
       name: "ingestd_ws_connections",
       help: "Open WebSocket connections.",
       registers,
@@ -203,6 +234,16 @@ export class Metrics {
       registers,
       collect() {
         this.set(sources.tasksWaiting());
+      },
+    });
+    new client.Gauge({
+      name: "ingestd_commit_tasks",
+      help: "Tasks validated in the workers whose rows wait for group commit (state=waiting) or are in the transaction under way (state=committing).",
+      labelNames: ["state"],
+      registers,
+      collect() {
+        this.set({ state: "waiting" }, sources.commitTasks("waiting"));
+        this.set({ state: "committing" }, sources.commitTasks("committing"));
       },
     });
     new client.Gauge({

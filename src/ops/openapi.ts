@@ -15,7 +15,7 @@ function recordSchemaName(stream: StreamDefinition): string {
 }
 
 const errorResponses = {
-  "400": { description: "The body cannot be parsed at all (malformed JSON, invalid UTF-8, empty).", content: json(ref("Error")) },
+  "400": { description: "The body cannot be parsed at all (malformed JSON, invalid UTF-8, empty), or X-Ingest-Priority is not an integer from 0 to 10.", content: json(ref("Error")) },
   "401": { description: "Missing or unknown API key.", content: json(ref("Error")) },
   "403": { description: "The API key may not write this stream.", content: json(ref("Error")) },
   "404": { description: "Unknown stream.", content: json(ref("Error")) },
@@ -25,6 +25,15 @@ const errorResponses = {
   "415": { description: "Content type not accepted by the stream.", content: json(ref("Error")) },
   "429": { description: "Rate limited; see Retry-After.", content: json(ref("Error")) },
   "503": { description: "Database unavailable or daemon overloaded; nothing was stored. See Retry-After.", content: json(ref("Error")) },
+};
+
+/** docs/architecture.md#priority: the only way the front knows a request's priority before reading its body. */
+const priorityHeader = {
+  name: "X-Ingest-Priority",
+  in: "header",
+  required: false,
+  description: "Priority 0..10 (default 0), higher served first under contention; known before the body is read, so it also orders admission to the ring. With an envelope priority too, the higher counts.",
+  schema: { type: "integer", minimum: 0, maximum: 10 },
 };
 
 export function openApiDocument(streams: readonly StreamDefinition[], version: string): Schema {
@@ -106,6 +115,7 @@ export function openApiDocument(streams: readonly StreamDefinition[], version: s
       post: {
         operationId: `ingest_${stream.name}`,
         summary: `Ingest into ${stream.name}: ${stream.description}`,
+        parameters: [priorityHeader],
         requestBody: { required: true, content },
         responses: ingestResponses,
       },
@@ -117,6 +127,7 @@ export function openApiDocument(streams: readonly StreamDefinition[], version: s
       post: {
         operationId: "ingest_batch",
         summary: "Ingest a batch of events with an optional batch id and priority (0..10, higher is served first under contention).",
+        parameters: [priorityHeader],
         requestBody: {
           required: true,
           content: json({
@@ -140,6 +151,7 @@ export function openApiDocument(streams: readonly StreamDefinition[], version: s
       post: {
         operationId: "ingest_product_events_compat", // unique: ingest_product_events is the canonical route
         summary: "Ingest one product event or an array of them.",
+        parameters: [priorityHeader],
         requestBody: { required: true, content: json({ oneOf: [record, { type: "array", items: record, minItems: 1 }] }) },
         responses: ingestResponses,
       },

@@ -16,6 +16,8 @@ export interface WorkerData {
   maxErrorsReported: number;
   /** Streams whose records are deduplicated by their dedupKey. */
   dedupStreams: string[];
+  /** COMMIT_GAUGE_SLOTS Int32 counters shared with the front (metrics). */
+  commitGauges: SharedArrayBuffer;
 }
 
 export type TaskFormat = "json" | "ndjson" | "text" | "auto";
@@ -113,3 +115,12 @@ export function emptyOutcome(task: Pick<IngestTask, "requestId" | "priority">, k
  * naming its own batch_id: the front thread never parses bodies, yet a producer polls by its own id.
  */
 export const BATCH_ALIAS_CHANNEL = "ingestd.batch-aliases";
+
+/**
+ * Slots of the Int32Array over `WorkerData.commitGauges`: every worker adds and subtracts its own tasks with
+ * Atomics, so each slot is the sum over workers. WAITING: tasks whose rows sit in a group-commit batch not
+ * yet started; COMMITTING: tasks in the transaction under way.
+ */
+export const COMMIT_GAUGE_WAITING = 0;
+export const COMMIT_GAUGE_COMMITTING = 1;
+export const COMMIT_GAUGE_SLOTS = 2;

@@ -2,12 +2,18 @@ import type pg from "pg";
 import { now } from "../../src/shared/clock";
 import type { CommitTarget } from "./commit-targets";
 import { CopyWriter, DatabaseUnavailable, isRowError, join, type RowFailure } from "./copy-writer";
+import { COMMIT_GAUGE_COMMITTING, COMMIT_GAUGE_WAITING, COMMIT_GAUGE_SLOTS } from "../../src/shared/task-protocol";
 
 /**
  * Group commit: the rows of many tasks share one transaction. A batch is sealed when it reaches
  * `batchSize` rows, `maxBatchBytes`, or `batchTimeoutMs` of age; sealed batches run one at a time on the
  * worker's single connection, higher priority first. A task's rows always sit in one batch, so its outcome
  * is settled by exactly one commit, and its batch-status row and dead letters commit with its rows.
+ *
+ * Priority (docs/architecture.md#priority) is the owner of the worker's order: whenever the connection frees up, the
+ * next transaction is the highest-priority batch waiting, open ones included (an open batch of higher
+ * priority than every sealed one is sealed then, full or not). Only the transaction already running is
+ * never overtaken.
  *
  * Inside a transaction tables are written in stream order, so rows that reference another stream's rows
  * (lineitem → orders) see the rows committed with them.
@@ -19,6 +25,8 @@ export interface GroupCommitOptions {
   batchTimeoutMs: number;
   batchesCopySql: string;
   deadLettersCopySql: string;
+  /** Shared counters (COMMIT_GAUGE_* slots, summed over workers) the front exports as metrics. */
+  gauges?: Int32Array;
 }
 
 export interface PartWork {
@@ -83,11 +91,14 @@ export class GroupCommitter {
   private open = new Map<number, Batch>();
   private sealed: Batch[] = [];
   private running = false;
+  private readonly gauges: Int32Array;
 
   constructor(
     private readonly writer: CopyWriter,
     private readonly options: GroupCommitOptions,
-  ) {}
+  ) {
+    this.gauges = options.gauges ?? new Int32Array(COMMIT_GAUGE_SLOTS);
+  }
 
   /** Queues a task's rows; resolves once they are committed (rows PostgreSQL refused are in the outcomes). */
   add(work: TaskWork): Promise<CommitResult> {
@@ -115,6 +126,7 @@ export class GroupCommitter {
     }
     batch.bytes += work.bytes;
     batch.members.push(member);
+    Atomics.add(this.gauges, COMMIT_GAUGE_WAITING, 1);
     if (batch.rowCount >= this.options.batchSize || batch.bytes >= this.options.maxBatchBytes) this.seal(batch);
     return done;
   }
@@ -144,7 +156,7 @@ export class GroupCommitter {
   private async run(): Promise<void> {
     this.running = true;
     for (;;) {
-      if (this.sealed.length === 0) for (const batch of [...this.open.values()]) if (batch.due) this.seal(batch);
+      this.sealReady();
       const next = this.sealed.shift();
       if (!next) break;
       await this.commit(next);
@@ -152,8 +164,23 @@ export class GroupCommitter {
     this.running = false;
   }
 
+  /**
+   * The connection is free: seals the open batches that would run next anyway. With nothing sealed, those
+   * that reached their age while the last commit ran; otherwise those of higher priority than every sealed
+   * batch, full or not, so that no waiting batch runs before work of higher priority.
+   */
+  private sealReady(): void {
+    const top = this.sealed.length > 0 ? this.sealed[0].priority : -1;
+    for (const batch of this.open.values()) {
+      if (batch.priority > top && (top >= 0 || batch.due)) this.seal(batch);
+    }
+  }
+
   private async commit(batch: Batch): Promise<void> {
     const started = now();
+    const members = batch.members.length;
+    Atomics.sub(this.gauges, COMMIT_GAUGE_WAITING, members);
+    Atomics.add(this.gauges, COMMIT_GAUGE_COMMITTING, members);
     let outcomes: PartOutcome[][];
     try {
       const client = await this.writer.connection();
@@ -174,12 +201,15 @@ export class GroupCommitter {
       // or stopped answering: refuse them now (their producers resend; nothing of them was acknowledged).
       const refused = [batch, ...this.sealed.splice(0), ...this.open.values()];
       this.open.clear();
+      Atomics.sub(this.gauges, COMMIT_GAUGE_COMMITTING, members);
       for (const b of refused) {
+        if (b !== batch) Atomics.sub(this.gauges, COMMIT_GAUGE_WAITING, b.members.length);
         if (b.timer !== null) clearTimeout(b.timer);
         for (const m of b.members) m.reject(error);
       }
       return;
     }
+    Atomics.sub(this.gauges, COMMIT_GAUGE_COMMITTING, members);
     const committedAt = now();
     const copyMs = committedAt - started;
     for (let i = 0; i < batch.members.length; i++) {

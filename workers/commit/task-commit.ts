@@ -20,6 +20,7 @@ export function workerCommitter(data: WorkerData, applicationName: string): Grou
       maxBatchBytes: data.maxBatchBytes,
       batchesCopySql: batchesCopySql(data.dbSchema),
       deadLettersCopySql: deadLettersCopySql(data.dbSchema),
+      gauges: new Int32Array(data.commitGauges),
     },
   );
 }

@@ -7,6 +7,7 @@ import { randomUUID } from "node:crypto";
 import { now } from "../../shared/clock";
 import type { BodyFormat } from "../../shared/stream-definition";
 import type { TaskFormat } from "../../shared/task-protocol";
+import { envelopePriority } from "../envelope-priority";
 import { answerError, answerJson, answerRefusal, isClosed, markClosed } from "../http-responses";
 import { isRefusal, type Refusal } from "../submission/admission";
 import { canonicalAnswer, type AnswerRenderer } from "../submission/answers";
@@ -35,6 +36,14 @@ export interface IngestRoute {
   format?: BodyFormat;
   /** Shapes the answer; the canonical one by default. */
   render?: AnswerRenderer;
+}
+
+/** The X-Ingest-Priority values, at their own index. */
+const PRIORITY_VALUES = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10"];
+
+/** The priority an X-Ingest-Priority header names (0 when absent), or -1 when it names none. */
+function headerPriority(header: string): number {
+  return header === "" ? 0 : PRIORITY_VALUES.indexOf(header.trim());
 }
 
 function formatOf(contentType: string): BodyFormat | null {
@@ -69,6 +78,8 @@ export function registerIngestRoute(app: TemplatedApp, pipeline: Pipeline, route
     const contentType = req.getHeader("content-type");
     const lengthHeader = req.getHeader("content-length");
     const respondAsync = /\brespond-async\b/i.test(req.getHeader("prefer"));
+    // A priority named outside the body is known before the body is read (docs/architecture.md#priority).
+    const priority = headerPriority(req.getHeader("x-ingest-priority"));
     // The key is read with the other headers: a uWS request does not outlive this call.
     const caller = auth.authenticate(req.getHeader("authorization"), req.getHeader("x-api-key"));
     const count = (s: number) => metrics.httpRequests.inc({ route: route.route, status: String(s) });
@@ -91,11 +102,15 @@ export function registerIngestRoute(app: TemplatedApp, pipeline: Pipeline, route
     const admitted = admission.admit(caller, streamName);
     if (isRefusal(admitted)) return refuse(admitted);
     const { stream, key } = admitted;
-    const refusal = bodyRefusal(route, stream.formats, streamName, contentType, lengthHeader, limits.maxBodyBytes) ?? admission.database();
+    const refusal =
+      bodyRefusal(route, stream.formats, streamName, contentType, lengthHeader, limits.maxBodyBytes) ??
+      (priority < 0 ? { status: 400, code: "bad_priority", message: "X-Ingest-Priority must be an integer from 0 to 10" } : null) ??
+      admission.database();
     if (refusal) return refuse(refusal);
     const format = (route.format ?? formatOf(contentType)) as TaskFormat;
 
-    reader = readBodyIntoRing(res, { ring, length: Number(lengthHeader), priority: 0, deadlineMs: limits.overloadDeadlineMs }, (body) => {
+    const classify = route.envelope ? envelopePriority : undefined;
+    reader = readBodyIntoRing(res, { ring, length: Number(lengthHeader), priority, deadlineMs: limits.overloadDeadlineMs, classify }, (body) => {
       if (!body.ok) {
         if (body.reason === "overloaded") return refuse({ status: 503, code: "overloaded", message: "ingestd is overloaded; nothing was stored, retry later", headers: retryAfter }, true);
         if (body.reason === "truncated") return refuse({ status: 400, code: "truncated_body", message: "request body ended before Content-Length bytes" }, true);
@@ -103,7 +118,7 @@ export function registerIngestRoute(app: TemplatedApp, pipeline: Pipeline, route
       }
       const requestId = randomUUID();
       const settled = submitter.commit(
-        { stream: stream.name, format, envelope: route.envelope, region: body.region, requestId, priority: 0, receivedAt, ringAt: body.ringAt, source: "http", recordBatch: true },
+        { stream: stream.name, format, envelope: route.envelope, region: body.region, requestId, priority: body.priority, receivedAt, ringAt: body.ringAt, source: "http", recordBatch: true },
         key,
         { retryUntil: 0 },
       );
