@@ -81,7 +81,7 @@ async function wsProducer(d: Daemon, prefix: string, perFrame: number, maxFrames
   // The harness's own listener has already appended the ack to client.acks when this one runs.
   client.socket.on("message", () => {
     const ack = client.acks[client.acks.length - 1];
-    if (!ack || ack.type !== "ack") return;
+    if (ack?.type !== "ack") return;
     const expectedSeq = p.ackedFrames + 1;
     const ids = frames.get(ack.seq);
     if (ack.seq !== expectedSeq) p.protocolError ??= `ack seq ${ack.seq}, expected ${expectedSeq}`;

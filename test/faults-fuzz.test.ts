@@ -221,7 +221,7 @@ interface Verdict {
 
 /** Throws only for what the worker would not survive as a clean 4xx / rejected record. */
 function runPipeline(body: Body, problems: string[]): Verdict {
-  let parsed;
+  let parsed: ReturnType<typeof parseBody>;
   try {
     parsed = parseBody(decodeBody(body.bytes), body.format, body.kind === "envelope");
   } catch (err) {
@@ -252,7 +252,7 @@ function runPipeline(body: Body, problems: string[]): Verdict {
         return;
       }
     }
-    let checked;
+    let checked: ReturnType<StreamDefinition["validate"]>;
     try {
       checked = stream!.validate(record);
     } catch (err) {

@@ -309,7 +309,7 @@ describe("malformed upgrade requests (raw sockets)", () => {
   const cases: Array<[name: string, request: string | Buffer, expect: RegExp]> = [
     ["no Sec-WebSocket-Key", upgrade(["Upgrade: websocket", "Connection: Upgrade", "Sec-WebSocket-Version: 13"]), /^HTTP\/1\.1 4\d\d /],
     ["a Sec-WebSocket-Key of the wrong length", upgrade(["Upgrade: websocket", "Connection: Upgrade", "Sec-WebSocket-Key: abc", "Sec-WebSocket-Version: 13"]), /^HTTP\/1\.1 4\d\d /],
-    ["Sec-WebSocket-Version 12", upgrade(["Upgrade: websocket", "Connection: Upgrade", `Sec-WebSocket-Key: ${KEY}`, "Sec-WebSocket-Version: 12"]), /^HTTP\/1\.1 426 [^]*\r\nSec-WebSocket-Version: 13\r\n/i],
+    ["Sec-WebSocket-Version 12", upgrade(["Upgrade: websocket", "Connection: Upgrade", `Sec-WebSocket-Key: ${KEY}`, "Sec-WebSocket-Version: 12"]), /^HTTP\/1\.1 426 [\s\S]*\r\nSec-WebSocket-Version: 13\r\n/i],
     ["no Sec-WebSocket-Version", upgrade(["Upgrade: websocket", "Connection: Upgrade", `Sec-WebSocket-Key: ${KEY}`]), /^HTTP\/1\.1 426 /],
     ["no Upgrade header", upgrade(["Connection: Upgrade", `Sec-WebSocket-Key: ${KEY}`, "Sec-WebSocket-Version: 13"]), /^HTTP\/1\.1 400 /],
     ["Upgrade: h2c", upgrade(["Upgrade: h2c", "Connection: Upgrade", `Sec-WebSocket-Key: ${KEY}`, "Sec-WebSocket-Version: 13"]), /^HTTP\/1\.1 400 /],

@@ -150,7 +150,7 @@ export async function post(
 ): Promise<{ status: number; headers: Headers; json: any; text: string }> {
   const res = await fetch(url, { method: "POST", body, headers: { "content-type": contentType, ...headers } });
   const text = await res.text();
-  let json: any = undefined;
+  let json: any ;
   try {
     json = JSON.parse(text);
   } catch {
@@ -188,7 +188,7 @@ export async function waitFor<T>(what: string, probe: () => Promise<T> | T, time
 export async function get(url: string, method = "GET"): Promise<{ status: number; headers: Headers; json: any; text: string }> {
   const res = await fetch(url, { method });
   const text = await res.text();
-  let json: any = undefined;
+  let json: any ;
   try {
     json = JSON.parse(text);
   } catch {

@@ -138,7 +138,7 @@ describe("wrong shapes and types → 415 / 422", () => {
     const records = [
       event("nul-1", { service_name: "a\u0000b" }),
       event("nul-2", { payload: { s: "x\u0000y" } }),
-      event("nul-3", { payload: { ["k\u0000"]: 1 } }),
+      event("nul-3", { payload: { "k\u0000": 1 } }),
       event("nul-ok"),
     ];
     const res = await post(url(), JSON.stringify(records));

@@ -74,7 +74,7 @@ describe("the document", () => {
       assert.ok(doc.components.schemas[ref.split("/").pop()!], `${ref} resolves`);
     }
     const ids: string[] = [];
-    for (const item of Object.values<any>(doc.paths)) for (const op of Object.values<any>(item)) if (op && op.operationId) ids.push(op.operationId);
+    for (const item of Object.values<any>(doc.paths)) for (const op of Object.values<any>(item)) if (op?.operationId) ids.push(op.operationId);
     assert.equal(new Set(ids).size, ids.length, `unique operationIds: ${ids.join(", ")}`);
   });
 
@@ -191,7 +191,7 @@ describe("the daemon accepts exactly what the document says", () => {
       } else if (p.type === "object") {
         out.push({ label: `${field} an object`, record: withValue(field, { any: ["thing"] }), refusedAt: null });
         out.push({ label: `${field} a string`, record: withValue(field, "text"), refusedAt: field });
-      } else if (p.oneOf && p.oneOf.every((v: any) => "const" in v)) {
+      } else if (p.oneOf?.every((v: any) => "const" in v)) {
         for (const v of p.oneOf) out.push({ label: `${field} = ${v.const}`, record: withValue(field, v.const), refusedAt: null });
         out.push({ label: `${field} another value`, record: withValue(field, "NOT_LISTED"), refusedAt: field });
       } else {

@@ -105,7 +105,7 @@ test("the example environment file is a valid configuration", () => {
 });
 
 /** Receives sd_notify datagrams as systemd does (closing the barrier fds systemd-notify waits on). */
-const RECEIVER = String.raw`
+const RECEIVER = `
 import array, json, os, socket, struct, sys
 s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
 s.bind(sys.argv[1])

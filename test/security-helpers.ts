@@ -5,7 +5,7 @@
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import WebSocket from "ws";
+import type WebSocket from "ws";
 import { hashToken, mintToken } from "../src/security/api-keys";
 import { openWs, type WsClient } from "./harness";
 

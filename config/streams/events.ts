@@ -1,4 +1,4 @@
-import typia, { tags } from "typia";
+import typia, { type tags } from "typia";
 import { defineStream } from "../../src/shared/stream-definition";
 
 /** A generic application event (docs/streams.md#events). */

@@ -1,4 +1,4 @@
-import typia, { tags } from "typia";
+import typia, { type tags } from "typia";
 import { defineStream } from "../../src/shared/stream-definition";
 
 /** A log line from a service (docs/streams.md#logs). */

@@ -1,4 +1,4 @@
-import typia, { tags } from "typia";
+import typia, { type tags } from "typia";
 import { lineColumns, lineParser, type LineLayout } from "../../src/shared/line-fields";
 import { defineStream } from "../../src/shared/stream-definition";
 

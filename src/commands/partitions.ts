@@ -62,7 +62,7 @@ export async function runPartitions(config: IngestdConfig, argv: string[], out: 
         for (const p of parts) out.write(`${p.stream.padEnd(20)} ${p.partition.padEnd(36)} ${(p.month ?? "default").padEnd(8)} ${p.rows} rows\n`);
       });
     case "create": {
-      let months;
+      let months: ReturnType<typeof parseMonth>[];
       try {
         // `create --month YYYY-MM` (as issue 4 spells it) and `create YYYY-MM ...` both work.
         const named = [...(values.month ?? []), ...rest];

@@ -1,6 +1,6 @@
 import fs from "node:fs";
 import path from "node:path";
-import typia, { tags } from "typia";
+import typia, { type tags } from "typia";
 import type { StreamDefinition } from "../shared/stream-definition";
 
 type Int = number & tags.Type<"int32">;

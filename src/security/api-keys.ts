@@ -14,7 +14,7 @@
 import crypto, { createHash, randomBytes, timingSafeEqual } from "node:crypto";
 import fs from "node:fs";
 import { parseArgs } from "node:util";
-import typia, { tags } from "typia";
+import typia, { type tags } from "typia";
 import { RateLimiter, type TokenBucket } from "./rate-limiter";
 
 /** One entry of the keys file (or of INGESTD_API_KEYS). */

@@ -3,7 +3,7 @@
  * for an unreadable certificate, a key that does not parse, an encrypted key or a mismatched pair, and only
  * after the database and the workers have started; these checks name the problem up front (exit 78).
  */
-import { X509Certificate, createPrivateKey } from "node:crypto";
+import { type KeyObject, X509Certificate, createPrivateKey } from "node:crypto";
 import fs from "node:fs";
 
 /** Null when `certFile` / `keyFile` form a usable pair; otherwise what is wrong (never the key's content). */
@@ -15,7 +15,7 @@ export function tlsFilesProblem(certFile: string, keyFile: string): string | nul
   } catch (err) {
     return `tlsCert: ${certFile} is not a readable PEM certificate (${(err as Error).message})`;
   }
-  let key;
+  let key: KeyObject;
   try {
     key = createPrivateKey(fs.readFileSync(keyFile));
   } catch (err) {

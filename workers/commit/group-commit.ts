@@ -1,7 +1,7 @@
 import type pg from "pg";
 import { now } from "../../src/shared/clock";
 import type { CommitTarget } from "./commit-targets";
-import { CopyWriter, DatabaseUnavailable, isRowError, join, type RowFailure } from "./copy-writer";
+import { type CopyWriter, DatabaseUnavailable, isRowError, join, type RowFailure } from "./copy-writer";
 import { COMMIT_GAUGE_COMMITTING, COMMIT_GAUGE_WAITING, COMMIT_GAUGE_SLOTS } from "../../src/shared/task-protocol";
 
 /**

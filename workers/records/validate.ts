@@ -110,17 +110,22 @@ class RecordSorter {
         record = def.parseLine(value as string);
       } catch (err) {
         if (!(err instanceof LineFormatError)) throw err;
-        return this.reject(stream, value, index, line, [{ index, path: err.path, expected: err.expected, message: err.message }]);
+        this.reject(stream, value, index, line, [{ index, path: err.path, expected: err.expected, message: err.message }]);
+        return;
       }
     }
     const checked = def.validate(record);
-    if (!checked.success) return this.reject(stream, value, index, line, validationErrors(index, line, checked));
+    if (!checked.success) {
+      this.reject(stream, value, index, line, validationErrors(index, line, checked));
+      return;
+    }
     let row: string;
     try {
       row = stream.encode(checked.data, this.ctx);
     } catch (err) {
       if (!(err instanceof EncodeError)) throw err;
-      return this.reject(stream, value, index, line, [{ index, path: err.path, expected: err.expected, message: err.message }]);
+      this.reject(stream, value, index, line, [{ index, path: err.path, expected: err.expected, message: err.message }]);
+      return;
     }
     this.addRow(stream, row, checked.data, index);
   }
