@@ -113,7 +113,7 @@ class RecordSorter {
         return this.reject(stream, value, index, line, [{ index, path: err.path, expected: err.expected, message: err.message }]);
       }
     }
-    const checked = def.validate(record);
+    const checked = stream.validate(record);
     if (!checked.success) return this.reject(stream, value, index, line, validationErrors(index, line, checked));
     let row: string;
     try {
