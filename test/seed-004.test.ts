@@ -260,6 +260,13 @@ describe("POST /ingest/stream?progress=line", () => {
     assert.deepEqual(delta(before, await stats()), { Order: count("Order"), OrderLineItem: count("OrderLineItem"), Product: count("Product") });
   });
 
+  test("an upload of only comments and blank lines ends with an empty summary, not an error", async () => {
+    const { status, events } = await streamEvents("# header\n\n  # more\n", "?progress=line");
+    assert.equal(status, 200);
+    assert.deepEqual(events.map((e) => e.event), [undefined]);
+    assert.deepEqual([events[0].data.total, events[0].data.inserted, events[0].data.failed], [0, 0, 0]);
+  });
+
   test("without progress=line the per-segment events stay as they were, with OrderLineItem in errors", async () => {
     const { status, events } = await streamEvents(`${routed("O", 200_001)}\n# c\n${routed("L", 200_002, 1)}\n`, "");
     assert.equal(status, 200);

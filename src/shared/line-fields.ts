@@ -70,6 +70,20 @@ export function lineParser(layout: LineLayout): (line: string) => Record<string,
   };
 }
 
+/** Whether text lines in `bytes` (UTF-8) hold a record, i.e. a line that isSkippedLine would not skip. */
+export function hasRecordLine(bytes: Uint8Array): boolean {
+  let lineStart = true;
+  for (let i = 0; i < bytes.length; i++) {
+    const c = bytes[i];
+    if (c === 10) lineStart = true;
+    else if (lineStart && c !== 32 && c !== 9 && c !== 13) {
+      if (c !== 35) return true;
+      lineStart = false; // a comment: skip to its end
+    }
+  }
+  return false;
+}
+
 const COLUMN_TYPES: Record<FieldKind, ColumnType> = { key: "bigint", int: "integer", decimal: "numeric", date: "date", text: "text" };
 
 /** The table columns of a line layout: one per field, same name, the field's value as is. */

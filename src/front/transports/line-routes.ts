@@ -6,6 +6,7 @@
  */
 import { randomUUID } from "node:crypto";
 import { now } from "../../shared/clock";
+import { hasRecordLine } from "../../shared/line-fields";
 import { LINE_ROUTER } from "../../shared/stream-definition";
 import type { EntityCount, IngestOutcome } from "../../shared/task-protocol";
 import { answerRefusal, isClosed, markClosed } from "../http-responses";
@@ -28,9 +29,12 @@ function registerStream(app: TemplatedApp, pipeline: Pipeline): void {
     // `?progress=line`: one event per line (seed 004's clients) instead of one per segment.
     const perLine = req.getQuery("progress") === "line";
     let aborted = false;
+    /** Set while a segment waits for uWS to send what it buffered (see drained). */
+    let wakeOnAbort: (() => void) | null = null;
     res.onAborted(() => {
       aborted = true;
       markClosed(res);
+      wakeOnAbort?.();
     });
     const caller = auth.authenticate(req.getHeader("authorization"), req.getHeader("x-api-key"));
     const refuse = (r: Refusal) => {
@@ -75,11 +79,10 @@ function registerStream(app: TemplatedApp, pipeline: Pipeline): void {
       new Promise<void>((resolve) => {
         if (aborted || isClosed(res)) return resolve();
         const done = () => {
-          clearInterval(watch);
+          wakeOnAbort = null;
           resolve();
         };
-        // onAborted is taken (and uWS keeps one handler per response): poll for an abort instead.
-        const watch = setInterval(() => (aborted || isClosed(res)) && done(), 100);
+        wakeOnAbort = done;
         res.onWritable(() => {
           done();
           return true;
@@ -146,6 +149,11 @@ function registerStream(app: TemplatedApp, pipeline: Pipeline): void {
       let lines = 0;
       for (let i = 0; i < segment.length; i++) if (segment[i] === 10) lines++;
       if (segment.length > 0 && segment[segment.length - 1] !== 10) lines++;
+      // Only comments and blank lines: nothing to store (the lines still count for the line numbers after them).
+      if (!hasRecordLine(segment)) {
+        linesDone += lines;
+        return;
+      }
       const region = await ring.alloc(segment.length, 0, limits.overloadDeadlineMs);
       if (region === null) return finish("ingestd overloaded; lines after the last progress event were not stored");
       ring.bytes.set(segment, region.offset);
