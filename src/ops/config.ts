@@ -195,7 +195,9 @@ export function dedupStreams(config: IngestdConfig, streams: readonly StreamDefi
 export function ignoreUnknownStreams(config: IngestdConfig, streams: readonly StreamDefinition[]): string[] {
   const settings = config.streams ?? {};
   for (const name of Object.keys(settings)) {
-    if (!streams.some((s) => s.name === name)) throw new ConfigError(`streams.${name}: no such stream (streams: ${streams.map((s) => s.name).join(", ")})`);
+    if (!streams.some((s) => s.name === name)) {
+      throw new ConfigError(`streams.${name}: no such stream (streams: ${streams.map((s) => s.name).join(", ")})`);
+    }
   }
   const ignoring: string[] = [];
   for (const s of streams) {

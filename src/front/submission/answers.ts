@@ -136,9 +136,10 @@ export function lineEvents(outcome: IngestOutcome, processedBefore: number): str
   for (let i = 0; i < records.status.length; i++) {
     const code = records.entity[i];
     const entity = code === 0 ? "Unknown" : records.entities[code - 1];
+    const rejected = records.status[i] === RECORD_REJECTED;
     // A duplicate is already stored: success (the TPC-H streams have no id to deduplicate by anyway).
-    const event: Record<string, unknown> = { processed: processedBefore + i + 1, entity, status: records.status[i] === RECORD_REJECTED ? "error" : "success" };
-    if (records.status[i] === RECORD_REJECTED) event.message = messages.get(i) ?? "line not stored";
+    const event: Record<string, unknown> = { processed: processedBefore + i + 1, entity, status: rejected ? "error" : "success" };
+    if (rejected) event.message = messages.get(i) ?? "line not stored";
     out += `data: ${JSON.stringify(event)}\n\n`;
   }
   return out;
