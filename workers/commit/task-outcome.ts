@@ -58,7 +58,6 @@ export function tallyTask(records: ValidatedRecords, outcomes: readonly PartOutc
       accepted++;
       if (part.recordIndex[r] < firstIndex) {
         firstIndex = part.recordIndex[r];
-        const def = part.stream.definition;
         first = { entity: entityOf(part), id: part.ids !== null ? part.ids[r] : null };
       }
     }
