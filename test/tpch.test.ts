@@ -88,7 +88,7 @@ function prng(seed: number): () => number {
   };
 }
 
-const ENTITY: Record<string, string> = { O: "Order", L: "LineItem", C: "Customer", P: "Part" };
+const ENTITY: Record<string, string> = { O: "Order", L: "OrderLineItem", C: "Customer", P: "Product" };
 
 /**
  * Orders each followed by their lineitems, customers and parts in between, and at fixed places: lineitems
@@ -316,11 +316,11 @@ describe("POST /ingest/message: one line", () => {
     ]);
   });
 
-  test("each entity by its prefix: LineItem, Customer and Part lines → 200 naming the entity and its key", async () => {
+  test("each entity by its prefix: OrderLineItem, Customer and Product lines → 200 naming the entity and its key", async () => {
     const cases: [string, string, unknown][] = [
-      [lineItemLine(1, 1, { qty: "36.00", price: "99999999999.99", disc: "0.10" }), "LineItem", "1-1"],
+      [lineItemLine(1, 1, { qty: "36.00", price: "99999999999.99", disc: "0.10" }), "OrderLineItem", "1-1"],
       [customerLine(100, { bal: "-986.96" }), "Customer", 100],
-      [partLine(200, { price: "2098.99" }), "Part", 200],
+      [partLine(200, { price: "2098.99" }), "Product", 200],
     ];
     for (const [line, entity, id] of cases) {
       const res = await post(`${fx.daemon.base}/ingest/message`, line, "text/plain");
@@ -352,7 +352,7 @@ describe("POST /ingest/message: one line", () => {
     const line = lineItemLine(424242, 1);
     const res = await post(`${fx.daemon.base}/ingest/message`, line, "text/plain");
     assert.equal(res.status, 400, res.text);
-    assert.equal(res.json.entity, "LineItem");
+    assert.equal(res.json.entity, "OrderLineItem");
     assert.match(res.json.message, /rejected by the database: .*foreign key/);
     assert.equal(res.json.line, line);
     assert.equal((await fx.db.query("SELECT count(*)::int AS n FROM lineitem WHERE l_orderkey = 424242")).rows[0].n, 0);
@@ -393,15 +393,15 @@ describe("TPC-H field validation: each kind of invalid value names its field", (
     [orderLine(3007, { ship: 2 ** 31 }), "Order", "o_shippriority"], // int32
     [orderLine(3008, { cust: "1.5" }), "Order", "o_custkey"], // not an integer
     [orderLine(0), "Order", "o_orderkey"], // Minimum<1>
-    [lineItemLine(3009, 0), "LineItem", "l_linenumber"], // Minimum<1>
-    [lineItemLine(3010, 1, { receipt: "yesterday" }), "LineItem", "l_receiptdate"],
-    [lineItemLine(3011, 1, { mode: "x".repeat(11) }), "LineItem", "l_shipmode"],
-    [lineItemLine(3012, 1, { tax: "" }), "LineItem", "l_tax"],
+    [lineItemLine(3009, 0), "OrderLineItem", "l_linenumber"], // Minimum<1>
+    [lineItemLine(3010, 1, { receipt: "yesterday" }), "OrderLineItem", "l_receiptdate"],
+    [lineItemLine(3011, 1, { mode: "x".repeat(11) }), "OrderLineItem", "l_shipmode"],
+    [lineItemLine(3012, 1, { tax: "" }), "OrderLineItem", "l_tax"],
     [customerLine(3013, { nation: -1 }), "Customer", "c_nationkey"],
     [customerLine(3014, { phone: "1".repeat(16) }), "Customer", "c_phone"],
     [customerLine(3015, { bal: "1e3" }), "Customer", "c_acctbal"],
-    [partLine(3016, { size: "seven" }), "Part", "p_size"],
-    [partLine(3017, { brand: "Brand#1234567" }), "Part", "p_brand"],
+    [partLine(3016, { size: "seven" }), "Product", "p_size"],
+    [partLine(3017, { brand: "Brand#1234567" }), "Product", "p_brand"],
   ];
 
   test("every case in one /ingest/batch → 422, one error per line naming the field; dead letters hold them", async () => {
@@ -459,7 +459,7 @@ describe("TPC-H field validation: each kind of invalid value names its field", (
     assert.equal(res.json.failed, 5);
     assert.deepEqual(
       res.json.errors.map((e: any) => [e.line_number, e.entity]),
-      [[2, "Order"], [4, "LineItem"], [5, "LineItem"], [6, "LineItem"], [8, "Order"]],
+      [[2, "Order"], [4, "OrderLineItem"], [5, "OrderLineItem"], [6, "OrderLineItem"], [8, "Order"]],
     );
     const msg = (n: number) => res.json.errors.find((e: any) => e.line_number === n).message;
     assert.match(msg(2), /rejected by the database: .*out of range/);

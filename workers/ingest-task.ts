@@ -15,14 +15,14 @@ import { commitTargets } from "./commit/commit-targets";
 import { DatabaseUnavailable } from "./commit/copy-writer";
 import type { PartOutcome } from "./commit/group-commit";
 import { recordUnreadableBody, TaskCommit, workerCommitter } from "./commit/task-commit";
-import { reportTally } from "./commit/task-outcome";
+import { recordOutcomes, reportTally } from "./commit/task-outcome";
 
 const data = workerData as WorkerData;
 const ring = new Uint8Array(data.ring);
 const lenientUtf8 = new TextDecoder("utf-8");
 const aliases = new BroadcastChannel(BATCH_ALIAS_CHANNEL);
 (aliases as unknown as { unref(): void }).unref();
-const streamTable = compileStreams(streams, data.dbSchema, data.dedupStreams);
+const streamTable = compileStreams(streams, data.dbSchema, data.dedupStreams, data.ignoreUnknownStreams);
 const targets = commitTargets(data.dbSchema, streams, data.dedupStreams);
 const committer = workerCommitter(data, `ingestd-worker-${threadId}`);
 
@@ -66,7 +66,10 @@ export default async function ingest(task: IngestTask): Promise<IngestOutcome> {
     outcomes = [];
     result.committedAt = now();
   }
-  reportTally(result, work.tally(outcomes), data.maxErrorsReported);
+  const tally = work.tally(outcomes);
+  // Per-record outcomes list every error: each line's event carries its own message.
+  reportTally(result, tally, task.recordOutcomes ? Infinity : data.maxErrorsReported);
+  if (task.recordOutcomes) result.records = recordOutcomes(records, outcomes, tally);
   return result;
 }
 

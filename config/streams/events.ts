@@ -18,6 +18,7 @@ export default defineStream<EventRecord>({
   description: "Application events from services and SDKs",
   formats: ["json", "ndjson"],
   validate: typia.createValidateEquals<EventRecord>(),
+  validateIgnoringUnknown: typia.misc.createValidatePrune<EventRecord>(),
   schema: typia.json.schemas<[EventRecord], "3.1">(),
   columns: [
     { name: "event_id", type: "text", value: (r) => r.event_id },

@@ -12,3 +12,6 @@ import { customer, lineitem, orders, part } from "./tpch";
  * come after the streams it references (orders before lineitem).
  */
 export const streams: readonly StreamDefinition[] = [events, logs, productEvents, orders, customer, part, lineitem];
+
+/** The line streams' entity names, in the order seed 004's clients know them (`entities` in /health). */
+export const lineEntities: readonly string[] = [orders, lineitem, customer, part].map((s) => s.entity!);

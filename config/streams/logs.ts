@@ -15,6 +15,7 @@ export default defineStream<LogRecord>({
   description: "Service logs",
   formats: ["json", "ndjson"],
   validate: typia.createValidateEquals<LogRecord>(),
+  validateIgnoringUnknown: typia.misc.createValidatePrune<LogRecord>(),
   schema: typia.json.schemas<[LogRecord], "3.1">(),
   columns: [
     { name: "service_name", type: "text", value: (r) => r.service_name },

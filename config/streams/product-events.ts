@@ -19,6 +19,7 @@ export default defineStream<ProductEventRecord>({
   description: "Product analytics events and experiment exposures",
   formats: ["json", "ndjson"],
   validate: typia.createValidateEquals<ProductEventRecord>(),
+  validateIgnoringUnknown: typia.misc.createValidatePrune<ProductEventRecord>(),
   schema: typia.json.schemas<[ProductEventRecord], "3.1">(),
   columns: [
     { name: "event_id", type: "uuid", value: (r) => r.event_id },

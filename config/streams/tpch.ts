@@ -107,7 +107,7 @@ export const orders = defineStream<OrderRecord>({
 export const lineitem = defineStream<LineItemRecord>({
   name: "lineitem",
   table: "lineitem",
-  entity: "LineItem",
+  entity: "OrderLineItem",
   description: "TPC-H line items (lines `L|...`), each referencing an order",
   formats: ["text"],
   linePrefix: "L",
@@ -142,7 +142,7 @@ export const customer = defineStream<CustomerRecord>({
 export const part = defineStream<PartRecord>({
   name: "part",
   table: "part",
-  entity: "Part",
+  entity: "Product",
   description: "TPC-H parts (lines `P|...`)",
   formats: ["text"],
   linePrefix: "P",

@@ -210,6 +210,8 @@ export interface Submission {
   ringAt: number;
   source: string;
   recordBatch: boolean;
+  /** Ask the worker for each record's outcome (IngestTask.recordOutcomes). */
+  recordOutcomes?: boolean;
 }
 
 export class Dispatcher {
@@ -319,6 +321,7 @@ export class Dispatcher {
       source: sub.source,
       recordBatch: sub.recordBatch,
     };
+    if (sub.recordOutcomes) task.recordOutcomes = true;
     try {
       const outcome = await this.pool.run(task);
       this.observeStages(sub, outcome);

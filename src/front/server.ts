@@ -4,8 +4,8 @@
  */
 import os from "node:os";
 import path from "node:path";
-import { streams } from "../../config/streams";
-import { ConfigError, dedupStreams, type IngestdConfig } from "../ops/config";
+import { lineEntities, streams } from "../../config/streams";
+import { ConfigError, dedupStreams, ignoreUnknownStreams, type IngestdConfig } from "../ops/config";
 import { LatencyRecorder } from "../ops/latency";
 import { redactUrl, type Logger } from "../ops/logger";
 import { Metrics } from "../ops/metrics";
@@ -54,6 +54,7 @@ export async function startServer(config: IngestdConfig, log: Logger): Promise<R
     const stream = streams.find((s) => s.name === name);
     if (!stream?.dedupKey) throw new ConfigError(`deduplicate.${name}: not a stream with an id to deduplicate by`);
   }
+  const ignoringUnknown = ignoreUnknownStreams(config, streams);
   // API keys before anything starts: a bad keys file is a configuration error (exit 78), not a late failure.
   let auth: Auth;
   try {
@@ -137,6 +138,7 @@ export async function startServer(config: IngestdConfig, log: Logger): Promise<R
       maxErrorsReported: config.maxErrorsReported,
       dedupStreams: dedupStreams(config, streams),
       commitGauges: commitGauges.buffer as SharedArrayBuffer,
+      ignoreUnknownStreams: ignoringUnknown,
     },
   });
 
@@ -163,7 +165,7 @@ export async function startServer(config: IngestdConfig, log: Logger): Promise<R
   registerLineRoutes(app, pipeline);
   const ws = registerWebSocket(app, pipeline, config.ws);
   registerBatchRoutes(app, { batches, metrics, retryAfterSeconds: config.retryAfterSeconds });
-  const openApi = JSON.stringify(openApiDocument(streams, VERSION));
+  const openApi = JSON.stringify(openApiDocument(streams, VERSION, new Set(ignoringUnknown)));
   app.get("/openapi.json", (res) => {
     metrics.httpRequests.inc({ route: "/openapi.json", status: "200" });
     answer(res, 200, openApi);
@@ -176,6 +178,7 @@ export async function startServer(config: IngestdConfig, log: Logger): Promise<R
     latency,
     stats,
     streamNames: [...streamMap.keys()],
+    entities: lineEntities,
     startedAt: Date.now(),
     wsConnections: () => ws.connections(),
     retryAfterSeconds: config.retryAfterSeconds,

@@ -1,7 +1,7 @@
 import fs from "node:fs";
 import path from "node:path";
 import typia, { type tags } from "typia";
-import type { StreamDefinition } from "../shared/stream-definition";
+import type { StreamDefinition, UnknownFields } from "../shared/stream-definition";
 
 type Int = number & tags.Type<"int32">;
 type Port = Int & tags.Minimum<0> & tags.Maximum<65535>;
@@ -11,6 +11,12 @@ export interface WsConfig {
   window: Int & tags.Minimum<1> & tags.Maximum<1024>;
   maxFrameBytes: Int & tags.Minimum<1024>;
   idleTimeoutSeconds: Int & tags.Minimum<8> & tags.Maximum<960>;
+}
+
+/** Per-deployment settings of one stream, overriding its definition. */
+export interface StreamSettings {
+  /** Refuse records with fields their type does not declare, or ignore (drop) those fields. */
+  unknownFields?: UnknownFields;
 }
 
 export interface IngestdConfig {
@@ -52,6 +58,8 @@ export interface IngestdConfig {
    * (on for events and product_events).
    */
   deduplicate: Record<string, boolean>;
+  /** Per-stream overrides by stream name, e.g. `{"events": {"unknownFields": "ignore"}}`. */
+  streams?: Record<string, StreamSettings>;
 }
 
 /** Exit status for a configuration error (sysexits.h EX_CONFIG). */
@@ -177,4 +185,27 @@ export function dedupStreams(config: IngestdConfig, streams: readonly StreamDefi
   return streams
     .filter((s) => s.dedupKey !== undefined && (config.deduplicate[s.name] ?? s.dedupByDefault ?? false))
     .map((s) => s.name);
+}
+
+/**
+ * Streams that ignore (drop) unknown fields: each stream's `unknownFields`, overridden by
+ * `streams.<name>.unknownFields`. Throws ConfigError for an unknown stream name, or for a stream told to
+ * ignore them that has no `validateIgnoringUnknown` compiled.
+ */
+export function ignoreUnknownStreams(config: IngestdConfig, streams: readonly StreamDefinition[]): string[] {
+  const settings = config.streams ?? {};
+  for (const name of Object.keys(settings)) {
+    if (!streams.some((s) => s.name === name)) {
+      throw new ConfigError(`streams.${name}: no such stream (streams: ${streams.map((s) => s.name).join(", ")})`);
+    }
+  }
+  const ignoring: string[] = [];
+  for (const s of streams) {
+    if ((settings[s.name]?.unknownFields ?? s.unknownFields ?? "refuse") !== "ignore") continue;
+    if (s.validateIgnoringUnknown === undefined) {
+      throw new ConfigError(`streams.${s.name}.unknownFields: "ignore" needs validateIgnoringUnknown in the stream's definition (config/streams/)`);
+    }
+    ignoring.push(s.name);
+  }
+  return ignoring;
 }

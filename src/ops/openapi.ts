@@ -36,7 +36,8 @@ const priorityHeader = {
   schema: { type: "integer", minimum: 0, maximum: 10 },
 };
 
-export function openApiDocument(streams: readonly StreamDefinition[], version: string): Schema {
+/** `ignoringUnknown`: the streams that drop unknown fields rather than refuse them (ops/config.ts). */
+export function openApiDocument(streams: readonly StreamDefinition[], version: string, ignoringUnknown: ReadonlySet<string> = new Set()): Schema {
   const schemas: Record<string, unknown> = {
     Error: {
       type: "object",
@@ -91,8 +92,9 @@ export function openApiDocument(streams: readonly StreamDefinition[], version: s
   };
   for (const stream of streams) {
     for (const [name, schema] of Object.entries(stream.schema.components.schemas ?? {})) {
-      // Records are validated with validateEquals: unknown fields are refused, say so.
-      schemas[name] = name === recordSchemaName(stream) ? { ...(schema as Schema), additionalProperties: false } : schema;
+      // A stream refusing unknown fields says so; one ignoring them takes (and drops) any.
+      const refuses = !ignoringUnknown.has(stream.name);
+      schemas[name] = name === recordSchemaName(stream) ? { ...(schema as Schema), additionalProperties: !refuses } : schema;
     }
   }
 

@@ -3,7 +3,8 @@
  * outcomes as the `ingestd_events_total` metric, so the two never disagree.
  *
  *   total_messages_processed  records handled successfully: accepted (committed) plus duplicates
- *   messages_by_entity        the same, per stream
+ *   messages_by_entity        the same, per entity: a line stream's entity (`Order`, `OrderLineItem`, …, whichever
+ *                             endpoint took the line), else the stream's name (`events`); from the workers' counts
  *   errors                    records rejected as invalid, plus requests / frames that failed as a whole
  *                             (unparseable body, database unavailable, worker failure), each counted once
  *   requests_per_second       HTTP ingest requests and WebSocket frames acknowledged per second, averaged
@@ -56,7 +57,7 @@ class RateWindow {
 
 export class Stats {
   private processed = 0;
-  private readonly byStream = new Map<string, number>();
+  private readonly byEntity = new Map<string, number>();
   private readonly errors = { rejected: 0, unparseable: 0, db_unavailable: 0, failed: 0 };
   private readonly requests = new RateWindow();
   private readonly events = new RateWindow();
@@ -64,7 +65,7 @@ export class Stats {
   constructor(private readonly startedAt = Date.now()) {}
 
   /** One request or frame acknowledged; `outcome` is null when it settled without a worker outcome. */
-  observe(stream: string, outcome: IngestOutcome | null, nowMs = Date.now()): void {
+  observe(outcome: IngestOutcome | null, nowMs = Date.now()): void {
     this.requests.add(nowMs, 1);
     if (outcome === null) return;
     if (outcome.kind !== "done") {
@@ -73,7 +74,7 @@ export class Stats {
     }
     const ok = outcome.accepted + outcome.duplicates;
     this.processed += ok;
-    this.byStream.set(stream, (this.byStream.get(stream) ?? 0) + ok);
+    for (const { entity, processed } of outcome.byEntity) this.byEntity.set(entity, (this.byEntity.get(entity) ?? 0) + processed);
     this.errors.rejected += outcome.rejected;
     this.events.add(nowMs, ok + outcome.rejected);
   }
@@ -83,7 +84,7 @@ export class Stats {
     const round = (n: number) => Math.round(n * 10) / 10;
     return {
       total_messages_processed: this.processed,
-      messages_by_entity: Object.fromEntries(this.byStream),
+      messages_by_entity: Object.fromEntries(this.byEntity),
       errors: e.rejected + e.unparseable + e.db_unavailable + e.failed,
       errors_by_kind: { ...e },
       uptime_seconds: Math.round((nowMs - this.startedAt) / 1000),

@@ -26,22 +26,39 @@ export interface LineLayout {
 
 const INTEGER = /^-?\d{1,15}$/;
 
+/**
+ * Blank lines and `#` comment lines of a text body are skipped, not records (seed 004's files carry them);
+ * the line numbers of the records after them still count them.
+ */
+export function isSkippedLine(line: string): boolean {
+  for (let i = 0; i < line.length; i++) {
+    const c = line.charCodeAt(i);
+    if (c === 32 || c === 9 || c === 13) continue;
+    return c === 35; // "#"
+  }
+  return true;
+}
+
 export function lineParser(layout: LineLayout): (line: string) => Record<string, string | number> {
   const n = layout.fields.length;
   return (line) => {
     const parts = line.split("|");
-    if (parts[0] !== layout.prefix) {
+    // dbgen's own output (`orders.tbl`) has no prefix: its first field is the table's integer key. A table's
+    // own stream takes such lines as they are; the router (`tpch`) needs the prefix to pick the table.
+    const from = parts[0] === layout.prefix ? 1 : INTEGER.test(parts[0]) ? 0 : -1;
+    if (from === -1) {
       throw new LineFormatError("$", `a line starting with "${layout.prefix}|"`, `expected a line starting with "${layout.prefix}|", got ${JSON.stringify(line.slice(0, 12))}`);
     }
     // dbgen writes a trailing `|`: accept one empty last field.
-    if (parts.length === n + 2 && parts[n + 1] === "") parts.pop();
-    if (parts.length !== n + 1) {
-      throw new LineFormatError("$", `${n} fields after "${layout.prefix}|"`, `expected ${n} fields after "${layout.prefix}|", got ${parts.length - 1}`);
+    if (parts.length === n + from + 1 && parts[n + from] === "") parts.pop();
+    if (parts.length !== n + from) {
+      const after = from === 1 ? ` after "${layout.prefix}|"` : "";
+      throw new LineFormatError("$", `${n} fields${after}`, `expected ${n} fields${after}, got ${parts.length - from}`);
     }
     const record: Record<string, string | number> = {};
     for (let i = 0; i < n; i++) {
       const [name, kind] = layout.fields[i];
-      const raw = parts[i + 1];
+      const raw = parts[i + from];
       if (kind === "int" || kind === "key") {
         if (!INTEGER.test(raw)) throw new LineFormatError(name, "an integer", `${name}: expected an integer, got ${JSON.stringify(raw)}`);
         record[name] = Number(raw);
@@ -51,6 +68,20 @@ export function lineParser(layout: LineLayout): (line: string) => Record<string,
     }
     return record;
   };
+}
+
+/** Whether text lines in `bytes` (UTF-8) hold a record, i.e. a line that isSkippedLine would not skip. */
+export function hasRecordLine(bytes: Uint8Array): boolean {
+  let lineStart = true;
+  for (let i = 0; i < bytes.length; i++) {
+    const c = bytes[i];
+    if (c === 10) lineStart = true;
+    else if (lineStart && c !== 32 && c !== 9 && c !== 13) {
+      if (c !== 35) return true;
+      lineStart = false; // a comment: skip to its end
+    }
+  }
+  return false;
 }
 
 const COLUMN_TYPES: Record<FieldKind, ColumnType> = { key: "bigint", int: "integer", decimal: "numeric", date: "date", text: "text" };

@@ -18,6 +18,8 @@ export interface WorkerData {
   dedupStreams: string[];
   /** COMMIT_GAUGE_SLOTS Int32 counters shared with the front (metrics). */
   commitGauges: SharedArrayBuffer;
+  /** Streams that drop unknown fields instead of refusing the record (docs/streams.md#unknown-fields). */
+  ignoreUnknownStreams: string[];
 }
 
 export type TaskFormat = "json" | "ndjson" | "text" | "auto";
@@ -43,6 +45,8 @@ export interface IngestTask {
   source: string;
   /** Keep the outcome in ingest_batches for status queries (HTTP requests; not WebSocket frames). */
   recordBatch: boolean;
+  /** Report what became of each record (`IngestOutcome.records`), with every error listed (per-line progress). */
+  recordOutcomes?: boolean;
 }
 
 export interface RecordError {
@@ -58,6 +62,26 @@ export interface RecordError {
   entity?: string;
   /** Line formats: the line's text (cut at 1,000 characters). */
   text?: string;
+}
+
+export interface EntityCount {
+  entity: string;
+  /** Stored plus duplicates. */
+  processed: number;
+}
+
+export const RECORD_STORED = 0;
+export const RECORD_DUPLICATE = 1;
+export const RECORD_REJECTED = 2;
+
+/** What became of each record of a task, in two byte arrays rather than an object per record. */
+export interface RecordOutcomes {
+  /** Names that `entity` codes refer to. */
+  entities: string[];
+  /** Per record: 1 + its index in `entities`; 0 when no stream took it (an unknown line prefix). */
+  entity: Uint8Array;
+  /** Per record: RECORD_STORED, RECORD_DUPLICATE or RECORD_REJECTED (its errors are in `errors`, by index). */
+  status: Uint8Array;
 }
 
 export type OutcomeKind =
@@ -84,6 +108,13 @@ export interface IngestOutcome {
   message: string;
   /** Entity and id of the first stored record (for single-line endpoints). */
   first: { entity: string; id: unknown } | null;
+  /**
+   * Records stored or found duplicate, per entity (a line stream's `entity`, else the stream's name): one
+   * entry per stream the task's rows went to, usually one.
+   */
+  byEntity: EntityCount[];
+  /** Tasks with `recordOutcomes`: each record's entity and status, by record index; null otherwise. */
+  records: RecordOutcomes | null;
   /** clock.now() stamps for the latency stages. */
   validatedAt: number;
   committedAt: number;
@@ -104,6 +135,8 @@ export function emptyOutcome(task: Pick<IngestTask, "requestId" | "priority">, k
     errorsTruncated: false,
     message,
     first: null,
+    byEntity: [],
+    records: null,
     validatedAt,
     committedAt: 0,
     copyMs: 0,

@@ -1,3 +1,4 @@
+import { isSkippedLine } from "../../src/shared/line-fields";
 import type { RecordError, TaskFormat } from "../../src/shared/task-protocol";
 
 const utf8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: false });
@@ -86,7 +87,7 @@ function parseEnvelope(text: string): ParsedBody {
   return parsed;
 }
 
-/** NDJSON (json = true) or plain text lines; blank lines are skipped but still counted. */
+/** NDJSON (json = true) or plain text lines; blank (and text `#`) lines are skipped but still counted. */
 function parseLines(text: string, json: boolean): ParsedBody {
   const parsed: ParsedBody = { values: [], lines: [], errors: [], errorRaw: [] };
   let start = 0;
@@ -101,8 +102,10 @@ function parseLines(text: string, json: boolean): ParsedBody {
     if (stop > start) {
       const raw = text.slice(start, stop);
       if (!json) {
-        parsed.values.push(raw);
-        parsed.lines.push(line);
+        if (!isSkippedLine(raw)) {
+          parsed.values.push(raw);
+          parsed.lines.push(line);
+        }
       } else if (raw.trim().length > 0) {
         try {
           parsed.values.push(JSON.parse(raw));

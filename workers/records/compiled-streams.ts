@@ -4,6 +4,7 @@
  * extractors of a row's id and event time.
  */
 import { dedupShape } from "../../src/shared/dedup-sql";
+import type { IValidation } from "typia";
 import type { RowContext, StreamDefinition } from "../../src/shared/stream-definition";
 import { compileRowEncoder, type RowEncoder } from "./row-encoder";
 
@@ -14,6 +15,8 @@ export interface CompiledStream {
   definition: StreamDefinition;
   /** Position in config/streams: also the index of the stream's commit target (commit/commit-targets.ts). */
   order: number;
+  /** The stream's validator: refusing unknown fields, or dropping them (`ignoreUnknownStreams`). */
+  validate: (input: unknown) => IValidation<unknown>;
   encode: RowEncoder<unknown>;
   /** Deduplicating streams: a row's id and event time as the id table stores them. */
   keyOf: RawColumn | null;
@@ -28,8 +31,14 @@ export interface StreamTable {
   linePrefixes: string;
 }
 
-export function compileStreams(definitions: readonly StreamDefinition[], schema: string, dedupStreams: readonly string[]): StreamTable {
+export function compileStreams(
+  definitions: readonly StreamDefinition[],
+  schema: string,
+  dedupStreams: readonly string[],
+  ignoreUnknownStreams: readonly string[] = [],
+): StreamTable {
   const dedup = new Set(dedupStreams);
+  const ignoring = new Set(ignoreUnknownStreams);
   const byName = new Map<string, CompiledStream>();
   const byLinePrefix = new Map<string, CompiledStream>();
   definitions.forEach((definition, order) => {
@@ -38,6 +47,7 @@ export function compileStreams(definitions: readonly StreamDefinition[], schema:
     const stream: CompiledStream = {
       definition,
       order,
+      validate: (ignoring.has(definition.name) ? definition.validateIgnoringUnknown : undefined) ?? definition.validate,
       encode: compileRowEncoder(definition),
       keyOf: shape !== null ? rawColumn(definition, definition.dedupKey) : null,
       timeOf: shape?.withTime ? rawColumn(definition, definition.timeColumn) : null,

@@ -114,7 +114,7 @@ class RecordSorter {
         return;
       }
     }
-    const checked = def.validate(record);
+    const checked = stream.validate(record);
     if (!checked.success) {
       this.reject(stream, value, index, line, validationErrors(index, line, checked));
       return;

@@ -17,13 +17,15 @@ export interface OpsRoutesOptions {
   latency: LatencyRecorder;
   stats: Stats;
   streamNames: readonly string[];
+  /** The line streams' entity names (seed 004's clients read them from /health). */
+  entities: readonly string[];
   startedAt: number;
   wsConnections: () => number;
   retryAfterSeconds: number;
 }
 
 export function registerOpsRoutes(app: TemplatedApp, options: OpsRoutesOptions): void {
-  const { db, admission, ring, metrics, latency, stats, streamNames, startedAt, wsConnections, retryAfterSeconds } = options;
+  const { db, admission, ring, metrics, latency, stats, streamNames, entities, startedAt, wsConnections, retryAfterSeconds } = options;
   const count = (route: string, status: number) => metrics.httpRequests.inc({ route, status: String(status) });
 
   const health = (res: HttpResponse) => {
@@ -38,6 +40,7 @@ export function registerOpsRoutes(app: TemplatedApp, options: OpsRoutesOptions):
           status: !up ? "unhealthy" : admission.isDraining ? "draining" : "healthy",
           database: up ? "connected" : "disconnected",
           streams: streamNames,
+          entities,
           version: VERSION,
           uptime_seconds: Math.round((Date.now() - startedAt) / 1000),
           ws_connections: wsConnections(),

@@ -21,7 +21,7 @@ export class AckTelemetry {
   acknowledged(stream: string, transport: Transport, receivedAt: number, outcome: IngestOutcome | null): void {
     const ms = now() - receivedAt;
     this.latency.record("ack", stream, ms);
-    this.stats.observe(stream, outcome);
+    this.stats.observe(outcome);
     const metrics = this.metrics;
     metrics.ackLatency.observe({ stream, transport }, ms / 1000);
     metrics.ingestRequests.inc({ stream, transport, outcome: outcome?.kind ?? "none" });

@@ -3,7 +3,7 @@
  * canonical HTTP answer, the TPC-H line endpoints' answers, and the WebSocket ack. All share one reading of
  * an outcome (outcomeStatus); see docs/http-api.md and docs/websocket-protocol.md.
  */
-import type { IngestOutcome, RecordError } from "../../shared/task-protocol";
+import { RECORD_REJECTED, type IngestOutcome, type RecordError } from "../../shared/task-protocol";
 
 export interface Answer {
   status: number;
@@ -115,6 +115,34 @@ export const lineBatchAnswer: AnswerRenderer = (_stream, outcome, durationMs) =>
 /** One progress event of `POST /ingest/stream`: a committed segment. */
 export function lineProgress(segment: number, outcome: IngestOutcome, linesBefore: number, total: number): unknown {
   return { batch: segment, processed: outcome.received, inserted: outcome.accepted, failed: outcome.rejected, errors: lineErrors(outcome.errors, linesBefore), total };
+}
+
+/**
+ * `POST /ingest/stream?progress=line`: one server-sent event per line of a committed segment, seed 004's
+ * `{"processed","entity","status"[,"message"]}`; `processed` counts the upload's lines up to this one
+ * (skipped `#` and blank lines aside). Needs the segment's per-record outcomes (IngestTask.recordOutcomes).
+ */
+export function lineEvents(outcome: IngestOutcome, processedBefore: number): string {
+  const records = outcome.records;
+  if (records === null) return "";
+  // Every error of the segment is listed (recordOutcomes lifts the cap), in record order.
+  const messages = new Map<number, string>();
+  for (const e of outcome.errors) {
+    const m = withoutLinePrefix(e.message);
+    const before = messages.get(e.index);
+    messages.set(e.index, before === undefined ? m : `${before}; ${m}`);
+  }
+  let out = "";
+  for (let i = 0; i < records.status.length; i++) {
+    const code = records.entity[i];
+    const entity = code === 0 ? "Unknown" : records.entities[code - 1];
+    const rejected = records.status[i] === RECORD_REJECTED;
+    // A duplicate is already stored: success (the TPC-H streams have no id to deduplicate by anyway).
+    const event: Record<string, unknown> = { processed: processedBefore + i + 1, entity, status: rejected ? "error" : "success" };
+    if (rejected) event.message = messages.get(i) ?? "line not stored";
+    out += `data: ${JSON.stringify(event)}\n\n`;
+  }
+  return out;
 }
 
 /**

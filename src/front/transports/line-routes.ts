@@ -6,11 +6,12 @@
  */
 import { randomUUID } from "node:crypto";
 import { now } from "../../shared/clock";
+import { hasRecordLine } from "../../shared/line-fields";
 import { LINE_ROUTER } from "../../shared/stream-definition";
-import type { IngestOutcome } from "../../shared/task-protocol";
+import type { EntityCount, IngestOutcome } from "../../shared/task-protocol";
 import { answerRefusal, isClosed, markClosed } from "../http-responses";
 import { isRefusal, type Refusal } from "../submission/admission";
-import { lineBatchAnswer, lineMessageAnswer, lineProgress } from "../submission/answers";
+import { lineBatchAnswer, lineEvents, lineMessageAnswer, lineProgress } from "../submission/answers";
 import type { Pipeline } from "../submission/pipeline";
 import type { HttpRequest, HttpResponse, TemplatedApp } from "../uws";
 import { registerIngestRoute } from "./http-ingest";
@@ -25,10 +26,15 @@ function registerStream(app: TemplatedApp, pipeline: Pipeline): void {
 
   app.post("/ingest/stream", (res: HttpResponse, req: HttpRequest) => {
     const receivedAt = now();
+    // `?progress=line`: one event per line (seed 004's clients) instead of one per segment.
+    const perLine = req.getQuery("progress") === "line";
     let aborted = false;
+    /** Set while a segment waits for uWS to send what it buffered (see drained). */
+    let wakeOnAbort: (() => void) | null = null;
     res.onAborted(() => {
       aborted = true;
       markClosed(res);
+      wakeOnAbort?.();
     });
     const caller = auth.authenticate(req.getHeader("authorization"), req.getHeader("x-api-key"));
     const refuse = (r: Refusal) => {
@@ -42,6 +48,7 @@ function registerStream(app: TemplatedApp, pipeline: Pipeline): void {
     const { key } = admitted;
 
     const totals = { total: 0, inserted: 0, failed: 0 };
+    const byEntity = new Map<string, number>();
     let pending: Buffer[] = [];
     let pendingBytes = 0;
     let linesDone = 0;
@@ -59,10 +66,28 @@ function registerStream(app: TemplatedApp, pipeline: Pipeline): void {
       res.write(": ingestd stream\n\n");
     });
 
-    const send = (event: unknown, name?: string) => {
-      if (aborted || isClosed(res)) return;
-      res.cork(() => res.write(`${name ? `event: ${name}\n` : ""}data: ${JSON.stringify(event)}\n\n`));
+    /** Writes server-sent events; false when the socket could not take them all (they wait in uWS's buffer). */
+    const write = (events: string): boolean => {
+      if (aborted || isClosed(res)) return true;
+      let written = true;
+      res.cork(() => (written = res.write(events)));
+      return written;
     };
+    const send = (event: unknown, name?: string) => write(`${name ? `event: ${name}\n` : ""}data: ${JSON.stringify(event)}\n\n`);
+    /** Resolves once uWS has sent what it buffered: a slow reader holds back the next segment, not memory. */
+    const drained = () =>
+      new Promise<void>((resolve) => {
+        if (aborted || isClosed(res)) return resolve();
+        const done = () => {
+          wakeOnAbort = null;
+          resolve();
+        };
+        wakeOnAbort = done;
+        res.onWritable(() => {
+          done();
+          return true;
+        });
+      });
     const finish = (error?: string) => {
       if (finished) return;
       finished = true;
@@ -76,6 +101,7 @@ function registerStream(app: TemplatedApp, pipeline: Pipeline): void {
       const summary: IngestOutcome = {
         kind: "done", batchId: "", priority: 0, received: totals.total, accepted: totals.inserted, rejected: totals.failed, duplicates: 0,
         errors: [], errorsTruncated: false, message: error ?? "", first: null, validatedAt: 0, committedAt: 0, copyMs: 0,
+        byEntity: [...byEntity].map(([entity, processed]): EntityCount => ({ entity, processed })), records: null,
       };
       telemetry.acknowledged(LINE_ROUTER, "http", receivedAt, summary);
     };
@@ -123,22 +149,33 @@ function registerStream(app: TemplatedApp, pipeline: Pipeline): void {
       let lines = 0;
       for (let i = 0; i < segment.length; i++) if (segment[i] === 10) lines++;
       if (segment.length > 0 && segment[segment.length - 1] !== 10) lines++;
+      // Only comments and blank lines: nothing to store (the lines still count for the line numbers after them).
+      if (!hasRecordLine(segment)) {
+        linesDone += lines;
+        return;
+      }
       const region = await ring.alloc(segment.length, 0, limits.overloadDeadlineMs);
       if (region === null) return finish("ingestd overloaded; lines after the last progress event were not stored");
       ring.bytes.set(segment, region.offset);
       const batchNo = ++segmentNo;
       const outcome = await submitter.commit(
-        { stream: LINE_ROUTER, format: "text", envelope: false, region, requestId: randomUUID(), priority: 0, receivedAt, ringAt: now(), source: "http /ingest/stream", recordBatch: true },
+        {
+          stream: LINE_ROUTER, format: "text", envelope: false, region, requestId: randomUUID(), priority: 0, receivedAt, ringAt: now(),
+          source: "http /ingest/stream", recordBatch: true, recordOutcomes: perLine,
+        },
         key,
         { retryUntil: now() + limits.overloadDeadlineMs, wanted: () => !aborted },
       );
       if (outcome.kind === "db_unavailable") return finish("database unavailable; lines after the last progress event were not stored");
       if (outcome.kind !== "done") return finish(outcome.message);
+      const processedBefore = totals.total;
       totals.total += outcome.received;
       totals.inserted += outcome.accepted;
       totals.failed += outcome.rejected;
-      send(lineProgress(batchNo, outcome, linesDone, totals.total));
+      for (const { entity, processed } of outcome.byEntity) byEntity.set(entity, (byEntity.get(entity) ?? 0) + processed);
+      const sent = perLine ? write(lineEvents(outcome, processedBefore)) : send(lineProgress(batchNo, outcome, linesDone, totals.total));
       linesDone += lines;
+      if (!sent) await drained();
     };
 
     res.onData((chunk, isLast) => {
