@@ -230,6 +230,7 @@ describe("a page from an origin not allowed", () => {
     });
     assert.equal(preflight.status, 204);
     assert.equal(preflight.headers.get("access-control-allow-origin"), null);
+    assert.equal(preflight.headers.get("vary"), "Origin");
     const upgrade = await rawRequest(
       daemon.port,
       "GET /v1/ws?stream=events HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n" +

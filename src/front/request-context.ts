@@ -49,6 +49,8 @@ export function writeContextHeaders(res: HttpResponse): void {
   if (context === undefined) return;
   res.writeHeader("X-Request-ID", context.requestId);
   if (context.origin !== "") for (const [name, value] of context.cors.answerHeaders(context.origin)) res.writeHeader(name, value);
+  // With CORS on, an answer depends on the Origin even when it grants nothing: a cache must not reuse it.
+  else if (context.cors.enabled) res.writeHeader("Vary", "Origin");
 }
 
 /**
