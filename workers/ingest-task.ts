@@ -10,6 +10,7 @@ import { LINE_ROUTER } from "../src/shared/stream-definition";
 import { BATCH_ALIAS_CHANNEL, emptyOutcome, type IngestOutcome, type IngestTask, type RecordError, type WorkerData } from "../src/shared/task-protocol";
 import { decodeBody, parseBody, recordReader, UnparseableBody, type ParsedBody } from "./records/body-parser";
 import { compileStreams } from "./records/compiled-streams";
+import { BadCompression, BodyTooLarge, inflateBody } from "./records/inflate";
 import { validateRecords } from "./records/validate";
 import { commitTargets } from "./commit/commit-targets";
 import { DatabaseUnavailable } from "./commit/copy-writer";
@@ -35,11 +36,14 @@ export default async function ingest(task: IngestTask): Promise<IngestOutcome> {
 
   let text: string;
   let body: ParsedBody | null;
+  /** The body as sent, or inflated when it came compressed. */
+  let plain: Uint8Array = bytes;
   try {
-    text = decodeBody(bytes);
+    plain = inflateBody(bytes, task.encoding, data.maxBodyBytes);
+    text = decodeBody(plain);
     body = parseBody(text, task.format, task.envelope);
   } catch (err) {
-    return refuseUnreadableBody(task, bytes, err, receivedAt);
+    return refuseUnreadableBody(task, plain, err, receivedAt);
   }
 
   const result = emptyOutcome(task, "done", "", now());
@@ -85,13 +89,20 @@ function adoptEnvelope(task: IngestTask, body: ParsedBody, result: IngestOutcome
   if (body.priority !== undefined && body.priority > result.priority) result.priority = body.priority;
 }
 
-/** The answer to a body that cannot be read at all; its batch status and dead letter are kept when the task keeps one. */
+/**
+ * The answer to a body that cannot be read at all; its batch status and dead letter are kept when the task
+ * keeps one. A compressed body that could not be inflated is described in its dead letter, not copied.
+ */
 async function refuseUnreadableBody(task: IngestTask, bytes: Uint8Array, err: unknown, receivedAt: string): Promise<IngestOutcome> {
-  const message = err instanceof UnparseableBody ? err.message : `cannot read body: ${(err as Error).message}`;
-  const result = emptyOutcome(task, "unparseable", message, now());
+  const known = err instanceof UnparseableBody || err instanceof BodyTooLarge || err instanceof BadCompression;
+  const message = known ? (err as Error).message : `cannot read body: ${(err as Error).message}`;
+  const result = emptyOutcome(task, err instanceof BodyTooLarge ? "too_large" : "unparseable", message, now());
   if (task.recordBatch) {
     const error: RecordError = { index: 0, path: "$", expected: "a parseable body", message };
-    await recordUnreadableBody(committer, task, result.batchId, lenientUtf8.decode(bytes), error, receivedAt);
+    const raw = err instanceof BodyTooLarge || err instanceof BadCompression
+      ? `(${task.length} bytes of ${task.encoding} data, not inflated)`
+      : lenientUtf8.decode(bytes);
+    await recordUnreadableBody(committer, task, result.batchId, raw, error, receivedAt);
   }
   return result;
 }

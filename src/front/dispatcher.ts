@@ -28,7 +28,7 @@ import type { LatencyRecorder } from "../ops/latency";
 import type { Logger } from "../ops/logger";
 import type { Metrics } from "../ops/metrics";
 import type { RingRegion } from "./ring";
-import { emptyOutcome, type IngestOutcome, type IngestTask, type TaskFormat, type WorkerData } from "../shared/task-protocol";
+import { emptyOutcome, type IngestOutcome, type IngestTask, type BodyEncoding, type TaskFormat, type WorkerData } from "../shared/task-protocol";
 
 export interface DispatcherOptions {
   workers: number;
@@ -202,6 +202,7 @@ interface Queued {
 export interface Submission {
   stream: string;
   format: TaskFormat;
+  encoding: BodyEncoding;
   envelope: boolean;
   region: RingRegion;
   requestId: string;
@@ -311,6 +312,7 @@ export class Dispatcher {
     const task: IngestTask = {
       stream: sub.stream,
       format: sub.format,
+      encoding: sub.encoding,
       envelope: sub.envelope,
       offset: sub.region.offset,
       length: sub.region.length,

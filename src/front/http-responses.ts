@@ -1,4 +1,5 @@
 /** Writing HTTP answers on uWS responses: status lines, JSON bodies, the headers every answer carries. */
+import { logRefusal, writeContextHeaders } from "./request-context";
 import type { Refusal } from "./submission/admission";
 import type { HttpResponse } from "./uws";
 
@@ -30,6 +31,8 @@ export interface AnswerOptions {
   /** Close the connection after answering: the request body was not (fully) read. */
   close?: boolean;
   contentType?: string;
+  /** The error code and message of a refusal, for its log line (see request-context.ts). */
+  error?: { code: string; message: string };
 }
 
 /** Set on a response once it is answered or its client went away: nothing more may be written to it. */
@@ -44,19 +47,30 @@ export function markClosed(res: HttpResponse): void {
 }
 
 /** Answers once; a response already answered or aborted is skipped. */
-export function answer(res: HttpResponse, status: number, body: string, options: AnswerOptions = {}): void {
+export function answer(res: HttpResponse, status: number, body: string | Uint8Array, options: AnswerOptions = {}): void {
   if (isClosed(res)) return;
   markClosed(res);
   res.cork(() => {
     res.writeStatus(statusLine(status));
-    res.writeHeader("Content-Type", options.contentType ?? "application/json");
+    if (status !== 204) res.writeHeader("Content-Type", options.contentType ?? "application/json");
+    writeContextHeaders(res);
     if (options.headers) for (const key in options.headers) res.writeHeader(key, options.headers[key]);
     res.end(body, options.close === true);
   });
+  if (status >= 400) logRefusal(res, status, options.error?.code, options.error?.message);
 }
 
 export function answerJson(res: HttpResponse, status: number, value: unknown, options: AnswerOptions = {}): void {
+  if (status >= 400 && options.error === undefined) options = { ...options, error: errorOf(value) };
   answer(res, status, JSON.stringify(value), options);
+}
+
+/** The `error` code and `message` of an error body, when it has them (for the refusal's log line). */
+function errorOf(value: unknown): AnswerOptions["error"] {
+  const v = value as { error?: unknown; status?: unknown; message?: unknown } | null;
+  if (typeof v !== "object" || v === null) return undefined;
+  const code = typeof v.error === "string" ? v.error : typeof v.status === "string" ? v.status : "";
+  return { code, message: typeof v.message === "string" ? v.message : "" };
 }
 
 /** The error shape of every non-ingest failure: `{"status":"error","error":<code>,"message":...}`. */
@@ -67,7 +81,7 @@ export function answerError(
   message: string,
   options: AnswerOptions = {},
 ): void {
-  answerJson(res, status, { status: "error", error: code, message }, options);
+  answerJson(res, status, { status: "error", error: code, message }, { ...options, error: { code, message } });
 }
 
 /** A refusal from admission, as every HTTP route answers it. */

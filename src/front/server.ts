@@ -15,15 +15,18 @@ import { VERSION } from "../ops/version";
 import { COMMIT_GAUGE_COMMITTING, COMMIT_GAUGE_SLOTS, COMMIT_GAUGE_WAITING } from "../shared/task-protocol";
 import { ApiKeysError } from "../security/api-keys";
 import { Auth } from "../security/auth";
+import { CorsPolicy } from "../security/cors";
 import { BatchRegistry } from "../storage/batch-registry";
 import { connectWithRetry, Database } from "../storage/database";
 import { startEmbeddedDb, type EmbeddedDb } from "../storage/embedded-db";
 import { startPartitionMaintenance } from "../storage/partition-maintenance";
 import { ensureSchema } from "../storage/schema";
 import { Dispatcher } from "./dispatcher";
+import { HttpPolicy } from "./http-policy";
 import { answer, answerError, markClosed } from "./http-responses";
 import { Ring } from "./ring";
 import { registerBatchRoutes } from "./routes/batch-routes";
+import { registerDocsRoutes } from "./routes/docs-routes";
 import { registerOpsRoutes } from "./routes/ops-routes";
 import { AckTelemetry } from "./submission/ack-telemetry";
 import { Admission } from "./submission/admission";
@@ -136,6 +139,7 @@ export async function startServer(config: IngestdConfig, log: Logger): Promise<R
       maxBatchBytes: config.maxBatchMemoryMb * 1024 * 1024,
       stallTimeoutMs: config.overloadDeadlineMs,
       maxErrorsReported: config.maxErrorsReported,
+      maxBodyBytes: maxBody,
       dedupStreams: dedupStreams(config, streams),
       commitGauges: commitGauges.buffer as SharedArrayBuffer,
       ignoreUnknownStreams: ignoringUnknown,
@@ -156,20 +160,23 @@ export async function startServer(config: IngestdConfig, log: Logger): Promise<R
     limits: { maxBodyBytes: maxBody, overloadDeadlineMs: config.overloadDeadlineMs, retryAfterSeconds: config.retryAfterSeconds },
   };
 
-  const app = config.tlsCert && config.tlsKey
+  // Every route registers through the policy: request ids, CORS headers and preflights (docs/http-api.md#cors).
+  const http = new HttpPolicy(new CorsPolicy(config.cors), log);
+  const app = http.routes(config.tlsCert && config.tlsKey
     ? uws.SSLApp({ cert_file_name: config.tlsCert, key_file_name: config.tlsKey })
-    : uws.App();
+    : uws.App());
   registerIngestRoute(app, pipeline, { route: "/v1/streams/:stream/events", pattern: "/v1/streams/:stream/events", stream: null, envelope: false });
   registerIngestRoute(app, pipeline, { route: "/v1/ingest/batch", pattern: "/v1/ingest/batch", stream: "events", envelope: true });
   registerIngestRoute(app, pipeline, { route: "/events", pattern: "/events", stream: "product_events", envelope: false });
   registerLineRoutes(app, pipeline);
-  const ws = registerWebSocket(app, pipeline, config.ws);
+  const ws = registerWebSocket(app, pipeline, config.ws, http);
   registerBatchRoutes(app, { batches, metrics, retryAfterSeconds: config.retryAfterSeconds });
   const openApi = JSON.stringify(openApiDocument(streams, VERSION, new Set(ignoringUnknown)));
   app.get("/openapi.json", (res) => {
     metrics.httpRequests.inc({ route: "/openapi.json", status: "200" });
     answer(res, 200, openApi);
   });
+  registerDocsRoutes(app, metrics);
   registerOpsRoutes(app, {
     db,
     admission,

@@ -19,6 +19,14 @@ export interface StreamSettings {
   unknownFields?: UnknownFields;
 }
 
+export interface CorsConfig {
+  /**
+   * Browser origins (`scheme://host[:port]`) whose pages may call the API and open WebSockets, or "*" for
+   * any origin; empty: no CORS headers at all (docs/http-api.md#cors).
+   */
+  allowedOrigins: string[] | "*";
+}
+
 export interface IngestdConfig {
   host: string & tags.MinLength<1>;
   port: Port;
@@ -43,6 +51,7 @@ export interface IngestdConfig {
   stopTimeoutMs: Int & tags.Minimum<100>;
   maxErrorsReported: Int & tags.Minimum<1>;
   ws: WsConfig;
+  cors: CorsConfig;
   apiKeysFile: (string & tags.MinLength<1>) | null;
   tlsCert: (string & tags.MinLength<1>) | null;
   tlsKey: (string & tags.MinLength<1>) | null;
@@ -147,10 +156,27 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, file = configPa
     const p = cfg[key];
     if (p !== null && !fs.existsSync(p)) throw new ConfigError(`${key}: file not found: ${p}`);
   }
+  if (cfg.cors.allowedOrigins !== "*") {
+    for (const [i, origin] of cfg.cors.allowedOrigins.entries()) {
+      if (!isOrigin(origin)) {
+        throw new ConfigError(`cors.allowedOrigins[${i}]: expected an origin like "https://app.example.com" (scheme, host, optional port; no path), got ${JSON.stringify(origin)}`);
+      }
+    }
+  }
   if (cfg.hlogPath !== null && !fs.existsSync(path.dirname(path.resolve(cfg.hlogPath)))) {
     throw new ConfigError(`hlogPath: directory not found: ${path.dirname(path.resolve(cfg.hlogPath))}`);
   }
   return cfg;
+}
+
+/** A browser origin as it appears in an `Origin` header: what URL.origin gives back unchanged. */
+function isOrigin(value: string): boolean {
+  try {
+    const url = new URL(value);
+    return (url.protocol === "http:" || url.protocol === "https:") && url.origin === value;
+  } catch {
+    return false;
+  }
 }
 
 /** " (line L, column C)" for a JSON syntax error that reports a character position. */

@@ -21,8 +21,8 @@ const errorResponses = {
   "404": { description: "Unknown stream.", content: json(ref("Error")) },
   "405": { description: "Wrong method.", content: json(ref("Error")) },
   "411": { description: "Content-Length missing.", content: json(ref("Error")) },
-  "413": { description: "Body larger than MAX_BODY_MB.", content: json(ref("Error")) },
-  "415": { description: "Content type not accepted by the stream.", content: json(ref("Error")) },
+  "413": { description: "Body larger than MAX_BODY_MB (compressed, or once inflated).", content: json(ref("Error")) },
+  "415": { description: "Content type not accepted by the stream, or a Content-Encoding other than gzip, deflate, br.", content: json(ref("Error")) },
   "429": { description: "Rate limited; see Retry-After.", content: json(ref("Error")) },
   "503": { description: "Database unavailable or daemon overloaded; nothing was stored. See Retry-After.", content: json(ref("Error")) },
 };
@@ -106,6 +106,13 @@ export function openApiDocument(streams: readonly StreamDefinition[], version: s
     ...errorResponses,
   };
 
+  // Beacons cannot set headers: the key may come in the query (proxies log URLs; docs/http-api.md#beacons).
+  const ingestParameters = [
+    { name: "key", in: "query", required: false, description: "API key, for navigator.sendBeacon (URLs are logged by proxies: prefer a header).", schema: { type: "string" } },
+    { name: "Content-Encoding", in: "header", required: false, description: "Compressed body, inflated up to MAX_BODY_MB.", schema: { enum: ["gzip", "deflate", "br", "identity"] } },
+    { name: "X-Request-ID", in: "header", required: false, description: "Echoed on the answer and in the refusal's log line (1 to 200 printable characters; else generated).", schema: { type: "string", maxLength: 200 } },
+    priorityHeader,
+  ];
   const paths: Record<string, unknown> = {};
   for (const stream of streams) {
     const record = ref(recordSchemaName(stream));
@@ -113,11 +120,12 @@ export function openApiDocument(streams: readonly StreamDefinition[], version: s
     if (stream.formats.includes("json")) content["application/json"] = { schema: { oneOf: [record, { type: "array", items: record, minItems: 1 }] } };
     if (stream.formats.includes("ndjson")) content["application/x-ndjson"] = { schema: { type: "string", description: `One ${recordSchemaName(stream)} JSON object per line.` } };
     if (stream.formats.includes("text")) content["text/plain"] = { schema: { type: "string", description: `One line per record, starting with "${stream.linePrefix}|".` } };
+    else if (stream.formats.includes("json")) content["text/plain"] = { schema: { type: "string", description: "navigator.sendBeacon: one JSON value (a record or an array), else NDJSON." } };
     paths[`/v1/streams/${stream.name}/events`] = {
       post: {
         operationId: `ingest_${stream.name}`,
         summary: `Ingest into ${stream.name}: ${stream.description}`,
-        parameters: [priorityHeader],
+        parameters: ingestParameters,
         requestBody: { required: true, content },
         responses: ingestResponses,
       },
@@ -129,7 +137,7 @@ export function openApiDocument(streams: readonly StreamDefinition[], version: s
       post: {
         operationId: "ingest_batch",
         summary: "Ingest a batch of events with an optional batch id and priority (0..10, higher is served first under contention).",
-        parameters: [priorityHeader],
+        parameters: ingestParameters,
         requestBody: {
           required: true,
           content: json({
@@ -153,7 +161,7 @@ export function openApiDocument(streams: readonly StreamDefinition[], version: s
       post: {
         operationId: "ingest_product_events_compat", // unique: ingest_product_events is the canonical route
         summary: "Ingest one product event or an array of them.",
-        parameters: [priorityHeader],
+        parameters: ingestParameters,
         requestBody: { required: true, content: json({ oneOf: [record, { type: "array", items: record, minItems: 1 }] }) },
         responses: ingestResponses,
       },

@@ -19,7 +19,7 @@ export interface StatsReport {
   total_messages_processed: number;
   messages_by_entity: Record<string, number>;
   errors: number;
-  errors_by_kind: { rejected: number; unparseable: number; db_unavailable: number; failed: number };
+  errors_by_kind: { rejected: number; unparseable: number; too_large: number; db_unavailable: number; failed: number };
   uptime_seconds: number;
   requests_per_second: number;
   events_per_second: number;
@@ -58,7 +58,7 @@ class RateWindow {
 export class Stats {
   private processed = 0;
   private readonly byEntity = new Map<string, number>();
-  private readonly errors = { rejected: 0, unparseable: 0, db_unavailable: 0, failed: 0 };
+  private readonly errors = { rejected: 0, unparseable: 0, too_large: 0, db_unavailable: 0, failed: 0 };
   private readonly requests = new RateWindow();
   private readonly events = new RateWindow();
 
@@ -85,7 +85,7 @@ export class Stats {
     return {
       total_messages_processed: this.processed,
       messages_by_entity: Object.fromEntries(this.byEntity),
-      errors: e.rejected + e.unparseable + e.db_unavailable + e.failed,
+      errors: e.rejected + e.unparseable + e.too_large + e.db_unavailable + e.failed,
       errors_by_kind: { ...e },
       uptime_seconds: Math.round((nowMs - this.startedAt) / 1000),
       requests_per_second: round(this.requests.rate(nowMs, this.startedAt)),

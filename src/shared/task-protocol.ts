@@ -14,6 +14,8 @@ export interface WorkerData {
   /** OVERLOAD_DEADLINE_MS: how long a commit may go without a word from PostgreSQL before it is given up. */
   stallTimeoutMs: number;
   maxErrorsReported: number;
+  /** MAX_BODY_MB in bytes: a compressed body inflating past it is refused (413) as soon as it does. */
+  maxBodyBytes: number;
   /** Streams whose records are deduplicated by their dedupKey. */
   dedupStreams: string[];
   /** COMMIT_GAUGE_SLOTS Int32 counters shared with the front (metrics). */
@@ -24,9 +26,13 @@ export interface WorkerData {
 
 export type TaskFormat = "json" | "ndjson" | "text" | "auto";
 
+/** A body's Content-Encoding: the ring holds it as sent; the worker inflates it (docs/http-api.md#compressed-bodies). */
+export type BodyEncoding = "identity" | "gzip" | "deflate" | "br";
+
 export interface IngestTask {
   stream: string;
   format: TaskFormat;
+  encoding: BodyEncoding;
   /** Body is the `{events, batch_id?, priority?}` envelope of POST /v1/ingest/batch. */
   envelope: boolean;
   offset: number;
@@ -87,8 +93,10 @@ export interface RecordOutcomes {
 export type OutcomeKind =
   /** Records were validated and every valid one is committed. */
   | "done"
-  /** The body as a whole cannot be read (malformed JSON, invalid UTF-8, bad envelope): nothing stored. */
+  /** The body as a whole cannot be read (malformed JSON, invalid UTF-8, bad envelope, bad compression): nothing stored. */
   | "unparseable"
+  /** The body inflates past MAX_BODY_MB: nothing stored, inflating stopped there. */
+  | "too_large"
   /** PostgreSQL could not be reached or failed the commit: nothing from this task is acknowledged. */
   | "db_unavailable"
   /** The worker failed unexpectedly (a bug): nothing from this task is acknowledged. */

@@ -14,13 +14,15 @@ export interface Answer {
 export type AnswerRenderer = (stream: string, outcome: IngestOutcome, durationMs: number) => Answer;
 
 /**
- * 200 all stored (or duplicates), 207 some refused, 422 all refused; 400 unreadable body, 503 database
- * unavailable (nothing stored), 500 a worker failure.
+ * 200 all stored (or duplicates), 207 some refused, 422 all refused; 400 unreadable body, 413 a compressed
+ * body inflating past MAX_BODY_MB, 503 database unavailable (nothing stored), 500 a worker failure.
  */
 export function outcomeStatus(outcome: IngestOutcome): number {
   switch (outcome.kind) {
     case "unparseable":
       return 400;
+    case "too_large":
+      return 413;
     case "db_unavailable":
       return 503;
     case "failed":
@@ -38,6 +40,8 @@ export const canonicalAnswer: AnswerRenderer = (stream, outcome, durationMs) => 
   switch (outcome.kind) {
     case "unparseable":
       return { status, body: { status: "error", error: "malformed_body", message: outcome.message, ...base } };
+    case "too_large":
+      return { status, body: { status: "error", error: "body_too_large", message: outcome.message, ...base } };
     case "db_unavailable":
       return { status, body: { status: "error", error: "database_unavailable", message: "database unavailable or not answering within the deadline; nothing from this request was stored, retry later", ...base } };
     case "failed":
@@ -153,7 +157,7 @@ export function wsAck(seq: number, outcome: IngestOutcome): string {
   let accepted = outcome.accepted;
   let rejected = outcome.rejected;
   let errors: RecordError[] = outcome.errors;
-  if (outcome.kind === "unparseable" || outcome.kind === "failed") {
+  if (outcome.kind === "unparseable" || outcome.kind === "too_large" || outcome.kind === "failed") {
     accepted = 0;
     rejected = Math.max(1, outcome.received);
     errors = [{ index: 0, path: "$", expected: "JSON, NDJSON or text lines", message: outcome.message }];

@@ -6,7 +6,7 @@
 import { randomUUID } from "node:crypto";
 import { now } from "../../shared/clock";
 import type { BodyFormat } from "../../shared/stream-definition";
-import type { TaskFormat } from "../../shared/task-protocol";
+import type { BodyEncoding, TaskFormat } from "../../shared/task-protocol";
 import { envelopePriority } from "../envelope-priority";
 import { answerError, answerJson, answerRefusal, isClosed, markClosed } from "../http-responses";
 import { isRefusal, type Refusal } from "../submission/admission";
@@ -46,17 +46,41 @@ function headerPriority(header: string): number {
   return header === "" ? 0 : PRIORITY_VALUES.indexOf(header.trim());
 }
 
+/** Content-Encoding values taken (compressed bodies are inflated in the workers; docs/http-api.md#compressed-bodies). */
+const ENCODINGS = new Map<string, BodyEncoding>([["", "identity"], ["identity", "identity"], ["gzip", "gzip"], ["x-gzip", "gzip"], ["deflate", "deflate"], ["br", "br"]]);
+
 function formatOf(contentType: string): BodyFormat | null {
   const base = contentType.split(";", 1)[0].trim().toLowerCase();
   return CONTENT_TYPES[base] ?? null;
 }
 
+/**
+ * The task format of a body: its content type's, except `text/plain` on a stream of JSON records, which is
+ * what `navigator.sendBeacon` sends for a string (no other type goes without a preflight): the workers read
+ * it as one JSON value, else as NDJSON ("auto"). On the envelope route it is the envelope's JSON.
+ */
+function taskFormat(route: IngestRoute, formats: readonly BodyFormat[], contentType: string): TaskFormat | null {
+  const format = route.format ?? formatOf(contentType);
+  if (format === "text" && !formats.includes("text") && formats.includes("json")) return route.envelope ? "json" : "auto";
+  if (format === null || !formats.includes(format) || (route.envelope && format !== "json")) return null;
+  return format;
+}
+
+/** 415 naming an encoding this daemon does not inflate (or a list of several). */
+function encodingRefusal(header: string): Refusal {
+  return {
+    status: 415,
+    code: "unsupported_content_encoding",
+    message: `Content-Encoding ${JSON.stringify(header)} not supported; use one of gzip, deflate, br (or none)`,
+    headers: { "Accept-Encoding": "gzip, deflate, br" },
+  };
+}
+
 /** 415, 411, 400 or 413 for what the headers say of the body, or null. */
 function bodyRefusal(route: IngestRoute, formats: readonly BodyFormat[], streamName: string, contentType: string, lengthHeader: string, maxBody: number): Refusal | null {
-  const format = route.format ?? formatOf(contentType);
-  if (format === null || !formats.includes(format) || (route.envelope && format !== "json")) {
+  if (taskFormat(route, formats, contentType) === null) {
     const accepted = route.envelope ? ["json"] : formats;
-    const types = Object.keys(CONTENT_TYPES).filter((t) => accepted.includes(CONTENT_TYPES[t]));
+    const types = Object.keys(CONTENT_TYPES).filter((t) => accepted.includes(CONTENT_TYPES[t]) || (t === "text/plain" && accepted.includes("json")));
     return { status: 415, code: "unsupported_media_type", message: `content type ${JSON.stringify(contentType || "(none)")} not accepted by stream ${streamName}; use ${types.join(", ")}` };
   }
   if (lengthHeader === "") return { status: 411, code: "length_required", message: "Content-Length header is required" };
@@ -80,8 +104,11 @@ export function registerIngestRoute(app: TemplatedApp, pipeline: Pipeline, route
     const respondAsync = /\brespond-async\b/i.test(req.getHeader("prefer"));
     // A priority named outside the body is known before the body is read (docs/architecture.md#priority).
     const priority = headerPriority(req.getHeader("x-ingest-priority"));
-    // The key is read with the other headers: a uWS request does not outlive this call.
-    const caller = auth.authenticate(req.getHeader("authorization"), req.getHeader("x-api-key"));
+    const encodingHeader = req.getHeader("content-encoding");
+    const encoding = ENCODINGS.get(encodingHeader.trim().toLowerCase());
+    // The key is read with the other headers: a uWS request does not outlive this call. `?key=` is for
+    // beacons, which cannot set headers (docs/http-api.md#beacons).
+    const caller = auth.authenticate(req.getHeader("authorization"), req.getHeader("x-api-key"), req.getQuery("key") ?? "");
     const count = (s: number) => metrics.httpRequests.inc({ route: route.route, status: String(s) });
     let reader: { abort(): void } | null = null;
     res.onAborted(() => {
@@ -105,9 +132,10 @@ export function registerIngestRoute(app: TemplatedApp, pipeline: Pipeline, route
     const refusal =
       bodyRefusal(route, stream.formats, streamName, contentType, lengthHeader, limits.maxBodyBytes) ??
       (priority < 0 ? { status: 400, code: "bad_priority", message: "X-Ingest-Priority must be an integer from 0 to 10" } : null) ??
+      (encoding === undefined ? encodingRefusal(encodingHeader) : null) ??
       admission.database();
     if (refusal) return refuse(refusal);
-    const format = (route.format ?? formatOf(contentType)) as TaskFormat;
+    const format = taskFormat(route, stream.formats, contentType)!;
 
     const classify = route.envelope ? envelopePriority : undefined;
     reader = readBodyIntoRing(res, { ring, length: Number(lengthHeader), priority, deadlineMs: limits.overloadDeadlineMs, classify }, (body) => {
@@ -118,7 +146,7 @@ export function registerIngestRoute(app: TemplatedApp, pipeline: Pipeline, route
       }
       const requestId = randomUUID();
       const settled = submitter.commit(
-        { stream: stream.name, format, envelope: route.envelope, region: body.region, requestId, priority: body.priority, receivedAt, ringAt: body.ringAt, source: "http", recordBatch: true },
+        { stream: stream.name, format, encoding: encoding!, envelope: route.envelope, region: body.region, requestId, priority: body.priority, receivedAt, ringAt: body.ringAt, source: "http", recordBatch: true },
         key,
         { retryUntil: 0 },
       );

@@ -14,6 +14,7 @@ import { isRefusal, type Refusal } from "../submission/admission";
 import { lineBatchAnswer, lineEvents, lineMessageAnswer, lineProgress } from "../submission/answers";
 import type { Pipeline } from "../submission/pipeline";
 import type { HttpRequest, HttpResponse, TemplatedApp } from "../uws";
+import { writeContextHeaders } from "../request-context";
 import { registerIngestRoute } from "./http-ingest";
 
 /** Lines are committed in segments of about this size, each one task and one progress event. */
@@ -45,6 +46,11 @@ function registerStream(app: TemplatedApp, pipeline: Pipeline): void {
     if (isRefusal(admitted)) return refuse(admitted);
     const databaseDown = admission.database();
     if (databaseDown) return refuse(databaseDown);
+    // The upload is cut into segments at line ends as it arrives, which a compressed stream has none of.
+    const encoding = req.getHeader("content-encoding").trim().toLowerCase();
+    if (encoding !== "" && encoding !== "identity") {
+      return refuse({ status: 415, code: "unsupported_content_encoding", message: `Content-Encoding ${JSON.stringify(encoding)} not supported on /ingest/stream; send it uncompressed` });
+    }
     const { key } = admitted;
 
     const totals = { total: 0, inserted: 0, failed: 0 };
@@ -63,6 +69,7 @@ function registerStream(app: TemplatedApp, pipeline: Pipeline): void {
       res.writeStatus("200 OK");
       res.writeHeader("Content-Type", "text/event-stream");
       res.writeHeader("Cache-Control", "no-cache");
+      writeContextHeaders(res);
       res.write(": ingestd stream\n\n");
     });
 
@@ -160,7 +167,7 @@ function registerStream(app: TemplatedApp, pipeline: Pipeline): void {
       const batchNo = ++segmentNo;
       const outcome = await submitter.commit(
         {
-          stream: LINE_ROUTER, format: "text", envelope: false, region, requestId: randomUUID(), priority: 0, receivedAt, ringAt: now(),
+          stream: LINE_ROUTER, format: "text", encoding: "identity", envelope: false, region, requestId: randomUUID(), priority: 0, receivedAt, ringAt: now(),
           source: "http /ingest/stream", recordBatch: true, recordOutcomes: perLine,
         },
         key,

@@ -11,11 +11,12 @@ import type { IngestOutcome } from "../../shared/task-protocol";
 import { mayWrite, type ApiKey } from "../../security/api-keys";
 import type { Denial } from "../../security/auth";
 import type { RingRegion } from "../ring";
-import { statusLine } from "../http-responses";
+import type { HttpPolicy } from "../http-policy";
+import { answerRefusal } from "../http-responses";
 import { isRefusal, type Admitted, type Refusal } from "../submission/admission";
 import { emptyFrameAck, wsAck } from "../submission/answers";
 import type { Pipeline } from "../submission/pipeline";
-import type { HttpRequest, TemplatedApp, WebSocket } from "../uws";
+import { uws, type HttpRequest, type TemplatedApp, type WebSocket } from "../uws";
 
 export const CLOSE_GOING_AWAY = 1001;
 export const CLOSE_POLICY_VIOLATION = 1008;
@@ -54,7 +55,7 @@ export interface WsSettings {
   idleTimeoutSeconds: number;
 }
 
-export function registerWebSocket(app: TemplatedApp, pipeline: Pipeline, settings: WsSettings): WsServer {
+export function registerWebSocket(app: TemplatedApp, pipeline: Pipeline, settings: WsSettings, http: HttpPolicy): WsServer {
   const { auth, admission, ring, submitter, telemetry, metrics, limits } = pipeline;
   const window = settings.window;
   const maxFrame = settings.maxFrameBytes;
@@ -114,6 +115,8 @@ export function registerWebSocket(app: TemplatedApp, pipeline: Pipeline, setting
         stream: c.stream.name,
         // Line-format streams take text lines; "auto" would read them as NDJSON.
         format: c.stream.formats.includes("json") ? "auto" : "text",
+        // permessage-deflate frames arrive inflated by uWS.
+        encoding: "identity",
         envelope: false,
         region,
         requestId: `ws-${frame.seq}`,
@@ -209,6 +212,11 @@ export function registerWebSocket(app: TemplatedApp, pipeline: Pipeline, setting
     if (req.getHeader("sec-websocket-version") !== "13") {
       return { status: 426, code: "upgrade_required", message: "unsupported WebSocket version; this server speaks version 13", headers: { "Sec-WebSocket-Version": "13" } };
     }
+    // A page from any site its browser shows could otherwise open a stream with a key it holds or guesses.
+    const origin = req.getHeader("origin");
+    if (!http.allowsUpgrade(origin)) {
+      return { status: 403, code: "origin_not_allowed", message: `WebSocket from origin ${JSON.stringify(origin)} not allowed (cors.allowedOrigins)` };
+    }
     // Mixed TPC-H lines are an HTTP-only stream: their frames would need the line endpoints' answers.
     const admitted = name === LINE_ROUTER ? null : admission.admit(caller, name, false);
     if (admitted === null || (isRefusal(admitted) && admitted.status === 404)) {
@@ -226,7 +234,11 @@ export function registerWebSocket(app: TemplatedApp, pipeline: Pipeline, setting
     maxBackpressure: 1024 * 1024,
     closeOnBackpressureLimit: 1,
     sendPingsAutomatically: true,
+    // permessage-deflate when the producer asks: frames arrive inflated (still bounded by maxPayloadLength);
+    // acks go uncompressed (send's compress flag is never set), sparing the front thread a deflate per ack.
+    compression: uws.SHARED_COMPRESSOR | uws.SHARED_DECOMPRESSOR,
     upgrade: (res, req, context) => {
+      http.begin(res, req);
       const name = req.getQuery("stream") ?? "";
       const key = req.getHeader("sec-websocket-key");
       const protocol = req.getHeader("sec-websocket-protocol");
@@ -234,14 +246,7 @@ export function registerWebSocket(app: TemplatedApp, pipeline: Pipeline, setting
       // The key from Authorization / X-API-Key, or ?token= (browsers cannot set upgrade headers).
       const caller = auth.authenticate(req.getHeader("authorization"), req.getHeader("x-api-key"), req.getQuery("token") ?? "");
       const admitted = admitUpgrade(req, caller, name);
-      if (isRefusal(admitted)) {
-        res.cork(() => {
-          res.writeStatus(statusLine(admitted.status)).writeHeader("Content-Type", "application/json");
-          for (const [k, v] of Object.entries(admitted.headers ?? {})) res.writeHeader(k, v);
-          res.end(JSON.stringify({ status: "error", message: admitted.message }), true);
-        });
-        return;
-      }
+      if (isRefusal(admitted)) return answerRefusal(res, admitted, true);
       const conn: Connection = { stream: admitted.stream, seq: 0, pending: [], open: true, key: admitted.key, throttle: null };
       res.upgrade(conn, key, protocol, extensions, context);
     },
