@@ -1,9 +1,10 @@
 /**
  * The worker's table of streams, built once at thread start from config/streams: each stream's definition
  * (with its typia validator and line parser), its compiled row encoder, and for a deduplicating stream the
- * extractors of a row's id and event time.
+ * extractor of a row's id-state key.
  */
 import { dedupShape } from "../../src/shared/dedup-sql";
+import { dedupKey } from "../../src/shared/dedup-key";
 import type { RowContext, StreamDefinition } from "../../src/shared/stream-definition";
 import { compileRowEncoder, type RowEncoder } from "./row-encoder";
 
@@ -15,9 +16,8 @@ export interface CompiledStream {
   /** Position in config/streams: also the index of the stream's commit target (commit/commit-targets.ts). */
   order: number;
   encode: RowEncoder<unknown>;
-  /** Deduplicating streams: a row's id and event time as the id table stores them. */
+  /** Deduplicating streams: a row's key in the id state (src/shared/dedup-key.ts). */
   keyOf: RawColumn | null;
-  timeOf: RawColumn | null;
 }
 
 export interface StreamTable {
@@ -33,14 +33,13 @@ export function compileStreams(definitions: readonly StreamDefinition[], schema:
   const byName = new Map<string, CompiledStream>();
   const byLinePrefix = new Map<string, CompiledStream>();
   definitions.forEach((definition, order) => {
-    // The stream's commit target claims ids, with or without times, by this same shape.
+    // The stream's commit target claims ids by this same shape.
     const shape = dedup.has(definition.name) ? dedupShape(schema, definition) : null;
     const stream: CompiledStream = {
       definition,
       order,
       encode: compileRowEncoder(definition),
-      keyOf: shape !== null ? rawColumn(definition, definition.dedupKey) : null,
-      timeOf: shape?.withTime ? rawColumn(definition, definition.timeColumn) : null,
+      keyOf: shape !== null ? keyColumn(definition) : null,
     };
     byName.set(definition.name, stream);
     if (definition.linePrefix) byLinePrefix.set(definition.linePrefix, stream);
@@ -49,14 +48,10 @@ export function compileStreams(definitions: readonly StreamDefinition[], schema:
   return { byName, byLinePrefix, linePrefixes };
 }
 
-function rawColumn(definition: StreamDefinition, name: string | undefined): RawColumn | null {
-  const column = definition.columns.find((c) => c.name === name);
+function keyColumn(definition: StreamDefinition): RawColumn | null {
+  const column = definition.columns.find((c) => c.name === definition.dedupKey);
   if (!column) return null;
-  if (column.type === "timestamptz") {
-    return (record, ctx) => {
-      const v = column.value(record, ctx);
-      return typeof v === "number" ? new Date(v).toISOString() : String(v);
-    };
-  }
-  return (record, ctx) => String(column.value(record, ctx));
+  // A uuid column stores the value as PostgreSQL reads it, case aside.
+  if (column.type === "uuid") return (record, ctx) => dedupKey(String(column.value(record, ctx)).toLowerCase());
+  return (record, ctx) => dedupKey(String(column.value(record, ctx)));
 }
