@@ -15,6 +15,8 @@ import { dedupKey } from "../src/shared/dedup-key";
 import { DEDUP_GRACE_SECONDS, dedupClaimFunctionDdl, dedupShape } from "../src/shared/dedup-sql";
 import { dedupSlotSeconds, dedupStateDdl, ensureDedupHistory, maintainDedupState, dedupPartitionName } from "../src/storage/dedup-partitions";
 import { BOOKKEEPING_TABLES, ensureDayPartitions, maintainBookkeeping } from "../src/storage/bookkeeping-partitions";
+import { DedupFilter } from "../src/shared/dedup-filter";
+import crypto from "node:crypto";
 import { event, post, startDaemon, startTestDb, waitFor, type Daemon, type TestDb } from "./harness";
 
 let db: TestDb;
@@ -146,6 +148,20 @@ describe("duplicates are found wherever the first copy came from", () => {
     assert.deepEqual([answer.accepted, answer.duplicates], [500, 2]);
     assert.deepEqual(await stored("w-old-"), { rows: 0, distinct: 0 });
     await fresh.stop();
+  });
+});
+
+describe("the sealed partitions' filters", () => {
+  test("a filter never misses a key it holds, lets about 1% of others through, and survives its bytes", () => {
+    const held = Array.from({ length: 100_000 }, (_, i) => (i % 2 === 0 ? crypto.randomUUID() : dedupKey(`id-${i}`)));
+    const filter = new DedupFilter(held.length);
+    for (const k of held) filter.add(k);
+    const copy = new DedupFilter(Uint8Array.from(filter.bytes()));
+    assert.equal(held.filter((k) => !copy.has(k)).length, 0, "no false negative");
+    const others = Array.from({ length: 100_000 }, () => crypto.randomUUID());
+    const rate = others.filter((k) => copy.has(k)).length / others.length;
+    assert.ok(rate > 0 && rate < 0.03, `false-positive rate ${rate}`);
+    assert.throws(() => new DedupFilter(new Uint8Array(100)), /64-byte blocks/);
   });
 });
 
