@@ -19,9 +19,21 @@ function fmix32(h: number): number {
   return (h ^ (h >>> 16)) >>> 0;
 }
 
-/** 32-bit words of a canonical UUID's hex digits (positions skip the hyphens). */
+/** The value of a lowercase hex digit's char code (canonical keys only hold 0-9 and a-f). */
+function hex(c: number): number {
+  return c <= 57 ? c - 48 : c - 87;
+}
+
+/** 32 bits of a canonical UUID from its 8 hex digits starting at `at`, skipping a hyphen. */
 function word(key: string, at: number): number {
-  return parseInt(key.slice(at, at + 8), 16) | 0;
+  let w = 0;
+  for (let i = at, n = 0; n < 8; i++) {
+    const c = key.charCodeAt(i);
+    if (c === 45) continue;
+    w = (w << 4) | hex(c);
+    n++;
+  }
+  return w;
 }
 
 /**
@@ -30,11 +42,7 @@ function word(key: string, at: number): number {
  */
 export function hashKey(key: string, out: Uint32Array): void {
   // xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx
-  const w0 = word(key, 0);
-  const w1 = (parseInt(key.slice(9, 13), 16) << 16) | parseInt(key.slice(14, 18), 16);
-  const w2 = (parseInt(key.slice(19, 23), 16) << 16) | parseInt(key.slice(24, 28), 16);
-  const w3 = word(key, 28);
-  const h1 = fmix32(w0 ^ fmix32(w1 ^ fmix32(w2 ^ fmix32(w3 ^ 0x2545f491))));
+  const h1 = fmix32(word(key, 0) ^ fmix32(word(key, 9) ^ fmix32(word(key, 19) ^ fmix32(word(key, 28) ^ 0x2545f491))));
   out[0] = h1;
   out[1] = fmix32(h1 ^ 0x9e3779b9);
   out[2] = fmix32(out[1] + 0x6a09e667) | 1;
