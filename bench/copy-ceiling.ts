@@ -143,7 +143,7 @@ export async function measureCopyCeiling(
     batches.forEach((b, k) => {
       const from = k * batchSize;
       const to = Math.min(rows, from + batchSize);
-      claims.set(b, [prepared.keys.slice(from, to).map(dedupKey), null, null]);
+      claims.set(b, [prepared.keys.slice(from, to).map(dedupKey), null, null, null]);
     });
     const batchBytes = batches.reduce((a, c) => a + c.length, 0);
     const run = await timedRun(db, schema, n, batches, batchBytes, rows, cores, async (client, share) => {

@@ -109,7 +109,7 @@ function slots(name: string, filtered: boolean): Candidate {
     async claim(client, ids) {
       const keys = ids.map(dedupKey);
       if (!filtered) {
-        await client.query(target.dedup!.claim, [keys, null, null]);
+        await client.query(target.dedup!.claim, [keys, null, null, null]);
         return;
       }
       // As a worker does (workers/commit/group-commit.ts), its own CPU for the check counted apart.
@@ -118,7 +118,7 @@ function slots(name: string, filtered: boolean): Candidate {
       const checked = filters.check(keys);
       const used = process.cpuUsage(t0);
       workerCheckSeconds += (used.user + used.system) / 1e6;
-      await client.query(target.dedup!.claim, [keys, checked.maybe, checked.covered]);
+      await client.query(target.dedup!.claim, [keys, checked.maybe, checked.slots, checked.covered]);
     },
     async drop(client) {
       await client.query(`DROP TABLE IF EXISTS ${d.ids}, ${d.slots}`);

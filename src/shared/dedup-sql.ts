@@ -57,8 +57,9 @@ export function dedupShape(schema: string, stream: StreamDefinition): DedupShape
 /**
  * `CREATE OR REPLACE FUNCTION` of the stream's claim function, or null when the stream has no dedup key.
  *
- * `claim_keys` are the batch's keys in row order; `maybe_keys` the keys that hit one of the filters the worker
- * checked, and `covered` the lower bounds of the partitions whose filters those were (both null: no filter,
+ * `claim_keys` are the batch's keys in row order; `covered` the lower bounds of the partitions whose filters
+ * the worker checked, and `maybe_keys` / `maybe_slots` each key that hit one of those filters with the
+ * 1-based position in `covered` of the filter it hit (a key may hit several). Null: no filter,
  * every older partition is probed with every key). Returns the 1-based positions of the rows whose id it did NOT
  * record (stored before, or a later copy within the batch).
  *
@@ -78,7 +79,9 @@ export function dedupClaimFunctionDdl(schema: string, stream: StreamDefinition):
   if (d === null) return null;
   const key = DEDUP_KEY_COLUMN;
   const at = DEDUP_STORED_AT_COLUMN;
-  return `CREATE OR REPLACE FUNCTION ${d.claim}(claim_keys uuid[], maybe_keys uuid[] DEFAULT NULL, covered timestamptz[] DEFAULT NULL)
+  return `CREATE OR REPLACE FUNCTION ${d.claim}(
+  claim_keys uuid[], maybe_keys uuid[] DEFAULT NULL, maybe_slots integer[] DEFAULT NULL, covered timestamptz[] DEFAULT NULL
+)
 RETURNS SETOF integer
 LANGUAGE plpgsql AS $claim$
 DECLARE
@@ -90,6 +93,8 @@ DECLARE
   probe_before timestamptz;
   found_keys uuid[] := '{}';
   probe_found uuid[];
+  probe_keys uuid[];
+  covered_at integer;
   probe_part text;
   probe_lower timestamptz;
   prev_held uuid[];
@@ -112,9 +117,11 @@ BEGIN
   -- Older partitions: a covered one (its filter was checked by the worker) only for the keys that hit it.
   FOR probe_part, probe_lower IN SELECT s.part, s.lower FROM ${d.slots} s WHERE s.lower < probe_before ORDER BY s.lower LOOP
     probe_found := NULL;
-    IF probe_lower = ANY(covered) THEN
-      IF cardinality(maybe_keys) > 0 THEN
-        EXECUTE format('SELECT array_agg(i.${key}) FROM %s i WHERE i.${key} = ANY($1)', probe_part) INTO probe_found USING maybe_keys;
+    covered_at := array_position(covered, probe_lower);
+    IF covered_at IS NOT NULL THEN
+      SELECT array_agg(m.k) INTO probe_keys FROM unnest(maybe_keys, maybe_slots) AS m(k, s) WHERE m.s = covered_at;
+      IF probe_keys IS NOT NULL THEN
+        EXECUTE format('SELECT array_agg(i.${key}) FROM %s i WHERE i.${key} = ANY($1)', probe_part) INTO probe_found USING probe_keys;
       END IF;
     ELSE
       EXECUTE format('SELECT array_agg(i.${key}) FROM %s i WHERE i.${key} = ANY($1)', probe_part) INTO probe_found USING claim_keys;

@@ -6,7 +6,7 @@ import type pg from "pg";
 import { ensureMonthPartitions, SCHEMA_LOCK_KEY } from "./partitions";
 import type { ColumnType, StreamDefinition } from "../shared/stream-definition";
 import { BATCHES_TABLE, DEAD_LETTERS_TABLE, qualifiedName, quoteIdent } from "../shared/sql-identifiers";
-import { dedupClaimFunctionDdl } from "../shared/dedup-sql";
+import { dedupClaimFunction, dedupClaimFunctionDdl } from "../shared/dedup-sql";
 import { dedupStateDdl, ensureDedupSlots, migrateLegacyIds, renameLegacyIdTable } from "./dedup-partitions";
 import {
   BOOKKEEPING_TABLES,
@@ -123,7 +123,13 @@ export async function ensureSchema(
       await ensureDedupSlots(client, schema, stream, retention.dedupWindowHours, at);
       if (legacy) await migrateLegacyIds(client, schema, stream, at);
       // The function workers claim a batch's ids with (workers/commit/commit-targets.ts); replaced at every
-      // start so an upgraded daemon brings its own version.
+      // start so an upgraded daemon brings its own version (an earlier version's other signature goes).
+      const { rows: claims } = await client.query<{ fn: string }>(
+        `SELECT p.oid::regprocedure::text AS fn FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+          WHERE n.nspname = $1 AND p.proname = $2 AND p.pronargs <> 4`,
+        [schema, dedupClaimFunction(stream.table)],
+      );
+      for (const { fn } of claims) await client.query(`DROP FUNCTION ${fn}`);
       await client.query(dedupClaimFunctionDdl(schema, stream)!);
     }
     const legacy = [];

@@ -20,8 +20,8 @@ import {
 
 export interface DedupSql {
   /**
-   * `$1` keys in row order, `$2` the keys that hit a checked filter and `$3` the lower bounds of the
-   * partitions whose filters were checked (both null without filters): returns `n`, the 1-based position of each row it did NOT
+   * `$1` keys in row order, `$2` the keys that hit a checked filter, `$3` which filter each hit (1-based in
+   * `$4`), `$4` the lower bounds of the partitions whose filters were checked (all null without filters): returns `n`, the 1-based position of each row it did NOT
    * record (a duplicate, or a later copy of an id in the batch). Usually none, so the worker parses no result
    * row per stored row.
    */
@@ -44,7 +44,7 @@ export function commitTarget(schema: string, stream: StreamDefinition, order: nu
   const copySql = copyStatement(schema, stream.table, stream.columns.map((c) => c.name));
   const d = dedup ? dedupShape(schema, stream) : null;
   if (d === null) return { stream: stream.name, order, copySql, dedup: null };
-  const claim = `SELECT n FROM ${d.claim}($1::uuid[], $2::uuid[], $3::timestamptz[]) AS n`;
+  const claim = `SELECT n FROM ${d.claim}($1::uuid[], $2::uuid[], $3::integer[], $4::timestamptz[]) AS n`;
   // This transaction's claim wrote its ids at most the grace period before the current slot's start, no
   // earlier than its own start minus that: the bound keeps the DELETE to the newest partitions.
   const at = quoteIdent(DEDUP_STORED_AT_COLUMN);

@@ -192,7 +192,7 @@ export class GroupCommitter {
     const dedup = target.dedup!;
     await dedup.filters.refresh(client);
     const checked = dedup.filters.check(part.keys);
-    return client.query<{ n: number }>(dedup.claim, [part.keys, checked.maybe, checked.covered]);
+    return client.query<{ n: number }>(dedup.claim, [part.keys, checked.maybe, checked.slots, checked.covered]);
   }
 
   /** One transaction for the batch; returns each member's part outcomes. */

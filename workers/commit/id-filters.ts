@@ -11,8 +11,10 @@ import { now } from "../../src/shared/clock";
 const REFRESH_MS = 30_000;
 
 export interface FilterCheck {
-  /** Keys that hit at least one filter (null without filters). */
+  /** Each key that hit a filter, once per filter it hit (null without filters). */
   maybe: string[] | null;
+  /** The 1-based position in `covered` of the filter each `maybe` key hit. */
+  slots: number[] | null;
   /** Lower bounds (ISO-8601) of the partitions whose filters were checked (null without filters). */
   covered: string[] | null;
 }
@@ -52,8 +54,9 @@ export class IdFilters {
   }
 
   check(keys: readonly string[]): FilterCheck {
-    if (this.filters.length === 0) return { maybe: null, covered: null };
+    if (this.filters.length === 0) return { maybe: null, slots: null, covered: null };
     const maybe: string[] = [];
+    const slots: number[] = [];
     const filters = this.filters;
     const h = this.h;
     for (let i = 0; i < keys.length; i++) {
@@ -61,10 +64,10 @@ export class IdFilters {
       for (let f = 0; f < filters.length; f++) {
         if (filters[f].hasHashed(h)) {
           maybe.push(keys[i]);
-          break;
+          slots.push(f + 1);
         }
       }
     }
-    return { maybe, covered: this.lowers };
+    return { maybe, slots, covered: this.lowers };
   }
 }
