@@ -31,6 +31,11 @@ const IDS = Number(process.env.IDS ?? 20_000_000);
 const BATCHES = Number(process.env.BATCHES ?? 300);
 const WARM_BATCHES = Number(process.env.WARM_BATCHES ?? 40);
 const BATCH = 5000;
+/**
+ * LATE_IN_SLOT=1: measure as at the end of a slot, the current partition already holding a full slot's share of
+ * the ids (an eighth of IDS) instead of the share of the time since the slot began.
+ */
+const LATE_IN_SLOT = process.env.LATE_IN_SLOT === "1";
 const SCHEMA = "idcost";
 /** CPU the bench process spent checking filters, as a worker would (slots-filtered). */
 let workerCheckSeconds = 0;
@@ -38,6 +43,7 @@ let workerCheckSeconds = 0;
 interface Measured {
   candidate: string;
   ids_remembered: number;
+  late_in_slot?: boolean;
   kind: string;
   backend_us_per_id: number;
   postgres_us_per_id: number;
@@ -104,7 +110,16 @@ function slots(name: string, filtered: boolean): Candidate {
     async prepare(client, url) {
       await client.query(`DROP TABLE IF EXISTS ${d.ids}, ${d.slots}`);
       await ensureSchema(client, SCHEMA, [stream]);
-      await prefillIdState(url, SCHEMA, stream, IDS, "uuidv4");
+      const late = LATE_IN_SLOT ? Math.round(IDS / 8) : 0;
+      await prefillIdState(url, SCHEMA, stream, IDS - late, "uuidv4");
+      if (late > 0) {
+        const cur = await client.query<{ part: string }>(`SELECT part FROM ${d.slots} WHERE lower <= now() AND now() < upper`);
+        await client.query(
+          `INSERT INTO ${cur.rows[0].part} (id_key, stored_at) SELECT k, now() FROM (SELECT gen_random_uuid() AS k FROM generate_series(1, $1)) s ORDER BY k`,
+          [late],
+        );
+        await client.query(`VACUUM (ANALYZE) ${cur.rows[0].part}`);
+      }
     },
     async claim(client, ids) {
       const keys = ids.map(dedupKey);
@@ -161,6 +176,7 @@ async function measure(client: pg.Client, candidate: Candidate, kind: "uuidv4" |
   return {
     candidate: candidate.name,
     ids_remembered: IDS,
+    ...(LATE_IN_SLOT ? { late_in_slot: true } : {}),
     kind,
     backend_us_per_id: +(((processCpuSeconds(backendPid)! - backend0) * 1e6) / ids).toFixed(2),
     postgres_us_per_id: +(((treeCpuSeconds(postmasterPid)! - pg0) * 1e6) / ids).toFixed(2),
