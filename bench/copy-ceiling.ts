@@ -10,6 +10,7 @@ import { once } from "node:events";
 import { performance } from "node:perf_hooks";
 import pg from "pg";
 import { from as copyFrom } from "pg-copy-streams";
+import { dedupKey } from "../src/shared/dedup-key";
 import { copyStatement } from "../src/shared/sql-identifiers";
 import { commitTarget } from "../workers/commit/commit-targets";
 import { compileRowEncoder } from "../workers/records/row-encoder";
@@ -137,12 +138,12 @@ export async function measureCopyCeiling(
     const rows = Math.min(totalRows, commitSqlOptions.rows);
     const target = commitTarget(schema, stream, 0, dedup);
     const batches = chunk(prepared.rows.slice(0, rows), batchSize);
-    // Each batch's ids and times, as a worker sends them to claim the ids before its COPY.
+    // Each batch's id-state keys, as a worker sends them to claim the ids before its COPY.
     const claims = new Map<Buffer, unknown[]>();
     batches.forEach((b, k) => {
       const from = k * batchSize;
       const to = Math.min(rows, from + batchSize);
-      claims.set(b, [prepared.keys.slice(from, to), prepared.times.slice(from, to)]);
+      claims.set(b, [prepared.keys.slice(from, to).map(dedupKey), null, null, null]);
     });
     const batchBytes = batches.reduce((a, c) => a + c.length, 0);
     const run = await timedRun(db, schema, n, batches, batchBytes, rows, cores, async (client, share) => {

@@ -10,6 +10,7 @@ import os from "node:os";
 import path from "node:path";
 import { after, describe, test } from "node:test";
 import pg from "pg";
+import { dedupKey } from "../src/shared/dedup-key";
 import { useDaemon } from "./fixture";
 import { ROOT, event, openWs, post, type Daemon } from "./harness";
 
@@ -104,7 +105,8 @@ describe("the same 10,000 event ids sent three times", () => {
     assert.equal(sum(answers, "duplicates"), 10_000);
 
     assert.deepEqual(await countEvents("dd-"), { rows: 10_000, distinct: 10_000 });
-    const dedup = await fx.db.query(`SELECT count(*)::int AS n FROM events_dedup WHERE event_id LIKE 'dd-%'`);
+    // The id state holds each id's key once (src/shared/dedup-key.ts).
+    const dedup = await fx.db.query(`SELECT count(*)::int AS n FROM events_dedup WHERE id_key = ANY($1::uuid[])`, [ids.map(dedupKey)]);
     assert.equal(dedup.rows[0].n, 10_000);
     // The batch outcomes agree with the answers.
     const batches = await fx.db.query(`SELECT sum(accepted)::int AS accepted, sum(duplicates)::int AS duplicates FROM ingest_batches WHERE batch_id = ANY($1)`, [answers.map((a) => a.batch_id)]);
@@ -196,7 +198,19 @@ describe("two daemons started at once on one empty database", () => {
     const parts = await fresh.query(
       `SELECT p.relname AS parent, count(*)::int AS n FROM pg_inherits i JOIN pg_class p ON p.oid = i.inhparent WHERE p.relkind = 'p' GROUP BY 1 ORDER BY 1`,
     );
-    assert.deepEqual(parts.rows, [{ parent: "events", n: 3 }, { parent: "logs", n: 3 }, { parent: "product_events", n: 3 }], "this month, next month and default, once each");
+    assert.deepEqual(
+      parts.rows,
+      [
+        { parent: "events", n: 3 },
+        { parent: "events_dedup", n: 3 },
+        { parent: "ingest_batches", n: 4 },
+        { parent: "ingest_dead_letters", n: 4 },
+        { parent: "logs", n: 3 },
+        { parent: "product_events", n: 3 },
+        { parent: "product_events_dedup", n: 3 },
+      ],
+      "events: this month, next month and default; id state: this slot and two ahead; bookkeeping: today, two days ahead and default; once each",
+    );
 
     // Each daemon gets its own ids and the shared ones, all at once.
     const own = (p: string) => Array.from({ length: 2000 }, (_, i) => event(`${p}-${i}`));

@@ -223,10 +223,11 @@ describe("dropPartitionsOlderThan", () => {
     await assert.rejects(dropPartitionsOlderThan(client, "public", streams, 0), /retention/, "0 months (which would drop this month) is refused");
   });
 
-  test("an id whose partition was dropped is new again; an id still stored in the default partition stays a duplicate", async () => {
-    // old-0 was dropped with its partition: its id is forgotten with it.
+  test("ids are remembered by their own window, not by the event partitions: a dropped event's id first stored minutes ago stays a duplicate", async () => {
+    // old-0 was dropped with its partition, but its id was first stored within the deduplication window
+    // (docs/storage.md#deduplication): a producer's retry is still a duplicate.
     const revived = await sendEvents([event("old-0", { timestamp: at(rel(-14), DAY) })]);
-    assert.deepEqual([revived.accepted, revived.duplicates], [1, 0]);
+    assert.deepEqual([revived.accepted, revived.duplicates], [0, 1]);
     // pt-far-past (2001) is older than every cutoff above but still stored in events_default: a producer's
     // retry must not store it twice.
     const retried = await sendEvents([event("pt-far-past", { timestamp: "2001-09-09T01:46:40Z" })]);

@@ -83,7 +83,7 @@ export async function startServer(config: IngestdConfig, log: Logger): Promise<R
 
   const schemaClient = await connectWithRetry(databaseUrl, log, 30_000);
   try {
-    await ensureSchema(schemaClient, config.dbSchema, streams);
+    await ensureSchema(schemaClient, config.dbSchema, streams, new Date(), config);
   } finally {
     await schemaClient.end().catch(() => undefined);
   }

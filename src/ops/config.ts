@@ -60,6 +60,15 @@ export interface IngestdConfig {
   latencyIntervalMs: Int & tags.Minimum<100>;
   /** Months of event partitions to keep; null keeps everything (retention off). */
   retentionMonths: (Int & tags.Minimum<1> & tags.Maximum<1200>) | null;
+  /**
+   * Hours an id is remembered for deduplication after it was first stored (docs/storage.md#deduplication);
+   * the id state holds about this long's ids, whatever the tables' retention.
+   */
+  dedupWindowHours: Int & tags.Minimum<1> & tags.Maximum<8760>;
+  /** Days of `ingest_batches` rows (batch status answers) kept; dropped by day partition. */
+  batchesRetentionDays: Int & tags.Minimum<1> & tags.Maximum<3650>;
+  /** Days of `ingest_dead_letters` rows kept; dropped by day partition. */
+  deadLettersRetentionDays: Int & tags.Minimum<1> & tags.Maximum<3650>;
   /** How often partitions are created ahead and retention applied. */
   partitionCheckMinutes: Int & tags.Minimum<1> & tags.Maximum<1440>;
   /**
@@ -107,6 +116,9 @@ const ENV_OVERRIDES: ReadonlyArray<[env: string, path: string, kind: EnvKind]> =
   ["WS_WINDOW", "ws.window", "int"],
   ["WS_MAX_FRAME_BYTES", "ws.maxFrameBytes", "int"],
   ["RETENTION_MONTHS", "retentionMonths", "int"],
+  ["DEDUP_WINDOW_HOURS", "dedupWindowHours", "int"],
+  ["BATCHES_RETENTION_DAYS", "batchesRetentionDays", "int"],
+  ["DEAD_LETTERS_RETENTION_DAYS", "deadLettersRetentionDays", "int"],
 ];
 
 export const DEFAULT_CONFIG_PATH = path.resolve(__dirname, "../../../config/ingestd.json");

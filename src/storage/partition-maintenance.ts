@@ -3,6 +3,8 @@ import type { Logger } from "../ops/logger";
 import type { StreamDefinition } from "../shared/stream-definition";
 import type { Database } from "./database";
 import { dropPartitionsOlderThan, ensureMonthPartitions } from "./partitions";
+import { maintainDedupState } from "./dedup-partitions";
+import { maintainBookkeeping } from "./bookkeeping-partitions";
 
 /**
  * Creates next month's partitions well before the boundary and applies retention, on a timer. A missed
@@ -26,6 +28,18 @@ export function startPartitionMaintenance(db: Database, config: IngestdConfig, s
         const dropped = await dropPartitionsOlderThan(client, config.dbSchema, streams, config.retentionMonths);
         if (dropped.length > 0) log.info({ dropped, retention_months: config.retentionMonths }, "partitions dropped by retention");
       }
+      const own = await maintainBookkeeping(client, config.dbSchema, config);
+      if (own.created.length > 0) log.info({ created: own.created }, "bookkeeping partitions created");
+      if (own.dropped.length > 0) {
+        log.info(
+          { dropped: own.dropped, batches_days: config.batchesRetentionDays, dead_letters_days: config.deadLettersRetentionDays },
+          "bookkeeping partitions dropped by retention",
+        );
+      }
+      const ids = await maintainDedupState(client, config.dbSchema, streams, config.dedupWindowHours);
+      if (ids.created.length > 0) log.info({ created: ids.created }, "id-state partitions created");
+      if (ids.filtered.length > 0) log.info({ filtered: ids.filtered }, "id-state filters built for sealed partitions");
+      if (ids.dropped.length > 0) log.info({ dropped: ids.dropped, window_hours: config.dedupWindowHours }, "id-state partitions dropped past the window");
     } catch (err) {
       log.error({ err: (err as Error).message }, "partition maintenance failed");
     } finally {

@@ -5,7 +5,7 @@
  */
 import type pg from "pg";
 import type { StreamDefinition } from "../shared/stream-definition";
-import { dedupTable, qualifiedName, quoteIdent } from "../shared/sql-identifiers";
+import { qualifiedName, quoteIdent } from "../shared/sql-identifiers";
 
 /**
  * Key of the advisory lock serialising schema and partition changes across daemons (arbitrary, fixed).
@@ -62,7 +62,8 @@ export interface PartitionInfo {
   rows: number;
 }
 
-async function locked<T>(client: pg.ClientBase, work: () => Promise<T>): Promise<T> {
+/** Runs `work` in a transaction holding the schema advisory lock. */
+export async function locked<T>(client: pg.ClientBase, work: () => Promise<T>): Promise<T> {
   await client.query("BEGIN");
   try {
     await client.query("SELECT pg_advisory_xact_lock($1)", [SCHEMA_LOCK_KEY]);
@@ -131,7 +132,7 @@ export async function createPartitions(client: pg.ClientBase, schema: string, st
 
 /**
  * Drops monthly partitions that end before the start of the month `months` before `at`'s month. The
- * current month's partition is never dropped; the dedup ids of dropped events go with them.
+ * current month's partition is never dropped. (Deduplication forgets ids by its own window: src/storage/dedup-partitions.ts.)
  */
 export async function dropPartitionsOlderThan(client: pg.ClientBase, schema: string, streams: readonly StreamDefinition[], months: number, at = new Date()): Promise<string[]> {
   if (!Number.isInteger(months) || months < 1) throw new Error(`retention must be a whole number of months >= 1, got ${months}`);
@@ -146,17 +147,6 @@ export async function dropPartitionsOlderThan(client: pg.ClientBase, schema: str
         if (Number(match[1]) * 12 + Number(match[2]) >= cutoffIndex) continue;
         await client.query(`DROP TABLE ${qualifiedName(schema, name)}`);
         dropped.push(name);
-      }
-      if (stream.dedupKey && stream.timeColumn) {
-        // Forget the ids of the events dropped with their partitions, but not of old events still stored (in
-        // the default partition): a producer's retry of one of those must stay a duplicate.
-        const key = quoteIdent(stream.dedupKey);
-        const time = quoteIdent(stream.timeColumn);
-        const before = `'${monthStart(cutoff)}'`;
-        await client.query(
-          `DELETE FROM ${qualifiedName(schema, dedupTable(stream.table))} d WHERE d.${time} < ${before}
-             AND NOT EXISTS (SELECT 1 FROM ${qualifiedName(schema, stream.table)} e WHERE e.${time} < ${before} AND e.${key} = d.${key})`,
-        );
       }
     }
     return dropped;

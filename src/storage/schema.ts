@@ -5,14 +5,17 @@
 import type pg from "pg";
 import { ensureMonthPartitions, SCHEMA_LOCK_KEY } from "./partitions";
 import type { ColumnType, StreamDefinition } from "../shared/stream-definition";
+import { BATCHES_TABLE, DEAD_LETTERS_TABLE, qualifiedName, quoteIdent } from "../shared/sql-identifiers";
+import { dedupClaimFunction, dedupClaimFunctionDdl } from "../shared/dedup-sql";
+import { dedupStateDdl, ensureDedupSlots, migrateLegacyIds, renameLegacyIdTable } from "./dedup-partitions";
 import {
-  BATCHES_TABLE,
-  DEAD_LETTERS_TABLE,
-  dedupTable,
-  qualifiedName,
-  quoteIdent,
-} from "../shared/sql-identifiers";
-import { dedupClaimFunctionDdl } from "../shared/dedup-sql";
+  BOOKKEEPING_TABLES,
+  ensureDayPartitions,
+  migrateLegacyRows,
+  renameLegacyTable,
+  retentionDays,
+  type BookkeepingRetention,
+} from "./bookkeeping-partitions";
 
 const SQL_TYPES: Record<ColumnType, string> = {
   text: "text",
@@ -51,17 +54,8 @@ export function streamTableDdl(schema: string, stream: StreamDefinition, all: re
   for (const index of stream.indexes) {
     ddl.push(`CREATE INDEX IF NOT EXISTS ${indexName(stream.table, index)} ON ${table} (${index.map(quoteIdent).join(", ")})`);
   }
-  if (stream.dedupKey) {
-    const key = stream.columns.find((c) => c.name === stream.dedupKey);
-    if (!key) throw new Error(`stream ${stream.name}: dedupKey ${stream.dedupKey} is not a column`);
-    // Nullable: an id whose event time PostgreSQL could not read is still recorded (see group-commit.ts).
-    const time = stream.timeColumn ? `, ${quoteIdent(stream.timeColumn)} timestamptz` : "";
-    ddl.push(
-      `CREATE TABLE IF NOT EXISTS ${qualifiedName(schema, dedupTable(stream.table))} (${quoteIdent(key.name)} ${SQL_TYPES[key.type]} PRIMARY KEY${time})`,
-    );
-    // The function workers claim a batch's ids with (workers/commit/commit-targets.ts); replaced at every start so
-    // an upgraded daemon brings its own version.
-    ddl.push(dedupClaimFunctionDdl(schema, stream)!);
+  if (stream.dedupKey && !stream.columns.some((c) => c.name === stream.dedupKey)) {
+    throw new Error(`stream ${stream.name}: dedupKey ${stream.dedupKey} is not a column`);
   }
   return ddl;
 }
@@ -81,11 +75,12 @@ export function bookkeepingDdl(schema: string): string[] {
   "duplicates" integer NOT NULL,
   "created_at" timestamptz NOT NULL,
   "committed_at" timestamptz NOT NULL
-)`,
+) PARTITION BY RANGE ("committed_at")`,
+    `CREATE TABLE IF NOT EXISTS ${qualifiedName(schema, `${BATCHES_TABLE}_default`)} PARTITION OF ${batches} DEFAULT`,
     `CREATE INDEX IF NOT EXISTS "ingest_batches_batch_id_idx" ON ${batches} ("batch_id", "committed_at")`,
     `CREATE INDEX IF NOT EXISTS "ingest_batches_request_id_idx" ON ${batches} ("request_id")`,
     `CREATE TABLE IF NOT EXISTS ${dead} (
-  "id" bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+  "id" bigint GENERATED ALWAYS AS IDENTITY,
   "stream" text NOT NULL,
   "source" text NOT NULL,
   "batch_id" text,
@@ -93,22 +88,55 @@ export function bookkeepingDdl(schema: string): string[] {
   "line" integer,
   "raw" text NOT NULL,
   "errors" jsonb NOT NULL,
-  "received_at" timestamptz NOT NULL
-)`,
+  "received_at" timestamptz NOT NULL,
+  PRIMARY KEY ("id", "received_at")
+) PARTITION BY RANGE ("received_at")`,
+    `CREATE TABLE IF NOT EXISTS ${qualifiedName(schema, `${DEAD_LETTERS_TABLE}_default`)} PARTITION OF ${dead} DEFAULT`,
     `CREATE INDEX IF NOT EXISTS "ingest_dead_letters_stream_received_at_idx" ON ${dead} ("stream", "received_at")`,
   ];
 }
 
-/** Creates everything the daemon writes to, plus this month's and next month's partitions. */
-export async function ensureSchema(client: pg.ClientBase, schema: string, streams: readonly StreamDefinition[], at = new Date()): Promise<void> {
+/** Defaults of the retention settings (src/ops/config.ts), for callers without a configuration. */
+export const DEFAULT_DEDUP_WINDOW_HOURS = 168;
+export const DEFAULT_RETENTION: SchemaRetention = { dedupWindowHours: DEFAULT_DEDUP_WINDOW_HOURS, batchesRetentionDays: 7, deadLettersRetentionDays: 30 };
+
+export interface SchemaRetention extends BookkeepingRetention {
+  dedupWindowHours: number;
+}
+
+/**
+ * Creates everything the daemon writes to, plus this month's and next month's partitions and the id state's
+ * partitions of the window's current slots. An id table of the shape before the window is migrated.
+ */
+export async function ensureSchema(
+  client: pg.ClientBase, schema: string, streams: readonly StreamDefinition[], at = new Date(), retention: SchemaRetention = DEFAULT_RETENTION,
+): Promise<void> {
   await client.query("BEGIN");
   try {
     await client.query("SELECT pg_advisory_xact_lock($1)", [SCHEMA_LOCK_KEY]);
     await client.query(`CREATE SCHEMA IF NOT EXISTS ${quoteIdent(schema)}`);
     for (const stream of streams) {
       for (const statement of streamTableDdl(schema, stream, streams)) await client.query(statement);
+      if (!stream.dedupKey) continue;
+      const legacy = await renameLegacyIdTable(client, schema, stream);
+      for (const statement of dedupStateDdl(schema, stream)) await client.query(statement);
+      await ensureDedupSlots(client, schema, stream, retention.dedupWindowHours, at);
+      if (legacy) await migrateLegacyIds(client, schema, stream, at);
+      // The function workers claim a batch's ids with (workers/commit/commit-targets.ts); replaced at every
+      // start so an upgraded daemon brings its own version (an earlier version's other signature goes).
+      const { rows: claims } = await client.query<{ fn: string }>(
+        `SELECT p.oid::regprocedure::text AS fn FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+          WHERE n.nspname = $1 AND p.proname = $2 AND p.pronargs <> 4`,
+        [schema, dedupClaimFunction(stream.table)],
+      );
+      for (const { fn } of claims) await client.query(`DROP FUNCTION ${fn}`);
+      await client.query(dedupClaimFunctionDdl(schema, stream)!);
     }
+    const legacy = [];
+    for (const t of BOOKKEEPING_TABLES) if (await renameLegacyTable(client, schema, t)) legacy.push(t);
     for (const statement of bookkeepingDdl(schema)) await client.query(statement);
+    for (const t of BOOKKEEPING_TABLES) await ensureDayPartitions(client, schema, t, at);
+    for (const t of legacy) await migrateLegacyRows(client, schema, t, retentionDays(t, retention), at);
     await client.query("COMMIT");
   } catch (err) {
     await client.query("ROLLBACK").catch(() => undefined);

@@ -1,32 +1,35 @@
 /**
  * The SQL each stream's rows are committed with, built once per worker from the stream definitions.
- * Every stream COPYs straight into its table. A deduplicating stream first records the batch's ids in its
- * `<table>_dedup` table (primary key on the id) through its claim function (src/shared/dedup-sql.ts), and
- * only the rows whose id that call recorded are copied. The unique index makes concurrent batches of other
- * workers (and other daemons) agree on who stored an id; within one batch the first occurrence wins.
+ * Every stream COPYs straight into its table. A deduplicating stream first records the batch's ids in its id
+ * state (`<table>_dedup`, partitioned by the time ids were first stored) through its claim function
+ * (src/shared/dedup-sql.ts), and only the rows whose id that call recorded are copied. A unique index makes
+ * concurrent batches of other workers (and other daemons) agree on who stored an id; within one batch the
+ * first occurrence wins. See docs/storage.md#deduplication.
  */
-import { dedupClaimFunction, dedupShape } from "../../src/shared/dedup-sql";
+import { DEDUP_GRACE_SECONDS, DEDUP_KEY_COLUMN, DEDUP_STORED_AT_COLUMN, dedupShape } from "../../src/shared/dedup-sql";
 import type { StreamDefinition } from "../../src/shared/stream-definition";
+import { IdFilters } from "./id-filters";
 import {
   BATCHES_TABLE,
   BATCH_COLUMNS,
   DEAD_LETTERS_TABLE,
   DEAD_LETTER_COLUMNS,
   copyStatement,
-  qualifiedName,
+  quoteIdent,
 } from "../../src/shared/sql-identifiers";
 
 export interface DedupSql {
   /**
-   * `$1` ids, `$2` event times (when the stream has a time column), in row order: returns `n`, the
-   * 1-based position of each row it did NOT record (a duplicate, or a later copy of an id in the batch).
-   * Usually none, so the worker parses no result row per stored row.
+   * `$1` keys in row order, `$2` the keys that hit a checked filter, `$3` which filter each hit (1-based in
+   * `$4`), `$4` the lower bounds of the partitions whose filters were checked (all null without filters): returns `n`, the 1-based position of each row it did NOT
+   * record (a duplicate, or a later copy of an id in the batch). Usually none, so the worker parses no result
+   * row per stored row.
    */
   claim: string;
-  /** `$1` ids: forgets ids whose rows PostgreSQL refused after all (row isolation). */
+  /** `$1` keys: forgets ids whose rows PostgreSQL refused after all (row isolation), in the same transaction. */
   release: string;
-  /** The time column's values are sent along so retention can forget old ids. */
-  withTime: boolean;
+  /** This worker's copy of the sealed partitions' filters. */
+  filters: IdFilters;
 }
 
 export interface CommitTarget {
@@ -41,12 +44,13 @@ export function commitTarget(schema: string, stream: StreamDefinition, order: nu
   const copySql = copyStatement(schema, stream.table, stream.columns.map((c) => c.name));
   const d = dedup ? dedupShape(schema, stream) : null;
   if (d === null) return { stream: stream.name, order, copySql, dedup: null };
-  const fn = qualifiedName(schema, dedupClaimFunction(stream.table));
-  const claim = d.withTime
-    ? `SELECT n FROM ${fn}($1::${d.keyArray}, $2::timestamptz[]) AS n`
-    : `SELECT n FROM ${fn}($1::${d.keyArray}) AS n`;
-  const release = `DELETE FROM ${d.ids} WHERE ${d.key} = ANY($1::${d.keyArray})`;
-  return { stream: stream.name, order, copySql, dedup: { claim, release, withTime: d.withTime } };
+  const claim = `SELECT n FROM ${d.claim}($1::uuid[], $2::uuid[], $3::integer[], $4::timestamptz[]) AS n`;
+  // This transaction's claim wrote its ids at most the grace period before the current slot's start, no
+  // earlier than its own start minus that: the bound keeps the DELETE to the newest partitions.
+  const at = quoteIdent(DEDUP_STORED_AT_COLUMN);
+  const release = `DELETE FROM ${d.ids} WHERE ${quoteIdent(DEDUP_KEY_COLUMN)} = ANY($1::uuid[])
+    AND ${at} >= now() - interval '${DEDUP_GRACE_SECONDS + 1} seconds'`;
+  return { stream: stream.name, order, copySql, dedup: { claim, release, filters: new IdFilters(d.slots) } };
 }
 
 /** Every stream's target, in config/streams order (the index a compiled stream's `order` gives). */

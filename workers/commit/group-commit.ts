@@ -33,15 +33,13 @@ export interface PartWork {
   target: CommitTarget;
   /** COPY text rows, each ending in a newline. */
   rows: string[];
-  /** Deduplicating targets: each row's id and event time (ISO-8601), as sent to the id table. */
+  /** Deduplicating targets: each row's id-state key (src/shared/dedup-key.ts). */
   keys?: string[];
-  times?: string[];
 }
 
 interface BatchPart {
   rows: string[];
   keys: string[];
-  times: string[];
 }
 
 /** What happened to one part's rows, by row position within the task's part. */
@@ -117,11 +115,10 @@ export class GroupCommitter {
     });
     for (const part of work.parts) {
       let into = batch.parts.get(part.target);
-      if (!into) batch.parts.set(part.target, (into = { rows: [], keys: [], times: [] }));
+      if (!into) batch.parts.set(part.target, (into = { rows: [], keys: [] }));
       member.offsets.push(into.rows.length);
       for (let i = 0; i < part.rows.length; i++) into.rows.push(part.rows[i]);
       if (part.keys) for (let i = 0; i < part.keys.length; i++) into.keys.push(part.keys[i]);
-      if (part.times) for (let i = 0; i < part.times.length; i++) into.times.push(part.times[i]);
       batch.rowCount += part.rows.length;
     }
     batch.bytes += work.bytes;
@@ -218,26 +215,14 @@ export class GroupCommitter {
   }
 
   /**
-   * Records the part's ids; returns the rows whose id was not new. An event time PostgreSQL cannot read (the
-   * validator's date-time format allows February 30th) fails the whole statement without naming a row, so
-   * when isolating, a failed claim is retried without times: the ids still deduplicate, the COPY that
-   * follows isolates the bad row, and its id is released again.
+   * Records the part's ids; returns the rows whose id was not new. The sealed partitions' filters spare
+   * PostgreSQL the probes of ids they certainly do not hold (commit/id-filters.ts).
    */
-  private async claim(client: pg.Client, target: CommitTarget, part: BatchPart, isolating: boolean): Promise<pg.QueryResult<{ n: number }>> {
+  private async claim(client: pg.Client, target: CommitTarget, part: BatchPart): Promise<pg.QueryResult<{ n: number }>> {
     const dedup = target.dedup!;
-    const params = dedup.withTime ? [part.keys, part.times] : [part.keys];
-    if (!isolating || !dedup.withTime) return client.query<{ n: number }>(dedup.claim, params);
-    await client.query("SAVEPOINT claim");
-    try {
-      const claimed = await client.query<{ n: number }>(dedup.claim, params);
-      await client.query("RELEASE SAVEPOINT claim");
-      return claimed;
-    } catch (err) {
-      if (!isRowError(err)) throw err;
-      await client.query("ROLLBACK TO SAVEPOINT claim");
-      await client.query("RELEASE SAVEPOINT claim");
-      return client.query<{ n: number }>(dedup.claim, [part.keys, part.times.map(() => null)]);
-    }
+    await dedup.filters.refresh(client);
+    const checked = dedup.filters.check(part.keys);
+    return client.query<{ n: number }>(dedup.claim, [part.keys, checked.maybe, checked.slots, checked.covered]);
   }
 
   /** One transaction for the batch; returns each member's part outcomes. */
@@ -254,7 +239,7 @@ export class GroupCommitter {
       let stored: Uint8Array | null = null;
       if (target.dedup !== null) {
         // Claim the ids first; only rows whose id this batch recorded are copied.
-        const claimed = await this.claim(client, target, part, isolating);
+        const claimed = await this.claim(client, target, part);
         stored = new Uint8Array(n).fill(1);
         for (const r of claimed.rows) stored[r.n - 1] = 0;
         if (claimed.rows.length > 0) {

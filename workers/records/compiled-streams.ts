@@ -1,10 +1,11 @@
 /**
  * The worker's table of streams, built once at thread start from config/streams: each stream's definition
  * (with its typia validator and line parser), its compiled row encoder, and for a deduplicating stream the
- * extractors of a row's id and event time.
+ * extractor of a row's id-state key.
  */
 import { dedupShape } from "../../src/shared/dedup-sql";
 import type { IValidation } from "typia";
+import { dedupKey } from "../../src/shared/dedup-key";
 import type { RowContext, StreamDefinition } from "../../src/shared/stream-definition";
 import { compileRowEncoder, type RowEncoder } from "./row-encoder";
 
@@ -18,9 +19,8 @@ export interface CompiledStream {
   /** The stream's validator: refusing unknown fields, or dropping them (`ignoreUnknownStreams`). */
   validate: (input: unknown) => IValidation<unknown>;
   encode: RowEncoder<unknown>;
-  /** Deduplicating streams: a row's id and event time as the id table stores them. */
+  /** Deduplicating streams: a row's key in the id state (src/shared/dedup-key.ts). */
   keyOf: RawColumn | null;
-  timeOf: RawColumn | null;
 }
 
 export interface StreamTable {
@@ -42,15 +42,14 @@ export function compileStreams(
   const byName = new Map<string, CompiledStream>();
   const byLinePrefix = new Map<string, CompiledStream>();
   definitions.forEach((definition, order) => {
-    // The stream's commit target claims ids, with or without times, by this same shape.
+    // The stream's commit target claims ids by this same shape.
     const shape = dedup.has(definition.name) ? dedupShape(schema, definition) : null;
     const stream: CompiledStream = {
       definition,
       order,
       validate: (ignoring.has(definition.name) ? definition.validateIgnoringUnknown : undefined) ?? definition.validate,
       encode: compileRowEncoder(definition),
-      keyOf: shape !== null ? rawColumn(definition, definition.dedupKey) : null,
-      timeOf: shape?.withTime ? rawColumn(definition, definition.timeColumn) : null,
+      keyOf: shape !== null ? keyColumn(definition) : null,
     };
     byName.set(definition.name, stream);
     if (definition.linePrefix) byLinePrefix.set(definition.linePrefix, stream);
@@ -59,14 +58,10 @@ export function compileStreams(
   return { byName, byLinePrefix, linePrefixes };
 }
 
-function rawColumn(definition: StreamDefinition, name: string | undefined): RawColumn | null {
-  const column = definition.columns.find((c) => c.name === name);
+function keyColumn(definition: StreamDefinition): RawColumn | null {
+  const column = definition.columns.find((c) => c.name === definition.dedupKey);
   if (!column) return null;
-  if (column.type === "timestamptz") {
-    return (record, ctx) => {
-      const v = column.value(record, ctx);
-      return typeof v === "number" ? new Date(v).toISOString() : String(v);
-    };
-  }
-  return (record, ctx) => String(column.value(record, ctx));
+  // A uuid column stores the value as PostgreSQL reads it, case aside.
+  if (column.type === "uuid") return (record, ctx) => dedupKey(String(column.value(record, ctx)).toLowerCase());
+  return (record, ctx) => dedupKey(String(column.value(record, ctx)));
 }

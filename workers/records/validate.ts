@@ -20,9 +20,8 @@ export interface StreamPart {
   recordIndex: number[];
   /** Each row's `recordId` (streams that report one), taken before the parsed records are let go. */
   ids: unknown[] | null;
-  /** Deduplicating streams: each row's id and event time for the id table; empty otherwise. */
+  /** Deduplicating streams: each row's id-state key (src/shared/dedup-key.ts); empty otherwise. */
   keys: string[];
-  times: string[];
 }
 
 export interface Rejection {
@@ -133,13 +132,12 @@ class RecordSorter {
   private addRow(stream: CompiledStream, row: string, record: unknown, index: number): void {
     let part = this.partOf.get(stream);
     if (part === undefined) {
-      part = { stream, rows: [], recordIndex: [], ids: stream.definition.recordId ? [] : null, keys: [], times: [] };
+      part = { stream, rows: [], recordIndex: [], ids: stream.definition.recordId ? [] : null, keys: [] };
       this.partOf.set(stream, part);
       this.parts.push(part);
     }
     part.rows.push(row);
     if (stream.keyOf !== null) part.keys.push(stream.keyOf(record, this.ctx));
-    if (stream.timeOf !== null) part.times.push(stream.timeOf(record, this.ctx));
     part.recordIndex.push(index);
     if (part.ids !== null) part.ids.push(stream.definition.recordId!(record));
     this.rowChars += row.length;

@@ -1,0 +1,108 @@
+/**
+ * A blocked Bloom filter over id-state keys (src/shared/dedup-key.ts): built once for each sealed partition of
+ * the id state by the partition maintenance, kept in PostgreSQL beside the partition, and checked by the
+ * workers so that only the ids that hit a filter are probed in that partition (docs/storage.md#deduplication).
+ * A miss is exact: the key is not in the partition. Each key sets PROBES bits of one 512-bit block (one cache
+ * line), so a check costs one memory access per filter.
+ */
+
+/** Bits of filter per key: about 1% false positives with PROBES bits in 512-bit blocks. */
+export const FILTER_BITS_PER_KEY = 12;
+const PROBES = 6;
+const BLOCK_WORDS = 16;
+
+function fmix32(h: number): number {
+  h ^= h >>> 16;
+  h = Math.imul(h, 0x85ebca6b);
+  h ^= h >>> 13;
+  h = Math.imul(h, 0xc2b2ae35);
+  return (h ^ (h >>> 16)) >>> 0;
+}
+
+/** The value of a lowercase hex digit's char code (canonical keys only hold 0-9 and a-f). */
+function hex(c: number): number {
+  return c <= 57 ? c - 48 : c - 87;
+}
+
+/** 32 bits of a canonical UUID from its 8 hex digits starting at `at`, skipping a hyphen. */
+function word(key: string, at: number): number {
+  let w = 0;
+  for (let i = at, n = 0; n < 8; i++) {
+    const c = key.charCodeAt(i);
+    if (c === 45) continue;
+    w = (w << 4) | hex(c);
+    n++;
+  }
+  return w;
+}
+
+/**
+ * The block and probe hashes of a key into `out` (3 words): all 128 bits are mixed, so structured ids spread
+ * too. Computed once per key, then checked against every filter with hasHashed.
+ */
+export function hashKey(key: string, out: Uint32Array): void {
+  // xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx
+  const h1 = fmix32(word(key, 0) ^ fmix32(word(key, 9) ^ fmix32(word(key, 19) ^ fmix32(word(key, 28) ^ 0x2545f491))));
+  out[0] = h1;
+  out[1] = fmix32(h1 ^ 0x9e3779b9);
+  out[2] = fmix32(out[1] + 0x6a09e667) | 1;
+}
+
+export class DedupFilter {
+  private readonly words: Uint32Array;
+  private readonly blocks: number;
+  private readonly h = new Uint32Array(3);
+
+  /** An empty filter for `keys` keys, or one read back from its bytes. */
+  constructor(keysOrBytes: number | Uint8Array) {
+    if (typeof keysOrBytes === "number") {
+      const blocks = Math.max(1, Math.ceil((keysOrBytes * FILTER_BITS_PER_KEY) / 512));
+      this.words = new Uint32Array(blocks * BLOCK_WORDS);
+    } else {
+      if (keysOrBytes.byteLength === 0 || keysOrBytes.byteLength % (BLOCK_WORDS * 4) !== 0) {
+        throw new Error(`a dedup filter is a whole number of 64-byte blocks, got ${keysOrBytes.byteLength} bytes`);
+      }
+      // Copied: the bytes of a query result need not be 4-byte aligned.
+      this.words = new Uint32Array(keysOrBytes.byteLength / 4);
+      new Uint8Array(this.words.buffer).set(keysOrBytes);
+    }
+    this.blocks = this.words.length / BLOCK_WORDS;
+  }
+
+  add(key: string): void {
+    hashKey(key, this.h);
+    const base = (this.h[0] % this.blocks) * BLOCK_WORDS;
+    let bit = this.h[1];
+    for (let i = 0; i < PROBES; i++) {
+      const b = bit & 511;
+      this.words[base + (b >>> 5)] |= 1 << (b & 31);
+      bit = (bit + this.h[2]) >>> 0;
+    }
+  }
+
+  /** False: the key is certainly not in the filter's partition. */
+  has(key: string): boolean {
+    hashKey(key, this.h);
+    return this.hasHashed(this.h);
+  }
+
+  /** has() for hashes from hashKey. */
+  hasHashed(h: Uint32Array): boolean {
+    const base = (h[0] % this.blocks) * BLOCK_WORDS;
+    let bit = h[1];
+    for (let i = 0; i < PROBES; i++) {
+      const b = bit & 511;
+      if ((this.words[base + (b >>> 5)] & (1 << (b & 31))) === 0) return false;
+      bit = (bit + h[2]) >>> 0;
+    }
+    return true;
+  }
+
+  bytes(): Uint8Array {
+    return new Uint8Array(this.words.buffer, this.words.byteOffset, this.words.byteLength);
+  }
+
+  get byteLength(): number {
+    return this.words.byteLength;
+  }
+}

@@ -1,0 +1,311 @@
+/**
+ * Deduplication with a window and the retention of ingestd's own tables (docs/storage.md#deduplication,
+ * docs/storage.md#retention-of-ingestds-own-tables): duplicates within a request, across requests, workers,
+ * daemons, a restart and the id state's partition boundaries (including two transactions racing across a
+ * boundary); an id older than the window is accepted again; retention drops whole partitions, never the
+ * current one; old-shape tables are migrated at start. Ids "stored long ago" are made by backdating: the test
+ * creates id-state partitions for past slots with SQL and puts keys in them, as the daemon would have then.
+ * Real daemons, real PostgreSQL; the rows that landed are counted.
+ */
+import assert from "node:assert/strict";
+import { before, describe, test } from "node:test";
+import pg from "pg";
+import { streams } from "../config/streams";
+import { dedupKey } from "../src/shared/dedup-key";
+import { DEDUP_GRACE_SECONDS, dedupClaimFunctionDdl, dedupShape } from "../src/shared/dedup-sql";
+import { dedupSlotSeconds, dedupStateDdl, ensureDedupHistory, maintainDedupState, dedupPartitionName } from "../src/storage/dedup-partitions";
+import { BOOKKEEPING_TABLES, ensureDayPartitions, maintainBookkeeping } from "../src/storage/bookkeeping-partitions";
+import { DedupFilter } from "../src/shared/dedup-filter";
+import crypto from "node:crypto";
+import { useTestDb } from "./fixture";
+import { event, post, waitFor, type Daemon } from "./harness";
+
+/** A database; the tests start their daemons (stopped in after()). */
+const fx = useTestDb();
+const eventsStream = streams.find((s) => s.name === "events")!;
+const HOUR = 3600_000;
+
+function daemon(env: Record<string, string> = {}, url = fx.db.url): Promise<Daemon> {
+  return fx.startDaemon({ databaseUrl: url, env });
+}
+
+async function send(d: Daemon, records: Record<string, unknown>[]): Promise<{ accepted: number; duplicates: number; rejected: number }> {
+  const res = await post(`${d.base}/v1/streams/events/events`, JSON.stringify(records));
+  assert.equal(res.status, 200, res.text);
+  return res.json;
+}
+
+async function stored(prefix: string, url = fx.db.url): Promise<{ rows: number; distinct: number }> {
+  return withClient(url, async (c) => {
+    const { rows } = await c.query(`SELECT count(*)::int AS rows, count(DISTINCT event_id)::int AS distinct FROM events WHERE event_id LIKE $1 || '%'`, [prefix]);
+    return rows[0];
+  });
+}
+
+async function withClient<T>(url: string, work: (c: pg.Client) => Promise<T>): Promise<T> {
+  const c = new pg.Client({ connectionString: url });
+  await c.connect();
+  try {
+    return await work(c);
+  } finally {
+    await c.end().catch(() => undefined);
+  }
+}
+
+let dbCounter = 0;
+async function freshDatabase(): Promise<string> {
+  const name = `dedup_window_${process.pid}_${++dbCounter}`;
+  await withClient(fx.db.server.url, (c) => c.query(`CREATE DATABASE ${name}`));
+  return fx.db.server.url.replace(/\/postgres$/, `/${name}`);
+}
+
+/**
+ * The partition of the slot that was current `hoursAgo` hours ago, created (as the daemon would have then)
+ * if missing; returns its qualified name. Slots older than the window are made by hand, the rest by
+ * ensureDedupHistory.
+ */
+async function pastSlot(c: pg.ClientBase, hoursAgo: number, windowHours = 168): Promise<string> {
+  const d = dedupShape("public", eventsStream)!;
+  const width = dedupSlotSeconds(windowHours) * 1000;
+  const lower = Math.floor((Date.now() - hoursAgo * HOUR) / width) * width;
+  await ensureDedupHistory(c, "public", eventsStream, windowHours);
+  const have = await c.query(`SELECT part FROM ${d.slots} WHERE lower = $1`, [new Date(lower).toISOString()]);
+  if (have.rowCount! > 0) return have.rows[0].part;
+  const part = `"public"."${dedupPartitionName(eventsStream.table, new Date(lower))}"`;
+  const from = new Date(lower).toISOString();
+  const to = new Date(lower + width).toISOString();
+  await c.query(`CREATE TABLE ${part} PARTITION OF ${d.ids} FOR VALUES FROM ('${from}') TO ('${to}')`);
+  await c.query(`CREATE UNIQUE INDEX ON ${part} (id_key)`);
+  await c.query(`INSERT INTO ${d.slots} (lower, upper, part) VALUES ($1, $2, $3)`, [from, to, part]);
+  return part;
+}
+
+/** Puts ids into a past slot's partition as if first stored then. */
+async function remember(c: pg.ClientBase, part: string, ids: string[]): Promise<void> {
+  const lower = (await c.query(`SELECT lower FROM ${dedupShape("public", eventsStream)!.slots} WHERE part = $1`, [part])).rows[0].lower;
+  await c.query(`INSERT INTO ${part} (id_key, stored_at) SELECT unnest($1::uuid[]), $2`, [ids.map(dedupKey), lower]);
+}
+
+describe("duplicates are found wherever the first copy came from", () => {
+  let d: Daemon;
+  before(async () => {
+    d = await daemon({ WORKERS: "2" });
+  });
+
+  test("within a request and across requests: the first copy is stored, the others are duplicates", async () => {
+    const first = await send(d, [event("w-req-1"), event("w-req-2"), event("w-req-1")]);
+    assert.deepEqual([first.accepted, first.duplicates], [2, 1]);
+    const again = await send(d, [event("w-req-2"), event("w-req-3")]);
+    assert.deepEqual([again.accepted, again.duplicates], [1, 1]);
+    assert.deepEqual(await stored("w-req-"), { rows: 3, distinct: 3 });
+  });
+
+  test("across the two workers: the same 2,000 ids sent in 40 concurrent requests are stored once", async () => {
+    const ids = Array.from({ length: 2000 }, (_, i) => `w-wk-${i}`);
+    const bodies = Array.from({ length: 40 }, (_, k) => ids.slice((k % 20) * 100, (k % 20) * 100 + 100).map((id) => event(id)));
+    const answers = await Promise.all(bodies.map((b) => send(d, b)));
+    assert.equal(answers.reduce((n, a) => n + a.accepted, 0), 2000);
+    assert.equal(answers.reduce((n, a) => n + a.duplicates, 0), 2000);
+    assert.deepEqual(await stored("w-wk-"), { rows: 2000, distinct: 2000 });
+  });
+
+  test("across two daemons on one database, and across a restart", async () => {
+    const other = await daemon();
+    const [a, b] = await Promise.all([send(d, [event("w-two-1"), event("w-two-2")]), send(other, [event("w-two-2"), event("w-two-1")])]);
+    assert.equal(a.accepted + b.accepted, 2);
+    assert.equal(a.duplicates + b.duplicates, 2);
+    await other.stop();
+    const restarted = await daemon();
+    const later = await send(restarted, [event("w-two-1"), event("w-req-3"), event("w-two-3")]);
+    assert.deepEqual([later.accepted, later.duplicates], [1, 2]);
+    await restarted.stop();
+    assert.deepEqual(await stored("w-two-"), { rows: 3, distinct: 3 });
+  });
+
+  test("across the id state's partitions: ids first stored 30 and 150 hours ago (sealed partitions, with filters) are duplicates", async () => {
+    await withClient(fx.db.url, async (c) => {
+      await remember(c, await pastSlot(c, 30), ["w-old-30"]);
+      await remember(c, await pastSlot(c, 150), ["w-old-150"]);
+    });
+    // A daemon started now builds the sealed partitions' filters; its workers load them.
+    const fresh = await daemon();
+    await waitFor("filters built", () => fresh.output.some((l) => l.includes("id-state filters built")), 20_000);
+    const filtered = await withClient(fx.db.url, (c) => c.query(`SELECT count(*)::int AS n FROM events_dedup_slots WHERE filter IS NOT NULL`));
+    assert.ok(filtered.rows[0].n >= 2, "the sealed partitions have filters");
+    // Many new ids in the same request: the filter lets them through, the two old ones hit and are probed.
+    const fresh1 = Array.from({ length: 500 }, (_, i) => event(`w-new-${i}`));
+    const answer = await send(fresh, [...fresh1, event("w-old-30"), event("w-old-150")]);
+    assert.deepEqual([answer.accepted, answer.duplicates], [500, 2]);
+    assert.deepEqual(await stored("w-old-"), { rows: 0, distinct: 0 });
+    await fresh.stop();
+  });
+});
+
+describe("the sealed partitions' filters", () => {
+  test("a filter never misses a key it holds, lets about 1% of others through, and survives its bytes", () => {
+    const held = Array.from({ length: 100_000 }, (_, i) => (i % 2 === 0 ? crypto.randomUUID() : dedupKey(`id-${i}`)));
+    const filter = new DedupFilter(held.length);
+    for (const k of held) filter.add(k);
+    const copy = new DedupFilter(Uint8Array.from(filter.bytes()));
+    assert.equal(held.filter((k) => !copy.has(k)).length, 0, "no false negative");
+    const others = Array.from({ length: 100_000 }, () => crypto.randomUUID());
+    const rate = others.filter((k) => copy.has(k)).length / others.length;
+    assert.ok(rate > 0 && rate < 0.03, `false-positive rate ${rate}`);
+    assert.throws(() => new DedupFilter(new Uint8Array(100)), /64-byte blocks/);
+  });
+});
+
+describe("the window", () => {
+  test("an id first stored more than the window ago is forgotten (its partition dropped) and accepted again", async () => {
+    const url = await freshDatabase();
+    const first = await daemon({ DEDUP_WINDOW_HOURS: "24" }, url);
+    assert.equal((await send(first, [event("win-kept")])).accepted, 1);
+    await first.stop();
+    const [expired, kept] = await withClient(url, async (c) => {
+      const expired = await pastSlot(c, 30, 24);
+      const kept = await pastSlot(c, 20, 24);
+      await remember(c, expired, ["win-expired"]);
+      await remember(c, kept, ["win-inside"]);
+      return [expired, kept];
+    });
+    const second = await daemon({ DEDUP_WINDOW_HOURS: "24" }, url);
+    await waitFor("expired partition dropped", () => second.output.some((l) => l.includes("dropped past the window")), 20_000);
+    const answer = await send(second, [event("win-expired"), event("win-inside"), event("win-kept")]);
+    assert.deepEqual([answer.accepted, answer.duplicates], [1, 2], "only the id older than the window is new again");
+    await withClient(url, async (c) => {
+      const tables = await c.query(`SELECT to_regclass($1) AS expired, to_regclass($2) AS kept`, [expired, kept]);
+      assert.equal(tables.rows[0].expired, null, "the expired partition is dropped whole");
+      assert.notEqual(tables.rows[0].kept, null);
+    });
+    await second.stop();
+  });
+
+  test("retention never drops the current slot's partition, even with the shortest window", async () => {
+    const url = await freshDatabase();
+    const d = await daemon({}, url);
+    await d.stop();
+    await withClient(url, async (c) => {
+      await pastSlot(c, 5);
+      await pastSlot(c, 200);
+      const slots = dedupShape("public", eventsStream)!.slots;
+      const { dropped } = await maintainDedupState(c, "public", [eventsStream], 1);
+      assert.ok(dropped.length >= 2, `dropped ${dropped.join(", ")}`);
+      const left = await c.query(`SELECT lower, upper FROM ${slots} ORDER BY lower`);
+      assert.ok(left.rows.some((r) => r.lower <= new Date() && new Date() < r.upper), "the current slot stays");
+      assert.ok(left.rows.every((r) => r.upper.getTime() > Date.now() - HOUR), "every slot that ended more than the window ago is gone");
+      const parts = await c.query(`SELECT count(*)::int AS n FROM pg_inherits i JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = 'events_dedup'`);
+      assert.equal(parts.rows[0].n, left.rowCount, "partitions and slots agree");
+    });
+  });
+
+  test("two transactions claiming one id across a slot boundary: the later one waits for the earlier and finds the duplicate", async () => {
+    // A schema of its own whose slot boundary is 3 seconds from now, built with the daemon's own DDL.
+    const url = await freshDatabase();
+    const stream = { ...eventsStream };
+    const d = dedupShape("race", stream)!;
+    const key = dedupKey("race-1");
+    await withClient(url, async (c) => {
+      await c.query(`CREATE SCHEMA race`);
+      for (const s of dedupStateDdl("race", stream)) await c.query(s);
+      await c.query(dedupClaimFunctionDdl("race", stream)!);
+      const boundary = new Date(Math.ceil(Date.now() / 1000) * 1000 + 3000);
+      const slots: Array<[Date, Date, string]> = [
+        [new Date(boundary.getTime() - HOUR), boundary, "race.a"],
+        [boundary, new Date(boundary.getTime() + HOUR), "race.b"],
+      ];
+      for (const [from, to, part] of slots) {
+        await c.query(`CREATE TABLE ${part} PARTITION OF ${d.ids} FOR VALUES FROM ('${from.toISOString()}') TO ('${to.toISOString()}')`);
+        await c.query(`CREATE UNIQUE INDEX ON ${part} (id_key)`);
+        await c.query(`INSERT INTO ${d.slots} (lower, upper, part) VALUES ($1, $2, $3)`, [from, to, part]);
+      }
+      const t1 = new pg.Client({ connectionString: url });
+      const t2 = new pg.Client({ connectionString: url });
+      await Promise.all([t1.connect(), t2.connect()]);
+      try {
+        await t1.query("BEGIN");
+        const r1 = await t1.query(`SELECT n FROM ${d.claim}($1::uuid[]) AS n`, [[key]]);
+        assert.equal(r1.rowCount, 0, "the first claim, before the boundary, records the id");
+        await waitFor("the boundary", () => Date.now() > boundary.getTime() + 200, 10_000);
+        assert.ok(DEDUP_GRACE_SECONDS > 5);
+        await t2.query("BEGIN");
+        const second = t2.query(`SELECT n FROM ${d.claim}($1::uuid[]) AS n`, [[key]]);
+        const raced = await Promise.race([second.then(() => "answered"), new Promise((r) => setTimeout(() => r("waiting"), 500))]);
+        assert.equal(raced, "waiting", "the second claim waits for the first transaction's uncommitted id");
+        await t1.query("COMMIT");
+        const r2 = await second;
+        assert.deepEqual(r2.rows.map((r) => r.n), [1], "then reports it as a duplicate");
+        await t2.query("COMMIT");
+      } finally {
+        await Promise.all([t1.end(), t2.end()]);
+      }
+      const copies = await c.query(`SELECT count(*)::int AS n FROM ${d.ids} WHERE id_key = $1 AND stored_at >= $2`, [key, boundary]);
+      assert.equal(copies.rows[0].n, 0, "nothing was stored in the new slot");
+    });
+  });
+});
+
+describe("ingestd's own tables", () => {
+  test("old-shape tables are migrated at start: remembered ids stay duplicates, recent batches and dead letters stay", async () => {
+    const url = await freshDatabase();
+    await withClient(url, async (c) => {
+      await c.query(`CREATE TABLE events_dedup (event_id text PRIMARY KEY, event_time timestamptz)`);
+      await c.query(`INSERT INTO events_dedup VALUES ('mig-1', now()), ('mig-2', NULL)`);
+      await c.query(`CREATE TABLE ingest_batches ("batch_id" text NOT NULL, "request_id" text NOT NULL, "stream" text NOT NULL, "status" text NOT NULL,
+        "received" integer NOT NULL, "accepted" integer NOT NULL, "rejected" integer NOT NULL, "duplicates" integer NOT NULL,
+        "created_at" timestamptz NOT NULL, "committed_at" timestamptz NOT NULL)`);
+      await c.query(`CREATE INDEX "ingest_batches_batch_id_idx" ON ingest_batches ("batch_id", "committed_at")`);
+      await c.query(`INSERT INTO ingest_batches VALUES ('b-recent', 'b-recent', 'events', 'ok', 1, 1, 0, 0, now(), now()),
+        ('b-old', 'b-old', 'events', 'ok', 1, 1, 0, 0, now() - interval '60 days', now() - interval '60 days')`);
+      await c.query(`CREATE TABLE ingest_dead_letters ("id" bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, "stream" text NOT NULL, "source" text NOT NULL,
+        "batch_id" text, "record_index" integer, "line" integer, "raw" text NOT NULL, "errors" jsonb NOT NULL, "received_at" timestamptz NOT NULL)`);
+      await c.query(`INSERT INTO ingest_dead_letters ("stream", "source", "raw", "errors", "received_at") VALUES ('events', 'http', 'x', '[]', now())`);
+    });
+    const d = await daemon({}, url);
+    const answer = await send(d, [event("mig-1"), event("mig-2"), event("mig-3")]);
+    assert.deepEqual([answer.accepted, answer.duplicates], [1, 2]);
+    const status = await fetch(`${d.base}/v1/batches/b-recent`);
+    assert.equal(status.status, 200, "a batch committed before the migration still answers");
+    const bad = await post(`${d.base}/v1/streams/events/events`, JSON.stringify([{ event_id: "mig-bad" }]));
+    assert.equal(bad.status, 422, bad.text);
+    await d.stop();
+    await withClient(url, async (c) => {
+      const kinds = await c.query(`SELECT relname, relkind FROM pg_class WHERE relname IN ('events_dedup', 'ingest_batches', 'ingest_dead_letters') ORDER BY 1`);
+      assert.deepEqual(kinds.rows.map((r) => r.relkind), ["p", "p", "p"], "partitioned now");
+      const legacy = await c.query(`SELECT count(*)::int AS n FROM pg_class WHERE relname LIKE '%_legacy'`);
+      assert.equal(legacy.rows[0].n, 0, "the old tables are gone");
+      const batches = await c.query(`SELECT batch_id FROM ingest_batches WHERE batch_id LIKE 'b-%' ORDER BY 1`);
+      assert.deepEqual(batches.rows.map((r) => r.batch_id), ["b-recent"], "rows past retention are not carried over");
+      const dead = await c.query(`SELECT id, raw FROM ingest_dead_letters ORDER BY id`);
+      assert.equal(dead.rowCount, 2);
+      assert.ok(dead.rows[1].id > dead.rows[0].id, "new dead letters number after the migrated ones");
+    });
+  });
+
+  test("ingest_batches and ingest_dead_letters: whole day partitions past retention are dropped, today's never", async () => {
+    const url = await freshDatabase();
+    const d = await daemon({}, url);
+    await send(d, [event("ret-today")]);
+    await d.stop();
+    await withClient(url, async (c) => {
+      const now = new Date();
+      for (const t of BOOKKEEPING_TABLES) await ensureDayPartitions(c, "public", t, now, 40);
+      const ago = (days: number) => new Date(now.getTime() - days * 24 * HOUR).toISOString();
+      await c.query(`INSERT INTO ingest_batches VALUES ('r-10', 'r-10', 'events', 'ok', 1, 1, 0, 0, $1, $1), ('r-35', 'r-35', 'events', 'ok', 1, 1, 0, 0, $2, $2)`, [ago(10), ago(35)]);
+      await c.query(`INSERT INTO ingest_dead_letters ("stream", "source", "raw", "errors", "received_at") VALUES ('events', 'http', 'd-10', '[]', $1), ('events', 'http', 'd-35', '[]', $2)`, [ago(10), ago(35)]);
+      const { dropped } = await maintainBookkeeping(c, "public", { batchesRetentionDays: 7, deadLettersRetentionDays: 30 }, now);
+      assert.ok(dropped.some((n) => n.startsWith("ingest_batches_d")) && dropped.some((n) => n.startsWith("ingest_dead_letters_d")));
+      const batches = await c.query(`SELECT batch_id FROM ingest_batches ORDER BY 1`);
+      assert.deepEqual(batches.rows.map((r) => r.batch_id).filter((b) => b.startsWith("r-")), [], "batches older than 7 days are gone");
+      assert.ok(batches.rowCount! >= 1, "today's batch row stays");
+      const dead = await c.query(`SELECT raw FROM ingest_dead_letters ORDER BY 1`);
+      assert.deepEqual(dead.rows.map((r) => r.raw), ["d-10"], "dead letters are kept 30 days");
+      const oldest = await c.query(
+        `SELECT min(c.relname) AS name FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_class p ON p.oid = i.inhparent
+          WHERE p.relname = 'ingest_batches' AND c.relname <> 'ingest_batches_default'`,
+      );
+      const today = now.toISOString().slice(0, 10).replace(/-/g, "");
+      assert.ok(oldest.rows[0].name >= `ingest_batches_d${ago(8).slice(0, 10).replace(/-/g, "")}`, `oldest batches partition ${oldest.rows[0].name}`);
+      assert.ok(oldest.rows[0].name <= `ingest_batches_d${today}`, "today's partition is there");
+    });
+  });
+});
