@@ -1,6 +1,9 @@
 /**
  * The bench's PostgreSQL: an embedded cluster in a temporary directory (removed afterwards), or the server
- * of DATABASE_URL. Either way the run gets a fresh database of its own, dropped at the end.
+ * of DATABASE_URL. Either way the run gets a fresh database of its own, dropped at the end, unless
+ * BENCH_DATABASE names one on the DATABASE_URL server: that database is created when missing and kept, so
+ * a re-run finds its id state already pre-filled (docs/performance.md#running-it). The bench changes no
+ * server setting: PostgreSQL runs with its stock checkpoint settings.
  */
 import fs from "node:fs";
 import os from "node:os";
@@ -64,7 +67,9 @@ export async function startBenchDb(log: (line: string) => void, env: NodeJS.Proc
       log(`embedded PostgreSQL ready on port ${embedded.port} in ${Date.now() - started} ms (${dir})`);
     }
 
-    const name = `ingestd_bench_${process.pid}_${Date.now().toString(36)}`;
+    const kept = embedded === null && env.BENCH_DATABASE ? env.BENCH_DATABASE : null;
+    if (embedded !== null && env.BENCH_DATABASE) log("BENCH_DATABASE ignored: it names a database to keep on the DATABASE_URL server");
+    const name = kept ?? `ingestd_bench_${process.pid}_${Date.now().toString(36)}`;
     const admin = new pg.Client({ connectionString: serverUrl });
     await admin.connect();
     let version: string;
@@ -72,9 +77,11 @@ export async function startBenchDb(log: (line: string) => void, env: NodeJS.Proc
     try {
       version = (await admin.query<{ v: string }>("SELECT current_setting('server_version') AS v")).rows[0].v;
       if (embedded === null) localPostmaster = await findLocalPostmaster(admin, serverUrl);
-      await admin.query(`CREATE DATABASE ${quoteIdent(name)}`);
+      const exists = kept !== null && (await admin.query("SELECT 1 FROM pg_database WHERE datname = $1", [kept])).rowCount === 1;
+      if (exists) log(`using the kept database ${kept}`);
+      else await admin.query(`CREATE DATABASE ${quoteIdent(name)}`);
     } catch (err) {
-      throw new Error(`cannot create the bench database (the bench needs a fresh database; CREATEDB privilege): ${(err as Error).message}`);
+      throw new Error(`cannot create the bench database (the bench needs a database of its own; CREATEDB privilege): ${(err as Error).message}`);
     } finally {
       await admin.end().catch(() => undefined);
     }
@@ -100,7 +107,7 @@ export async function startBenchDb(log: (line: string) => void, env: NodeJS.Proc
       async close() {
         await pool.end().catch(() => undefined);
         // An embedded cluster goes away whole; a real server keeps nothing of the run.
-        if (!isEmbedded) await dropDatabase().catch((err) => log(`could not drop database ${name}: ${(err as Error).message}`));
+        if (!isEmbedded && kept === null) await dropDatabase().catch((err) => log(`could not drop database ${name}: ${(err as Error).message}`));
         await cleanup();
       },
     };

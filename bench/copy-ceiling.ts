@@ -1,7 +1,9 @@
 /**
- * The COPY ceiling: the bench's rows streamed straight into the `events` table with pg-copy-streams, no
- * daemon, over 1 and 2 parallel connections. The rows are made exactly as a worker makes them (frame JSON
- * parsed, typia-validated, encoded by workers/records/row-encoder.ts), so the bytes are the ones the daemon sends;
+ * The COPY ceiling: the bench's rows (same event shape and id kind as the daemon phases) streamed straight
+ * into the `events` table with pg-copy-streams, no daemon, over 1 and 2 parallel connections. The table is
+ * the run's own, not emptied: it grows through the run as it does under the daemon. The rows are made
+ * exactly as a worker makes them (frame JSON parsed, typia-validated, encoded by
+ * workers/records/row-encoder.ts), so the bytes are the ones the daemon sends;
  * that preparation is timed too, as the single-thread CPU cost of a worker's share of the pipeline.
  * A third run sends the same rows through the daemon's own commit SQL, to split the gap between the daemon
  * and the ceiling into what its SQL costs PostgreSQL and what the daemon itself adds.
@@ -16,9 +18,10 @@ import { commitTarget } from "../workers/commit/commit-targets";
 import { compileRowEncoder } from "../workers/records/row-encoder";
 import type { BenchDb } from "./bench-db";
 import { dbDelta, markDb, type DbDelta, type DbMark } from "./db-counters";
-import { FrameTemplate } from "./event-factory";
-import { benchStream, countByPrefix, resetTable } from "./event-table";
+import { FrameTemplate, type IdKind } from "./event-factory";
+import { benchStream } from "./event-table";
 import { CpuMeter, type CpuShare } from "./proc-stats";
+import { countRows } from "./row-count";
 
 export interface CeilingRun {
   streams: number;
@@ -48,13 +51,12 @@ export interface CeilingResult {
 
 const ROWS_PER_CHUNK = 2000;
 const EVENTS_PER_FRAME = 100;
-const PREFIX = "copy-";
 
 /** Rows as COPY text (each ending in a newline), made the way a worker makes them, with their ids and times. */
-function prepareRows(total: number): { rows: string[]; keys: string[]; times: string[]; seconds: number } {
+function prepareRows(total: number, kind: IdKind): { rows: string[]; keys: string[]; times: string[]; seconds: number } {
   const stream = benchStream();
   const encode = compileRowEncoder(stream);
-  const template = new FrameTemplate(PREFIX, EVENTS_PER_FRAME);
+  const template = new FrameTemplate(kind, EVENTS_PER_FRAME);
   const decoder = new TextDecoder("utf-8", { fatal: true });
   const rows: string[] = new Array(total);
   const keys: string[] = new Array(total);
@@ -64,7 +66,7 @@ function prepareRows(total: number): { rows: string[]; keys: string[]; times: st
   const started = performance.now();
   const ctx = { receivedAt: new Date().toISOString() };
   for (let first = 0; first < total; first += EVENTS_PER_FRAME) {
-    const frame = template.stamp(first);
+    const frame = template.stamp();
     const records = JSON.parse(decoder.decode(frame)) as unknown[];
     const n = Math.min(EVENTS_PER_FRAME, total - first);
     for (let i = 0; i < n; i++) {
@@ -113,12 +115,13 @@ export async function measureCopyCeiling(
   totalRows: number,
   streamCounts: readonly number[],
   cores: number,
+  kind: IdKind,
   log: (line: string) => void,
   commitSqlOptions: { rows: number; batchSize: number; dedup: boolean; streams: number } | null = null,
 ): Promise<CeilingResult> {
   const stream = benchStream();
   const sql = copyStatement(schema, stream.table, stream.columns.map((c) => c.name));
-  const prepared = prepareRows(totalRows);
+  const prepared = prepareRows(totalRows, kind);
   const chunks = chunk(prepared.rows, ROWS_PER_CHUNK);
   const bytes = chunks.reduce((a, c) => a + c.length, 0);
   log(`COPY ceiling: ${totalRows} rows prepared (${(bytes / 2 ** 20).toFixed(1)} MiB) in ${prepared.seconds.toFixed(2)} s`);
@@ -157,7 +160,6 @@ export async function measureCopyCeiling(
     commitSql = { ...run, batch_size: batchSize, dedup: target.dedup !== null };
     log(`daemon's commit SQL, ${n} streams, ${batchSize}-row batches${commitSql.dedup ? ", dedup id claim" : ""}: ${run.rows_per_s.toLocaleString("en-US")} rows/s`);
   }
-  await resetTable(db, schema);
   return {
     row_bytes_avg: Math.round(bytes / totalRows),
     prepare_events_per_s: Math.round(totalRows / prepared.seconds),
@@ -166,7 +168,7 @@ export async function measureCopyCeiling(
   };
 }
 
-/** Empties the table, then runs `work` over `n` connections, each on its contiguous share of `chunks`. */
+/** Runs `work` over `n` connections, each on its contiguous share of `chunks`. */
 async function timedRun(
   db: BenchDb,
   schema: string,
@@ -177,7 +179,7 @@ async function timedRun(
   cores: number,
   work: (client: pg.Client, share: Buffer[]) => Promise<void>,
 ): Promise<CeilingRun> {
-  await resetTable(db, schema);
+  const rowsBefore = await countRows(db, schema);
   const shares: Buffer[][] = Array.from({ length: n }, () => []);
   chunks.forEach((c, i) => shares[Math.floor((i * n) / chunks.length)].push(c));
   const clients = await Promise.all(shares.map(() => connect(db.url)));
@@ -209,7 +211,7 @@ async function timedRun(
     seconds: Math.round(seconds * 1000) / 1000,
     rows_per_s: Math.round(rows / seconds),
     mib_per_s: Math.round((bytes / 2 ** 20 / seconds) * 10) / 10,
-    rows_verified: await countByPrefix(db, schema, PREFIX),
+    rows_verified: (await countRows(db, schema)) - rowsBefore,
     cpu,
     pg_us_per_row: pgUs,
     client_us_per_row: clientUs,

@@ -1,23 +1,35 @@
 /**
- * The bench's events (~250 bytes of JSON each, valid `events` records) and pre-built frames.
+ * The bench's events, shaped like what real producers send (docs/performance.md#workload): a random UUIDv4
+ * event id (or a time-ordered UUIDv7 in the labelled second run), about 300 bytes of JSON with a `payload`
+ * of several keys holding nested objects and an array, a `metadata` object, and an ISO timestamp a few
+ * seconds before the send.
  *
- * A frame is built once as bytes with fixed-width slots for the event ids; sending the next frame only
- * rewrites the digits of those slots in place, so the generator's hot path allocates nothing per event.
- * The COPY ceiling parses the very same JSON, so both measure the same rows.
+ * A frame is built once as bytes with fixed-width slots for each event's id and timestamp; sending the next
+ * frame rewrites those slots in place, so the generator's hot path allocates only the new id and time
+ * strings. The COPY ceiling parses frames made the same way, so both measure the same rows.
  */
+import crypto from "node:crypto";
 
-/** Digits of the per-connection event counter inside an id: fixed width so ids can be rewritten in place. */
-export const ID_DIGITS = 10;
+export type IdKind = "uuidv4" | "uuidv7";
+export const ID_KINDS: readonly IdKind[] = ["uuidv4", "uuidv7"];
+
+const ID_LENGTH = 36;
+/** `2026-12-03T00:53:40.123Z`: always 24 characters for years 1000–9999. */
+const TIME_LENGTH = 24;
+/** Event times lag the send by up to this much: producers batch, clocks differ. */
+const JITTER_MS = 5000;
 
 const SERVICES = ["checkout", "payments", "search", "inventory", "auth-gateway", "notifications", "catalog", "shipping"];
 const EVENT_TYPES = [
-  "order.created", "order.item_added", "payment.authorized", "search.query",
-  "user.login", "page.view", "cart.abandoned", "shipment.dispatched", "stock.reserved", "email.sent",
+  "order.created", "order.item_added", "payment.authorized", "search.query", "user.login",
+  "page.view", "cart.abandoned", "shipment.dispatched", "stock.reserved", "email.sent",
 ];
-const CURRENCIES = ["EUR", "USD", "GBP", "JPY"];
+const REGIONS = ["eu-west-1", "us-east-1", "ap-south-1"];
+const SDKS = ["js/1.4.2", "py/0.9.1", "go/2.0.0"];
+const PAGES = ["/", "/cart", "/checkout", "/product", "/search", "/account"];
 
-/** Distinct event bodies a frame cycles through, so the index sees a spread of keys. */
-export const VARIANTS = 64;
+/** Distinct event bodies a frame cycles through, so the table and its index see a spread of values. */
+export const VARIANTS = 256;
 
 /** Deterministic, so every process builds the same variants. */
 function lcg(seed: number): () => number {
@@ -28,14 +40,20 @@ function lcg(seed: number): () => number {
   };
 }
 
+/** JSON of one event around its two slots: `head` id `middle` timestamp `tail`. */
 interface Variant {
-  /** JSON after the id's closing quote, ending with the closing brace. */
+  middle: string;
   tail: string;
+  /** How far before the send this event's timestamp lies. */
+  jitterMs: number;
 }
 
-function buildVariants(baseTime: number): Variant[] {
+const HEAD = `{"event_id":"`;
+
+function buildVariants(): Variant[] {
   const rand = lcg(0x1e57d);
   const int = (n: number) => Math.floor(rand() * n);
+  const pick = <T>(list: readonly T[]) => list[int(list.length)];
   const hex = (len: number) => {
     let s = "";
     for (let i = 0; i < len; i++) s += "0123456789abcdef"[int(16)];
@@ -43,74 +61,80 @@ function buildVariants(baseTime: number): Variant[] {
   };
   const variants: Variant[] = [];
   for (let v = 0; v < VARIANTS; v++) {
+    const items = Array.from({ length: 1 + int(2) }, () => `S${String(int(100_000)).padStart(5, "0")}`);
     const payload = {
-      user_id: `u-${String(int(100_000)).padStart(5, "0")}`,
-      session: hex(16),
-      sku: `SKU-${String(int(100_000)).padStart(5, "0")}`,
-      quantity: 1 + int(9),
-      price_cents: 100 + int(99_900),
-      currency: CURRENCIES[int(CURRENCIES.length)],
-      ok: rand() < 0.9,
+      user: `u${String(int(1_000_000)).padStart(6, "0")}`,
+      sid: hex(8),
+      page: { path: pick(PAGES) },
+      items,
+      cents: 100 + int(99_900),
+      ok: rand() < 0.95,
     };
-    const rest = {
-      service_name: SERVICES[int(SERVICES.length)],
-      event_type: EVENT_TYPES[int(EVENT_TYPES.length)],
-      payload,
-      timestamp: new Date(baseTime + v * 37).toISOString(),
-    };
-    // `{"event_id":"<id>",` + the rest of the object without its opening brace.
-    variants.push({ tail: `",${JSON.stringify(rest).slice(1)}` });
+    const metadata = { sdk: pick(SDKS), region: pick(REGIONS) };
+    const middle = `","service_name":${JSON.stringify(pick(SERVICES))},"event_type":${JSON.stringify(pick(EVENT_TYPES))},"timestamp":"`;
+    const tail = `","payload":${JSON.stringify(payload)},"metadata":${JSON.stringify(metadata)}}`;
+    variants.push({ middle, tail, jitterMs: int(JITTER_MS) });
   }
   return variants;
 }
 
-let cached: { baseTime: number; variants: Variant[] } | null = null;
-
-/** Variants with timestamps of about now: event tables may be partitioned by month around now. */
+let cached: Variant[] | null = null;
 function variants(): Variant[] {
-  cached ??= { baseTime: Date.now(), variants: buildVariants(Date.now()) };
-  return cached.variants;
+  return (cached ??= buildVariants());
 }
 
-function digits(n: number): string {
-  return String(n).padStart(ID_DIGITS, "0");
+/** A time-ordered UUIDv7 (RFC 9562): 48 bits of Unix ms, version 7, then the random bits of a UUIDv4. */
+export function uuidv7(ms: number = Date.now()): string {
+  const random = crypto.randomUUID();
+  const t = ms.toString(16).padStart(12, "0");
+  return `${t.slice(0, 8)}-${t.slice(8)}-7${random.slice(15)}`;
 }
 
-/** One event as JSON; its id is `${prefix}${n as ID_DIGITS digits}`. */
-export function eventJson(prefix: string, n: number): string {
-  return `{"event_id":"${prefix}${digits(n)}${variants()[n % VARIANTS].tail}`;
+export function newId(kind: IdKind): string {
+  return kind === "uuidv4" ? crypto.randomUUID() : uuidv7();
+}
+
+/** One event as JSON, with a fresh id and a time about `now`. */
+export function eventJson(kind: IdKind, n: number, now: number = Date.now()): string {
+  const v = variants()[n % VARIANTS];
+  return `${HEAD}${newId(kind)}${v.middle}${new Date(now - v.jitterMs).toISOString()}${v.tail}`;
 }
 
 /**
- * A JSON array of `count` events whose ids are rewritten in place by `stamp(first)`: ids first..first+count-1.
+ * A JSON array of `count` events whose ids and timestamps are rewritten in place by `stamp()`.
  * The buffer is reused: it is safe to stamp again once the previous send no longer reads it (`ws` copies
  * while masking; an HTTP body is done once its response arrived).
  */
 export class FrameTemplate {
   readonly buffer: Buffer;
-  private readonly slots: Int32Array;
+  private readonly idSlots: Int32Array;
+  private readonly timeSlots: Int32Array;
+  private readonly jitters: Float64Array;
   private readonly count: number;
 
-  constructor(prefix: string, count: number) {
-    if (!/^[\x21-\x7e]*$/.test(prefix) || prefix.includes('"') || prefix.includes("\\")) {
-      throw new Error(`id prefix must be plain ASCII: ${prefix}`);
-    }
+  constructor(
+    private readonly kind: IdKind,
+    count: number,
+  ) {
     const parts: string[] = ["["];
-    const slots = new Int32Array(count);
+    this.idSlots = new Int32Array(count);
+    this.timeSlots = new Int32Array(count);
+    this.jitters = new Float64Array(count);
     let length = 1;
+    const all = variants();
     for (let i = 0; i < count; i++) {
-      const head = `${i > 0 ? "," : ""}{"event_id":"${prefix}`;
-      slots[i] = length + head.length;
-      // Variant by position, so consecutive frames repeat the same mix (n % VARIANTS matches eventJson
-      // only when count is a multiple of VARIANTS; the mix is what matters here, not the pairing).
-      const body = `${head}${"0".repeat(ID_DIGITS)}${variants()[i % VARIANTS].tail}`;
+      const v = all[i % VARIANTS];
+      const head = `${i > 0 ? "," : ""}${HEAD}`;
+      this.idSlots[i] = length + head.length;
+      this.timeSlots[i] = this.idSlots[i] + ID_LENGTH + v.middle.length;
+      this.jitters[i] = v.jitterMs;
+      const body = `${head}${"0".repeat(ID_LENGTH)}${v.middle}${"0".repeat(TIME_LENGTH)}${v.tail}`;
       parts.push(body);
       length += body.length;
     }
     parts.push("]");
     // Everything is ASCII, so string offsets are byte offsets.
     this.buffer = Buffer.from(parts.join(""), "latin1");
-    this.slots = slots;
     this.count = count;
   }
 
@@ -118,17 +142,13 @@ export class FrameTemplate {
     return this.buffer.length;
   }
 
-  /** Writes ids first..first+count-1 into the slots and returns the (same) buffer. */
-  stamp(first: number): Buffer {
+  /** New ids and timestamps (a few seconds before `now`) in every slot; returns the (same) buffer. */
+  stamp(now: number = Date.now()): Buffer {
     const buf = this.buffer;
-    const slots = this.slots;
+    const kind = this.kind;
     for (let i = 0; i < this.count; i++) {
-      let v = first + i;
-      const start = slots[i];
-      for (let p = start + ID_DIGITS - 1; p >= start; p--) {
-        buf[p] = 48 + (v % 10);
-        v = Math.floor(v / 10);
-      }
+      buf.write(kind === "uuidv4" ? crypto.randomUUID() : uuidv7(now), this.idSlots[i], ID_LENGTH, "latin1");
+      buf.write(new Date(now - this.jitters[i]).toISOString(), this.timeSlots[i], TIME_LENGTH, "latin1");
     }
     return buf;
   }

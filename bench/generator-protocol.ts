@@ -8,6 +8,8 @@
  *   generator → orchestrator   { type: "failed", message }  could not run at all
  */
 
+import type { IdKind } from "./event-factory";
+
 export type LoadMode = "ws" | "http" | "paced";
 
 export interface GeneratorSpec {
@@ -16,13 +18,17 @@ export interface GeneratorSpec {
   index: number;
   port: number;
   stream: string;
-  /** Event ids start with `${idPrefix}`; unique per phase and process. */
-  idPrefix: string;
+  /** Event ids: random UUIDv4 or time-ordered UUIDv7. */
+  idKind: IdKind;
   eventsPerFrame: number;
   durationS: number;
   drainTimeoutS: number;
   /** ws / paced: WebSocket connections of this generator. */
   connections: number;
+  /** ws / paced: frames in flight per connection at most (0: as many as the daemon's window allows). */
+  inFlight: number;
+  /** Seconds per interval of the per-interval breakdown (0: none). */
+  intervalS: number;
   /** http: requests in flight. */
   concurrency: number;
   /** paced: events/s this generator offers (its share of the phase's rate). */
@@ -64,6 +70,8 @@ export interface GeneratorResult {
   frameBytes: number;
   cpuUserMs: number;
   cpuSystemMs: number;
+  /** Per interval of `intervalS` from the first send, by ack time: events accepted and their ack latencies. */
+  intervals: { accepted: number; histogram: string }[];
 }
 
 export type ToGenerator = { type: "run"; spec: GeneratorSpec } | { type: "go" };

@@ -3,7 +3,7 @@
  * over WebSocket (full speed or paced) or HTTP, records ack latency in an HDR histogram and reports
  * counts back. It runs in its own process so its CPU is not the orchestrator's and can be measured.
  *
- * Hot path: frames are pre-built FrameTemplates whose id digits are rewritten in place; per frame the only
+ * Hot path: frames are pre-built FrameTemplates whose ids and timestamps are rewritten in place; per frame the only
  * allocations are the ones `ws` / undici make themselves and the parse of the small ack.
  */
 import { performance } from "node:perf_hooks";
@@ -39,6 +39,22 @@ class Tally {
   lateSends = 0;
   maxSendLagMs = 0;
   frameBytes = 0;
+  /** Per-interval breakdown (soak), by time since `startedAt`; empty when the spec asks for none. */
+  intervalMs = 0;
+  readonly intervals: { accepted: number; histogram: hdr.Histogram }[] = [];
+
+  /** One answered (or abandoned) frame: its latency and accepted events, in the run and in its interval. */
+  record(at: number, latencyMs: number, accepted: number): void {
+    recordMs(this.histogram, latencyMs);
+    this.accepted += accepted;
+    if (this.intervalMs > 0) {
+      const k = Math.max(0, Math.floor((at - this.startedAt) / this.intervalMs));
+      while (this.intervals.length <= k) this.intervals.push({ accepted: 0, histogram: newLatencyHistogram() });
+      const interval = this.intervals[k];
+      recordMs(interval.histogram, latencyMs);
+      interval.accepted += accepted;
+    }
+  }
 
   fail(description: string): void {
     this.failures++;
@@ -69,7 +85,6 @@ class WsProducer {
   /** Paced: intended send times not sent yet because the window was full. */
   private readonly backlog: number[] = [];
   private backlogHead = 0;
-  private counter = 0;
   private closedByUs = false;
   private done = false;
   private onDrained: (() => void) | null = null;
@@ -114,7 +129,7 @@ class WsProducer {
             return;
           }
           helloSeen = true;
-          this.window = Math.min(msg.window, this.intended.length);
+          this.window = Math.min(msg.window, this.intended.length, this.spec.inFlight > 0 ? this.spec.inFlight : Infinity);
           clearTimeout(timer);
           resolve();
           return;
@@ -129,9 +144,8 @@ class WsProducer {
     const tally = this.tally;
     if (msg.seq !== this.seqAcked + 1) tally.fail(`ack out of order: got seq ${msg.seq} after ${this.seqAcked}`);
     this.seqAcked = msg.seq;
-    recordMs(tally.histogram, t - this.intended[msg.seq & 1023]);
+    tally.record(t, t - this.intended[msg.seq & 1023], msg.accepted);
     tally.acked(t);
-    tally.accepted += msg.accepted;
     tally.rejected += msg.rejected;
     tally.duplicates += msg.duplicates;
     if (msg.rejected > 0) tally.fail(`rejected: ${msg.errors?.[0]?.message ?? "?"}`);
@@ -172,8 +186,7 @@ class WsProducer {
       }
       const seq = ++this.seqSent;
       this.intended[seq & 1023] = intendedAt;
-      const frame = this.template.stamp(this.counter);
-      this.counter += this.spec.eventsPerFrame;
+      const frame = this.template.stamp();
       this.socket.send(frame, TEXT_FRAME);
       this.tally.framesSent++;
       this.tally.eventsSent += this.spec.eventsPerFrame;
@@ -189,7 +202,7 @@ class WsProducer {
   abandonBacklog(): void {
     const t = now();
     for (let i = this.backlogHead; i < this.backlog.length; i++) {
-      recordMs(this.tally.histogram, t - this.backlog[i]);
+      this.tally.record(t, t - this.backlog[i], 0);
       this.tally.unsent++;
     }
     this.backlog.length = 0;
@@ -231,7 +244,7 @@ class WsProducer {
 async function runWs(spec: GeneratorSpec, tally: Tally, paced: boolean, go: Promise<void>): Promise<void> {
   const producers: WsProducer[] = [];
   for (let c = 0; c < spec.connections; c++) {
-    const template = new FrameTemplate(`${spec.idPrefix}${process.pid}-${c}-`, spec.eventsPerFrame);
+    const template = new FrameTemplate(spec.idKind, spec.eventsPerFrame);
     tally.frameBytes = template.bytes;
     producers.push(new WsProducer(spec, tally, template, paced));
   }
@@ -344,15 +357,13 @@ async function runHttp(spec: GeneratorSpec, tally: Tally, go: Promise<void>): Pr
   tally.endedAt = start;
 
   const slot = async (i: number) => {
-    const template = new FrameTemplate(`${spec.idPrefix}${process.pid}-${i}-`, spec.eventsPerFrame);
+    const template = new FrameTemplate(spec.idKind, spec.eventsPerFrame);
     tally.frameBytes = template.bytes;
     const exchange = new Exchange(pool);
     // The body buffer is rewritten in place before each request: safe, one request in flight per slot.
     const options: Dispatcher.DispatchOptions = { path, method: "POST", headers, body: template.buffer };
-    let counter = 0;
     while (now() < deadline) {
-      template.stamp(counter);
-      counter += spec.eventsPerFrame;
+      template.stamp();
       const sentAt = now();
       tally.framesSent++;
       tally.eventsSent += spec.eventsPerFrame;
@@ -363,9 +374,8 @@ async function runHttp(spec: GeneratorSpec, tally: Tally, go: Promise<void>): Pr
         const status = exchange.status;
         if (status === 200 || status === 207) {
           const answer = JSON.parse(text);
-          recordMs(tally.histogram, t - sentAt);
+          tally.record(t, t - sentAt, answer.accepted);
           tally.acked(t);
-          tally.accepted += answer.accepted;
           tally.rejected += answer.rejected;
           tally.duplicates += answer.duplicates;
           if (answer.rejected > 0) tally.fail(`rejected: ${answer.errors?.[0]?.message ?? "?"}`);
@@ -390,6 +400,7 @@ async function runHttp(spec: GeneratorSpec, tally: Tally, go: Promise<void>): Pr
 
 async function run(spec: GeneratorSpec, go: Promise<void>): Promise<GeneratorResult> {
   const tally = new Tally();
+  tally.intervalMs = spec.intervalS * 1000;
   const cpuBefore = process.cpuUsage();
   if (spec.mode === "http") await runHttp(spec, tally, go);
   else await runWs(spec, tally, spec.mode === "paced", go);
@@ -418,6 +429,7 @@ async function run(spec: GeneratorSpec, go: Promise<void>): Promise<GeneratorRes
     frameBytes: tally.frameBytes,
     cpuUserMs: cpu.user / 1000,
     cpuSystemMs: cpu.system / 1000,
+    intervals: tally.intervals.map((i) => ({ accepted: i.accepted, histogram: encodeHistogram(i.histogram) })),
   };
 }
 

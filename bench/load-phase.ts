@@ -1,28 +1,34 @@
 /**
  * One load phase against the running daemon: fork the generator processes, start them together, collect
- * and merge their results, then verify the rows in PostgreSQL against the events acknowledged as accepted.
+ * and merge their results, then verify the rows the phase added to PostgreSQL against the events acknowledged
+ * as accepted (the table is never emptied: bench/row-count.ts).
  */
 import { fork, type ChildProcess } from "node:child_process";
 import path from "node:path";
 import type { BenchDb } from "./bench-db";
 import { dbDelta, markDb, type DbDelta } from "./db-counters";
 import { counterDeltas, scrapeMetrics, type DaemonCounters } from "./daemon-metrics";
-import { BENCH_STREAM, countByPrefix, countDistinctByPrefix } from "./event-table";
+import type { IdKind } from "./event-factory";
+import { BENCH_STREAM } from "./event-table";
 import type { FromGenerator, GeneratorResult, GeneratorSpec, LoadMode, ToGenerator } from "./generator-protocol";
 import { mergeHistograms, summarize, type LatencySummary } from "./latency-histogram";
 import { CpuMeter, type CpuShare, type RssSampler } from "./proc-stats";
+import { countRows } from "./row-count";
 
 export interface PhaseSpec {
   /** Label in the report. */
   name: string;
   mode: LoadMode;
-  /** Every event id of the phase starts with this; must be unique in the run. */
-  idPrefix: string;
+  idKind: IdKind;
   durationS: number;
   drainTimeoutS: number;
   generators: number;
   /** ws / paced: connections over all generators. */
   connections: number;
+  /** ws / paced: frames in flight per connection at most (0: the daemon's window). */
+  inFlight: number;
+  /** Seconds per interval of a per-interval breakdown (0: none). */
+  intervalS: number;
   /** http: requests in flight over all generators. */
   concurrency: number;
   /** paced: events/s over all generators. */
@@ -33,9 +39,20 @@ export interface PhaseSpec {
 /** Per-stage daemon latency (GET /v1/latency, last interval while loaded), ms. */
 export type StageLatency = Record<string, { count: number; p50_ms: number; p95_ms: number; p99_ms: number; max_ms: number }>;
 
+/** One interval of a phase (the soak's minutes), by ack time from the first send. */
+export interface IntervalResult {
+  from_s: number;
+  events_per_s: number;
+  p50_ms: number;
+  p99_ms: number;
+}
+
 export interface PhaseResult {
   name: string;
   mode: LoadMode;
+  id_kind: IdKind;
+  /** Frames in flight per connection at most (ws / paced; 0: the daemon's window). */
+  in_flight: number;
   generators: number;
   connections: number;
   concurrency: number;
@@ -43,6 +60,8 @@ export interface PhaseResult {
   /** First send to last ack over all generators. */
   seconds: number;
   events_per_s: number;
+  /** events_per_s over the 2-stream COPY ceiling of the same run (set by the orchestrator). */
+  to_ceiling_2: number | null;
   frames_acked: number;
   events_sent: number;
   accepted: number;
@@ -58,7 +77,10 @@ export interface PhaseResult {
   late_sends: number;
   max_send_lag_ms: number;
   frame_bytes: number;
+  /** Rows the phase added to the table (count after − count before). */
   rows_in_db: number;
+  /** Full intervals only (acks during the drain after the load stopped are left out); empty without a breakdown. */
+  intervals: IntervalResult[];
   verified: boolean;
   /**
    * OK: rows == events acknowledged as accepted. OK+: more rows, all explained by frames sent but never
@@ -197,6 +219,20 @@ function perEvent(cpu: CpuShare, generatorCpuS: number, events: number, cores: n
   return { daemon, postgres, generators, capacity_events_per_s: total ? Math.round((cores * 1e6) / total) : null };
 }
 
+/** The generators' intervals merged: full intervals of the load only. */
+function mergeIntervals(spec: PhaseSpec, results: GeneratorResult[]): IntervalResult[] {
+  if (spec.intervalS <= 0) return [];
+  const full = Math.floor(spec.durationS / spec.intervalS);
+  const out: IntervalResult[] = [];
+  for (let k = 0; k < full; k++) {
+    const parts = results.map((r) => r.intervals[k]).filter((i) => i !== undefined);
+    const latency = summarize(mergeHistograms(parts.map((i) => i.histogram)));
+    const accepted = parts.reduce((a, i) => a + i.accepted, 0);
+    out.push({ from_s: k * spec.intervalS, events_per_s: Math.round(accepted / spec.intervalS), p50_ms: latency.p50_ms, p99_ms: latency.p99_ms });
+  }
+  return out;
+}
+
 /** Waits until the daemon reports no task in flight; false if it still has some after `timeoutMs`. */
 async function waitForIdle(port: number, timeoutMs: number): Promise<boolean> {
   const deadline = Date.now() + timeoutMs;
@@ -209,8 +245,6 @@ async function waitForIdle(port: number, timeoutMs: number): Promise<boolean> {
 }
 
 async function verify(
-  ctx: PhaseContext,
-  prefix: string,
   rows: number,
   accepted: number,
   unackedEvents: number,
@@ -218,13 +252,11 @@ async function verify(
 ): Promise<{ verdict: PhaseResult["verdict"]; note: string }> {
   const unsettled = settled ? "" : "; the daemon still had tasks in flight when counted";
   if (rows === accepted) return { verdict: "OK", note: `rows == accepted${unsettled}` };
-  const distinct = await countDistinctByPrefix(ctx.db, ctx.schema, prefix);
-  const doubled = rows - distinct;
-  if (doubled === 0 && rows > accepted && rows <= accepted + unackedEvents) {
+  if (rows > accepted && rows <= accepted + unackedEvents) {
     return { verdict: "OK+", note: `rows ${rows} = accepted ${accepted} + ${rows - accepted} of ${unackedEvents} events in unacknowledged frames${unsettled}` };
   }
   const what = rows < accepted ? `${accepted - rows} acknowledged events missing` : `${rows - accepted} rows more than accepted`;
-  return { verdict: "MISMATCH", note: `rows ${rows} != accepted ${accepted}: ${what}${doubled > 0 ? `, ${doubled} stored twice` : ""}${unsettled}` };
+  return { verdict: "MISMATCH", note: `rows ${rows} != accepted ${accepted}: ${what}${unsettled}` };
 }
 
 export async function runLoadPhase(spec: PhaseSpec, ctx: PhaseContext): Promise<PhaseResult> {
@@ -240,7 +272,9 @@ export async function runLoadPhase(spec: PhaseSpec, ctx: PhaseContext): Promise<
         index: i,
         port: ctx.port,
         stream: BENCH_STREAM,
-        idPrefix: spec.idPrefix,
+        idKind: spec.idKind,
+        inFlight: spec.inFlight,
+        intervalS: spec.intervalS,
         eventsPerFrame: spec.eventsPerFrame,
         durationS: spec.durationS,
         drainTimeoutS: spec.drainTimeoutS,
@@ -252,6 +286,7 @@ export async function runLoadPhase(spec: PhaseSpec, ctx: PhaseContext): Promise<
       g.send({ type: "run", spec: gs });
     });
     await Promise.all(generators.map((g) => g.next("ready", 30_000)));
+    const rowsBefore = await countRows(ctx.db, ctx.schema);
 
     const metricsBefore = await scrapeMetrics(ctx.port);
     const dbBefore = await markDb(ctx.db);
@@ -282,19 +317,22 @@ export async function runLoadPhase(spec: PhaseSpec, ctx: PhaseContext): Promise<
 
     // Frames the generators gave up on may still commit: count once the daemon has nothing in flight.
     const settled = await waitForIdle(ctx.port, 15_000);
-    const rows = await countByPrefix(ctx.db, ctx.schema, spec.idPrefix);
+    const rows = (await countRows(ctx.db, ctx.schema)) - rowsBefore;
     const unackedEvents = sum((r) => r.unacked) * spec.eventsPerFrame;
-    const { verdict, note } = await verify(ctx, spec.idPrefix, rows, accepted, unackedEvents, settled);
+    const { verdict, note } = await verify(rows, accepted, unackedEvents, settled);
 
     return {
       name: spec.name,
       mode: spec.mode,
+      id_kind: spec.idKind,
+      in_flight: spec.mode === "http" ? 0 : spec.inFlight,
       generators: count,
       connections: spec.mode === "http" ? 0 : spec.connections,
       concurrency: spec.mode === "http" ? spec.concurrency : 0,
       offered_events_per_s: spec.mode === "paced" ? spec.rate : null,
       seconds: Math.round(seconds * 1000) / 1000,
       events_per_s: Math.round(accepted / seconds),
+      to_ceiling_2: null,
       frames_acked: sum((r) => r.framesAcked),
       events_sent: sum((r) => r.eventsSent),
       accepted,
@@ -310,6 +348,7 @@ export async function runLoadPhase(spec: PhaseSpec, ctx: PhaseContext): Promise<
       max_send_lag_ms: Math.max(...results.map((r) => r.maxSendLagMs)),
       frame_bytes: results[0]?.frameBytes ?? 0,
       rows_in_db: rows,
+      intervals: mergeIntervals(spec, results),
       verified: verdict !== "MISMATCH",
       verdict,
       verify_note: note,

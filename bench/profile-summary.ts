@@ -4,6 +4,10 @@
  * CPU goes under bench load.
  *
  *   node dist/bench/profile-summary.js DIR [top]
+ *
+ * Last, the daemon's samples of all threads by pipeline stage (the README's per-stage breakdown): shares of
+ * its busy time, to be scaled by the bench's measured CPU per event (sample times are wall time, so on a
+ * busy machine they overstate CPU; their shares hold).
  */
 import fs from "node:fs";
 import path from "node:path";
@@ -32,6 +36,45 @@ function moduleOf(url: string): string {
   if (url.startsWith("node:")) return url;
   const dist = url.indexOf("/dist/");
   return dist !== -1 ? url.slice(dist + "/dist/".length) : url;
+}
+
+/** The pipeline stage a frame's self time belongs to; worker threads only (the front thread is one stage). */
+function stageOf(functionName: string, url: string): string {
+  if (functionName === "(garbage collector)") return "garbage collection";
+  if (functionName === "(program)") return "V8 (program)";
+  if (url.includes("/records/body-parser")) return "JSON.parse (records/body-parser)";
+  if (url.includes("/config/streams/") || url.includes("/records/validate") || url.includes("node_modules/typia/") || functionName.startsWith("RegExp: ^[0-9]{4}")) {
+    return "typia validation";
+  }
+  if (functionName === "encodeJson") return "jsonb re-serialisation (JSON.stringify)";
+  if (url.includes("/records/row-encoder") || functionName.startsWith("RegExp: [\\")) return "COPY escaping and row assembly";
+  if (url.includes("/workers/commit/") || functionName === "writeBuffer" || /node_modules\/pg(-protocol)?\//.test(url)) return "COPY send (join, pg, socket writes)";
+  return "other (task plumbing, start-up)";
+}
+
+/** Busy self time by stage over all the profiles: worker threads by stageOf, the main thread as a whole. */
+export function summarizeStages(files: readonly string[]): string {
+  const byStage = new Map<string, number>();
+  let total = 0;
+  for (const file of files) {
+    const profile = JSON.parse(fs.readFileSync(file, "utf8")) as CpuProfile;
+    const byId = new Map(profile.nodes.map((n) => [n.id, n]));
+    // Node names main-thread profiles ...<pid>.0.<seq>.cpuprofile (thread id 0).
+    const main = /\.0\.\d+\.cpuprofile$/.test(file);
+    for (let i = 0; i < profile.samples.length; i++) {
+      const f = byId.get(profile.samples[i])!.callFrame;
+      if (f.functionName === "(idle)") continue;
+      const us = profile.timeDeltas[i] ?? 0;
+      const stage = main ? "front thread (uWS, ring, acks, metrics)" : stageOf(f.functionName, f.url);
+      byStage.set(stage, (byStage.get(stage) ?? 0) + us);
+      total += us;
+    }
+  }
+  const lines = ["by pipeline stage, all threads (share of busy samples):"];
+  for (const [stage, us] of [...byStage].sort((a, b) => b[1] - a[1])) {
+    lines.push(`  ${((100 * us) / Math.max(1, total)).toFixed(1).padStart(5)}%  ${stage}`);
+  }
+  return lines.join("\n");
 }
 
 export function summarize(file: string, top: number): string {
@@ -79,4 +122,5 @@ if (require.main === module) {
   }
   const files = fs.readdirSync(dir).filter((f) => f.endsWith(".cpuprofile")).map((f) => path.join(dir, f));
   for (const file of files) process.stdout.write(`${summarize(file, top)}\n\n`);
+  process.stdout.write(`${summarizeStages(files)}\n`);
 }

@@ -1,6 +1,6 @@
 /**
  * The bench report: one JSON document (written to .bench/latest.json) and its text rendering, with the
- * The targets of docs/performance.md#targets, checked against this run's numbers.
+ * targets of docs/performance.md#targets checked as ratios within this run.
  */
 import type { CeilingResult } from "./copy-ceiling";
 import type { PhaseResult } from "./load-phase";
@@ -14,9 +14,12 @@ export interface MachineInfo {
   os: string;
   node: string;
   loadavg_at_start: number[];
+  loadavg_at_end?: number[];
 }
 
 export interface DaemonInfo {
+  /** "configured" (the main phases) or "deduplication off" (ws-dedup-off). */
+  label: string;
   workers: number | null;
   batch_size: number | null;
   batch_timeout_ms: number | null;
@@ -39,10 +42,12 @@ export interface Target {
   name: string;
   value: number | null;
   limit: number;
-  /** "min": value ≥ limit passes; "max": value < limit passes. */
-  kind: "min" | "max";
+  /** "min": value ≥ limit passes; "max": value < limit passes; "atMost": value ≤ limit passes. */
+  kind: "min" | "max" | "atMost";
   unit: string;
   pass: boolean | null;
+  /** Why there is no value, or how it was derived. */
+  note?: string;
 }
 
 export interface BenchReport {
@@ -50,39 +55,80 @@ export interface BenchReport {
   finished_at: string;
   total_seconds: number;
   machine: MachineInfo;
-  postgres: { version: string; embedded: boolean };
+  postgres: { version: string; embedded: boolean; settings: Record<string, string> };
+  /** The configured daemon (main phases); `daemons` also holds the one with deduplication off. */
   daemon: DaemonInfo | null;
+  daemons: DaemonInfo[];
   options: BenchOptions;
+  id_kind: string;
+  /** Ids the id state held after the pre-fill and at the end (null: the stream does not deduplicate). */
+  id_state: { at_start: number | null; at_end: number | null };
+  /** Rows of the bench table at the end, and the sum of what the ceiling, warm-ups and phases added. */
+  table_rows: { at_end: number; expected: number };
   event_bytes_avg: number | null;
   copy_ceiling: CeilingResult | null;
-  warmup: { events_per_s: number; verified: boolean } | null;
+  warmups: { daemon: string; events_per_s: number; rows: number; verified: boolean }[];
   phases: PhaseResult[];
   ws_to_copy_ceiling_2: number | null;
   /** The same ratio from CPU cost per event / row rather than measured rates (robust to a busy machine). */
   capacity_ratio: { ws: number; copy: number; ratio: number } | null;
+  /** Path of the soak's SVG chart, when written. */
+  soak_chart: string | null;
   targets: Target[];
   verified: boolean;
   notes: string[];
 }
 
-function target(name: string, value: number | null | undefined, kind: "min" | "max", limit: number, unit: string): Target {
+export function ratio(a: number, b: number): number {
+  return b > 0 ? Math.round((a / b) * 100) / 100 : 0;
+}
+
+function target(name: string, value: number | null | undefined, kind: Target["kind"], limit: number, unit: string, note?: string): Target {
   const v = value ?? null;
-  return { name, value: v, limit, kind, unit, pass: v === null ? null : kind === "min" ? v >= limit : v < limit };
+  const pass = v === null ? null : kind === "min" ? v >= limit : kind === "max" ? v < limit : v <= limit;
+  return { name, value: v, limit, kind, unit, pass, ...(note ? { note } : {}) };
+}
+
+/** The soak's last full interval over its first (events/s). */
+export function soakRatio(phases: readonly PhaseResult[]): number | null {
+  const soak = phases.find((p) => p.name === "soak");
+  if (!soak || soak.intervals.length < 2 || soak.intervals[0].events_per_s === 0) return null;
+  return ratio(soak.intervals[soak.intervals.length - 1].events_per_s, soak.intervals[0].events_per_s);
+}
+
+/**
+ * PostgreSQL CPU per event that deduplication adds: the WebSocket phase on the configured (deduplicating)
+ * daemon minus the same phase on the daemon with deduplication off.
+ */
+export function dedupPostgresUs(phases: readonly PhaseResult[], daemon: DaemonInfo | null): number | null {
+  const on = phases.find((p) => p.name === "ws")?.cpu_us_per_event.postgres;
+  const off = phases.find((p) => p.name === "ws-dedup-off")?.cpu_us_per_event.postgres;
+  if (on == null || off == null || daemon?.dedup !== true) return null;
+  return Math.round((on - off) * 10) / 10;
 }
 
 /** The targets of docs/performance.md#targets; a phase that did not run leaves its target unchecked (null). */
-export function checkTargets(report: Pick<BenchReport, "phases" | "ws_to_copy_ceiling_2" | "daemon">): Target[] {
-  const phase = (mode: string) => report.phases.find((p) => p.mode === mode);
-  const ws = phase("ws");
-  const http = phase("http");
+export function checkTargets(report: Pick<BenchReport, "phases" | "daemon" | "daemons" | "id_state">): Target[] {
+  const phase = (name: string) => report.phases.find((p) => p.name === name);
   const paced = phase("paced");
+  const rss = report.daemons.length > 0 ? Math.max(...report.daemons.map((d) => Math.max(d.peak_rss_mib, d.vm_hwm_mib))) : null;
+  const ids = report.id_state.at_start;
   return [
-    target("WebSocket events/s", ws?.events_per_s, "min", 100_000, "events/s"),
-    target("WebSocket / COPY ceiling (2 streams)", report.ws_to_copy_ceiling_2, "min", 0.6, "×"),
-    target("HTTP events/s", http?.events_per_s, "min", 80_000, "events/s"),
-    target(`paced ack p95`, paced?.ack_latency.p95_ms, "max", 20, "ms"),
-    target(`paced ack p99`, paced?.ack_latency.p99_ms, "max", 50, "ms"),
-    target("daemon peak RSS", report.daemon ? Math.max(report.daemon.peak_rss_mib, report.daemon.vm_hwm_mib) : null, "max", 512, "MiB"),
+    target("WebSocket / COPY ceiling (2 streams)", phase("ws")?.to_ceiling_2, "min", 0.6, "×"),
+    target("soak last / first interval (minute)", soakRatio(report.phases), "min", 0.9, "×"),
+    target("WebSocket producer sessions, dedup off / ceiling", null, "min", 0.7, "×", "not available until producer sessions exist"),
+    target("HTTP / COPY ceiling (2 streams)", phase("http")?.to_ceiling_2, "min", 0.5, "×"),
+    target("paced ack p95", paced?.ack_latency.p95_ms, "max", 20, "ms"),
+    target("paced ack p99", paced?.ack_latency.p99_ms, "max", 50, "ms"),
+    target(
+      "dedup PostgreSQL CPU per event",
+      dedupPostgresUs(report.phases, report.daemon),
+      "atMost",
+      3,
+      "µs",
+      `ws minus ws-dedup-off, window holding ${ids === null ? "?" : ids.toLocaleString("en-US")} ids`,
+    ),
+    target("daemon peak RSS", rss, "max", 512, "MiB"),
   ];
 }
 
@@ -110,15 +156,20 @@ export function renderReport(r: BenchReport): string {
   const out: string[] = [];
   const m = r.machine;
   out.push(`ingestd bench — ${r.started_at} (${r.total_seconds.toFixed(0)} s)`);
-  out.push(`machine   ${m.cpu_model} × ${m.cores} cores (${m.available_parallelism} usable), ${m.memory_gib} GiB, ${m.os}, Node ${m.node}, load avg ${m.loadavg_at_start.map((x) => x.toFixed(2)).join(" ")}`);
-  out.push(`postgres  ${r.postgres.version} (${r.postgres.embedded ? "embedded, temp dir" : "DATABASE_URL, fresh database"})`);
-  if (r.daemon) {
-    const d = r.daemon;
+  out.push(`machine   ${m.cpu_model} × ${m.cores} cores (${m.available_parallelism} usable), ${m.memory_gib} GiB, ${m.os}, Node ${m.node}, load avg ${m.loadavg_at_start.map((x) => x.toFixed(2)).join(" ")} at start, ${(m.loadavg_at_end ?? []).map((x) => x.toFixed(2)).join(" ")} at end`);
+  const settings = Object.entries(r.postgres.settings).map(([k, v]) => `${k} ${v}`).join(", ");
+  out.push(`postgres  ${r.postgres.version} (${r.postgres.embedded ? "embedded, temp dir" : "DATABASE_URL, fresh database"}), ${settings}`);
+  for (const d of r.daemons) {
     const env = Object.entries(d.env).map(([k, v]) => `${k}=${v}`).join(" ");
-    out.push(`daemon    workers ${d.workers}, batch ${d.batch_size} rows / ${d.batch_timeout_ms} ms / ${d.max_batch_memory_mb} MiB, ring ${d.ring_mb} MiB, WS window ${d.ws_window}, dedup ${d.dedup === null ? "?" : d.dedup ? "on" : "off"}, auth: ${d.auth}${env ? `  [${env}]` : ""}${d.node_args.length ? `  node ${d.node_args.join(" ")}` : ""}`);
+    out.push(`daemon    (${d.label}) workers ${d.workers}, batch ${d.batch_size} rows / ${d.batch_timeout_ms} ms / ${d.max_batch_memory_mb} MiB, ring ${d.ring_mb} MiB, WS window ${d.ws_window}, dedup ${d.dedup === null ? "?" : d.dedup ? "on" : "off"}, auth: ${d.auth}${env ? `  [${env}]` : ""}${d.node_args.length ? `  node ${d.node_args.join(" ")}` : ""}`);
   }
   const o = r.options;
-  out.push(`load      ${o.generators} generator processes per phase, ${o.eventsPerFrame} events per frame/request${r.event_bytes_avg ? ` (~${r.event_bytes_avg} B/event)` : ""}, ${o.durationS} s per phase`);
+  out.push(
+    `load      ${o.generators} generator processes per phase, ${o.eventsPerFrame} events per frame/request${r.event_bytes_avg ? ` (~${r.event_bytes_avg} B/event JSON)` : ""}, ` +
+      `${r.id_kind} ids, ${o.durationS} s per phase, soak ${o.soakS} s${o.quick ? " (--quick)" : ""}`,
+  );
+  const ids = (n: number | null) => (n === null ? "-" : int(n));
+  out.push(`id state  ${ids(r.id_state.at_start)} ids remembered before the timed phases, ${ids(r.id_state.at_end)} at the end (never emptied)`);
   out.push("");
 
   if (r.copy_ceiling) {
@@ -150,15 +201,16 @@ export function renderReport(r: BenchReport): string {
     out.push("");
   }
 
-  if (r.warmup) out.push(`warm-up   ${int(r.warmup.events_per_s)} events/s over WebSocket (not measured), rows ${r.warmup.verified ? "OK" : "MISMATCH"}`);
+  for (const w of r.warmups) out.push(`warm-up   ${int(w.events_per_s)} events/s over WebSocket, daemon ${w.daemon} (not measured), rows ${w.verified ? "OK" : "MISMATCH"}`);
   if (r.phases.length > 0) {
     out.push("daemon phases — events/s = accepted events / (first send → last ack); latency = send (paced: intended send) → ack");
     out.push(
       ...table(
-        ["", "events/s", "p50 ms", "p95 ms", "p99 ms", "max ms", "accepted", "rows", "verify", "RSS MiB", "daemon (main)", "pg", "gens", "busy"],
+        ["", "events/s", "× ceiling", "p50 ms", "p95 ms", "p99 ms", "max ms", "accepted", "rows added", "verify", "RSS MiB", "daemon (main)", "pg", "gens", "busy"],
         r.phases.map((p) => [
           `  ${phaseLabel(p)}`,
           int(p.events_per_s),
+          p.to_ceiling_2 === null ? "-" : p.to_ceiling_2.toFixed(2),
           ms(p.ack_latency.p50_ms),
           ms(p.ack_latency.p95_ms),
           ms(p.ack_latency.p99_ms),
@@ -228,22 +280,45 @@ export function renderReport(r: BenchReport): string {
     }
   }
 
+  const soak = r.phases.find((p) => p.name === "soak");
+  if (soak && soak.intervals.length > 0) {
+    out.push(`soak — per ${soak.intervals.length > 1 ? soak.intervals[1].from_s - soak.intervals[0].from_s : soak.seconds} s over WebSocket (by ack time; acks after the load stopped left out)`);
+    out.push(
+      ...table(
+        ["", "events/s", "× ceiling", "p50 ms", "p99 ms"],
+        soak.intervals.map((i) => [
+          `  from ${i.from_s} s`,
+          int(i.events_per_s),
+          soak.to_ceiling_2 === null || !soak.events_per_s ? "-" : ((soak.to_ceiling_2 * i.events_per_s) / soak.events_per_s).toFixed(2),
+          ms(i.p50_ms),
+          ms(i.p99_ms),
+        ]),
+      ),
+    );
+    const sr = soakRatio(r.phases);
+    out.push(`  last / first: ${sr === null ? "-" : sr.toFixed(2)}${r.soak_chart ? `; chart ${r.soak_chart}` : ""}`);
+    out.push("");
+  }
   if (r.ws_to_copy_ceiling_2 !== null) out.push(`WebSocket / COPY ceiling (2 streams): ${r.ws_to_copy_ceiling_2.toFixed(2)}`);
   if (r.capacity_ratio !== null) {
     out.push(`at measured CPU cost on ${r.machine.available_parallelism} idle cores: WebSocket ${int(r.capacity_ratio.ws)} events/s vs COPY (2 streams) ${int(r.capacity_ratio.copy)} rows/s = ${r.capacity_ratio.ratio.toFixed(2)} (robust to other load)`);
   }
-  if (r.daemon) out.push(`daemon peak RSS: ${r.daemon.peak_rss_mib.toFixed(0)} MiB sampled, ${r.daemon.vm_hwm_mib.toFixed(0)} MiB VmHWM; exit ${r.daemon.exit}; ${r.daemon.warnings} warning/error log lines`);
+  for (const d of r.daemons) {
+    out.push(`daemon (${d.label}) peak RSS: ${d.peak_rss_mib.toFixed(0)} MiB sampled, ${d.vm_hwm_mib.toFixed(0)} MiB VmHWM; exit ${d.exit}; ${d.warnings} warning/error log lines`);
+  }
   out.push("");
-  out.push("targets (docs/performance.md, 2 cores, generators on the same machine)");
+  out.push("targets (docs/performance.md, ratios within this run; 2 cores, generators on the same machine)");
   out.push(
     ...table(
-      ["", "value", "target", ""],
+      ["", "value", "target", "", ""],
       r.targets.map((t) => [
         `  ${t.name}`,
-        t.value === null ? "-" : t.unit === "events/s" ? int(t.value) : t.unit === "×" ? t.value.toFixed(2) : ms(t.value),
-        `${t.kind === "min" ? "≥" : "<"} ${t.unit === "events/s" ? int(t.limit) : t.limit} ${t.unit === "×" ? "" : t.unit}`.trimEnd(),
+        t.value === null ? "-" : t.unit === "×" ? t.value.toFixed(2) : t.unit === "µs" ? t.value.toFixed(1) : ms(t.value),
+        `${t.kind === "min" ? "≥" : t.kind === "max" ? "<" : "≤"} ${t.limit} ${t.unit === "×" ? "" : t.unit}`.trimEnd(),
         t.pass === null ? "not run" : t.pass ? "PASS" : "MISS",
+        t.note ?? "",
       ]),
+      1,
     ),
   );
   out.push("");

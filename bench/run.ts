@@ -1,11 +1,14 @@
 /**
  * `npm run bench` / `ingestd bench`: the benchmark of docs/performance.md.
  *
- *   PostgreSQL (embedded in a temp dir, or DATABASE_URL) with a fresh database
- *   → COPY ceiling, 1 and 2 streams, no daemon
- *   → the real daemon as a child process, loaded by separate generator processes:
- *       WebSocket full speed, HTTP full speed, WebSocket paced (ack latency, coordinated-omission aware)
- *   → rows verified per phase, peak RSS, report (text + .bench/latest.json)
+ *   PostgreSQL (embedded in a temp dir, or DATABASE_URL) with a fresh database, stock settings
+ *   → the id state pre-filled with 20M ids (untimed)
+ *   → COPY ceiling, 1 and 2 streams, no daemon, same events and ids
+ *   → the real daemon as a child process, loaded by separate generator processes: first one with
+ *     deduplication off (WebSocket), then the configured one: WebSocket full speed, HTTP full speed,
+ *     WebSocket paced (ack latency, coordinated-omission aware), the soak (per interval)
+ *   → rows verified per phase (the table is never emptied: rows added = events accepted), peak RSS,
+ *     report (text + .bench/latest.json + the soak's SVG chart)
  *
  * Everything it starts it stops: bounded phases, children killed on error, signal or timeout.
  */
@@ -20,12 +23,16 @@ import { EmbeddedDbError, EX_UNAVAILABLE } from "../src/storage/embedded-db";
 import { startBenchDb, type BenchDb } from "./bench-db";
 import { measureCopyCeiling, type CeilingResult } from "./copy-ceiling";
 import { ROOT, startDaemon, type DaemonProcess } from "./daemon-process";
-import { eventJson, VARIANTS } from "./event-factory";
-import { BENCH_STREAM, benchStream, createSchema, resetTable } from "./event-table";
+import { dedupTable, qualifiedName } from "../src/shared/sql-identifiers";
+import { eventJson, VARIANTS, type IdKind } from "./event-factory";
+import { BENCH_STREAM, benchStream, createSchema } from "./event-table";
+import { prefillIdState } from "./id-state-prefill";
 import { runLoadPhase, type PhaseContext, type PhaseResult, type PhaseSpec } from "./load-phase";
 import { DEFAULT_OPTIONS, optionsFromEnv, USAGE, type BenchOptions, type PhaseName } from "./options";
 import { RssSampler } from "./proc-stats";
-import { checkTargets, renderReport, type BenchReport, type DaemonInfo, type MachineInfo } from "./report";
+import { checkTargets, ratio, renderReport, type BenchReport, type DaemonInfo, type MachineInfo } from "./report";
+import { checkpoint, countRows } from "./row-count";
+import { soakChartSvg } from "./soak-chart";
 
 export { DEFAULT_OPTIONS, optionsFromEnv, type BenchOptions } from "./options";
 export type { BenchReport } from "./report";
@@ -54,10 +61,10 @@ function daemonConfig(env: Record<string, string>, databaseUrl: string): Ingestd
   }
 }
 
-/** Mean JSON size of the bench's events, with an id as long as the generators' ids. */
-function averageEventBytes(): number {
+/** Mean JSON size of the bench's events. */
+function averageEventBytes(kind: IdKind): number {
   let bytes = 0;
-  for (let i = 0; i < VARIANTS; i++) bytes += Buffer.byteLength(eventJson(`ws-${process.pid}-0-`, i));
+  for (let i = 0; i < VARIANTS; i++) bytes += Buffer.byteLength(eventJson(kind, i));
   return Math.round(bytes / VARIANTS);
 }
 
@@ -81,18 +88,44 @@ function streamDedups(config: IngestdConfig | null): boolean {
   return dedupStreams(config, [stream]).includes(BENCH_STREAM);
 }
 
+/** Which daemon a phase runs on: the configured one, or a second one with deduplication off. */
+const DEDUP_OFF_PHASES: readonly PhaseName[] = ["ws-dedup-off"];
+
 function phaseSpec(name: PhaseName, o: BenchOptions): PhaseSpec {
-  const base = { durationS: o.durationS, drainTimeoutS: o.drainTimeoutS, generators: o.generators, eventsPerFrame: o.eventsPerFrame };
+  const base = {
+    durationS: o.durationS, drainTimeoutS: o.drainTimeoutS, generators: o.generators, eventsPerFrame: o.eventsPerFrame,
+    idKind: o.idKind, intervalS: 0, inFlight: o.wsInFlight,
+  };
   switch (name) {
     case "ws":
-      return { ...base, name: "ws", mode: "ws", idPrefix: "ws-", connections: o.wsConnections, concurrency: 0, rate: 0 };
+    case "ws-dedup-off":
+      return { ...base, name, mode: "ws", connections: o.wsConnections, concurrency: 0, rate: 0 };
+    case "soak":
+      return { ...base, name, mode: "ws", connections: o.wsConnections, concurrency: 0, rate: 0, durationS: o.soakS, intervalS: o.soakIntervalS };
     case "http":
-      return { ...base, name: "http", mode: "http", idPrefix: "http-", connections: 0, concurrency: o.httpConcurrency, rate: 0 };
+      return { ...base, name, mode: "http", connections: 0, concurrency: o.httpConcurrency, rate: 0, inFlight: 0 };
     case "paced":
-      return { ...base, name: "paced", mode: "paced", idPrefix: "paced-", connections: o.pacedConnections, concurrency: 0, rate: o.pacedRate };
+      return { ...base, name, mode: "paced", connections: o.pacedConnections, concurrency: 0, rate: o.pacedRate, inFlight: 0 };
     default:
       throw new Error(`not a load phase: ${name}`);
   }
+}
+
+/** PostgreSQL's checkpoint and memory settings as the run found them (the bench changes none). */
+async function postgresSettings(db: BenchDb): Promise<Record<string, string>> {
+  const names = ["max_wal_size", "checkpoint_timeout", "shared_buffers", "synchronous_commit", "fsync"];
+  const r = await db.query<{ name: string; setting: string }>(
+    "SELECT name, current_setting(name) AS setting FROM pg_settings WHERE name = ANY($1)",
+    [names],
+  );
+  return Object.fromEntries(r.rows.map((row) => [row.name, row.setting]));
+}
+
+async function idStateSize(db: BenchDb, schema: string): Promise<number | null> {
+  const stream = benchStream();
+  if (stream.dedupKey === undefined) return null;
+  const r = await db.query<{ n: string }>(`SELECT count(*) AS n FROM ${qualifiedName(schema, dedupTable(stream.table))}`);
+  return Number(r.rows[0].n);
 }
 
 /**
@@ -171,19 +204,40 @@ async function runWithOptions(options: BenchOptions, out: NodeJS.WritableStream)
   process.once("SIGINT", onSignal);
   process.once("SIGTERM", onSignal);
   const loadPhases = options.phases.filter((p) => p !== "copy");
-  const budgetS = 120 + (options.warmupS + 10) + loadPhases.length * (options.durationS + options.drainTimeoutS + 40);
+  const groups = [
+    { label: "deduplication off", dedup: "off" as const, phases: loadPhases.filter((p) => DEDUP_OFF_PHASES.includes(p)) },
+    { label: "configured", dedup: options.dedup, phases: loadPhases.filter((p) => !DEDUP_OFF_PHASES.includes(p)) },
+  ].filter((g) => g.phases.length > 0);
+  const phaseBudgetS = (p: PhaseName) => (p === "soak" ? options.soakS : options.durationS) + options.drainTimeoutS + 90;
+  const budgetS =
+    300 + options.prefillIds / 1e6 * 90 + groups.length * (options.warmupS + 90) + loadPhases.reduce((a, p) => a + phaseBudgetS(p), 0);
   const hardTimeout = setTimeout(() => {
-    process.stderr.write(`[bench] still running after ${budgetS} s: giving up\n`);
+    process.stderr.write(`[bench] still running after ${Math.round(budgetS)} s: giving up\n`);
     void cleanup().finally(() => process.exit(1));
   }, budgetS * 1000);
   hardTimeout.unref();
 
   try {
-    log(`machine: ${machine.cpu_model} × ${machine.cores}, Node ${machine.node}`);
+    log(`machine: ${machine.cpu_model} × ${machine.cores}, Node ${machine.node}, load average ${machine.loadavg_at_start.join(" ")}`);
     db = await startBenchDb(log);
     let config = daemonConfig(options.daemonEnv, db.url);
     const schema = config?.dbSchema ?? "public";
     await createSchema(db.url, schema);
+    const pgSettings = await postgresSettings(db);
+    log(`PostgreSQL ${db.version}: ${Object.entries(pgSettings).map(([k, v]) => `${k} ${v}`).join(", ")}`);
+
+    // The id state starts as weeks of traffic leave it, outside the timed phases (docs/performance.md#workload).
+    let idsAtStart: number | null = null;
+    if (benchStream().dedupKey !== undefined && options.prefillIds > 0) {
+      const started = Date.now();
+      log(`pre-filling the id state with ${options.prefillIds.toLocaleString("en-US")} ${options.idKind} ids (untimed)`);
+      await prefillIdState(db.url, schema, benchStream(), options.prefillIds, options.idKind);
+      await checkpoint(db);
+      idsAtStart = await idStateSize(db, schema);
+      log(`id state holds ${idsAtStart?.toLocaleString("en-US")} ids (${((Date.now() - started) / 1000).toFixed(0)} s)`);
+    } else {
+      idsAtStart = await idStateSize(db, schema);
+    }
 
     const dedupOn = options.dedup === "default" ? streamDedups(config) : options.dedup === "on";
     let ceiling: CeilingResult | null = null;
@@ -191,25 +245,26 @@ async function runWithOptions(options: BenchOptions, out: NodeJS.WritableStream)
       const commitSql = options.commitSqlRows > 0
         ? { rows: options.commitSqlRows, batchSize: config?.batchSize ?? 5000, dedup: dedupOn, streams: config?.workers ?? 2 }
         : null;
-      ceiling = await measureCopyCeiling(db, schema, options.copyRows, [1, 2], cores, log, commitSql);
+      ceiling = await measureCopyCeiling(db, schema, options.copyRows, [1, 2], cores, options.idKind, log, commitSql);
     }
+    const copy2 = ceiling?.runs.find((r) => r.streams === 2) ?? null;
 
     const phases: PhaseResult[] = [];
-    let warmup: BenchReport["warmup"] = null;
-    let daemonInfo: DaemonInfo | null = null;
-    if (loadPhases.length > 0) {
-      await resetTable(db, schema);
+    const warmups: NonNullable<BenchReport["warmups"]> = [];
+    const daemons: DaemonInfo[] = [];
+    const token = options.auth ? `igd_bench_${crypto.randomBytes(24).toString("base64url")}` : null;
+    for (const group of groups) {
       const daemonEnv = { ...options.daemonEnv };
       // A key of our own, added to any the environment already lists, so the bench works (and pays for
       // authentication like a production producer) whatever keys the configuration requires.
-      const token = options.auth ? `igd_bench_${crypto.randomBytes(24).toString("base64url")}` : null;
       if (token !== null) {
         const entry = `ingestd-bench:${crypto.createHash("sha256").update(token).digest("hex")}:${BENCH_STREAM}`;
         const existing = process.env.INGESTD_API_KEYS?.trim();
         daemonEnv.INGESTD_API_KEYS = existing ? `${existing};${entry}` : entry;
       }
-      if (options.dedup !== "default") {
-        configFile = dedupConfigFile(daemonEnv, options.dedup === "on");
+      if (group.dedup !== "default") {
+        if (configFile) fs.rmSync(configFile, { force: true });
+        configFile = dedupConfigFile(daemonEnv, group.dedup === "on");
         daemonEnv.INGESTD_CONFIG = configFile;
       }
       daemon = await startDaemon({
@@ -220,45 +275,49 @@ async function runWithOptions(options: BenchOptions, out: NodeJS.WritableStream)
         onLine: (line) => log(`daemon: ${line.slice(0, 500)}`),
       });
       children.add(daemon.child);
-      config = daemonConfig(daemonEnv, db.url) ?? config;
-      log(`daemon pid ${daemon.pid} listening on 127.0.0.1:${daemon.port} (${daemon.listening.workers} workers)`);
+      const groupConfig = daemonConfig(daemonEnv, db.url) ?? config;
+      if (group.dedup === "default") config = groupConfig;
+      log(`daemon (${group.label}) pid ${daemon.pid} listening on 127.0.0.1:${daemon.port} (${daemon.listening.workers} workers)`);
       rss = new RssSampler(daemon.pid);
       rss.start();
       const ctx: PhaseContext = { port: daemon.port, daemonPid: daemon.pid, db, schema, rss, cores, token, children, log };
 
       if (options.warmupS > 0) {
-        const spec = { ...phaseSpec("ws", options), name: "warm-up", idPrefix: "warm-", durationS: options.warmupS };
+        const spec = { ...phaseSpec("ws", options), name: `warm-up (${group.label})`, durationS: options.warmupS };
         log(`warm-up: WebSocket for ${options.warmupS} s`);
         const w = await runLoadPhase(spec, ctx);
-        warmup = { events_per_s: w.events_per_s, verified: w.verified };
-        await resetTable(db, schema);
+        warmups.push({ daemon: group.label, events_per_s: w.events_per_s, rows: w.rows_in_db, verified: w.verified });
       }
-      for (const name of loadPhases) {
+      for (const name of group.phases) {
         const spec = phaseSpec(name, options);
-        log(`${name}: ${spec.durationS} s, ${name === "http" ? `${spec.concurrency} requests in flight` : `${spec.connections} connections`}${name === "paced" ? ` at ${spec.rate} events/s` : ""}`);
+        log(
+          `${name}: ${spec.durationS} s, ${spec.mode === "http" ? `${spec.concurrency} requests in flight` : `${spec.connections} connections`}` +
+            `${spec.mode === "paced" ? ` at ${spec.rate} events/s` : ""}${spec.intervalS > 0 ? `, reported every ${spec.intervalS} s` : ""}`,
+        );
         const result = await runLoadPhase(spec, ctx);
+        result.to_ceiling_2 = copy2 ? ratio(result.events_per_s, copy2.rows_per_s) : null;
         phases.push(result);
         log(
-          `${name}: ${result.events_per_s.toLocaleString("en-US")} events/s, ack p50 ${result.ack_latency.p50_ms} / p99 ${result.ack_latency.p99_ms} ms, ` +
-            `rows ${result.verdict}${result.verdict === "OK" ? "" : ` (${result.verify_note})`}`,
+          `${name}: ${result.events_per_s.toLocaleString("en-US")} events/s${result.to_ceiling_2 === null ? "" : ` (${result.to_ceiling_2} of the ceiling)`}, ` +
+            `ack p50 ${result.ack_latency.p50_ms} / p99 ${result.ack_latency.p99_ms} ms, rows ${result.verdict}${result.verdict === "OK" ? "" : ` (${result.verify_note})`}`,
         );
-        await resetTable(db, schema);
       }
 
       rss.stop();
       const hwm = rss.hwmKiB();
       const peak = rss.peakKiB;
-      log("stopping the daemon (SIGTERM)");
+      log(`stopping the daemon (${group.label}, SIGTERM)`);
       const exit = await daemon.stop(30_000);
       children.delete(daemon.child);
-      daemonInfo = {
-        workers: typeof daemon.listening.workers === "number" ? daemon.listening.workers : config?.workers ?? null,
-        batch_size: config?.batchSize ?? null,
-        batch_timeout_ms: config?.batchTimeoutMs ?? null,
-        max_batch_memory_mb: config?.maxBatchMemoryMb ?? null,
-        ring_mb: typeof daemon.listening.ring_mb === "number" ? daemon.listening.ring_mb : config?.ringMb ?? null,
-        ws_window: config?.ws.window ?? null,
-        dedup: config ? streamDedups(config) : null,
+      daemons.push({
+        label: group.label,
+        workers: typeof daemon.listening.workers === "number" ? daemon.listening.workers : groupConfig?.workers ?? null,
+        batch_size: groupConfig?.batchSize ?? null,
+        batch_timeout_ms: groupConfig?.batchTimeoutMs ?? null,
+        max_batch_memory_mb: groupConfig?.maxBatchMemoryMb ?? null,
+        ring_mb: typeof daemon.listening.ring_mb === "number" ? daemon.listening.ring_mb : groupConfig?.ringMb ?? null,
+        ws_window: groupConfig?.ws.window ?? null,
+        dedup: groupConfig ? streamDedups(groupConfig) : null,
         auth: options.auth ? "bench API key" : "as configured",
         env: options.daemonEnv,
         node_args: options.daemonNodeArgs,
@@ -266,40 +325,56 @@ async function runWithOptions(options: BenchOptions, out: NodeJS.WritableStream)
         vm_hwm_mib: Math.round((hwm / 1024) * 10) / 10,
         warnings: daemon.warnings(),
         exit: exit.killed ? "killed after 30 s (drain did not finish)" : `${exit.code ?? exit.signal}`,
-      };
+      });
       daemon = null;
     }
 
-    const ws = phases.find((p) => p.mode === "ws");
-    const copy2 = ceiling?.runs.find((r) => r.streams === 2);
-    const ratio = ws && copy2 ? Math.round((ws.events_per_s / copy2.rows_per_s) * 100) / 100 : null;
     const notes: string[] = [];
-    if (machine.loadavg_at_start[0] > 0.5 * cores) {
-      notes.push(`load average ${machine.loadavg_at_start[0]} at start on ${cores} cores: the machine was busy; compare ratios within this run`);
+    const loadAtEnd = os.loadavg().map((x) => Math.round(x * 100) / 100);
+    if (Math.max(machine.loadavg_at_start[0], loadAtEnd[0]) > 0.5 * cores) {
+      notes.push(
+        `load average ${machine.loadavg_at_start[0]} at start, ${loadAtEnd[0]} at end on ${cores} cores: other work shared the machine; ` +
+          "compare ratios within this run and CPU per event, not events/s",
+      );
+    }
+    if (options.quick) notes.push("--quick: short phases and a small id state; figures are for development, not comparable with a full run");
+    const idsAtEnd = await idStateSize(db, schema);
+    const rowsAtEnd = await countRows(db, schema);
+    const rowsExpected = (ceiling?.runs.reduce((a, r) => a + r.rows_verified, 0) ?? 0) + (ceiling?.commit_sql?.rows_verified ?? 0) +
+      phases.reduce((a, p) => a + p.rows_in_db, 0) + warmups.reduce((a, w) => a + w.rows, 0);
+    if (rowsAtEnd !== rowsExpected) {
+      notes.push(`the table holds ${rowsAtEnd} rows at the end, the phases added ${rowsExpected}: rows landed between phases (late commits)`);
     }
     const verified =
-      phases.every((p) => p.verified) && (warmup?.verified ?? true) && (ceiling?.runs.every((r) => r.rows_verified === r.rows) ?? true);
+      phases.every((p) => p.verified) && warmups.every((w) => w.verified) && (ceiling?.runs.every((r) => r.rows_verified === r.rows) ?? true) &&
+      (ceiling?.commit_sql ? ceiling.commit_sql.rows_verified === ceiling.commit_sql.rows : true);
+    const ws = phases.find((p) => p.name === "ws");
     const report: BenchReport = {
       started_at: startedAt,
       finished_at: new Date().toISOString(),
       total_seconds: Math.round((Date.now() - t0) / 100) / 10,
-      machine,
-      postgres: { version: db.version, embedded: db.embedded },
-      daemon: daemonInfo,
+      machine: { ...machine, loadavg_at_end: loadAtEnd },
+      postgres: { version: db.version, embedded: db.embedded, settings: pgSettings },
+      daemon: daemons.find((d) => d.label === "configured") ?? null,
+      daemons,
       options,
-      event_bytes_avg: averageEventBytes(),
+      id_kind: options.idKind,
+      id_state: { at_start: idsAtStart, at_end: idsAtEnd },
+      table_rows: { at_end: rowsAtEnd, expected: rowsExpected },
+      event_bytes_avg: averageEventBytes(options.idKind),
       copy_ceiling: ceiling,
-      warmup,
+      warmups,
       phases,
-      ws_to_copy_ceiling_2: ratio,
+      ws_to_copy_ceiling_2: ws?.to_ceiling_2 ?? null,
       capacity_ratio:
         ws?.cpu_us_per_event.capacity_events_per_s && copy2?.capacity_rows_per_s
           ? {
               ws: ws.cpu_us_per_event.capacity_events_per_s,
               copy: copy2.capacity_rows_per_s,
-              ratio: Math.round((ws.cpu_us_per_event.capacity_events_per_s / copy2.capacity_rows_per_s) * 100) / 100,
+              ratio: ratio(ws.cpu_us_per_event.capacity_events_per_s, copy2.capacity_rows_per_s),
             }
           : null,
+      soak_chart: null,
       targets: [],
       verified,
       notes,
@@ -311,6 +386,12 @@ async function runWithOptions(options: BenchOptions, out: NodeJS.WritableStream)
     out.write(renderReport(report));
     if (options.jsonPath) {
       fs.mkdirSync(path.dirname(options.jsonPath), { recursive: true });
+      const soak = phases.find((p) => p.name === "soak");
+      if (soak && soak.intervals.length > 0) {
+        report.soak_chart = options.jsonPath.replace(/\.json$/, "") + "-soak.svg";
+        fs.writeFileSync(report.soak_chart, soakChartSvg(report, soak, copy2?.rows_per_s ?? null));
+        out.write(`soak chart: ${path.relative(process.cwd(), report.soak_chart) || report.soak_chart}\n`);
+      }
       fs.writeFileSync(options.jsonPath, JSON.stringify(report, null, 2) + "\n");
       out.write(`report: ${path.relative(process.cwd(), options.jsonPath) || options.jsonPath}\n`);
     }
