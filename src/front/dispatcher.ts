@@ -19,7 +19,7 @@ import type { LatencyRecorder } from "../ops/latency";
 import type { Logger } from "../ops/logger";
 import type { Metrics } from "../ops/metrics";
 import type { RingRegion } from "./ring";
-import { emptyOutcome, type IngestOutcome, type IngestTask, type TaskFormat, type WorkerData } from "../shared/task-protocol";
+import { emptyOutcome, type IngestOutcome, type IngestTask, type SessionTask, type TaskFormat, type WorkerData } from "../shared/task-protocol";
 
 export interface DispatcherOptions {
   workers: number;
@@ -40,9 +40,9 @@ export const TASK_COST_BYTES = 1024;
 const MAX_PRIORITY = 10;
 
 interface Queued {
-  sub: Submission;
   cost: number;
-  resolve: (outcome: Promise<IngestOutcome>) => void;
+  /** Starts the task once admitted. */
+  go: () => void;
 }
 
 /** FIFO with O(1) shift: a head index into an array that is compacted once half of it is consumed. */
@@ -150,14 +150,28 @@ export class Dispatcher {
    * rejects: a worker failure becomes a `failed` outcome.
    */
   run(sub: Submission): Promise<IngestOutcome> {
-    this.inFlight++;
     const cost = sub.region.length + TASK_COST_BYTES;
-    let outcome: Promise<IngestOutcome>;
+    return this.admitted(cost, () => Math.min(MAX_PRIORITY, Math.max(0, Math.trunc(sub.priority) || 0, this.hintedPriority(sub))), () => this.execute(sub));
+  }
+
+  /**
+   * Runs consecutive frames of one producer session as one task on one worker (docs/websocket-protocol.md#producer-sessions);
+   * each frame's outcome, in order. Never rejects: a worker failure is a `failed` outcome for every frame.
+   */
+  runSession(task: SessionTask): Promise<IngestOutcome[]> {
+    let cost = 0;
+    for (const f of task.frames) cost += f.length + TASK_COST_BYTES;
+    return this.admitted(cost, () => 0, () => this.executeSession(task));
+  }
+
+  /** Runs `exec` once the workers have room for `cost` (see the class comment). */
+  private admitted<T>(cost: number, priority: () => number, exec: () => Promise<T>): Promise<T> {
+    this.inFlight++;
+    let outcome: Promise<T>;
     if (this.queued === 0 && this.admits(cost)) {
-      outcome = this.start(sub, cost);
+      outcome = this.start(cost, exec);
     } else {
-      const priority = Math.min(MAX_PRIORITY, Math.max(0, Math.trunc(sub.priority) || 0, this.hintedPriority(sub)));
-      outcome = new Promise<IngestOutcome>((resolve) => this.queues[priority].push({ sub, cost, resolve }));
+      outcome = new Promise<T>((resolve) => this.queues[priority()].push({ cost, go: () => resolve(this.start(cost, exec)) }));
       this.queued++;
     }
     return outcome.finally(() => {
@@ -186,15 +200,15 @@ export class Dispatcher {
       if (!this.admits(head.cost)) return;
       this.queues[p].shift();
       this.queued--;
-      head.resolve(this.start(head.sub, head.cost));
+      head.go();
     }
   }
 
-  private async start(sub: Submission, cost: number): Promise<IngestOutcome> {
+  private async start<T>(cost: number, exec: () => Promise<T>): Promise<T> {
     this.running++;
     this.runningBytes += cost;
     try {
-      return await this.execute(sub);
+      return await exec();
     } finally {
       this.running--;
       this.runningBytes -= cost;
@@ -224,6 +238,17 @@ export class Dispatcher {
     } catch (err) {
       this.logFailure(sub.stream, "failed", (err as Error).message);
       return emptyOutcome(sub, "failed", `worker failed: ${(err as Error).message}`);
+    }
+  }
+
+  private async executeSession(task: SessionTask): Promise<IngestOutcome[]> {
+    try {
+      const outcomes = (await this.pool.run(task as unknown as IngestTask, { name: "ingestSession" })) as unknown as IngestOutcome[];
+      for (const o of outcomes) if (o.kind === "db_unavailable" || o.kind === "failed") this.logFailure(task.stream, o.kind, o.message);
+      return outcomes;
+    } catch (err) {
+      this.logFailure(task.stream, "failed", (err as Error).message);
+      return task.frames.map((f) => emptyOutcome({ requestId: `ws-${task.producer}-${f.seq}`, priority: 0 }, "failed", `worker failed: ${(err as Error).message}`));
     }
   }
 

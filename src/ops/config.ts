@@ -52,6 +52,11 @@ export interface IngestdConfig {
    * (on for events and product_events).
    */
   deduplicate: Record<string, boolean>;
+  /**
+   * Producer sessions idle this many days lose their ingest_producers row (a bounded delete every ten
+   * minutes); null keeps them. Absent: 30.
+   */
+  producerRetentionDays?: (Int & tags.Minimum<1> & tags.Maximum<36500>) | null;
 }
 
 /** Exit status for a configuration error (sysexits.h EX_CONFIG). */
@@ -90,6 +95,7 @@ const ENV_OVERRIDES: ReadonlyArray<[env: string, path: string, kind: EnvKind]> =
   ["WS_WINDOW", "ws.window", "int"],
   ["WS_MAX_FRAME_BYTES", "ws.maxFrameBytes", "int"],
   ["RETENTION_MONTHS", "retentionMonths", "int"],
+  ["PRODUCER_RETENTION_DAYS", "producerRetentionDays", "int"],
 ];
 
 export const DEFAULT_CONFIG_PATH = path.resolve(__dirname, "../../../config/ingestd.json");

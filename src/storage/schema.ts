@@ -9,6 +9,7 @@ import {
   BATCHES_TABLE,
   DEAD_LETTERS_TABLE,
   dedupTable,
+  PRODUCERS_TABLE,
   qualifiedName,
   quoteIdent,
 } from "../shared/sql-identifiers";
@@ -69,6 +70,7 @@ export function streamTableDdl(schema: string, stream: StreamDefinition, all: re
 export function bookkeepingDdl(schema: string): string[] {
   const batches = qualifiedName(schema, BATCHES_TABLE);
   const dead = qualifiedName(schema, DEAD_LETTERS_TABLE);
+  const producers = qualifiedName(schema, PRODUCERS_TABLE);
   return [
     `CREATE TABLE IF NOT EXISTS ${batches} (
   "batch_id" text NOT NULL,
@@ -96,6 +98,16 @@ export function bookkeepingDdl(schema: string): string[] {
   "received_at" timestamptz NOT NULL
 )`,
     `CREATE INDEX IF NOT EXISTS "ingest_dead_letters_stream_received_at_idx" ON ${dead} ("stream", "received_at")`,
+    // Producer sessions (docs/websocket-protocol.md#producer-sessions): one row per producer, not per event.
+    `CREATE TABLE IF NOT EXISTS ${producers} (
+  "stream" text NOT NULL,
+  "producer" text NOT NULL,
+  "epoch" bigint NOT NULL,
+  "committed_seq" bigint NOT NULL DEFAULT 0,
+  "updated_at" timestamptz NOT NULL DEFAULT now(),
+  PRIMARY KEY ("stream", "producer")
+)`,
+    `CREATE INDEX IF NOT EXISTS "ingest_producers_updated_at_idx" ON ${producers} ("updated_at")`,
   ];
 }
 
