@@ -44,6 +44,8 @@ export interface ProducerOptions {
   /** Reconnect delays: exponential from `initialDelayMs` to `maxDelayMs`, with full jitter. */
   initialDelayMs?: number;
   maxDelayMs?: number;
+  /** Give up (every waiting record rejects) after this long without a session; default never. */
+  giveUpAfterMs?: number;
   /** Connection events, for progress lines and logs. */
   onEvent?: (event: ProducerEvent) => void;
 }
@@ -121,6 +123,8 @@ export class Producer {
   private idleWaiters: Array<{ resolve: () => void; reject: (e: Error) => void }> = [];
   private failure: ProducerError | null = null;
   private closing = false;
+  /** Date.now() since when there is no session (null while connected). */
+  private downSince: number | null = null;
 
   constructor(options: ProducerOptions) {
     this.producer = options.producer ?? `p-${Math.random().toString(36).slice(2)}${Date.now().toString(36)}`;
@@ -134,6 +138,7 @@ export class Producer {
       spoolFsync: "frame",
       initialDelayMs: 100,
       maxDelayMs: 10_000,
+      giveUpAfterMs: Infinity,
       ...options,
     };
     this.ready = this.start();
@@ -289,6 +294,11 @@ export class Producer {
     if (refused !== null && [400, 401, 403, 404].includes(refused.status)) {
       return this.fail(new ProducerError(`upgrade refused: ${refused.status} ${refused.message}`, refused.status));
     }
+    this.downSince ??= Date.now();
+    if (Date.now() - this.downSince > this.o.giveUpAfterMs) {
+      const last = refused !== null ? `${refused.status} ${refused.message}` : `${code} ${reason}`.trim();
+      return this.fail(new ProducerError(`could not deliver: no session for ${Math.round((Date.now() - this.downSince) / 1000)} s (last: ${last})`, refused?.status ?? code));
+    }
     // Backoff with full jitter; a 1013 close or a Retry-After sets the floor.
     const exp = Math.min(this.o.maxDelayMs, this.o.initialDelayMs * 2 ** Math.min(this.attempts, 20));
     let delay = Math.random() * exp;
@@ -332,6 +342,7 @@ export class Producer {
     }
     this.nextSeq = committed + 1 + this.unacked.length;
     this.connected = true;
+    this.downSince = null;
     this.o.onEvent?.({ type: "connected", committedSeq: committed, resent: Math.min(this.unacked.length, this.window) });
     this.notifyIdle();
     this.pump(false);
