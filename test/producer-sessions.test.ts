@@ -6,6 +6,8 @@
  */
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
+import pg from "pg";
+import { forgetIdleProducers } from "../src/storage/producers";
 import { openWs, startDaemon, startTestDb, waitFor, type Daemon, type TestDb, type WsClient } from "./harness";
 
 let db: TestDb;
@@ -141,5 +143,23 @@ describe("producer sessions", () => {
     const closed = await a.closed;
     assert.equal(closed.code, 4409);
     assert.deepEqual(await rows("late"), { total: 2, distinct: 2, maxSeq: 1 });
+  });
+
+  test("idle-producer retention deletes only rows idle past the limit, in bounded steps; a forgotten producer starts at 0", async () => {
+    for (let i = 0; i < 5; i++) await session(one, `p-idle-${i}`);
+    await db.query("UPDATE ingest_producers SET updated_at = now() - interval '40 days', committed_seq = 9 WHERE producer LIKE 'p-idle-%'");
+    const pool = new pg.Pool({ connectionString: db.url, max: 1 });
+    try {
+      assert.equal(await forgetIdleProducers(pool, "public", 30, 3), 3);
+      assert.equal(await forgetIdleProducers(pool, "public", 30, 3), 2);
+      assert.equal(await forgetIdleProducers(pool, "public", 30, 3), 0);
+    } finally {
+      await pool.end();
+    }
+    const left = await db.query("SELECT count(*)::int AS n FROM ingest_producers WHERE producer LIKE 'p-idle-%'");
+    assert.equal(left.rows[0].n, 0);
+    assert.ok((await db.query("SELECT count(*)::int AS n FROM ingest_producers WHERE producer = 'p-basic'")).rows[0].n === 1);
+    const back = await session(one, "p-idle-1");
+    assert.equal(back.hello.committed_seq, 0);
   });
 });
