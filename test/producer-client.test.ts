@@ -142,6 +142,19 @@ describe("producer client", () => {
     assert.deepEqual(await counts("cut"), { total: 10_000, distinct: 10_000 });
   });
 
+  test("a connection gone silent (acks never arrive) is dropped and its frames resent: none lost, none doubled", async () => {
+    const p = producerFor("silent", { silenceTimeoutMs: 800 });
+    const before = proxy.counts().connections;
+    const sending = sendPaced(p, "silent", 4000, 100);
+    await sleep(300);
+    proxy.freezeDown();
+    const outcomes = await sending;
+    stored(outcomes);
+    await p.close();
+    assert.ok(proxy.counts().connections >= before + 2, "the client never reconnected");
+    assert.deepEqual(await counts("silent"), { total: 4000, distinct: 4000 });
+  });
+
   test("PostgreSQL stopped for ~10 s under load: the client waits, none lost, none doubled", async () => {
     const p = producerFor("pgdown");
     const started = Date.now();

@@ -17,6 +17,8 @@ export interface TcpProxy {
   blackhole(direction: "up" | "down", on: boolean): void;
   /** Bytes forwarded so far, up (client to server) and down. */
   counts(): { up: number; down: number; connections: number; trapped: number };
+  /** The connections open now stop passing anything to the client (a peer gone silent); new ones work. */
+  freezeDown(): void;
   /** Takes back a cutAfter() that has not fired. */
   disarm(): void;
   /** Whether a cutAfter() trap is still waiting for its bytes. */
@@ -32,6 +34,7 @@ export async function startProxy(target: number): Promise<TcpProxy> {
   let trapped = 0;
   let trap: { direction: "up" | "down"; left: number } | null = null;
   const dropping = { up: false, down: false };
+  const frozen = new WeakSet<net.Socket>();
   const cut = (pair: [net.Socket, net.Socket]) => {
     pair[0].destroy();
     pair[1].destroy();
@@ -44,7 +47,7 @@ export async function startProxy(target: number): Promise<TcpProxy> {
     pairs.add(pair);
     const forward = (from: net.Socket, to: net.Socket, direction: "up" | "down") =>
       from.on("data", (chunk: Buffer) => {
-        if (dropping[direction]) return;
+        if (dropping[direction] || (direction === "down" && frozen.has(to))) return;
         if (direction === "up") up += chunk.length;
         else down += chunk.length;
         if (trap !== null && trap.direction === direction) {
@@ -76,6 +79,9 @@ export async function startProxy(target: number): Promise<TcpProxy> {
     },
     cutAfter: (direction, bytes) => {
       trap = { direction, left: Math.max(1, bytes) };
+    },
+    freezeDown: () => {
+      for (const [client] of pairs) frozen.add(client);
     },
     blackhole: (direction, on) => {
       dropping[direction] = on;

@@ -44,6 +44,11 @@ export interface ProducerOptions {
   /** Reconnect delays: exponential from `initialDelayMs` to `maxDelayMs`, with full jitter. */
   initialDelayMs?: number;
   maxDelayMs?: number;
+  /**
+   * A connection with frames out and no word from the server for this long is dropped and opened again (a
+   * peer gone without a close; the server delays acks at most its overload deadline). Default 60 s.
+   */
+  silenceTimeoutMs?: number;
   /** Give up (every waiting record rejects) after this long without a session; default never. */
   giveUpAfterMs?: number;
   /** Connection events, for progress lines and logs. */
@@ -125,6 +130,9 @@ export class Producer {
   private closing = false;
   /** Date.now() since when there is no session (null while connected). */
   private downSince: number | null = null;
+  /** Date.now() of the last message from the server. */
+  private heardAt = 0;
+  private watchdog: ReturnType<typeof setInterval> | null = null;
 
   constructor(options: ProducerOptions) {
     this.producer = options.producer ?? `p-${Math.random().toString(36).slice(2)}${Date.now().toString(36)}`;
@@ -139,6 +147,7 @@ export class Producer {
       initialDelayMs: 100,
       maxDelayMs: 10_000,
       giveUpAfterMs: Infinity,
+      silenceTimeoutMs: 60_000,
       ...options,
     };
     this.ready = this.start();
@@ -206,6 +215,7 @@ export class Producer {
     } finally {
       this.closing = true;
       if (this.reconnectTimer !== null) clearTimeout(this.reconnectTimer);
+      if (this.watchdog !== null) clearInterval(this.watchdog);
       this.socket?.close(1000, "producer closed");
       this.socket = null;
       await this.spool?.close();
@@ -217,6 +227,7 @@ export class Producer {
     this.fail(new ProducerError(reason, 0));
     this.closing = true;
     if (this.reconnectTimer !== null) clearTimeout(this.reconnectTimer);
+    if (this.watchdog !== null) clearInterval(this.watchdog);
     this.socket?.close(1000, reason);
     this.socket = null;
     await this.spool?.close();
@@ -261,6 +272,7 @@ export class Producer {
       const NodeWebSocket = require("ws") as typeof import("ws");
       const ws = new NodeWebSocket(this.url(), {
         perMessageDeflate: false,
+        handshakeTimeout: 10_000,
         headers: this.o.key !== undefined ? { Authorization: `Bearer ${this.o.key}` } : {},
       });
       ws.on("unexpected-response", (req, res) => {
@@ -314,6 +326,7 @@ export class Producer {
 
   private onMessage(socket: Socket, data: string): void {
     if (this.socket !== socket) return;
+    this.heardAt = Date.now();
     let msg: any;
     try {
       msg = JSON.parse(data);
@@ -343,6 +356,7 @@ export class Producer {
     this.nextSeq = committed + 1 + this.unacked.length;
     this.connected = true;
     this.downSince = null;
+    this.watch();
     this.o.onEvent?.({ type: "connected", committedSeq: committed, resent: Math.min(this.unacked.length, this.window) });
     this.notifyIdle();
     this.pump(false);
@@ -358,6 +372,26 @@ export class Producer {
     void this.spool?.ack(ack.seq);
     this.pump(false);
     this.notifyIdle();
+  }
+
+  /** Drops a connection that went silent with frames out: it is opened again and they are resent. */
+  private watch(): void {
+    if (this.watchdog !== null) return;
+    const every = Math.max(100, Math.min(5000, this.o.silenceTimeoutMs / 4));
+    this.watchdog = setInterval(() => {
+      if (this.closing || this.failure !== null) {
+        clearInterval(this.watchdog!);
+        this.watchdog = null;
+        return;
+      }
+      const socket = this.socket;
+      if (socket === null || !this.connected || this.sent === 0 || Date.now() - this.heardAt < this.o.silenceTimeoutMs) return;
+      this.socket = null;
+      this.connected = false;
+      socket.close(4000, "no ack in time");
+      this.onClosed(1006, "no word from the server in time", null);
+    }, every);
+    (this.watchdog as { unref?: () => void }).unref?.();
   }
 
   private notifyIdle(): void {
@@ -392,6 +426,8 @@ export class Producer {
     if (this.buffer.length > 0 && this.linger === null && this.unacked.length < this.window) this.schedule();
     const socket = this.socket;
     while (this.sent < this.unacked.length && this.sent < this.window) {
+      // The silence watchdog counts from the first frame out, not from an idle stretch before it.
+      if (this.sent === 0) this.heardAt = Date.now();
       const frame = this.unacked[this.sent++];
       // Sent in order once durable: a frame never overtakes an earlier one still being spooled.
       void frame.durable.then(() => {
