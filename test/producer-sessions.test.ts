@@ -7,6 +7,7 @@
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 import pg from "pg";
+import { Producer, ProducerError } from "../src/client";
 import { forgetIdleProducers } from "../src/storage/producers";
 import { openWs, startDaemon, startTestDb, waitFor, type Daemon, type TestDb, type WsClient } from "./harness";
 
@@ -106,30 +107,45 @@ describe("producer sessions", () => {
     assert.equal(b.hello.committed_seq, 1);
   });
 
-  test("across two daemons: the older session is fenced (4409) and nothing it sends after the new hello is stored", async () => {
-    const a = await session(one, "p-race");
-    let seq = 0;
-    let stop = false;
-    // Keep A's window full while B takes over from the other daemon.
-    const pump = setInterval(() => {
-      if (stop || a.socket.readyState !== a.socket.OPEN) return;
-      while (seq - a.acks.length < 8) a.send(frame("race", ++seq, 20));
-    }, 2);
-    await waitFor("A has committed frames", () => a.acks.length >= 20 || null);
-    const b = await session(two, "p-race");
-    const read = b.hello.committed_seq as number;
-    const closedA = await Promise.race([a.closed, new Promise<null>((r) => setTimeout(() => r(null), 5000))]);
-    stop = true;
-    clearInterval(pump);
-    assert.deepEqual(closedA, { code: 4409, reason: "superseded" });
-    // Every frame A had acked is within what B read; nothing above it was stored.
-    assert.ok(a.acks.length <= read, `A acked ${a.acks.length}, B read ${read}`);
-    await new Promise((r) => setTimeout(r, 300));
-    assert.deepEqual(await rows("race"), { total: read * 20, distinct: read * 20, maxSeq: read });
-    // B goes on from there.
-    b.send(frame("race", read + 1, 20));
-    await b.waitForAcks(1);
-    assert.deepEqual(await rows("race"), { total: (read + 1) * 20, distinct: (read + 1) * 20, maxSeq: read + 1 });
+  for (const where of ["on the same daemon", "across two daemons"] as const) {
+    test(`${where}: the older session is fenced (4409) while sending, and nothing it sent after the new hello is stored`, async () => {
+      const tag = where === "on the same daemon" ? "race1" : "race2";
+      const a = await session(one, `p-${tag}`);
+      let seq = 0;
+      let stop = false;
+      // Keep A's window full while B takes over.
+      const pump = setInterval(() => {
+        if (stop || a.socket.readyState !== a.socket.OPEN) return;
+        while (seq - a.acks.length < 8) a.send(frame(tag, ++seq, 20));
+      }, 2);
+      await waitFor("A has committed frames", () => a.acks.length >= 20 || null);
+      const b = await session(where === "on the same daemon" ? one : two, `p-${tag}`);
+      const read = b.hello.committed_seq as number;
+      const closedA = await Promise.race([a.closed, new Promise<null>((r) => setTimeout(() => r(null), 5000))]);
+      stop = true;
+      clearInterval(pump);
+      assert.deepEqual(closedA, { code: 4409, reason: "superseded" });
+      // Every frame A had acked is within what B read; nothing above it was stored.
+      assert.ok(a.acks.length <= read, `A acked ${a.acks.length}, B read ${read}`);
+      assert.ok(seq > read, "A sent nothing after B's hello: the race was not exercised");
+      await new Promise((r) => setTimeout(r, 300));
+      assert.deepEqual(await rows(tag), { total: read * 20, distinct: read * 20, maxSeq: read });
+      // B goes on from there.
+      b.send(frame(tag, read + 1, 20));
+      await b.waitForAcks(1);
+      assert.deepEqual(await rows(tag), { total: (read + 1) * 20, distinct: (read + 1) * 20, maxSeq: read + 1 });
+    });
+  }
+
+  test("through the client: a second producer with the same id supersedes the first, whose waiting records reject", async () => {
+    const first = new Producer({ url: one.wsBase, stream: "logs", producer: "p-client", maxDelayMs: 200 });
+    assert.equal((await first.send({ service_name: "svc", severity: "INFO", message: "client-1-0" })).status, "accepted");
+    const second = new Producer({ url: two.wsBase, stream: "logs", producer: "p-client", maxDelayMs: 200 });
+    assert.equal((await second.send({ service_name: "svc", severity: "INFO", message: "client-2-0" })).status, "accepted");
+    await assert.rejects(first.send({ service_name: "svc", severity: "INFO", message: "client-1-1" }), (err: any) => err instanceof ProducerError && err.code === 4409);
+    await second.close();
+    await first.destroy();
+    assert.deepEqual(await rows("client"), { total: 2, distinct: 2, maxSeq: 2 });
   });
 
   test("a fenced session that keeps sending on another daemon stores nothing", async () => {
