@@ -12,6 +12,7 @@ import readline from "node:readline";
 import { parseArgs } from "node:util";
 import { randomUUID } from "node:crypto";
 import { Producer, type RecordOutcome } from "../client";
+import { LINE_ROUTER } from "../shared/stream-definition";
 import { UsageError } from "./usage-error";
 
 export const SEND_HELP = `Usage: ingestd send --url ws://HOST:PORT --stream NAME [--key KEY] [--producer ID] [--spool DIR]
@@ -26,8 +27,13 @@ Prints {"sent","accepted","rejected","duplicates","seconds"} on stdout.
 Exit status: 0 every record committed, 1 some rejected (listed on stderr), 2 could not deliver, 64 usage.
 `;
 
-/** Record line streams: their records are text lines, not JSON. */
-const TEXT_STREAMS = new Set(["tpch"]);
+/** Streams whose records are text lines, not JSON: the mixed TPC-H router and every line-format stream. */
+function textStream(name: string): boolean {
+  if (name === LINE_ROUTER) return true;
+  const { streams } = require("../../config/streams") as typeof import("../../config/streams");
+  const stream = streams.find((s) => s.name === name);
+  return stream !== undefined && !stream.formats.includes("json");
+}
 
 interface Tally {
   sent: number;
@@ -64,7 +70,7 @@ export async function sendCommand(argv: string[]): Promise<number> {
   if (!values.url || !/^wss?:\/\//.test(values.url)) throw new UsageError(`--url: expected ws://HOST:PORT or wss://HOST:PORT\n\n${SEND_HELP}`);
   if (!values.stream) throw new UsageError(`--stream: required\n\n${SEND_HELP}`);
   if (positionals.length > 1) throw new UsageError(`at most one FILE, got ${positionals.length}\n\n${SEND_HELP}`);
-  const format = values.format ?? (TEXT_STREAMS.has(values.stream) ? "text" : "json");
+  const format = values.format ?? (textStream(values.stream) ? "text" : "json");
   if (format !== "json" && format !== "text") throw new UsageError(`--format: expected json or text, got ${format}`);
   const giveUp = values["give-up-after"] === undefined ? 60 : Number(values["give-up-after"]);
   if (!(giveUp > 0)) throw new UsageError(`--give-up-after: expected seconds > 0`);
