@@ -9,7 +9,7 @@ import { after, before, describe, test } from "node:test";
 import pg from "pg";
 import { Producer, ProducerError } from "../src/client";
 import { forgetIdleProducers } from "../src/storage/producers";
-import { openWs, startDaemon, startTestDb, waitFor, type Daemon, type TestDb, type WsClient } from "./harness";
+import { openWs, startDaemon, startTestDb, type Daemon, type TestDb, type WsClient } from "./harness";
 
 let db: TestDb;
 let one: Daemon;
@@ -118,7 +118,11 @@ describe("producer sessions", () => {
         if (stop || a.socket.readyState !== a.socket.OPEN) return;
         while (seq - a.acks.length < 8) a.send(frame(tag, ++seq, 20));
       }, 2);
-      await waitFor("A has committed frames", () => a.acks.length >= 20 || null);
+      let closedEarly = "";
+      void a.closed.then((c) => (closedEarly = `${c.code} ${c.reason}`));
+      for (const started = Date.now(); a.acks.length < 20; await new Promise((r) => setTimeout(r, 20))) {
+        if (closedEarly !== "" || Date.now() - started > 10_000) assert.fail(`A: ${a.acks.length} acks of ${seq} frames sent${closedEarly ? `, closed ${closedEarly}` : ""}`);
+      }
       const b = await session(where === "on the same daemon" ? one : two, `p-${tag}`);
       const read = b.hello.committed_seq as number;
       const closedA = await Promise.race([a.closed, new Promise<null>((r) => setTimeout(() => r(null), 5000))]);
