@@ -60,6 +60,8 @@ function send(message: FromGenerator): Promise<void> {
 
 /** Sends a frame as soon as the window allows: full speed (closed loop) or from a paced backlog. */
 class WsProducer {
+  /** Numbers this process's connections, for producer ids. */
+  static next = 0;
   private socket!: WebSocket;
   private window = 1;
   private seqSent = 0;
@@ -84,7 +86,8 @@ class WsProducer {
   ) {}
 
   connect(timeoutMs: number): Promise<void> {
-    const url = `ws://127.0.0.1:${this.spec.port}/v1/ws?stream=${encodeURIComponent(this.spec.stream)}`;
+    const session = this.spec.producerSessions ? `&producer=bench-${this.spec.idPrefix}${this.spec.index}-${WsProducer.next++}-${process.pid}` : "";
+    const url = `ws://127.0.0.1:${this.spec.port}/v1/ws?stream=${encodeURIComponent(this.spec.stream)}${session}`;
     return new Promise((resolve, reject) => {
       const headers: Record<string, string> = this.spec.token ? { authorization: `Bearer ${this.spec.token}` } : {};
       const socket = new WebSocket(url, { perMessageDeflate: false, headers });

@@ -34,6 +34,8 @@ export interface BenchOptions {
   auth: boolean;
   /** Deduplication of the bench stream by event_id: the configuration's choice, or forced on / off. */
   dedup: "default" | "on" | "off";
+  /** WebSocket phases open producer sessions (`&producer=`, docs/websocket-protocol.md#producer-sessions). */
+  producerSessions: boolean;
   /** Extra node flags for the daemon, e.g. `--cpu-prof --cpu-prof-dir=.bench/prof`. */
   daemonNodeArgs: string[];
   /** Where the JSON report goes; null: nowhere. */
@@ -63,6 +65,7 @@ export const DEFAULT_OPTIONS: BenchOptions = {
   drainTimeoutS: 30,
   daemonEnv: {},
   dedup: "default",
+  producerSessions: false,
   auth: true,
   daemonNodeArgs: [],
   jsonPath: null,
@@ -98,6 +101,7 @@ const FLAGS = {
   phases: { type: "string" },
   json: { type: "string" },
   dedup: { type: "string" },
+  "producer-sessions": { type: "boolean" },
   quiet: { type: "boolean" },
 } as const;
 
@@ -115,6 +119,8 @@ Flags (environment variable in brackets):
   --commit-sql-rows N     rows through the daemon's commit SQL, no daemon; 0 skips [BENCH_COMMIT_SQL_ROWS, 100000]
   --phases LIST           any of copy,ws,http,paced [BENCH_PHASES, all]
   --dedup on|off          force event_id deduplication of the events stream [BENCH_DEDUP, config]
+  --producer-sessions     WebSocket phases as producer sessions (with --dedup off: the
+                          exactly-once mode's target) [BENCH_PRODUCER_SESSIONS=1]
   --json PATH             JSON report path [BENCH_JSON, .bench/latest.json]
   --quiet                 no progress lines
 Daemon settings pass through: ${DAEMON_ENV_KEYS.join(", ")}; node flags for it: BENCH_DAEMON_NODE_ARGS.
@@ -142,6 +148,7 @@ export function optionsFromEnv(env: NodeJS.ProcessEnv, argv: string[], defaultJs
   const dedup = values.dedup ?? env.BENCH_DEDUP ?? "default";
   if (dedup !== "default" && dedup !== "on" && dedup !== "off") throw new Error(`--dedup / BENCH_DEDUP: expected on or off, got ${JSON.stringify(dedup)}`);
   o.dedup = dedup;
+  o.producerSessions = values["producer-sessions"] === true || env.BENCH_PRODUCER_SESSIONS === "1";
   const auth = env.BENCH_AUTH ?? "on";
   if (auth !== "on" && auth !== "off") throw new Error(`BENCH_AUTH: expected on or off, got ${JSON.stringify(auth)}`);
   o.auth = auth === "on";

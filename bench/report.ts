@@ -25,6 +25,8 @@ export interface DaemonInfo {
   ws_window: number | null;
   /** Whether the daemon deduplicated the bench stream by event_id. */
   dedup: boolean | null;
+  /** WebSocket phases ran as producer sessions. */
+  producer_sessions?: boolean;
   auth: string;
   env: Record<string, string>;
   node_args: string[];
@@ -115,7 +117,7 @@ export function renderReport(r: BenchReport): string {
   if (r.daemon) {
     const d = r.daemon;
     const env = Object.entries(d.env).map(([k, v]) => `${k}=${v}`).join(" ");
-    out.push(`daemon    workers ${d.workers}, batch ${d.batch_size} rows / ${d.batch_timeout_ms} ms / ${d.max_batch_memory_mb} MiB, ring ${d.ring_mb} MiB, WS window ${d.ws_window}, dedup ${d.dedup === null ? "?" : d.dedup ? "on" : "off"}, auth: ${d.auth}${env ? `  [${env}]` : ""}${d.node_args.length ? `  node ${d.node_args.join(" ")}` : ""}`);
+    out.push(`daemon    workers ${d.workers}, batch ${d.batch_size} rows / ${d.batch_timeout_ms} ms / ${d.max_batch_memory_mb} MiB, ring ${d.ring_mb} MiB, WS window ${d.ws_window}, dedup ${d.dedup === null ? "?" : d.dedup ? "on" : "off"}${d.producer_sessions ? ", WS as producer sessions" : ""}, auth: ${d.auth}${env ? `  [${env}]` : ""}${d.node_args.length ? `  node ${d.node_args.join(" ")}` : ""}`);
   }
   const o = r.options;
   out.push(`load      ${o.generators} generator processes per phase, ${o.eventsPerFrame} events per frame/request${r.event_bytes_avg ? ` (~${r.event_bytes_avg} B/event)` : ""}, ${o.durationS} s per phase`);

@@ -82,7 +82,7 @@ function streamDedups(config: IngestdConfig | null): boolean {
 }
 
 function phaseSpec(name: PhaseName, o: BenchOptions): PhaseSpec {
-  const base = { durationS: o.durationS, drainTimeoutS: o.drainTimeoutS, generators: o.generators, eventsPerFrame: o.eventsPerFrame };
+  const base = { durationS: o.durationS, drainTimeoutS: o.drainTimeoutS, generators: o.generators, eventsPerFrame: o.eventsPerFrame, producerSessions: o.producerSessions };
   switch (name) {
     case "ws":
       return { ...base, name: "ws", mode: "ws", idPrefix: "ws-", connections: o.wsConnections, concurrency: 0, rate: 0 };
@@ -259,6 +259,7 @@ async function runWithOptions(options: BenchOptions, out: NodeJS.WritableStream)
         ring_mb: typeof daemon.listening.ring_mb === "number" ? daemon.listening.ring_mb : config?.ringMb ?? null,
         ws_window: config?.ws.window ?? null,
         dedup: config ? streamDedups(config) : null,
+        producer_sessions: options.producerSessions,
         auth: options.auth ? "bench API key" : "as configured",
         env: options.daemonEnv,
         node_args: options.daemonNodeArgs,
