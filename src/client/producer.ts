@@ -151,7 +151,7 @@ export class Producer {
       ...options,
     };
     this.ready = this.start();
-    this.ready.catch(() => undefined);
+    this.ready.catch((err: Error) => this.fail(new ProducerError(`cannot open the spool: ${err.message}`, 0)));
   }
 
   /** Records waiting for their frame's ack, plus those not yet in a frame. */

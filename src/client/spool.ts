@@ -129,7 +129,12 @@ export class Spool {
       if (zlib.crc32(body) !== crc) break;
       if (kind === FRAME) {
         const nl = body.indexOf(10);
-        const head = JSON.parse(body.subarray(0, nl).toString("utf8")) as { s: number; n: number };
+        let head: { s: number; n: number };
+        try {
+          head = JSON.parse(body.subarray(0, nl).toString("utf8")) as { s: number; n: number };
+        } catch {
+          break; // Same as a torn entry: the crc matched by chance on garbage.
+        }
         const text = body.subarray(nl + 1).toString("utf8");
         this.frames.push({ seq: head.s, count: head.n, text, bytes: Buffer.byteLength(text) });
       } else if (kind === ACK) {
