@@ -35,6 +35,8 @@ export interface GeneratorSpec {
   rate: number;
   /** API key to present (Authorization: Bearer), or null when the daemon runs without keys. */
   token: string | null;
+  /** Each connection opens a producer session (a fresh producer id, so frames number from 1). */
+  producerSessions?: boolean;
 }
 
 export interface GeneratorResult {

@@ -6,6 +6,7 @@
  * Hot path: frames are pre-built FrameTemplates whose ids and timestamps are rewritten in place; per frame the only
  * allocations are the ones `ws` / undici make themselves and the parse of the small ack.
  */
+import { randomUUID } from "node:crypto";
 import { performance } from "node:perf_hooks";
 import { Pool, type Dispatcher } from "undici";
 import WebSocket from "ws";
@@ -99,7 +100,9 @@ class WsProducer {
   ) {}
 
   connect(timeoutMs: number): Promise<void> {
-    const url = `ws://127.0.0.1:${this.spec.port}/v1/ws?stream=${encodeURIComponent(this.spec.stream)}`;
+    // A fresh producer id per connection, so its frames number from 1 whatever the database holds.
+    const session = this.spec.producerSessions ? `&producer=bench-${randomUUID()}` : "";
+    const url = `ws://127.0.0.1:${this.spec.port}/v1/ws?stream=${encodeURIComponent(this.spec.stream)}${session}`;
     return new Promise((resolve, reject) => {
       const headers: Record<string, string> = this.spec.token ? { authorization: `Bearer ${this.spec.token}` } : {};
       const socket = new WebSocket(url, { perMessageDeflate: false, headers });

@@ -34,6 +34,8 @@ export interface PhaseSpec {
   /** paced: events/s over all generators. */
   rate: number;
   eventsPerFrame: number;
+  /** ws / paced: each connection a producer session of its own. */
+  producerSessions?: boolean;
 }
 
 /** Per-stage daemon latency (GET /v1/latency, last interval while loaded), ms. */
@@ -282,6 +284,7 @@ export async function runLoadPhase(spec: PhaseSpec, ctx: PhaseContext): Promise<
         concurrency: shares[i],
         rate: (spec.rate * shares[i]) / parts,
         token: ctx.token,
+        producerSessions: spec.producerSessions === true,
       };
       g.send({ type: "run", spec: gs });
     });

@@ -8,9 +8,10 @@ import { ID_KINDS, type IdKind } from "./event-factory";
 
 /**
  * `copy` is the COPY ceiling; `ws-dedup-off` runs on a second daemon with event-id deduplication off (the
- * other half of what deduplication costs PostgreSQL); `soak` is the long WebSocket phase, reported per interval.
+ * other half of what deduplication costs PostgreSQL); `ws-sessions` runs on that daemon too, each connection
+ * a producer session (the exactly-once mode's target); `soak` is the long WebSocket phase, reported per interval.
  */
-export const PHASES = ["copy", "ws-dedup-off", "ws", "http", "paced", "soak"] as const;
+export const PHASES = ["copy", "ws-dedup-off", "ws-sessions", "ws", "http", "paced", "soak"] as const;
 export type PhaseName = (typeof PHASES)[number];
 
 export interface BenchOptions {
@@ -51,6 +52,8 @@ export interface BenchOptions {
   auth: boolean;
   /** Deduplication of the bench stream by event_id: the configuration's choice, or forced on / off. */
   dedup: "default" | "on" | "off";
+  /** WebSocket phases open producer sessions (`&producer=`, docs/websocket-protocol.md#producer-sessions). */
+  producerSessions: boolean;
   /** Extra node flags for the daemon, e.g. `--cpu-prof --cpu-prof-dir=.bench/prof`. */
   daemonNodeArgs: string[];
   /** Where the JSON report goes; null: nowhere. */
@@ -86,6 +89,7 @@ export const DEFAULT_OPTIONS: BenchOptions = {
   drainTimeoutS: 30,
   daemonEnv: {},
   dedup: "default",
+  producerSessions: false,
   auth: true,
   daemonNodeArgs: [],
   jsonPath: null,
@@ -133,6 +137,7 @@ const FLAGS = {
   phases: { type: "string" },
   json: { type: "string" },
   dedup: { type: "string" },
+  "producer-sessions": { type: "boolean" },
   quiet: { type: "boolean" },
   quick: { type: "boolean" },
   ids: { type: "string" },
@@ -147,7 +152,8 @@ as ratios to the COPY ceiling measured in the same run, CPU per event, and the t
 
 The default is the full run (about 20–25 minutes on 2 cores): 20,000,000 ids pre-filled into the id state
 (once, untimed; skipped when it already holds them), the COPY ceiling (1 and 2 streams), a daemon with
-deduplication off (phase ws-dedup-off), then the configured daemon: WebSocket (16 connections, 8 frames of
+deduplication off (phase ws-dedup-off, then ws-sessions: the same WebSocket load, each connection a producer
+session), then the configured daemon: WebSocket (16 connections, 8 frames of
 100 events in flight each), HTTP (100 events a request), WebSocket paced at 50,000 events/s, and a 10-minute
 WebSocket soak reported per minute (chart: <json path>-soak.svg). Events are ~300-byte JSON with random
 UUIDv4 ids; --ids uuidv7 is the labelled second run with time-ordered ids. The table and the id state are
@@ -171,6 +177,8 @@ Flags (environment variable in brackets):
   --commit-sql-rows N     rows through the daemon's commit SQL, no daemon; 0 skips [BENCH_COMMIT_SQL_ROWS, 100000]
   --phases LIST           any of ${PHASES.join(",")} [BENCH_PHASES, all]
   --dedup on|off          force event_id deduplication of the events stream, main daemon [BENCH_DEDUP, config]
+  --producer-sessions     WebSocket phases as producer sessions (with --dedup off: the
+                          exactly-once mode's target) [BENCH_PRODUCER_SESSIONS=1]
   --json PATH             JSON report path [BENCH_JSON, .bench/latest.json]
   --quiet                 no progress lines
 Daemon settings pass through: ${DAEMON_ENV_KEYS.join(", ")}; node flags for it: BENCH_DAEMON_NODE_ARGS.
@@ -207,6 +215,7 @@ export function optionsFromEnv(env: NodeJS.ProcessEnv, argv: string[], defaultJs
   const dedup = values.dedup ?? env.BENCH_DEDUP ?? "default";
   if (dedup !== "default" && dedup !== "on" && dedup !== "off") throw new Error(`--dedup / BENCH_DEDUP: expected on or off, got ${JSON.stringify(dedup)}`);
   o.dedup = dedup;
+  o.producerSessions = values["producer-sessions"] === true || env.BENCH_PRODUCER_SESSIONS === "1";
   const auth = env.BENCH_AUTH ?? "on";
   if (auth !== "on" && auth !== "off") throw new Error(`BENCH_AUTH: expected on or off, got ${JSON.stringify(auth)}`);
   o.auth = auth === "on";

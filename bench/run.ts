@@ -89,17 +89,19 @@ function streamDedups(config: IngestdConfig | null): boolean {
 }
 
 /** Which daemon a phase runs on: the configured one, or a second one with deduplication off. */
-const DEDUP_OFF_PHASES: readonly PhaseName[] = ["ws-dedup-off"];
+const DEDUP_OFF_PHASES: readonly PhaseName[] = ["ws-dedup-off", "ws-sessions"];
 
 function phaseSpec(name: PhaseName, o: BenchOptions): PhaseSpec {
   const base = {
     durationS: o.durationS, drainTimeoutS: o.drainTimeoutS, generators: o.generators, eventsPerFrame: o.eventsPerFrame,
-    idKind: o.idKind, intervalS: 0, inFlight: o.wsInFlight,
+    idKind: o.idKind, intervalS: 0, inFlight: o.wsInFlight, producerSessions: o.producerSessions,
   };
   switch (name) {
     case "ws":
     case "ws-dedup-off":
       return { ...base, name, mode: "ws", connections: o.wsConnections, concurrency: 0, rate: 0 };
+    case "ws-sessions":
+      return { ...base, name, mode: "ws", connections: o.wsConnections, concurrency: 0, rate: 0, producerSessions: true };
     case "soak":
       return { ...base, name, mode: "ws", connections: o.wsConnections, concurrency: 0, rate: 0, durationS: o.soakS, intervalS: o.soakIntervalS };
     case "http":
@@ -318,6 +320,7 @@ async function runWithOptions(options: BenchOptions, out: NodeJS.WritableStream)
         ring_mb: typeof daemon.listening.ring_mb === "number" ? daemon.listening.ring_mb : groupConfig?.ringMb ?? null,
         ws_window: groupConfig?.ws.window ?? null,
         dedup: groupConfig ? streamDedups(groupConfig) : null,
+        producer_sessions: options.producerSessions,
         auth: options.auth ? "bench API key" : "as configured",
         env: options.daemonEnv,
         node_args: options.daemonNodeArgs,

@@ -25,6 +25,9 @@ Commands:
   keys new --id ID          mint an API key (printed once) and its keys-file entry;
       --streams S1,S2       see \`ingestd keys --help\`
       [--rate N] [--burst N]
+  send --url ws://HOST:PORT send NDJSON / JSON lines (text lines; --stream tpch: TPC-H lines) from
+      --stream NAME [FILE]  FILE or stdin over a producer session, each stored once;
+                            see \`ingestd send --help\`
   --help, -h                this text
 
 Configuration: config/ingestd.json (or the file in INGESTD_CONFIG), overridden by DATABASE_URL, HOST, PORT,
@@ -48,10 +51,11 @@ const COMMANDS: Record<string, () => Command> = {
   partitions: () => (require("./commands/partitions") as typeof import("./commands/partitions")).partitionsCommand,
   bench: () => (require("./commands/bench") as typeof import("./commands/bench")).benchCommand,
   keys: () => (require("./commands/keys") as typeof import("./commands/keys")).keysCommand,
+  send: () => (require("./commands/send") as typeof import("./commands/send")).sendCommand,
 };
 
 /** Commands that answer --help themselves; the others get the text above. */
-const OWN_HELP = new Set(["bench", "partitions", "keys"]);
+const OWN_HELP = new Set(["bench", "partitions", "keys", "send"]);
 
 async function main(argv: string[]): Promise<void> {
   const [command = "serve", ...rest] = argv;

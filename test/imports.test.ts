@@ -20,6 +20,7 @@ const LAYERS = [
   "src/front",
   "src/commands",
   "src/cli",
+  "src/client",
   "config",
   "workers/records",
   "workers/commit",
@@ -46,7 +47,9 @@ const ALLOWED: Record<Exclude<Layer, "bench" | "test">, readonly Layer[]> = {
   "src/storage": ["src/shared", "config", "src/ops"],
   "src/security": ["src/shared", "config", "src/ops"],
   "src/front": ["src/shared", "config", "src/ops", "src/storage", "src/security"],
-  "src/commands": [...SRC_ALL, "config"],
+  "src/commands": [...SRC_ALL, "config", "src/client"],
+  // The producer client ships to other programs (and browsers): it carries only the protocol's shapes.
+  "src/client": ["src/shared"],
   "src/cli": [...SRC_ALL, "config"],
 };
 

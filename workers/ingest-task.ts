@@ -7,14 +7,24 @@ import { BroadcastChannel, threadId, workerData } from "node:worker_threads";
 import { streams } from "../config/streams";
 import { now } from "../src/shared/clock";
 import { LINE_ROUTER } from "../src/shared/stream-definition";
-import { BATCH_ALIAS_CHANNEL, emptyOutcome, type IngestOutcome, type IngestTask, type RecordError, type WorkerData } from "../src/shared/task-protocol";
+import {
+  BATCH_ALIAS_CHANNEL,
+  emptyOutcome,
+  type IngestOutcome,
+  type IngestTask,
+  type RecordError,
+  type SessionFrame,
+  type SessionTask,
+  type WorkerData,
+} from "../src/shared/task-protocol";
 import { decodeBody, parseBody, recordReader, UnparseableBody, type ParsedBody } from "./records/body-parser";
 import { compileStreams } from "./records/compiled-streams";
 import { BadCompression, BodyTooLarge, inflateBody } from "./records/inflate";
 import { validateRecords } from "./records/validate";
 import { commitTargets } from "./commit/commit-targets";
 import { DatabaseUnavailable } from "./commit/copy-writer";
-import type { PartOutcome } from "./commit/group-commit";
+import type { CommitResult, PartOutcome, TaskWork } from "./commit/group-commit";
+import type { SessionMark } from "./commit/producer-seqs";
 import { recordUnreadableBody, TaskCommit, workerCommitter } from "./commit/task-commit";
 import { recordOutcomes, reportTally } from "./commit/task-outcome";
 
@@ -104,5 +114,74 @@ async function refuseUnreadableBody(task: IngestTask, bytes: Uint8Array, err: un
       : lenientUtf8.decode(bytes);
     await recordUnreadableBody(committer, task, result.batchId, raw, error, receivedAt);
   }
+  return result;
+}
+
+/**
+ * Piscina entry `ingestSession`: consecutive frames of one producer session. Every frame, even one with
+ * nothing to store, joins group commit in seq order before any of them is awaited, so they commit in seq
+ * order on this worker's one connection and the session's committed seq only ever advances one frame at a
+ * time (docs/websocket-protocol.md#producer-sessions). Returns each frame's outcome, in frame order.
+ */
+export async function ingestSession(task: SessionTask): Promise<IngestOutcome[]> {
+  const single = task.stream === LINE_ROUTER ? null : streamTable.byName.get(task.stream);
+  const outcomes: Array<Promise<IngestOutcome>> = [];
+  for (const frame of task.frames) outcomes.push(sessionFrame(task, single, frame));
+  return Promise.all(outcomes);
+}
+
+/** One frame of a session; everything before its first await runs at once, so frames join group commit in call order. */
+async function sessionFrame(task: SessionTask, single: ReturnType<typeof streamTable.byName.get> | null, frame: SessionFrame): Promise<IngestOutcome> {
+  const frameTask: IngestTask = {
+    stream: task.stream,
+    format: task.format,
+    encoding: "identity",
+    envelope: false,
+    offset: frame.offset,
+    length: frame.length,
+    requestId: `ws-${task.producer}-${frame.seq}`,
+    priority: 0,
+    receivedAt: frame.receivedAt,
+    ringAt: frame.ringAt,
+    source: task.source,
+    recordBatch: false,
+  };
+  const mark: SessionMark = { stream: task.stream, producer: task.producer, epoch: task.epoch, seq: frame.seq };
+  const receivedAt = new Date(frame.receivedAt).toISOString();
+  let result: IngestOutcome;
+  let work: TaskCommit | null = null;
+  if (single === undefined) result = emptyOutcome(frameTask, "unparseable", `unknown stream ${task.stream}`, now());
+  else if (frame.length === 0) result = { ...emptyOutcome(frameTask, "done", "empty frame", now()), received: 0 };
+  else {
+    const bytes = ring.subarray(frame.offset, frame.offset + frame.length);
+    try {
+      const text = decodeBody(bytes);
+      const body = parseBody(text, task.format, false);
+      result = emptyOutcome(frameTask, "done", "", now());
+      const records = validateRecords(body, single, streamTable, { receivedAt });
+      result.received = records.received;
+      result.validatedAt = now();
+      work = new TaskCommit(targets, frameTask, result, receivedAt, records, recordReader(text, task.format, false));
+    } catch (err) {
+      const message = err instanceof UnparseableBody ? err.message : `cannot read body: ${(err as Error).message}`;
+      result = emptyOutcome(frameTask, "unparseable", message, now());
+    }
+  }
+  // A frame with nothing to store still commits its seq, so the session's seq never skips a frame.
+  const commit: TaskWork = work ?? { priority: 0, parts: [], bytes: 0, session: mark, finalize: () => ({ batchRow: null, deadLetters: [] }) };
+  if (work !== null) work.session = mark;
+  let committed: CommitResult;
+  try {
+    committed = await committer.add(commit);
+  } catch (err) {
+    if (!(err instanceof DatabaseUnavailable)) throw err;
+    return { ...emptyOutcome(frameTask, "db_unavailable", err.message, now()), received: result.received };
+  }
+  if (committed.skipped === "superseded") return emptyOutcome(frameTask, "superseded", "a newer session of this producer holds the stream", now());
+  if (committed.skipped === "out_of_order") return emptyOutcome(frameTask, "failed", `frame ${frame.seq} is not the session's next frame; reconnect`, now());
+  result.committedAt = committed.committedAt;
+  result.copyMs = committed.copyMs;
+  // `committed`: an earlier attempt whose answer was lost stored this frame; its rows count as accepted.
+  if (work !== null) reportTally(result, work.tally(committed.outcomes), data.maxErrorsReported);
   return result;
 }

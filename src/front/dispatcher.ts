@@ -28,7 +28,7 @@ import type { LatencyRecorder } from "../ops/latency";
 import type { Logger } from "../ops/logger";
 import type { Metrics } from "../ops/metrics";
 import type { RingRegion } from "./ring";
-import { emptyOutcome, type IngestOutcome, type IngestTask, type BodyEncoding, type TaskFormat, type WorkerData } from "../shared/task-protocol";
+import { emptyOutcome, type IngestOutcome, type IngestTask, type BodyEncoding, type SessionTask, type TaskFormat, type WorkerData } from "../shared/task-protocol";
 
 export interface DispatcherOptions {
   workers: number;
@@ -194,9 +194,9 @@ export class WorkerAdmission<T extends { readonly cost: number }> {
 }
 
 interface Queued {
-  sub: Submission;
   cost: number;
-  resolve: (outcome: Promise<IngestOutcome>) => void;
+  /** Starts the task once admitted. */
+  go: () => void;
 }
 
 export interface Submission {
@@ -236,9 +236,7 @@ export class Dispatcher {
     this.metrics = options.metrics;
     this.log = options.log;
     this.maxWorkerBytes = options.maxWorkerBytes;
-    this.admission = new WorkerAdmission<Queued>(options.workers, options.maxWorkerBytes, (q, priority) =>
-      q.resolve(this.start(q.sub, q.cost, priority)),
-    );
+    this.admission = new WorkerAdmission<Queued>(options.workers, options.maxWorkerBytes, (q) => q.go());
     this.ring = Buffer.from(options.workerData.ring);
     this.pool = new Piscina({
       filename: path.resolve(__dirname, "../../workers/ingest-task.js"),
@@ -275,14 +273,30 @@ export class Dispatcher {
    * rejects: a worker failure becomes a `failed` outcome.
    */
   run(sub: Submission): Promise<IngestOutcome> {
-    this.inFlight++;
     const cost = sub.region.length + TASK_COST_BYTES;
     const priority = this.priorityOf(sub);
-    let outcome: Promise<IngestOutcome>;
+    return this.admitted(cost, priority, () => this.execute(sub, priority));
+  }
+
+  /**
+   * Runs consecutive frames of one producer session as one task on one worker (docs/websocket-protocol.md#producer-sessions);
+   * each frame's outcome, in order. Never rejects: a worker failure is a `failed` outcome for every frame.
+   * WebSocket frames are priority 0.
+   */
+  runSession(task: SessionTask): Promise<IngestOutcome[]> {
+    let cost = 0;
+    for (const f of task.frames) cost += f.length + TASK_COST_BYTES;
+    return this.admitted(cost, 0, () => this.executeSession(task));
+  }
+
+  /** Runs `exec` once the workers have room for `cost` at `priority` (see the comment at the top). */
+  private admitted<T>(cost: number, priority: number, exec: () => Promise<T>): Promise<T> {
+    this.inFlight++;
+    let outcome: Promise<T>;
     if (this.admission.tryStart(priority, cost)) {
-      outcome = this.start(sub, cost, priority);
+      outcome = this.start(cost, priority, exec);
     } else {
-      outcome = new Promise<IngestOutcome>((resolve) => this.admission.enqueue({ sub, cost, resolve }, priority));
+      outcome = new Promise<T>((resolve) => this.admission.enqueue({ cost, go: () => resolve(this.start(cost, priority, exec)) }, priority));
     }
     return outcome.finally(() => {
       if (--this.inFlight === 0) for (const w of this.idleWaiters.splice(0)) w();
@@ -300,9 +314,9 @@ export class Dispatcher {
   }
 
   /** Runs an admitted task (already counted by `admission`) and reports it done once settled. */
-  private async start(sub: Submission, cost: number, priority: number): Promise<IngestOutcome> {
+  private async start<T>(cost: number, priority: number, exec: () => Promise<T>): Promise<T> {
     try {
-      return await this.execute(sub, priority);
+      return await exec();
     } finally {
       this.admission.done(priority, cost);
     }
@@ -332,6 +346,17 @@ export class Dispatcher {
     } catch (err) {
       this.logFailure(sub.stream, "failed", (err as Error).message);
       return emptyOutcome(sub, "failed", `worker failed: ${(err as Error).message}`);
+    }
+  }
+
+  private async executeSession(task: SessionTask): Promise<IngestOutcome[]> {
+    try {
+      const outcomes = (await this.pool.run(task as unknown as IngestTask, { name: "ingestSession" })) as unknown as IngestOutcome[];
+      for (const o of outcomes) if (o.kind === "db_unavailable" || o.kind === "failed") this.logFailure(task.stream, o.kind, o.message);
+      return outcomes;
+    } catch (err) {
+      this.logFailure(task.stream, "failed", (err as Error).message);
+      return task.frames.map((f) => emptyOutcome({ requestId: `ws-${task.producer}-${f.seq}`, priority: 0 }, "failed", `worker failed: ${(err as Error).message}`));
     }
   }
 

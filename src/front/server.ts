@@ -35,6 +35,7 @@ import { Submitter } from "./submission/submitter";
 import { registerIngestRoute } from "./transports/http-ingest";
 import { registerLineRoutes } from "./transports/line-routes";
 import { registerWebSocket } from "./transports/ws-stream";
+import { ProducerSessions } from "./sessions/producer-sessions";
 import { uws, type us_listen_socket } from "./uws";
 
 /** LIBUS_LISTEN_EXCLUSIVE_PORT */
@@ -169,7 +170,14 @@ export async function startServer(config: IngestdConfig, log: Logger): Promise<R
   registerIngestRoute(app, pipeline, { route: "/v1/ingest/batch", pattern: "/v1/ingest/batch", stream: "events", envelope: true });
   registerIngestRoute(app, pipeline, { route: "/events", pattern: "/events", stream: "product_events", envelope: false });
   registerLineRoutes(app, pipeline);
-  const ws = registerWebSocket(app, pipeline, config.ws, http);
+  const sessions = new ProducerSessions({
+    pool: db.pool,
+    connectionString: databaseUrl,
+    schema: config.dbSchema,
+    log,
+    retentionDays: config.producerRetentionDays,
+  });
+  const ws = registerWebSocket(app, pipeline, config.ws, http, sessions);
   registerBatchRoutes(app, { batches, metrics, retryAfterSeconds: config.retryAfterSeconds });
   const openApi = JSON.stringify(openApiDocument(streams, VERSION, new Set(ignoringUnknown)));
   app.get("/openapi.json", (res) => {
@@ -242,6 +250,7 @@ export async function startServer(config: IngestdConfig, log: Logger): Promise<R
         batches.close();
         latency.stop();
         clearInterval(maintenance);
+        await sessions.close();
         await db.close();
         if (embedded) await embedded.stop();
         log.info({ ms: Date.now() - started }, "stopped");

@@ -78,7 +78,24 @@ export interface IngestdConfig {
   deduplicate: Record<string, boolean>;
   /** Per-stream overrides by stream name, e.g. `{"events": {"unknownFields": "ignore"}}`. */
   streams?: Record<string, StreamSettings>;
+  /**
+   * Producer sessions idle this many days lose their ingest_producers row (a bounded delete every ten
+   * minutes); null keeps them.
+   */
+  producerRetentionDays: (Int & tags.Minimum<1> & tags.Maximum<36500>) | null;
 }
+
+/**
+ * Settings added after the first release, with the value they take when a config file written before them
+ * leaves them out: an upgrade must not refuse to start over a file that was valid (docs/operations.md#configuration).
+ */
+const ADDED_SETTINGS: Partial<IngestdConfig> = {
+  cors: { allowedOrigins: [] },
+  dedupWindowHours: 168,
+  batchesRetentionDays: 7,
+  deadLettersRetentionDays: 30,
+  producerRetentionDays: 30,
+};
 
 /** Exit status for a configuration error (sysexits.h EX_CONFIG). */
 export const EX_CONFIG = 78;
@@ -119,6 +136,7 @@ const ENV_OVERRIDES: ReadonlyArray<[env: string, path: string, kind: EnvKind]> =
   ["DEDUP_WINDOW_HOURS", "dedupWindowHours", "int"],
   ["BATCHES_RETENTION_DAYS", "batchesRetentionDays", "int"],
   ["DEAD_LETTERS_RETENTION_DAYS", "deadLettersRetentionDays", "int"],
+  ["PRODUCER_RETENTION_DAYS", "producerRetentionDays", "int"],
 ];
 
 export const DEFAULT_CONFIG_PATH = path.resolve(__dirname, "../../../config/ingestd.json");
@@ -139,6 +157,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, file = configPa
     throw new ConfigError(`config file ${file}: expected a JSON object`);
   }
   const config = raw as Record<string, unknown>;
+  for (const [key, value] of Object.entries(ADDED_SETTINGS)) if (!(key in config)) config[key] = structuredClone(value);
   for (const [name, key, kind] of ENV_OVERRIDES) {
     const value = env[name];
     if (value === undefined || value === "") continue;

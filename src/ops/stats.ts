@@ -58,7 +58,7 @@ class RateWindow {
 export class Stats {
   private processed = 0;
   private readonly byEntity = new Map<string, number>();
-  private readonly errors = { rejected: 0, unparseable: 0, too_large: 0, db_unavailable: 0, failed: 0 };
+  private readonly errors = { rejected: 0, unparseable: 0, too_large: 0, db_unavailable: 0, failed: 0, superseded: 0 };
   private readonly requests = new RateWindow();
   private readonly events = new RateWindow();
 

@@ -23,6 +23,8 @@ export function dedupTable(table: string): string {
 
 export const BATCHES_TABLE = "ingest_batches";
 export const DEAD_LETTERS_TABLE = "ingest_dead_letters";
+/** One row per (stream, producer): the producer session's epoch and last committed frame seq. */
+export const PRODUCERS_TABLE = "ingest_producers";
 
 export const BATCH_COLUMNS = [
   "batch_id", "request_id", "stream", "status", "received", "accepted", "rejected", "duplicates", "created_at", "committed_at",

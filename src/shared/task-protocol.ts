@@ -55,6 +55,29 @@ export interface IngestTask {
   recordOutcomes?: boolean;
 }
 
+/** One frame of a producer session, in the ring at [offset, offset + length) (length 0: an empty frame). */
+export interface SessionFrame {
+  seq: number;
+  offset: number;
+  length: number;
+  receivedAt: number;
+  ringAt: number;
+}
+
+/**
+ * Consecutive frames of one producer session, run by one worker and committed in seq order
+ * (docs/websocket-protocol.md#producer-sessions): each commit records the session's last committed seq in
+ * its own transaction, and only while `epoch` is still the session's (a newer session fences this one).
+ */
+export interface SessionTask {
+  stream: string;
+  format: TaskFormat;
+  producer: string;
+  epoch: number;
+  frames: SessionFrame[];
+  source: string;
+}
+
 export interface RecordError {
   /** Position of the record in the request (array index or line number minus one). */
   index: number;
@@ -100,7 +123,9 @@ export type OutcomeKind =
   /** PostgreSQL could not be reached or failed the commit: nothing from this task is acknowledged. */
   | "db_unavailable"
   /** The worker failed unexpectedly (a bug): nothing from this task is acknowledged. */
-  | "failed";
+  | "failed"
+  /** A producer session's frame refused because a newer session of the same producer fenced this one: nothing stored. */
+  | "superseded";
 
 export interface IngestOutcome {
   kind: OutcomeKind;

@@ -5,7 +5,7 @@
 import type pg from "pg";
 import { ensureMonthPartitions, SCHEMA_LOCK_KEY } from "./partitions";
 import type { ColumnType, StreamDefinition } from "../shared/stream-definition";
-import { BATCHES_TABLE, DEAD_LETTERS_TABLE, qualifiedName, quoteIdent } from "../shared/sql-identifiers";
+import { BATCHES_TABLE, DEAD_LETTERS_TABLE, PRODUCERS_TABLE, qualifiedName, quoteIdent } from "../shared/sql-identifiers";
 import { dedupClaimFunction, dedupClaimFunctionDdl } from "../shared/dedup-sql";
 import { dedupStateDdl, ensureDedupSlots, migrateLegacyIds, renameLegacyIdTable } from "./dedup-partitions";
 import {
@@ -63,6 +63,7 @@ export function streamTableDdl(schema: string, stream: StreamDefinition, all: re
 export function bookkeepingDdl(schema: string): string[] {
   const batches = qualifiedName(schema, BATCHES_TABLE);
   const dead = qualifiedName(schema, DEAD_LETTERS_TABLE);
+  const producers = qualifiedName(schema, PRODUCERS_TABLE);
   return [
     `CREATE TABLE IF NOT EXISTS ${batches} (
   "batch_id" text NOT NULL,
@@ -93,6 +94,16 @@ export function bookkeepingDdl(schema: string): string[] {
 ) PARTITION BY RANGE ("received_at")`,
     `CREATE TABLE IF NOT EXISTS ${qualifiedName(schema, `${DEAD_LETTERS_TABLE}_default`)} PARTITION OF ${dead} DEFAULT`,
     `CREATE INDEX IF NOT EXISTS "ingest_dead_letters_stream_received_at_idx" ON ${dead} ("stream", "received_at")`,
+    // Producer sessions (docs/websocket-protocol.md#producer-sessions): one row per producer, not per event.
+    `CREATE TABLE IF NOT EXISTS ${producers} (
+  "stream" text NOT NULL,
+  "producer" text NOT NULL,
+  "epoch" bigint NOT NULL,
+  "committed_seq" bigint NOT NULL DEFAULT 0,
+  "updated_at" timestamptz NOT NULL DEFAULT now(),
+  PRIMARY KEY ("stream", "producer")
+)`,
+    `CREATE INDEX IF NOT EXISTS "ingest_producers_updated_at_idx" ON ${producers} ("updated_at")`,
   ];
 }
 

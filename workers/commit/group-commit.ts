@@ -3,6 +3,7 @@ import { now } from "../../src/shared/clock";
 import type { CommitTarget } from "./commit-targets";
 import { type CopyWriter, DatabaseUnavailable, isRowError, join, type RowFailure } from "./copy-writer";
 import { COMMIT_GAUGE_COMMITTING, COMMIT_GAUGE_WAITING, COMMIT_GAUGE_SLOTS } from "../../src/shared/task-protocol";
+import { advanceSessions, checkSessions, type ProducerSql, type SessionMark, type SessionSkip } from "./producer-seqs";
 
 /**
  * Group commit: the rows of many tasks share one transaction. A batch is sealed when it reaches
@@ -17,6 +18,10 @@ import { COMMIT_GAUGE_COMMITTING, COMMIT_GAUGE_WAITING, COMMIT_GAUGE_SLOTS } fro
  *
  * Inside a transaction tables are written in stream order, so rows that reference another stream's rows
  * (lineitem → orders) see the rows committed with them.
+ *
+ * Frames of producer sessions carry a session mark: their transaction locks the sessions' rows first and
+ * leaves out the frames it must not store (producer-seqs.ts), so one fenced producer never holds back the
+ * other producers' rows in the same batch.
  */
 
 export interface GroupCommitOptions {
@@ -27,6 +32,7 @@ export interface GroupCommitOptions {
   deadLettersCopySql: string;
   /** Shared counters (COMMIT_GAUGE_* slots, summed over workers) the front exports as metrics. */
   gauges?: Int32Array;
+  producers: ProducerSql;
 }
 
 export interface PartWork {
@@ -58,10 +64,14 @@ export interface TaskWork {
    * retried): returns the task's ingest_batches row and dead-letter rows, as COPY text.
    */
   finalize(outcomes: PartOutcome[]): { batchRow: string | null; deadLetters: string[] };
+  /** A producer session's frame: stored only if its session still holds the producer and it is the next seq. */
+  session?: SessionMark | null;
 }
 
 export interface CommitResult {
   outcomes: PartOutcome[];
+  /** A session frame not stored by this commit, and why (its outcomes then say nothing was refused). */
+  skipped: SessionSkip | null;
   committedAt: number;
   copyMs: number;
 }
@@ -79,6 +89,8 @@ class Batch {
   members: Member[] = [];
   rowCount = 0;
   bytes = 0;
+  /** Holds frames of producer sessions. */
+  sessions = false;
   timer: NodeJS.Timeout | null = null;
   /** Reached its age while a commit was running: sealed as soon as the connection is free. */
   due = false;
@@ -122,6 +134,7 @@ export class GroupCommitter {
       batch.rowCount += part.rows.length;
     }
     batch.bytes += work.bytes;
+    if (work.session) batch.sessions = true;
     batch.members.push(member);
     Atomics.add(this.gauges, COMMIT_GAUGE_WAITING, 1);
     if (batch.rowCount >= this.options.batchSize || batch.bytes >= this.options.maxBatchBytes) this.seal(batch);
@@ -178,7 +191,7 @@ export class GroupCommitter {
     const members = batch.members.length;
     Atomics.sub(this.gauges, COMMIT_GAUGE_WAITING, members);
     Atomics.add(this.gauges, COMMIT_GAUGE_COMMITTING, members);
-    let outcomes: PartOutcome[][];
+    let outcomes: MemberResult[];
     try {
       const client = await this.writer.connection();
       outcomes = await this.writer.watched(client, async () => {
@@ -210,7 +223,8 @@ export class GroupCommitter {
     const committedAt = now();
     const copyMs = committedAt - started;
     for (let i = 0; i < batch.members.length; i++) {
-      batch.members[i].resolve({ outcomes: outcomes[i], committedAt, copyMs });
+      const r = outcomes[i];
+      batch.members[i].resolve({ outcomes: r.outcomes, skipped: r.skipped, committedAt, copyMs });
     }
   }
 
@@ -226,8 +240,15 @@ export class GroupCommitter {
   }
 
   /** One transaction for the batch; returns each member's part outcomes. */
-  private async transaction(client: pg.Client, batch: Batch, isolating: boolean): Promise<PartOutcome[][]> {
+  private async transaction(client: pg.Client, all: Batch, isolating: boolean): Promise<MemberResult[]> {
     await client.query("BEGIN");
+    let batch = all;
+    let skips: Array<SessionSkip | null> | null = null;
+    let advance: Map<string, SessionMark> | null = null;
+    if (all.sessions) {
+      ({ skips, advance } = await checkSessions(client, this.options.producers, all.members.map((m) => m.work.session ?? null)));
+      if (skips.some((k) => k !== null)) batch = regroup(all, skips);
+    }
     const targets = [...batch.parts.keys()].sort((a, b) => a.order - b.order);
     const results = new Map<CommitTarget, { failures: RowFailure[]; stored: Uint8Array | null }>();
     for (const target of targets) {
@@ -293,7 +314,38 @@ export class GroupCommitter {
     }
     if (deadLetters.length > 0) await this.writer.copy(client, this.options.deadLettersCopySql, deadLetters.join(""));
     if (batchRows.length > 0) await this.writer.copy(client, this.options.batchesCopySql, batchRows.join(""));
+    if (advance !== null) await advanceSessions(client, this.options.producers, advance);
     await client.query("COMMIT");
-    return outcomes;
+    if (skips === null) return outcomes.map((o) => ({ outcomes: o, skipped: null }));
+    // Back to every member of the batch: a skipped frame stored nothing now (an earlier commit stored it, or nothing will).
+    let kept = 0;
+    return all.members.map((m, i) => {
+      const skipped = skips[i];
+      if (skipped === null) return { outcomes: outcomes[kept++], skipped: null };
+      return { outcomes: m.work.parts.map(() => ({ failures: [], duplicates: null })), skipped };
+    });
   }
+}
+
+interface MemberResult {
+  outcomes: PartOutcome[];
+  skipped: SessionSkip | null;
+}
+
+/** The batch without its skipped members: their rows are not written. */
+function regroup(batch: Batch, skips: ReadonlyArray<SessionSkip | null>): Batch {
+  const kept = new Batch(batch.priority);
+  batch.members.forEach((m, i) => {
+    if (skips[i] !== null) return;
+    const member: Member = { ...m, offsets: [] };
+    for (const part of m.work.parts) {
+      let into = kept.parts.get(part.target);
+      if (!into) kept.parts.set(part.target, (into = { rows: [], keys: [] }));
+      member.offsets.push(into.rows.length);
+      for (let r = 0; r < part.rows.length; r++) into.rows.push(part.rows[r]);
+      if (part.keys) for (let r = 0; r < part.keys.length; r++) into.keys.push(part.keys[r]);
+    }
+    kept.members.push(member);
+  });
+  return kept;
 }

@@ -8,6 +8,7 @@ import { batchRow, deadLetterRow, rawText } from "./bookkeeping-rows";
 import { batchesCopySql, deadLettersCopySql, type CommitTarget } from "./commit-targets";
 import { CopyWriter } from "./copy-writer";
 import { GroupCommitter, type PartOutcome, type PartWork, type TaskWork } from "./group-commit";
+import { producerSql, type SessionMark } from "./producer-seqs";
 import { tallyTask, type TaskTally } from "./task-outcome";
 
 /** The worker's group committer on its own PostgreSQL connection. */
@@ -21,6 +22,7 @@ export function workerCommitter(data: WorkerData, applicationName: string): Grou
       batchesCopySql: batchesCopySql(data.dbSchema),
       deadLettersCopySql: deadLettersCopySql(data.dbSchema),
       gauges: new Int32Array(data.commitGauges),
+      producers: producerSql(data.dbSchema),
     },
   );
 }
@@ -30,6 +32,8 @@ export class TaskCommit implements TaskWork {
   readonly priority: number;
   readonly parts: PartWork[];
   readonly bytes: number;
+  /** Set for a producer session's frame. */
+  session: SessionMark | null = null;
   /** The producer-facing batch_id its bookkeeping rows carry. */
   private readonly batchId: string;
   /** The latest transaction's tally, with the outcomes it was made from. */

@@ -3,7 +3,8 @@
  * Each frame is one batch, numbered implicitly from 1. A frame is acknowledged only after its records are
  * committed, and acks leave in seq order even though frames commit out of order on different workers.
  * WebSocket has no inbound pause, so the `window` of unacknowledged frames is what bounds a producer: a
- * frame past it is a protocol violation.
+ * frame past it is a protocol violation. With `&producer=` the connection is a producer session: frames are
+ * numbered on from the producer's committed seq and committed in seq order (sessions/).
  */
 import { now } from "../../shared/clock";
 import { LINE_ROUTER, type StreamDefinition } from "../../shared/stream-definition";
@@ -12,15 +13,18 @@ import { mayWrite, type ApiKey } from "../../security/api-keys";
 import type { Denial } from "../../security/auth";
 import type { RingRegion } from "../ring";
 import type { HttpPolicy } from "../http-policy";
-import { answerRefusal } from "../http-responses";
+import { answerRefusal, markClosed } from "../http-responses";
 import { isRefusal, type Admitted, type Refusal } from "../submission/admission";
 import { emptyFrameAck, wsAck } from "../submission/answers";
 import type { Pipeline } from "../submission/pipeline";
+import { CLOSE_SUPERSEDED, producerIdError, type ProducerSessions } from "../sessions/producer-sessions";
+import { SessionChain, type ChainFrame } from "../sessions/session-chain";
 import { uws, type HttpRequest, type TemplatedApp, type WebSocket } from "../uws";
 
 export const CLOSE_GOING_AWAY = 1001;
 export const CLOSE_POLICY_VIOLATION = 1008;
 export const CLOSE_MESSAGE_TOO_BIG = 1009;
+export const CLOSE_INTERNAL_ERROR = 1011;
 export const CLOSE_TRY_AGAIN_LATER = 1013;
 
 interface Frame {
@@ -28,6 +32,16 @@ interface Frame {
   receivedAt: number;
   ack: string | null;
   outcome: IngestOutcome | null;
+  /** Zero bytes: answered with the empty-frame ack. */
+  empty: boolean;
+}
+
+/** A producer session's state on its connection. */
+interface Session {
+  producer: string;
+  epoch: number;
+  committedSeq: number;
+  chain: SessionChain<Frame> | null;
 }
 
 interface Connection {
@@ -40,6 +54,7 @@ interface Connection {
   key: ApiKey;
   /** Pending flush of acks held back while the key's rate bucket is in debt. */
   throttle: NodeJS.Timeout | null;
+  session: Session | null;
 }
 
 export interface WsServer {
@@ -55,7 +70,7 @@ export interface WsSettings {
   idleTimeoutSeconds: number;
 }
 
-export function registerWebSocket(app: TemplatedApp, pipeline: Pipeline, settings: WsSettings, http: HttpPolicy): WsServer {
+export function registerWebSocket(app: TemplatedApp, pipeline: Pipeline, settings: WsSettings, http: HttpPolicy, sessions: ProducerSessions): WsServer {
   const { auth, admission, ring, submitter, telemetry, metrics, limits } = pipeline;
   const window = settings.window;
   const maxFrame = settings.maxFrameBytes;
@@ -66,7 +81,9 @@ export function registerWebSocket(app: TemplatedApp, pipeline: Pipeline, setting
   let idleWaiters: Array<() => void> = [];
 
   const hello = (c: Connection) =>
-    JSON.stringify({ type: "hello", stream: c.stream.name, window, max_frame_bytes: maxFrame });
+    c.session === null
+      ? JSON.stringify({ type: "hello", stream: c.stream.name, window, max_frame_bytes: maxFrame })
+      : JSON.stringify({ type: "hello", stream: c.stream.name, window, max_frame_bytes: maxFrame, producer: c.session.producer, committed_seq: c.session.committedSeq });
 
   function flushAcks(ws: WebSocket<Connection>, c: Connection): void {
     if (!c.open) return;
@@ -142,6 +159,31 @@ export function registerWebSocket(app: TemplatedApp, pipeline: Pipeline, setting
     flushAcks(ws, c);
   }
 
+  /** A session frame's final outcome (in seq order): its ack, or the close that makes the producer resynchronise. */
+  function settleSessionFrame(ws: WebSocket<Connection>, c: Connection, frame: Frame, outcome: IngestOutcome): void {
+    if (!c.open) return;
+    if (outcome.kind === "superseded") return supersede(ws);
+    if (outcome.kind === "db_unavailable" || outcome.kind === "failed") {
+      const [code, reason] = outcome.kind === "failed"
+        ? [CLOSE_INTERNAL_ERROR, "frame not committed; reconnect and resend from committed_seq"]
+        : [CLOSE_TRY_AGAIN_LATER, "database unavailable; reconnect and resend from committed_seq"];
+      close(ws, code, reason);
+      c.pending.length = 0;
+      checkIdle();
+      return;
+    }
+    frame.outcome = outcome;
+    frame.ack = frame.empty ? emptyFrameAck(frame.seq) : wsAck(frame.seq, outcome);
+    flushAcks(ws, c);
+  }
+
+  function supersede(ws: WebSocket<Connection>): void {
+    const c = ws.getUserData();
+    close(ws, CLOSE_SUPERSEDED, "superseded");
+    c.pending.length = 0;
+    checkIdle();
+  }
+
   function onFrame(ws: WebSocket<Connection>, message: ArrayBuffer): void {
     const c = ws.getUserData();
     if (!c.open) return;
@@ -158,9 +200,11 @@ export function registerWebSocket(app: TemplatedApp, pipeline: Pipeline, setting
       close(ws, CLOSE_POLICY_VIOLATION, `more than ${window} unacknowledged frames`);
       return;
     }
-    const frame: Frame = { seq: ++c.seq, receivedAt, ack: null, outcome: null };
-    c.pending.push(frame);
     const length = message.byteLength;
+    const frame: Frame = { seq: ++c.seq, receivedAt, ack: null, outcome: null, empty: length === 0 };
+    c.pending.push(frame);
+    const chain = c.session?.chain ?? null;
+    if (chain !== null) return onSessionFrame(ws, c, chain, frame, message);
     if (length === 0) {
       frame.ack = emptyFrameAck(frame.seq);
       flushAcks(ws, c);
@@ -192,6 +236,34 @@ export function registerWebSocket(app: TemplatedApp, pipeline: Pipeline, setting
     });
   }
 
+  /** A session frame takes its place in the session's chain at once, and is submitted once in the ring. */
+  function onSessionFrame(ws: WebSocket<Connection>, c: Connection, chain: SessionChain<Frame>, frame: Frame, message: ArrayBuffer): void {
+    const length = message.byteLength;
+    const slot: ChainFrame<Frame> = chain.add(frame.seq, frame.receivedAt, frame);
+    if (length === 0) return chain.ready(slot, null, now());
+    const region = ring.tryAlloc(length);
+    if (region !== null) {
+      ring.bytes.set(new Uint8Array(message), region.offset);
+      return chain.ready(slot, region, now());
+    }
+    if (overflowBytes + length > overflowBudget) {
+      close(ws, CLOSE_TRY_AGAIN_LATER, "ingestd overloaded; resend unacknowledged frames");
+      return;
+    }
+    overflowBytes += length;
+    const copy = Buffer.from(new Uint8Array(message));
+    void ring.alloc(length, 0, limits.overloadDeadlineMs).then((r) => {
+      overflowBytes -= length;
+      if (r === null) {
+        close(ws, CLOSE_TRY_AGAIN_LATER, "ingestd overloaded; resend unacknowledged frames");
+        return;
+      }
+      if (!c.open) return ring.free(r);
+      ring.bytes.set(copy, r.offset);
+      chain.ready(slot, r, now());
+    });
+  }
+
   // Security: after a SIGHUP reload, live connections take their key's new limits; a revoked key, or one
   // that may no longer write the stream, is cut off (1008). Its unacknowledged frames may be resent.
   auth.onReload(() => {
@@ -204,7 +276,7 @@ export function registerWebSocket(app: TemplatedApp, pipeline: Pipeline, setting
   });
 
   /** The upgrade's own checks, then admission (no 429: rate limits slow a stream by delaying its acks). */
-  function admitUpgrade(req: HttpRequest, caller: ApiKey | Denial, name: string): Admitted | Refusal {
+  function admitUpgrade(req: HttpRequest, caller: ApiKey | Denial, name: string, producer: string | undefined): Admitted | Refusal {
     // uWS routes here on a 24-character Sec-WebSocket-Key alone; RFC 6455 §4.2.1 asks for the rest too.
     if (!/^websocket$/i.test(req.getHeader("upgrade").trim()) || !/(^|,)\s*upgrade\s*(,|$)/i.test(req.getHeader("connection"))) {
       return { status: 400, code: "bad_request", message: "not a WebSocket upgrade: Upgrade: websocket and Connection: Upgrade are required" };
@@ -217,9 +289,17 @@ export function registerWebSocket(app: TemplatedApp, pipeline: Pipeline, setting
     if (!http.allowsUpgrade(origin)) {
       return { status: 403, code: "origin_not_allowed", message: `WebSocket from origin ${JSON.stringify(origin)} not allowed (cors.allowedOrigins)` };
     }
-    // Mixed TPC-H lines are an HTTP-only stream: their frames would need the line endpoints' answers.
-    const admitted = name === LINE_ROUTER ? null : admission.admit(caller, name, false);
-    if (admitted === null || (isRefusal(admitted) && admitted.status === 404)) {
+    if (producer !== undefined) {
+      const bad = producerIdError(producer);
+      if (bad !== null) return { status: 400, code: "bad_request", message: bad };
+    }
+    // Mixed TPC-H lines only in a producer session: its frames commit in order, so an order's line items
+    // never commit before it (plain frames commit out of order on different workers).
+    if (name === LINE_ROUTER && producer === undefined) {
+      return { status: 400, code: "bad_request", message: `stream "${name}" takes mixed TPC-H lines only in a producer session: /v1/ws?stream=${name}&producer=<id>` };
+    }
+    const admitted = admission.admit(caller, name, false);
+    if (isRefusal(admitted) && admitted.status === 404) {
       return { status: 404, code: "unknown_stream", message: `unknown stream "${name}"; use /v1/ws?stream=<name>` };
     }
     return admitted;
@@ -245,14 +325,62 @@ export function registerWebSocket(app: TemplatedApp, pipeline: Pipeline, setting
       const extensions = req.getHeader("sec-websocket-extensions");
       // The key from Authorization / X-API-Key, or ?token= (browsers cannot set upgrade headers).
       const caller = auth.authenticate(req.getHeader("authorization"), req.getHeader("x-api-key"), req.getQuery("token") ?? "");
-      const admitted = admitUpgrade(req, caller, name);
-      if (isRefusal(admitted)) return answerRefusal(res, admitted, true);
-      const conn: Connection = { stream: admitted.stream, seq: 0, pending: [], open: true, key: admitted.key, throttle: null };
-      res.upgrade(conn, key, protocol, extensions, context);
+      const producer = req.getQuery("producer");
+      const admitted = admitUpgrade(req, caller, name, producer);
+      const refuse = (refusal: Refusal) => answerRefusal(res, refusal, true);
+      if (isRefusal(admitted)) {
+        refuse(admitted);
+        return;
+      }
+      const conn: Connection = { stream: admitted.stream, seq: 0, pending: [], open: true, key: admitted.key, throttle: null, session: null };
+      if (producer === undefined) {
+        res.upgrade(conn, key, protocol, extensions, context);
+        return;
+      }
+      // A producer session: every older session of this producer is fenced before the hello names committed_seq.
+      let aborted = false;
+      res.onAborted(() => {
+        aborted = true;
+        markClosed(res);
+      });
+      const down = admission.database();
+      if (down !== null) {
+        refuse(down);
+        return;
+      }
+      sessions.open(admitted.stream.name, producer).then(
+        (opened) => {
+          if (aborted) return; // The older sessions stay fenced; the producer reconnects and fences again.
+          conn.seq = opened.committedSeq;
+          conn.session = { producer, epoch: opened.epoch, committedSeq: opened.committedSeq, chain: null };
+          res.cork(() => res.upgrade(conn, key, protocol, extensions, context));
+        },
+        () => {
+          if (aborted) return;
+          refuse({ status: 503, code: "database_unavailable", message: "database unavailable; cannot open the producer session, retry later", headers: { "Retry-After": String(limits.retryAfterSeconds) } });
+        },
+      );
     },
     open: (ws) => {
       sockets.add(ws);
-      ws.send(hello(ws.getUserData()), false);
+      const c = ws.getUserData();
+      const session = c.session;
+      if (session !== null) {
+        const stream = c.stream.name;
+        if (!sessions.attach(stream, session.producer, session.epoch, () => supersede(ws))) {
+          close(ws, CLOSE_SUPERSEDED, "superseded");
+          return;
+        }
+        session.chain = new SessionChain<Frame>(
+          submitter,
+          ring,
+          { stream, format: c.stream.formats.includes("json") ? "auto" : "text", producer: session.producer, epoch: session.epoch, source: "ws" },
+          () => c.key,
+          limits.overloadDeadlineMs,
+          (frame, outcome) => settleSessionFrame(ws, c, frame, outcome),
+        );
+      }
+      ws.send(hello(c), false);
     },
     message: (ws, message) => onFrame(ws, message),
     close: (ws) => {
@@ -260,6 +388,10 @@ export function registerWebSocket(app: TemplatedApp, pipeline: Pipeline, setting
       c.open = false;
       if (c.throttle !== null) clearTimeout(c.throttle);
       sockets.delete(ws);
+      if (c.session !== null) {
+        c.session.chain?.stop();
+        sessions.detach(c.stream.name, c.session.producer, c.session.epoch);
+      }
       c.pending.length = 0;
       checkIdle();
     },

@@ -1,0 +1,73 @@
+/**
+ * The commit side of producer sessions, deterministically: one group-commit batch on a real PostgreSQL
+ * holding frames of two producers, one of them partly fenced, partly already committed and partly out of
+ * order. Only the frames that are each session's next seq under its current epoch are stored; the rest of
+ * the batch commits; each session's committed_seq lands in the same transaction.
+ */
+import assert from "node:assert/strict";
+import { test } from "node:test";
+import pg from "pg";
+import { streams } from "../config/streams";
+import { ensureSchema } from "../src/storage/schema";
+import { batchesCopySql, commitTargets, deadLettersCopySql } from "../workers/commit/commit-targets";
+import { CopyWriter } from "../workers/commit/copy-writer";
+import { GroupCommitter, type TaskWork } from "../workers/commit/group-commit";
+import { producerSql, type SessionMark } from "../workers/commit/producer-seqs";
+import { useTestDb } from "./fixture";
+
+/** A database with the schema; the tests drive a GroupCommitter on it directly. */
+const fx = useTestDb();
+let writer: CopyWriter;
+
+fx.setup(async () => {
+  const client = new pg.Client({ connectionString: fx.db.url });
+  await client.connect();
+  await ensureSchema(client, "public", streams);
+  await client.end();
+  writer = new CopyWriter({ connectionString: fx.db.url, applicationName: "producer-seqs-test", stallTimeoutMs: 5000 });
+});
+
+fx.teardown(() => writer?.close());
+
+test("one batch: fenced, already committed and out-of-order frames are left out, the rest commits with each session's seq", async () => {
+  await fx.db.query(
+    "INSERT INTO ingest_producers (stream, producer, epoch, committed_seq) VALUES ('logs', 'P', 2, 5), ('logs', 'Q', 1, 0)",
+  );
+  const logs = commitTargets("public", streams, []).find((t) => t.stream === "logs")!;
+  const committer = new GroupCommitter(writer, {
+    batchSize: 1_000_000,
+    maxBatchBytes: 1 << 30,
+    batchTimeoutMs: 50,
+    batchesCopySql: batchesCopySql("public"),
+    deadLettersCopySql: deadLettersCopySql("public"),
+    producers: producerSql("public"),
+  });
+  const work = (producer: string, epoch: number, seq: number): TaskWork => {
+    const session: SessionMark = { stream: "logs", producer, epoch, seq };
+    return {
+      priority: 0,
+      parts: [{ target: logs, rows: [`svc\tINFO\t${producer}-${epoch}-${seq}\t\\N\t2026-12-03T00:00:00Z\n`] }],
+      bytes: 60,
+      session,
+      finalize: () => ({ batchRow: null, deadLetters: [] }),
+    };
+  };
+  // All added before the batch ages, so they share one transaction.
+  const results = await Promise.all([
+    committer.add(work("P", 1, 6)), // an older epoch of P: fenced
+    committer.add(work("Q", 1, 1)),
+    committer.add(work("Q", 1, 2)),
+    committer.add(work("P", 2, 5)), // P's seq 5 is committed already
+    committer.add(work("P", 2, 6)),
+    committer.add(work("Q", 1, 4)), // Q's seq 3 is missing
+  ]);
+  assert.deepEqual(results.map((r) => r.skipped), ["superseded", null, null, "committed", null, "out_of_order"]);
+  assert.equal(new Set(results.map((r) => r.committedAt)).size, 1, "not one transaction");
+  const rows = await fx.db.query("SELECT message FROM logs ORDER BY message");
+  assert.deepEqual(rows.rows.map((r) => r.message), ["P-2-6", "Q-1-1", "Q-1-2"]);
+  const state = await fx.db.query("SELECT producer, epoch::int, committed_seq::int FROM ingest_producers WHERE stream = 'logs' ORDER BY producer");
+  assert.deepEqual(state.rows, [
+    { producer: "P", epoch: 2, committed_seq: 6 },
+    { producer: "Q", epoch: 1, committed_seq: 2 },
+  ]);
+});
