@@ -81,7 +81,9 @@ export async function startBenchDb(log: (line: string) => void, env: NodeJS.Proc
       if (exists) log(`using the kept database ${kept}`);
       else await admin.query(`CREATE DATABASE ${quoteIdent(name)}`);
     } catch (err) {
-      throw new Error(`cannot create the bench database (the bench needs a database of its own; CREATEDB privilege): ${(err as Error).message}`);
+      throw new Error(
+        `cannot create the bench database (the bench needs a database of its own; CREATEDB privilege): ${(err as Error).message}`,
+      );
     } finally {
       await admin.end().catch(() => undefined);
     }
@@ -102,12 +104,13 @@ export async function startBenchDb(log: (line: string) => void, env: NodeJS.Proc
       url,
       embedded: isEmbedded,
       version,
-      postmasterPid: () => (embedded ? embedded.pid() ?? null : localPostmaster),
+      postmasterPid: () => (embedded ? (embedded.pid() ?? null) : localPostmaster),
       query: (sql, params) => pool.query(sql, params as any[]),
       async close() {
         await pool.end().catch(() => undefined);
         // An embedded cluster goes away whole; a real server keeps nothing of the run.
-        if (!isEmbedded && kept === null) await dropDatabase().catch((err) => log(`could not drop database ${name}: ${(err as Error).message}`));
+        if (!isEmbedded && kept === null)
+          await dropDatabase().catch((err) => log(`could not drop database ${name}: ${(err as Error).message}`));
         await cleanup();
       },
     };

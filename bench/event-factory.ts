@@ -21,8 +21,16 @@ const JITTER_MS = 5000;
 
 const SERVICES = ["checkout", "payments", "search", "inventory", "auth-gateway", "notifications", "catalog", "shipping"];
 const EVENT_TYPES = [
-  "order.created", "order.item_added", "payment.authorized", "search.query", "user.login",
-  "page.view", "cart.abandoned", "shipment.dispatched", "stock.reserved", "email.sent",
+  "order.created",
+  "order.item_added",
+  "payment.authorized",
+  "search.query",
+  "user.login",
+  "page.view",
+  "cart.abandoned",
+  "shipment.dispatched",
+  "stock.reserved",
+  "email.sent",
 ];
 const REGIONS = ["eu-west-1", "us-east-1", "ap-south-1"];
 const SDKS = ["js/1.4.2", "py/0.9.1", "go/2.0.0"];

@@ -87,7 +87,10 @@ function singleTable(name: string, type: "text" | "uuid"): Candidate {
       await client.query(`CREATE TABLE ${table} (id ${type} PRIMARY KEY, stored_at timestamptz NOT NULL)`);
       for (let done = 0; done < IDS; done += 1_000_000) {
         const n = Math.min(1_000_000, IDS - done);
-        await client.query(`INSERT INTO ${table} SELECT k, now() FROM (SELECT gen_random_uuid()::${type} AS k FROM generate_series(1, $1)) s ORDER BY k`, [n]);
+        await client.query(
+          `INSERT INTO ${table} SELECT k, now() FROM (SELECT gen_random_uuid()::${type} AS k FROM generate_series(1, $1)) s ORDER BY k`,
+          [n],
+        );
       }
       await client.query(`VACUUM (ANALYZE) ${table}`);
     },
@@ -154,7 +157,13 @@ async function lsn(client: pg.Client): Promise<bigint> {
   return (BigInt(`0x${hi}`) << 32n) + BigInt(`0x${lo}`);
 }
 
-async function measure(client: pg.Client, candidate: Candidate, kind: "uuidv4" | "uuidv7", backendPid: number, postmasterPid: number): Promise<Measured> {
+async function measure(
+  client: pg.Client,
+  candidate: Candidate,
+  kind: "uuidv4" | "uuidv7",
+  backendPid: number,
+  postmasterPid: number,
+): Promise<Measured> {
   const batches = Array.from({ length: BATCHES + WARM_BATCHES }, () => newIds(kind));
   const run = async (from: number, to: number) => {
     for (let b = from; b < to; b++) {

@@ -17,7 +17,11 @@ import { DEFAULT_DEDUP_WINDOW_HOURS } from "../src/storage/schema";
 const CHUNK = 1_000_000;
 
 export async function prefillIdState(
-  url: string, schema: string, stream: StreamDefinition, count: number, kind: "uuidv4" | "uuidv7",
+  url: string,
+  schema: string,
+  stream: StreamDefinition,
+  count: number,
+  kind: "uuidv4" | "uuidv7",
   windowHours = DEFAULT_DEDUP_WINDOW_HOURS,
 ): Promise<void> {
   const d = dedupShape(schema, stream);

@@ -230,7 +230,12 @@ function mergeIntervals(spec: PhaseSpec, results: GeneratorResult[]): IntervalRe
     const parts = results.map((r) => r.intervals[k]).filter((i) => i !== undefined);
     const latency = summarize(mergeHistograms(parts.map((i) => i.histogram)));
     const accepted = parts.reduce((a, i) => a + i.accepted, 0);
-    out.push({ from_s: k * spec.intervalS, events_per_s: Math.round(accepted / spec.intervalS), p50_ms: latency.p50_ms, p99_ms: latency.p99_ms });
+    out.push({
+      from_s: k * spec.intervalS,
+      events_per_s: Math.round(accepted / spec.intervalS),
+      p50_ms: latency.p50_ms,
+      p99_ms: latency.p99_ms,
+    });
   }
   return out;
 }
@@ -255,7 +260,10 @@ async function verify(
   const unsettled = settled ? "" : "; the daemon still had tasks in flight when counted";
   if (rows === accepted) return { verdict: "OK", note: `rows == accepted${unsettled}` };
   if (rows > accepted && rows <= accepted + unackedEvents) {
-    return { verdict: "OK+", note: `rows ${rows} = accepted ${accepted} + ${rows - accepted} of ${unackedEvents} events in unacknowledged frames${unsettled}` };
+    return {
+      verdict: "OK+",
+      note: `rows ${rows} = accepted ${accepted} + ${rows - accepted} of ${unackedEvents} events in unacknowledged frames${unsettled}`,
+    };
   }
   const what = rows < accepted ? `${accepted - rows} acknowledged events missing` : `${rows - accepted} rows more than accepted`;
   return { verdict: "MISMATCH", note: `rows ${rows} != accepted ${accepted}: ${what}${unsettled}` };

@@ -64,8 +64,17 @@ export interface BenchOptions {
 
 /** Daemon settings passed through from the bench's environment when set (the overrides of docs/operations.md#configuration). */
 export const DAEMON_ENV_KEYS = [
-  "WORKERS", "RING_MB", "BATCH_SIZE", "BATCH_TIMEOUT_MS", "MAX_BATCH_MEMORY_MB", "MAX_BODY_MB",
-  "WS_WINDOW", "WS_MAX_FRAME_BYTES", "OVERLOAD_DEADLINE_MS", "LOG_LEVEL", "INGESTD_CONFIG",
+  "WORKERS",
+  "RING_MB",
+  "BATCH_SIZE",
+  "BATCH_TIMEOUT_MS",
+  "MAX_BATCH_MEMORY_MB",
+  "MAX_BODY_MB",
+  "WS_WINDOW",
+  "WS_MAX_FRAME_BYTES",
+  "OVERLOAD_DEADLINE_MS",
+  "LOG_LEVEL",
+  "INGESTD_CONFIG",
 ] as const;
 
 export const DEFAULT_OPTIONS: BenchOptions = {
@@ -117,7 +126,10 @@ function positiveNumber(name: string, raw: string | undefined): number | undefin
 
 function phaseList(name: string, raw: string | undefined): PhaseName[] | undefined {
   if (raw === undefined || raw === "") return undefined;
-  const list = raw.split(",").map((s) => s.trim()).filter(Boolean);
+  const list = raw
+    .split(",")
+    .map((s) => s.trim())
+    .filter(Boolean);
   for (const p of list) {
     if (!(PHASES as readonly string[]).includes(p)) throw new Error(`${name}: unknown phase "${p}"; use ${PHASES.join(",")}`);
   }
@@ -190,7 +202,8 @@ BENCH_DATABASE=NAME with it: use (create if missing) and keep that database, so 
 /** Options from the environment, then flags (flags win). */
 export function optionsFromEnv(env: NodeJS.ProcessEnv, argv: string[], defaultJsonPath: string): BenchOptions {
   const { values } = parseArgs({ args: argv, options: FLAGS, strict: true, allowPositionals: true });
-  const pick = (flag: string | undefined, envName: string) => positiveNumber(flag !== undefined ? `--${envName}` : envName, flag ?? env[envName]);
+  const pick = (flag: string | undefined, envName: string) =>
+    positiveNumber(flag !== undefined ? `--${envName}` : envName, flag ?? env[envName]);
   const quick = values.quick === true || env.BENCH_QUICK === "1";
   const o: BenchOptions = { ...DEFAULT_OPTIONS, ...(quick ? QUICK_OPTIONS : {}), daemonEnv: {}, phases: [...DEFAULT_OPTIONS.phases] };
   o.soakS = pick(values.soak, "BENCH_SOAK_S") ?? o.soakS;
@@ -198,7 +211,8 @@ export function optionsFromEnv(env: NodeJS.ProcessEnv, argv: string[], defaultJs
   o.prefillIds = Math.round(pick(values.prefill, "BENCH_PREFILL") ?? o.prefillIds);
   o.wsInFlight = Math.round(pick(values["ws-in-flight"], "BENCH_WS_IN_FLIGHT") ?? o.wsInFlight);
   const ids = values.ids ?? env.BENCH_IDS ?? o.idKind;
-  if (!(ID_KINDS as readonly string[]).includes(ids)) throw new Error(`--ids / BENCH_IDS: expected ${ID_KINDS.join(" or ")}, got ${JSON.stringify(ids)}`);
+  if (!(ID_KINDS as readonly string[]).includes(ids))
+    throw new Error(`--ids / BENCH_IDS: expected ${ID_KINDS.join(" or ")}, got ${JSON.stringify(ids)}`);
   o.idKind = ids as IdKind;
   o.durationS = pick(values.duration, "BENCH_DURATION_S") ?? o.durationS;
   o.warmupS = pick(values.warmup, "BENCH_WARMUP_S") ?? o.warmupS;
@@ -213,7 +227,8 @@ export function optionsFromEnv(env: NodeJS.ProcessEnv, argv: string[], defaultJs
   o.drainTimeoutS = positiveNumber("BENCH_DRAIN_TIMEOUT_S", env.BENCH_DRAIN_TIMEOUT_S) ?? o.drainTimeoutS;
   o.phases = phaseList("--phases", values.phases) ?? phaseList("BENCH_PHASES", env.BENCH_PHASES) ?? o.phases;
   const dedup = values.dedup ?? env.BENCH_DEDUP ?? "default";
-  if (dedup !== "default" && dedup !== "on" && dedup !== "off") throw new Error(`--dedup / BENCH_DEDUP: expected on or off, got ${JSON.stringify(dedup)}`);
+  if (dedup !== "default" && dedup !== "on" && dedup !== "off")
+    throw new Error(`--dedup / BENCH_DEDUP: expected on or off, got ${JSON.stringify(dedup)}`);
   o.dedup = dedup;
   o.producerSessions = values["producer-sessions"] === true || env.BENCH_PRODUCER_SESSIONS === "1";
   const auth = env.BENCH_AUTH ?? "on";

@@ -43,12 +43,18 @@ function stageOf(functionName: string, url: string): string {
   if (functionName === "(garbage collector)") return "garbage collection";
   if (functionName === "(program)") return "V8 (program)";
   if (url.includes("/records/body-parser")) return "JSON.parse (records/body-parser)";
-  if (url.includes("/config/streams/") || url.includes("/records/validate") || url.includes("node_modules/typia/") || functionName.startsWith("RegExp: ^[0-9]{4}")) {
+  if (
+    url.includes("/config/streams/") ||
+    url.includes("/records/validate") ||
+    url.includes("node_modules/typia/") ||
+    functionName.startsWith("RegExp: ^[0-9]{4}")
+  ) {
     return "typia validation";
   }
   if (functionName === "encodeJson") return "jsonb re-serialisation (JSON.stringify)";
   if (url.includes("/records/row-encoder") || functionName.startsWith("RegExp: [\\")) return "COPY escaping and row assembly";
-  if (url.includes("/workers/commit/") || functionName === "writeBuffer" || /node_modules\/pg(-protocol)?\//.test(url)) return "COPY send (join, pg, socket writes)";
+  if (url.includes("/workers/commit/") || functionName === "writeBuffer" || /node_modules\/pg(-protocol)?\//.test(url))
+    return "COPY send (join, pg, socket writes)";
   return "other (task plumbing, start-up)";
 }
 
@@ -106,9 +112,15 @@ export function summarize(file: string, top: number): string {
   const lines = [
     `${path.basename(file)}: ${(total / 1e6).toFixed(2)} s busy of ${(wall / 1e6).toFixed(2)} s (${((100 * total) / Math.max(1, wall)).toFixed(0)}%), idle ${(idle / 1e6).toFixed(2)} s`,
     "  by module:",
-    ...[...byModule].sort((a, b) => b[1] - a[1]).slice(0, top).map(([m, us]) => `    ${pct(us)}  ${m}`),
+    ...[...byModule]
+      .sort((a, b) => b[1] - a[1])
+      .slice(0, top)
+      .map(([m, us]) => `    ${pct(us)}  ${m}`),
     "  by function (self time):",
-    ...[...byFunction].sort((a, b) => b[1] - a[1]).slice(0, top).map(([f, us]) => `    ${pct(us)}  ${f}`),
+    ...[...byFunction]
+      .sort((a, b) => b[1] - a[1])
+      .slice(0, top)
+      .map(([f, us]) => `    ${pct(us)}  ${f}`),
   ];
   return lines.join("\n");
 }
@@ -120,7 +132,10 @@ if (require.main === module) {
     process.stderr.write("usage: node dist/bench/profile-summary.js DIR [top]\n");
     process.exit(64);
   }
-  const files = fs.readdirSync(dir).filter((f) => f.endsWith(".cpuprofile")).map((f) => path.join(dir, f));
+  const files = fs
+    .readdirSync(dir)
+    .filter((f) => f.endsWith(".cpuprofile"))
+    .map((f) => path.join(dir, f));
   for (const file of files) process.stdout.write(`${summarize(file, top)}\n\n`);
   process.stdout.write(`${summarizeStages(files)}\n`);
 }

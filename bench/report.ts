@@ -144,7 +144,11 @@ function pad(s: string, width: number, right = false): string {
 
 function table(header: string[], rows: string[][], rightFrom = 1): string[] {
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
-  const line = (r: string[]) => r.map((c, i) => pad(c, widths[i], i >= rightFrom)).join("  ").trimEnd();
+  const line = (r: string[]) =>
+    r
+      .map((c, i) => pad(c, widths[i], i >= rightFrom))
+      .join("  ")
+      .trimEnd();
   return [line(header), ...rows.map(line)];
 }
 
@@ -158,12 +162,20 @@ export function renderReport(r: BenchReport): string {
   const out: string[] = [];
   const m = r.machine;
   out.push(`ingestd bench — ${r.started_at} (${r.total_seconds.toFixed(0)} s)`);
-  out.push(`machine   ${m.cpu_model} × ${m.cores} cores (${m.available_parallelism} usable), ${m.memory_gib} GiB, ${m.os}, Node ${m.node}, load avg ${m.loadavg_at_start.map((x) => x.toFixed(2)).join(" ")} at start, ${(m.loadavg_at_end ?? []).map((x) => x.toFixed(2)).join(" ")} at end`);
-  const settings = Object.entries(r.postgres.settings).map(([k, v]) => `${k} ${v}`).join(", ");
+  out.push(
+    `machine   ${m.cpu_model} × ${m.cores} cores (${m.available_parallelism} usable), ${m.memory_gib} GiB, ${m.os}, Node ${m.node}, load avg ${m.loadavg_at_start.map((x) => x.toFixed(2)).join(" ")} at start, ${(m.loadavg_at_end ?? []).map((x) => x.toFixed(2)).join(" ")} at end`,
+  );
+  const settings = Object.entries(r.postgres.settings)
+    .map(([k, v]) => `${k} ${v}`)
+    .join(", ");
   out.push(`postgres  ${r.postgres.version} (${r.postgres.embedded ? "embedded, temp dir" : "DATABASE_URL, fresh database"}), ${settings}`);
   for (const d of r.daemons) {
-    const env = Object.entries(d.env).map(([k, v]) => `${k}=${v}`).join(" ");
-    out.push(`daemon    (${d.label}) workers ${d.workers}, batch ${d.batch_size} rows / ${d.batch_timeout_ms} ms / ${d.max_batch_memory_mb} MiB, ring ${d.ring_mb} MiB, WS window ${d.ws_window}, dedup ${d.dedup === null ? "?" : d.dedup ? "on" : "off"}${d.producer_sessions ? ", WS as producer sessions" : ""}, auth: ${d.auth}${env ? `  [${env}]` : ""}${d.node_args.length ? `  node ${d.node_args.join(" ")}` : ""}`);
+    const env = Object.entries(d.env)
+      .map(([k, v]) => `${k}=${v}`)
+      .join(" ");
+    out.push(
+      `daemon    (${d.label}) workers ${d.workers}, batch ${d.batch_size} rows / ${d.batch_timeout_ms} ms / ${d.max_batch_memory_mb} MiB, ring ${d.ring_mb} MiB, WS window ${d.ws_window}, dedup ${d.dedup === null ? "?" : d.dedup ? "on" : "off"}${d.producer_sessions ? ", WS as producer sessions" : ""}, auth: ${d.auth}${env ? `  [${env}]` : ""}${d.node_args.length ? `  node ${d.node_args.join(" ")}` : ""}`,
+    );
   }
   const o = r.options;
   out.push(
@@ -171,7 +183,9 @@ export function renderReport(r: BenchReport): string {
       `${r.id_kind} ids, ${o.durationS} s per phase, soak ${o.soakS} s${o.quick ? " (--quick)" : ""}`,
   );
   const ids = (n: number | null) => (n === null ? "-" : int(n));
-  out.push(`id state  ${ids(r.id_state.at_start)} ids remembered before the timed phases, ${ids(r.id_state.at_end)} at the end (never emptied)`);
+  out.push(
+    `id state  ${ids(r.id_state.at_start)} ids remembered before the timed phases, ${ids(r.id_state.at_end)} at the end (never emptied)`,
+  );
   out.push("");
 
   if (r.copy_ceiling) {
@@ -180,7 +194,20 @@ export function renderReport(r: BenchReport): string {
     const runs = c.commit_sql ? [...c.runs, c.commit_sql] : c.runs;
     out.push(
       ...table(
-        ["", "rows/s", "MiB/s", "rows", "seconds", "verified", "pg cores", "busy cores", "pg+client µs/row", "capacity rows/s", "xacts", "WAL B/row"],
+        [
+          "",
+          "rows/s",
+          "MiB/s",
+          "rows",
+          "seconds",
+          "verified",
+          "pg cores",
+          "busy cores",
+          "pg+client µs/row",
+          "capacity rows/s",
+          "xacts",
+          "WAL B/row",
+        ],
         runs.map((run) => [
           run === c.commit_sql
             ? `  daemon's commit SQL: ${run.streams} conns, ${c.commit_sql.batch_size}-row transactions${c.commit_sql.dedup ? ", dedup id claim" : ""}`
@@ -203,12 +230,31 @@ export function renderReport(r: BenchReport): string {
     out.push("");
   }
 
-  for (const w of r.warmups) out.push(`warm-up   ${int(w.events_per_s)} events/s over WebSocket, daemon ${w.daemon} (not measured), rows ${w.verified ? "OK" : "MISMATCH"}`);
+  for (const w of r.warmups)
+    out.push(
+      `warm-up   ${int(w.events_per_s)} events/s over WebSocket, daemon ${w.daemon} (not measured), rows ${w.verified ? "OK" : "MISMATCH"}`,
+    );
   if (r.phases.length > 0) {
     out.push("daemon phases — events/s = accepted events / (first send → last ack); latency = send (paced: intended send) → ack");
     out.push(
       ...table(
-        ["", "events/s", "× ceiling", "p50 ms", "p95 ms", "p99 ms", "max ms", "accepted", "rows added", "verify", "RSS MiB", "daemon (main)", "pg", "gens", "busy"],
+        [
+          "",
+          "events/s",
+          "× ceiling",
+          "p50 ms",
+          "p95 ms",
+          "p99 ms",
+          "max ms",
+          "accepted",
+          "rows added",
+          "verify",
+          "RSS MiB",
+          "daemon (main)",
+          "pg",
+          "gens",
+          "busy",
+        ],
         r.phases.map((p) => [
           `  ${phaseLabel(p)}`,
           int(p.events_per_s),
@@ -228,9 +274,13 @@ export function renderReport(r: BenchReport): string {
         ]),
       ),
     );
-    out.push("  (daemon / pg / gens / busy: CPU cores used by the daemon (its main thread), PostgreSQL, the load generators, the whole machine)");
+    out.push(
+      "  (daemon / pg / gens / busy: CPU cores used by the daemon (its main thread), PostgreSQL, the load generators, the whole machine)",
+    );
     out.push("");
-    out.push(`CPU per accepted event, µs (robust to other load on the machine) and the rate it allows on ${r.machine.available_parallelism} idle cores`);
+    out.push(
+      `CPU per accepted event, µs (robust to other load on the machine) and the rate it allows on ${r.machine.available_parallelism} idle cores`,
+    );
     const us = (n: number | null) => (n === null ? "-" : n.toFixed(1));
     out.push(
       ...table(
@@ -238,7 +288,14 @@ export function renderReport(r: BenchReport): string {
         r.phases.map((p) => {
           const c = p.cpu_us_per_event;
           const total = c.daemon === null || c.postgres === null ? null : c.daemon + c.postgres + c.generators;
-          return [`  ${p.name}`, us(c.daemon), us(c.postgres), us(c.generators), us(total), c.capacity_events_per_s === null ? "-" : int(c.capacity_events_per_s)];
+          return [
+            `  ${p.name}`,
+            us(c.daemon),
+            us(c.postgres),
+            us(c.generators),
+            us(total),
+            c.capacity_events_per_s === null ? "-" : int(c.capacity_events_per_s),
+          ];
         }),
       ),
     );
@@ -249,9 +306,11 @@ export function renderReport(r: BenchReport): string {
       if (p.duplicates > 0) issues.push(`${int(p.duplicates)} duplicates`);
       if (p.failures > 0) issues.push(`${int(p.failures)} failures: ${p.failure_samples.join(" | ")}`);
       if (p.unacked_frames > 0) issues.push(`${int(p.unacked_frames)} frames/requests never acknowledged`);
-      if (p.unsent_frames > 0) issues.push(`${int(p.unsent_frames)} frames due but never sent (window full at the deadline; recorded with their wait so far)`);
+      if (p.unsent_frames > 0)
+        issues.push(`${int(p.unsent_frames)} frames due but never sent (window full at the deadline; recorded with their wait so far)`);
       if (p.unexpected_closes.length > 0) issues.push(`closed by the daemon: ${p.unexpected_closes.join(", ")}`);
-      if (p.mode === "paced" && p.late_sends > 0) issues.push(`${int(p.late_sends)} frames sent late (window full), worst ${ms(p.max_send_lag_ms)} ms`);
+      if (p.mode === "paced" && p.late_sends > 0)
+        issues.push(`${int(p.late_sends)} frames sent late (window full), worst ${ms(p.max_send_lag_ms)} ms`);
       if (issues.length > 0) out.push(`  ! ${p.name}: ${issues.join("; ")}`);
     }
     out.push("");
@@ -284,7 +343,9 @@ export function renderReport(r: BenchReport): string {
 
   const soak = r.phases.find((p) => p.name === "soak");
   if (soak && soak.intervals.length > 0) {
-    out.push(`soak — per ${soak.intervals.length > 1 ? soak.intervals[1].from_s - soak.intervals[0].from_s : soak.seconds} s over WebSocket (by ack time; acks after the load stopped left out)`);
+    out.push(
+      `soak — per ${soak.intervals.length > 1 ? soak.intervals[1].from_s - soak.intervals[0].from_s : soak.seconds} s over WebSocket (by ack time; acks after the load stopped left out)`,
+    );
     out.push(
       ...table(
         ["", "events/s", "× ceiling", "p50 ms", "p99 ms"],
@@ -303,10 +364,14 @@ export function renderReport(r: BenchReport): string {
   }
   if (r.ws_to_copy_ceiling_2 !== null) out.push(`WebSocket / COPY ceiling (2 streams): ${r.ws_to_copy_ceiling_2.toFixed(2)}`);
   if (r.capacity_ratio !== null) {
-    out.push(`at measured CPU cost on ${r.machine.available_parallelism} idle cores: WebSocket ${int(r.capacity_ratio.ws)} events/s vs COPY (2 streams) ${int(r.capacity_ratio.copy)} rows/s = ${r.capacity_ratio.ratio.toFixed(2)} (robust to other load)`);
+    out.push(
+      `at measured CPU cost on ${r.machine.available_parallelism} idle cores: WebSocket ${int(r.capacity_ratio.ws)} events/s vs COPY (2 streams) ${int(r.capacity_ratio.copy)} rows/s = ${r.capacity_ratio.ratio.toFixed(2)} (robust to other load)`,
+    );
   }
   for (const d of r.daemons) {
-    out.push(`daemon (${d.label}) peak RSS: ${d.peak_rss_mib.toFixed(0)} MiB sampled, ${d.vm_hwm_mib.toFixed(0)} MiB VmHWM; exit ${d.exit}; ${d.warnings} warning/error log lines`);
+    out.push(
+      `daemon (${d.label}) peak RSS: ${d.peak_rss_mib.toFixed(0)} MiB sampled, ${d.vm_hwm_mib.toFixed(0)} MiB VmHWM; exit ${d.exit}; ${d.warnings} warning/error log lines`,
+    );
   }
   out.push("");
   out.push("targets (docs/performance.md, ratios within this run; 2 cores, generators on the same machine)");

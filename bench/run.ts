@@ -93,8 +93,14 @@ const DEDUP_OFF_PHASES: readonly PhaseName[] = ["ws-dedup-off", "ws-sessions"];
 
 function phaseSpec(name: PhaseName, o: BenchOptions): PhaseSpec {
   const base = {
-    durationS: o.durationS, drainTimeoutS: o.drainTimeoutS, generators: o.generators, eventsPerFrame: o.eventsPerFrame,
-    idKind: o.idKind, intervalS: 0, inFlight: o.wsInFlight, producerSessions: o.producerSessions,
+    durationS: o.durationS,
+    drainTimeoutS: o.drainTimeoutS,
+    generators: o.generators,
+    eventsPerFrame: o.eventsPerFrame,
+    idKind: o.idKind,
+    intervalS: 0,
+    inFlight: o.wsInFlight,
+    producerSessions: o.producerSessions,
   };
   switch (name) {
     case "ws":
@@ -103,7 +109,16 @@ function phaseSpec(name: PhaseName, o: BenchOptions): PhaseSpec {
     case "ws-sessions":
       return { ...base, name, mode: "ws", connections: o.wsConnections, concurrency: 0, rate: 0, producerSessions: true };
     case "soak":
-      return { ...base, name, mode: "ws", connections: o.wsConnections, concurrency: 0, rate: 0, durationS: o.soakS, intervalS: o.soakIntervalS };
+      return {
+        ...base,
+        name,
+        mode: "ws",
+        connections: o.wsConnections,
+        concurrency: 0,
+        rate: 0,
+        durationS: o.soakS,
+        intervalS: o.soakIntervalS,
+      };
     case "http":
       return { ...base, name, mode: "http", connections: 0, concurrency: o.httpConcurrency, rate: 0, inFlight: 0 };
     case "paced":
@@ -141,7 +156,10 @@ export function runBench(argv: string[]): Promise<number>;
  * itself could not run; a daemon that misses targets or fails verification is reported, not thrown.
  */
 export function runBench(options?: Partial<BenchOptions>, out?: NodeJS.WritableStream): Promise<BenchReport>;
-export function runBench(arg: string[] | Partial<BenchOptions> = {}, out: NodeJS.WritableStream = process.stdout): Promise<number | BenchReport> {
+export function runBench(
+  arg: string[] | Partial<BenchOptions> = {},
+  out: NodeJS.WritableStream = process.stdout,
+): Promise<number | BenchReport> {
   return Array.isArray(arg) ? runFromArgv(arg) : runWithOptions({ ...DEFAULT_OPTIONS, ...arg }, out);
 }
 
@@ -212,7 +230,7 @@ async function runWithOptions(options: BenchOptions, out: NodeJS.WritableStream)
   ].filter((g) => g.phases.length > 0);
   const phaseBudgetS = (p: PhaseName) => (p === "soak" ? options.soakS : options.durationS) + options.drainTimeoutS + 90;
   const budgetS =
-    300 + options.prefillIds / 1e6 * 90 + groups.length * (options.warmupS + 90) + loadPhases.reduce((a, p) => a + phaseBudgetS(p), 0);
+    300 + (options.prefillIds / 1e6) * 90 + groups.length * (options.warmupS + 90) + loadPhases.reduce((a, p) => a + phaseBudgetS(p), 0);
   const hardTimeout = setTimeout(() => {
     process.stderr.write(`[bench] still running after ${Math.round(budgetS)} s: giving up\n`);
     void cleanup().finally(() => process.exit(1));
@@ -226,7 +244,11 @@ async function runWithOptions(options: BenchOptions, out: NodeJS.WritableStream)
     const schema = config?.dbSchema ?? "public";
     await createSchema(db.url, schema);
     const pgSettings = await postgresSettings(db);
-    log(`PostgreSQL ${db.version}: ${Object.entries(pgSettings).map(([k, v]) => `${k} ${v}`).join(", ")}`);
+    log(
+      `PostgreSQL ${db.version}: ${Object.entries(pgSettings)
+        .map(([k, v]) => `${k} ${v}`)
+        .join(", ")}`,
+    );
 
     // The id state starts as weeks of traffic leave it, outside the timed phases (docs/performance.md#workload).
     let idsAtStart: number | null = null;
@@ -244,9 +266,10 @@ async function runWithOptions(options: BenchOptions, out: NodeJS.WritableStream)
     const dedupOn = options.dedup === "default" ? streamDedups(config) : options.dedup === "on";
     let ceiling: CeilingResult | null = null;
     if (options.phases.includes("copy")) {
-      const commitSql = options.commitSqlRows > 0
-        ? { rows: options.commitSqlRows, batchSize: config?.batchSize ?? 5000, dedup: dedupOn, streams: config?.workers ?? 2 }
-        : null;
+      const commitSql =
+        options.commitSqlRows > 0
+          ? { rows: options.commitSqlRows, batchSize: config?.batchSize ?? 5000, dedup: dedupOn, streams: config?.workers ?? 2 }
+          : null;
       ceiling = await measureCopyCeiling(db, schema, options.copyRows, [1, 2], cores, options.idKind, log, commitSql);
     }
     const copy2 = ceiling?.runs.find((r) => r.streams === 2) ?? null;
@@ -313,11 +336,11 @@ async function runWithOptions(options: BenchOptions, out: NodeJS.WritableStream)
       children.delete(daemon.child);
       daemons.push({
         label: group.label,
-        workers: typeof daemon.listening.workers === "number" ? daemon.listening.workers : groupConfig?.workers ?? null,
+        workers: typeof daemon.listening.workers === "number" ? daemon.listening.workers : (groupConfig?.workers ?? null),
         batch_size: groupConfig?.batchSize ?? null,
         batch_timeout_ms: groupConfig?.batchTimeoutMs ?? null,
         max_batch_memory_mb: groupConfig?.maxBatchMemoryMb ?? null,
-        ring_mb: typeof daemon.listening.ring_mb === "number" ? daemon.listening.ring_mb : groupConfig?.ringMb ?? null,
+        ring_mb: typeof daemon.listening.ring_mb === "number" ? daemon.listening.ring_mb : (groupConfig?.ringMb ?? null),
         ws_window: groupConfig?.ws.window ?? null,
         dedup: groupConfig ? streamDedups(groupConfig) : null,
         producer_sessions: options.producerSessions,
@@ -340,16 +363,24 @@ async function runWithOptions(options: BenchOptions, out: NodeJS.WritableStream)
           "compare ratios within this run and CPU per event, not events/s",
       );
     }
-    if (options.quick) notes.push("--quick: short phases and a small id state; figures are for development, not comparable with a full run");
+    if (options.quick)
+      notes.push("--quick: short phases and a small id state; figures are for development, not comparable with a full run");
     const idsAtEnd = await idStateSize(db, schema);
     const rowsAtEnd = await countRows(db, schema);
-    const rowsExpected = (ceiling?.runs.reduce((a, r) => a + r.rows_verified, 0) ?? 0) + (ceiling?.commit_sql?.rows_verified ?? 0) +
-      phases.reduce((a, p) => a + p.rows_in_db, 0) + warmups.reduce((a, w) => a + w.rows, 0);
+    const rowsExpected =
+      (ceiling?.runs.reduce((a, r) => a + r.rows_verified, 0) ?? 0) +
+      (ceiling?.commit_sql?.rows_verified ?? 0) +
+      phases.reduce((a, p) => a + p.rows_in_db, 0) +
+      warmups.reduce((a, w) => a + w.rows, 0);
     if (rowsAtEnd !== rowsExpected) {
-      notes.push(`the table holds ${rowsAtEnd} rows at the end, the phases added ${rowsExpected}: rows landed between phases (late commits)`);
+      notes.push(
+        `the table holds ${rowsAtEnd} rows at the end, the phases added ${rowsExpected}: rows landed between phases (late commits)`,
+      );
     }
     const verified =
-      phases.every((p) => p.verified) && warmups.every((w) => w.verified) && (ceiling?.runs.every((r) => r.rows_verified === r.rows) ?? true) &&
+      phases.every((p) => p.verified) &&
+      warmups.every((w) => w.verified) &&
+      (ceiling?.runs.every((r) => r.rows_verified === r.rows) ?? true) &&
       (ceiling?.commit_sql ? ceiling.commit_sql.rows_verified === ceiling.commit_sql.rows : true);
     const ws = phases.find((p) => p.name === "ws");
     const report: BenchReport = {

@@ -231,7 +231,11 @@ describe("a page from an origin not allowed", () => {
   test("what the browser was told: the preflight has no CORS grant, the upgrade is 403", async () => {
     const preflight = await fetch(`${fx.daemon.base}/v1/streams/events/events`, {
       method: "OPTIONS",
-      headers: { origin: otherOrigin, "access-control-request-method": "POST", "access-control-request-headers": "content-type, x-api-key" },
+      headers: {
+        origin: otherOrigin,
+        "access-control-request-method": "POST",
+        "access-control-request-headers": "content-type, x-api-key",
+      },
     });
     assert.equal(preflight.status, 204);
     assert.equal(preflight.headers.get("access-control-allow-origin"), null);
@@ -248,23 +252,35 @@ describe("a page from an origin not allowed", () => {
 
 describe("CORS answers to the allowed origin, as sent", () => {
   test("preflights of an ingest and a read route: 204, the origin echoed, methods, headers, max age", async () => {
-    for (const [route, method] of [["/v1/streams/events/events", "POST"], ["/v1/ingest/batch", "POST"], ["/health", "GET"], ["/v1/batches/x", "GET"]]) {
+    for (const [route, method] of [
+      ["/v1/streams/events/events", "POST"],
+      ["/v1/ingest/batch", "POST"],
+      ["/health", "GET"],
+      ["/v1/batches/x", "GET"],
+    ]) {
       const res = await fetch(`${fx.daemon.base}${route}`, {
         method: "OPTIONS",
-        headers: { origin: allowedOrigin, "access-control-request-method": method, "access-control-request-headers": "content-type, x-api-key" },
+        headers: {
+          origin: allowedOrigin,
+          "access-control-request-method": method,
+          "access-control-request-headers": "content-type, x-api-key",
+        },
       });
       assert.equal(res.status, 204, route);
       assert.equal(res.headers.get("access-control-allow-origin"), allowedOrigin, route);
       assert.match(res.headers.get("vary") ?? "", /Origin/, route);
       assert.equal(res.headers.get("access-control-allow-methods"), method, route);
       const allowed = (res.headers.get("access-control-allow-headers") ?? "").split(/,\s*/);
-      for (const h of ["content-type", "authorization", "x-api-key", "prefer", "x-request-id", "content-encoding"]) assert.ok(allowed.includes(h), `${route}: ${h}`);
+      for (const h of ["content-type", "authorization", "x-api-key", "prefer", "x-request-id", "content-encoding"])
+        assert.ok(allowed.includes(h), `${route}: ${h}`);
       assert.match(res.headers.get("access-control-max-age") ?? "", /^\d+$/, route);
     }
   });
 
   test("refusals carry the CORS headers too (a page can read why it was refused)", async () => {
-    const res = await post(`${fx.daemon.base}/v1/streams/events/events`, JSON.stringify([event("br-nokey")]), "application/json", { origin: allowedOrigin });
+    const res = await post(`${fx.daemon.base}/v1/streams/events/events`, JSON.stringify([event("br-nokey")]), "application/json", {
+      origin: allowedOrigin,
+    });
     assert.equal(res.status, 401);
     assert.equal(res.headers.get("access-control-allow-origin"), allowedOrigin);
     const missing = await post(`${fx.daemon.base}/nowhere`, "x", "text/plain", { origin: allowedOrigin });
@@ -284,7 +300,8 @@ describe("GET /docs", () => {
       assert.equal(res?.status(), 200);
       await page.waitForSelector(".opblock-summary-path");
       const paths = await page.$$eval(".opblock-summary-path", (els) => els.map((e) => (e.textContent ?? "").replace(/\u200b/g, "")));
-      for (const p of ["/v1/streams/events/events", "/v1/ingest/batch", "/v1/ws"]) assert.ok(paths.includes(p), `${p} in ${paths.join(", ")}`);
+      for (const p of ["/v1/streams/events/events", "/v1/ingest/batch", "/v1/ws"])
+        assert.ok(paths.includes(p), `${p} in ${paths.join(", ")}`);
       const outside = requested.filter((u) => !u.startsWith(fx.daemon.base) && !u.startsWith("data:"));
       assert.deepEqual(outside, []);
       const shot = path.join(os.tmpdir(), `ingestd-docs-${process.pid}.png`);
@@ -297,7 +314,11 @@ describe("GET /docs", () => {
   });
 
   test("its files are served with their content types", async () => {
-    for (const [file, type] of [["/docs", "text/html"], ["/docs/swagger-ui.css", "text/css"], ["/docs/swagger-ui-bundle.js", "text/javascript"]]) {
+    for (const [file, type] of [
+      ["/docs", "text/html"],
+      ["/docs/swagger-ui.css", "text/css"],
+      ["/docs/swagger-ui-bundle.js", "text/javascript"],
+    ]) {
       const res = await fetch(`${fx.daemon.base}${file}`);
       assert.equal(res.status, 200, file);
       assert.match(res.headers.get("content-type") ?? "", new RegExp(`^${type}`), file);

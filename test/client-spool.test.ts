@@ -23,12 +23,21 @@ test("spool: frames survive a reopen, acks trim them, a torn tail is ignored, re
     // A process killed mid-append: half an entry, then garbage.
     fs.appendFileSync(path.join(dir, "spool.log"), Buffer.from([40, 0, 0, 0, 1, 2, 3, 4, 1, 123, 34]));
     spool = await Spool.open(dir, 1 << 20, "frame");
-    assert.deepEqual(spool.pending.map((f) => [f.seq, f.text]), [[3, frame(3).text], [4, frame(4).text]]);
+    assert.deepEqual(
+      spool.pending.map((f) => [f.seq, f.text]),
+      [
+        [3, frame(3).text],
+        [4, frame(4).text],
+      ],
+    );
     await spool.renumber(10);
     await spool.append(frame(12));
     await spool.close();
     spool = await Spool.open(dir, 1 << 20, "none");
-    assert.deepEqual(spool.pending.map((f) => f.seq), [10, 11, 12]);
+    assert.deepEqual(
+      spool.pending.map((f) => f.seq),
+      [10, 11, 12],
+    );
     await spool.ack(12);
     await spool.close();
     spool = await Spool.open(dir, 1 << 20, "frame");

@@ -10,7 +10,6 @@ import zlib from "node:zlib";
 import { useDaemon } from "./fixture";
 import { event, openWs, post } from "./harness";
 
-
 const ingestUrl = () => `${fx.daemon.base}/v1/streams/events/events`;
 
 async function countIds(prefix: string): Promise<number> {
@@ -92,14 +91,18 @@ describe("Content-Encoding request bodies", () => {
     const peaks: number[] = [];
     for (let round = 0; round < 4; round++) {
       const sampler = setInterval(() => peaks.push(rssMiB(pid)), 20);
-      const res = await post(ingestUrl(), bomb, "application/x-ndjson", { "content-encoding": "gzip" }).finally(() => clearInterval(sampler));
+      const res = await post(ingestUrl(), bomb, "application/x-ndjson", { "content-encoding": "gzip" }).finally(() =>
+        clearInterval(sampler),
+      );
       assert.equal(res.status, 413, res.text);
       assert.equal(res.json.error, "body_too_large");
       assert.match(res.json.message, /MAX_BODY_MB/);
     }
     const peak = Math.max(before, ...peaks);
     const afterwards = rssMiB(pid);
-    console.log(`gzip bomb: daemon RSS ${before.toFixed(0)} MiB before, peak ${peak.toFixed(0)} MiB, ${afterwards.toFixed(0)} MiB after 4 bombs`);
+    console.log(
+      `gzip bomb: daemon RSS ${before.toFixed(0)} MiB before, peak ${peak.toFixed(0)} MiB, ${afterwards.toFixed(0)} MiB after 4 bombs`,
+    );
     assert.ok(peak < 512, `peak RSS ${peak.toFixed(0)} MiB`);
     // Each inflation stops at MAX_BODY_MB (16 MiB): the four bombs cost tens of MiB, never the gigabyte.
     assert.ok(peak - before < 200, `RSS grew from ${before.toFixed(0)} to ${peak.toFixed(0)} MiB`);

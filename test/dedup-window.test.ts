@@ -13,7 +13,13 @@ import pg from "pg";
 import { streams } from "../config/streams";
 import { dedupKey } from "../src/shared/dedup-key";
 import { DEDUP_GRACE_SECONDS, dedupClaimFunctionDdl, dedupShape } from "../src/shared/dedup-sql";
-import { dedupSlotSeconds, dedupStateDdl, ensureDedupHistory, maintainDedupState, dedupPartitionName } from "../src/storage/dedup-partitions";
+import {
+  dedupSlotSeconds,
+  dedupStateDdl,
+  ensureDedupHistory,
+  maintainDedupState,
+  dedupPartitionName,
+} from "../src/storage/dedup-partitions";
 import { BOOKKEEPING_TABLES, ensureDayPartitions, maintainBookkeeping } from "../src/storage/bookkeeping-partitions";
 import { DedupFilter } from "../src/shared/dedup-filter";
 import crypto from "node:crypto";
@@ -37,7 +43,10 @@ async function send(d: Daemon, records: Record<string, unknown>[]): Promise<{ ac
 
 async function stored(prefix: string, url = fx.db.url): Promise<{ rows: number; distinct: number }> {
   return withClient(url, async (c) => {
-    const { rows } = await c.query(`SELECT count(*)::int AS rows, count(DISTINCT event_id)::int AS distinct FROM events WHERE event_id LIKE $1 || '%'`, [prefix]);
+    const { rows } = await c.query(
+      `SELECT count(*)::int AS rows, count(DISTINCT event_id)::int AS distinct FROM events WHERE event_id LIKE $1 || '%'`,
+      [prefix],
+    );
     return rows[0];
   });
 }
@@ -104,8 +113,14 @@ describe("duplicates are found wherever the first copy came from", () => {
     const ids = Array.from({ length: 2000 }, (_, i) => `w-wk-${i}`);
     const bodies = Array.from({ length: 40 }, (_, k) => ids.slice((k % 20) * 100, (k % 20) * 100 + 100).map((id) => event(id)));
     const answers = await Promise.all(bodies.map((b) => send(d, b)));
-    assert.equal(answers.reduce((n, a) => n + a.accepted, 0), 2000);
-    assert.equal(answers.reduce((n, a) => n + a.duplicates, 0), 2000);
+    assert.equal(
+      answers.reduce((n, a) => n + a.accepted, 0),
+      2000,
+    );
+    assert.equal(
+      answers.reduce((n, a) => n + a.duplicates, 0),
+      2000,
+    );
     assert.deepEqual(await stored("w-wk-"), { rows: 2000, distinct: 2000 });
   });
 
@@ -130,7 +145,9 @@ describe("duplicates are found wherever the first copy came from", () => {
     // A daemon started now builds the sealed partitions' filters; its workers load them.
     const fresh = await daemon();
     await waitFor("filters built", () => fresh.output.some((l) => l.includes("id-state filters built")), 20_000);
-    const filtered = await withClient(fx.db.url, (c) => c.query(`SELECT count(*)::int AS n FROM events_dedup_slots WHERE filter IS NOT NULL`));
+    const filtered = await withClient(fx.db.url, (c) =>
+      c.query(`SELECT count(*)::int AS n FROM events_dedup_slots WHERE filter IS NOT NULL`),
+    );
     assert.ok(filtered.rows[0].n >= 2, "the sealed partitions have filters");
     // Many new ids in the same request: the filter lets them through, the two old ones hit and are probed.
     const fresh1 = Array.from({ length: 500 }, (_, i) => event(`w-new-${i}`));
@@ -191,9 +208,17 @@ describe("the window", () => {
       const { dropped } = await maintainDedupState(c, "public", [eventsStream], 1);
       assert.ok(dropped.length >= 2, `dropped ${dropped.join(", ")}`);
       const left = await c.query(`SELECT lower, upper FROM ${slots} ORDER BY lower`);
-      assert.ok(left.rows.some((r) => r.lower <= new Date() && new Date() < r.upper), "the current slot stays");
-      assert.ok(left.rows.every((r) => r.upper.getTime() > Date.now() - HOUR), "every slot that ended more than the window ago is gone");
-      const parts = await c.query(`SELECT count(*)::int AS n FROM pg_inherits i JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = 'events_dedup'`);
+      assert.ok(
+        left.rows.some((r) => r.lower <= new Date() && new Date() < r.upper),
+        "the current slot stays",
+      );
+      assert.ok(
+        left.rows.every((r) => r.upper.getTime() > Date.now() - HOUR),
+        "every slot that ended more than the window ago is gone",
+      );
+      const parts = await c.query(
+        `SELECT count(*)::int AS n FROM pg_inherits i JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = 'events_dedup'`,
+      );
       assert.equal(parts.rows[0].n, left.rowCount, "partitions and slots agree");
     });
   });
@@ -233,7 +258,11 @@ describe("the window", () => {
         assert.equal(raced, "waiting", "the second claim waits for the first transaction's uncommitted id");
         await t1.query("COMMIT");
         const r2 = await second;
-        assert.deepEqual(r2.rows.map((r) => r.n), [1], "then reports it as a duplicate");
+        assert.deepEqual(
+          r2.rows.map((r) => r.n),
+          [1],
+          "then reports it as a duplicate",
+        );
         await t2.query("COMMIT");
       } finally {
         await Promise.all([t1.end(), t2.end()]);
@@ -258,7 +287,9 @@ describe("ingestd's own tables", () => {
         ('b-old', 'b-old', 'events', 'ok', 1, 1, 0, 0, now() - interval '60 days', now() - interval '60 days')`);
       await c.query(`CREATE TABLE ingest_dead_letters ("id" bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, "stream" text NOT NULL, "source" text NOT NULL,
         "batch_id" text, "record_index" integer, "line" integer, "raw" text NOT NULL, "errors" jsonb NOT NULL, "received_at" timestamptz NOT NULL)`);
-      await c.query(`INSERT INTO ingest_dead_letters ("stream", "source", "raw", "errors", "received_at") VALUES ('events', 'http', 'x', '[]', now())`);
+      await c.query(
+        `INSERT INTO ingest_dead_letters ("stream", "source", "raw", "errors", "received_at") VALUES ('events', 'http', 'x', '[]', now())`,
+      );
     });
     const d = await daemon({}, url);
     const answer = await send(d, [event("mig-1"), event("mig-2"), event("mig-3")]);
@@ -269,12 +300,22 @@ describe("ingestd's own tables", () => {
     assert.equal(bad.status, 422, bad.text);
     await d.stop();
     await withClient(url, async (c) => {
-      const kinds = await c.query(`SELECT relname, relkind FROM pg_class WHERE relname IN ('events_dedup', 'ingest_batches', 'ingest_dead_letters') ORDER BY 1`);
-      assert.deepEqual(kinds.rows.map((r) => r.relkind), ["p", "p", "p"], "partitioned now");
+      const kinds = await c.query(
+        `SELECT relname, relkind FROM pg_class WHERE relname IN ('events_dedup', 'ingest_batches', 'ingest_dead_letters') ORDER BY 1`,
+      );
+      assert.deepEqual(
+        kinds.rows.map((r) => r.relkind),
+        ["p", "p", "p"],
+        "partitioned now",
+      );
       const legacy = await c.query(`SELECT count(*)::int AS n FROM pg_class WHERE relname LIKE '%_legacy'`);
       assert.equal(legacy.rows[0].n, 0, "the old tables are gone");
       const batches = await c.query(`SELECT batch_id FROM ingest_batches WHERE batch_id LIKE 'b-%' ORDER BY 1`);
-      assert.deepEqual(batches.rows.map((r) => r.batch_id), ["b-recent"], "rows past retention are not carried over");
+      assert.deepEqual(
+        batches.rows.map((r) => r.batch_id),
+        ["b-recent"],
+        "rows past retention are not carried over",
+      );
       const dead = await c.query(`SELECT id, raw FROM ingest_dead_letters ORDER BY id`);
       assert.equal(dead.rowCount, 2);
       assert.ok(dead.rows[1].id > dead.rows[0].id, "new dead letters number after the migrated ones");
@@ -290,21 +331,38 @@ describe("ingestd's own tables", () => {
       const now = new Date();
       for (const t of BOOKKEEPING_TABLES) await ensureDayPartitions(c, "public", t, now, 40);
       const ago = (days: number) => new Date(now.getTime() - days * 24 * HOUR).toISOString();
-      await c.query(`INSERT INTO ingest_batches VALUES ('r-10', 'r-10', 'events', 'ok', 1, 1, 0, 0, $1, $1), ('r-35', 'r-35', 'events', 'ok', 1, 1, 0, 0, $2, $2)`, [ago(10), ago(35)]);
-      await c.query(`INSERT INTO ingest_dead_letters ("stream", "source", "raw", "errors", "received_at") VALUES ('events', 'http', 'd-10', '[]', $1), ('events', 'http', 'd-35', '[]', $2)`, [ago(10), ago(35)]);
+      await c.query(
+        `INSERT INTO ingest_batches VALUES ('r-10', 'r-10', 'events', 'ok', 1, 1, 0, 0, $1, $1), ('r-35', 'r-35', 'events', 'ok', 1, 1, 0, 0, $2, $2)`,
+        [ago(10), ago(35)],
+      );
+      await c.query(
+        `INSERT INTO ingest_dead_letters ("stream", "source", "raw", "errors", "received_at") VALUES ('events', 'http', 'd-10', '[]', $1), ('events', 'http', 'd-35', '[]', $2)`,
+        [ago(10), ago(35)],
+      );
       const { dropped } = await maintainBookkeeping(c, "public", { batchesRetentionDays: 7, deadLettersRetentionDays: 30 }, now);
       assert.ok(dropped.some((n) => n.startsWith("ingest_batches_d")) && dropped.some((n) => n.startsWith("ingest_dead_letters_d")));
       const batches = await c.query(`SELECT batch_id FROM ingest_batches ORDER BY 1`);
-      assert.deepEqual(batches.rows.map((r) => r.batch_id).filter((b) => b.startsWith("r-")), [], "batches older than 7 days are gone");
+      assert.deepEqual(
+        batches.rows.map((r) => r.batch_id).filter((b) => b.startsWith("r-")),
+        [],
+        "batches older than 7 days are gone",
+      );
       assert.ok(batches.rowCount! >= 1, "today's batch row stays");
       const dead = await c.query(`SELECT raw FROM ingest_dead_letters ORDER BY 1`);
-      assert.deepEqual(dead.rows.map((r) => r.raw), ["d-10"], "dead letters are kept 30 days");
+      assert.deepEqual(
+        dead.rows.map((r) => r.raw),
+        ["d-10"],
+        "dead letters are kept 30 days",
+      );
       const oldest = await c.query(
         `SELECT min(c.relname) AS name FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_class p ON p.oid = i.inhparent
           WHERE p.relname = 'ingest_batches' AND c.relname <> 'ingest_batches_default'`,
       );
       const today = now.toISOString().slice(0, 10).replace(/-/g, "");
-      assert.ok(oldest.rows[0].name >= `ingest_batches_d${ago(8).slice(0, 10).replace(/-/g, "")}`, `oldest batches partition ${oldest.rows[0].name}`);
+      assert.ok(
+        oldest.rows[0].name >= `ingest_batches_d${ago(8).slice(0, 10).replace(/-/g, "")}`,
+        `oldest batches partition ${oldest.rows[0].name}`,
+      );
       assert.ok(oldest.rows[0].name <= `ingest_batches_d${today}`, "today's partition is there");
     });
   });

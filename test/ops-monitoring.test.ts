@@ -75,7 +75,11 @@ function metricNames(expr: string): string[] {
 function selectors(expr: string): { name: string; matchers: { label: string; op: string; value: string }[] }[] {
   const out: { name: string; matchers: { label: string; op: string; value: string }[] }[] = [];
   for (const m of expr.matchAll(/([a-zA-Z_:][a-zA-Z0-9_:]*)\{([^}]*)\}/g)) {
-    const matchers = [...m[2].matchAll(/([a-zA-Z_][a-zA-Z0-9_]*)\s*(=~|!~|!=|=)\s*"((?:[^"\\]|\\.)*)"/g)].map((x) => ({ label: x[1], op: x[2], value: x[3] }));
+    const matchers = [...m[2].matchAll(/([a-zA-Z_][a-zA-Z0-9_]*)\s*(=~|!~|!=|=)\s*"((?:[^"\\]|\\.)*)"/g)].map((x) => ({
+      label: x[1],
+      op: x[2],
+      value: x[3],
+    }));
     out.push({ name: m[1], matchers });
   }
   return out;
@@ -95,9 +99,17 @@ describe("the alert rules", () => {
     assert.equal(r.status, 0, r.stdout + r.stderr);
     assert.match(r.stdout, /SUCCESS/);
     const alerts = ruleExpressions(RULES).map((e) => e.alert);
-    assert.deepEqual(alerts, ["IngestdDatabaseDown", "IngestdRingFilling", "IngestdAckLatencyHigh", "IngestdRequestsFailing", "IngestdRecordsRejected", "IngestdServerErrors"]);
+    assert.deepEqual(alerts, [
+      "IngestdDatabaseDown",
+      "IngestdRingFilling",
+      "IngestdAckLatencyHigh",
+      "IngestdRequestsFailing",
+      "IngestdRecordsRejected",
+      "IngestdServerErrors",
+    ]);
     const tests = fs.readFileSync(RULE_TESTS, "utf8");
-    for (const a of alerts) assert.match(tests, new RegExp(`alertname: ${a}\\n\\s+exp_alerts:\\n\\s+- exp_labels`), `${a} has a test where it fires`);
+    for (const a of alerts)
+      assert.match(tests, new RegExp(`alertname: ${a}\\n\\s+exp_alerts:\\n\\s+- exp_labels`), `${a} has a test where it fires`);
   });
 });
 
@@ -114,7 +126,8 @@ describe("the Grafana dashboard", () => {
       // biome-ignore lint/suspicious/noTemplateCurlyInString: Grafana's own variable syntax, not a JS template
       assert.equal(p.datasource.uid, "${datasource}", p.title);
       assert.ok(p.targets.length > 0, `${p.title} has queries`);
-      for (const target of p.targets) assert.ok(target.expr.includes('instance=~"$instance"'), `${p.title}: ${target.expr} follows the instance variable`);
+      for (const target of p.targets)
+        assert.ok(target.expr.includes('instance=~"$instance"'), `${p.title}: ${target.expr} follows the instance variable`);
     }
     if (!requireTool(t, "promtool", INSTALL)) return;
     // promtool parses PromQL in rule files: the dashboard's queries as recording rules.
@@ -146,7 +159,11 @@ describe("every metric they query is in /metrics after some traffic", () => {
     assert.equal(bad.status, 207, bad.text);
     const unreadable = await post(`${daemon.base}/v1/streams/events/events`, "{not json");
     assert.equal(unreadable.status, 400, unreadable.text);
-    const lines = await post(`${daemon.base}/ingest/batch`, "O|1|100|O|123.45|1996-01-02|5-LOW|Clerk#000000951|0|nstructions sleep furiously", "text/plain");
+    const lines = await post(
+      `${daemon.base}/ingest/batch`,
+      "O|1|100|O|123.45|1996-01-02|5-LOW|Clerk#000000951|0|nstructions sleep furiously",
+      "text/plain",
+    );
     assert.equal(lines.status, 200, lines.text);
     const ws = await openWs(`${daemon.wsBase}/v1/ws?stream=events`);
     try {
@@ -157,32 +174,54 @@ describe("every metric they query is in /metrics after some traffic", () => {
       await new Promise((r) => setTimeout(r, 1200));
       const { samples } = await getMetrics(daemon.base);
 
-      const queries = [...ruleExpressions(RULES).map((e) => ({ where: `alert ${e.alert}`, expr: e.expr })), ...dashboardExpressions().map((e) => ({ where: `panel "${e.panel}"`, expr: e.expr }))];
+      const queries = [
+        ...ruleExpressions(RULES).map((e) => ({ where: `alert ${e.alert}`, expr: e.expr })),
+        ...dashboardExpressions().map((e) => ({ where: `panel "${e.panel}"`, expr: e.expr })),
+      ];
       assert.ok(queries.length >= 30, `${queries.length} queries`);
       const read = new Set<string>();
       for (const { where, expr } of queries) {
         const names = metricNames(expr);
         assert.ok(names.length > 0, `${where}: ${expr} reads a metric`);
         for (const name of names) {
-          assert.ok(samples.some((s) => s.name === name), `${where}: ${name} is in /metrics (${expr})`);
+          assert.ok(
+            samples.some((s) => s.name === name),
+            `${where}: ${name} is in /metrics (${expr})`,
+          );
           read.add(name);
         }
         for (const { name, matchers } of selectors(expr)) {
           const series = samples.filter((s) => s.name === name);
           for (const m of matchers) {
             if (m.label === "instance") continue; // added by Prometheus when it scrapes
-            assert.ok(series.some((s) => m.label in s.labels), `${where}: ${name} has a label ${m.label}`);
+            assert.ok(
+              series.some((s) => m.label in s.labels),
+              `${where}: ${name} has a label ${m.label}`,
+            );
             // Regex matchers pick failures (outcome=~"db_unavailable|failed", status=~"5..") whose series appear only
             // once such a failure happened; the rule tests (promtool test rules) cover those.
-            if (m.op === "=") assert.ok(series.some((s) => s.labels[m.label] === m.value), `${where}: ${name}{${m.label}="${m.value}"} is a series`);
+            if (m.op === "=")
+              assert.ok(
+                series.some((s) => s.labels[m.label] === m.value),
+                `${where}: ${name}{${m.label}="${m.value}"} is a series`,
+              );
           }
         }
       }
       // What the dashboard is for: throughput, ack latency, ring fill, tasks, worker backlog, database, errors, WebSockets.
       for (const name of [
-        "ingestd_events_total", "ingestd_ack_latency_seconds_bucket", "ingestd_ring_used_bytes", "ingestd_ring_capacity_bytes", "ingestd_tasks_in_flight",
-        "ingestd_tasks_waiting", "ingestd_worker_backlog_bytes", "ingestd_database_up", "ingestd_ingest_requests_total", "ingestd_ws_connections",
-        "ingestd_http_requests_total", "ingestd_copy_duration_seconds_bucket",
+        "ingestd_events_total",
+        "ingestd_ack_latency_seconds_bucket",
+        "ingestd_ring_used_bytes",
+        "ingestd_ring_capacity_bytes",
+        "ingestd_tasks_in_flight",
+        "ingestd_tasks_waiting",
+        "ingestd_worker_backlog_bytes",
+        "ingestd_database_up",
+        "ingestd_ingest_requests_total",
+        "ingestd_ws_connections",
+        "ingestd_http_requests_total",
+        "ingestd_copy_duration_seconds_bucket",
       ]) {
         assert.ok(read.has(name), `${name} is queried`);
       }

@@ -48,7 +48,10 @@ async function sendPaced(p: Producer, tag: string, n: number, perTick: number): 
 }
 
 async function counts(tag: string): Promise<{ total: number; distinct: number }> {
-  const res = await fx.db.query("SELECT count(*)::int AS total, count(DISTINCT message)::int AS distinct FROM logs WHERE message LIKE $1 || '-%'", [tag]);
+  const res = await fx.db.query(
+    "SELECT count(*)::int AS total, count(DISTINCT message)::int AS distinct FROM logs WHERE message LIKE $1 || '-%'",
+    [tag],
+  );
   return res.rows[0];
 }
 

@@ -61,11 +61,19 @@ test("one batch: fenced, already committed and out-of-order frames are left out,
     committer.add(work("P", 2, 6)),
     committer.add(work("Q", 1, 4)), // Q's seq 3 is missing
   ]);
-  assert.deepEqual(results.map((r) => r.skipped), ["superseded", null, null, "committed", null, "out_of_order"]);
+  assert.deepEqual(
+    results.map((r) => r.skipped),
+    ["superseded", null, null, "committed", null, "out_of_order"],
+  );
   assert.equal(new Set(results.map((r) => r.committedAt)).size, 1, "not one transaction");
   const rows = await fx.db.query("SELECT message FROM logs ORDER BY message");
-  assert.deepEqual(rows.rows.map((r) => r.message), ["P-2-6", "Q-1-1", "Q-1-2"]);
-  const state = await fx.db.query("SELECT producer, epoch::int, committed_seq::int FROM ingest_producers WHERE stream = 'logs' ORDER BY producer");
+  assert.deepEqual(
+    rows.rows.map((r) => r.message),
+    ["P-2-6", "Q-1-1", "Q-1-2"],
+  );
+  const state = await fx.db.query(
+    "SELECT producer, epoch::int, committed_seq::int FROM ingest_producers WHERE stream = 'logs' ORDER BY producer",
+  );
   assert.deepEqual(state.rows, [
     { producer: "P", epoch: 2, committed_seq: 6 },
     { producer: "Q", epoch: 1, committed_seq: 2 },

@@ -54,7 +54,14 @@ describe("producer sessions", () => {
     assert.equal(a.hello.committed_seq, 0);
     for (let s = 1; s <= 3; s++) a.send(frame("basic", s, 5));
     const acks = await a.waitForAcks(3);
-    assert.deepEqual(acks.map((k) => [k.seq, k.accepted]), [[1, 5], [2, 5], [3, 5]]);
+    assert.deepEqual(
+      acks.map((k) => [k.seq, k.accepted]),
+      [
+        [1, 5],
+        [2, 5],
+        [3, 5],
+      ],
+    );
     a.socket.close();
     await a.closed;
     const b = await session(two, "p-basic");
@@ -63,7 +70,9 @@ describe("producer sessions", () => {
     const [ack] = await b.waitForAcks(1);
     assert.equal(ack.seq, 4);
     assert.deepEqual(await rows("basic"), { total: 20, distinct: 20, maxSeq: 4 });
-    const state = await fx.db.query("SELECT count(*)::int AS n, max(committed_seq)::int AS seq FROM ingest_producers WHERE producer = 'p-basic'");
+    const state = await fx.db.query(
+      "SELECT count(*)::int AS n, max(committed_seq)::int AS seq FROM ingest_producers WHERE producer = 'p-basic'",
+    );
     assert.deepEqual(state.rows[0], { n: 1, seq: 4 });
   });
 
@@ -74,7 +83,15 @@ describe("producer sessions", () => {
     a.send("");
     a.send(frame("odd", 4, 2));
     const acks = await a.waitForAcks(4);
-    assert.deepEqual(acks.map((k) => [k.seq, k.accepted, k.rejected]), [[1, 0, 1], [2, 0, 1], [3, 0, 1], [4, 2, 0]]);
+    assert.deepEqual(
+      acks.map((k) => [k.seq, k.accepted, k.rejected]),
+      [
+        [1, 0, 1],
+        [2, 0, 1],
+        [3, 0, 1],
+        [4, 2, 0],
+      ],
+    );
     assert.match(acks[1].errors[0].path, /severity/);
     a.socket.close();
     const b = await session(one, "p-odd");
@@ -118,7 +135,8 @@ describe("producer sessions", () => {
       let closedEarly = "";
       void a.closed.then((c) => (closedEarly = `${c.code} ${c.reason}`));
       for (const started = Date.now(); a.acks.length < 20; await new Promise((r) => setTimeout(r, 20))) {
-        if (closedEarly !== "" || Date.now() - started > 10_000) assert.fail(`A: ${a.acks.length} acks of ${seq} frames sent${closedEarly ? `, closed ${closedEarly}` : ""}`);
+        if (closedEarly !== "" || Date.now() - started > 10_000)
+          assert.fail(`A: ${a.acks.length} acks of ${seq} frames sent${closedEarly ? `, closed ${closedEarly}` : ""}`);
       }
       const b = await session(where === "on the same daemon" ? one : two, `p-${tag}`);
       const read = b.hello.committed_seq as number;
@@ -143,7 +161,10 @@ describe("producer sessions", () => {
     assert.equal((await first.send({ service_name: "svc", severity: "INFO", message: "client-1-0" })).status, "accepted");
     const second = new Producer({ url: two.wsBase, stream: "logs", producer: "p-client", maxDelayMs: 200 });
     assert.equal((await second.send({ service_name: "svc", severity: "INFO", message: "client-2-0" })).status, "accepted");
-    await assert.rejects(first.send({ service_name: "svc", severity: "INFO", message: "client-1-1" }), (err: any) => err instanceof ProducerError && err.code === 4409);
+    await assert.rejects(
+      first.send({ service_name: "svc", severity: "INFO", message: "client-1-1" }),
+      (err: any) => err instanceof ProducerError && err.code === 4409,
+    );
     await second.close();
     await first.destroy();
     assert.deepEqual(await rows("client"), { total: 2, distinct: 2, maxSeq: 2 });
@@ -164,7 +185,9 @@ describe("producer sessions", () => {
 
   test("idle-producer retention deletes only rows idle past the limit, in bounded steps; a forgotten producer starts at 0", async () => {
     for (let i = 0; i < 5; i++) await session(one, `p-idle-${i}`);
-    await fx.db.query("UPDATE ingest_producers SET updated_at = now() - interval '40 days', committed_seq = 9 WHERE producer LIKE 'p-idle-%'");
+    await fx.db.query(
+      "UPDATE ingest_producers SET updated_at = now() - interval '40 days', committed_seq = 9 WHERE producer LIKE 'p-idle-%'",
+    );
     const pool = new pg.Pool({ connectionString: fx.db.url, max: 1 });
     try {
       assert.equal(await forgetIdleProducers(pool, "public", 30, 3), 3);

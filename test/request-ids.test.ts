@@ -8,7 +8,6 @@ import { describe, test } from "node:test";
 import { useDaemon } from "./fixture";
 import { event, get, post, rawRequest, waitFor } from "./harness";
 
-
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/;
 const ingestUrl = () => `${fx.daemon.base}/v1/streams/events/events`;
 
@@ -55,7 +54,9 @@ describe("X-Request-ID", () => {
     const long = await post(ingestUrl(), JSON.stringify([event("rid-long")]), "application/json", { "x-request-id": "x".repeat(201) });
     assert.equal(long.status, 200);
     assert.match(long.headers.get("x-request-id") ?? "", UUID);
-    const longest = await get(`${fx.daemon.base}/health`).then(() => fetch(`${fx.daemon.base}/health`, { headers: { "x-request-id": "y".repeat(200) } }));
+    const longest = await get(`${fx.daemon.base}/health`).then(() =>
+      fetch(`${fx.daemon.base}/health`, { headers: { "x-request-id": "y".repeat(200) } }),
+    );
     assert.equal(longest.headers.get("x-request-id"), "y".repeat(200));
     await longest.text();
 
@@ -82,7 +83,10 @@ describe("log lines of refused requests", () => {
   test("a refusal's log line carries the request id and the traceparent's trace_id and span_id", async () => {
     const traceId = "4bf92f3577b34da6a3ce929d0e0e4736";
     const spanId = "00f067aa0ba902b7";
-    const res = await post(ingestUrl(), "<xml/>", "application/xml", { "x-request-id": "traced-1", traceparent: `00-${traceId}-${spanId}-01` });
+    const res = await post(ingestUrl(), "<xml/>", "application/xml", {
+      "x-request-id": "traced-1",
+      traceparent: `00-${traceId}-${spanId}-01`,
+    });
     assert.equal(res.status, 415);
     const line = await waitFor("the refusal's log line", () => logLines().find((l) => l.request_id === "traced-1"));
     assert.equal(line.trace_id, traceId);

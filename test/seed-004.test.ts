@@ -19,7 +19,8 @@ const ENTITIES = ["Order", "OrderLineItem", "Customer", "Product"];
 const DBGEN = {
   orders: "1|36901|O|173665.47|1996-01-02|5-LOW|Clerk#000000951|0|nstructions sleep furiously among |",
   lineitem: "1|155190|7706|1|17|21168.23|0.04|0.02|N|O|1996-03-13|1996-02-12|1996-03-22|DELIVER IN PERSON|TRUCK|egular courts above the|",
-  customer: "1|Customer#000000001|IVhzIApeRb ot,c,E|15|25-989-741-2988|711.56|BUILDING|to the even, regular platelets. regular, ironic epitaphs nag e|",
+  customer:
+    "1|Customer#000000001|IVhzIApeRb ot,c,E|15|25-989-741-2988|711.56|BUILDING|to the even, regular platelets. regular, ironic epitaphs nag e|",
   part: "1|goldenrod lavender spring chocolate lace|Manufacturer#1|Brand#13|PROMO BURNISHED COPPER|7|JUMBO PKG|901.00|ly. slyly ironi|",
 };
 
@@ -45,32 +46,45 @@ function delta(before: Record<string, number>, after: Record<string, number>): R
 }
 
 /** POSTs `body` chunked to /ingest/stream`query` and collects its server-sent events (bounded by `timeoutMs`). */
-function streamEvents(body: string, query: string, timeoutMs = 60_000): Promise<{ status: number; events: { event?: string; data: any }[] }> {
+function streamEvents(
+  body: string,
+  query: string,
+  timeoutMs = 60_000,
+): Promise<{ status: number; events: { event?: string; data: any }[] }> {
   return new Promise((resolve, reject) => {
     const events: { event?: string; data: any }[] = [];
-    const req = http.request({ host: "127.0.0.1", port: fx.daemon.port, method: "POST", path: `/ingest/stream${query}`, headers: { "content-type": "text/plain" } }, (res) => {
-      res.setEncoding("utf8");
-      let buffered = "";
-      res.on("data", (text: string) => {
-        buffered += text;
-        let cut: number;
-        while ((cut = buffered.indexOf("\n\n")) !== -1) {
-          const block = buffered.slice(0, cut);
-          buffered = buffered.slice(cut + 2);
-          let name: string | undefined;
-          let data: string | undefined;
-          for (const line of block.split("\n")) {
-            if (line.startsWith("event:")) name = line.slice(6).trim();
-            else if (line.startsWith("data:")) data = line.slice(5).trimStart();
+    const req = http.request(
+      {
+        host: "127.0.0.1",
+        port: fx.daemon.port,
+        method: "POST",
+        path: `/ingest/stream${query}`,
+        headers: { "content-type": "text/plain" },
+      },
+      (res) => {
+        res.setEncoding("utf8");
+        let buffered = "";
+        res.on("data", (text: string) => {
+          buffered += text;
+          let cut: number;
+          while ((cut = buffered.indexOf("\n\n")) !== -1) {
+            const block = buffered.slice(0, cut);
+            buffered = buffered.slice(cut + 2);
+            let name: string | undefined;
+            let data: string | undefined;
+            for (const line of block.split("\n")) {
+              if (line.startsWith("event:")) name = line.slice(6).trim();
+              else if (line.startsWith("data:")) data = line.slice(5).trimStart();
+            }
+            if (data !== undefined) events.push({ event: name, data: JSON.parse(data) });
           }
-          if (data !== undefined) events.push({ event: name, data: JSON.parse(data) });
-        }
-      });
-      res.on("end", () => {
-        clearTimeout(timer);
-        resolve({ status: res.statusCode ?? 0, events });
-      });
-    });
+        });
+        res.on("end", () => {
+          clearTimeout(timer);
+          resolve({ status: res.statusCode ?? 0, events });
+        });
+      },
+    );
     const timer = setTimeout(() => {
       req.destroy();
       reject(new Error(`/ingest/stream did not finish within ${timeoutMs} ms (${events.length} events)`));
@@ -151,12 +165,21 @@ describe("POST /ingest/batch", () => {
     assert.equal(typeof res.json.duration_ms, "number");
     assert.equal(res.json.errors.length, 2);
     for (const e of res.json.errors) assert.deepEqual(Object.keys(e), ["line_number", "entity", "message", "line"]);
-    assert.deepEqual(res.json.errors.map((e: any) => [e.line_number, e.entity, e.line]), [[7, "Product", lines[6]], [9, "OrderLineItem", lines[8]]]);
+    assert.deepEqual(
+      res.json.errors.map((e: any) => [e.line_number, e.entity, e.line]),
+      [
+        [7, "Product", lines[6]],
+        [9, "OrderLineItem", lines[8]],
+      ],
+    );
     assert.match(res.json.errors[0].message, /^p_size: /);
     assert.match(res.json.errors[1].message, /foreign key/);
     assert.deepEqual(delta(before, await stats()), { Order: 1, OrderLineItem: 1, Customer: 1 });
     const dead = await fx.db.query(`SELECT line FROM ingest_dead_letters WHERE raw = ANY($1) ORDER BY line`, [[lines[6], lines[8]]]);
-    assert.deepEqual(dead.rows.map((r) => r.line), [7, 9]);
+    assert.deepEqual(
+      dead.rows.map((r) => r.line),
+      [7, 9],
+    );
     const comments = await fx.db.query(`SELECT count(*)::int AS n FROM ingest_dead_letters WHERE raw ~ '^\\s*#'`);
     assert.equal(comments.rows[0].n, 0, "no dead letter for a comment");
   });
@@ -171,9 +194,21 @@ describe("POST /ingest/batch", () => {
 describe("dbgen output", () => {
   test("each table's .tbl lines load as they are through the table's own stream, trailing `|` included", async () => {
     const tables: [string, string, string][] = [
-      ["orders", DBGEN.orders, "SELECT concat_ws('|', o_orderkey, o_custkey, o_orderstatus, o_totalprice, o_orderdate, o_orderpriority, o_clerk, o_shippriority, o_comment) || '|' AS line FROM orders WHERE o_orderkey = 500001"],
-      ["customer", DBGEN.customer, "SELECT concat_ws('|', c_custkey, c_name, c_address, c_nationkey, c_phone, c_acctbal, c_mktsegment, c_comment) || '|' AS line FROM customer WHERE c_custkey = 500001"],
-      ["part", DBGEN.part, "SELECT concat_ws('|', p_partkey, p_name, p_mfgr, p_brand, p_type, p_size, p_container, p_retailprice, p_comment) || '|' AS line FROM part WHERE p_partkey = 500001"],
+      [
+        "orders",
+        DBGEN.orders,
+        "SELECT concat_ws('|', o_orderkey, o_custkey, o_orderstatus, o_totalprice, o_orderdate, o_orderpriority, o_clerk, o_shippriority, o_comment) || '|' AS line FROM orders WHERE o_orderkey = 500001",
+      ],
+      [
+        "customer",
+        DBGEN.customer,
+        "SELECT concat_ws('|', c_custkey, c_name, c_address, c_nationkey, c_phone, c_acctbal, c_mktsegment, c_comment) || '|' AS line FROM customer WHERE c_custkey = 500001",
+      ],
+      [
+        "part",
+        DBGEN.part,
+        "SELECT concat_ws('|', p_partkey, p_name, p_mfgr, p_brand, p_type, p_size, p_container, p_retailprice, p_comment) || '|' AS line FROM part WHERE p_partkey = 500001",
+      ],
       [
         "lineitem",
         DBGEN.lineitem,
@@ -188,7 +223,11 @@ describe("dbgen output", () => {
       assert.equal(res.json.accepted, 1);
       const stored = await fx.db.query(sql);
       // l_quantity is dbgen's "17", stored as numeric 17 (no scale added)
-      assert.deepEqual(stored.rows.map((r) => r.line), [line], `${stream}: the stored row is the dbgen line`);
+      assert.deepEqual(
+        stored.rows.map((r) => r.line),
+        [line],
+        `${stream}: the stored row is the dbgen line`,
+      );
     }
   });
 
@@ -235,7 +274,11 @@ describe("POST /ingest/stream?progress=line", () => {
     perLine.forEach((e, i) => {
       const w = want[i];
       assert.equal(e.event, undefined);
-      assert.deepEqual(Object.keys(e.data), w.ok ? ["processed", "entity", "status"] : ["processed", "entity", "status", "message"], JSON.stringify(e.data));
+      assert.deepEqual(
+        Object.keys(e.data),
+        w.ok ? ["processed", "entity", "status"] : ["processed", "entity", "status", "message"],
+        JSON.stringify(e.data),
+      );
       assert.equal(e.data.processed, i + 1);
       assert.equal(e.data.entity, w.entity);
       assert.equal(e.data.status, w.ok ? "success" : "error");
@@ -244,17 +287,29 @@ describe("POST /ingest/stream?progress=line", () => {
     const failed = want.filter((w) => !w.ok).length;
     assert.deepEqual([final.data.total, final.data.inserted, final.data.failed], [want.length, want.length - failed, failed]);
 
-    const stored = await fx.db.query(`SELECT (SELECT count(*) FROM orders WHERE o_orderkey BETWEEN 100001 AND 199999)::int AS o, (SELECT count(*) FROM lineitem WHERE l_orderkey BETWEEN 100001 AND 199999)::int AS l,
+    const stored =
+      await fx.db.query(`SELECT (SELECT count(*) FROM orders WHERE o_orderkey BETWEEN 100001 AND 199999)::int AS o, (SELECT count(*) FROM lineitem WHERE l_orderkey BETWEEN 100001 AND 199999)::int AS l,
                                           (SELECT count(*) FROM part WHERE p_partkey BETWEEN 100001 AND 199999)::int AS p`);
     const count = (entity: string) => want.filter((w) => w.ok && w.entity === entity).length;
-    assert.deepEqual(stored.rows[0], { o: count("Order"), l: count("OrderLineItem"), p: count("Product") }, "every success event is a stored row");
-    assert.deepEqual(delta(before, await stats()), { Order: count("Order"), OrderLineItem: count("OrderLineItem"), Product: count("Product") });
+    assert.deepEqual(
+      stored.rows[0],
+      { o: count("Order"), l: count("OrderLineItem"), p: count("Product") },
+      "every success event is a stored row",
+    );
+    assert.deepEqual(delta(before, await stats()), {
+      Order: count("Order"),
+      OrderLineItem: count("OrderLineItem"),
+      Product: count("Product"),
+    });
   });
 
   test("an upload of only comments and blank lines ends with an empty summary, not an error", async () => {
     const { status, events } = await streamEvents("# header\n\n  # more\n", "?progress=line");
     assert.equal(status, 200);
-    assert.deepEqual(events.map((e) => e.event), [undefined]);
+    assert.deepEqual(
+      events.map((e) => e.event),
+      [undefined],
+    );
     assert.deepEqual([events[0].data.total, events[0].data.inserted, events[0].data.failed], [0, 0, 0]);
   });
 
@@ -263,6 +318,9 @@ describe("POST /ingest/stream?progress=line", () => {
     assert.equal(status, 200);
     assert.equal(events.length, 2);
     assert.deepEqual([events[0].data.processed, events[0].data.inserted, events[0].data.failed], [2, 1, 1]);
-    assert.deepEqual(events[0].data.errors.map((e: any) => [e.line_number, e.entity]), [[3, "OrderLineItem"]]);
+    assert.deepEqual(
+      events[0].data.errors.map((e: any) => [e.line_number, e.entity]),
+      [[3, "OrderLineItem"]],
+    );
   });
 });

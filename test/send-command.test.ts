@@ -23,7 +23,25 @@ function orderLine(key: number, cents: number): string {
 }
 
 function lineItemLine(order: number, ln: number, qty: number): string {
-  return ["L", order, 11, 3, ln, `${qty}.00`, "21168.23", "0.04", "0.02", "N", "O", "1996-03-13", "1996-02-12", "1996-03-22", "DELIVER IN PERSON", "TRUCK", "egular courts"].join("|");
+  return [
+    "L",
+    order,
+    11,
+    3,
+    ln,
+    `${qty}.00`,
+    "21168.23",
+    "0.04",
+    "0.02",
+    "N",
+    "O",
+    "1996-03-13",
+    "1996-02-12",
+    "1996-03-22",
+    "DELIVER IN PERSON",
+    "TRUCK",
+    "egular courts",
+  ].join("|");
 }
 
 function customerLine(key: number): string {
@@ -31,7 +49,18 @@ function customerLine(key: number): string {
 }
 
 function partLine(key: number): string {
-  return ["P", key, "goldenrod lavender", "Manufacturer#1", "Brand#13", "PROMO BURNISHED COPPER", 7, "JUMBO PKG", "901.00", "ly. slyly"].join("|");
+  return [
+    "P",
+    key,
+    "goldenrod lavender",
+    "Manufacturer#1",
+    "Brand#13",
+    "PROMO BURNISHED COPPER",
+    7,
+    "JUMBO PKG",
+    "901.00",
+    "ly. slyly",
+  ].join("|");
 }
 
 interface TpchFile {
@@ -111,11 +140,17 @@ describe("ingestd send", () => {
     const summary = JSON.parse(result.stdout.trim());
     assert.deepEqual({ ...summary, seconds: 0 }, { sent: f.lines, accepted: f.lines, rejected: 0, duplicates: 0, seconds: 0 });
     assert.equal(typeof summary.seconds, "number");
-    const o = await fx.db.query("SELECT count(*)::int AS n, (sum(o_totalprice) * 100)::bigint AS cents FROM orders WHERE o_orderkey >= 1000000 AND o_orderkey < 2000000");
+    const o = await fx.db.query(
+      "SELECT count(*)::int AS n, (sum(o_totalprice) * 100)::bigint AS cents FROM orders WHERE o_orderkey >= 1000000 AND o_orderkey < 2000000",
+    );
     assert.deepEqual(o.rows[0], { n: f.orders, cents: String(f.priceCents) });
-    const l = await fx.db.query("SELECT count(*)::int AS n, sum(l_quantity)::bigint AS q FROM lineitem WHERE l_orderkey >= 1000000 AND l_orderkey < 2000000");
+    const l = await fx.db.query(
+      "SELECT count(*)::int AS n, sum(l_quantity)::bigint AS q FROM lineitem WHERE l_orderkey >= 1000000 AND l_orderkey < 2000000",
+    );
     assert.deepEqual(l.rows[0], { n: f.lineItems, q: String(f.quantity) });
-    const cp = await fx.db.query("SELECT (SELECT count(*) FROM customer WHERE c_custkey >= 1000000)::int AS c, (SELECT count(*) FROM part WHERE p_partkey >= 1000000)::int AS p");
+    const cp = await fx.db.query(
+      "SELECT (SELECT count(*) FROM customer WHERE c_custkey >= 1000000)::int AS c, (SELECT count(*) FROM part WHERE p_partkey >= 1000000)::int AS p",
+    );
     assert.deepEqual(cp.rows[0], { c: f.orders / 100, p: f.orders / 100 });
   });
 

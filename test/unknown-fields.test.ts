@@ -59,12 +59,25 @@ describe("a stream ignoring unknown fields (logs, by the configuration)", () => 
     const res = await post(`${fx.daemon.base}/v1/streams/logs/events`, JSON.stringify(body));
     assert.equal(res.status, 207, res.text);
     assert.deepEqual([res.json.accepted, res.json.rejected], [2, 1]);
-    assert.deepEqual(res.json.errors.map((e: any) => [e.index, e.path]), [[2, "severity"]], "only the real error, not the extra field");
+    assert.deepEqual(
+      res.json.errors.map((e: any) => [e.index, e.path]),
+      [[2, "severity"]],
+      "only the real error, not the extra field",
+    );
 
-    const rows = await fx.db.query(`SELECT severity, message, payload, to_jsonb(l)::text AS whole FROM logs l WHERE service_name = 'uf-api' ORDER BY severity`);
-    assert.deepEqual(rows.rows.map((r) => [r.severity, r.message, r.payload]), [["INFO", "started", null], ["WARN", "slow", { ms: 900, nested: { keep: true } }]]);
+    const rows = await fx.db.query(
+      `SELECT severity, message, payload, to_jsonb(l)::text AS whole FROM logs l WHERE service_name = 'uf-api' ORDER BY severity`,
+    );
+    assert.deepEqual(
+      rows.rows.map((r) => [r.severity, r.message, r.payload]),
+      [
+        ["INFO", "started", null],
+        ["WARN", "slow", { ms: 900, nested: { keep: true } }],
+      ],
+    );
     for (const r of rows.rows) {
-      for (const dropped of ["build", "abc123", "h1", "shard"]) assert.ok(!r.whole.includes(dropped), `${dropped} is not stored anywhere in ${r.whole}`);
+      for (const dropped of ["build", "abc123", "h1", "shard"])
+        assert.ok(!r.whole.includes(dropped), `${dropped} is not stored anywhere in ${r.whole}`);
     }
   });
 
@@ -99,7 +112,12 @@ describe("the OpenAPI document and the configuration", () => {
     ];
     for (const [streams, expect] of cases) {
       const file = configFile(`bad-${Math.random().toString(36).slice(2)}.json`, { ...shipped, streams });
-      const r = spawnSync(process.execPath, [CLI, "check-config"], { cwd: ROOT, env: configEnv({ INGESTD_CONFIG: file }), encoding: "utf8", timeout: 30_000 });
+      const r = spawnSync(process.execPath, [CLI, "check-config"], {
+        cwd: ROOT,
+        env: configEnv({ INGESTD_CONFIG: file }),
+        encoding: "utf8",
+        timeout: 30_000,
+      });
       assert.equal(r.status, 78, `${JSON.stringify(streams)}: ${r.stdout}${r.stderr}`);
       assert.match(r.stderr, expect);
     }

@@ -109,9 +109,10 @@ async function refuseUnreadableBody(task: IngestTask, bytes: Uint8Array, err: un
   const result = emptyOutcome(task, err instanceof BodyTooLarge ? "too_large" : "unparseable", message, now());
   if (task.recordBatch) {
     const error: RecordError = { index: 0, path: "$", expected: "a parseable body", message };
-    const raw = err instanceof BodyTooLarge || err instanceof BadCompression
-      ? `(${task.length} bytes of ${task.encoding} data, not inflated)`
-      : lenientUtf8.decode(bytes);
+    const raw =
+      err instanceof BodyTooLarge || err instanceof BadCompression
+        ? `(${task.length} bytes of ${task.encoding} data, not inflated)`
+        : lenientUtf8.decode(bytes);
     await recordUnreadableBody(committer, task, result.batchId, raw, error, receivedAt);
   }
   return result;
@@ -131,7 +132,11 @@ export async function ingestSession(task: SessionTask): Promise<IngestOutcome[]>
 }
 
 /** One frame of a session; everything before its first await runs at once, so frames join group commit in call order. */
-async function sessionFrame(task: SessionTask, single: ReturnType<typeof streamTable.byName.get> | null, frame: SessionFrame): Promise<IngestOutcome> {
+async function sessionFrame(
+  task: SessionTask,
+  single: ReturnType<typeof streamTable.byName.get> | null,
+  frame: SessionFrame,
+): Promise<IngestOutcome> {
   const frameTask: IngestTask = {
     stream: task.stream,
     format: task.format,
@@ -168,7 +173,13 @@ async function sessionFrame(task: SessionTask, single: ReturnType<typeof streamT
     }
   }
   // A frame with nothing to store still commits its seq, so the session's seq never skips a frame.
-  const commit: TaskWork = work ?? { priority: 0, parts: [], bytes: 0, session: mark, finalize: () => ({ batchRow: null, deadLetters: [] }) };
+  const commit: TaskWork = work ?? {
+    priority: 0,
+    parts: [],
+    bytes: 0,
+    session: mark,
+    finalize: () => ({ batchRow: null, deadLetters: [] }),
+  };
   if (work !== null) work.session = mark;
   let committed: CommitResult;
   try {
@@ -177,8 +188,10 @@ async function sessionFrame(task: SessionTask, single: ReturnType<typeof streamT
     if (!(err instanceof DatabaseUnavailable)) throw err;
     return { ...emptyOutcome(frameTask, "db_unavailable", err.message, now()), received: result.received };
   }
-  if (committed.skipped === "superseded") return emptyOutcome(frameTask, "superseded", "a newer session of this producer holds the stream", now());
-  if (committed.skipped === "out_of_order") return emptyOutcome(frameTask, "failed", `frame ${frame.seq} is not the session's next frame; reconnect`, now());
+  if (committed.skipped === "superseded")
+    return emptyOutcome(frameTask, "superseded", "a newer session of this producer holds the stream", now());
+  if (committed.skipped === "out_of_order")
+    return emptyOutcome(frameTask, "failed", `frame ${frame.seq} is not the session's next frame; reconnect`, now());
   result.committedAt = committed.committedAt;
   result.copyMs = committed.copyMs;
   // `committed`: an earlier attempt whose answer was lost stored this frame; its rows count as accepted.

@@ -106,7 +106,8 @@ const CLOSE_TRY_AGAIN_LATER = 1013;
 
 export class Producer {
   readonly producer: string;
-  private readonly o: Required<Omit<ProducerOptions, "producer" | "key" | "spoolDir" | "onEvent">> & Pick<ProducerOptions, "key" | "spoolDir" | "onEvent">;
+  private readonly o: Required<Omit<ProducerOptions, "producer" | "key" | "spoolDir" | "onEvent">> &
+    Pick<ProducerOptions, "key" | "spoolDir" | "onEvent">;
   private buffer: Waiting[] = [];
   private bufferBytes = 0;
   /** Frames built and not acknowledged, in seq order. */
@@ -173,12 +174,15 @@ export class Producer {
    */
   async enqueue(record: unknown): Promise<{ outcome: Promise<RecordOutcome> }> {
     if (this.closing) throw new ProducerError("producer is closed", 0);
-    while (this.buffer.length >= this.o.maxBufferedRecords && this.failure === null) await new Promise<void>((r) => this.roomWaiters.push(r));
+    while (this.buffer.length >= this.o.maxBufferedRecords && this.failure === null)
+      await new Promise<void>((r) => this.roomWaiters.push(r));
     if (this.failure !== null) throw this.failure;
     let text: string;
     if (this.o.format === "text") {
-      if (typeof record !== "string") return { outcome: Promise.resolve(localRejection("a string (one text line)", "record is not a string")) };
-      if (record.length === 0 || /[\r\n]/.test(record)) return { outcome: Promise.resolve(localRejection("one non-empty line", "record is empty or holds a line break")) };
+      if (typeof record !== "string")
+        return { outcome: Promise.resolve(localRejection("a string (one text line)", "record is not a string")) };
+      if (record.length === 0 || /[\r\n]/.test(record))
+        return { outcome: Promise.resolve(localRejection("one non-empty line", "record is empty or holds a line break")) };
       text = record;
     } else {
       const json = JSON.stringify(record);
@@ -309,7 +313,12 @@ export class Producer {
     this.downSince ??= Date.now();
     if (Date.now() - this.downSince > this.o.giveUpAfterMs) {
       const last = refused !== null ? `${refused.status} ${refused.message}` : `${code} ${reason}`.trim();
-      return this.fail(new ProducerError(`could not deliver: no session for ${Math.round((Date.now() - this.downSince) / 1000)} s (last: ${last})`, refused?.status ?? code));
+      return this.fail(
+        new ProducerError(
+          `could not deliver: no session for ${Math.round((Date.now() - this.downSince) / 1000)} s (last: ${last})`,
+          refused?.status ?? code,
+        ),
+      );
     }
     // Backoff with full jitter; a 1013 close or a Retry-After sets the floor.
     const exp = Math.min(this.o.maxDelayMs, this.o.initialDelayMs * 2 ** Math.min(this.attempts, 20));
@@ -317,7 +326,12 @@ export class Producer {
     if (code === CLOSE_TRY_AGAIN_LATER) delay = Math.max(delay, this.o.initialDelayMs * 5);
     if (refused !== null && refused.retryAfterMs > 0) delay = Math.max(delay, refused.retryAfterMs);
     this.attempts++;
-    this.o.onEvent?.({ type: "disconnected", code: refused?.status ?? code, reason: refused?.message ?? reason, retryInMs: Math.round(delay) });
+    this.o.onEvent?.({
+      type: "disconnected",
+      code: refused?.status ?? code,
+      reason: refused?.message ?? reason,
+      retryInMs: Math.round(delay),
+    });
     this.reconnectTimer = setTimeout(() => {
       this.reconnectTimer = null;
       this.connect();
@@ -451,7 +465,9 @@ export class Producer {
     for (const w of this.roomWaiters.splice(0, n)) w();
     // A single record over the server's frame limit can never be stored: rejected here, naming the limit.
     if (n === 1 && this.maxFrame > 0 && bytes > this.maxFrame) {
-      records[0].resolve(localRejection(`a record under max_frame_bytes ${this.maxFrame}`, `record of ${bytes} bytes exceeds max_frame_bytes`));
+      records[0].resolve(
+        localRejection(`a record under max_frame_bytes ${this.maxFrame}`, `record of ${bytes} bytes exceeds max_frame_bytes`),
+      );
       return;
     }
     let text = "";

@@ -69,7 +69,8 @@ export async function sendCommand(argv: string[]): Promise<number> {
     process.stdout.write(SEND_HELP);
     return 0;
   }
-  if (!values.url || !/^wss?:\/\//.test(values.url)) throw new UsageError(`--url: expected ws://HOST:PORT or wss://HOST:PORT\n\n${SEND_HELP}`);
+  if (!values.url || !/^wss?:\/\//.test(values.url))
+    throw new UsageError(`--url: expected ws://HOST:PORT or wss://HOST:PORT\n\n${SEND_HELP}`);
   if (!values.stream) throw new UsageError(`--stream: required\n\n${SEND_HELP}`);
   if (positionals.length > 1) throw new UsageError(`at most one FILE, got ${positionals.length}\n\n${SEND_HELP}`);
   const format = values.format ?? (textStream(values.stream) ? "text" : "json");
@@ -116,7 +117,12 @@ export async function sendCommand(argv: string[]): Promise<number> {
       }
       tally.sent++;
       const { outcome } = await producer.enqueue(record);
-      outcomes.push(outcome.then((o) => count(tally, at, o), (err: Error) => void (failure ??= err)));
+      outcomes.push(
+        outcome.then(
+          (o) => count(tally, at, o),
+          (err: Error) => void (failure ??= err),
+        ),
+      );
     }
     await Promise.all(outcomes);
     if (failure === null) await producer.close();
@@ -185,5 +191,3 @@ function startProgress(tally: Tally, started: number): { stop(): void } {
     },
   };
 }
-
-

@@ -28,7 +28,15 @@ import type { LatencyRecorder } from "../ops/latency";
 import type { Logger } from "../ops/logger";
 import type { Metrics } from "../ops/metrics";
 import type { RingRegion } from "./ring";
-import { emptyOutcome, type IngestOutcome, type IngestTask, type BodyEncoding, type SessionTask, type TaskFormat, type WorkerData } from "../shared/task-protocol";
+import {
+  emptyOutcome,
+  type IngestOutcome,
+  type IngestTask,
+  type BodyEncoding,
+  type SessionTask,
+  type TaskFormat,
+  type WorkerData,
+} from "../shared/task-protocol";
 
 export interface DispatcherOptions {
   workers: number;
@@ -296,7 +304,9 @@ export class Dispatcher {
     if (this.admission.tryStart(priority, cost)) {
       outcome = this.start(cost, priority, exec);
     } else {
-      outcome = new Promise<T>((resolve) => this.admission.enqueue({ cost, go: () => resolve(this.start(cost, priority, exec)) }, priority));
+      outcome = new Promise<T>((resolve) =>
+        this.admission.enqueue({ cost, go: () => resolve(this.start(cost, priority, exec)) }, priority),
+      );
     }
     return outcome.finally(() => {
       if (--this.inFlight === 0) for (const w of this.idleWaiters.splice(0)) w();
@@ -356,7 +366,9 @@ export class Dispatcher {
       return outcomes;
     } catch (err) {
       this.logFailure(task.stream, "failed", (err as Error).message);
-      return task.frames.map((f) => emptyOutcome({ requestId: `ws-${task.producer}-${f.seq}`, priority: 0 }, "failed", `worker failed: ${(err as Error).message}`));
+      return task.frames.map((f) =>
+        emptyOutcome({ requestId: `ws-${task.producer}-${f.seq}`, priority: 0 }, "failed", `worker failed: ${(err as Error).message}`),
+      );
     }
   }
 

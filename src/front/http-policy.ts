@@ -17,10 +17,21 @@ const PRINTABLE = /^[\x20-\x7e]+$/;
 
 type Handler = (res: HttpResponse, req: HttpRequest) => void | Promise<void>;
 /** The app's route methods and the HTTP method each stands for in a preflight's allowed methods. */
-const ROUTE_METHODS: Record<string, string | null> = { get: "GET", post: "POST", put: "PUT", patch: "PATCH", del: "DELETE", head: "HEAD", any: null };
+const ROUTE_METHODS: Record<string, string | null> = {
+  get: "GET",
+  post: "POST",
+  put: "PUT",
+  patch: "PATCH",
+  del: "DELETE",
+  head: "HEAD",
+  any: null,
+};
 
 export class HttpPolicy {
-  constructor(private readonly cors: CorsPolicy, private readonly log: Logger) {}
+  constructor(
+    private readonly cors: CorsPolicy,
+    private readonly log: Logger,
+  ) {}
 
   /** Keeps what the answer needs of `req` on `res`. Call first in a handler: `req` dies when it returns. */
   begin(res: HttpResponse, req: HttpRequest): void {
@@ -28,7 +39,18 @@ export class HttpPolicy {
     const requestId = presented.length <= MAX_REQUEST_ID && PRINTABLE.test(presented) ? presented : randomUUID();
     const origin = req.getHeader("origin");
     const allowed = origin !== "" && this.cors.enabled && this.cors.allows(origin) ? origin : "";
-    attachContext(res, new RequestContext(requestId, allowed, req.getHeader("traceparent"), req.getMethod().toUpperCase(), req.getUrl(), this.cors, this.log));
+    attachContext(
+      res,
+      new RequestContext(
+        requestId,
+        allowed,
+        req.getHeader("traceparent"),
+        req.getMethod().toUpperCase(),
+        req.getUrl(),
+        this.cors,
+        this.log,
+      ),
+    );
   }
 
   /** Whether a WebSocket upgrade from this Origin header may proceed. */

@@ -74,13 +74,7 @@ function errorOf(value: unknown): AnswerOptions["error"] {
 }
 
 /** The error shape of every non-ingest failure: `{"status":"error","error":<code>,"message":...}`. */
-export function answerError(
-  res: HttpResponse,
-  status: number,
-  code: string,
-  message: string,
-  options: AnswerOptions = {},
-): void {
+export function answerError(res: HttpResponse, status: number, code: string, message: string, options: AnswerOptions = {}): void {
   answerJson(res, status, { status: "error", error: code, message }, { ...options, error: { code, message } });
 }
 

@@ -62,6 +62,14 @@ export function logRefusal(res: HttpResponse, status: number, error?: string, me
   if (context === undefined || status < 400) return;
   const level = status >= 500 ? "warn" : status === 429 ? "debug" : "info";
   if (!context.log.isLevelEnabled(level)) return;
-  const fields = { request_id: context.requestId, ...context.traceFields(), method: context.method, path: context.path, status, error, detail: message };
+  const fields = {
+    request_id: context.requestId,
+    ...context.traceFields(),
+    method: context.method,
+    path: context.path,
+    status,
+    error,
+    detail: message,
+  };
   context.log[level](fields, status >= 500 ? "request failed" : "request refused");
 }

@@ -190,7 +190,9 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, file = configPa
   if (cfg.cors.allowedOrigins !== "*") {
     for (const [i, origin] of cfg.cors.allowedOrigins.entries()) {
       if (!isOrigin(origin)) {
-        throw new ConfigError(`cors.allowedOrigins[${i}]: expected an origin like "https://app.example.com" (scheme, host, optional port; no path), got ${JSON.stringify(origin)}`);
+        throw new ConfigError(
+          `cors.allowedOrigins[${i}]: expected an origin like "https://app.example.com" (scheme, host, optional port; no path), got ${JSON.stringify(origin)}`,
+        );
       }
     }
   }
@@ -239,9 +241,7 @@ function setPath(target: Record<string, unknown>, key: string, value: unknown): 
 
 /** Streams that deduplicate: each stream's default, overridden by the `deduplicate` setting. */
 export function dedupStreams(config: IngestdConfig, streams: readonly StreamDefinition[]): string[] {
-  return streams
-    .filter((s) => s.dedupKey !== undefined && (config.deduplicate[s.name] ?? s.dedupByDefault ?? false))
-    .map((s) => s.name);
+  return streams.filter((s) => s.dedupKey !== undefined && (config.deduplicate[s.name] ?? s.dedupByDefault ?? false)).map((s) => s.name);
 }
 
 /**
@@ -260,7 +260,9 @@ export function ignoreUnknownStreams(config: IngestdConfig, streams: readonly St
   for (const s of streams) {
     if ((settings[s.name]?.unknownFields ?? s.unknownFields ?? "refuse") !== "ignore") continue;
     if (s.validateIgnoringUnknown === undefined) {
-      throw new ConfigError(`streams.${s.name}.unknownFields: "ignore" needs validateIgnoringUnknown in the stream's definition (config/streams/)`);
+      throw new ConfigError(
+        `streams.${s.name}.unknownFields: "ignore" needs validateIgnoringUnknown in the stream's definition (config/streams/)`,
+      );
     }
     ignoring.push(s.name);
   }

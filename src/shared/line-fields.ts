@@ -47,7 +47,11 @@ export function lineParser(layout: LineLayout): (line: string) => Record<string,
     // own stream takes such lines as they are; the router (`tpch`) needs the prefix to pick the table.
     const from = parts[0] === layout.prefix ? 1 : INTEGER.test(parts[0]) ? 0 : -1;
     if (from === -1) {
-      throw new LineFormatError("$", `a line starting with "${layout.prefix}|"`, `expected a line starting with "${layout.prefix}|", got ${JSON.stringify(line.slice(0, 12))}`);
+      throw new LineFormatError(
+        "$",
+        `a line starting with "${layout.prefix}|"`,
+        `expected a line starting with "${layout.prefix}|", got ${JSON.stringify(line.slice(0, 12))}`,
+      );
     }
     // dbgen writes a trailing `|`: accept one empty last field.
     if (parts.length === n + from + 1 && parts[n + from] === "") parts.pop();

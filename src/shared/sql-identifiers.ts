@@ -20,16 +20,22 @@ export function dedupTable(table: string): string {
   return `${table}_dedup`;
 }
 
-
 export const BATCHES_TABLE = "ingest_batches";
 export const DEAD_LETTERS_TABLE = "ingest_dead_letters";
 /** One row per (stream, producer): the producer session's epoch and last committed frame seq. */
 export const PRODUCERS_TABLE = "ingest_producers";
 
 export const BATCH_COLUMNS = [
-  "batch_id", "request_id", "stream", "status", "received", "accepted", "rejected", "duplicates", "created_at", "committed_at",
+  "batch_id",
+  "request_id",
+  "stream",
+  "status",
+  "received",
+  "accepted",
+  "rejected",
+  "duplicates",
+  "created_at",
+  "committed_at",
 ] as const;
 
-export const DEAD_LETTER_COLUMNS = [
-  "stream", "source", "batch_id", "record_index", "line", "raw", "errors", "received_at",
-] as const;
+export const DEAD_LETTER_COLUMNS = ["stream", "source", "batch_id", "record_index", "line", "raw", "errors", "received_at"] as const;

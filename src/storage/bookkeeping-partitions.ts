@@ -41,7 +41,11 @@ async function childrenOf(client: pg.ClientBase, schema: string, table: string):
  * out of the default partition first (PostgreSQL refuses a partition whose range the default holds rows of).
  */
 export async function ensureDayPartitions(
-  client: pg.ClientBase, schema: string, t: BookkeepingTable, at = new Date(), fromDays = 0,
+  client: pg.ClientBase,
+  schema: string,
+  t: BookkeepingTable,
+  at = new Date(),
+  fromDays = 0,
 ): Promise<string[]> {
   const existing = new Set(await childrenOf(client, schema, t.table));
   const today = Math.floor(at.getTime() / DAY_MS) * DAY_MS;
@@ -67,7 +71,13 @@ export async function ensureDayPartitions(
 }
 
 /** Drops the day partitions of days that ended more than `days` days before `at` (never today's). */
-export async function dropDayPartitionsOlderThan(client: pg.ClientBase, schema: string, t: BookkeepingTable, days: number, at = new Date()): Promise<string[]> {
+export async function dropDayPartitionsOlderThan(
+  client: pg.ClientBase,
+  schema: string,
+  t: BookkeepingTable,
+  days: number,
+  at = new Date(),
+): Promise<string[]> {
   const cutoff = at.getTime() - days * DAY_MS;
   const dropped: string[] = [];
   for (const name of await childrenOf(client, schema, t.table)) {
@@ -104,7 +114,13 @@ export async function renameLegacyTable(client: pg.ClientBase, schema: string, t
   return true;
 }
 
-export async function migrateLegacyRows(client: pg.ClientBase, schema: string, t: BookkeepingTable, days: number, at = new Date()): Promise<void> {
+export async function migrateLegacyRows(
+  client: pg.ClientBase,
+  schema: string,
+  t: BookkeepingTable,
+  days: number,
+  at = new Date(),
+): Promise<void> {
   const legacy = qualifiedName(schema, `${t.table}_legacy`);
   await ensureDayPartitions(client, schema, t, at, days);
   await client.query(
@@ -113,10 +129,9 @@ export async function migrateLegacyRows(client: pg.ClientBase, schema: string, t
   );
   if (t.table === DEAD_LETTERS_TABLE) {
     // New ids continue after the copied ones.
-    await client.query(
-      `SELECT setval(pg_get_serial_sequence($1, 'id'), greatest((SELECT max("id") FROM ${legacy}), 1))`,
-      [qualifiedName(schema, t.table)],
-    );
+    await client.query(`SELECT setval(pg_get_serial_sequence($1, 'id'), greatest((SELECT max("id") FROM ${legacy}), 1))`, [
+      qualifiedName(schema, t.table),
+    ]);
   }
   await client.query(`DROP TABLE ${legacy}`);
 }
@@ -132,7 +147,10 @@ export function retentionDays(t: BookkeepingTable, r: BookkeepingRetention): num
 
 /** One maintenance pass: day partitions ahead, and retention. */
 export async function maintainBookkeeping(
-  client: pg.ClientBase, schema: string, r: BookkeepingRetention, at = new Date(),
+  client: pg.ClientBase,
+  schema: string,
+  r: BookkeepingRetention,
+  at = new Date(),
 ): Promise<{ created: string[]; dropped: string[] }> {
   return locked(client, async () => {
     const created: string[] = [];

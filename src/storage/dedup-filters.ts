@@ -28,7 +28,12 @@ async function fillFilter(client: pg.ClientBase, part: string, filter: DedupFilt
 }
 
 /** Builds the missing filters of the sealed partitions of one stream's id state; returns their partitions. */
-export async function buildDedupFilters(client: pg.ClientBase, schema: string, stream: StreamDefinition, at = new Date()): Promise<string[]> {
+export async function buildDedupFilters(
+  client: pg.ClientBase,
+  schema: string,
+  stream: StreamDefinition,
+  at = new Date(),
+): Promise<string[]> {
   const d = dedupShape(schema, stream)!;
   const sealedBefore = new Date(at.getTime() - (DEDUP_GRACE_SECONDS + DEDUP_CLAIM_TO_COMMIT_SECONDS) * 1000);
   const { rows } = await client.query<{ part: string; lower: Date }>(

@@ -21,7 +21,10 @@ export function dedupSlotSeconds(windowHours: number): number {
 }
 
 function slotLabel(at: Date): string {
-  return at.toISOString().replace(/[-:]/g, "").replace(/\.\d+Z$/, "");
+  return at
+    .toISOString()
+    .replace(/[-:]/g, "")
+    .replace(/\.\d+Z$/, "");
 }
 
 /** The partition name of the slot starting at `lower`: `<table>_dedup_20261203T000000`. */
@@ -50,7 +53,11 @@ export async function listDedupSlots(client: pg.ClientBase, schema: string, stre
  * up to two slots past `at`. Returns the partitions created.
  */
 export async function ensureDedupSlots(
-  client: pg.ClientBase, schema: string, stream: StreamDefinition, windowHours: number, at = new Date(),
+  client: pg.ClientBase,
+  schema: string,
+  stream: StreamDefinition,
+  windowHours: number,
+  at = new Date(),
 ): Promise<string[]> {
   const d = dedupShape(schema, stream)!;
   const width = dedupSlotSeconds(windowHours) * 1000;
@@ -76,7 +83,11 @@ export async function ensureDedupSlots(
 
 /** Drops the partitions whose slot ended more than the window before `at` (never the current one). */
 export async function dropExpiredDedupSlots(
-  client: pg.ClientBase, schema: string, stream: StreamDefinition, windowHours: number, at = new Date(),
+  client: pg.ClientBase,
+  schema: string,
+  stream: StreamDefinition,
+  windowHours: number,
+  at = new Date(),
 ): Promise<string[]> {
   const d = dedupShape(schema, stream)!;
   const cutoff = new Date(at.getTime() - windowHours * 3600_000);
@@ -112,7 +123,9 @@ export async function renameLegacyIdTable(client: pg.ClientBase, schema: string,
     [schema, dedupTable(stream.table)],
   );
   if (rows.length === 0 || rows[0].kind !== "r") return false;
-  await client.query(`ALTER TABLE ${qualifiedName(schema, dedupTable(stream.table))} RENAME TO ${quoteIdent(`${dedupTable(stream.table)}_legacy`)}`);
+  await client.query(
+    `ALTER TABLE ${qualifiedName(schema, dedupTable(stream.table))} RENAME TO ${quoteIdent(`${dedupTable(stream.table)}_legacy`)}`,
+  );
   return true;
 }
 
@@ -138,7 +151,11 @@ export async function migrateLegacyIds(client: pg.ClientBase, schema: string, st
 
 /** One maintenance pass over every deduplicating stream's id state, under the schema lock. */
 export async function maintainDedupState(
-  client: pg.ClientBase, schema: string, streams: readonly StreamDefinition[], windowHours: number, at = new Date(),
+  client: pg.ClientBase,
+  schema: string,
+  streams: readonly StreamDefinition[],
+  windowHours: number,
+  at = new Date(),
 ): Promise<{ created: string[]; dropped: string[]; filtered: string[] }> {
   const created: string[] = [];
   const dropped: string[] = [];
@@ -158,7 +175,11 @@ export async function maintainDedupState(
  * existing one (a bench that fills the id state as past traffic would have left it).
  */
 export async function ensureDedupHistory(
-  client: pg.ClientBase, schema: string, stream: StreamDefinition, windowHours: number, at = new Date(),
+  client: pg.ClientBase,
+  schema: string,
+  stream: StreamDefinition,
+  windowHours: number,
+  at = new Date(),
 ): Promise<string[]> {
   const d = dedupShape(schema, stream)!;
   const width = dedupSlotSeconds(windowHours) * 1000;

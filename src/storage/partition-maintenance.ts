@@ -10,7 +10,12 @@ import { maintainBookkeeping } from "./bookkeeping-partitions";
  * Creates next month's partitions well before the boundary and applies retention, on a timer. A missed
  * run is harmless: the default partition catches rows, and creating a partition moves them out of it.
  */
-export function startPartitionMaintenance(db: Database, config: IngestdConfig, streams: readonly StreamDefinition[], log: Logger): NodeJS.Timeout {
+export function startPartitionMaintenance(
+  db: Database,
+  config: IngestdConfig,
+  streams: readonly StreamDefinition[],
+  log: Logger,
+): NodeJS.Timeout {
   const run = async () => {
     const client = await db.pool.connect().catch(() => null);
     if (!client) return;
@@ -39,7 +44,8 @@ export function startPartitionMaintenance(db: Database, config: IngestdConfig, s
       const ids = await maintainDedupState(client, config.dbSchema, streams, config.dedupWindowHours);
       if (ids.created.length > 0) log.info({ created: ids.created }, "id-state partitions created");
       if (ids.filtered.length > 0) log.info({ filtered: ids.filtered }, "id-state filters built for sealed partitions");
-      if (ids.dropped.length > 0) log.info({ dropped: ids.dropped, window_hours: config.dedupWindowHours }, "id-state partitions dropped past the window");
+      if (ids.dropped.length > 0)
+        log.info({ dropped: ids.dropped, window_hours: config.dedupWindowHours }, "id-state partitions dropped past the window");
     } catch (err) {
       log.error({ err: (err as Error).message }, "partition maintenance failed");
     } finally {

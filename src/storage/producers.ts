@@ -54,7 +54,10 @@ export interface SessionListener {
  * courtesy that closes a superseded socket early: fencing itself is the epoch in the row. A lost connection
  * is opened again after a short pause.
  */
-export function listenForSessions(connectionString: string, onSession: (stream: string, producer: string, epoch: number) => void): SessionListener {
+export function listenForSessions(
+  connectionString: string,
+  onSession: (stream: string, producer: string, epoch: number) => void,
+): SessionListener {
   let client: pg.Client | null = null;
   let closed = false;
   let timer: NodeJS.Timeout | null = null;

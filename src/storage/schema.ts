@@ -109,7 +109,11 @@ export function bookkeepingDdl(schema: string): string[] {
 
 /** Defaults of the retention settings (src/ops/config.ts), for callers without a configuration. */
 export const DEFAULT_DEDUP_WINDOW_HOURS = 168;
-export const DEFAULT_RETENTION: SchemaRetention = { dedupWindowHours: DEFAULT_DEDUP_WINDOW_HOURS, batchesRetentionDays: 7, deadLettersRetentionDays: 30 };
+export const DEFAULT_RETENTION: SchemaRetention = {
+  dedupWindowHours: DEFAULT_DEDUP_WINDOW_HOURS,
+  batchesRetentionDays: 7,
+  deadLettersRetentionDays: 30,
+};
 
 export interface SchemaRetention extends BookkeepingRetention {
   dedupWindowHours: number;
@@ -120,7 +124,11 @@ export interface SchemaRetention extends BookkeepingRetention {
  * partitions of the window's current slots. An id table of the shape before the window is migrated.
  */
 export async function ensureSchema(
-  client: pg.ClientBase, schema: string, streams: readonly StreamDefinition[], at = new Date(), retention: SchemaRetention = DEFAULT_RETENTION,
+  client: pg.ClientBase,
+  schema: string,
+  streams: readonly StreamDefinition[],
+  at = new Date(),
+  retention: SchemaRetention = DEFAULT_RETENTION,
 ): Promise<void> {
   await client.query("BEGIN");
   try {

@@ -41,7 +41,11 @@ export interface CommitTarget {
 }
 
 export function commitTarget(schema: string, stream: StreamDefinition, order: number, dedup: boolean): CommitTarget {
-  const copySql = copyStatement(schema, stream.table, stream.columns.map((c) => c.name));
+  const copySql = copyStatement(
+    schema,
+    stream.table,
+    stream.columns.map((c) => c.name),
+  );
   const d = dedup ? dedupShape(schema, stream) : null;
   if (d === null) return { stream: stream.name, order, copySql, dedup: null };
   const claim = `SELECT n FROM ${d.claim}($1::uuid[], $2::uuid[], $3::integer[], $4::timestamptz[]) AS n`;

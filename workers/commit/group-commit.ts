@@ -246,7 +246,11 @@ export class GroupCommitter {
     let skips: Array<SessionSkip | null> | null = null;
     let advance: Map<string, SessionMark> | null = null;
     if (all.sessions) {
-      ({ skips, advance } = await checkSessions(client, this.options.producers, all.members.map((m) => m.work.session ?? null)));
+      ({ skips, advance } = await checkSessions(
+        client,
+        this.options.producers,
+        all.members.map((m) => m.work.session ?? null),
+      ));
       if (skips.some((k) => k !== null)) batch = regroup(all, skips);
     }
     const targets = [...batch.parts.keys()].sort((a, b) => a.order - b.order);

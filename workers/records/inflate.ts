@@ -21,7 +21,9 @@ export function inflateBody(bytes: Uint8Array, encoding: BodyEncoding, maxBytes:
     return inflateDeflate(bytes, options);
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === "ERR_BUFFER_TOO_LARGE") {
-      throw new BodyTooLarge(`body inflates (Content-Encoding ${encoding}) past the limit of ${maxBytes} bytes (MAX_BODY_MB); nothing was stored`);
+      throw new BodyTooLarge(
+        `body inflates (Content-Encoding ${encoding}) past the limit of ${maxBytes} bytes (MAX_BODY_MB); nothing was stored`,
+      );
     }
     throw new BadCompression(`request body is not valid ${encoding} data: ${(err as Error).message}`);
   }

@@ -55,7 +55,10 @@ export function registerDocsRoutes(app: TemplatedApp, metrics: Metrics): void {
       res.onAborted(() => markClosed(res));
       metrics.httpRequests.inc({ route: "/docs", status: "200" });
       // The package's files change only with its version, i.e. with a new ingestd build.
-      answer(res, 200, asset.body, { contentType: asset.contentType, headers: { "Content-Security-Policy": CSP, "Cache-Control": "public, max-age=3600" } });
+      answer(res, 200, asset.body, {
+        contentType: asset.contentType,
+        headers: { "Content-Security-Policy": CSP, "Cache-Control": "public, max-age=3600" },
+      });
     });
   }
 }

@@ -68,7 +68,14 @@ export class SessionChain<T> {
     const frames = this.queue.splice(0, n);
     this.running = true;
     void this.submitter
-      .commitSession(this.session, frames, this.key(), this.deadlineMs, () => !this.stopped, (i, outcome) => this.settle(frames[i].owner, outcome))
+      .commitSession(
+        this.session,
+        frames,
+        this.key(),
+        this.deadlineMs,
+        () => !this.stopped,
+        (i, outcome) => this.settle(frames[i].owner, outcome),
+      )
       .finally(() => {
         this.running = false;
         this.pump();

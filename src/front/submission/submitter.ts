@@ -67,7 +67,8 @@ export class Submitter {
     }
     ring.free(sub.region);
     auth.charge(key, outcome); // rate limit: charged once the event count is known
-    if (sub.recordBatch) batches.settle(sub.requestId, outcome.kind === "db_unavailable" || outcome.kind === "failed" ? outcome.message : null);
+    if (sub.recordBatch)
+      batches.settle(sub.requestId, outcome.kind === "db_unavailable" || outcome.kind === "failed" ? outcome.message : null);
     return outcome;
   }
 
@@ -92,7 +93,15 @@ export class Submitter {
     for (;;) {
       const task: SessionTask = {
         ...session,
-        frames: frames.slice(first).map((f) => ({ seq: f.seq, offset: f.region?.offset ?? 0, length: f.region?.length ?? 0, receivedAt: f.receivedAt, ringAt: f.ringAt })),
+        frames: frames
+          .slice(first)
+          .map((f) => ({
+            seq: f.seq,
+            offset: f.region?.offset ?? 0,
+            length: f.region?.length ?? 0,
+            receivedAt: f.receivedAt,
+            ringAt: f.ringAt,
+          })),
       };
       const outcomes = await dispatcher.runSession(task);
       let unavailable: IngestOutcome | null = null;

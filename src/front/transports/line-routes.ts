@@ -49,7 +49,11 @@ function registerStream(app: TemplatedApp, pipeline: Pipeline): void {
     // The upload is cut into segments at line ends as it arrives, which a compressed stream has none of.
     const encoding = req.getHeader("content-encoding").trim().toLowerCase();
     if (encoding !== "" && encoding !== "identity") {
-      return refuse({ status: 415, code: "unsupported_content_encoding", message: `Content-Encoding ${JSON.stringify(encoding)} not supported on /ingest/stream; send it uncompressed` });
+      return refuse({
+        status: 415,
+        code: "unsupported_content_encoding",
+        message: `Content-Encoding ${JSON.stringify(encoding)} not supported on /ingest/stream; send it uncompressed`,
+      });
     }
     const { key } = admitted;
 
@@ -106,9 +110,22 @@ function registerStream(app: TemplatedApp, pipeline: Pipeline): void {
       }
       // The whole upload as one outcome, so /stats and the events metric count the lines it committed.
       const summary: IngestOutcome = {
-        kind: "done", batchId: "", priority: 0, received: totals.total, accepted: totals.inserted, rejected: totals.failed, duplicates: 0,
-        errors: [], errorsTruncated: false, message: error ?? "", first: null, validatedAt: 0, committedAt: 0, copyMs: 0,
-        byEntity: [...byEntity].map(([entity, processed]): EntityCount => ({ entity, processed })), records: null,
+        kind: "done",
+        batchId: "",
+        priority: 0,
+        received: totals.total,
+        accepted: totals.inserted,
+        rejected: totals.failed,
+        duplicates: 0,
+        errors: [],
+        errorsTruncated: false,
+        message: error ?? "",
+        first: null,
+        validatedAt: 0,
+        committedAt: 0,
+        copyMs: 0,
+        byEntity: [...byEntity].map(([entity, processed]): EntityCount => ({ entity, processed })),
+        records: null,
       };
       telemetry.acknowledged(LINE_ROUTER, "http", receivedAt, summary);
     };
@@ -167,8 +184,18 @@ function registerStream(app: TemplatedApp, pipeline: Pipeline): void {
       const batchNo = ++segmentNo;
       const outcome = await submitter.commit(
         {
-          stream: LINE_ROUTER, format: "text", encoding: "identity", envelope: false, region, requestId: randomUUID(), priority: 0, receivedAt, ringAt: now(),
-          source: "http /ingest/stream", recordBatch: true, recordOutcomes: perLine,
+          stream: LINE_ROUTER,
+          format: "text",
+          encoding: "identity",
+          envelope: false,
+          region,
+          requestId: randomUUID(),
+          priority: 0,
+          receivedAt,
+          ringAt: now(),
+          source: "http /ingest/stream",
+          recordBatch: true,
+          recordOutcomes: perLine,
         },
         key,
         { retryUntil: now() + limits.overloadDeadlineMs, wanted: () => !aborted },
@@ -203,7 +230,21 @@ function registerStream(app: TemplatedApp, pipeline: Pipeline): void {
 }
 
 export function registerLineRoutes(app: TemplatedApp, pipeline: Pipeline): void {
-  registerIngestRoute(app, pipeline, { route: "/ingest/message", pattern: "/ingest/message", stream: LINE_ROUTER, envelope: false, format: "text", render: lineMessageAnswer });
-  registerIngestRoute(app, pipeline, { route: "/ingest/batch", pattern: "/ingest/batch", stream: LINE_ROUTER, envelope: false, format: "text", render: lineBatchAnswer });
+  registerIngestRoute(app, pipeline, {
+    route: "/ingest/message",
+    pattern: "/ingest/message",
+    stream: LINE_ROUTER,
+    envelope: false,
+    format: "text",
+    render: lineMessageAnswer,
+  });
+  registerIngestRoute(app, pipeline, {
+    route: "/ingest/batch",
+    pattern: "/ingest/batch",
+    stream: LINE_ROUTER,
+    envelope: false,
+    format: "text",
+    render: lineBatchAnswer,
+  });
   registerStream(app, pipeline);
 }

@@ -70,7 +70,13 @@ export interface WsSettings {
   idleTimeoutSeconds: number;
 }
 
-export function registerWebSocket(app: TemplatedApp, pipeline: Pipeline, settings: WsSettings, http: HttpPolicy, sessions: ProducerSessions): WsServer {
+export function registerWebSocket(
+  app: TemplatedApp,
+  pipeline: Pipeline,
+  settings: WsSettings,
+  http: HttpPolicy,
+  sessions: ProducerSessions,
+): WsServer {
   const { auth, admission, ring, submitter, telemetry, metrics, limits } = pipeline;
   const window = settings.window;
   const maxFrame = settings.maxFrameBytes;
@@ -83,7 +89,14 @@ export function registerWebSocket(app: TemplatedApp, pipeline: Pipeline, setting
   const hello = (c: Connection) =>
     c.session === null
       ? JSON.stringify({ type: "hello", stream: c.stream.name, window, max_frame_bytes: maxFrame })
-      : JSON.stringify({ type: "hello", stream: c.stream.name, window, max_frame_bytes: maxFrame, producer: c.session.producer, committed_seq: c.session.committedSeq });
+      : JSON.stringify({
+          type: "hello",
+          stream: c.stream.name,
+          window,
+          max_frame_bytes: maxFrame,
+          producer: c.session.producer,
+          committed_seq: c.session.committedSeq,
+        });
 
   function flushAcks(ws: WebSocket<Connection>, c: Connection): void {
     if (!c.open) return;
@@ -164,9 +177,10 @@ export function registerWebSocket(app: TemplatedApp, pipeline: Pipeline, setting
     if (!c.open) return;
     if (outcome.kind === "superseded") return supersede(ws);
     if (outcome.kind === "db_unavailable" || outcome.kind === "failed") {
-      const [code, reason] = outcome.kind === "failed"
-        ? [CLOSE_INTERNAL_ERROR, "frame not committed; reconnect and resend from committed_seq"]
-        : [CLOSE_TRY_AGAIN_LATER, "database unavailable; reconnect and resend from committed_seq"];
+      const [code, reason] =
+        outcome.kind === "failed"
+          ? [CLOSE_INTERNAL_ERROR, "frame not committed; reconnect and resend from committed_seq"]
+          : [CLOSE_TRY_AGAIN_LATER, "database unavailable; reconnect and resend from committed_seq"];
       close(ws, code, reason);
       c.pending.length = 0;
       checkIdle();
@@ -270,7 +284,8 @@ export function registerWebSocket(app: TemplatedApp, pipeline: Pipeline, setting
     for (const ws of [...sockets]) {
       const c = ws.getUserData();
       const key = auth.keys.current(c.key);
-      if (key === null || !mayWrite(key, c.stream.name)) close(ws, CLOSE_POLICY_VIOLATION, "API key revoked or no longer allowed on this stream");
+      if (key === null || !mayWrite(key, c.stream.name))
+        close(ws, CLOSE_POLICY_VIOLATION, "API key revoked or no longer allowed on this stream");
       else c.key = key;
     }
   });
@@ -279,15 +294,28 @@ export function registerWebSocket(app: TemplatedApp, pipeline: Pipeline, setting
   function admitUpgrade(req: HttpRequest, caller: ApiKey | Denial, name: string, producer: string | undefined): Admitted | Refusal {
     // uWS routes here on a 24-character Sec-WebSocket-Key alone; RFC 6455 §4.2.1 asks for the rest too.
     if (!/^websocket$/i.test(req.getHeader("upgrade").trim()) || !/(^|,)\s*upgrade\s*(,|$)/i.test(req.getHeader("connection"))) {
-      return { status: 400, code: "bad_request", message: "not a WebSocket upgrade: Upgrade: websocket and Connection: Upgrade are required" };
+      return {
+        status: 400,
+        code: "bad_request",
+        message: "not a WebSocket upgrade: Upgrade: websocket and Connection: Upgrade are required",
+      };
     }
     if (req.getHeader("sec-websocket-version") !== "13") {
-      return { status: 426, code: "upgrade_required", message: "unsupported WebSocket version; this server speaks version 13", headers: { "Sec-WebSocket-Version": "13" } };
+      return {
+        status: 426,
+        code: "upgrade_required",
+        message: "unsupported WebSocket version; this server speaks version 13",
+        headers: { "Sec-WebSocket-Version": "13" },
+      };
     }
     // A page from any site its browser shows could otherwise open a stream with a key it holds or guesses.
     const origin = req.getHeader("origin");
     if (!http.allowsUpgrade(origin)) {
-      return { status: 403, code: "origin_not_allowed", message: `WebSocket from origin ${JSON.stringify(origin)} not allowed (cors.allowedOrigins)` };
+      return {
+        status: 403,
+        code: "origin_not_allowed",
+        message: `WebSocket from origin ${JSON.stringify(origin)} not allowed (cors.allowedOrigins)`,
+      };
     }
     if (producer !== undefined) {
       const bad = producerIdError(producer);
@@ -296,7 +324,11 @@ export function registerWebSocket(app: TemplatedApp, pipeline: Pipeline, setting
     // Mixed TPC-H lines only in a producer session: its frames commit in order, so an order's line items
     // never commit before it (plain frames commit out of order on different workers).
     if (name === LINE_ROUTER && producer === undefined) {
-      return { status: 400, code: "bad_request", message: `stream "${name}" takes mixed TPC-H lines only in a producer session: /v1/ws?stream=${name}&producer=<id>` };
+      return {
+        status: 400,
+        code: "bad_request",
+        message: `stream "${name}" takes mixed TPC-H lines only in a producer session: /v1/ws?stream=${name}&producer=<id>`,
+      };
     }
     const admitted = admission.admit(caller, name, false);
     if (isRefusal(admitted) && admitted.status === 404) {
@@ -332,7 +364,15 @@ export function registerWebSocket(app: TemplatedApp, pipeline: Pipeline, setting
         refuse(admitted);
         return;
       }
-      const conn: Connection = { stream: admitted.stream, seq: 0, pending: [], open: true, key: admitted.key, throttle: null, session: null };
+      const conn: Connection = {
+        stream: admitted.stream,
+        seq: 0,
+        pending: [],
+        open: true,
+        key: admitted.key,
+        throttle: null,
+        session: null,
+      };
       if (producer === undefined) {
         res.upgrade(conn, key, protocol, extensions, context);
         return;
@@ -357,7 +397,12 @@ export function registerWebSocket(app: TemplatedApp, pipeline: Pipeline, setting
         },
         () => {
           if (aborted) return;
-          refuse({ status: 503, code: "database_unavailable", message: "database unavailable; cannot open the producer session, retry later", headers: { "Retry-After": String(limits.retryAfterSeconds) } });
+          refuse({
+            status: 503,
+            code: "database_unavailable",
+            message: "database unavailable; cannot open the producer session, retry later",
+            headers: { "Retry-After": String(limits.retryAfterSeconds) },
+          });
         },
       );
     },
@@ -374,7 +419,13 @@ export function registerWebSocket(app: TemplatedApp, pipeline: Pipeline, setting
         session.chain = new SessionChain<Frame>(
           submitter,
           ring,
-          { stream, format: c.stream.formats.includes("json") ? "auto" : "text", producer: session.producer, epoch: session.epoch, source: "ws" },
+          {
+            stream,
+            format: c.stream.formats.includes("json") ? "auto" : "text",
+            producer: session.producer,
+            epoch: session.epoch,
+            source: "ws",
+          },
           () => c.key,
           limits.overloadDeadlineMs,
           (frame, outcome) => settleSessionFrame(ws, c, frame, outcome),
