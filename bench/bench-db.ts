@@ -95,7 +95,7 @@ export async function startBenchDb(log: (line: string) => void, env: NodeJS.Proc
       url,
       embedded: isEmbedded,
       version,
-      postmasterPid: () => (embedded ? embedded.pid() ?? null : localPostmaster),
+      postmasterPid: () => (embedded ? (embedded.pid() ?? null) : localPostmaster),
       query: (sql, params) => pool.query(sql, params as any[]),
       async close() {
         await pool.end().catch(() => undefined);

@@ -116,7 +116,11 @@ export async function measureCopyCeiling(
   commitSqlOptions: { rows: number; batchSize: number; dedup: boolean; streams: number } | null = null,
 ): Promise<CeilingResult> {
   const stream = benchStream();
-  const sql = copyStatement(schema, stream.table, stream.columns.map((c) => c.name));
+  const sql = copyStatement(
+    schema,
+    stream.table,
+    stream.columns.map((c) => c.name),
+  );
   const prepared = prepareRows(totalRows);
   const chunks = chunk(prepared.rows, ROWS_PER_CHUNK);
   const bytes = chunks.reduce((a, c) => a + c.length, 0);
@@ -154,7 +158,9 @@ export async function measureCopyCeiling(
       }
     });
     commitSql = { ...run, batch_size: batchSize, dedup: target.dedup !== null };
-    log(`daemon's commit SQL, ${n} streams, ${batchSize}-row batches${commitSql.dedup ? ", dedup id claim" : ""}: ${run.rows_per_s.toLocaleString("en-US")} rows/s`);
+    log(
+      `daemon's commit SQL, ${n} streams, ${batchSize}-row batches${commitSql.dedup ? ", dedup id claim" : ""}: ${run.rows_per_s.toLocaleString("en-US")} rows/s`,
+    );
   }
   await resetTable(db, schema);
   return {

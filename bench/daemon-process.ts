@@ -83,7 +83,10 @@ export async function startDaemon(options: {
   let listening: Record<string, unknown>;
   try {
     listening = await new Promise<Record<string, unknown>>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`daemon did not start within ${options.startTimeoutMs} ms:\n${output.join("\n")}`)), options.startTimeoutMs);
+      const timer = setTimeout(
+        () => reject(new Error(`daemon did not start within ${options.startTimeoutMs} ms:\n${output.join("\n")}`)),
+        options.startTimeoutMs,
+      );
       onListening = (entry) => {
         clearTimeout(timer);
         resolve(entry);

@@ -11,8 +11,16 @@ export const ID_DIGITS = 10;
 
 const SERVICES = ["checkout", "payments", "search", "inventory", "auth-gateway", "notifications", "catalog", "shipping"];
 const EVENT_TYPES = [
-  "order.created", "order.item_added", "payment.authorized", "search.query",
-  "user.login", "page.view", "cart.abandoned", "shipment.dispatched", "stock.reserved", "email.sent",
+  "order.created",
+  "order.item_added",
+  "payment.authorized",
+  "search.query",
+  "user.login",
+  "page.view",
+  "cart.abandoned",
+  "shipment.dispatched",
+  "stock.reserved",
+  "email.sent",
 ];
 const CURRENCIES = ["EUR", "USD", "GBP", "JPY"];
 

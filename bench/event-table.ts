@@ -44,10 +44,9 @@ export async function resetTable(db: BenchDb, schema: string): Promise<void> {
 export async function countByPrefix(db: BenchDb, schema: string, prefix: string): Promise<number> {
   if (/[%_\\]/.test(prefix)) throw new Error(`prefix with LIKE wildcards: ${prefix}`);
   const stream = benchStream();
-  const r = await db.query<{ n: string }>(
-    `SELECT count(*) AS n FROM ${qualifiedName(schema, stream.table)} WHERE event_id LIKE $1`,
-    [`${prefix}%`],
-  );
+  const r = await db.query<{ n: string }>(`SELECT count(*) AS n FROM ${qualifiedName(schema, stream.table)} WHERE event_id LIKE $1`, [
+    `${prefix}%`,
+  ]);
   return Number(r.rows[0].n);
 }
 

@@ -67,7 +67,4 @@ export interface GeneratorResult {
 }
 
 export type ToGenerator = { type: "run"; spec: GeneratorSpec } | { type: "go" };
-export type FromGenerator =
-  | { type: "ready" }
-  | { type: "result"; result: GeneratorResult }
-  | { type: "failed"; message: string };
+export type FromGenerator = { type: "ready" } | { type: "result"; result: GeneratorResult } | { type: "failed"; message: string };

@@ -221,10 +221,16 @@ async function verify(
   const distinct = await countDistinctByPrefix(ctx.db, ctx.schema, prefix);
   const doubled = rows - distinct;
   if (doubled === 0 && rows > accepted && rows <= accepted + unackedEvents) {
-    return { verdict: "OK+", note: `rows ${rows} = accepted ${accepted} + ${rows - accepted} of ${unackedEvents} events in unacknowledged frames${unsettled}` };
+    return {
+      verdict: "OK+",
+      note: `rows ${rows} = accepted ${accepted} + ${rows - accepted} of ${unackedEvents} events in unacknowledged frames${unsettled}`,
+    };
   }
   const what = rows < accepted ? `${accepted - rows} acknowledged events missing` : `${rows - accepted} rows more than accepted`;
-  return { verdict: "MISMATCH", note: `rows ${rows} != accepted ${accepted}: ${what}${doubled > 0 ? `, ${doubled} stored twice` : ""}${unsettled}` };
+  return {
+    verdict: "MISMATCH",
+    note: `rows ${rows} != accepted ${accepted}: ${what}${doubled > 0 ? `, ${doubled} stored twice` : ""}${unsettled}`,
+  };
 }
 
 export async function runLoadPhase(spec: PhaseSpec, ctx: PhaseContext): Promise<PhaseResult> {

@@ -44,8 +44,17 @@ export interface BenchOptions {
 
 /** Daemon settings passed through from the bench's environment when set (the overrides of docs/operations.md#configuration). */
 export const DAEMON_ENV_KEYS = [
-  "WORKERS", "RING_MB", "BATCH_SIZE", "BATCH_TIMEOUT_MS", "MAX_BATCH_MEMORY_MB", "MAX_BODY_MB",
-  "WS_WINDOW", "WS_MAX_FRAME_BYTES", "OVERLOAD_DEADLINE_MS", "LOG_LEVEL", "INGESTD_CONFIG",
+  "WORKERS",
+  "RING_MB",
+  "BATCH_SIZE",
+  "BATCH_TIMEOUT_MS",
+  "MAX_BATCH_MEMORY_MB",
+  "MAX_BODY_MB",
+  "WS_WINDOW",
+  "WS_MAX_FRAME_BYTES",
+  "OVERLOAD_DEADLINE_MS",
+  "LOG_LEVEL",
+  "INGESTD_CONFIG",
 ] as const;
 
 export const DEFAULT_OPTIONS: BenchOptions = {
@@ -78,7 +87,10 @@ function positiveNumber(name: string, raw: string | undefined): number | undefin
 
 function phaseList(name: string, raw: string | undefined): PhaseName[] | undefined {
   if (raw === undefined || raw === "") return undefined;
-  const list = raw.split(",").map((s) => s.trim()).filter(Boolean);
+  const list = raw
+    .split(",")
+    .map((s) => s.trim())
+    .filter(Boolean);
   for (const p of list) {
     if (!(PHASES as readonly string[]).includes(p)) throw new Error(`${name}: unknown phase "${p}"; use ${PHASES.join(",")}`);
   }
@@ -125,7 +137,8 @@ DATABASE_URL: use that server (a fresh database is created and dropped) instead 
 /** Options from the environment, then flags (flags win). */
 export function optionsFromEnv(env: NodeJS.ProcessEnv, argv: string[], defaultJsonPath: string): BenchOptions {
   const { values } = parseArgs({ args: argv, options: FLAGS, strict: true, allowPositionals: true });
-  const pick = (flag: string | undefined, envName: string) => positiveNumber(flag !== undefined ? `--${envName}` : envName, flag ?? env[envName]);
+  const pick = (flag: string | undefined, envName: string) =>
+    positiveNumber(flag !== undefined ? `--${envName}` : envName, flag ?? env[envName]);
   const o: BenchOptions = { ...DEFAULT_OPTIONS, daemonEnv: {}, phases: [...DEFAULT_OPTIONS.phases] };
   o.durationS = pick(values.duration, "BENCH_DURATION_S") ?? o.durationS;
   o.warmupS = pick(values.warmup, "BENCH_WARMUP_S") ?? o.warmupS;
@@ -140,7 +153,8 @@ export function optionsFromEnv(env: NodeJS.ProcessEnv, argv: string[], defaultJs
   o.drainTimeoutS = positiveNumber("BENCH_DRAIN_TIMEOUT_S", env.BENCH_DRAIN_TIMEOUT_S) ?? o.drainTimeoutS;
   o.phases = phaseList("--phases", values.phases) ?? phaseList("BENCH_PHASES", env.BENCH_PHASES) ?? o.phases;
   const dedup = values.dedup ?? env.BENCH_DEDUP ?? "default";
-  if (dedup !== "default" && dedup !== "on" && dedup !== "off") throw new Error(`--dedup / BENCH_DEDUP: expected on or off, got ${JSON.stringify(dedup)}`);
+  if (dedup !== "default" && dedup !== "on" && dedup !== "off")
+    throw new Error(`--dedup / BENCH_DEDUP: expected on or off, got ${JSON.stringify(dedup)}`);
   o.dedup = dedup;
   const auth = env.BENCH_AUTH ?? "on";
   if (auth !== "on" && auth !== "off") throw new Error(`BENCH_AUTH: expected on or off, got ${JSON.stringify(auth)}`);

@@ -158,7 +158,8 @@ export class CpuMeter {
 
   read(cores: number): CpuShare {
     const wall = (Date.now() - this.startedAt) / 1000;
-    const per = (a: number | null, b: number | null) => (a === null || b === null || wall <= 0 ? null : Math.round(((b - a) / wall) * 100) / 100);
+    const per = (a: number | null, b: number | null) =>
+      a === null || b === null || wall <= 0 ? null : Math.round(((b - a) / wall) * 100) / 100;
     const m = machineCpuSeconds();
     return {
       wall_s: Math.round(wall * 100) / 100,

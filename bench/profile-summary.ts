@@ -63,9 +63,15 @@ export function summarize(file: string, top: number): string {
   const lines = [
     `${path.basename(file)}: ${(total / 1e6).toFixed(2)} s busy of ${(wall / 1e6).toFixed(2)} s (${((100 * total) / Math.max(1, wall)).toFixed(0)}%), idle ${(idle / 1e6).toFixed(2)} s`,
     "  by module:",
-    ...[...byModule].sort((a, b) => b[1] - a[1]).slice(0, top).map(([m, us]) => `    ${pct(us)}  ${m}`),
+    ...[...byModule]
+      .sort((a, b) => b[1] - a[1])
+      .slice(0, top)
+      .map(([m, us]) => `    ${pct(us)}  ${m}`),
     "  by function (self time):",
-    ...[...byFunction].sort((a, b) => b[1] - a[1]).slice(0, top).map(([f, us]) => `    ${pct(us)}  ${f}`),
+    ...[...byFunction]
+      .sort((a, b) => b[1] - a[1])
+      .slice(0, top)
+      .map(([f, us]) => `    ${pct(us)}  ${f}`),
   ];
   return lines.join("\n");
 }
@@ -77,6 +83,9 @@ if (require.main === module) {
     process.stderr.write("usage: node dist/bench/profile-summary.js DIR [top]\n");
     process.exit(64);
   }
-  const files = fs.readdirSync(dir).filter((f) => f.endsWith(".cpuprofile")).map((f) => path.join(dir, f));
+  const files = fs
+    .readdirSync(dir)
+    .filter((f) => f.endsWith(".cpuprofile"))
+    .map((f) => path.join(dir, f));
   for (const file of files) process.stdout.write(`${summarize(file, top)}\n\n`);
 }

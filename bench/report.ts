@@ -96,7 +96,11 @@ function pad(s: string, width: number, right = false): string {
 
 function table(header: string[], rows: string[][], rightFrom = 1): string[] {
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
-  const line = (r: string[]) => r.map((c, i) => pad(c, widths[i], i >= rightFrom)).join("  ").trimEnd();
+  const line = (r: string[]) =>
+    r
+      .map((c, i) => pad(c, widths[i], i >= rightFrom))
+      .join("  ")
+      .trimEnd();
   return [line(header), ...rows.map(line)];
 }
 
@@ -110,15 +114,23 @@ export function renderReport(r: BenchReport): string {
   const out: string[] = [];
   const m = r.machine;
   out.push(`ingestd bench — ${r.started_at} (${r.total_seconds.toFixed(0)} s)`);
-  out.push(`machine   ${m.cpu_model} × ${m.cores} cores (${m.available_parallelism} usable), ${m.memory_gib} GiB, ${m.os}, Node ${m.node}, load avg ${m.loadavg_at_start.map((x) => x.toFixed(2)).join(" ")}`);
+  out.push(
+    `machine   ${m.cpu_model} × ${m.cores} cores (${m.available_parallelism} usable), ${m.memory_gib} GiB, ${m.os}, Node ${m.node}, load avg ${m.loadavg_at_start.map((x) => x.toFixed(2)).join(" ")}`,
+  );
   out.push(`postgres  ${r.postgres.version} (${r.postgres.embedded ? "embedded, temp dir" : "DATABASE_URL, fresh database"})`);
   if (r.daemon) {
     const d = r.daemon;
-    const env = Object.entries(d.env).map(([k, v]) => `${k}=${v}`).join(" ");
-    out.push(`daemon    workers ${d.workers}, batch ${d.batch_size} rows / ${d.batch_timeout_ms} ms / ${d.max_batch_memory_mb} MiB, ring ${d.ring_mb} MiB, WS window ${d.ws_window}, dedup ${d.dedup === null ? "?" : d.dedup ? "on" : "off"}, auth: ${d.auth}${env ? `  [${env}]` : ""}${d.node_args.length ? `  node ${d.node_args.join(" ")}` : ""}`);
+    const env = Object.entries(d.env)
+      .map(([k, v]) => `${k}=${v}`)
+      .join(" ");
+    out.push(
+      `daemon    workers ${d.workers}, batch ${d.batch_size} rows / ${d.batch_timeout_ms} ms / ${d.max_batch_memory_mb} MiB, ring ${d.ring_mb} MiB, WS window ${d.ws_window}, dedup ${d.dedup === null ? "?" : d.dedup ? "on" : "off"}, auth: ${d.auth}${env ? `  [${env}]` : ""}${d.node_args.length ? `  node ${d.node_args.join(" ")}` : ""}`,
+    );
   }
   const o = r.options;
-  out.push(`load      ${o.generators} generator processes per phase, ${o.eventsPerFrame} events per frame/request${r.event_bytes_avg ? ` (~${r.event_bytes_avg} B/event)` : ""}, ${o.durationS} s per phase`);
+  out.push(
+    `load      ${o.generators} generator processes per phase, ${o.eventsPerFrame} events per frame/request${r.event_bytes_avg ? ` (~${r.event_bytes_avg} B/event)` : ""}, ${o.durationS} s per phase`,
+  );
   out.push("");
 
   if (r.copy_ceiling) {
@@ -127,7 +139,20 @@ export function renderReport(r: BenchReport): string {
     const runs = c.commit_sql ? [...c.runs, c.commit_sql] : c.runs;
     out.push(
       ...table(
-        ["", "rows/s", "MiB/s", "rows", "seconds", "verified", "pg cores", "busy cores", "pg+client µs/row", "capacity rows/s", "xacts", "WAL B/row"],
+        [
+          "",
+          "rows/s",
+          "MiB/s",
+          "rows",
+          "seconds",
+          "verified",
+          "pg cores",
+          "busy cores",
+          "pg+client µs/row",
+          "capacity rows/s",
+          "xacts",
+          "WAL B/row",
+        ],
         runs.map((run) => [
           run === c.commit_sql
             ? `  daemon's commit SQL: ${run.streams} conns, ${c.commit_sql.batch_size}-row transactions${c.commit_sql.dedup ? ", dedup id claim" : ""}`
@@ -150,12 +175,30 @@ export function renderReport(r: BenchReport): string {
     out.push("");
   }
 
-  if (r.warmup) out.push(`warm-up   ${int(r.warmup.events_per_s)} events/s over WebSocket (not measured), rows ${r.warmup.verified ? "OK" : "MISMATCH"}`);
+  if (r.warmup)
+    out.push(
+      `warm-up   ${int(r.warmup.events_per_s)} events/s over WebSocket (not measured), rows ${r.warmup.verified ? "OK" : "MISMATCH"}`,
+    );
   if (r.phases.length > 0) {
     out.push("daemon phases — events/s = accepted events / (first send → last ack); latency = send (paced: intended send) → ack");
     out.push(
       ...table(
-        ["", "events/s", "p50 ms", "p95 ms", "p99 ms", "max ms", "accepted", "rows", "verify", "RSS MiB", "daemon (main)", "pg", "gens", "busy"],
+        [
+          "",
+          "events/s",
+          "p50 ms",
+          "p95 ms",
+          "p99 ms",
+          "max ms",
+          "accepted",
+          "rows",
+          "verify",
+          "RSS MiB",
+          "daemon (main)",
+          "pg",
+          "gens",
+          "busy",
+        ],
         r.phases.map((p) => [
           `  ${phaseLabel(p)}`,
           int(p.events_per_s),
@@ -174,9 +217,13 @@ export function renderReport(r: BenchReport): string {
         ]),
       ),
     );
-    out.push("  (daemon / pg / gens / busy: CPU cores used by the daemon (its main thread), PostgreSQL, the load generators, the whole machine)");
+    out.push(
+      "  (daemon / pg / gens / busy: CPU cores used by the daemon (its main thread), PostgreSQL, the load generators, the whole machine)",
+    );
     out.push("");
-    out.push(`CPU per accepted event, µs (robust to other load on the machine) and the rate it allows on ${r.machine.available_parallelism} idle cores`);
+    out.push(
+      `CPU per accepted event, µs (robust to other load on the machine) and the rate it allows on ${r.machine.available_parallelism} idle cores`,
+    );
     const us = (n: number | null) => (n === null ? "-" : n.toFixed(1));
     out.push(
       ...table(
@@ -184,7 +231,14 @@ export function renderReport(r: BenchReport): string {
         r.phases.map((p) => {
           const c = p.cpu_us_per_event;
           const total = c.daemon === null || c.postgres === null ? null : c.daemon + c.postgres + c.generators;
-          return [`  ${p.name}`, us(c.daemon), us(c.postgres), us(c.generators), us(total), c.capacity_events_per_s === null ? "-" : int(c.capacity_events_per_s)];
+          return [
+            `  ${p.name}`,
+            us(c.daemon),
+            us(c.postgres),
+            us(c.generators),
+            us(total),
+            c.capacity_events_per_s === null ? "-" : int(c.capacity_events_per_s),
+          ];
         }),
       ),
     );
@@ -195,9 +249,11 @@ export function renderReport(r: BenchReport): string {
       if (p.duplicates > 0) issues.push(`${int(p.duplicates)} duplicates`);
       if (p.failures > 0) issues.push(`${int(p.failures)} failures: ${p.failure_samples.join(" | ")}`);
       if (p.unacked_frames > 0) issues.push(`${int(p.unacked_frames)} frames/requests never acknowledged`);
-      if (p.unsent_frames > 0) issues.push(`${int(p.unsent_frames)} frames due but never sent (window full at the deadline; recorded with their wait so far)`);
+      if (p.unsent_frames > 0)
+        issues.push(`${int(p.unsent_frames)} frames due but never sent (window full at the deadline; recorded with their wait so far)`);
       if (p.unexpected_closes.length > 0) issues.push(`closed by the daemon: ${p.unexpected_closes.join(", ")}`);
-      if (p.mode === "paced" && p.late_sends > 0) issues.push(`${int(p.late_sends)} frames sent late (window full), worst ${ms(p.max_send_lag_ms)} ms`);
+      if (p.mode === "paced" && p.late_sends > 0)
+        issues.push(`${int(p.late_sends)} frames sent late (window full), worst ${ms(p.max_send_lag_ms)} ms`);
       if (issues.length > 0) out.push(`  ! ${p.name}: ${issues.join("; ")}`);
     }
     out.push("");
@@ -230,9 +286,14 @@ export function renderReport(r: BenchReport): string {
 
   if (r.ws_to_copy_ceiling_2 !== null) out.push(`WebSocket / COPY ceiling (2 streams): ${r.ws_to_copy_ceiling_2.toFixed(2)}`);
   if (r.capacity_ratio !== null) {
-    out.push(`at measured CPU cost on ${r.machine.available_parallelism} idle cores: WebSocket ${int(r.capacity_ratio.ws)} events/s vs COPY (2 streams) ${int(r.capacity_ratio.copy)} rows/s = ${r.capacity_ratio.ratio.toFixed(2)} (robust to other load)`);
+    out.push(
+      `at measured CPU cost on ${r.machine.available_parallelism} idle cores: WebSocket ${int(r.capacity_ratio.ws)} events/s vs COPY (2 streams) ${int(r.capacity_ratio.copy)} rows/s = ${r.capacity_ratio.ratio.toFixed(2)} (robust to other load)`,
+    );
   }
-  if (r.daemon) out.push(`daemon peak RSS: ${r.daemon.peak_rss_mib.toFixed(0)} MiB sampled, ${r.daemon.vm_hwm_mib.toFixed(0)} MiB VmHWM; exit ${r.daemon.exit}; ${r.daemon.warnings} warning/error log lines`);
+  if (r.daemon)
+    out.push(
+      `daemon peak RSS: ${r.daemon.peak_rss_mib.toFixed(0)} MiB sampled, ${r.daemon.vm_hwm_mib.toFixed(0)} MiB VmHWM; exit ${r.daemon.exit}; ${r.daemon.warnings} warning/error log lines`,
+    );
   out.push("");
   out.push("targets (docs/performance.md, 2 cores, generators on the same machine)");
   out.push(

@@ -89,7 +89,15 @@ function phaseSpec(name: PhaseName, o: BenchOptions): PhaseSpec {
     case "http":
       return { ...base, name: "http", mode: "http", idPrefix: "http-", connections: 0, concurrency: o.httpConcurrency, rate: 0 };
     case "paced":
-      return { ...base, name: "paced", mode: "paced", idPrefix: "paced-", connections: o.pacedConnections, concurrency: 0, rate: o.pacedRate };
+      return {
+        ...base,
+        name: "paced",
+        mode: "paced",
+        idPrefix: "paced-",
+        connections: o.pacedConnections,
+        concurrency: 0,
+        rate: o.pacedRate,
+      };
     default:
       throw new Error(`not a load phase: ${name}`);
   }
@@ -106,7 +114,10 @@ export function runBench(argv: string[]): Promise<number>;
  * itself could not run; a daemon that misses targets or fails verification is reported, not thrown.
  */
 export function runBench(options?: Partial<BenchOptions>, out?: NodeJS.WritableStream): Promise<BenchReport>;
-export function runBench(arg: string[] | Partial<BenchOptions> = {}, out: NodeJS.WritableStream = process.stdout): Promise<number | BenchReport> {
+export function runBench(
+  arg: string[] | Partial<BenchOptions> = {},
+  out: NodeJS.WritableStream = process.stdout,
+): Promise<number | BenchReport> {
   return Array.isArray(arg) ? runFromArgv(arg) : runWithOptions({ ...DEFAULT_OPTIONS, ...arg }, out);
 }
 
@@ -188,9 +199,10 @@ async function runWithOptions(options: BenchOptions, out: NodeJS.WritableStream)
     const dedupOn = options.dedup === "default" ? streamDedups(config) : options.dedup === "on";
     let ceiling: CeilingResult | null = null;
     if (options.phases.includes("copy")) {
-      const commitSql = options.commitSqlRows > 0
-        ? { rows: options.commitSqlRows, batchSize: config?.batchSize ?? 5000, dedup: dedupOn, streams: config?.workers ?? 2 }
-        : null;
+      const commitSql =
+        options.commitSqlRows > 0
+          ? { rows: options.commitSqlRows, batchSize: config?.batchSize ?? 5000, dedup: dedupOn, streams: config?.workers ?? 2 }
+          : null;
       ceiling = await measureCopyCeiling(db, schema, options.copyRows, [1, 2], cores, log, commitSql);
     }
 
@@ -235,7 +247,9 @@ async function runWithOptions(options: BenchOptions, out: NodeJS.WritableStream)
       }
       for (const name of loadPhases) {
         const spec = phaseSpec(name, options);
-        log(`${name}: ${spec.durationS} s, ${name === "http" ? `${spec.concurrency} requests in flight` : `${spec.connections} connections`}${name === "paced" ? ` at ${spec.rate} events/s` : ""}`);
+        log(
+          `${name}: ${spec.durationS} s, ${name === "http" ? `${spec.concurrency} requests in flight` : `${spec.connections} connections`}${name === "paced" ? ` at ${spec.rate} events/s` : ""}`,
+        );
         const result = await runLoadPhase(spec, ctx);
         phases.push(result);
         log(
@@ -252,11 +266,11 @@ async function runWithOptions(options: BenchOptions, out: NodeJS.WritableStream)
       const exit = await daemon.stop(30_000);
       children.delete(daemon.child);
       daemonInfo = {
-        workers: typeof daemon.listening.workers === "number" ? daemon.listening.workers : config?.workers ?? null,
+        workers: typeof daemon.listening.workers === "number" ? daemon.listening.workers : (config?.workers ?? null),
         batch_size: config?.batchSize ?? null,
         batch_timeout_ms: config?.batchTimeoutMs ?? null,
         max_batch_memory_mb: config?.maxBatchMemoryMb ?? null,
-        ring_mb: typeof daemon.listening.ring_mb === "number" ? daemon.listening.ring_mb : config?.ringMb ?? null,
+        ring_mb: typeof daemon.listening.ring_mb === "number" ? daemon.listening.ring_mb : (config?.ringMb ?? null),
         ws_window: config?.ws.window ?? null,
         dedup: config ? streamDedups(config) : null,
         auth: options.auth ? "bench API key" : "as configured",
@@ -275,7 +289,9 @@ async function runWithOptions(options: BenchOptions, out: NodeJS.WritableStream)
     const ratio = ws && copy2 ? Math.round((ws.events_per_s / copy2.rows_per_s) * 100) / 100 : null;
     const notes: string[] = [];
     if (machine.loadavg_at_start[0] > 0.5 * cores) {
-      notes.push(`load average ${machine.loadavg_at_start[0]} at start on ${cores} cores: the machine was busy; compare ratios within this run`);
+      notes.push(
+        `load average ${machine.loadavg_at_start[0]} at start on ${cores} cores: the machine was busy; compare ratios within this run`,
+      );
     }
     const verified =
       phases.every((p) => p.verified) && (warmup?.verified ?? true) && (ceiling?.runs.every((r) => r.rows_verified === r.rows) ?? true);

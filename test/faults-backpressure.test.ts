@@ -118,7 +118,13 @@ describe("PostgreSQL falls behind a small ring", () => {
 
     // PostgreSQL is back: work resumes without any help.
     const before = total(all).ackedUnits;
-    await until("acks to resume after SIGCONT", () => total(all).ackedUnits >= before + 20, 30_000, 50, () => JSON.stringify(total(all).outcomes));
+    await until(
+      "acks to resume after SIGCONT",
+      () => total(all).ackedUnits >= before + 20,
+      30_000,
+      50,
+      () => JSON.stringify(total(all).outcomes),
+    );
     await Promise.all(all.map((p) => p.stop({ drain: true, timeoutMs: 30_000 })));
     ring.stop();
     const rssPeak = rss.stop();
@@ -180,7 +186,10 @@ describe("PostgreSQL falls behind a small ring", () => {
       // One more request: it waits for ring space (503 overloaded) or gets in once stalled commits are given up
       // and its own commit stalls on the lock (503 database_unavailable); either way after the deadline.
       const probeAt = Date.now();
-      const refused = await post(`${d.base}/v1/streams/events/events`, JSON.stringify(Array.from({ length: 1000 }, (_, i) => event(`lk-probe-${i}`))));
+      const refused = await post(
+        `${d.base}/v1/streams/events/events`,
+        JSON.stringify(Array.from({ length: 1000 }, (_, i) => event(`lk-probe-${i}`))),
+      );
       refusedAfterMs = Date.now() - probeAt;
       overloaded.push(`${refused.status} ${refused.json?.error} retry-after=${refused.headers.get("retry-after")}`);
       healthWhileLocked = await Promise.all([health(d.base), health(d.base)].map((p) => p.then((h) => h.status)));
@@ -190,7 +199,13 @@ describe("PostgreSQL falls behind a small ring", () => {
     }
     const lockedMs = Date.now() - lockedAt;
     const before = total(all).ackedUnits;
-    await until("acks to resume after the lock", () => total(all).ackedUnits >= before + 20, 30_000, 50, () => JSON.stringify(total(all).outcomes));
+    await until(
+      "acks to resume after the lock",
+      () => total(all).ackedUnits >= before + 20,
+      30_000,
+      50,
+      () => JSON.stringify(total(all).outcomes),
+    );
     await Promise.all(all.map((p) => p.stop({ drain: true, timeoutMs: 30_000 })));
     ring.stop();
 
@@ -214,50 +229,56 @@ describe("PostgreSQL falls behind a small ring", () => {
     );
   });
 
-  test(
-    "frozen PostgreSQL: a WebSocket frame and an HTTP request already in the ring are refused (1013 / 503) once the deadline passes, not held until PostgreSQL returns",
-    async () => {
-      const d = await launch(SMALL);
-      const c = await openWs(`${d.wsBase}/v1/ws?stream=events`);
-      c.send(JSON.stringify(event("hung-warm")));
-      await c.waitForAcks(1);
-      freezePostgres(fx.db);
-      const frozenAt = Date.now();
-      let wsClose: { code: number; ms: number } | null = null;
-      let httpAnswer: { status: number; ms: number } | null = null;
-      try {
-        c.send(JSON.stringify([event("hung-ws-1"), event("hung-ws-2")]));
-        void c.closed.then((x) => (wsClose = { code: x.code, ms: Date.now() - frozenAt }));
-        void post(`${d.base}/v1/streams/events/events`, JSON.stringify([event("hung-http-1")])).then(
-          (r) => (httpAnswer = { status: r.status, ms: Date.now() - frozenAt }),
-          () => (httpAnswer = { status: 0, ms: Date.now() - frozenAt }),
-        );
-        // Deadline 1.5 s, database probe 2 s, a resubmission or two: 12 s is ample.
-        await until("the WebSocket close and the HTTP answer", () => wsClose !== null && httpAnswer !== null, 12_000, 100, () =>
-          `ws ${JSON.stringify(wsClose)}, http ${JSON.stringify(httpAnswer)}, acks ${c.acks.length}`,
-        ).catch(() => undefined);
-      } finally {
-        thawPostgres();
-      }
-      console.log(`[faults] hung database: WS ${JSON.stringify(wsClose)}, HTTP ${JSON.stringify(httpAnswer)} (frozen for ${Date.now() - frozenAt} ms)`);
-      assert.equal((wsClose as { code: number } | null)?.code, 1013, "the frame's connection closed 1013 while PostgreSQL was frozen");
-      assert.equal((httpAnswer as { status: number } | null)?.status, 503, "the request was answered 503 while PostgreSQL was frozen");
-      // Refused once the deadline passed, not at once.
-      for (const [what, ms] of [["HTTP answered", (httpAnswer as unknown as { ms: number }).ms], ["WebSocket closed", (wsClose as unknown as { ms: number }).ms]] as const) {
-        assert.ok(ms >= 1400, `${what} after ${ms} ms`);
-      }
-      c.socket.terminate();
-      // The given-up connection is replaced: once PostgreSQL is back, the same daemon commits again.
-      const after = await waitFor(
-        "an answer other than 503 after the thaw",
-        async () => {
-          const r = await post(`${d.base}/v1/streams/events/events`, JSON.stringify([event("hung-after")]));
-          return r.status === 503 ? null : r;
-        },
-        5_000,
-        250,
+  test("frozen PostgreSQL: a WebSocket frame and an HTTP request already in the ring are refused (1013 / 503) once the deadline passes, not held until PostgreSQL returns", async () => {
+    const d = await launch(SMALL);
+    const c = await openWs(`${d.wsBase}/v1/ws?stream=events`);
+    c.send(JSON.stringify(event("hung-warm")));
+    await c.waitForAcks(1);
+    freezePostgres(fx.db);
+    const frozenAt = Date.now();
+    let wsClose: { code: number; ms: number } | null = null;
+    let httpAnswer: { status: number; ms: number } | null = null;
+    try {
+      c.send(JSON.stringify([event("hung-ws-1"), event("hung-ws-2")]));
+      void c.closed.then((x) => (wsClose = { code: x.code, ms: Date.now() - frozenAt }));
+      void post(`${d.base}/v1/streams/events/events`, JSON.stringify([event("hung-http-1")])).then(
+        (r) => (httpAnswer = { status: r.status, ms: Date.now() - frozenAt }),
+        () => (httpAnswer = { status: 0, ms: Date.now() - frozenAt }),
       );
-      assert.equal(after.status, 200, after.text);
-    },
-  );
+      // Deadline 1.5 s, database probe 2 s, a resubmission or two: 12 s is ample.
+      await until(
+        "the WebSocket close and the HTTP answer",
+        () => wsClose !== null && httpAnswer !== null,
+        12_000,
+        100,
+        () => `ws ${JSON.stringify(wsClose)}, http ${JSON.stringify(httpAnswer)}, acks ${c.acks.length}`,
+      ).catch(() => undefined);
+    } finally {
+      thawPostgres();
+    }
+    console.log(
+      `[faults] hung database: WS ${JSON.stringify(wsClose)}, HTTP ${JSON.stringify(httpAnswer)} (frozen for ${Date.now() - frozenAt} ms)`,
+    );
+    assert.equal((wsClose as { code: number } | null)?.code, 1013, "the frame's connection closed 1013 while PostgreSQL was frozen");
+    assert.equal((httpAnswer as { status: number } | null)?.status, 503, "the request was answered 503 while PostgreSQL was frozen");
+    // Refused once the deadline passed, not at once.
+    for (const [what, ms] of [
+      ["HTTP answered", (httpAnswer as unknown as { ms: number }).ms],
+      ["WebSocket closed", (wsClose as unknown as { ms: number }).ms],
+    ] as const) {
+      assert.ok(ms >= 1400, `${what} after ${ms} ms`);
+    }
+    c.socket.terminate();
+    // The given-up connection is replaced: once PostgreSQL is back, the same daemon commits again.
+    const after = await waitFor(
+      "an answer other than 503 after the thaw",
+      async () => {
+        const r = await post(`${d.base}/v1/streams/events/events`, JSON.stringify([event("hung-after")]));
+        return r.status === 503 ? null : r;
+      },
+      5_000,
+      250,
+    );
+    assert.equal(after.status, 200, after.text);
+  });
 });

@@ -50,7 +50,13 @@ test(`SIGKILL at a random moment under load, ${ROUNDS} rounds: every acknowledge
       ...Array.from({ length: 3 }, (_, i) => httpProducer(d.base, { prefix: `${prefix}-h${i}`, perUnit: 100, resend: false })),
     ];
     producers.push(...ps);
-    await until(`round ${round}: load established`, () => ps.every((p) => p.stats.ackedUnits >= 2), 30_000, 20, () => JSON.stringify(total(ps).outcomes));
+    await until(
+      `round ${round}: load established`,
+      () => ps.every((p) => p.stats.ackedUnits >= 2),
+      30_000,
+      20,
+      () => JSON.stringify(total(ps).outcomes),
+    );
     const loadFrom = Date.now();
     const ackedAtLoad = total(ps).ackedEvents;
     await sleep(killAfterMs);
@@ -70,7 +76,9 @@ test(`SIGKILL at a random moment under load, ${ROUNDS} rounds: every acknowledge
     assert.equal(check.missing, 0, `round ${round} (seed ${seed}): acknowledged but missing after kill -9: ${check.missingSample}`);
     assert.equal(check.doubled, 0, `round ${round}: stored twice: ${check.doubledSample}`);
     const rate = Math.round(((t.ackedEvents - ackedAtLoad) / loadMs) * 1000);
-    rounds.push(`round ${round}: BATCH_TIMEOUT_MS=${batchTimeoutMs}, killed after ${killAfterMs} ms at ${rate} events/s; ${t.ackedEvents} acked, ${roundUnacked.length} in flight, lost 0`);
+    rounds.push(
+      `round ${round}: BATCH_TIMEOUT_MS=${batchTimeoutMs}, killed after ${killAfterMs} ms at ${rate} events/s; ${t.ackedEvents} acked, ${roundUnacked.length} in flight, lost 0`,
+    );
     ackedTotal += t.ackedEvents;
     for (const id of allAckedIds(ps)) ackedIdsAll.push(id);
     unacked.push(...roundUnacked);

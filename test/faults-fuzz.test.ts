@@ -61,11 +61,51 @@ const VALID_LINES = [
 ];
 
 const TOKENS = [
-  "{", "}", "[", "]", '"', ",", ":", "\\", "\\u", "\\ud800", "\\u0000", "null", "true", "1e309", "-", "-0", "0x1F", "NaN",
-  "\n", "\r\n", "\r", "\t", "|", "||", "\u0000", "\u2028", "\ud83d\ude00", "\ufeff", "/*", "'", "9".repeat(40), "{}", "[]",
+  "{",
+  "}",
+  "[",
+  "]",
+  '"',
+  ",",
+  ":",
+  "\\",
+  "\\u",
+  "\\ud800",
+  "\\u0000",
+  "null",
+  "true",
+  "1e309",
+  "-",
+  "-0",
+  "0x1F",
+  "NaN",
+  "\n",
+  "\r\n",
+  "\r",
+  "\t",
+  "|",
+  "||",
+  "\u0000",
+  "\u2028",
+  "\ud83d\ude00",
+  "\ufeff",
+  "/*",
+  "'",
+  "9".repeat(40),
+  "{}",
+  "[]",
 ];
 
-const INVALID_UTF8 = [[0xff], [0xfe], [0xc0, 0x80], [0xed, 0xa0, 0x80], [0xf8, 0x88, 0x80, 0x80, 0x80], [0xe2, 0x82], [0x80], [0xf4, 0x90, 0x80, 0x80]];
+const INVALID_UTF8 = [
+  [0xff],
+  [0xfe],
+  [0xc0, 0x80],
+  [0xed, 0xa0, 0x80],
+  [0xf8, 0x88, 0x80, 0x80, 0x80],
+  [0xe2, 0x82],
+  [0x80],
+  [0xf4, 0x90, 0x80, 0x80],
+];
 
 class Generator {
   private n = 0;
@@ -96,7 +136,13 @@ class Generator {
       if (this.random() < 0.3) r.metadata = { k: this.int(100) };
       return r;
     }
-    if (kind === "logs") return { service_name: "svc", severity: this.pick(["INFO", "WARN", "ERROR", "DEBUG", "CRITICAL"]), message: `m ${this.id()}`, payload: { a: 1 } };
+    if (kind === "logs")
+      return {
+        service_name: "svc",
+        severity: this.pick(["INFO", "WARN", "ERROR", "DEBUG", "CRITICAL"]),
+        message: `m ${this.id()}`,
+        payload: { a: 1 },
+      };
     return { event_id: this.uuid(), user_id: "u1", event_type: "view", event_time: this.int(2e12), properties: { p: this.int(9) } };
   }
 
@@ -104,14 +150,47 @@ class Generator {
     const r = this.random();
     if (depth <= 0 || r < 0.45) {
       return this.pick<() => unknown>([
-        () => null, () => true, () => false, () => 0, () => -1, () => 1.5, () => 1e308, () => -1e-308, () => Number.MAX_SAFE_INTEGER + 2,
-        () => "", () => "x".repeat(this.int(300)), () => "\u0000", () => "\ud800", () => "tab\there\nnew\\line", () => "é€😀",
-        () => new Date(this.int(4e12)).toISOString(), () => "2024-13-45T99:99:99Z", () => this.uuid(), () => this.id(),
+        () => null,
+        () => true,
+        () => false,
+        () => 0,
+        () => -1,
+        () => 1.5,
+        () => 1e308,
+        () => -1e-308,
+        () => Number.MAX_SAFE_INTEGER + 2,
+        () => "",
+        () => "x".repeat(this.int(300)),
+        () => "\u0000",
+        () => "\ud800",
+        () => "tab\there\nnew\\line",
+        () => "é€😀",
+        () => new Date(this.int(4e12)).toISOString(),
+        () => "2024-13-45T99:99:99Z",
+        () => this.uuid(),
+        () => this.id(),
       ])();
     }
     if (r < 0.75) return Array.from({ length: this.int(5) }, () => this.randomValue(depth - 1));
     const o: Record<string, unknown> = {};
-    const keys = ["event_id", "service_name", "event_type", "payload", "timestamp", "metadata", "severity", "message", "user_id", "event_time", "properties", "__proto__", "constructor", "", "k\u0000", "é"];
+    const keys = [
+      "event_id",
+      "service_name",
+      "event_type",
+      "payload",
+      "timestamp",
+      "metadata",
+      "severity",
+      "message",
+      "user_id",
+      "event_time",
+      "properties",
+      "__proto__",
+      "constructor",
+      "",
+      "k\u0000",
+      "é",
+    ];
     for (let i = this.int(6); i > 0; i--) o[this.pick(keys)] = this.randomValue(depth - 1);
     return o;
   }
@@ -138,7 +217,9 @@ class Generator {
 
   private brokenLine(): string {
     if (this.random() < 0.5) return this.mutateText(this.pick(VALID_LINES), 1 + this.int(3));
-    const fields = Array.from({ length: this.int(20) }, () => this.pick(["", "1", "-5", "x", "1996-02-30", "99999999999999999", "1.234", "a|b", "\\", "\t", "é"]));
+    const fields = Array.from({ length: this.int(20) }, () =>
+      this.pick(["", "1", "-5", "x", "1996-02-30", "99999999999999999", "1.234", "a|b", "\\", "\t", "é"]),
+    );
     return [this.pick(["O", "L", "C", "P", "X", "", "o", "O "]), ...fields].join("|");
   }
 
@@ -189,7 +270,8 @@ class Generator {
       return { kind, how: style < 3 ? "mutated envelope" : "envelope", bytes: Buffer.from(text), format: "json" };
     }
     const format: TaskFormat = this.pick(["json", "json", "ndjson", "auto"]);
-    if (style === 0) return { kind, how: "random bytes", bytes: Buffer.from(Array.from({ length: this.int(300) }, () => this.int(256))), format };
+    if (style === 0)
+      return { kind, how: "random bytes", bytes: Buffer.from(Array.from({ length: this.int(300) }, () => this.int(256))), format };
     if (style === 1) {
       const depth = this.pick([50, 1000, 5000]);
       const open = this.pick(["[", '{"a":', '{"payload":']);
@@ -198,7 +280,10 @@ class Generator {
     }
     if (style === 2) return { kind, how: "random JSON", bytes: Buffer.from(JSON.stringify(this.randomValue(4)) ?? "null"), format };
     const records = this.records(kind, 1 + this.int(5));
-    let text = format === "ndjson" || (format === "auto" && this.random() < 0.5) ? records.map((r) => JSON.stringify(r)).join("\n") : JSON.stringify(records.length === 1 && this.random() < 0.5 ? records[0] : records);
+    let text =
+      format === "ndjson" || (format === "auto" && this.random() < 0.5)
+        ? records.map((r) => JSON.stringify(r)).join("\n")
+        : JSON.stringify(records.length === 1 && this.random() < 0.5 ? records[0] : records);
     if (style <= 5) text = this.mutateText(text, 1 + this.int(4));
     if (style === 6) return { kind, how: "record bytes", bytes: this.mutateBytes(Buffer.from(text)), format };
     return { kind, how: style <= 5 ? "mutated records" : "type-confused records", bytes: Buffer.from(text), format };
@@ -233,7 +318,8 @@ function runPipeline(body: Body, problems: string[]): Verdict {
   let rows = 0;
   parsed.values.forEach((value, i) => {
     if (value === undefined) return;
-    let stream: StreamDefinition | undefined = body.kind === "lines" ? undefined : byName.get(body.kind === "envelope" ? "events" : body.kind);
+    let stream: StreamDefinition | undefined =
+      body.kind === "lines" ? undefined : byName.get(body.kind === "envelope" ? "events" : body.kind);
     let record: unknown = value;
     if (body.kind === "lines") {
       const text = value as string;
@@ -246,7 +332,8 @@ function runPipeline(body: Body, problems: string[]): Verdict {
       try {
         record = stream.parseLine!(text);
       } catch (err) {
-        if (!(err instanceof LineFormatError)) problems.push(`${body.how}: parseLine threw ${(err as Error).name}: ${(err as Error).message}`);
+        if (!(err instanceof LineFormatError))
+          problems.push(`${body.how}: parseLine threw ${(err as Error).name}: ${(err as Error).message}`);
         else checkError({ index: i, path: err.path, expected: err.expected, message: err.message }, body, problems);
         malformed = true;
         return;
@@ -269,7 +356,8 @@ function runPipeline(body: Body, problems: string[]): Verdict {
     try {
       row = encoders.get(stream!)!(checked.data, ctx);
     } catch (err) {
-      if (!(err instanceof EncodeError)) problems.push(`${body.how}: encoder of ${stream!.name} threw ${(err as Error).name}: ${(err as Error).message}`);
+      if (!(err instanceof EncodeError))
+        problems.push(`${body.how}: encoder of ${stream!.name} threw ${(err as Error).name}: ${(err as Error).message}`);
       else checkError({ index: i, path: err.path, expected: err.expected, message: err.message }, body, problems);
       malformed = true;
       return;
@@ -284,12 +372,27 @@ function runPipeline(body: Body, problems: string[]): Verdict {
 const JSONB_REFUSES = /(?:^|[^\\])(?:\\\\)*\\u(?:0000|d[89ab][0-9a-f]{2}(?!\\ud[c-f])|d[c-f][0-9a-f]{2})/i;
 
 function checkError(e: RecordError, body: Body, problems: string[]): void {
-  if (typeof e.index !== "number" || typeof e.path !== "string" || typeof e.expected !== "string" || typeof e.message !== "string" || e.message.length === 0) {
+  if (
+    typeof e.index !== "number" ||
+    typeof e.path !== "string" ||
+    typeof e.expected !== "string" ||
+    typeof e.message !== "string" ||
+    e.message.length === 0
+  ) {
     problems.push(`${body.how}: malformed error ${JSON.stringify(e).slice(0, 200)}`);
     return;
   }
   // The dead letter the worker would write for it: its errors column is jsonb.
-  const row = deadLetterRow({ stream: "s", source: "fuzz", batchId: "b", index: e.index, line: e.line ?? null, raw: "", errors: [e], receivedAt: ctx.receivedAt });
+  const row = deadLetterRow({
+    stream: "s",
+    source: "fuzz",
+    batchId: "b",
+    index: e.index,
+    line: e.line ?? null,
+    raw: "",
+    errors: [e],
+    receivedAt: ctx.receivedAt,
+  });
   const errorsColumn = row.split("\t")[6].replace(/\\\\/g, "\\");
   if (JSONB_REFUSES.test(errorsColumn)) problems.push(`${body.how}: dead letter errors jsonb would refuse: ${errorsColumn.slice(0, 300)}`);
 }
@@ -299,7 +402,9 @@ function checkRow(row: string, stream: StreamDefinition, body: Body, problems: s
   const inner = row.slice(0, -1);
   const tabs = inner.split("\t").length - 1;
   if (!row.endsWith("\n") || /[\n\r]/.test(inner) || tabs !== stream.columns.length - 1) {
-    problems.push(`${body.how}: ${stream.name} row is not one COPY line of ${stream.columns.length} fields: ${JSON.stringify(row.slice(0, 200))}`);
+    problems.push(
+      `${body.how}: ${stream.name} row is not one COPY line of ${stream.columns.length} fields: ${JSON.stringify(row.slice(0, 200))}`,
+    );
   }
 }
 
@@ -308,7 +413,9 @@ function checkRow(row: string, stream: StreamDefinition, body: Body, problems: s
 const TARGET = 100_000;
 const seed = testSeed("fuzz");
 
-test(`at least ${TARGET.toLocaleString("en")} generated malformed bodies through the worker's parse → validate → encode code in process: only expected errors, well-formed COPY rows, no slow body`, { timeout: 180_000 }, () => {
+test(`at least ${TARGET.toLocaleString("en")} generated malformed bodies through the worker's parse → validate → encode code in process: only expected errors, well-formed COPY rows, no slow body`, {
+  timeout: 180_000,
+}, () => {
   const gen = new Generator(prng(seed));
   const problems: string[] = [];
   const byHow = new Map<string, number>();
@@ -346,7 +453,9 @@ test(`at least ${TARGET.toLocaleString("en")} generated malformed bodies through
 test("found by this fuzzing: WebSocket frames on a line-format stream are read as text lines (stored), and a JSON frame there is a rejected line, not a worker failure", async () => {
   const c = await openWs(`${fx.daemon.wsBase}/v1/ws?stream=orders`);
   clients.push(c);
-  c.send("O|990001|100|O|123.45|1996-01-02|5-LOW|Clerk#000000951|0|fuzz ws line\nO|990002|100|O|1.00|1996-01-03|5-LOW|Clerk#000000951|0|second");
+  c.send(
+    "O|990001|100|O|123.45|1996-01-02|5-LOW|Clerk#000000951|0|fuzz ws line\nO|990002|100|O|1.00|1996-01-03|5-LOW|Clerk#000000951|0|second",
+  );
   c.send('{"o_orderkey": 990003}');
   c.send("1");
   const [lines, json, number] = await c.waitForAcks(3);
@@ -357,7 +466,10 @@ test("found by this fuzzing: WebSocket frames on a line-format stream are read a
     assert.doesNotMatch(a.errors[0].message, /worker failed/, JSON.stringify(a));
   }
   const stored = await fx.db.query("SELECT o_orderkey::int AS k FROM orders WHERE o_orderkey >= 990001 ORDER BY 1");
-  assert.deepEqual(stored.rows.map((r) => r.k), [990001, 990002]);
+  assert.deepEqual(
+    stored.rows.map((r) => r.k),
+    [990001, 990002],
+  );
   c.socket.close();
 });
 
@@ -365,9 +477,19 @@ test("found by this fuzzing: a rejected record whose error text holds a NUL or h
   const ok = () => post(`${fx.daemon.base}/v1/streams/events/events`, JSON.stringify([event(`jsonb-ok-${Math.random()}`)]));
   const [line, cut, neighbour] = await Promise.all([
     // The line's prefix, NUL included, is quoted in its error message.
-    post(`${fx.daemon.base}/ingest/batch`, "\u0000L|1|2\nC|990001|Customer#990001|addr|15|25-989-741-2988|711.56|BUILDING|fuzz", "text/plain"),
+    post(
+      `${fx.daemon.base}/ingest/batch`,
+      "\u0000L|1|2\nC|990001|Customer#990001|addr|15|25-989-741-2988|711.56|BUILDING|fuzz",
+      "text/plain",
+    ),
     // The echoed value is cut at 80 characters, here between the two halves of an emoji.
-    post(`${fx.daemon.base}/v1/streams/events/events`, JSON.stringify([{ event_id: "jsonb-cut-1", service_name: "s", event_type: ["a".repeat(74) + "😀😀"], payload: {} }, event("jsonb-cut-2")])),
+    post(
+      `${fx.daemon.base}/v1/streams/events/events`,
+      JSON.stringify([
+        { event_id: "jsonb-cut-1", service_name: "s", event_type: ["a".repeat(74) + "😀😀"], payload: {} },
+        event("jsonb-cut-2"),
+      ]),
+    ),
     ok(),
   ]);
   assert.equal(line.status, 207, line.text);
@@ -379,14 +501,29 @@ test("found by this fuzzing: a rejected record whose error text holds a NUL or h
   assert.equal(dead.rows[0].n, 2, "both rejected records are kept as dead letters");
 });
 
-test("a few thousand fuzzed bodies over HTTP (every ingest endpoint) and WebSocket (4 streams) to the real daemon: every request answered 2xx/4xx, every frame acked in order, the daemon healthy after", { timeout: 180_000 }, async () => {
+test("a few thousand fuzzed bodies over HTTP (every ingest endpoint) and WebSocket (4 streams) to the real daemon: every request answered 2xx/4xx, every frame acked in order, the daemon healthy after", {
+  timeout: 180_000,
+}, async () => {
   const netSeed = (seed ^ 0x5eed) >>> 0;
   const gen = new Generator(prng(netSeed));
   const routes: Record<Kind, Array<[path: string, contentType: string]>> = {
-    events: [["/v1/streams/events/events", "application/json"], ["/v1/streams/events/events", "application/x-ndjson"]],
-    logs: [["/v1/streams/logs/events", "application/json"], ["/v1/streams/logs/events", "application/x-ndjson"]],
-    product_events: [["/events", "application/json"], ["/v1/streams/product_events/events", "application/x-ndjson"]],
-    lines: [["/ingest/batch", "text/plain"], ["/ingest/message", "text/plain"], [`/v1/streams/orders/events`, "text/plain"]],
+    events: [
+      ["/v1/streams/events/events", "application/json"],
+      ["/v1/streams/events/events", "application/x-ndjson"],
+    ],
+    logs: [
+      ["/v1/streams/logs/events", "application/json"],
+      ["/v1/streams/logs/events", "application/x-ndjson"],
+    ],
+    product_events: [
+      ["/events", "application/json"],
+      ["/v1/streams/product_events/events", "application/x-ndjson"],
+    ],
+    lines: [
+      ["/ingest/batch", "text/plain"],
+      ["/ingest/message", "text/plain"],
+      [`/v1/streams/orders/events`, "text/plain"],
+    ],
     envelope: [["/v1/ingest/batch", "application/json"]],
   };
   const HTTP_BODIES = 2000;
@@ -403,9 +540,14 @@ test("a few thousand fuzzed bodies over HTTP (every ingest endpoint) and WebSock
         const [path, contentType] = gen.pick(routes[body.kind]);
         if (contentType === "application/x-ndjson") ndjsonLines += body.bytes.toString("latin1").split("\n").length;
         try {
-          const res = await post(`${fx.daemon.base}${path}`, body.bytes, gen.random() < 0.05 ? gen.pick(["image/png", "", "application/json; charset=latin1"]) : contentType);
+          const res = await post(
+            `${fx.daemon.base}${path}`,
+            body.bytes,
+            gen.random() < 0.05 ? gen.pick(["image/png", "", "application/json; charset=latin1"]) : contentType,
+          );
           statuses[res.status] = (statuses[res.status] ?? 0) + 1;
-          if (![200, 207, 400, 415, 422].includes(res.status) || res.json === undefined) unexpected.push(`${path} ${res.status}: ${res.text.slice(0, 200)} ← ${body.how}`);
+          if (![200, 207, 400, 415, 422].includes(res.status) || res.json === undefined)
+            unexpected.push(`${path} ${res.status}: ${res.text.slice(0, 200)} ← ${body.how}`);
         } catch (err) {
           unexpected.push(`${path}: ${(err as Error).message} ← ${body.how}`);
         }
@@ -435,8 +577,10 @@ test("a few thousand fuzzed bodies over HTTP (every ingest endpoint) and WebSock
       }
       const acks = await c.waitForAcks(FRAMES, 30_000);
       acks.forEach((a, i) => {
-        if (a.type !== "ack" || a.seq !== i + 1 || typeof a.accepted !== "number" || typeof a.rejected !== "number") unexpected.push(`${stream} ack ${i + 1}: ${JSON.stringify(a).slice(0, 200)}`);
-        if (a.errors.some((e: any) => /worker failed|cannot read body/.test(e.message))) unexpected.push(`${stream} ack ${a.seq}: ${JSON.stringify(a.errors[0])}`);
+        if (a.type !== "ack" || a.seq !== i + 1 || typeof a.accepted !== "number" || typeof a.rejected !== "number")
+          unexpected.push(`${stream} ack ${i + 1}: ${JSON.stringify(a).slice(0, 200)}`);
+        if (a.errors.some((e: any) => /worker failed|cannot read body/.test(e.message)))
+          unexpected.push(`${stream} ack ${a.seq}: ${JSON.stringify(a.errors[0])}`);
       });
       assert.equal(c.socket.readyState, c.socket.OPEN, `${stream}: connection still open`);
       c.socket.close();
@@ -458,5 +602,9 @@ test("a few thousand fuzzed bodies over HTTP (every ingest endpoint) and WebSock
   assert.equal(ok.status, 200, ok.text);
   const row = await fx.db.query("SELECT count(*)::int AS n FROM events WHERE event_id = 'fuzz-after-1'");
   assert.equal(row.rows[0].n, 1);
-  assert.deepEqual(fx.daemon.output.filter((l) => /"level":"?(60|50|fatal|error)"?/.test(l)).slice(0, 5), [], "nothing logged at error or fatal");
+  assert.deepEqual(
+    fx.daemon.output.filter((l) => /"level":"?(60|50|fatal|error)"?/.test(l)).slice(0, 5),
+    [],
+    "nothing logged at error or fatal",
+  );
 });

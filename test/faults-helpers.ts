@@ -204,9 +204,7 @@ export async function checkStored(url: string, ids: Iterable<string>, table = "e
     await client.query("CREATE TEMP TABLE acked_ids AS SELECT DISTINCT id FROM acked");
     await client.query("ANALYZE acked_ids");
     const checked = (await client.query("SELECT count(*)::int AS n FROM acked_ids")).rows[0].n as number;
-    const missing = await client.query(
-      `SELECT a.id FROM acked_ids a WHERE NOT EXISTS (SELECT 1 FROM ${table} e WHERE e.${column} = a.id)`,
-    );
+    const missing = await client.query(`SELECT a.id FROM acked_ids a WHERE NOT EXISTS (SELECT 1 FROM ${table} e WHERE e.${column} = a.id)`);
     const doubled = await client.query(
       `SELECT e.${column} AS id FROM ${table} e JOIN acked_ids a ON a.id = e.${column} GROUP BY e.${column} HAVING count(*) > 1`,
     );
@@ -224,10 +222,9 @@ export async function checkStored(url: string, ids: Iterable<string>, table = "e
 
 /** Ids with `prefix` stored more than once, whether acknowledged or not (deduplicating streams). */
 export async function doubledWithPrefix(db: TestDb, prefix: string): Promise<string[]> {
-  const res = await db.query(
-    "SELECT event_id FROM events WHERE event_id LIKE $1 || '%' GROUP BY event_id HAVING count(*) > 1 LIMIT 10",
-    [prefix],
-  );
+  const res = await db.query("SELECT event_id FROM events WHERE event_id LIKE $1 || '%' GROUP BY event_id HAVING count(*) > 1 LIMIT 10", [
+    prefix,
+  ]);
   return res.rows.map((r) => r.event_id);
 }
 
@@ -263,7 +260,9 @@ export function unitMaker(options: UnitOptions): () => Unit {
   return () => {
     const u = ++n;
     const ids = Array.from({ length: options.perUnit }, (_, i) => `${options.prefix}-${u}-${i}`);
-    const records = ids.map((id) => (options.record ? options.record(id) : event(id, pad === undefined ? {} : { payload: { n: id, pad } })));
+    const records = ids.map((id) =>
+      options.record ? options.record(id) : event(id, pad === undefined ? {} : { payload: { n: id, pad } }),
+    );
     return { n: u, ids, body: JSON.stringify(records) };
   };
 }
@@ -354,7 +353,8 @@ export function wsProducer(wsBase: string, options: ProducerOptions): Producer {
     socket?.terminate();
     resolveDone();
   };
-  const hasWork = () => queue.length > 0 || inflight.length > 0 || (generating && (options.maxUnits === undefined || made < options.maxUnits));
+  const hasWork = () =>
+    queue.length > 0 || inflight.length > 0 || (generating && (options.maxUnits === undefined || made < options.maxUnits));
 
   const connect = () => {
     if (finished) return;
@@ -488,7 +488,12 @@ export function httpProducer(base: string, options: ProducerOptions & { path?: s
       let text: string;
       let retryAfter: string | null;
       try {
-        const res = await fetch(url, { method: "POST", body: unit.body, headers: { "content-type": "application/json" }, signal: controller.signal });
+        const res = await fetch(url, {
+          method: "POST",
+          body: unit.body,
+          headers: { "content-type": "application/json" },
+          signal: controller.signal,
+        });
         status = res.status;
         retryAfter = res.headers.get("retry-after");
         text = await res.text();
@@ -595,7 +600,8 @@ export async function until(
   const start = Date.now();
   for (;;) {
     if (await probe()) return Date.now() - start;
-    if (Date.now() - start > timeoutMs) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${state ? ` (${state()})` : ""}`);
+    if (Date.now() - start > timeoutMs)
+      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${state ? ` (${state()})` : ""}`);
     await sleep(intervalMs);
   }
 }

@@ -110,10 +110,15 @@ describe("slow and stalled HTTP producers", () => {
     const closes = await Promise.all(lorises.map((l) => within(l.closed, 25_000, -1)));
     const open = closes.filter((ms) => ms < 0).length;
     for (const l of lorises) l.stop();
-    console.log(`[faults] slowloris: 50 header-dribbling connections closed by the server after ${Math.min(...closes)}-${Math.max(...closes)} ms; a normal request meanwhile took ${servedMs} ms`);
+    console.log(
+      `[faults] slowloris: 50 header-dribbling connections closed by the server after ${Math.min(...closes)}-${Math.max(...closes)} ms; a normal request meanwhile took ${servedMs} ms`,
+    );
     assert.equal(open, 0, "every slowloris connection was closed by the server");
     assert.ok(Math.max(...closes) < 20_000, `closed within 20 s (slowest ${Math.max(...closes)} ms)`);
-    assert.ok(lorises.every((l) => !/^HTTP\/1\.1 2/.test(l.received())), "none got a success");
+    assert.ok(
+      lorises.every((l) => !/^HTTP\/1\.1 2/.test(l.received())),
+      "none got a success",
+    );
   });
 
   test("stalled and dribbled bodies that reserve the whole ring: others get 503 + Retry-After (not a hang); the server cuts the stallers off within 20 s, the ring returns to 0, others succeed", async () => {
@@ -137,7 +142,9 @@ describe("slow and stalled HTTP producers", () => {
     const [stalledMs, dribbledMs] = await Promise.all([within(stalled.closed, 25_000, -1), within(dribbled.closed, 25_000, -1)]);
     stalled.stop();
     dribbled.stop();
-    console.log(`[faults] stalled bodies: ring ${general} of ${capacity} bytes reserved (the rest is for priority above 0); others refused 503 in ${refusedMs} ms; server closed the stalled body after ${stalledMs} ms, the dribbled one after ${dribbledMs} ms`);
+    console.log(
+      `[faults] stalled bodies: ring ${general} of ${capacity} bytes reserved (the rest is for priority above 0); others refused 503 in ${refusedMs} ms; server closed the stalled body after ${stalledMs} ms, the dribbled one after ${dribbledMs} ms`,
+    );
     assert.ok(stalledMs > 0 && stalledMs < 20_000, `stalled body closed by the server within 20 s (${stalledMs})`);
     assert.ok(dribbledMs > 0 && dribbledMs < 20_000, `dribbled body closed by the server within 20 s (${dribbledMs})`);
     await until("the ring to be released", async () => (await health(small.base)).json.ring.used_bytes === 0, 5000);
@@ -152,7 +159,14 @@ describe("WebSocket producers that misbehave", () => {
     // 500 records with two unknown fields each are acked with 1,000 errors (maxErrorsReported): an ack of
     // ~140 KB per ~45 KB frame.
     const frame = JSON.stringify(
-      Array.from({ length: 500 }, (_, i) => ({ event_id: `noread-${i}`, service_name: "s", event_type: "t", payload: {}, unknown_a: i, unknown_b: i })),
+      Array.from({ length: 500 }, (_, i) => ({
+        event_id: `noread-${i}`,
+        service_name: "s",
+        event_type: "t",
+        payload: {},
+        unknown_a: i,
+        unknown_b: i,
+      })),
     );
     const probe = await openWs(`${fx.daemon.wsBase}/v1/ws?stream=events`);
     clients.push(probe);
@@ -203,7 +217,9 @@ describe("WebSocket producers that misbehave", () => {
       for (const ws of open) for (let f = 0; f < window; f++) ws.send(frame);
       await until(
         "acks written or connections cut",
-        async () => (await metricSum(fx.daemon.base, "ingestd_ws_frames_total")) >= before + conns * window || (await health(fx.daemon.base)).json.ws_connections < conns,
+        async () =>
+          (await metricSum(fx.daemon.base, "ingestd_ws_frames_total")) >= before + conns * window ||
+          (await health(fx.daemon.base)).json.ws_connections < conns,
         20_000,
         50,
       );
@@ -297,7 +313,9 @@ describe("WebSocket producers that misbehave", () => {
     const codes = await Promise.all(violators.map((v) => within(v.closed, 10_000, { code: -1, reason: "" })));
     assert.deepEqual([...new Set(codes.map((x) => x.code))], [1008]);
     for (const v of violators) assert.ok(v.acks.length <= v.hello.window);
-    console.log(`[faults] tiny-frame flood: ${4 * perConnection} frames acked (all rejected, in order) in ${floodMs} ms (${Math.round((4 * perConnection) / (floodMs / 1000))} frames/s); 20 window violators closed 1008`);
+    console.log(
+      `[faults] tiny-frame flood: ${4 * perConnection} frames acked (all rejected, in order) in ${floodMs} ms (${Math.round((4 * perConnection) / (floodMs / 1000))} frames/s); 20 window violators closed 1008`,
+    );
     const h = await health(fx.daemon.base);
     assert.equal(h.status, 200);
   });
@@ -305,20 +323,62 @@ describe("WebSocket producers that misbehave", () => {
 
 describe("malformed upgrade requests (raw sockets)", () => {
   const KEY = "dGhlIHNhbXBsZSBub25jZQ==";
-  const upgrade = (lines: string[], requestLine = "GET /v1/ws?stream=events HTTP/1.1") => `${requestLine}\r\nHost: 127.0.0.1\r\n${lines.map((l) => `${l}\r\n`).join("")}\r\n`;
+  const upgrade = (lines: string[], requestLine = "GET /v1/ws?stream=events HTTP/1.1") =>
+    `${requestLine}\r\nHost: 127.0.0.1\r\n${lines.map((l) => `${l}\r\n`).join("")}\r\n`;
   const cases: Array<[name: string, request: string | Buffer, expect: RegExp]> = [
     ["no Sec-WebSocket-Key", upgrade(["Upgrade: websocket", "Connection: Upgrade", "Sec-WebSocket-Version: 13"]), /^HTTP\/1\.1 4\d\d /],
-    ["a Sec-WebSocket-Key of the wrong length", upgrade(["Upgrade: websocket", "Connection: Upgrade", "Sec-WebSocket-Key: abc", "Sec-WebSocket-Version: 13"]), /^HTTP\/1\.1 4\d\d /],
-    ["Sec-WebSocket-Version 12", upgrade(["Upgrade: websocket", "Connection: Upgrade", `Sec-WebSocket-Key: ${KEY}`, "Sec-WebSocket-Version: 12"]), /^HTTP\/1\.1 426 [\s\S]*\r\nSec-WebSocket-Version: 13\r\n/i],
+    [
+      "a Sec-WebSocket-Key of the wrong length",
+      upgrade(["Upgrade: websocket", "Connection: Upgrade", "Sec-WebSocket-Key: abc", "Sec-WebSocket-Version: 13"]),
+      /^HTTP\/1\.1 4\d\d /,
+    ],
+    [
+      "Sec-WebSocket-Version 12",
+      upgrade(["Upgrade: websocket", "Connection: Upgrade", `Sec-WebSocket-Key: ${KEY}`, "Sec-WebSocket-Version: 12"]),
+      /^HTTP\/1\.1 426 [\s\S]*\r\nSec-WebSocket-Version: 13\r\n/i,
+    ],
     ["no Sec-WebSocket-Version", upgrade(["Upgrade: websocket", "Connection: Upgrade", `Sec-WebSocket-Key: ${KEY}`]), /^HTTP\/1\.1 426 /],
     ["no Upgrade header", upgrade(["Connection: Upgrade", `Sec-WebSocket-Key: ${KEY}`, "Sec-WebSocket-Version: 13"]), /^HTTP\/1\.1 400 /],
-    ["Upgrade: h2c", upgrade(["Upgrade: h2c", "Connection: Upgrade", `Sec-WebSocket-Key: ${KEY}`, "Sec-WebSocket-Version: 13"]), /^HTTP\/1\.1 400 /],
-    ["no Connection: Upgrade", upgrade(["Upgrade: websocket", `Sec-WebSocket-Key: ${KEY}`, "Sec-WebSocket-Version: 13"]), /^HTTP\/1\.1 400 /],
-    ["POST with upgrade headers", upgrade(["Upgrade: websocket", "Connection: Upgrade", `Sec-WebSocket-Key: ${KEY}`, "Sec-WebSocket-Version: 13", "Content-Length: 0"], "POST /v1/ws?stream=events HTTP/1.1"), /^HTTP\/1\.1 4\d\d /],
-    ["an unknown stream", upgrade(["Upgrade: websocket", "Connection: Upgrade", `Sec-WebSocket-Key: ${KEY}`, "Sec-WebSocket-Version: 13"], "GET /v1/ws?stream=nope HTTP/1.1"), /^HTTP\/1\.1 404 /],
-    ["a TLS ClientHello on the plain port", Buffer.from([0x16, 0x03, 0x01, 0x00, 0xff, 0x01, 0x00, 0x00, 0xfb, 0x03, 0x03, 0x0d, 0x0a, 0x0d, 0x0a]), /^(HTTP\/1\.1 4\d\d |)$/],
+    [
+      "Upgrade: h2c",
+      upgrade(["Upgrade: h2c", "Connection: Upgrade", `Sec-WebSocket-Key: ${KEY}`, "Sec-WebSocket-Version: 13"]),
+      /^HTTP\/1\.1 400 /,
+    ],
+    [
+      "no Connection: Upgrade",
+      upgrade(["Upgrade: websocket", `Sec-WebSocket-Key: ${KEY}`, "Sec-WebSocket-Version: 13"]),
+      /^HTTP\/1\.1 400 /,
+    ],
+    [
+      "POST with upgrade headers",
+      upgrade(
+        ["Upgrade: websocket", "Connection: Upgrade", `Sec-WebSocket-Key: ${KEY}`, "Sec-WebSocket-Version: 13", "Content-Length: 0"],
+        "POST /v1/ws?stream=events HTTP/1.1",
+      ),
+      /^HTTP\/1\.1 4\d\d /,
+    ],
+    [
+      "an unknown stream",
+      upgrade(
+        ["Upgrade: websocket", "Connection: Upgrade", `Sec-WebSocket-Key: ${KEY}`, "Sec-WebSocket-Version: 13"],
+        "GET /v1/ws?stream=nope HTTP/1.1",
+      ),
+      /^HTTP\/1\.1 404 /,
+    ],
+    [
+      "a TLS ClientHello on the plain port",
+      Buffer.from([0x16, 0x03, 0x01, 0x00, 0xff, 0x01, 0x00, 0x00, 0xfb, 0x03, 0x03, 0x0d, 0x0a, 0x0d, 0x0a]),
+      /^(HTTP\/1\.1 4\d\d |)$/,
+    ],
     ["a garbage request line", "GARBAGE\r\n\r\n", /^(HTTP\/1\.1 4\d\d |)$/],
-    ["an HTTP/1.0 upgrade", upgrade(["Upgrade: websocket", "Connection: Upgrade", `Sec-WebSocket-Key: ${KEY}`, "Sec-WebSocket-Version: 13"], "GET /v1/ws?stream=events HTTP/1.0"), /^(HTTP\/1\.[01] 4\d\d |)$/],
+    [
+      "an HTTP/1.0 upgrade",
+      upgrade(
+        ["Upgrade: websocket", "Connection: Upgrade", `Sec-WebSocket-Key: ${KEY}`, "Sec-WebSocket-Version: 13"],
+        "GET /v1/ws?stream=events HTTP/1.0",
+      ),
+      /^(HTTP\/1\.[01] 4\d\d |)$/,
+    ],
   ];
 
   test(`${cases.length} malformed upgrades are refused (4xx or closed, never 101) and the connection ends within 20 s; a proper upgrade still works`, async () => {
@@ -336,7 +396,9 @@ describe("malformed upgrade requests (raw sockets)", () => {
       assert.match(r.head, r.expect, `${r.name}: ${r.head || "(nothing)"}`);
       assert.ok(r.closedMs >= 0, `${r.name}: the server ended the connection within 20 s`);
     }
-    console.log(`[faults] malformed upgrades: ${results.map((r) => `${r.name} → ${r.head.split("\r\n")[0] || "closed"} (${r.closedMs} ms)`).join("; ")}`);
+    console.log(
+      `[faults] malformed upgrades: ${results.map((r) => `${r.name} → ${r.head.split("\r\n")[0] || "closed"} (${r.closedMs} ms)`).join("; ")}`,
+    );
     const c = await openWs(`${fx.daemon.wsBase}/v1/ws?stream=events`);
     clients.push(c);
     c.send(JSON.stringify(event("upgrade-after-1")));
@@ -354,7 +416,10 @@ describe("after all of it", () => {
       assert.equal(h.json.ring.used_bytes, 0);
       const res = await post(`${d.base}/v1/streams/events/events`, JSON.stringify(event(`hostile-final-${d.port}`)));
       assert.equal(res.status, 200, res.text);
-      assert.deepEqual(d.output.filter((l) => /"level":"?(60|fatal)/.test(l)), []);
+      assert.deepEqual(
+        d.output.filter((l) => /"level":"?(60|fatal)/.test(l)),
+        [],
+      );
     }
   });
 });

@@ -49,8 +49,12 @@ async function run200(shape: Shape): Promise<number> {
   fx.teardown(() => rss.stop());
   const idleRss = rss.last;
   const common = { resend: true, padBytes: shape.padBytes };
-  const ws = Array.from({ length: 160 }, (_, i) => wsProducer(d.wsBase, { ...common, prefix: `${shape.prefix}-w${i}`, perUnit: shape.wsPerFrame, retryDelayMs: 500 }));
-  const http = Array.from({ length: 40 }, (_, i) => httpProducer(d.base, { ...common, prefix: `${shape.prefix}-h${i}`, perUnit: shape.httpPerRequest }));
+  const ws = Array.from({ length: 160 }, (_, i) =>
+    wsProducer(d.wsBase, { ...common, prefix: `${shape.prefix}-w${i}`, perUnit: shape.wsPerFrame, retryDelayMs: 500 }),
+  );
+  const http = Array.from({ length: 40 }, (_, i) =>
+    httpProducer(d.base, { ...common, prefix: `${shape.prefix}-h${i}`, perUnit: shape.httpPerRequest }),
+  );
   const all = [...ws, ...http];
   producers.push(...all);
   const started = Date.now();
@@ -90,7 +94,9 @@ async function run200(shape: Shape): Promise<number> {
   assert.deepEqual(t.protocolErrors, []);
   for (const p of all) assert.deepEqual(p.unackedIds(), [], `${p.stats.name} drained`);
   const check = await checkStored(fx.db.url, allAckedIds(all));
-  console.log(`[faults] memory/${shape.label}: ${check.checked} acknowledged events checked: missing ${check.missing}, doubled ${check.doubled}`);
+  console.log(
+    `[faults] memory/${shape.label}: ${check.checked} acknowledged events checked: missing ${check.missing}, doubled ${check.doubled}`,
+  );
   assert.equal(check.checked, t.ackedEvents);
   assert.equal(check.missing, 0, `acknowledged but missing: ${check.missingSample}`);
   assert.equal(check.doubled, 0, `stored twice: ${check.doubledSample}`);

@@ -86,7 +86,12 @@ test("PostgreSQL stopped for 10 s under load: /health 503, nothing acknowledged 
   const outageMs = Date.now() - stopAt;
 
   // --- recovery, by the daemon alone ------------------------------------------------------------------
-  const healthyAfterMs = await until("/health 200 again", async () => (await health(d.base).catch(() => ({ status: 0 }))).status === 200, 30_000, 100);
+  const healthyAfterMs = await until(
+    "/health 200 again",
+    async () => (await health(d.base).catch(() => ({ status: 0 }))).status === 200,
+    30_000,
+    100,
+  );
   polling = false;
   await poller;
   const ackedAtRestart = total(all).ackedUnits;

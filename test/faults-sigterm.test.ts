@@ -62,7 +62,13 @@ test("SIGTERM under continuous load (16 WS + 8 HTTP producers): exit 0 within ST
   const http = Array.from({ length: 8 }, (_, i) => httpProducer(d.base, { prefix: `term-h${i}-`, perUnit: 100, resend: false }));
   const all = [...ws, ...http];
   producers.push(...all);
-  await until("load established", () => all.every((p) => p.stats.ackedUnits >= 3), 30_000, 20, () => JSON.stringify(total(all).outcomes));
+  await until(
+    "load established",
+    () => all.every((p) => p.stats.ackedUnits >= 3),
+    30_000,
+    20,
+    () => JSON.stringify(total(all).outcomes),
+  );
   const loadFrom = Date.now();
   const ackedAtLoad = total(all).ackedEvents;
   await sleep(1500);
@@ -124,7 +130,9 @@ test("SIGTERM while PostgreSQL is frozen: the drain cannot finish, yet the daemo
   } finally {
     thawPostgres();
   }
-  console.log(`[faults] sigterm/frozen database: exit ${exit ? (exit.code ?? exit.signal) : "none"} after ${stopMs} ms (STOP_TIMEOUT_MS ${stopTimeout})`);
+  console.log(
+    `[faults] sigterm/frozen database: exit ${exit ? (exit.code ?? exit.signal) : "none"} after ${stopMs} ms (STOP_TIMEOUT_MS ${stopTimeout})`,
+  );
   if (!exit) await d.exited; // PostgreSQL is back: the drain can finish now
   await Promise.all([ws, http].map((p) => p.stop()));
   c.socket.terminate();
@@ -134,6 +142,9 @@ test("SIGTERM while PostgreSQL is frozen: the drain cannot finish, yet the daemo
   // The timeout itself plus process start-to-exit slack on a busy machine.
   assert.ok(stopMs < stopTimeout + 1000, `exited after ${stopMs} ms`);
   assert.equal(exit.code, 1, "a drain cut short is not a clean stop");
-  assert.ok(d.output.some((l) => l.includes("drain did not finish within the stop timeout")), "the log says why");
+  assert.ok(
+    d.output.some((l) => l.includes("drain did not finish within the stop timeout")),
+    "the log says why",
+  );
   assert.ok(ws.unackedIds().length + http.unackedIds().length > 0, "work was abandoned unacknowledged, not faked");
 });

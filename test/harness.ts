@@ -150,7 +150,7 @@ export async function post(
 ): Promise<{ status: number; headers: Headers; json: any; text: string }> {
   const res = await fetch(url, { method: "POST", body, headers: { "content-type": contentType, ...headers } });
   const text = await res.text();
-  let json: any ;
+  let json: any;
   try {
     json = JSON.parse(text);
   } catch {
@@ -188,7 +188,7 @@ export async function waitFor<T>(what: string, probe: () => Promise<T> | T, time
 export async function get(url: string, method = "GET"): Promise<{ status: number; headers: Headers; json: any; text: string }> {
   const res = await fetch(url, { method });
   const text = await res.text();
-  let json: any ;
+  let json: any;
   try {
     json = JSON.parse(text);
   } catch {
@@ -283,7 +283,8 @@ export function openWs(url: string, timeoutMs = 5000, options: WebSocket.ClientO
         closeInfo = { code, reason: reason.toString() };
         clearTimeout(timer);
         reject(new Error(`closed before hello: ${code} ${reason.toString()}`));
-        for (const w of waiters.splice(0)) w.reject(new Error(`closed (${code} ${reason.toString()}) after ${acks.length} acks, waiting for ${w.n}`));
+        for (const w of waiters.splice(0))
+          w.reject(new Error(`closed (${code} ${reason.toString()}) after ${acks.length} acks, waiting for ${w.n}`));
         resolveClosed(closeInfo);
       });
     });
@@ -292,7 +293,14 @@ export function openWs(url: string, timeoutMs = 5000, options: WebSocket.ClientO
       let text = "";
       res.setEncoding("utf8");
       res.on("data", (c: string) => (text += c));
-      const fail = () => reject(Object.assign(new Error(`upgrade refused: ${res.statusCode} ${text}`), { status: res.statusCode, headers: res.headers, body: text }));
+      const fail = () =>
+        reject(
+          Object.assign(new Error(`upgrade refused: ${res.statusCode} ${text}`), {
+            status: res.statusCode,
+            headers: res.headers,
+            body: text,
+          }),
+        );
       res.on("end", fail);
       res.on("error", fail);
     });

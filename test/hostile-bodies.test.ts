@@ -55,9 +55,17 @@ describe("unreadable bodies → 400", () => {
   test("invalid UTF-8 bytes → 400 naming UTF-8, also inside an otherwise valid record", async () => {
     const bodies = [
       Buffer.from([0x7b, 0xff, 0xfe, 0x7d]),
-      Buffer.concat([Buffer.from('{"event_id":"utf8-1'), Buffer.from([0xff]), Buffer.from('","service_name":"a","event_type":"b","payload":{}}')]),
+      Buffer.concat([
+        Buffer.from('{"event_id":"utf8-1'),
+        Buffer.from([0xff]),
+        Buffer.from('","service_name":"a","event_type":"b","payload":{}}'),
+      ]),
       // A UTF-16 surrogate encoded as UTF-8 (CESU-8) is not valid UTF-8 either.
-      Buffer.concat([Buffer.from('{"event_id":"utf8-2'), Buffer.from([0xed, 0xa0, 0x80]), Buffer.from('","service_name":"a","event_type":"b","payload":{}}')]),
+      Buffer.concat([
+        Buffer.from('{"event_id":"utf8-2'),
+        Buffer.from([0xed, 0xa0, 0x80]),
+        Buffer.from('","service_name":"a","event_type":"b","payload":{}}'),
+      ]),
     ];
     for (const body of bodies) {
       const res = await post(url(), body);
@@ -130,7 +138,10 @@ describe("wrong shapes and types → 415 / 422", () => {
   test("a payload nested 100,000 deep is refused for that record alone (422 at path payload)", async () => {
     const res = await post(url(), `[${rawRecord("deep100k-1", nestedObject(100_000))},${JSON.stringify(event("deep100k-2"))}]`);
     assert.equal(res.status, 207, res.text.slice(0, 300));
-    assert.deepEqual(res.json.errors.map((e: any) => [e.index, e.path]), [[0, "payload"]]);
+    assert.deepEqual(
+      res.json.errors.map((e: any) => [e.index, e.path]),
+      [[0, "payload"]],
+    );
     assert.deepEqual(await idsWithPrefix("deep100k-"), ["deep100k-2"]);
   });
 
@@ -143,7 +154,14 @@ describe("wrong shapes and types → 415 / 422", () => {
     ];
     const res = await post(url(), JSON.stringify(records));
     assert.equal(res.status, 207, res.text);
-    assert.deepEqual(res.json.errors.map((e: any) => [e.index, e.path]), [[0, "service_name"], [1, "payload"], [2, "payload"]]);
+    assert.deepEqual(
+      res.json.errors.map((e: any) => [e.index, e.path]),
+      [
+        [0, "service_name"],
+        [1, "payload"],
+        [2, "payload"],
+      ],
+    );
     assert.deepEqual(await idsWithPrefix("nul-"), ["nul-ok"]);
   });
 
@@ -151,7 +169,10 @@ describe("wrong shapes and types → 415 / 422", () => {
     // JSON.stringify writes a lone surrogate as the escape \ud800, which is what a producer would send.
     const res = await post(url(), JSON.stringify([event("lone-1", { payload: { s: "\ud800" } }), event("lone-ok")]));
     assert.equal(res.status, 207, res.text);
-    assert.deepEqual(res.json.errors.map((e: any) => e.index), [0]);
+    assert.deepEqual(
+      res.json.errors.map((e: any) => e.index),
+      [0],
+    );
     const inId = await post(url(), JSON.stringify(event("lone-2\udc00")));
     assert.equal(inId.status, 422, inId.text);
     assert.equal(inId.json.errors[0].path, "event_id");
@@ -209,7 +230,9 @@ describe("slow and stalled clients", () => {
     socket.setEncoding("utf8");
     socket.on("data", (c: string) => (answer += c));
     await new Promise((r) => socket.once("connect", r));
-    socket.write(`POST /v1/streams/events/events HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\n\r\n`);
+    socket.write(
+      `POST /v1/streams/events/events HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\n\r\n`,
+    );
     for (let at = 0; at < body.length; at += 16) {
       socket.write(body.slice(at, at + 16));
       await new Promise((r) => setTimeout(r, 20));
@@ -224,8 +247,14 @@ describe("slow and stalled clients", () => {
     const socket = net.connect(fx.daemon.port, "127.0.0.1");
     sockets.push(socket);
     await new Promise((r) => socket.once("connect", r));
-    socket.write(`POST /v1/streams/events/events HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n[{"event_id":"stalled-1"`);
-    await waitFor("the stalled body to hold ring space", async () => (await get(`${fx.daemon.base}/health`)).json.ring.used_bytes > 0, 5000);
+    socket.write(
+      `POST /v1/streams/events/events HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n[{"event_id":"stalled-1"`,
+    );
+    await waitFor(
+      "the stalled body to hold ring space",
+      async () => (await get(`${fx.daemon.base}/health`)).json.ring.used_bytes > 0,
+      5000,
+    );
 
     const other = await post(url(), JSON.stringify(event("stalled-other")));
     assert.equal(other.status, 200, other.text);
@@ -247,7 +276,10 @@ describe("WebSocket frames", () => {
     c.send("null");
     c.send(JSON.stringify(event("wsh-ok")));
     const acks = await c.waitForAcks(6, 20_000);
-    assert.deepEqual(acks.map((a) => a.seq), [1, 2, 3, 4, 5, 6]);
+    assert.deepEqual(
+      acks.map((a) => a.seq),
+      [1, 2, 3, 4, 5, 6],
+    );
     for (const a of acks.slice(0, 5)) {
       assert.equal(a.accepted, 0, JSON.stringify(a).slice(0, 300));
       assert.ok(a.rejected >= 1);

@@ -92,7 +92,10 @@ describe("POST /v1/streams/{stream}/events: accepted bodies", () => {
     const res = await post(ingestUrl(), JSON.stringify(records));
     assert.equal(res.status, 200, res.text);
     assertSuccessShape(res.json, 25);
-    assert.deepEqual(await idsWithPrefix("arr-"), records.map((r) => r.event_id));
+    assert.deepEqual(
+      await idsWithPrefix("arr-"),
+      records.map((r) => r.event_id),
+    );
   });
 
   test("NDJSON (application/x-ndjson) → 200, blank lines and CRLF tolerated", async () => {
@@ -300,7 +303,8 @@ describe("operations endpoints", () => {
     const after = await get(`${fx.daemon.base}/metrics`);
     assert.equal(after.status, 200);
     assert.match(after.headers.get("content-type") ?? "", /text\/plain/);
-    const delta = (name: string, labels: Record<string, string>) => metricValue(after.text, name, labels) - metricValue(before, name, labels);
+    const delta = (name: string, labels: Record<string, string>) =>
+      metricValue(after.text, name, labels) - metricValue(before, name, labels);
     assert.ok(delta("ingestd_http_requests_total", { status: "200" }) >= 1, "http requests counter moved");
     assert.equal(delta("ingestd_events_total", { stream: "events", outcome: "accepted" }), 7);
     assert.equal(delta("ingestd_ack_latency_seconds_count", { stream: "events", transport: "http" }), 1);
@@ -334,10 +338,15 @@ describe("PostgreSQL outage", () => {
     assert.equal(first.status, 200, first.text);
 
     await own.server.stop();
-    const health = await waitFor("health to report the outage", async () => {
-      const h = await get(`${d.base}/health`);
-      return h.status === 503 ? h : null;
-    }, 15_000, 200);
+    const health = await waitFor(
+      "health to report the outage",
+      async () => {
+        const h = await get(`${d.base}/health`);
+        return h.status === 503 ? h : null;
+      },
+      15_000,
+      200,
+    );
     assert.equal(health.json.database, "disconnected");
     assert.ok(health.headers.get("retry-after"));
 

@@ -77,11 +77,15 @@ function layerOf(relPath: string): Layer | null {
  * matched first so that "http://…" is not taken for a comment.
  */
 function withoutComments(text: string): string {
-  return text.replace(/("(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*'|`(?:[^`\\]|\\.)*`)|\/\*[\s\S]*?\*\/|\/\/[^\n]*/g, (m, literal?: string) => literal ?? "");
+  return text.replace(
+    /("(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*'|`(?:[^`\\]|\\.)*`)|\/\*[\s\S]*?\*\/|\/\/[^\n]*/g,
+    (m, literal?: string) => literal ?? "",
+  );
 }
 
 // `… from "x"` (import and export), `import "x"`, `import("x")` (also in `typeof import`), `require("x")`.
-const SPECIFIER = /\bfrom\s*["']([^"']+)["']|\bimport\s*["']([^"']+)["']|\bimport\s*\(\s*["']([^"']+)["']\s*\)|\brequire\s*\(\s*["']([^"']+)["']\s*\)/g;
+const SPECIFIER =
+  /\bfrom\s*["']([^"']+)["']|\bimport\s*["']([^"']+)["']|\bimport\s*\(\s*["']([^"']+)["']\s*\)|\brequire\s*\(\s*["']([^"']+)["']\s*\)/g;
 
 /** One edge per imported module: `require("x") as typeof import("x")` names it twice. */
 function relativeImports(source: SourceFile): Edge[] {
@@ -105,7 +109,12 @@ function check(sources: readonly SourceFile[]): Violation[] {
   for (const source of sources) {
     const from = layerOf(source.file);
     if (from === null || from === "bench" || from === "test") {
-      violations.push({ file: source.file, specifier: "", target: "", message: `${source.file}: in no layer of the table; add its folder` });
+      violations.push({
+        file: source.file,
+        specifier: "",
+        target: "",
+        message: `${source.file}: in no layer of the table; add its folder`,
+      });
       continue;
     }
     for (const edge of relativeImports(source)) {

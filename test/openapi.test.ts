@@ -74,13 +74,25 @@ describe("the document", () => {
       assert.ok(doc.components.schemas[ref.split("/").pop()!], `${ref} resolves`);
     }
     const ids: string[] = [];
-    for (const item of Object.values<any>(doc.paths)) for (const op of Object.values<any>(item)) if (op?.operationId) ids.push(op.operationId);
+    for (const item of Object.values<any>(doc.paths))
+      for (const op of Object.values<any>(item)) if (op?.operationId) ids.push(op.operationId);
     assert.equal(new Set(ids).size, ids.length, `unique operationIds: ${ids.join(", ")}`);
   });
 
   test("documents every endpoint of docs/http-api.md and one canonical route per stream, with the stream's body formats", () => {
-    for (const path of ["/v1/ingest/batch", "/events", "/ingest/message", "/ingest/batch", "/ingest/stream"]) assert.ok(doc.paths[path]?.post, `POST ${path}`);
-    for (const path of ["/v1/batches/{batch_id}", "/v1/batch/{batch_id}/status", "/health", "/v1/health", "/metrics", "/v1/metrics", "/v1/latency", "/stats", "/v1/ws"]) {
+    for (const path of ["/v1/ingest/batch", "/events", "/ingest/message", "/ingest/batch", "/ingest/stream"])
+      assert.ok(doc.paths[path]?.post, `POST ${path}`);
+    for (const path of [
+      "/v1/batches/{batch_id}",
+      "/v1/batch/{batch_id}/status",
+      "/health",
+      "/v1/health",
+      "/metrics",
+      "/v1/metrics",
+      "/v1/latency",
+      "/stats",
+      "/v1/ws",
+    ]) {
       assert.ok(doc.paths[path]?.get, `GET ${path}`);
     }
     const contentTypes: Record<string, string> = { json: "application/json", ndjson: "application/x-ndjson", text: "text/plain" };
@@ -88,7 +100,8 @@ describe("the document", () => {
       const op = doc.paths[`/v1/streams/${stream.name}/events`]?.post;
       assert.ok(op, `POST /v1/streams/${stream.name}/events`);
       assert.deepEqual(Object.keys(op.requestBody.content).sort(), stream.formats.map((f) => contentTypes[f]).sort(), stream.name);
-      for (const code of ["200", "202", "207", "400", "404", "413", "415", "422", "503"]) assert.ok(op.responses[code], `${stream.name}: response ${code}`);
+      for (const code of ["200", "202", "207", "400", "404", "413", "415", "422", "503"])
+        assert.ok(op.responses[code], `${stream.name}: response ${code}`);
     }
     const status = deref(doc.paths["/v1/batches/{batch_id}"].get.responses["200"].content["application/json"].schema);
     assert.deepEqual(status.properties.status.enum, ["pending", "committed", "partial", "failed"]);
@@ -166,11 +179,16 @@ describe("the daemon accepts exactly what the document says", () => {
       const p = deref(raw);
       if (p.type === "string") {
         if (typeof p.maxLength === "number") {
-          out.push({ label: `${field} of maxLength ${p.maxLength}`, record: withValue(field, "m".repeat(p.maxLength - 8) + randomUUID().slice(0, 8)), refusedAt: null });
+          out.push({
+            label: `${field} of maxLength ${p.maxLength}`,
+            record: withValue(field, "m".repeat(p.maxLength - 8) + randomUUID().slice(0, 8)),
+            refusedAt: null,
+          });
           out.push({ label: `${field} of maxLength + 1`, record: withValue(field, "m".repeat(p.maxLength + 1)), refusedAt: field });
         }
         if (typeof p.minLength === "number") {
-          if (p.minLength > 0) out.push({ label: `${field} shorter than minLength`, record: withValue(field, "m".repeat(p.minLength - 1)), refusedAt: field });
+          if (p.minLength > 0)
+            out.push({ label: `${field} shorter than minLength`, record: withValue(field, "m".repeat(p.minLength - 1)), refusedAt: field });
         }
         if (p.format === "uuid") out.push({ label: `${field} not a uuid`, record: withValue(field, "1234"), refusedAt: field });
         if (p.format === "date-time") {
@@ -209,7 +227,8 @@ describe("the daemon accepts exactly what the document says", () => {
       delete record[field];
       out.push({ label: `optional ${field} absent`, record, refusedAt: null });
     }
-    if (schema.additionalProperties === false) out.push({ label: "an unknown field", record: { ...base(), not_in_the_type: 1 }, refusedAt: "not_in_the_type" });
+    if (schema.additionalProperties === false)
+      out.push({ label: "an unknown field", record: { ...base(), not_in_the_type: 1 }, refusedAt: "not_in_the_type" });
     return out;
   }
 
@@ -222,7 +241,11 @@ describe("the daemon accepts exactly what the document says", () => {
     cases.forEach((c, i) => {
       const errors = byIndex.get(i) ?? [];
       if (c.refusedAt === null) assert.deepEqual(errors, [], `${stream}: ${c.label} is accepted`);
-      else assert.ok(errors.some((e) => e.path === c.refusedAt), `${stream}: ${c.label} is refused naming ${c.refusedAt}: ${JSON.stringify(errors)}`);
+      else
+        assert.ok(
+          errors.some((e) => e.path === c.refusedAt),
+          `${stream}: ${c.label} is refused naming ${c.refusedAt}: ${JSON.stringify(errors)}`,
+        );
     });
     assert.equal(res.json.accepted, cases.filter((c) => c.refusedAt === null).length);
     assert.equal(res.json.rejected, cases.filter((c) => c.refusedAt !== null).length);
@@ -230,7 +253,12 @@ describe("the daemon accepts exactly what the document says", () => {
 
   test("events", async () => {
     await tryAll("events", "/v1/streams/events/events", () => ({
-      event_id: randomUUID(), service_name: "svc", event_type: "t", payload: {}, timestamp: "2026-01-01T00:00:00Z", metadata: {},
+      event_id: randomUUID(),
+      service_name: "svc",
+      event_type: "t",
+      payload: {},
+      timestamp: "2026-01-01T00:00:00Z",
+      metadata: {},
     }));
   });
 
@@ -240,7 +268,13 @@ describe("the daemon accepts exactly what the document says", () => {
 
   test("product_events", async () => {
     await tryAll("product_events", "/events", () => ({
-      event_id: randomUUID(), user_id: "u", event_type: "t", event_time: 1767225600000, experiment_id: "e", variant: "v", properties: {},
+      event_id: randomUUID(),
+      user_id: "u",
+      event_type: "t",
+      event_time: 1767225600000,
+      experiment_id: "e",
+      variant: "v",
+      properties: {},
     }));
   });
 });

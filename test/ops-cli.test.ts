@@ -38,7 +38,8 @@ test("--help lists every command", () => {
   for (const args of [["--help"], ["-h"], ["help"], ["top", "--help"]]) {
     const r = run(args);
     assert.equal(r.code, 0, r.stderr);
-    for (const cmd of ["serve", "top", "check-config", "partitions", "bench"]) assert.match(r.stdout, new RegExp(`^  ${cmd}\\b`, "m"), `${args}: ${cmd}`);
+    for (const cmd of ["serve", "top", "check-config", "partitions", "bench"])
+      assert.match(r.stdout, new RegExp(`^  ${cmd}\\b`, "m"), `${args}: ${cmd}`);
   }
 });
 
@@ -72,18 +73,42 @@ test("check-config accepts the shipped configuration", () => {
 
 describe("check-config rejects each kind of bad value, naming the field, exit 78", () => {
   const cases: Array<{ name: string; file?: unknown; env?: Record<string, string>; expect: RegExp[] }> = [
-    { name: "file that is not JSON", file: '{\n  "port": 8080,\n  "host": \n}', expect: [/cannot read config file .*config-\d+\.json/, /is not valid JSON/] },
-    { name: "file that is not JSON, with the place", file: '{\n  "port": 8080\n  "host": "x"\n}', expect: [/cannot read config file .*config-\d+\.json: .*\(line 3, column 3\)/] },
+    {
+      name: "file that is not JSON",
+      file: '{\n  "port": 8080,\n  "host": \n}',
+      expect: [/cannot read config file .*config-\d+\.json/, /is not valid JSON/],
+    },
+    {
+      name: "file that is not JSON, with the place",
+      file: '{\n  "port": 8080\n  "host": "x"\n}',
+      expect: [/cannot read config file .*config-\d+\.json: .*\(line 3, column 3\)/],
+    },
     { name: "file that is a JSON array", file: "[]", expect: [/expected a JSON object/] },
     { name: "wrong type", file: { ...shipped, port: "8080" }, expect: [/^  port: expected .*number.*got "8080"$/m] },
     { name: "out of range", file: { ...shipped, workers: 0 }, expect: [/^  workers: expected .*Minimum<1>.*got 0$/m] },
-    { name: "out of range, upper bound", file: { ...shipped, ringMb: 99999 }, expect: [/^  ringMb: expected .*Maximum<4096>.*got 99999$/m] },
+    {
+      name: "out of range, upper bound",
+      file: { ...shipped, ringMb: 99999 },
+      expect: [/^  ringMb: expected .*Maximum<4096>.*got 99999$/m],
+    },
     { name: "not an integer", file: { ...shipped, batchSize: 2.5 }, expect: [/^  batchSize: expected .*int32.*got 2\.5$/m] },
     { name: "unknown field", file: { ...shipped, prot: 8080 }, expect: [/^  prot: unknown field/m] },
     { name: "unknown nested field", file: { ...shipped, ws: { ...shipped.ws, windw: 4 } }, expect: [/^  ws\.windw: unknown field/m] },
     { name: "nested out of range", file: { ...shipped, ws: { ...shipped.ws, window: 0 } }, expect: [/^  ws\.window: expected .*got 0$/m] },
-    { name: "value not in the allowed set", file: { ...shipped, logLevel: "verbose" }, expect: [/^  logLevel: expected .*"info".*got "verbose"$/m] },
-    { name: "missing field", file: (() => { const c = { ...shipped }; delete c.host; return c; })(), expect: [/^  host: missing/m] },
+    {
+      name: "value not in the allowed set",
+      file: { ...shipped, logLevel: "verbose" },
+      expect: [/^  logLevel: expected .*"info".*got "verbose"$/m],
+    },
+    {
+      name: "missing field",
+      file: (() => {
+        const c = { ...shipped };
+        delete c.host;
+        return c;
+      })(),
+      expect: [/^  host: missing/m],
+    },
     { name: "bad pattern", file: { ...shipped, dbSchema: "Robert'); DROP" }, expect: [/^  dbSchema: expected .*Pattern/m] },
     { name: "several errors at once, all listed", file: { ...shipped, port: -1, workers: "two" }, expect: [/^  port: /m, /^  workers: /m] },
     { name: "cross-field rule", file: { ...shipped, ringMb: 4, maxBodyMb: 16 }, expect: [/ringMb: must be at least maxBodyMb/] },
@@ -93,9 +118,21 @@ describe("check-config rejects each kind of bad value, naming the field, exit 78
     { name: "env BATCH_SIZE=1e3", env: { BATCH_SIZE: "1e3" }, expect: [/BATCH_SIZE: expected an integer, got "1e3"/] },
     { name: "env LOG_LEVEL=loud", env: { LOG_LEVEL: "loud" }, expect: [/^  logLevel \(from LOG_LEVEL\): expected .*got "loud"$/m] },
     { name: "env TLS_CERT without TLS_KEY", env: { TLS_CERT: "/etc/hostname" }, expect: [/tlsCert \/ tlsKey: set both or neither/] },
-    { name: "env API_KEYS_FILE that does not exist", env: { API_KEYS_FILE: "/nonexistent/keys.json" }, expect: [/apiKeysFile: file not found/] },
-    { name: "env HLOG_PATH in a missing directory", env: { HLOG_PATH: "/nonexistent/dir/latency.hlog" }, expect: [/hlogPath: directory not found/] },
-    { name: "INGESTD_CONFIG naming a missing file", env: { INGESTD_CONFIG: "/nonexistent/ingestd.json" }, expect: [/cannot read config file \/nonexistent\/ingestd\.json/] },
+    {
+      name: "env API_KEYS_FILE that does not exist",
+      env: { API_KEYS_FILE: "/nonexistent/keys.json" },
+      expect: [/apiKeysFile: file not found/],
+    },
+    {
+      name: "env HLOG_PATH in a missing directory",
+      env: { HLOG_PATH: "/nonexistent/dir/latency.hlog" },
+      expect: [/hlogPath: directory not found/],
+    },
+    {
+      name: "INGESTD_CONFIG naming a missing file",
+      env: { INGESTD_CONFIG: "/nonexistent/ingestd.json" },
+      expect: [/cannot read config file \/nonexistent\/ingestd\.json/],
+    },
   ];
   for (const c of cases) {
     test(c.name, () => {

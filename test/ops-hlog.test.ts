@@ -55,11 +55,17 @@ test("HLOG_PATH: interval histograms with the ack stage's counts parse back with
     entry.max = Math.max(entry.max, h.maxValue);
     byTag.set(h.tag, entry);
     // Absolute interval times (baseTime + offset) fall inside the run.
-    assert.ok(h.startTimeStampMsec >= startedAt - 1000 && h.endTimeStampMsec <= stoppedAt + 1000, `interval ${h.startTimeStampMsec}..${h.endTimeStampMsec} in run`);
+    assert.ok(
+      h.startTimeStampMsec >= startedAt - 1000 && h.endTimeStampMsec <= stoppedAt + 1000,
+      `interval ${h.startTimeStampMsec}..${h.endTimeStampMsec} in run`,
+    );
     assert.ok(h.endTimeStampMsec >= h.startTimeStampMsec);
   }
   // The reader parses the StartTime header lazily, with the first interval.
-  assert.ok(reader.startTimeSec * 1000 >= startedAt - 1000 && reader.startTimeSec * 1000 <= stoppedAt, `start time ${reader.startTimeSec} is in this run`);
+  assert.ok(
+    reader.startTimeSec * 1000 >= startedAt - 1000 && reader.startTimeSec * 1000 <= stoppedAt,
+    `start time ${reader.startTimeSec} is in this run`,
+  );
   const ack = byTag.get("ack.events");
   assert.ok(ack, `ack.events in ${[...byTag.keys()]}`);
   assert.ok(ack.intervals >= 2, `several intervals: ${ack.intervals}`);
@@ -117,7 +123,8 @@ test("SIGHUP reopens HLOG_PATH (logrotate): the moved file and the new one each 
   const ackCount = (file: string) => {
     const reader = new hdr.HistogramLogReader(fs.readFileSync(file, "utf8"));
     let n = 0;
-    for (let h = reader.nextIntervalHistogram(); h !== null; h = reader.nextIntervalHistogram()) if (h.tag === "ack.events") n += h.totalCount;
+    for (let h = reader.nextIntervalHistogram(); h !== null; h = reader.nextIntervalHistogram())
+      if (h.tag === "ack.events") n += h.totalCount;
     return n;
   };
   assert.match(fs.readFileSync(live, "utf8"), /^#\[StartTime: /m, "the new file has its own header");

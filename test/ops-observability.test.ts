@@ -25,7 +25,10 @@ test("/v1/latency: every stage gets percentiles for the stream, over the last in
     const total = report.since_start[stage]?.events;
     assert.ok(total, `since_start has ${stage}.events: ${JSON.stringify(report.since_start)}`);
     assert.ok(total.count >= 20, `${stage}: ${total.count} >= 20`);
-    assert.ok(total.p50_ms <= total.p95_ms && total.p95_ms <= total.p99_ms && total.p99_ms <= total.max_ms, `${stage} ordered: ${JSON.stringify(total)}`);
+    assert.ok(
+      total.p50_ms <= total.p95_ms && total.p95_ms <= total.p99_ms && total.p99_ms <= total.max_ms,
+      `${stage} ordered: ${JSON.stringify(total)}`,
+    );
     assert.ok(total.max_ms > 0, `${stage} max > 0`);
   }
   assert.equal(report.since_start.ack.events.count, startCount + 20);
@@ -33,11 +36,16 @@ test("/v1/latency: every stage gets percentiles for the stream, over the last in
   // Traffic within one interval shows up in last_interval; an idle interval after it shows none.
   await sendEvents(fx.daemon.base, "lat2", 10, 10);
   // Poll rather than sleep one interval: on a loaded machine the rotation timer runs late.
-  const moved = await waitFor("an interval holding the traffic", async () => {
-    const r = await getJson(`${fx.daemon.base}/v1/latency`);
-    // A later interval than the one read above: that one may already hold acks (of the first traffic).
-    return Date.parse(r.interval_end) > Date.parse(report.interval_end) && r.last_interval.ack?.events?.count > 0 ? r : null;
-  }, 5_000, 100);
+  const moved = await waitFor(
+    "an interval holding the traffic",
+    async () => {
+      const r = await getJson(`${fx.daemon.base}/v1/latency`);
+      // A later interval than the one read above: that one may already hold acks (of the first traffic).
+      return Date.parse(r.interval_end) > Date.parse(report.interval_end) && r.last_interval.ack?.events?.count > 0 ? r : null;
+    },
+    5_000,
+    100,
+  );
   assert.ok(moved.last_interval.ack.events.count > 0, JSON.stringify(moved.last_interval.ack));
   assert.ok(Date.parse(moved.interval_end) > Date.parse(report.interval_end), "interval advanced");
   await sleep(2100);
@@ -66,7 +74,10 @@ test("/metrics: counters and histograms move with traffic; gauges describe the d
   assert.equal(metric(m1, "ingestd_worker_backlog_bytes"), 0, "every body's bytes are released once answered");
   assert.equal(metric(m1, "ingestd_worker_threads"), 2);
   assert.ok(metric(m1, "process_resident_memory_bytes") > 0, "default process metrics");
-  assert.ok(m1.some((s) => s.name === "nodejs_eventloop_lag_seconds"), "default Node.js metrics");
+  assert.ok(
+    m1.some((s) => s.name === "nodejs_eventloop_lag_seconds"),
+    "default Node.js metrics",
+  );
 
   // Worker busy time is sampled once a second from the workers' event loops.
   await sendEvents(fx.daemon.base, "busy", 20, 50);
@@ -82,7 +93,11 @@ test("/metrics: counters and histograms move with traffic; gauges describe the d
   const unknown = await post(`${fx.daemon.base}/v1/streams/nope/events`, "{}");
   assert.equal(unknown.status, 404);
   const m3 = (await getMetrics(fx.daemon.base)).samples;
-  assert.equal(metric(m3, "ingestd_events_total", { stream: "events", outcome: "rejected" }) - metric(m2, "ingestd_events_total", { stream: "events", outcome: "rejected" }), 1);
+  assert.equal(
+    metric(m3, "ingestd_events_total", { stream: "events", outcome: "rejected" }) -
+      metric(m2, "ingestd_events_total", { stream: "events", outcome: "rejected" }),
+    1,
+  );
   assert.equal(metric(m3, "ingestd_http_requests_total", { route: EVENTS_ROUTE, status: "207" }), 1);
   assert.equal(metric(m3, "ingestd_http_requests_total", { route: EVENTS_ROUTE, status: "404" }), 1);
 });
@@ -106,7 +121,10 @@ test("/metrics: WebSocket connections and frames", async () => {
   assert.equal(ack.type, "ack");
   assert.equal(ack.accepted, 2);
   const m1 = (await getMetrics(fx.daemon.base)).samples;
-  assert.equal(metric(m1, "ingestd_ws_frames_total", { stream: "events" }) - metric(m0, "ingestd_ws_frames_total", { stream: "events" }), 1);
+  assert.equal(
+    metric(m1, "ingestd_ws_frames_total", { stream: "events" }) - metric(m0, "ingestd_ws_frames_total", { stream: "events" }),
+    1,
+  );
   assert.equal(metric(m1, "ingestd_ingest_requests_total", { stream: "events", transport: "ws", outcome: "done" }), 1);
   assert.equal(metric(m1, "ingestd_ack_latency_seconds_count", { stream: "events", transport: "ws" }), 1);
   ws.close(1000);
@@ -129,7 +147,11 @@ test("/stats agrees with the metrics it is counted beside", async () => {
   const failedRequests =
     metric(samples, "ingestd_ingest_requests_total") - metric(samples, "ingestd_ingest_requests_total", { outcome: "done" });
   assert.equal(stats.total_messages_processed, accepted + duplicates);
-  assert.equal(stats.messages_by_entity.events, metric(samples, "ingestd_events_total", { stream: "events", outcome: "accepted" }) + metric(samples, "ingestd_events_total", { stream: "events", outcome: "duplicate" }));
+  assert.equal(
+    stats.messages_by_entity.events,
+    metric(samples, "ingestd_events_total", { stream: "events", outcome: "accepted" }) +
+      metric(samples, "ingestd_events_total", { stream: "events", outcome: "duplicate" }),
+  );
   assert.equal(stats.errors, rejected + failedRequests);
   assert.equal(stats.errors_by_kind.unparseable, 1);
   assert.ok(stats.errors_by_kind.rejected >= 1);

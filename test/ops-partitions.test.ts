@@ -17,7 +17,12 @@ fx.setup(async () => {
 });
 
 function partitions(...args: string[]) {
-  const r = spawnSync(process.execPath, [CLI, "partitions", ...args], { cwd: ROOT, env: configEnv({ DATABASE_URL: fx.db.url }), encoding: "utf8", timeout: 60_000 });
+  const r = spawnSync(process.execPath, [CLI, "partitions", ...args], {
+    cwd: ROOT,
+    env: configEnv({ DATABASE_URL: fx.db.url }),
+    encoding: "utf8",
+    timeout: 60_000,
+  });
   return { code: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 

@@ -68,14 +68,26 @@ test("the unit's ExecStart runs this CLI; hardening, limits and stop timeout are
   const execStart = d.get("ExecStart")![0].split(/\s+/);
   assert.deepEqual(execStart, ["/usr/bin/node", "/opt/ingestd/dist/src/cli.js", "serve"]);
   // The same command line on this checkout, asked to check its configuration instead of serving.
-  const local = localUnit(`ExecStart=${execStart.join(" ")}`).slice("ExecStart=".length).split(" ");
+  const local = localUnit(`ExecStart=${execStart.join(" ")}`)
+    .slice("ExecStart=".length)
+    .split(" ");
   const r = spawnSync(local[0], [local[1], "check-config"], { encoding: "utf8", cwd: ROOT, env: configEnv() });
   assert.equal(r.status, 0, r.stderr);
 
   for (const [key, value] of [
-    ["Type", "notify"], ["NotifyAccess", "all"], ["DynamicUser", "yes"], ["NoNewPrivileges", "yes"], ["ProtectSystem", "strict"],
-    ["ProtectHome", "yes"], ["PrivateTmp", "yes"], ["StateDirectory", "ingestd"], ["Restart", "on-failure"], ["KillMode", "mixed"],
-    ["LimitNOFILE", "1048576"], ["RestartPreventExitStatus", "78"], ["EnvironmentFile", "/etc/ingestd/ingestd.env"],
+    ["Type", "notify"],
+    ["NotifyAccess", "all"],
+    ["DynamicUser", "yes"],
+    ["NoNewPrivileges", "yes"],
+    ["ProtectSystem", "strict"],
+    ["ProtectHome", "yes"],
+    ["PrivateTmp", "yes"],
+    ["StateDirectory", "ingestd"],
+    ["Restart", "on-failure"],
+    ["KillMode", "mixed"],
+    ["LimitNOFILE", "1048576"],
+    ["RestartPreventExitStatus", "78"],
+    ["EnvironmentFile", "/etc/ingestd/ingestd.env"],
     ["ExecReload", "/bin/kill -HUP $MAINPID"],
   ]) {
     assert.deepEqual(d.get(key), [value], key);

@@ -78,7 +78,8 @@ export function metric(samples: readonly Sample[], name: string, labels: Record<
 }
 
 /** Environment variables that override the configuration (src/ops/config.ts ENV_OVERRIDES) or pick its file. */
-const CONFIG_ENV = /^(INGESTD_CONFIG|DATABASE_URL|HOST|PORT|WORKERS|RING_MB|BATCH_SIZE|BATCH_TIMEOUT_MS|MAX_BATCH_MEMORY_MB|MAX_BODY_MB|API_KEYS_FILE|TLS_CERT|TLS_KEY|LOG_LEVEL|HLOG_PATH|DATA_DIR|OVERLOAD_DEADLINE_MS|STOP_TIMEOUT_MS|WS_WINDOW|WS_MAX_FRAME_BYTES|RETENTION_MONTHS)$/;
+const CONFIG_ENV =
+  /^(INGESTD_CONFIG|DATABASE_URL|HOST|PORT|WORKERS|RING_MB|BATCH_SIZE|BATCH_TIMEOUT_MS|MAX_BATCH_MEMORY_MB|MAX_BODY_MB|API_KEYS_FILE|TLS_CERT|TLS_KEY|LOG_LEVEL|HLOG_PATH|DATA_DIR|OVERLOAD_DEADLINE_MS|STOP_TIMEOUT_MS|WS_WINDOW|WS_MAX_FRAME_BYTES|RETENTION_MONTHS)$/;
 
 /** This process's environment without configuration overrides, plus `env`: a CLI run sees only what a test sets. */
 export function configEnv(env: Record<string, string> = {}): NodeJS.ProcessEnv {

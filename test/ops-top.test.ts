@@ -48,7 +48,10 @@ test("top in a pseudo-terminal shows non-zero throughput and per-stage percentil
   }
 
   const rates = eventRates(screen);
-  assert.ok(rates.some((r) => r > 0), `a frame with non-zero events/s: ${rates}\n${stripAnsi(screen).slice(-3000)}`);
+  assert.ok(
+    rates.some((r) => r > 0),
+    `a frame with non-zero events/s: ${rates}\n${stripAnsi(screen).slice(-3000)}`,
+  );
   const text = stripAnsi(screen);
   assert.match(text, /^database connected/m);
   assert.match(text, /^ring\s+[\d.]+ [KM]iB \/ 64\.0 MiB/m);
@@ -93,7 +96,9 @@ test("top against a daemon that is not there says so, keeps retrying, and still 
   assert.equal(await new Promise((resolve) => once.on("exit", resolve)), 1);
   assert.match(out, /cannot reach the daemon: ECONNREFUSED/);
 
-  const child = spawn(script, ["-qfec", `exec ${shellQuote(process.execPath)} ${shellQuote(CLI)} top --url ${nowhere}`, "/dev/null"], { stdio: ["pipe", "pipe", "inherit"] });
+  const child = spawn(script, ["-qfec", `exec ${shellQuote(process.execPath)} ${shellQuote(CLI)} top --url ${nowhere}`, "/dev/null"], {
+    stdio: ["pipe", "pipe", "inherit"],
+  });
   let screen = "";
   child.stdout.setEncoding("utf8");
   child.stdout.on("data", (c: string) => (screen += c));

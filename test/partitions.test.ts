@@ -10,7 +10,17 @@ import { randomUUID } from "node:crypto";
 import { describe, test } from "node:test";
 import pg from "pg";
 import { streams } from "../config/streams";
-import { addMonths, createPartitions, dropPartitionsOlderThan, ensureMonthPartitions, listPartitions, monthLabel, monthOf, partitionName, type Month } from "../src/storage/partitions";
+import {
+  addMonths,
+  createPartitions,
+  dropPartitionsOlderThan,
+  ensureMonthPartitions,
+  listPartitions,
+  monthLabel,
+  monthOf,
+  partitionName,
+  type Month,
+} from "../src/storage/partitions";
 import { useDaemon } from "./fixture";
 import { CLI, ROOT, event, post, waitFor } from "./harness";
 
@@ -53,7 +63,9 @@ async function partitionsOf(table: string): Promise<string[]> {
 
 /** event_id → partition the row is stored in. */
 async function whereStored(prefix: string): Promise<Record<string, string>> {
-  const { rows } = await client.query(`SELECT event_id, tableoid::regclass::text AS part FROM events WHERE event_id LIKE $1 || '%'`, [prefix]);
+  const { rows } = await client.query(`SELECT event_id, tableoid::regclass::text AS part FROM events WHERE event_id LIKE $1 || '%'`, [
+    prefix,
+  ]);
   return Object.fromEntries(rows.map((r) => [r.event_id, r.part]));
 }
 
@@ -65,7 +77,11 @@ async function sendEvents(records: Record<string, unknown>[]) {
 
 function runCli(args: string[], env: Record<string, string> = {}): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [CLI, ...args], { cwd: ROOT, env: { ...process.env, DATABASE_URL: fx.db.url, LOG_LEVEL: "warn", ...env }, stdio: ["ignore", "pipe", "pipe"] });
+    const child = spawn(process.execPath, [CLI, ...args], {
+      cwd: ROOT,
+      env: { ...process.env, DATABASE_URL: fx.db.url, LOG_LEVEL: "warn", ...env },
+      stdio: ["ignore", "pipe", "pipe"],
+    });
     let stdout = "";
     let stderr = "";
     child.stdout.setEncoding("utf8").on("data", (c) => (stdout += c));
@@ -83,7 +99,8 @@ describe("partitions at start", () => {
   test("this month's and next month's partitions and a default partition exist for every partitioned stream", async () => {
     for (const table of PARTITIONED) {
       const parts = await partitionsOf(table);
-      for (const name of [partitionName(table, M), partitionName(table, rel(1)), `${table}_default`]) assert.ok(parts.includes(name), `${table}: ${name} in ${parts.join(", ")}`);
+      for (const name of [partitionName(table, M), partitionName(table, rel(1)), `${table}_default`])
+        assert.ok(parts.includes(name), `${table}: ${name} in ${parts.join(", ")}`);
     }
     // The reference tables of the TPC-H streams are not partitioned.
     assert.deepEqual(await partitionsOf("orders"), []);
@@ -98,7 +115,11 @@ describe("partitions at start", () => {
     for (const [table, indexes] of Object.entries(want)) {
       for (const part of [table, ...(await partitionsOf(table))]) {
         const { rows } = await client.query(`SELECT indexdef FROM pg_indexes WHERE tablename = $1`, [part]);
-        for (const cols of indexes) assert.ok(rows.some((r) => r.indexdef.endsWith(cols)), `${part} has an index on ${cols}: ${rows.map((r) => r.indexdef).join("; ")}`);
+        for (const cols of indexes)
+          assert.ok(
+            rows.some((r) => r.indexdef.endsWith(cols)),
+            `${part} has an index on ${cols}: ${rows.map((r) => r.indexdef).join("; ")}`,
+          );
       }
     }
   });
@@ -106,7 +127,10 @@ describe("partitions at start", () => {
 
 describe("where rows land", () => {
   test("events across three months land in their month's partition, at the exact UTC boundaries; far past and far future land in the default", async () => {
-    assert.deepEqual(await createPartitions(client, "public", streams, [rel(-1)]), PARTITIONED.map((t) => partitionName(t, rel(-1))));
+    assert.deepEqual(
+      await createPartitions(client, "public", streams, [rel(-1)]),
+      PARTITIONED.map((t) => partitionName(t, rel(-1))),
+    );
     const lastMs = (m: Month) => startOf(addMonths(m, 1)).getTime() - startOf(m).getTime() - 1;
     const cases: [string, string, string][] = [
       ["pt-prev-first", at(rel(-1)), partitionName("events", rel(-1))],
@@ -134,15 +158,24 @@ describe("where rows land", () => {
   test("product_events by their epoch-ms time and logs by their receive time", async () => {
     const ids = { prev: randomUUID(), now: randomUUID(), old: randomUUID() };
     const product = (id: string, ms: number) => ({ event_id: id, user_id: "u", event_type: "t", event_time: ms, properties: {} });
-    const res = await post(`${fx.daemon.base}/events`, JSON.stringify([product(ids.prev, startOf(rel(-1)).getTime() + 5), product(ids.now, Date.now()), product(ids.old, 1000)]));
+    const res = await post(
+      `${fx.daemon.base}/events`,
+      JSON.stringify([product(ids.prev, startOf(rel(-1)).getTime() + 5), product(ids.now, Date.now()), product(ids.old, 1000)]),
+    );
     assert.equal(res.status, 200, res.text);
-    const { rows } = await client.query(`SELECT event_id::text AS id, tableoid::regclass::text AS part FROM product_events WHERE event_id = ANY($1::uuid[])`, [Object.values(ids)]);
+    const { rows } = await client.query(
+      `SELECT event_id::text AS id, tableoid::regclass::text AS part FROM product_events WHERE event_id = ANY($1::uuid[])`,
+      [Object.values(ids)],
+    );
     assert.deepEqual(Object.fromEntries(rows.map((r) => [r.id, r.part])), {
       [ids.prev]: partitionName("product_events", rel(-1)),
       [ids.now]: partitionName("product_events", monthOf(new Date())),
       [ids.old]: "product_events_default",
     });
-    const logs = await post(`${fx.daemon.base}/v1/streams/logs/events`, JSON.stringify({ service_name: "part-logs", severity: "INFO", message: "m" }));
+    const logs = await post(
+      `${fx.daemon.base}/v1/streams/logs/events`,
+      JSON.stringify({ service_name: "part-logs", severity: "INFO", message: "m" }),
+    );
     assert.equal(logs.status, 200, logs.text);
     const l = await client.query(`SELECT tableoid::regclass::text AS part FROM logs WHERE service_name = 'part-logs'`);
     assert.deepEqual(l.rows, [{ part: partitionName("logs", monthOf(new Date())) }]);
@@ -152,17 +185,31 @@ describe("where rows land", () => {
 describe("createPartitions / listPartitions", () => {
   test("creating a month whose rows sit in the default partition moves them into the new partition; dedup still knows them", async () => {
     const month = rel(-3);
-    await sendEvents([event("mv-1", { timestamp: at(month, DAY) }), event("mv-2", { timestamp: at(month, 20 * DAY) }), event("mv-keep", { timestamp: "1999-12-31T23:59:59Z" })]);
+    await sendEvents([
+      event("mv-1", { timestamp: at(month, DAY) }),
+      event("mv-2", { timestamp: at(month, 20 * DAY) }),
+      event("mv-keep", { timestamp: "1999-12-31T23:59:59Z" }),
+    ]);
     assert.deepEqual(await whereStored("mv-"), { "mv-1": "events_default", "mv-2": "events_default", "mv-keep": "events_default" });
 
     const created = await createPartitions(client, "public", streams, [month]);
-    assert.deepEqual(created, PARTITIONED.map((t) => partitionName(t, month)));
+    assert.deepEqual(
+      created,
+      PARTITIONED.map((t) => partitionName(t, month)),
+    );
     const name = partitionName("events", month);
     assert.deepEqual(await whereStored("mv-"), { "mv-1": name, "mv-2": name, "mv-keep": "events_default" });
-    assert.equal(Number((await client.query(`SELECT count(*) AS n FROM events WHERE event_id LIKE 'mv-%'`)).rows[0].n), 3, "moved, not copied");
+    assert.equal(
+      Number((await client.query(`SELECT count(*) AS n FROM events WHERE event_id LIKE 'mv-%'`)).rows[0].n),
+      3,
+      "moved, not copied",
+    );
     // The moved partition has the parent's indexes too.
     const idx = await client.query(`SELECT indexdef FROM pg_indexes WHERE tablename = $1`, [name]);
-    assert.ok(idx.rows.some((r) => r.indexdef.endsWith("(service_name, event_type, event_time)")), "the moved partition is indexed");
+    assert.ok(
+      idx.rows.some((r) => r.indexdef.endsWith("(service_name, event_type, event_time)")),
+      "the moved partition is indexed",
+    );
 
     const again = await post(`${fx.daemon.base}/v1/streams/events/events`, JSON.stringify([event("mv-1", { timestamp: at(month, DAY) })]));
     assert.equal(again.json.duplicates, 1);
@@ -185,13 +232,20 @@ describe("createPartitions / listPartitions", () => {
         return createPartitions(c, "public", streams, [month]);
       }),
     );
-    assert.deepEqual(racers.flat().sort(), PARTITIONED.map((t) => partitionName(t, month)).sort(), "each partition reported created exactly once");
+    assert.deepEqual(
+      racers.flat().sort(),
+      PARTITIONED.map((t) => partitionName(t, month)).sort(),
+      "each partition reported created exactly once",
+    );
     for (const table of PARTITIONED) assert.equal((await partitionsOf(table)).filter((p) => p === partitionName(table, month)).length, 1);
   });
 
   test("ensureMonthPartitions ahead of a month boundary creates the month after next", async () => {
     const created = await ensureMonthPartitions(client, "public", streams, startOf(rel(1)));
-    assert.deepEqual(created, PARTITIONED.map((t) => partitionName(t, rel(2))));
+    assert.deepEqual(
+      created,
+      PARTITIONED.map((t) => partitionName(t, rel(2))),
+    );
     // An event of that month written earlier sits in the default partition and was moved with it.
     assert.deepEqual(await whereStored("pt-after-next"), { "pt-after-next": partitionName("events", rel(2)) });
   });
@@ -208,7 +262,8 @@ describe("dropPartitionsOlderThan", () => {
     assert.deepEqual(Object.keys(await whereStored("old-")), ["old-2"], "the rows of dropped partitions are gone, the rest stay");
     for (const table of PARTITIONED) {
       const parts = await partitionsOf(table);
-      for (const keep of [rel(-12), rel(-3), rel(-1), M, rel(1)]) assert.ok(parts.includes(partitionName(table, keep)), `${table} keeps ${monthLabel(keep)}`);
+      for (const keep of [rel(-12), rel(-3), rel(-1), M, rel(1)])
+        assert.ok(parts.includes(partitionName(table, keep)), `${table} keeps ${monthLabel(keep)}`);
       assert.ok(parts.includes(`${table}_default`));
     }
 
@@ -220,7 +275,11 @@ describe("dropPartitionsOlderThan", () => {
       for (const keep of [rel(-1), M, rel(1)]) assert.ok(parts.includes(partitionName(table, keep)), `${table} keeps ${monthLabel(keep)}`);
     }
     assert.equal((await whereStored("pt-this-mid"))["pt-this-mid"], partitionName("events", M), "this month's rows are untouched");
-    await assert.rejects(dropPartitionsOlderThan(client, "public", streams, 0), /retention/, "0 months (which would drop this month) is refused");
+    await assert.rejects(
+      dropPartitionsOlderThan(client, "public", streams, 0),
+      /retention/,
+      "0 months (which would drop this month) is refused",
+    );
   });
 
   test("an id whose partition was dropped is new again; an id still stored in the default partition stays a duplicate", async () => {
@@ -241,7 +300,11 @@ describe("retention by the daemon", () => {
     await createPartitions(client, "public", streams, [old, rel(-2)]);
     await sendEvents([event("ret-old", { timestamp: at(old, DAY) }), event("ret-recent", { timestamp: at(rel(-2), DAY) })]);
     const second = await fx.startDaemon({ env: { RETENTION_MONTHS: "6" } });
-    await waitFor("retention to drop the old partition", async () => !(await partitionsOf("events")).includes(partitionName("events", old)), 15_000);
+    await waitFor(
+      "retention to drop the old partition",
+      async () => !(await partitionsOf("events")).includes(partitionName("events", old)),
+      15_000,
+    );
     const parts = await partitionsOf("events");
     for (const keep of [rel(-2), rel(-1), M, rel(1)]) assert.ok(parts.includes(partitionName("events", keep)), `keeps ${monthLabel(keep)}`);
     assert.deepEqual(Object.keys(await whereStored("ret-")), ["ret-recent"]);
@@ -294,7 +357,12 @@ describe("ingestd partitions (CLI)", () => {
 
   test("usage errors exit 64 and change nothing", async () => {
     const before = await partitionsOf("events");
-    for (const args of [["partitions", "create", "2020-13"], ["partitions", "drop", "--older-than", "0"], ["partitions", "drop", "--older-than", "x"], ["partitions", "frobnicate"]]) {
+    for (const args of [
+      ["partitions", "create", "2020-13"],
+      ["partitions", "drop", "--older-than", "0"],
+      ["partitions", "drop", "--older-than", "x"],
+      ["partitions", "frobnicate"],
+    ]) {
       const res = await runCli(args);
       assert.equal(res.code, 64, `${args.join(" ")}: ${res.stdout}${res.stderr}`);
       assert.ok(res.stderr.length > 0);

@@ -10,7 +10,10 @@ test("a JSON array lands as rows and is answered 200 after commit", async () => 
   assert.equal(res.status, 200, res.text);
   assert.equal(res.json.accepted, 2);
   const rows = await fx.db.query("SELECT event_id FROM events WHERE event_id IN ('s1','s2') ORDER BY event_id");
-  assert.deepEqual(rows.rows.map((r) => r.event_id), ["s1", "s2"]);
+  assert.deepEqual(
+    rows.rows.map((r) => r.event_id),
+    ["s1", "s2"],
+  );
 });
 
 test("SIGTERM drains and exits 0", async () => {

@@ -68,10 +68,14 @@ async function placement(d: Daemon) {
  * ends: in the dispatcher's queue or in the worker's group commit (none in transit, none being parsed).
  */
 async function settled(d: Daemon, n: number) {
-  return waitFor(`${n} tasks in flight, each queued in the dispatcher or in group commit`, async () => {
-    const p = await placement(d);
-    return p.inFlight === n && p.dispatcher + p.commitWaiting + p.committing === n ? p : null;
-  }, 20_000);
+  return waitFor(
+    `${n} tasks in flight, each queued in the dispatcher or in group commit`,
+    async () => {
+      const p = await placement(d);
+      return p.inFlight === n && p.dispatcher + p.commitWaiting + p.committing === n ? p : null;
+    },
+    20_000,
+  );
 }
 
 /** Holds the worker's commit: its merge into events_dedup waits for this lock until release(). */
@@ -93,10 +97,16 @@ async function holdCommits(): Promise<{ release(): Promise<void> }> {
 
 /** Resolves once the worker's first commit waits for the lock. */
 function commitWaitsForLock() {
-  return waitFor("the worker's commit to wait for the lock", async () => {
-    const { rows } = await fx.db.query(`SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name LIKE 'ingestd-worker-%' AND wait_event_type = 'Lock'`);
-    return rows[0].n === 1;
-  }, 20_000);
+  return waitFor(
+    "the worker's commit to wait for the lock",
+    async () => {
+      const { rows } = await fx.db.query(
+        `SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name LIKE 'ingestd-worker-%' AND wait_event_type = 'Lock'`,
+      );
+      return rows[0].n === 1;
+    },
+    20_000,
+  );
 }
 
 interface SendOptions {
@@ -186,7 +196,11 @@ describe("priority under contention (one worker, commit held while the backlog b
 
   test("priority still wins with 300 requests queued in the worker", async () => {
     const { order } = await contend("sat", 300, 10, { priority: 10 });
-    assert.deepEqual(order, ["early", ...fill(10, "late"), ...fill(299, "early")], `${before_(order, "early", "late")} priority-0 requests committed before the last priority-10 one`);
+    assert.deepEqual(
+      order,
+      ["early", ...fill(10, "late"), ...fill(299, "early")],
+      `${before_(order, "early", "late")} priority-0 requests committed before the last priority-10 one`,
+    );
   });
 
   test("a priority named only in X-Ingest-Priority counts like one in the body", async () => {
@@ -196,7 +210,12 @@ describe("priority under contention (one worker, commit held while the backlog b
 
   test("X-Ingest-Priority must be an integer from 0 to 10", async () => {
     for (const bad of ["11", "-1", "5.5", "high", "1e1"]) {
-      const res = await post(`${fx.daemon.base}/v1/ingest/batch`, JSON.stringify({ events: [event(`badpri-${bad}`)] }), "application/json", { "x-ingest-priority": bad });
+      const res = await post(
+        `${fx.daemon.base}/v1/ingest/batch`,
+        JSON.stringify({ events: [event(`badpri-${bad}`)] }),
+        "application/json",
+        { "x-ingest-priority": bad },
+      );
       assert.equal(res.status, 400, `${bad}: ${res.text}`);
       assert.equal(res.json.error, "bad_priority");
     }
@@ -205,7 +224,9 @@ describe("priority under contention (one worker, commit held while the backlog b
 
 describe("priority when requests wait for the worker (WORKER_BACKLOG_MB=1: ~300 requests in the worker, the rest in the dispatcher)", () => {
   before(async () => {
-    narrow = await fx.startDaemon({ env: { ...HOLDING, WORKERS: "1", BATCH_SIZE: String(PER_REQUEST), BATCH_TIMEOUT_MS: "5", WORKER_BACKLOG_MB: "1" } });
+    narrow = await fx.startDaemon({
+      env: { ...HOLDING, WORKERS: "1", BATCH_SIZE: String(PER_REQUEST), BATCH_TIMEOUT_MS: "5", WORKER_BACKLOG_MB: "1" },
+    });
   });
 
   test("control: 500 requests then 10 of equal priority are committed in arrival order", async () => {
@@ -222,7 +243,11 @@ describe("priority when requests wait for the worker (WORKER_BACKLOG_MB=1: ~300 
     // that has not started. Only the held commit was already under way.
     assert.ok(queuedBefore > 0, "some of the 500 waited in the dispatcher");
     assert.equal(queuedAfter, queuedBefore, "none of the priority-10 requests waited in the dispatcher");
-    assert.equal(before_(order, "early", "late"), 1, `${before_(order, "early", "late")} priority-0 requests committed before the last priority-10 one: ${order.slice(0, 20).join(" ")} …`);
+    assert.equal(
+      before_(order, "early", "late"),
+      1,
+      `${before_(order, "early", "late")} priority-0 requests committed before the last priority-10 one: ${order.slice(0, 20).join(" ")} …`,
+    );
     assert.deepEqual(order, ["early", ...fill(10, "late"), ...fill(499, "early")]);
   });
 });
@@ -257,7 +282,10 @@ describe("priority at ring admission: a full ring (2 MiB, an eighth reserved for
   function stalledUpload(d: Daemon, length: number): Promise<void> {
     return new Promise((resolve, reject) => {
       const socket = net.connect(d.port, "127.0.0.1", () => {
-        socket.write(`POST /v1/ingest/batch HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ${length}\r\n\r\n{"events":[`, () => resolve());
+        socket.write(
+          `POST /v1/ingest/batch HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ${length}\r\n\r\n{"events":[`,
+          () => resolve(),
+        );
       });
       socket.on("error", reject);
       sockets.push(socket);
@@ -279,12 +307,18 @@ describe("priority at ring admission: a full ring (2 MiB, an eighth reserved for
 
     /** A ~24 KB envelope: more than the general part has left, less than the reserve. */
     const body = (tag: string, priority?: number) =>
-      JSON.stringify({ events: [event(tag, { payload: { pad: "x".repeat(24 * 1024) } })], ...(priority === undefined ? {} : { priority }) });
+      JSON.stringify({
+        events: [event(tag, { payload: { pad: "x".repeat(24 * 1024) } })],
+        ...(priority === undefined ? {} : { priority }),
+      });
     const sent = Date.now();
     let lowDone = false;
     const low = post(`${d.base}/v1/ingest/batch`, body("ring-p0", 0)).then((r) => ((lowDone = true), { ...r, ms: Date.now() - sent }));
     // (On a machine slow enough to see it refused first, the priority ones still face the same full ring.)
-    await waitFor("the priority-0 request to wait for ring space", async () => lowDone || gauge(await metrics(d), "ingestd_ring_waiting") === 1);
+    await waitFor(
+      "the priority-0 request to wait for ring space",
+      async () => lowDone || gauge(await metrics(d), "ingestd_ring_waiting") === 1,
+    );
     const named = await post(`${d.base}/v1/ingest/batch`, body("ring-hdr"), "application/json", { "x-ingest-priority": "10" });
     const inBody = await post(`${d.base}/v1/ingest/batch`, body("ring-body", 10));
     const lowAnswer = await low;
@@ -298,7 +332,10 @@ describe("priority at ring admission: a full ring (2 MiB, an eighth reserved for
     assert.equal(lowAnswer.json.error, "overloaded");
     assert.ok(lowAnswer.ms >= 1400, `priority 0 refused after ${lowAnswer.ms} ms: not before its deadline`);
     const stored = await fx.db.query(`SELECT event_id FROM events WHERE event_id LIKE 'ring-%' ORDER BY 1`);
-    assert.deepEqual(stored.rows.map((r) => r.event_id), ["ring-body", "ring-hdr"]);
+    assert.deepEqual(
+      stored.rows.map((r) => r.event_id),
+      ["ring-body", "ring-hdr"],
+    );
     const after = await metrics(d);
     assert.equal(gauge(after, "ingestd_ring_used_bytes"), 2 * stalled, "the stalled uploads still hold the ring");
     assert.equal(gauge(after, "ingestd_ring_reserve_used_bytes"), 0, "the reserve is free again once they are answered");

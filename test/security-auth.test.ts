@@ -60,13 +60,23 @@ describe("HTTP ingest routes", () => {
     const routes: Array<[string, string, string]> = [
       ["/v1/streams/events/events", json, JSON.stringify(event("unauth-1"))],
       ["/v1/ingest/batch", json, JSON.stringify({ events: [event("unauth-2")] })],
-      ["/events", json, JSON.stringify({ event_id: "7f1c0d2e-1111-4a4a-8b8b-000000000001", user_id: "u", event_type: "t", event_time: 1, properties: {} })],
+      [
+        "/events",
+        json,
+        JSON.stringify({ event_id: "7f1c0d2e-1111-4a4a-8b8b-000000000001", user_id: "u", event_type: "t", event_time: 1, properties: {} }),
+      ],
       ["/ingest/message", "text/plain", orderLine()],
       ["/ingest/batch", "text/plain", orderLine()],
       ["/ingest/stream", "text/plain", `${orderLine()}\n`],
     ];
     for (const [route, type, body] of routes) {
-      for (const headers of [{}, bearer(stranger), xApiKey(stranger), { authorization: "Bearer " }, { authorization: `Basic ${Buffer.from("a:b").toString("base64")}` }]) {
+      for (const headers of [
+        {},
+        bearer(stranger),
+        xApiKey(stranger),
+        { authorization: "Bearer " },
+        { authorization: `Basic ${Buffer.from("a:b").toString("base64")}` },
+      ]) {
         const res = await post(`${fx.daemon.base}${route}`, body, type, headers);
         assert.equal(res.status, 401, `${route} ${JSON.stringify(Object.keys(headers))}: ${res.text}`);
         assert.equal(res.headers.get("www-authenticate"), 'Bearer realm="ingestd"');
@@ -82,7 +92,9 @@ describe("HTTP ingest routes", () => {
     const b = await post(`${fx.daemon.base}/v1/streams/events/events`, JSON.stringify(event("hdr-xkey")), json, xApiKey(writer));
     assert.equal(b.status, 200, b.text);
     // The scheme name is case-insensitive (RFC 9110).
-    const c = await post(`${fx.daemon.base}/v1/ingest/batch`, JSON.stringify({ events: [event("hdr-lower")] }), json, { authorization: `bearer ${writer.token}` });
+    const c = await post(`${fx.daemon.base}/v1/ingest/batch`, JSON.stringify({ events: [event("hdr-lower")] }), json, {
+      authorization: `bearer ${writer.token}`,
+    });
     assert.equal(c.status, 200, c.text);
     assert.deepEqual(await eventIds("hdr-"), ["hdr-bearer", "hdr-lower", "hdr-xkey"]);
   });
@@ -93,9 +105,20 @@ describe("HTTP ingest routes", () => {
     assert.equal(denied.status, 403, denied.text);
     assert.equal(denied.json.error, "forbidden");
     assert.match(denied.json.message, /writer may not write stream logs/);
-    const deniedEvents = await post(`${fx.daemon.base}/v1/streams/events/events`, JSON.stringify(event("forbid-1")), json, bearer(logsOnly));
+    const deniedEvents = await post(
+      `${fx.daemon.base}/v1/streams/events/events`,
+      JSON.stringify(event("forbid-1")),
+      json,
+      bearer(logsOnly),
+    );
     assert.equal(deniedEvents.status, 403);
-    const productEvent = JSON.stringify({ event_id: "7f1c0d2e-1111-4a4a-8b8b-000000000002", user_id: "u", event_type: "t", event_time: 1, properties: {} });
+    const productEvent = JSON.stringify({
+      event_id: "7f1c0d2e-1111-4a4a-8b8b-000000000002",
+      user_id: "u",
+      event_type: "t",
+      event_time: 1,
+      properties: {},
+    });
     assert.equal((await post(`${fx.daemon.base}/events`, productEvent, json, bearer(writer))).status, 403);
     assert.equal((await post(`${fx.daemon.base}/v1/streams/logs/events`, logRecord, json, bearer(logsOnly))).status, 200);
     assert.equal((await post(`${fx.daemon.base}/v1/streams/logs/events`, logRecord, json, bearer(star))).status, 200);
@@ -158,7 +181,10 @@ describe("WebSocket upgrade", () => {
   });
 
   test("no key or a wrong key is refused at the upgrade with 401; a stream not allowed with 403", async () => {
-    await assert.rejects(connectWs(url()), (err: any) => err.status === 401 && err.headers["www-authenticate"] === 'Bearer realm="ingestd"');
+    await assert.rejects(
+      connectWs(url()),
+      (err: any) => err.status === 401 && err.headers["www-authenticate"] === 'Bearer realm="ingestd"',
+    );
     await assert.rejects(connectWs(`${url()}&token=${stranger.token}`), (err: any) => err.status === 401);
     await assert.rejects(connectWs(url(), { headers: bearer(stranger) }), (err: any) => err.status === 401);
     await assert.rejects(connectWs(`${fx.daemon.wsBase}/v1/ws?stream=events&token=${logsOnly.token}`), (err: any) => err.status === 403);
@@ -177,7 +203,10 @@ describe("SIGHUP reload", () => {
 
   test("a key added to the file works after SIGHUP, a removed one stops working, without a restart", async () => {
     const pid = fx.daemon.child.pid;
-    assert.equal((await post(`${fx.daemon.base}/v1/streams/events/events`, JSON.stringify(event("hup-0")), json, bearer(later))).status, 401);
+    assert.equal(
+      (await post(`${fx.daemon.base}/v1/streams/events/events`, JSON.stringify(event("hup-0")), json, bearer(later))).status,
+      401,
+    );
     const revokedWs = await connectWs(`${fx.daemon.wsBase}/v1/ws?stream=logs&token=${logsOnly.token}`);
     const keptWs = await connectWs(`${fx.daemon.wsBase}/v1/ws?stream=events`, { headers: bearer(writer) });
     // `later` added, `logsOnly` removed.
@@ -196,7 +225,10 @@ describe("SIGHUP reload", () => {
     assert.equal((await keptWs.waitForAcks(1))[0].accepted, 1);
     keptWs.socket.close();
     // Unchanged keys keep working; same process throughout.
-    assert.equal((await post(`${fx.daemon.base}/v1/streams/events/events`, JSON.stringify(event("hup-2")), json, bearer(writer))).status, 200);
+    assert.equal(
+      (await post(`${fx.daemon.base}/v1/streams/events/events`, JSON.stringify(event("hup-2")), json, bearer(writer))).status,
+      200,
+    );
     assert.equal(fx.daemon.child.pid, pid);
     assert.equal(fx.daemon.child.exitCode, null);
     assert.deepEqual(await eventIds("hup-"), ["hup-1", "hup-2", "hup-ws"]);
@@ -214,13 +246,22 @@ describe("SIGHUP reload", () => {
     assert.equal(line.level, "error");
     assert.match(line.err, /keys\[0\]\.hash/);
     assert.ok(!line.err.includes(stranger.token));
-    assert.equal((await post(`${fx.daemon.base}/v1/streams/events/events`, JSON.stringify(event("hup-bad-1")), json, bearer(later))).status, 200);
-    assert.equal((await post(`${fx.daemon.base}/v1/streams/events/events`, JSON.stringify(event("hup-bad-2")), json, bearer(stranger))).status, 401);
+    assert.equal(
+      (await post(`${fx.daemon.base}/v1/streams/events/events`, JSON.stringify(event("hup-bad-1")), json, bearer(later))).status,
+      200,
+    );
+    assert.equal(
+      (await post(`${fx.daemon.base}/v1/streams/events/events`, JSON.stringify(event("hup-bad-2")), json, bearer(stranger))).status,
+      401,
+    );
 
     writeAtomic(keysFile, "{ not json");
     const syntax = await reload();
     assert.equal(syntax.level, "error");
-    assert.equal((await post(`${fx.daemon.base}/v1/streams/events/events`, JSON.stringify(event("hup-bad-3")), json, bearer(writer))).status, 200);
+    assert.equal(
+      (await post(`${fx.daemon.base}/v1/streams/events/events`, JSON.stringify(event("hup-bad-3")), json, bearer(writer))).status,
+      200,
+    );
 
     writeAtomic(keysFile, good);
     assert.equal((await reload()).msg, "API keys reloaded");
@@ -245,8 +286,14 @@ describe("configuration", () => {
     // The keyed daemon said which keys it loaded (by id), and did not warn.
     const loaded = logEntries(fx.daemon.output).find((e) => e.msg === "API keys loaded");
     assert.ok(loaded);
-    assert.deepEqual(loaded.key_ids, initial.map((k) => k.id));
-    assert.equal(logEntries(fx.daemon.output).find((e) => e.auth === "open"), undefined);
+    assert.deepEqual(
+      loaded.key_ids,
+      initial.map((k) => k.id),
+    );
+    assert.equal(
+      logEntries(fx.daemon.output).find((e) => e.auth === "open"),
+      undefined,
+    );
   });
 
   test("a bad keys file at start is a configuration error: exit 78, naming the field (serve and check-config)", async () => {

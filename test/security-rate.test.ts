@@ -24,7 +24,8 @@ const WINDOW = 16;
 const fx = useDaemon({ env: { INGESTD_API_KEYS: envKeys([slow, free, wsSlow, wsFree, lines]), WS_WINDOW: String(WINDOW) } });
 
 const auth = (k: TestKey) => ({ authorization: `Bearer ${k.token}` });
-const events = (prefix: string, n: number) => JSON.stringify(Array.from({ length: n }, (_, i) => event(`${prefix}-${String(i).padStart(4, "0")}`)));
+const events = (prefix: string, n: number) =>
+  JSON.stringify(Array.from({ length: n }, (_, i) => event(`${prefix}-${String(i).padStart(4, "0")}`)));
 
 async function count(prefix: string): Promise<number> {
   const res = await fx.db.query("SELECT count(*)::int AS n FROM events WHERE event_id LIKE $1 || '%'", [prefix]);
@@ -58,10 +59,20 @@ describe("HTTP", () => {
     const body = Array.from({ length: 10 }, (_, i) => `O|${5000 + i}|100|O|123.45|1996-01-02|5-LOW|Clerk#000000951|0|x`).join("\n");
     const first = await post(`${fx.daemon.base}/ingest/batch`, body, "text/plain", auth(lines));
     assert.equal(first.status, 200, first.text);
-    const stream = await post(`${fx.daemon.base}/ingest/stream`, "O|5100|100|O|1.00|1996-01-02|5-LOW|Clerk#1|0|x\n", "text/plain", auth(lines));
+    const stream = await post(
+      `${fx.daemon.base}/ingest/stream`,
+      "O|5100|100|O|1.00|1996-01-02|5-LOW|Clerk#1|0|x\n",
+      "text/plain",
+      auth(lines),
+    );
     assert.equal(stream.status, 429, stream.text);
     assert.ok(Number(stream.headers.get("retry-after")) >= 1);
-    const message = await post(`${fx.daemon.base}/ingest/message`, "O|5101|100|O|1.00|1996-01-02|5-LOW|Clerk#1|0|x", "text/plain", auth(lines));
+    const message = await post(
+      `${fx.daemon.base}/ingest/message`,
+      "O|5101|100|O|1.00|1996-01-02|5-LOW|Clerk#1|0|x",
+      "text/plain",
+      auth(lines),
+    );
     assert.equal(message.status, 429);
   });
 });
@@ -101,7 +112,10 @@ describe("WebSocket", () => {
     assert.ok(unlimitedMs < limitedMs, report);
 
     for (const c of [limited, unlimited]) {
-      assert.deepEqual(c.acks.map((a) => a.seq), Array.from({ length: FRAMES }, (_, i) => i + 1));
+      assert.deepEqual(
+        c.acks.map((a) => a.seq),
+        Array.from({ length: FRAMES }, (_, i) => i + 1),
+      );
       assert.ok(c.acks.every((a) => a.accepted === PER_FRAME && a.rejected === 0));
       assert.equal(c.socket.readyState, c.socket.OPEN, "throttling never closes the connection");
     }

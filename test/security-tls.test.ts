@@ -17,11 +17,27 @@ import { connectWs, keysFileJson, logEntries, newKey, tempDir } from "./security
 /** A self-signed certificate with SANs, so a client connecting to 127.0.0.1 verifies the name too. */
 function makeCert(certFile: string, keyFile: string): void {
   try {
-    execFileSync("openssl", [
-      "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
-      "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
-      "-keyout", keyFile, "-out", certFile,
-    ], { stdio: "ignore" });
+    execFileSync(
+      "openssl",
+      [
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=localhost",
+        "-addext",
+        "subjectAltName=DNS:localhost,IP:127.0.0.1",
+        "-keyout",
+        keyFile,
+        "-out",
+        certFile,
+      ],
+      { stdio: "ignore" },
+    );
   } catch (err) {
     throw new Error(`openssl could not make a test certificate (Debian: apt-get install openssl): ${(err as Error).message}`);
   }
@@ -71,7 +87,10 @@ test("HTTPS ingest lands rows (keys checked over TLS too)", async () => {
   assert.equal(res.status, 200, JSON.stringify(body));
   assert.equal(body.accepted, 2);
   const unauth = await undiciFetch(`${https()}/v1/streams/events/events`, {
-    method: "POST", body: JSON.stringify(event("tls-http-3")), headers: { "content-type": "application/json" }, dispatcher: agent,
+    method: "POST",
+    body: JSON.stringify(event("tls-http-3")),
+    headers: { "content-type": "application/json" },
+    dispatcher: agent,
   });
   assert.equal(unauth.status, 401);
   await unauth.text();
@@ -79,7 +98,10 @@ test("HTTPS ingest lands rows (keys checked over TLS too)", async () => {
   assert.equal(health.status, 200);
   await health.text();
   const rows = await fx.db.query("SELECT event_id FROM events WHERE event_id LIKE 'tls-http-%' ORDER BY event_id");
-  assert.deepEqual(rows.rows.map((r) => r.event_id), ["tls-http-1", "tls-http-2"]);
+  assert.deepEqual(
+    rows.rows.map((r) => r.event_id),
+    ["tls-http-1", "tls-http-2"],
+  );
 });
 
 test("WSS ingest lands rows, with the key in a header or in ?token=", async () => {
@@ -93,14 +115,16 @@ test("WSS ingest lands rows, with the key in a header or in ?token=", async () =
   viaHeader.socket.close();
   viaQuery.socket.close();
   const rows = await fx.db.query("SELECT event_id FROM events WHERE event_id LIKE 'tls-ws-%' ORDER BY event_id");
-  assert.deepEqual(rows.rows.map((r) => r.event_id), ["tls-ws-1", "tls-ws-2", "tls-ws-3"]);
+  assert.deepEqual(
+    rows.rows.map((r) => r.event_id),
+    ["tls-ws-1", "tls-ws-2", "tls-ws-3"],
+  );
 });
 
 test("a client that does not trust the certificate is refused, and plain HTTP gets no answer", async () => {
   const untrusting = new Agent();
-  await assert.rejects(
-    undiciFetch(`${https()}/health`, { dispatcher: untrusting }),
-    (err: any) => /SELF_SIGNED|CERT/.test(String(err?.cause?.code)),
+  await assert.rejects(undiciFetch(`${https()}/health`, { dispatcher: untrusting }), (err: any) =>
+    /SELF_SIGNED|CERT/.test(String(err?.cause?.code)),
   );
   await untrusting.close();
   // Plain HTTP on the TLS port: the server never answers in clear text.

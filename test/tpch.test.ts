@@ -17,24 +17,94 @@ const EXAMPLE = "O|1|100|O|123.45|1996-01-02|5-LOW|Clerk#000000951|0|nstructions
 // ---------------------------------------------------------------------------------------------------------
 // Line builders and the stored rows turned back into lines.
 
-function orderLine(key: number, o: Partial<Record<"cust" | "status" | "price" | "date" | "prio" | "clerk" | "ship" | "comment", string | number>> = {}): string {
-  return ["O", key, o.cust ?? 7, o.status ?? "O", o.price ?? "1000.50", o.date ?? "1996-01-02", o.prio ?? "5-LOW", o.clerk ?? "Clerk#000000951", o.ship ?? 0, o.comment ?? "plain order"].join("|");
-}
-
-type LineItemField = "part" | "supp" | "qty" | "price" | "disc" | "tax" | "rf" | "ls" | "ship" | "commit" | "receipt" | "instr" | "mode" | "comment";
-function lineItemLine(order: number, ln: number, l: Partial<Record<LineItemField, string | number>> = {}): string {
+function orderLine(
+  key: number,
+  o: Partial<Record<"cust" | "status" | "price" | "date" | "prio" | "clerk" | "ship" | "comment", string | number>> = {},
+): string {
   return [
-    "L", order, l.part ?? 11, l.supp ?? 3, ln, l.qty ?? "17.00", l.price ?? "21168.23", l.disc ?? "0.04", l.tax ?? "0.02", l.rf ?? "N", l.ls ?? "O",
-    l.ship ?? "1996-03-13", l.commit ?? "1996-02-12", l.receipt ?? "1996-03-22", l.instr ?? "DELIVER IN PERSON", l.mode ?? "TRUCK", l.comment ?? "egular courts above the",
+    "O",
+    key,
+    o.cust ?? 7,
+    o.status ?? "O",
+    o.price ?? "1000.50",
+    o.date ?? "1996-01-02",
+    o.prio ?? "5-LOW",
+    o.clerk ?? "Clerk#000000951",
+    o.ship ?? 0,
+    o.comment ?? "plain order",
   ].join("|");
 }
 
-function customerLine(key: number, c: Partial<Record<"name" | "addr" | "nation" | "phone" | "bal" | "seg" | "comment", string | number>> = {}): string {
-  return ["C", key, c.name ?? `Customer#${key}`, c.addr ?? "IVhzIApeRb ot,c,E", c.nation ?? 15, c.phone ?? "25-989-741-2988", c.bal ?? "711.56", c.seg ?? "BUILDING", c.comment ?? "to the even, regular platelets"].join("|");
+type LineItemField =
+  | "part"
+  | "supp"
+  | "qty"
+  | "price"
+  | "disc"
+  | "tax"
+  | "rf"
+  | "ls"
+  | "ship"
+  | "commit"
+  | "receipt"
+  | "instr"
+  | "mode"
+  | "comment";
+function lineItemLine(order: number, ln: number, l: Partial<Record<LineItemField, string | number>> = {}): string {
+  return [
+    "L",
+    order,
+    l.part ?? 11,
+    l.supp ?? 3,
+    ln,
+    l.qty ?? "17.00",
+    l.price ?? "21168.23",
+    l.disc ?? "0.04",
+    l.tax ?? "0.02",
+    l.rf ?? "N",
+    l.ls ?? "O",
+    l.ship ?? "1996-03-13",
+    l.commit ?? "1996-02-12",
+    l.receipt ?? "1996-03-22",
+    l.instr ?? "DELIVER IN PERSON",
+    l.mode ?? "TRUCK",
+    l.comment ?? "egular courts above the",
+  ].join("|");
 }
 
-function partLine(key: number, p: Partial<Record<"name" | "mfgr" | "brand" | "type" | "size" | "container" | "price" | "comment", string | number>> = {}): string {
-  return ["P", key, p.name ?? "goldenrod lavender spring", p.mfgr ?? "Manufacturer#1", p.brand ?? "Brand#13", p.type ?? "PROMO BURNISHED COPPER", p.size ?? 7, p.container ?? "JUMBO PKG", p.price ?? "901.00", p.comment ?? "ly. slyly ironi"].join("|");
+function customerLine(
+  key: number,
+  c: Partial<Record<"name" | "addr" | "nation" | "phone" | "bal" | "seg" | "comment", string | number>> = {},
+): string {
+  return [
+    "C",
+    key,
+    c.name ?? `Customer#${key}`,
+    c.addr ?? "IVhzIApeRb ot,c,E",
+    c.nation ?? 15,
+    c.phone ?? "25-989-741-2988",
+    c.bal ?? "711.56",
+    c.seg ?? "BUILDING",
+    c.comment ?? "to the even, regular platelets",
+  ].join("|");
+}
+
+function partLine(
+  key: number,
+  p: Partial<Record<"name" | "mfgr" | "brand" | "type" | "size" | "container" | "price" | "comment", string | number>> = {},
+): string {
+  return [
+    "P",
+    key,
+    p.name ?? "goldenrod lavender spring",
+    p.mfgr ?? "Manufacturer#1",
+    p.brand ?? "Brand#13",
+    p.type ?? "PROMO BURNISHED COPPER",
+    p.size ?? 7,
+    p.container ?? "JUMBO PKG",
+    p.price ?? "901.00",
+    p.comment ?? "ly. slyly ironi",
+  ].join("|");
 }
 
 /** Every stored row of the four tables whose key lies in [from, to], as the line it came from. */
@@ -169,10 +239,28 @@ function mixedFile(keyBase: number, total = 10_000): MixedFile {
     }
     const k = ++order;
     const special = n % 97 === 0 ? "tab\there, back\\slash, ünïcödé ✓" : `order ${n}`;
-    push(orderLine(k, { cust: 1 + Math.floor(rnd() * 1500), price: cents(50_000_000), date: day(), ship: Math.floor(rnd() * 3), comment: special }), "ok");
+    push(
+      orderLine(k, {
+        cust: 1 + Math.floor(rnd() * 1500),
+        price: cents(50_000_000),
+        date: day(),
+        ship: Math.floor(rnd() * 3),
+        comment: special,
+      }),
+      "ok",
+    );
     const items = 1 + Math.floor(rnd() * 4);
     for (let ln = 1; ln <= items; ln++) {
-      push(lineItemLine(k, ln, { part: 1 + Math.floor(rnd() * 2000), qty: `${1 + Math.floor(rnd() * 50)}.00`, price: cents(10_000_000), disc: `0.0${Math.floor(rnd() * 10)}`, ship: day() }), "ok");
+      push(
+        lineItemLine(k, ln, {
+          part: 1 + Math.floor(rnd() * 2000),
+          qty: `${1 + Math.floor(rnd() * 50)}.00`,
+          price: cents(10_000_000),
+          disc: `0.0${Math.floor(rnd() * 10)}`,
+          ship: day(),
+        }),
+        "ok",
+      );
     }
   }
   // The tail: one more orphan, a blank line, and valid lines up to exactly `total`.
@@ -225,7 +313,13 @@ interface SseResult {
  * `holdAt` bytes it stops writing until the first progress event arrived: progress is sent per committed
  * segment while the upload is still going, not all at the end.
  */
-function postStream(port: number, body: string, chunk: number, holdAt: number, timeoutMs = 60_000): Promise<SseResult & { heldForProgress: boolean }> {
+function postStream(
+  port: number,
+  body: string,
+  chunk: number,
+  holdAt: number,
+  timeoutMs = 60_000,
+): Promise<SseResult & { heldForProgress: boolean }> {
   return new Promise((resolve, reject) => {
     const bytes = Buffer.from(body, "utf8");
     const events: SseResult["events"] = [];
@@ -233,34 +327,41 @@ function postStream(port: number, body: string, chunk: number, holdAt: number, t
     let onFirstEvent: (() => void) | null = null;
     const timer = setTimeout(() => {
       req.destroy();
-      reject(new Error(`/ingest/stream did not finish within ${timeoutMs} ms; events so far: ${JSON.stringify(events.map((e) => e.data)).slice(0, 2000)}`));
+      reject(
+        new Error(
+          `/ingest/stream did not finish within ${timeoutMs} ms; events so far: ${JSON.stringify(events.map((e) => e.data)).slice(0, 2000)}`,
+        ),
+      );
     }, timeoutMs);
-    const req = http.request({ host: "127.0.0.1", port, method: "POST", path: "/ingest/stream", headers: { "content-type": "text/plain" } }, (res) => {
-      res.setEncoding("utf8");
-      let buffered = "";
-      res.on("data", (text: string) => {
-        buffered += text;
-        let cut: number;
-        while ((cut = buffered.indexOf("\n\n")) !== -1) {
-          const block = buffered.slice(0, cut);
-          buffered = buffered.slice(cut + 2);
-          let name: string | undefined;
-          const data: string[] = [];
-          for (const line of block.split("\n")) {
-            if (line.startsWith("event:")) name = line.slice(6).trim();
-            else if (line.startsWith("data:")) data.push(line.slice(5).trimStart());
+    const req = http.request(
+      { host: "127.0.0.1", port, method: "POST", path: "/ingest/stream", headers: { "content-type": "text/plain" } },
+      (res) => {
+        res.setEncoding("utf8");
+        let buffered = "";
+        res.on("data", (text: string) => {
+          buffered += text;
+          let cut: number;
+          while ((cut = buffered.indexOf("\n\n")) !== -1) {
+            const block = buffered.slice(0, cut);
+            buffered = buffered.slice(cut + 2);
+            let name: string | undefined;
+            const data: string[] = [];
+            for (const line of block.split("\n")) {
+              if (line.startsWith("event:")) name = line.slice(6).trim();
+              else if (line.startsWith("data:")) data.push(line.slice(5).trimStart());
+            }
+            if (data.length === 0) continue; // a comment
+            events.push({ event: name, data: JSON.parse(data.join("\n")), at: Date.now() });
+            onFirstEvent?.();
           }
-          if (data.length === 0) continue; // a comment
-          events.push({ event: name, data: JSON.parse(data.join("\n")), at: Date.now() });
-          onFirstEvent?.();
-        }
-      });
-      res.on("end", () => {
-        clearTimeout(timer);
-        resolve({ status: res.statusCode ?? 0, contentType: String(res.headers["content-type"]), events, heldForProgress });
-      });
-      res.on("error", reject);
-    });
+        });
+        res.on("end", () => {
+          clearTimeout(timer);
+          resolve({ status: res.statusCode ?? 0, contentType: String(res.headers["content-type"]), events, heldForProgress });
+        });
+        res.on("error", reject);
+      },
+    );
     req.on("error", (err) => {
       clearTimeout(timer);
       reject(err);
@@ -309,9 +410,19 @@ describe("POST /ingest/message: one line", () => {
     );
     assert.deepEqual(rows, [
       {
-        o_orderkey: "1", o_custkey: "100", o_orderstatus: "O", price: "123.45", day: "1996-01-02", o_orderpriority: "5-LOW",
-        o_clerk: "Clerk#000000951", o_shippriority: 0, o_comment: "nstructions sleep furiously",
-        key_type: "bigint", price_type: "numeric", date_type: "date", ship_type: "integer",
+        o_orderkey: "1",
+        o_custkey: "100",
+        o_orderstatus: "O",
+        price: "123.45",
+        day: "1996-01-02",
+        o_orderpriority: "5-LOW",
+        o_clerk: "Clerk#000000951",
+        o_shippriority: 0,
+        o_comment: "nstructions sleep furiously",
+        key_type: "bigint",
+        price_type: "numeric",
+        date_type: "date",
+        ship_type: "integer",
       },
     ]);
   });
@@ -328,7 +439,9 @@ describe("POST /ingest/message: one line", () => {
       assert.equal(res.json.entity, entity);
       assert.deepEqual(res.json.id, id);
     }
-    const li = await fx.db.query(`SELECT l_quantity::text AS q, l_extendedprice::text AS p, l_discount::text AS d, l_shipdate::text AS s FROM lineitem WHERE l_orderkey = 1 AND l_linenumber = 1`);
+    const li = await fx.db.query(
+      `SELECT l_quantity::text AS q, l_extendedprice::text AS p, l_discount::text AS d, l_shipdate::text AS s FROM lineitem WHERE l_orderkey = 1 AND l_linenumber = 1`,
+    );
     assert.deepEqual(li.rows, [{ q: "36.00", p: "99999999999.99", d: "0.10", s: "1996-03-13" }], "decimals are exact, not floats");
     const c = await fx.db.query(`SELECT c_acctbal::text AS bal, c_nationkey FROM customer WHERE c_custkey = 100`);
     assert.deepEqual(c.rows, [{ bal: "-986.96", c_nationkey: 15 }]);
@@ -374,7 +487,13 @@ describe("the canonical route of a line stream: POST /v1/streams/orders/events (
     assert.equal(res.status, 207, res.text);
     assert.equal(res.json.stream, "orders");
     assert.deepEqual([res.json.accepted, res.json.rejected, res.json.duplicates], [2, 2, 0]);
-    assert.deepEqual(res.json.errors.map((e: any) => [e.index, e.line, e.path]), [[1, 2, "$"], [2, 3, "o_orderdate"]]);
+    assert.deepEqual(
+      res.json.errors.map((e: any) => [e.index, e.line, e.path]),
+      [
+        [1, 2, "$"],
+        [2, 3, "o_orderdate"],
+      ],
+    );
     assert.deepEqual((await storedLines(6000, 6999)).O, [orderLine(6001), orderLine(6003)]);
     const json = await post(`${fx.daemon.base}/v1/streams/orders/events`, JSON.stringify({ o_orderkey: 6004 }));
     assert.equal(json.status, 415, json.text);
@@ -411,14 +530,19 @@ describe("TPC-H field validation: each kind of invalid value names its field", (
     assert.equal(res.json.processed, cases.length);
     assert.equal(res.json.inserted, 0);
     assert.equal(res.json.failed, cases.length);
-    assert.deepEqual(res.json.errors.map((e: any) => e.line_number), cases.map((_, i) => i + 1), "one error per line, in order");
+    assert.deepEqual(
+      res.json.errors.map((e: any) => e.line_number),
+      cases.map((_, i) => i + 1),
+      "one error per line, in order",
+    );
     res.json.errors.forEach((e: any, i: number) => {
       const [line, entity, field] = cases[i];
       assert.equal(e.entity, entity, line);
       assert.equal(e.line, line);
       assert.ok(e.message.startsWith(`${field}: `), `line ${i + 1} (${line}): "${e.message}" names ${field}`);
     });
-    const stored = await fx.db.query(`SELECT (SELECT count(*) FROM orders WHERE o_orderkey BETWEEN 3000 AND 3100) + (SELECT count(*) FROM lineitem WHERE l_orderkey BETWEEN 3000 AND 3100)
+    const stored =
+      await fx.db.query(`SELECT (SELECT count(*) FROM orders WHERE o_orderkey BETWEEN 3000 AND 3100) + (SELECT count(*) FROM lineitem WHERE l_orderkey BETWEEN 3000 AND 3100)
                                         + (SELECT count(*) FROM customer WHERE c_custkey BETWEEN 3000 AND 3100) + (SELECT count(*) FROM part WHERE p_partkey BETWEEN 3000 AND 3100) AS n`);
     assert.equal(Number(stored.rows[0].n), 0, "nothing stored");
 
@@ -459,7 +583,13 @@ describe("TPC-H field validation: each kind of invalid value names its field", (
     assert.equal(res.json.failed, 5);
     assert.deepEqual(
       res.json.errors.map((e: any) => [e.line_number, e.entity]),
-      [[2, "Order"], [4, "LineItem"], [5, "LineItem"], [6, "LineItem"], [8, "Order"]],
+      [
+        [2, "Order"],
+        [4, "LineItem"],
+        [5, "LineItem"],
+        [6, "LineItem"],
+        [8, "Order"],
+      ],
     );
     const msg = (n: number) => res.json.errors.find((e: any) => e.line_number === n).message;
     assert.match(msg(2), /rejected by the database: .*out of range/);
@@ -482,11 +612,17 @@ describe("one group commit shared by several requests", () => {
       const [ra, rb, rc] = await Promise.all([
         post(`${gc.base}/ingest/batch`, a.join("\n"), "text/plain"),
         post(`${gc.base}/ingest/batch`, b.join("\n"), "text/plain"),
-        post(`${gc.base}/v1/streams/events/events`, JSON.stringify([{ event_id: "gc-tpch-1", service_name: "s", event_type: "t", payload: {} }])),
+        post(
+          `${gc.base}/v1/streams/events/events`,
+          JSON.stringify([{ event_id: "gc-tpch-1", service_name: "s", event_type: "t", payload: {} }]),
+        ),
       ]);
       assert.equal(ra.status, 207, ra.text);
       assert.deepEqual([ra.json.inserted, ra.json.failed], [2, 2]);
-      assert.deepEqual(ra.json.errors.map((e: any) => e.line_number), [3, 4]);
+      assert.deepEqual(
+        ra.json.errors.map((e: any) => e.line_number),
+        [3, 4],
+      );
       assert.equal(rb.status, 200, rb.text);
       assert.equal(rb.json.inserted, 4, "b's lineitem of a's order 4001 is stored too: same transaction, orders first");
       assert.equal(rc.status, 200, rc.text);
@@ -529,8 +665,15 @@ describe("a 10,000-line mixed TPC-H file", () => {
     assertLineErrors(res.json.errors, file);
 
     assert.deepEqual(await storedLines(file.keyBase, file.keyBase + 999_999), expectedStored(file));
-    const dead = await fx.db.query(`SELECT line, raw FROM ingest_dead_letters WHERE source = 'http' AND line IS NOT NULL AND raw = ANY($1) ORDER BY line`, [failed.map((e) => e.text)]);
-    assert.deepEqual(dead.rows.map((d) => d.line), failed.map((e) => e.line), "a dead letter per failed line, with its line number");
+    const dead = await fx.db.query(
+      `SELECT line, raw FROM ingest_dead_letters WHERE source = 'http' AND line IS NOT NULL AND raw = ANY($1) ORDER BY line`,
+      [failed.map((e) => e.text)],
+    );
+    assert.deepEqual(
+      dead.rows.map((d) => d.line),
+      failed.map((e) => e.line),
+      "a dead letter per failed line, with its line number",
+    );
   });
 
   test("POST /ingest/stream (chunked) → text/event-stream: progress per committed segment while uploading, a final summary, exact per-line errors", async () => {
@@ -561,21 +704,35 @@ describe("a 10,000-line mixed TPC-H file", () => {
       assert.equal(p.data.total, total, "progress carries the running total");
     }
     assert.equal(total, file.records);
-    assert.equal(progress.reduce((n, p) => n + p.data.inserted, 0), final.data.inserted);
-    assertLineErrors(progress.flatMap((p) => p.data.errors), file);
+    assert.equal(
+      progress.reduce((n, p) => n + p.data.inserted, 0),
+      final.data.inserted,
+    );
+    assertLineErrors(
+      progress.flatMap((p) => p.data.errors),
+      file,
+    );
 
     assert.deepEqual(await storedLines(file.keyBase, file.keyBase + 999_999), expectedStored(file));
     const dead = await fx.db.query(`SELECT count(*)::int AS n FROM ingest_dead_letters WHERE source = 'http /ingest/stream'`);
     assert.equal(dead.rows[0].n, failed.length, "a dead letter per failed line");
 
     const statsAfter = (await get(`${fx.daemon.base}/stats`)).json;
-    assert.equal(statsAfter.total_messages_processed - statsBefore.total_messages_processed, final.data.inserted, "GET /stats counts the streamed lines");
+    assert.equal(
+      statsAfter.total_messages_processed - statsBefore.total_messages_processed,
+      final.data.inserted,
+      "GET /stats counts the streamed lines",
+    );
     assert.equal(statsAfter.errors - statsBefore.errors, final.data.failed);
   });
 
   test("GET /stats counts the TPC-H lines of /ingest/batch", async () => {
     const before = (await get(`${fx.daemon.base}/stats`)).json;
-    const res = await post(`${fx.daemon.base}/ingest/batch`, [orderLine(5001), lineItemLine(5001, 1), lineItemLine(5999, 1)].join("\n"), "text/plain");
+    const res = await post(
+      `${fx.daemon.base}/ingest/batch`,
+      [orderLine(5001), lineItemLine(5001, 1), lineItemLine(5999, 1)].join("\n"),
+      "text/plain",
+    );
     assert.equal(res.status, 207, res.text);
     const after = await get(`${fx.daemon.base}/stats`);
     assert.equal(after.status, 200, after.text);

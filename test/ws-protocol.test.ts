@@ -77,8 +77,14 @@ describe("frames and acks", () => {
     for (const f of frames) c.send(f.data);
     const acks = await c.waitForAcks(frames.length);
     acks.forEach(assertAckShape);
-    assert.deepEqual(acks.map((a) => a.seq), frames.map((_, i) => i + 1));
-    assert.deepEqual(acks.map((a) => a.accepted), frames.map((f) => f.ids.length));
+    assert.deepEqual(
+      acks.map((a) => a.seq),
+      frames.map((_, i) => i + 1),
+    );
+    assert.deepEqual(
+      acks.map((a) => a.accepted),
+      frames.map((f) => f.ids.length),
+    );
     assert.ok(acks.every((a) => a.rejected === 0 && a.errors.length === 0));
     // Acked means committed: the rows are there the moment the ack is.
     assert.deepEqual(await idsWithPrefix("seq-"), frames.flatMap((f) => f.ids).sort());
@@ -87,14 +93,22 @@ describe("frames and acks", () => {
 
   test("acks stay in seq order when a big first frame commits after small later ones", async () => {
     const c = await connect(fx.daemon);
-    const big = Array.from({ length: 1500 }, (_, i) => event(`order-a-${String(i).padStart(4, "0")}`, { payload: { pad: "p".repeat(40) } }));
+    const big = Array.from({ length: 1500 }, (_, i) =>
+      event(`order-a-${String(i).padStart(4, "0")}`, { payload: { pad: "p".repeat(40) } }),
+    );
     const bigFrame = JSON.stringify(big);
     assert.ok(bigFrame.length < MAX_FRAME);
     c.send(bigFrame);
     for (let f = 0; f < 6; f++) c.send(JSON.stringify(event(`order-b-${f}`)));
     const acks = await c.waitForAcks(7, 20_000);
-    assert.deepEqual(acks.map((a) => a.seq), [1, 2, 3, 4, 5, 6, 7]);
-    assert.deepEqual(acks.map((a) => a.accepted), [1500, 1, 1, 1, 1, 1, 1]);
+    assert.deepEqual(
+      acks.map((a) => a.seq),
+      [1, 2, 3, 4, 5, 6, 7],
+    );
+    assert.deepEqual(
+      acks.map((a) => a.accepted),
+      [1500, 1, 1, 1, 1, 1, 1],
+    );
     assert.equal((await idsWithPrefix("order-")).length, 1506);
     c.socket.close();
   });
@@ -106,7 +120,13 @@ describe("frames and acks", () => {
     assert.equal(ack.seq, 1);
     assert.equal(ack.accepted, 1);
     assert.equal(ack.rejected, 2);
-    assert.deepEqual(ack.errors.map((e: any) => [e.index, e.path]), [[1, "event_type"], [2, "extra"]]);
+    assert.deepEqual(
+      ack.errors.map((e: any) => [e.index, e.path]),
+      [
+        [1, "event_type"],
+        [2, "extra"],
+      ],
+    );
     assert.deepEqual(await idsWithPrefix("part-"), ["part-0"]);
     c.socket.close();
   });
@@ -124,7 +144,10 @@ describe("frames and acks", () => {
     c.send(""); // an empty frame
     c.send(JSON.stringify(event("garbage-ok")));
     const acks = await c.waitForAcks(4);
-    assert.deepEqual(acks.map((a) => a.seq), [1, 2, 3, 4]);
+    assert.deepEqual(
+      acks.map((a) => a.seq),
+      [1, 2, 3, 4],
+    );
     assert.equal(acks[1].accepted, 0);
     assert.ok(acks[1].rejected >= 1);
     assert.equal(acks[2].accepted, 0);
@@ -173,7 +196,10 @@ describe("limits", () => {
       await c.waitForAcks(sent - 1);
     }
     const acks = await c.waitForAcks(total);
-    assert.deepEqual(acks.map((a) => a.seq), Array.from({ length: total }, (_, i) => i + 1));
+    assert.deepEqual(
+      acks.map((a) => a.seq),
+      Array.from({ length: total }, (_, i) => i + 1),
+    );
     assert.equal((await idsWithPrefix("win-")).length, total);
     c.socket.close();
   });

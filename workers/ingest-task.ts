@@ -7,7 +7,14 @@ import { BroadcastChannel, threadId, workerData } from "node:worker_threads";
 import { streams } from "../config/streams";
 import { now } from "../src/shared/clock";
 import { LINE_ROUTER } from "../src/shared/stream-definition";
-import { BATCH_ALIAS_CHANNEL, emptyOutcome, type IngestOutcome, type IngestTask, type RecordError, type WorkerData } from "../src/shared/task-protocol";
+import {
+  BATCH_ALIAS_CHANNEL,
+  emptyOutcome,
+  type IngestOutcome,
+  type IngestTask,
+  type RecordError,
+  type WorkerData,
+} from "../src/shared/task-protocol";
 import { decodeBody, parseBody, recordReader, UnparseableBody, type ParsedBody } from "./records/body-parser";
 import { compileStreams } from "./records/compiled-streams";
 import { validateRecords } from "./records/validate";

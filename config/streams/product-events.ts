@@ -30,7 +30,10 @@ export default defineStream<ProductEventRecord>({
     { name: "properties", type: "jsonb", value: (r) => r.properties },
   ],
   timeColumn: "event_time",
-  indexes: [["user_id", "event_time"], ["event_type", "event_time"]],
+  indexes: [
+    ["user_id", "event_time"],
+    ["event_type", "event_time"],
+  ],
   partitioned: true,
   dedupKey: "event_id",
   dedupByDefault: true,

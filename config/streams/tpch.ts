@@ -69,22 +69,68 @@ export interface PartRecord {
 
 const ORDERS_LINE: LineLayout = {
   prefix: "O",
-  fields: [["o_orderkey", "key"], ["o_custkey", "key"], ["o_orderstatus", "text"], ["o_totalprice", "decimal"], ["o_orderdate", "date"], ["o_orderpriority", "text"], ["o_clerk", "text"], ["o_shippriority", "int"], ["o_comment", "text"]],
+  fields: [
+    ["o_orderkey", "key"],
+    ["o_custkey", "key"],
+    ["o_orderstatus", "text"],
+    ["o_totalprice", "decimal"],
+    ["o_orderdate", "date"],
+    ["o_orderpriority", "text"],
+    ["o_clerk", "text"],
+    ["o_shippriority", "int"],
+    ["o_comment", "text"],
+  ],
 };
 
 const LINEITEM_LINE: LineLayout = {
   prefix: "L",
-  fields: [["l_orderkey", "key"], ["l_partkey", "key"], ["l_suppkey", "key"], ["l_linenumber", "int"], ["l_quantity", "decimal"], ["l_extendedprice", "decimal"], ["l_discount", "decimal"], ["l_tax", "decimal"], ["l_returnflag", "text"], ["l_linestatus", "text"], ["l_shipdate", "date"], ["l_commitdate", "date"], ["l_receiptdate", "date"], ["l_shipinstruct", "text"], ["l_shipmode", "text"], ["l_comment", "text"]],
+  fields: [
+    ["l_orderkey", "key"],
+    ["l_partkey", "key"],
+    ["l_suppkey", "key"],
+    ["l_linenumber", "int"],
+    ["l_quantity", "decimal"],
+    ["l_extendedprice", "decimal"],
+    ["l_discount", "decimal"],
+    ["l_tax", "decimal"],
+    ["l_returnflag", "text"],
+    ["l_linestatus", "text"],
+    ["l_shipdate", "date"],
+    ["l_commitdate", "date"],
+    ["l_receiptdate", "date"],
+    ["l_shipinstruct", "text"],
+    ["l_shipmode", "text"],
+    ["l_comment", "text"],
+  ],
 };
 
 const CUSTOMER_LINE: LineLayout = {
   prefix: "C",
-  fields: [["c_custkey", "key"], ["c_name", "text"], ["c_address", "text"], ["c_nationkey", "int"], ["c_phone", "text"], ["c_acctbal", "decimal"], ["c_mktsegment", "text"], ["c_comment", "text"]],
+  fields: [
+    ["c_custkey", "key"],
+    ["c_name", "text"],
+    ["c_address", "text"],
+    ["c_nationkey", "int"],
+    ["c_phone", "text"],
+    ["c_acctbal", "decimal"],
+    ["c_mktsegment", "text"],
+    ["c_comment", "text"],
+  ],
 };
 
 const PART_LINE: LineLayout = {
   prefix: "P",
-  fields: [["p_partkey", "key"], ["p_name", "text"], ["p_mfgr", "text"], ["p_brand", "text"], ["p_type", "text"], ["p_size", "int"], ["p_container", "text"], ["p_retailprice", "decimal"], ["p_comment", "text"]],
+  fields: [
+    ["p_partkey", "key"],
+    ["p_name", "text"],
+    ["p_mfgr", "text"],
+    ["p_brand", "text"],
+    ["p_type", "text"],
+    ["p_size", "int"],
+    ["p_container", "text"],
+    ["p_retailprice", "decimal"],
+    ["p_comment", "text"],
+  ],
 };
 
 export const orders = defineStream<OrderRecord>({

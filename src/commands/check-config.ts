@@ -8,8 +8,10 @@ export async function checkConfigCommand(argv: string[]): Promise<number> {
   parseArgs({ args: argv, options: {} });
   const config = loadCheckedConfig();
   process.stdout.write(`configuration OK: ${configPath()}\n`);
-  process.stdout.write(`  listen ${config.host}:${config.port}, ${config.workers} workers, ring ${config.ringMb} MiB, ` +
-    `batch ${config.batchSize} rows / ${config.maxBatchMemoryMb} MiB / ${config.batchTimeoutMs} ms\n`);
+  process.stdout.write(
+    `  listen ${config.host}:${config.port}, ${config.workers} workers, ring ${config.ringMb} MiB, ` +
+      `batch ${config.batchSize} rows / ${config.maxBatchMemoryMb} MiB / ${config.batchTimeoutMs} ms\n`,
+  );
   process.stdout.write(`  database: ${config.databaseUrl === null ? `embedded under ${config.dataDir}` : "DATABASE_URL"}\n`);
   if (config.hlogPath !== null) process.stdout.write(`  latency log: ${config.hlogPath}\n`);
   return 0;

@@ -45,7 +45,6 @@ async function withDatabase<T>(config: IngestdConfig, work: (client: pg.Client) 
   }
 }
 
-
 export async function runPartitions(config: IngestdConfig, argv: string[], out: NodeJS.WritableStream): Promise<void> {
   const { positionals, values } = parseArgs({
     args: argv,
@@ -59,7 +58,8 @@ export async function runPartitions(config: IngestdConfig, argv: string[], out: 
       return withDatabase(config, async (client) => {
         const parts = await listPartitions(client, schema, streams);
         if (parts.length === 0) out.write("no partitions (no partitioned stream table yet: has `ingestd serve` run?)\n");
-        for (const p of parts) out.write(`${p.stream.padEnd(20)} ${p.partition.padEnd(36)} ${(p.month ?? "default").padEnd(8)} ${p.rows} rows\n`);
+        for (const p of parts)
+          out.write(`${p.stream.padEnd(20)} ${p.partition.padEnd(36)} ${(p.month ?? "default").padEnd(8)} ${p.rows} rows\n`);
       });
     case "create": {
       let months: ReturnType<typeof parseMonth>[];
@@ -79,7 +79,8 @@ export async function runPartitions(config: IngestdConfig, argv: string[], out: 
       const raw = values["older-than"] ?? (config.retentionMonths === null ? undefined : String(config.retentionMonths));
       if (raw === undefined) throw new UsageError("drop needs --older-than MONTHS (or retentionMonths in the configuration)");
       const months = Number(raw);
-      if (!Number.isInteger(months) || months < 1) throw new UsageError(`--older-than: expected a whole number of months >= 1, got ${JSON.stringify(raw)}`);
+      if (!Number.isInteger(months) || months < 1)
+        throw new UsageError(`--older-than: expected a whole number of months >= 1, got ${JSON.stringify(raw)}`);
       return withDatabase(config, async (client) => {
         const dropped = await dropPartitionsOlderThan(client, schema, streams, months);
         out.write(dropped.length > 0 ? `dropped ${dropped.join(", ")}\n` : `nothing older than ${months} months\n`);

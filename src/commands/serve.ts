@@ -40,7 +40,10 @@ export async function serveCommand(argv: string[]): Promise<void> {
     // The drain is bounded by the stop timeout even when a commit never returns (a hung database): past
     // it, exit without the rest. Nothing more is acknowledged, so this is as safe as kill -9.
     setTimeout(() => {
-      log.error({ stop_timeout_ms: config.stopTimeoutMs }, "drain did not finish within the stop timeout; exiting, unanswered work was not acknowledged");
+      log.error(
+        { stop_timeout_ms: config.stopTimeoutMs },
+        "drain did not finish within the stop timeout; exiting, unanswered work was not acknowledged",
+      );
       log.flush();
       process.exit(1);
     }, config.stopTimeoutMs).unref();

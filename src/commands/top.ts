@@ -219,9 +219,7 @@ export function renderFrame(url: string, prev: Snapshot | null, cur: Snapshot, i
   const reqs = rate(prev, cur, "ingestd_ingest_requests_total");
   const http = rate(prev, cur, "ingestd_http_requests_total");
   out.push(`database ${database}${cur.error ? `   (partial data: ${cur.error})` : ""}`);
-  out.push(
-    `events/s ${lpad(int(evAll), 9)}   accepted ${int(evAcc)}  rejected ${int(evRej)}  duplicate ${int(evDup)}`,
-  );
+  out.push(`events/s ${lpad(int(evAll), 9)}   accepted ${int(evAcc)}  rejected ${int(evRej)}  duplicate ${int(evDup)}`);
   out.push(`ingest requests+frames/s ${int(reqs)}   http requests/s ${int(http)}`);
 
   const used = first(m, "ingestd_ring_used_bytes") ?? 0;
@@ -389,7 +387,8 @@ export async function runTop(options: TopOptions): Promise<number> {
 
 /** Where the daemon of this configuration listens, as a URL a local client can reach. */
 function localUrl(config: IngestdConfig): string {
-  const host = config.host === "0.0.0.0" ? "127.0.0.1" : config.host === "::" ? "[::1]" : config.host.includes(":") ? `[${config.host}]` : config.host;
+  const host =
+    config.host === "0.0.0.0" ? "127.0.0.1" : config.host === "::" ? "[::1]" : config.host.includes(":") ? `[${config.host}]` : config.host;
   return `${config.tlsCert ? "https" : "http"}://${host}:${config.port}`;
 }
 
@@ -402,6 +401,7 @@ export async function topCommand(argv: string[]): Promise<number> {
   const url = values.url ?? localUrl(loadCheckedConfig());
   if (!/^https?:\/\/[^/]+/.test(url)) throw new UsageError(`--url: expected http://host:port, got ${JSON.stringify(url)}`);
   const intervalMs = values.interval === undefined ? 1000 : Number(values.interval);
-  if (!Number.isInteger(intervalMs) || intervalMs < 100) throw new UsageError(`--interval: expected milliseconds >= 100, got ${JSON.stringify(values.interval)}`);
+  if (!Number.isInteger(intervalMs) || intervalMs < 100)
+    throw new UsageError(`--interval: expected milliseconds >= 100, got ${JSON.stringify(values.interval)}`);
   return runTop({ url, intervalMs, once: values.once === true, input: process.stdin, output: process.stdout });
 }

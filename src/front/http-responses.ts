@@ -60,13 +60,7 @@ export function answerJson(res: HttpResponse, status: number, value: unknown, op
 }
 
 /** The error shape of every non-ingest failure: `{"status":"error","error":<code>,"message":...}`. */
-export function answerError(
-  res: HttpResponse,
-  status: number,
-  code: string,
-  message: string,
-  options: AnswerOptions = {},
-): void {
+export function answerError(res: HttpResponse, status: number, code: string, message: string, options: AnswerOptions = {}): void {
   answerJson(res, status, { status: "error", error: code, message }, options);
 }
 

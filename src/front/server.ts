@@ -154,10 +154,13 @@ export async function startServer(config: IngestdConfig, log: Logger): Promise<R
     limits: { maxBodyBytes: maxBody, overloadDeadlineMs: config.overloadDeadlineMs, retryAfterSeconds: config.retryAfterSeconds },
   };
 
-  const app = config.tlsCert && config.tlsKey
-    ? uws.SSLApp({ cert_file_name: config.tlsCert, key_file_name: config.tlsKey })
-    : uws.App();
-  registerIngestRoute(app, pipeline, { route: "/v1/streams/:stream/events", pattern: "/v1/streams/:stream/events", stream: null, envelope: false });
+  const app = config.tlsCert && config.tlsKey ? uws.SSLApp({ cert_file_name: config.tlsCert, key_file_name: config.tlsKey }) : uws.App();
+  registerIngestRoute(app, pipeline, {
+    route: "/v1/streams/:stream/events",
+    pattern: "/v1/streams/:stream/events",
+    stream: null,
+    envelope: false,
+  });
   registerIngestRoute(app, pipeline, { route: "/v1/ingest/batch", pattern: "/v1/ingest/batch", stream: "events", envelope: true });
   registerIngestRoute(app, pipeline, { route: "/events", pattern: "/events", stream: "product_events", envelope: false });
   registerLineRoutes(app, pipeline);
@@ -189,10 +192,15 @@ export async function startServer(config: IngestdConfig, log: Logger): Promise<R
   const listenSocket = await new Promise<us_listen_socket>((resolve, reject) => {
     // Exclusive: without it uWS sets SO_REUSEPORT and a second daemon on the same port would silently
     // split the traffic with the first instead of failing to start.
-    (app.listen as unknown as (host: string, port: number, options: number, cb: (s: us_listen_socket | false) => void) => void)(config.host, config.port, EXCLUSIVE_PORT, (socket) => {
-      if (socket) resolve(socket);
-      else reject(new Error(`cannot listen on ${config.host}:${config.port} (address in use or not permitted)`));
-    });
+    (app.listen as unknown as (host: string, port: number, options: number, cb: (s: us_listen_socket | false) => void) => void)(
+      config.host,
+      config.port,
+      EXCLUSIVE_PORT,
+      (socket) => {
+        if (socket) resolve(socket);
+        else reject(new Error(`cannot listen on ${config.host}:${config.port} (address in use or not permitted)`));
+      },
+    );
   });
   const port = uws.us_socket_local_port(listenSocket as any);
   log.info(
@@ -223,10 +231,7 @@ export async function startServer(config: IngestdConfig, log: Logger): Promise<R
         admission.startDraining();
         uws.us_listen_socket_close(listenSocket);
         log.info("draining: no new connections; committing and acknowledging in-flight work");
-        await Promise.race([
-          Promise.all([dispatcher.idle(), ws.shutdown()]),
-          new Promise((r) => setTimeout(r, config.stopTimeoutMs)),
-        ]);
+        await Promise.race([Promise.all([dispatcher.idle(), ws.shutdown()]), new Promise((r) => setTimeout(r, config.stopTimeoutMs))]);
         await dispatcher.idle();
         await dispatcher.close();
         batches.close();

@@ -174,7 +174,5 @@ function setPath(target: Record<string, unknown>, key: string, value: unknown): 
 
 /** Streams that deduplicate: each stream's default, overridden by the `deduplicate` setting. */
 export function dedupStreams(config: IngestdConfig, streams: readonly StreamDefinition[]): string[] {
-  return streams
-    .filter((s) => s.dedupKey !== undefined && (config.deduplicate[s.name] ?? s.dedupByDefault ?? false))
-    .map((s) => s.name);
+  return streams.filter((s) => s.dedupKey !== undefined && (config.deduplicate[s.name] ?? s.dedupByDefault ?? false)).map((s) => s.name);
 }

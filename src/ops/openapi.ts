@@ -15,7 +15,11 @@ function recordSchemaName(stream: StreamDefinition): string {
 }
 
 const errorResponses = {
-  "400": { description: "The body cannot be parsed at all (malformed JSON, invalid UTF-8, empty), or X-Ingest-Priority is not an integer from 0 to 10.", content: json(ref("Error")) },
+  "400": {
+    description:
+      "The body cannot be parsed at all (malformed JSON, invalid UTF-8, empty), or X-Ingest-Priority is not an integer from 0 to 10.",
+    content: json(ref("Error")),
+  },
   "401": { description: "Missing or unknown API key.", content: json(ref("Error")) },
   "403": { description: "The API key may not write this stream.", content: json(ref("Error")) },
   "404": { description: "Unknown stream.", content: json(ref("Error")) },
@@ -32,7 +36,8 @@ const priorityHeader = {
   name: "X-Ingest-Priority",
   in: "header",
   required: false,
-  description: "Priority 0..10 (default 0), higher served first under contention; known before the body is read, so it also orders admission to the ring. With an envelope priority too, the higher counts.",
+  description:
+    "Priority 0..10 (default 0), higher served first under contention; known before the body is read, so it also orders admission to the ring. With an envelope priority too, the higher counts.",
   schema: { type: "integer", minimum: 0, maximum: 10 },
 };
 
@@ -98,7 +103,10 @@ export function openApiDocument(streams: readonly StreamDefinition[], version: s
 
   const ingestResponses = {
     "200": { description: "Every record committed.", content: json(ref("IngestResult")) },
-    "202": { description: "`Prefer: respond-async`: the body is in the ring; poll GET /v1/batches/{batch_id}.", content: json(ref("Accepted")) },
+    "202": {
+      description: "`Prefer: respond-async`: the body is in the ring; poll GET /v1/batches/{batch_id}.",
+      content: json(ref("Accepted")),
+    },
     "207": { description: "Some records rejected; the others are committed.", content: json(ref("IngestResult")) },
     "422": { description: "Every record invalid; nothing stored.", content: json(ref("IngestResult")) },
     ...errorResponses,
@@ -108,9 +116,14 @@ export function openApiDocument(streams: readonly StreamDefinition[], version: s
   for (const stream of streams) {
     const record = ref(recordSchemaName(stream));
     const content: Record<string, unknown> = {};
-    if (stream.formats.includes("json")) content["application/json"] = { schema: { oneOf: [record, { type: "array", items: record, minItems: 1 }] } };
-    if (stream.formats.includes("ndjson")) content["application/x-ndjson"] = { schema: { type: "string", description: `One ${recordSchemaName(stream)} JSON object per line.` } };
-    if (stream.formats.includes("text")) content["text/plain"] = { schema: { type: "string", description: `One line per record, starting with "${stream.linePrefix}|".` } };
+    if (stream.formats.includes("json"))
+      content["application/json"] = { schema: { oneOf: [record, { type: "array", items: record, minItems: 1 }] } };
+    if (stream.formats.includes("ndjson"))
+      content["application/x-ndjson"] = {
+        schema: { type: "string", description: `One ${recordSchemaName(stream)} JSON object per line.` },
+      };
+    if (stream.formats.includes("text"))
+      content["text/plain"] = { schema: { type: "string", description: `One line per record, starting with "${stream.linePrefix}|".` } };
     paths[`/v1/streams/${stream.name}/events`] = {
       post: {
         operationId: `ingest_${stream.name}`,
@@ -157,11 +170,55 @@ export function openApiDocument(streams: readonly StreamDefinition[], version: s
       },
     };
   }
-  const lines = { required: true, content: { "text/plain": { schema: { type: "string", description: "TPC-H lines: O|, L|, C| or P| prefixed, one per line." } } } };
-  paths["/ingest/message"] = { post: { operationId: "ingest_line", summary: "Ingest one TPC-H line.", requestBody: lines, responses: { "200": { description: "Stored." }, "400": { description: "Line rejected, with entity and reason." }, "503": errorResponses["503"] } } };
-  paths["/ingest/batch"] = { post: { operationId: "ingest_lines", summary: "Ingest TPC-H lines; each failed line is reported, the others stored.", requestBody: lines, responses: { "200": { description: "All lines stored." }, "207": { description: "Some lines failed." }, "503": errorResponses["503"] } } };
-  paths["/ingest/stream"] = { post: { operationId: "ingest_line_stream", summary: "Chunked TPC-H upload; progress as server-sent events.", requestBody: lines, responses: { "200": { description: "text/event-stream of progress events and a final summary.", content: { "text/event-stream": { schema: { type: "string" } } } } } } };
-  const batch = { parameters: [{ name: "batch_id", in: "path", required: true, schema: { type: "string" } }], get: { operationId: "batch_status", summary: "Outcome of a request by its batch id.", responses: { "200": { description: "Batch status.", content: json(ref("BatchStatus")) }, "404": { description: "Unknown batch." } } } };
+  const lines = {
+    required: true,
+    content: { "text/plain": { schema: { type: "string", description: "TPC-H lines: O|, L|, C| or P| prefixed, one per line." } } },
+  };
+  paths["/ingest/message"] = {
+    post: {
+      operationId: "ingest_line",
+      summary: "Ingest one TPC-H line.",
+      requestBody: lines,
+      responses: {
+        "200": { description: "Stored." },
+        "400": { description: "Line rejected, with entity and reason." },
+        "503": errorResponses["503"],
+      },
+    },
+  };
+  paths["/ingest/batch"] = {
+    post: {
+      operationId: "ingest_lines",
+      summary: "Ingest TPC-H lines; each failed line is reported, the others stored.",
+      requestBody: lines,
+      responses: {
+        "200": { description: "All lines stored." },
+        "207": { description: "Some lines failed." },
+        "503": errorResponses["503"],
+      },
+    },
+  };
+  paths["/ingest/stream"] = {
+    post: {
+      operationId: "ingest_line_stream",
+      summary: "Chunked TPC-H upload; progress as server-sent events.",
+      requestBody: lines,
+      responses: {
+        "200": {
+          description: "text/event-stream of progress events and a final summary.",
+          content: { "text/event-stream": { schema: { type: "string" } } },
+        },
+      },
+    },
+  };
+  const batch = {
+    parameters: [{ name: "batch_id", in: "path", required: true, schema: { type: "string" } }],
+    get: {
+      operationId: "batch_status",
+      summary: "Outcome of a request by its batch id.",
+      responses: { "200": { description: "Batch status.", content: json(ref("BatchStatus")) }, "404": { description: "Unknown batch." } },
+    },
+  };
   paths["/v1/batches/{batch_id}"] = batch;
   paths["/v1/batch/{batch_id}/status"] = { ...batch, get: { ...batch.get, operationId: "batch_status_compat" } };
   paths["/v1/ws"] = {
@@ -185,7 +242,11 @@ export function openApiDocument(streams: readonly StreamDefinition[], version: s
 
   return {
     openapi: "3.1.0",
-    info: { title: "ingestd", version, description: "Event ingestion: every accepted record is committed in PostgreSQL before it is acknowledged." },
+    info: {
+      title: "ingestd",
+      version,
+      description: "Event ingestion: every accepted record is committed in PostgreSQL before it is acknowledged.",
+    },
     paths,
     components: {
       schemas,

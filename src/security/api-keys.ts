@@ -51,7 +51,13 @@ export interface ApiKey {
 }
 
 /** Stands for "no keys configured": every ingest request is let through, unlimited. */
-export const OPEN_ACCESS: ApiKey = Object.freeze({ id: "(open)", streams: new Set<string>(), all: true, bucket: null, digest: Buffer.alloc(32) });
+export const OPEN_ACCESS: ApiKey = Object.freeze({
+  id: "(open)",
+  streams: new Set<string>(),
+  all: true,
+  bucket: null,
+  digest: Buffer.alloc(32),
+});
 
 /** Names the keys loader needs to know: every stream, and those fed by the TPC-H line endpoints. */
 export interface StreamCatalog {
@@ -105,7 +111,10 @@ export function presentedToken(authorization: string, xApiKey: string, queryToke
 /** Parses INGESTD_API_KEYS: `id:sha256hex:stream,stream[:rate[:burst]]` entries separated by `;`. */
 export function parseEnvKeys(value: string): unknown[] {
   const entries: unknown[] = [];
-  const parts = value.split(/[;\n]/).map((s) => s.trim()).filter((s) => s !== "");
+  const parts = value
+    .split(/[;\n]/)
+    .map((s) => s.trim())
+    .filter((s) => s !== "");
   parts.forEach((part, i) => {
     const fields = part.split(":").map((s) => s.trim());
     // Accept the file's `sha256:<hex>` spelling too: it splits into two fields here.
@@ -116,10 +125,20 @@ export function parseEnvKeys(value: string): unknown[] {
     const [id, hash, streams, rate, burst] = fields;
     const num = (name: string, v: string | undefined) => {
       if (v === undefined || v === "") return null;
-      if (!/^\d+(\.\d+)?$/.test(v)) throw new ApiKeysError(`${API_KEYS_ENV} entry ${i + 1} (${id}): ${name}: expected a positive number, got ${JSON.stringify(v)}`);
+      if (!/^\d+(\.\d+)?$/.test(v))
+        throw new ApiKeysError(`${API_KEYS_ENV} entry ${i + 1} (${id}): ${name}: expected a positive number, got ${JSON.stringify(v)}`);
       return Number(v);
     };
-    entries.push({ id, hash, streams: streams.split(",").map((s) => s.trim()).filter((s) => s !== ""), rate: num("rate", rate), burst: num("burst", burst) });
+    entries.push({
+      id,
+      hash,
+      streams: streams
+        .split(",")
+        .map((s) => s.trim())
+        .filter((s) => s !== ""),
+      rate: num("rate", rate),
+      burst: num("burst", burst),
+    });
   });
   return entries;
 }
@@ -161,7 +180,8 @@ export function readKeyEntries(file: string | null, envValue: string | undefined
   const hashes = new Map<string, string>();
   for (const { entry, where } of entries) {
     for (const s of entry.streams) {
-      if (!known.has(s)) throw new ApiKeysError(`${where} (${entry.id}): streams: unknown stream ${JSON.stringify(s)}; known: ${[...known].join(", ")}`);
+      if (!known.has(s))
+        throw new ApiKeysError(`${where} (${entry.id}): streams: unknown stream ${JSON.stringify(s)}; known: ${[...known].join(", ")}`);
     }
     const prior = ids.get(entry.id);
     if (prior) throw new ApiKeysError(`${where}: id ${JSON.stringify(entry.id)} is already used by ${prior}`);
@@ -293,14 +313,18 @@ export function runKeysCommand(argv: string[], out: NodeJS.WritableStream, catal
   const num = (name: string, v: string | undefined) => {
     if (v === undefined) return undefined;
     const n = Number(v);
-    if (!/^\d+(\.\d+)?$/.test(v) || !(n > 0)) throw new ApiKeysError(`keys new: --${name}: expected a positive number, got ${JSON.stringify(v)}`);
+    if (!/^\d+(\.\d+)?$/.test(v) || !(n > 0))
+      throw new ApiKeysError(`keys new: --${name}: expected a positive number, got ${JSON.stringify(v)}`);
     return n;
   };
   const token = mintToken();
   const entry: ApiKeyEntry = {
     id: values.id as ApiKeyEntry["id"],
     hash: `sha256:${hashToken(token)}` as ApiKeyEntry["hash"],
-    streams: values.streams.split(",").map((s) => s.trim()).filter((s) => s !== "") as ApiKeyEntry["streams"],
+    streams: values.streams
+      .split(",")
+      .map((s) => s.trim())
+      .filter((s) => s !== "") as ApiKeyEntry["streams"],
   };
   const rate = num("rate", values.rate);
   const burst = num("burst", values.burst);

@@ -20,7 +20,8 @@ export function tlsFilesProblem(certFile: string, keyFile: string): string | nul
     key = createPrivateKey(fs.readFileSync(keyFile));
   } catch (err) {
     const message = (err as Error).message;
-    if (/passphrase/i.test(message)) return `tlsKey: ${keyFile} is encrypted; ingestd needs an unencrypted key file (readable only by its user)`;
+    if (/passphrase/i.test(message))
+      return `tlsKey: ${keyFile} is encrypted; ingestd needs an unencrypted key file (readable only by its user)`;
     return `tlsKey: ${keyFile} is not a readable PEM private key (${message})`;
   }
   if (!cert.checkPrivateKey(key)) return `tlsCert / tlsKey: the key ${keyFile} does not belong to the certificate ${certFile}`;

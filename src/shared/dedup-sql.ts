@@ -86,4 +86,3 @@ BEGIN
 END
 $claim$`;
 }
-

@@ -31,12 +31,20 @@ export function lineParser(layout: LineLayout): (line: string) => Record<string,
   return (line) => {
     const parts = line.split("|");
     if (parts[0] !== layout.prefix) {
-      throw new LineFormatError("$", `a line starting with "${layout.prefix}|"`, `expected a line starting with "${layout.prefix}|", got ${JSON.stringify(line.slice(0, 12))}`);
+      throw new LineFormatError(
+        "$",
+        `a line starting with "${layout.prefix}|"`,
+        `expected a line starting with "${layout.prefix}|", got ${JSON.stringify(line.slice(0, 12))}`,
+      );
     }
     // dbgen writes a trailing `|`: accept one empty last field.
     if (parts.length === n + 2 && parts[n + 1] === "") parts.pop();
     if (parts.length !== n + 1) {
-      throw new LineFormatError("$", `${n} fields after "${layout.prefix}|"`, `expected ${n} fields after "${layout.prefix}|", got ${parts.length - 1}`);
+      throw new LineFormatError(
+        "$",
+        `${n} fields after "${layout.prefix}|"`,
+        `expected ${n} fields after "${layout.prefix}|", got ${parts.length - 1}`,
+      );
     }
     const record: Record<string, string | number> = {};
     for (let i = 0; i < n; i++) {

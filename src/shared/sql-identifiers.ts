@@ -20,14 +20,20 @@ export function dedupTable(table: string): string {
   return `${table}_dedup`;
 }
 
-
 export const BATCHES_TABLE = "ingest_batches";
 export const DEAD_LETTERS_TABLE = "ingest_dead_letters";
 
 export const BATCH_COLUMNS = [
-  "batch_id", "request_id", "stream", "status", "received", "accepted", "rejected", "duplicates", "created_at", "committed_at",
+  "batch_id",
+  "request_id",
+  "stream",
+  "status",
+  "received",
+  "accepted",
+  "rejected",
+  "duplicates",
+  "created_at",
+  "committed_at",
 ] as const;
 
-export const DEAD_LETTER_COLUMNS = [
-  "stream", "source", "batch_id", "record_index", "line", "raw", "errors", "received_at",
-] as const;
+export const DEAD_LETTER_COLUMNS = ["stream", "source", "batch_id", "record_index", "line", "raw", "errors", "received_at"] as const;

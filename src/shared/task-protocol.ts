@@ -91,7 +91,12 @@ export interface IngestOutcome {
 }
 
 /** An outcome with nothing stored yet: the start of every task's answer, and the whole of a failed one. */
-export function emptyOutcome(task: Pick<IngestTask, "requestId" | "priority">, kind: OutcomeKind, message: string, validatedAt = 0): IngestOutcome {
+export function emptyOutcome(
+  task: Pick<IngestTask, "requestId" | "priority">,
+  kind: OutcomeKind,
+  message: string,
+  validatedAt = 0,
+): IngestOutcome {
   return {
     kind,
     batchId: task.requestId,

@@ -25,7 +25,6 @@ export interface BatchStatusView {
 /** Failed outcomes remembered in memory; older ones are forgotten first. */
 const MAX_FAILED = 10_000;
 
-
 export class BatchRegistry {
   private pending = new Map<string, { stream: string; createdAt: string }>();
   private failed = new Map<string, BatchStatusView>();
@@ -63,15 +62,33 @@ export class BatchRegistry {
     if (failure === null || !p) return;
     if (this.failed.size >= MAX_FAILED) this.failed.delete(this.failed.keys().next().value!);
     this.failed.set(requestId, {
-      batch_id: requestId, stream: p.stream, status: "failed", received: null, accepted: 0, rejected: 0, duplicates: 0,
-      created_at: p.createdAt, committed_at: null, message: failure,
+      batch_id: requestId,
+      stream: p.stream,
+      status: "failed",
+      received: null,
+      accepted: 0,
+      rejected: 0,
+      duplicates: 0,
+      created_at: p.createdAt,
+      committed_at: null,
+      message: failure,
     });
   }
 
   async lookup(id: string): Promise<BatchStatusView | null> {
     const p = this.pending.get(id) ?? this.pending.get(this.aliases.get(id) ?? "");
     if (p) {
-      return { batch_id: id, stream: p.stream, status: "pending", received: null, accepted: 0, rejected: 0, duplicates: 0, created_at: p.createdAt, committed_at: null };
+      return {
+        batch_id: id,
+        stream: p.stream,
+        status: "pending",
+        received: null,
+        accepted: 0,
+        rejected: 0,
+        duplicates: 0,
+        created_at: p.createdAt,
+        committed_at: null,
+      };
     }
     const { rows } = await this.db.pool.query(
       `SELECT batch_id, stream, status, received, accepted, rejected, duplicates, created_at, committed_at

@@ -87,7 +87,8 @@ export async function connectWithRetry(url: string, log: Logger, deadlineMs: num
       return client;
     } catch (err) {
       await client.end().catch(() => undefined);
-      if (Date.now() - started > deadlineMs) throw new Error(`cannot connect to PostgreSQL at ${redactUrl(url)}: ${(err as Error).message}`);
+      if (Date.now() - started > deadlineMs)
+        throw new Error(`cannot connect to PostgreSQL at ${redactUrl(url)}: ${(err as Error).message}`);
       log.warn({ attempt, err: (err as Error).message }, "PostgreSQL not reachable yet, retrying");
       await new Promise((r) => setTimeout(r, Math.min(2000, 200 * attempt)));
     }

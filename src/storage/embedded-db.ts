@@ -146,7 +146,13 @@ export async function startEmbeddedDb(options: EmbeddedDbOptions): Promise<Embed
 function asEmbeddedDbError(err: unknown): EmbeddedDbError {
   if (err instanceof EmbeddedDbError) return err;
   const e = err as NodeJS.ErrnoException;
-  const what = { ENOTDIR: "a part of that path is a file, not a directory", EROFS: "read-only file system", EACCES: "permission denied", EPERM: "permission denied", ENOSPC: "no space left on device" }[e?.code ?? ""];
+  const what = {
+    ENOTDIR: "a part of that path is a file, not a directory",
+    EROFS: "read-only file system",
+    EACCES: "permission denied",
+    EPERM: "permission denied",
+    ENOSPC: "no space left on device",
+  }[e?.code ?? ""];
   if (what === undefined) return new EmbeddedDbError(e?.message ?? String(err), fix());
   const cause = `${e.syscall ?? "access"}${e.path ? ` ${e.path}` : ""}: ${what}`;
   // Root's shared copy of the binaries or a cluster kept for a private directory: another DATA_DIR alone
@@ -164,9 +170,15 @@ async function start(options: EmbeddedDbOptions): Promise<EmbeddedDb> {
   fs.mkdirSync(dir, { recursive: true });
   const user = serverUser();
   const binaries = locateBinaries(user);
-  if (binaries.copied) notice("running as root: the postgres user cannot reach the installed PostgreSQL binaries; using a copy it can", { binaries: binaries.dir });
+  if (binaries.copied)
+    notice("running as root: the postgres user cannot reach the installed PostgreSQL binaries; using a copy it can", {
+      binaries: binaries.dir,
+    });
   const place = clusterPlace(dir, user);
-  if (place.relocated) notice(`the postgres user cannot reach ${dir}: the cluster lives in ${place.dataDir} (${path.join(dir, "pg")} links to it)`, { data_dir: place.dataDir });
+  if (place.relocated)
+    notice(`the postgres user cannot reach ${dir}: the cluster lives in ${place.dataDir} (${path.join(dir, "pg")} links to it)`, {
+      data_dir: place.dataDir,
+    });
   const initialised = fs.existsSync(path.join(place.dataDir, "PG_VERSION")) && fs.existsSync(path.join(dir, "credentials.json"));
   try {
     return await open({ options, dir, user, binaries, place, initialised, log, notice });
@@ -206,10 +218,11 @@ async function open({ options, dir, user, binaries, place, initialised, log, not
   if (options.port && options.port !== credentials.port) credentials.port = options.port;
 
   // A daemon killed with SIGKILL leaves its cluster running: reuse it rather than fail on the pid file.
-  let adoptedPid = initialised ? livePostmasterPid(place.dataDir) ?? undefined : undefined;
+  let adoptedPid = initialised ? (livePostmasterPid(place.dataDir) ?? undefined) : undefined;
   if (adoptedPid !== undefined) notice(`a cluster left running by an earlier run (pid ${adoptedPid}) is reused`, { pid: adoptedPid });
   if (adoptedPid === undefined && !(await portIsFree(credentials.port))) {
-    if (options.port) throw new EmbeddedDbError(`port ${credentials.port} on 127.0.0.1 is in use`, fix("stop what listens there", "ask for another port"));
+    if (options.port)
+      throw new EmbeddedDbError(`port ${credentials.port} on 127.0.0.1 is in use`, fix("stop what listens there", "ask for another port"));
     const taken = credentials.port;
     credentials.port = await freePort();
     notice(`port ${taken} is taken: the cluster moves to port ${credentials.port}`, { port: credentials.port });
@@ -286,7 +299,13 @@ function freshDataDir(place: ClusterPlace, user: ServerUser | null): void {
   if (user) fs.chownSync(place.dataDir, user.uid, user.gid);
 }
 
-async function initdb(binaries: Binaries, place: ClusterPlace, user: ServerUser | null, password: string, log: (line: string) => void): Promise<void> {
+async function initdb(
+  binaries: Binaries,
+  place: ClusterPlace,
+  user: ServerUser | null,
+  password: string,
+  log: (line: string) => void,
+): Promise<void> {
   freshDataDir(place, user);
   // The password goes through a file only the server's user can read, removed right after.
   const pwfile = path.join(place.workDir, `.pwfile-${process.pid}-${crypto.randomBytes(4).toString("hex")}`);
@@ -312,10 +331,20 @@ interface Server {
 
 /** Starts postgres and resolves once it accepts connections. */
 async function launch(spec: ServerSpec): Promise<Server> {
-  const args = ["-D", spec.place.dataDir, "-p", String(spec.port), ...Object.entries(spec.settings).flatMap(([k, v]) => ["-c", `${k}=${v}`])];
+  const args = [
+    "-D",
+    spec.place.dataDir,
+    "-p",
+    String(spec.port),
+    ...Object.entries(spec.settings).flatMap(([k, v]) => ["-c", `${k}=${v}`]),
+  ];
   // Detached (own process group): a Ctrl-C at the terminal reaches the daemon, which drains and then stops
   // the server; the server must not shut down under the drain.
-  const child = spawn(spec.binaries.postgres, args, { ...runAs(spec.user, spec.place.workDir), stdio: ["ignore", "pipe", "pipe"], detached: true });
+  const child = spawn(spec.binaries.postgres, args, {
+    ...runAs(spec.user, spec.place.workDir),
+    stdio: ["ignore", "pipe", "pipe"],
+    detached: true,
+  });
   const output = collectLines(child, spec.log);
   const exited = ended(child);
   let timer: NodeJS.Timeout | undefined;
@@ -323,9 +352,16 @@ async function launch(spec: ServerSpec): Promise<Server> {
     await new Promise<void>((resolve, reject) => {
       output.onLine = (line) => line.includes(READY) && resolve();
       void exited.then(({ code, signal, error }) =>
-        reject(error ? spawnFailure(spec.binaries.postgres, error) : serverFailure(`postgres exited during start (${code ?? signal})`, output, spec.port)),
+        reject(
+          error
+            ? spawnFailure(spec.binaries.postgres, error)
+            : serverFailure(`postgres exited during start (${code ?? signal})`, output, spec.port),
+        ),
       );
-      timer = setTimeout(() => reject(serverFailure(`postgres was not ready within ${START_TIMEOUT_MS / 1000} s`, output, spec.port)), START_TIMEOUT_MS);
+      timer = setTimeout(
+        () => reject(serverFailure(`postgres was not ready within ${START_TIMEOUT_MS / 1000} s`, output, spec.port)),
+        START_TIMEOUT_MS,
+      );
     });
   } catch (err) {
     if (child.exitCode === null && child.signalCode === null) child.kill("SIGQUIT");
@@ -380,7 +416,10 @@ function ended(child: ChildProcess): Promise<{ code: number | null; signal: Node
 function spawnFailure(file: string, error: Error): EmbeddedDbError {
   const code = (error as NodeJS.ErrnoException).code;
   if (code === "EACCES" || code === "EPERM") {
-    return new EmbeddedDbError(`${path.basename(file)} (${file}) cannot be run by the user PostgreSQL runs as (${code})`, fix("move the checkout to a directory others can traverse", "run as a non-root user"));
+    return new EmbeddedDbError(
+      `${path.basename(file)} (${file}) cannot be run by the user PostgreSQL runs as (${code})`,
+      fix("move the checkout to a directory others can traverse", "run as a non-root user"),
+    );
   }
   return new EmbeddedDbError(`cannot run ${file} (${code ?? error.message})`, fix("run npm install"));
 }

@@ -59,7 +59,8 @@ export function serverUser(): ServerUser | null {
 
 function findUser(): ServerUser | null {
   try {
-    const id = (flag: string) => Number(execFileSync("id", [flag, SERVER_USER], { encoding: "utf8", stdio: ["ignore", "pipe", "ignore"] }).trim());
+    const id = (flag: string) =>
+      Number(execFileSync("id", [flag, SERVER_USER], { encoding: "utf8", stdio: ["ignore", "pipe", "ignore"] }).trim());
     return { uid: id("-u"), gid: id("-g") };
   } catch {
     return null;
@@ -75,7 +76,17 @@ function createUser(): ServerUser {
     } catch (err) {
       if ((err as { status?: number }).status !== 9) throw err; // 9: the group exists already
     }
-    run("useradd", ["--system", "--gid", SERVER_USER, "--no-create-home", "--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin", SERVER_USER]);
+    run("useradd", [
+      "--system",
+      "--gid",
+      SERVER_USER,
+      "--no-create-home",
+      "--home-dir",
+      "/nonexistent",
+      "--shell",
+      "/usr/sbin/nologin",
+      SERVER_USER,
+    ]);
   } catch (err) {
     const e = err as { stderr?: string; message: string };
     throw new EmbeddedDbError(
@@ -84,7 +95,8 @@ function createUser(): ServerUser {
     );
   }
   const user = findUser();
-  if (user === null) throw new EmbeddedDbError(`the "${SERVER_USER}" user was created but cannot be looked up`, fix("run as a non-root user"));
+  if (user === null)
+    throw new EmbeddedDbError(`the "${SERVER_USER}" user was created but cannot be looked up`, fix("run as a non-root user"));
   return user;
 }
 
@@ -132,7 +144,10 @@ function installedPackage(): { dir: string; version: string } {
     const version = (JSON.parse(fs.readFileSync(path.join(dir, "package.json"), "utf8")) as { version: string }).version;
     return { dir, version };
   } catch (err) {
-    throw new EmbeddedDbError(`its binaries (${name}) are not installed (${(err as Error).message.split("\n")[0]})`, fix("run npm install"));
+    throw new EmbeddedDbError(
+      `its binaries (${name}) are not installed (${(err as Error).message.split("\n")[0]})`,
+      fix("run npm install"),
+    );
   }
 }
 
@@ -191,7 +206,10 @@ function sharedCopy(native: string, name: string, user: ServerUser): string {
     fs.rmSync(staging, { recursive: true, force: true });
   }
   if (!usableBy(user, target)) {
-    throw new EmbeddedDbError(`the "${SERVER_USER}" user cannot run the PostgreSQL binaries copied to ${target}`, fix(`check that ${EMBEDDED_HOME} is not on a noexec mount`, "run as a non-root user"));
+    throw new EmbeddedDbError(
+      `the "${SERVER_USER}" user cannot run the PostgreSQL binaries copied to ${target}`,
+      fix(`check that ${EMBEDDED_HOME} is not on a noexec mount`, "run as a non-root user"),
+    );
   }
   return target;
 }
@@ -282,7 +300,13 @@ function clustersDir(): string {
 /** `<name>-<hash of the real path>`: stable for a directory, readable for whoever cleans up. */
 function clusterKey(dir: string): string {
   const real = fs.realpathSync(dir);
-  const name = real.split(path.sep).filter(Boolean).slice(-2).join("-").replace(/[^A-Za-z0-9._-]/g, "_").slice(-40);
+  const name = real
+    .split(path.sep)
+    .filter(Boolean)
+    .slice(-2)
+    .join("-")
+    .replace(/[^A-Za-z0-9._-]/g, "_")
+    .slice(-40);
   return `${name}-${crypto.createHash("sha256").update(real).digest("hex").slice(0, 12)}`;
 }
 

@@ -8,7 +8,12 @@ import { dropPartitionsOlderThan, ensureMonthPartitions } from "./partitions";
  * Creates next month's partitions well before the boundary and applies retention, on a timer. A missed
  * run is harmless: the default partition catches rows, and creating a partition moves them out of it.
  */
-export function startPartitionMaintenance(db: Database, config: IngestdConfig, streams: readonly StreamDefinition[], log: Logger): NodeJS.Timeout {
+export function startPartitionMaintenance(
+  db: Database,
+  config: IngestdConfig,
+  streams: readonly StreamDefinition[],
+  log: Logger,
+): NodeJS.Timeout {
   const run = async () => {
     const client = await db.pool.connect().catch(() => null);
     if (!client) return;

@@ -113,12 +113,22 @@ async function createPartition(client: pg.ClientBase, schema: string, stream: St
 }
 
 /** Ensures the partitions of `at`'s month and the next one exist for every partitioned stream. */
-export async function ensureMonthPartitions(client: pg.ClientBase, schema: string, streams: readonly StreamDefinition[], at = new Date()): Promise<string[]> {
+export async function ensureMonthPartitions(
+  client: pg.ClientBase,
+  schema: string,
+  streams: readonly StreamDefinition[],
+  at = new Date(),
+): Promise<string[]> {
   const month = monthOf(at);
   return createPartitions(client, schema, streams, [month, addMonths(month, 1)]);
 }
 
-export async function createPartitions(client: pg.ClientBase, schema: string, streams: readonly StreamDefinition[], months: readonly Month[]): Promise<string[]> {
+export async function createPartitions(
+  client: pg.ClientBase,
+  schema: string,
+  streams: readonly StreamDefinition[],
+  months: readonly Month[],
+): Promise<string[]> {
   const partitioned = streams.filter((s) => s.partitioned);
   return locked(client, async () => {
     const created: string[] = [];
@@ -133,7 +143,13 @@ export async function createPartitions(client: pg.ClientBase, schema: string, st
  * Drops monthly partitions that end before the start of the month `months` before `at`'s month. The
  * current month's partition is never dropped; the dedup ids of dropped events go with them.
  */
-export async function dropPartitionsOlderThan(client: pg.ClientBase, schema: string, streams: readonly StreamDefinition[], months: number, at = new Date()): Promise<string[]> {
+export async function dropPartitionsOlderThan(
+  client: pg.ClientBase,
+  schema: string,
+  streams: readonly StreamDefinition[],
+  months: number,
+  at = new Date(),
+): Promise<string[]> {
   if (!Number.isInteger(months) || months < 1) throw new Error(`retention must be a whole number of months >= 1, got ${months}`);
   const cutoff = addMonths(monthOf(at), -months);
   const cutoffIndex = cutoff.year * 12 + cutoff.month;
@@ -163,7 +179,11 @@ export async function dropPartitionsOlderThan(client: pg.ClientBase, schema: str
   });
 }
 
-export async function listPartitions(client: pg.ClientBase, schema: string, streams: readonly StreamDefinition[]): Promise<PartitionInfo[]> {
+export async function listPartitions(
+  client: pg.ClientBase,
+  schema: string,
+  streams: readonly StreamDefinition[],
+): Promise<PartitionInfo[]> {
   const result: PartitionInfo[] = [];
   for (const stream of streams.filter((s) => s.partitioned)) {
     for (const name of await partitionsOf(client, schema, stream.table)) {

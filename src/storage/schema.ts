@@ -5,13 +5,7 @@
 import type pg from "pg";
 import { ensureMonthPartitions, SCHEMA_LOCK_KEY } from "./partitions";
 import type { ColumnType, StreamDefinition } from "../shared/stream-definition";
-import {
-  BATCHES_TABLE,
-  DEAD_LETTERS_TABLE,
-  dedupTable,
-  qualifiedName,
-  quoteIdent,
-} from "../shared/sql-identifiers";
+import { BATCHES_TABLE, DEAD_LETTERS_TABLE, dedupTable, qualifiedName, quoteIdent } from "../shared/sql-identifiers";
 import { dedupClaimFunctionDdl } from "../shared/dedup-sql";
 
 const SQL_TYPES: Record<ColumnType, string> = {
@@ -100,7 +94,12 @@ export function bookkeepingDdl(schema: string): string[] {
 }
 
 /** Creates everything the daemon writes to, plus this month's and next month's partitions. */
-export async function ensureSchema(client: pg.ClientBase, schema: string, streams: readonly StreamDefinition[], at = new Date()): Promise<void> {
+export async function ensureSchema(
+  client: pg.ClientBase,
+  schema: string,
+  streams: readonly StreamDefinition[],
+  at = new Date(),
+): Promise<void> {
   await client.query("BEGIN");
   try {
     await client.query("SELECT pg_advisory_xact_lock($1)", [SCHEMA_LOCK_KEY]);

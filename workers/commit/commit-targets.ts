@@ -38,7 +38,11 @@ export interface CommitTarget {
 }
 
 export function commitTarget(schema: string, stream: StreamDefinition, order: number, dedup: boolean): CommitTarget {
-  const copySql = copyStatement(schema, stream.table, stream.columns.map((c) => c.name));
+  const copySql = copyStatement(
+    schema,
+    stream.table,
+    stream.columns.map((c) => c.name),
+  );
   const d = dedup ? dedupShape(schema, stream) : null;
   if (d === null) return { stream: stream.name, order, copySql, dedup: null };
   const fn = qualifiedName(schema, dedupClaimFunction(stream.table));

@@ -223,7 +223,12 @@ export class GroupCommitter {
    * when isolating, a failed claim is retried without times: the ids still deduplicate, the COPY that
    * follows isolates the bad row, and its id is released again.
    */
-  private async claim(client: pg.Client, target: CommitTarget, part: BatchPart, isolating: boolean): Promise<pg.QueryResult<{ n: number }>> {
+  private async claim(
+    client: pg.Client,
+    target: CommitTarget,
+    part: BatchPart,
+    isolating: boolean,
+  ): Promise<pg.QueryResult<{ n: number }>> {
     const dedup = target.dedup!;
     const params = dedup.withTime ? [part.keys, part.times] : [part.keys];
     if (!isolating || !dedup.withTime) return client.query<{ n: number }>(dedup.claim, params);

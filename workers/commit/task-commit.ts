@@ -59,10 +59,28 @@ export class TaskCommit implements TaskWork {
     this.finalized = { outcomes, tally };
     const { task, batchId, receivedAt } = this;
     const deadLetters = tally.rejections.map((r) =>
-      deadLetterRow({ stream: r.stream ?? task.stream, source: task.source, batchId, index: r.index, line: r.line ?? null, raw: rawText(r.raw), errors: r.errors, receivedAt }),
+      deadLetterRow({
+        stream: r.stream ?? task.stream,
+        source: task.source,
+        batchId,
+        index: r.index,
+        line: r.line ?? null,
+        raw: rawText(r.raw),
+        errors: r.errors,
+        receivedAt,
+      }),
     );
     const row = task.recordBatch
-      ? batchRow({ batchId, requestId: task.requestId, stream: task.stream, received: this.records.received, accepted: tally.accepted, rejected: tally.rejections.length, duplicates: tally.duplicates, createdAt: receivedAt })
+      ? batchRow({
+          batchId,
+          requestId: task.requestId,
+          stream: task.stream,
+          received: this.records.received,
+          accepted: tally.accepted,
+          rejected: tally.rejections.length,
+          duplicates: tally.duplicates,
+          createdAt: receivedAt,
+        })
       : null;
     return { batchRow: row, deadLetters };
   }
@@ -90,7 +108,16 @@ export async function recordUnreadableBody(
       parts: [],
       bytes: 0,
       finalize: () => ({
-        batchRow: batchRow({ batchId, requestId: task.requestId, stream, received: 0, accepted: 0, rejected: 1, duplicates: 0, createdAt: receivedAt }),
+        batchRow: batchRow({
+          batchId,
+          requestId: task.requestId,
+          stream,
+          received: 0,
+          accepted: 0,
+          rejected: 1,
+          duplicates: 0,
+          createdAt: receivedAt,
+        }),
         deadLetters: [deadLetterRow({ stream, source: task.source, batchId, index: null, line: null, raw, errors: [error], receivedAt })],
       }),
     });

@@ -59,7 +59,13 @@ function refusedRow(part: StreamPart, failure: RowFailure, lines: number[] | nul
   const message = `rejected by the database: ${failure.message}`;
   const raw = recordAt(index);
   const def = part.stream.definition;
-  return { index, line, raw, stream: def.name, errors: [withLine({ index, path: "$", expected: "a row PostgreSQL accepts", message }, line, def.entity, raw)] };
+  return {
+    index,
+    line,
+    raw,
+    stream: def.name,
+    errors: [withLine({ index, path: "$", expected: "a row PostgreSQL accepts", message }, line, def.entity, raw)],
+  };
 }
 
 /** Puts the tally into the answer: counts, the first stored record, and the errors in record order, cut at `maxErrors`. */

@@ -43,7 +43,10 @@ export function validationErrors(index: number, line: number | undefined, failur
     return entry(path, e.expected, message);
   });
   const more = failure.errors.length - listed.length;
-  if (more > 0) errors.push(entry("$", "a record of the stream's type", `$: ${more} more errors in this record (the first ${MAX_ERRORS_PER_RECORD} are listed)`));
+  if (more > 0)
+    errors.push(
+      entry("$", "a record of the stream's type", `$: ${more} more errors in this record (the first ${MAX_ERRORS_PER_RECORD} are listed)`),
+    );
   return errors;
 }
 

@@ -41,11 +41,7 @@ function encodeJson(value: unknown, column: string): string {
     json = JSON.stringify(value);
   } catch (err) {
     const tooDeep = err instanceof RangeError;
-    throw new EncodeError(
-      column,
-      "JSON value",
-      tooDeep ? `${column}: nested too deeply to store` : `${column}: ${(err as Error).message}`,
-    );
+    throw new EncodeError(column, "JSON value", tooDeep ? `${column}: nested too deeply to store` : `${column}: ${(err as Error).message}`);
   }
   // JSON text never holds a raw newline, return or tab, so without a backslash there is nothing to escape
   // and no \u0000 either: one scan for the common case instead of three (hot path: every row).

@@ -95,7 +95,12 @@ class RecordSorter {
     if (stream === undefined) {
       const prefixes = this.table.linePrefixes;
       const kind = bar > 0 ? `"${text.slice(0, bar)}"` : "missing";
-      const error: RecordError = { index, path: "$", expected: `a line starting with ${prefixes}`, message: `unknown record type ${kind}; expected a line starting with ${prefixes}` };
+      const error: RecordError = {
+        index,
+        path: "$",
+        expected: `a line starting with ${prefixes}`,
+        message: `unknown record type ${kind}; expected a line starting with ${prefixes}`,
+      };
       this.rejections.push({ index, line, raw: text, errors: [withLine(error, line, undefined, text)] });
     }
     return stream;

@@ -27,7 +27,9 @@ export function registerBatchRoutes(app: TemplatedApp, options: BatchRoutesOptio
       },
       (err: Error) => {
         count(503);
-        answerError(res, 503, "database_unavailable", `cannot read batch status: ${err.message}`, { headers: { "Retry-After": String(retryAfterSeconds) } });
+        answerError(res, 503, "database_unavailable", `cannot read batch status: ${err.message}`, {
+          headers: { "Retry-After": String(retryAfterSeconds) },
+        });
       },
     );
   };

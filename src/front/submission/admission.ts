@@ -57,18 +57,33 @@ export class Admission {
     if (isDenial(caller)) return caller;
     const stream = streamName === LINE_ROUTER ? LINE_STREAM : this.options.streams.get(streamName);
     if (!stream) {
-      return { status: 404, code: "unknown_stream", message: `unknown stream "${streamName}"; streams: ${[...this.options.streams.keys()].join(", ")}` };
+      return {
+        status: 404,
+        code: "unknown_stream",
+        message: `unknown stream "${streamName}"; streams: ${[...this.options.streams.keys()].join(", ")}`,
+      };
     }
     const denied = this.options.auth.permit(caller, stream.name, rate);
     if (denied) return denied;
-    if (this.draining) return { status: 503, code: "shutting_down", message: "ingestd is shutting down; retry on another instance or later", headers: this.retryAfter };
+    if (this.draining)
+      return {
+        status: 503,
+        code: "shutting_down",
+        message: "ingestd is shutting down; retry on another instance or later",
+        headers: this.retryAfter,
+      };
     return { key: caller, stream };
   }
 
   /** 503 while PostgreSQL is unreachable: nothing could be committed, so nothing is taken in. */
   database(): Refusal | null {
     if (this.options.db.up) return null;
-    return { status: 503, code: "database_unavailable", message: "database unavailable; nothing was stored, retry later", headers: this.retryAfter };
+    return {
+      status: 503,
+      code: "database_unavailable",
+      message: "database unavailable; nothing was stored, retry later",
+      headers: this.retryAfter,
+    };
   }
 }
 

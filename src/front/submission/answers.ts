@@ -39,7 +39,15 @@ export const canonicalAnswer: AnswerRenderer = (stream, outcome, durationMs) => 
     case "unparseable":
       return { status, body: { status: "error", error: "malformed_body", message: outcome.message, ...base } };
     case "db_unavailable":
-      return { status, body: { status: "error", error: "database_unavailable", message: "database unavailable or not answering within the deadline; nothing from this request was stored, retry later", ...base } };
+      return {
+        status,
+        body: {
+          status: "error",
+          error: "database_unavailable",
+          message: "database unavailable or not answering within the deadline; nothing from this request was stored, retry later",
+          ...base,
+        },
+      };
     case "failed":
       return { status, body: { status: "error", error: "internal", message: outcome.message, ...base } };
   }
@@ -89,9 +97,20 @@ export const lineMessageAnswer: AnswerRenderer = (_stream, outcome) => {
   if (failed) return failed;
   if (outcome.rejected > 0 || outcome.first === null) {
     const e = outcome.errors[0];
-    return { status: 400, body: { status: "error", message: e ? withoutLinePrefix(e.message) : "line not stored", entity: e?.entity ?? "Unknown", line: e?.text ?? "" } };
+    return {
+      status: 400,
+      body: {
+        status: "error",
+        message: e ? withoutLinePrefix(e.message) : "line not stored",
+        entity: e?.entity ?? "Unknown",
+        line: e?.text ?? "",
+      },
+    };
   }
-  return { status: 200, body: { status: "success", entity: outcome.first.entity, id: outcome.first.id, timestamp: new Date().toISOString() } };
+  return {
+    status: 200,
+    body: { status: "success", entity: outcome.first.entity, id: outcome.first.id, timestamp: new Date().toISOString() },
+  };
 };
 
 /** `POST /ingest/batch`: many TPC-H lines. */
@@ -114,7 +133,14 @@ export const lineBatchAnswer: AnswerRenderer = (_stream, outcome, durationMs) =>
 
 /** One progress event of `POST /ingest/stream`: a committed segment. */
 export function lineProgress(segment: number, outcome: IngestOutcome, linesBefore: number, total: number): unknown {
-  return { batch: segment, processed: outcome.received, inserted: outcome.accepted, failed: outcome.rejected, errors: lineErrors(outcome.errors, linesBefore), total };
+  return {
+    batch: segment,
+    processed: outcome.received,
+    inserted: outcome.accepted,
+    failed: outcome.rejected,
+    errors: lineErrors(outcome.errors, linesBefore),
+    total,
+  };
 }
 
 /**
@@ -138,7 +164,11 @@ export function wsAck(seq: number, outcome: IngestOutcome): string {
 /** The ack of an empty frame: nothing to store, one rejection. */
 export function emptyFrameAck(seq: number): string {
   return JSON.stringify({
-    type: "ack", seq, accepted: 0, rejected: 1, duplicates: 0,
+    type: "ack",
+    seq,
+    accepted: 0,
+    rejected: 1,
+    duplicates: 0,
     errors: [{ index: 0, path: "$", expected: "at least one record", message: "empty frame" }],
   });
 }

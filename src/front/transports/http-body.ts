@@ -13,8 +13,7 @@ import type { HttpResponse } from "../uws";
 
 export type BodyResult =
   /** `priority`: the options' priority, or the higher one `classify` found while the body waited. */
-  | { ok: true; region: RingRegion; ringAt: number; priority: number }
-  | { ok: false; reason: "overloaded" | "truncated" | "aborted" };
+  { ok: true; region: RingRegion; ringAt: number; priority: number } | { ok: false; reason: "overloaded" | "truncated" | "aborted" };
 
 export interface BodyReadOptions {
   ring: Ring;

@@ -52,17 +52,30 @@ function formatOf(contentType: string): BodyFormat | null {
 }
 
 /** 415, 411, 400 or 413 for what the headers say of the body, or null. */
-function bodyRefusal(route: IngestRoute, formats: readonly BodyFormat[], streamName: string, contentType: string, lengthHeader: string, maxBody: number): Refusal | null {
+function bodyRefusal(
+  route: IngestRoute,
+  formats: readonly BodyFormat[],
+  streamName: string,
+  contentType: string,
+  lengthHeader: string,
+  maxBody: number,
+): Refusal | null {
   const format = route.format ?? formatOf(contentType);
   if (format === null || !formats.includes(format) || (route.envelope && format !== "json")) {
     const accepted = route.envelope ? ["json"] : formats;
     const types = Object.keys(CONTENT_TYPES).filter((t) => accepted.includes(CONTENT_TYPES[t]));
-    return { status: 415, code: "unsupported_media_type", message: `content type ${JSON.stringify(contentType || "(none)")} not accepted by stream ${streamName}; use ${types.join(", ")}` };
+    return {
+      status: 415,
+      code: "unsupported_media_type",
+      message: `content type ${JSON.stringify(contentType || "(none)")} not accepted by stream ${streamName}; use ${types.join(", ")}`,
+    };
   }
   if (lengthHeader === "") return { status: 411, code: "length_required", message: "Content-Length header is required" };
   const length = Number(lengthHeader);
-  if (!Number.isSafeInteger(length) || length < 0) return { status: 400, code: "bad_content_length", message: "Content-Length is not a valid length" };
-  if (length > maxBody) return { status: 413, code: "body_too_large", message: `body of ${length} bytes exceeds the limit of ${maxBody} bytes (MAX_BODY_MB)` };
+  if (!Number.isSafeInteger(length) || length < 0)
+    return { status: 400, code: "bad_content_length", message: "Content-Length is not a valid length" };
+  if (length > maxBody)
+    return { status: 413, code: "body_too_large", message: `body of ${length} bytes exceeds the limit of ${maxBody} bytes (MAX_BODY_MB)` };
   if (length === 0) return { status: 400, code: "empty_body", message: "request body is empty" };
   return null;
 }
@@ -110,37 +123,60 @@ export function registerIngestRoute(app: TemplatedApp, pipeline: Pipeline, route
     const format = (route.format ?? formatOf(contentType)) as TaskFormat;
 
     const classify = route.envelope ? envelopePriority : undefined;
-    reader = readBodyIntoRing(res, { ring, length: Number(lengthHeader), priority, deadlineMs: limits.overloadDeadlineMs, classify }, (body) => {
-      if (!body.ok) {
-        if (body.reason === "overloaded") return refuse({ status: 503, code: "overloaded", message: "ingestd is overloaded; nothing was stored, retry later", headers: retryAfter }, true);
-        if (body.reason === "truncated") return refuse({ status: 400, code: "truncated_body", message: "request body ended before Content-Length bytes" }, true);
-        return; // aborted: nobody to answer
-      }
-      const requestId = randomUUID();
-      const settled = submitter.commit(
-        { stream: stream.name, format, envelope: route.envelope, region: body.region, requestId, priority: body.priority, receivedAt, ringAt: body.ringAt, source: "http", recordBatch: true },
-        key,
-        { retryUntil: 0 },
-      );
-      if (respondAsync) {
-        count(202);
-        answerJson(res, 202, { status: "accepted", stream: stream.name, batch_id: requestId });
-      }
-      void settled.then((outcome) => {
-        // Counted whether or not anyone is still listening: the rows are committed either way.
-        telemetry.acknowledged(stream.name, "http", receivedAt, outcome);
-        if (respondAsync || isClosed(res)) return;
-        const { status, body: answerBody } = render(stream.name, outcome, now() - receivedAt);
-        count(status);
-        answerJson(res, status, answerBody, status === 503 ? { headers: retryAfter } : {});
-      });
-    });
+    reader = readBodyIntoRing(
+      res,
+      { ring, length: Number(lengthHeader), priority, deadlineMs: limits.overloadDeadlineMs, classify },
+      (body) => {
+        if (!body.ok) {
+          if (body.reason === "overloaded")
+            return refuse(
+              { status: 503, code: "overloaded", message: "ingestd is overloaded; nothing was stored, retry later", headers: retryAfter },
+              true,
+            );
+          if (body.reason === "truncated")
+            return refuse({ status: 400, code: "truncated_body", message: "request body ended before Content-Length bytes" }, true);
+          return; // aborted: nobody to answer
+        }
+        const requestId = randomUUID();
+        const settled = submitter.commit(
+          {
+            stream: stream.name,
+            format,
+            envelope: route.envelope,
+            region: body.region,
+            requestId,
+            priority: body.priority,
+            receivedAt,
+            ringAt: body.ringAt,
+            source: "http",
+            recordBatch: true,
+          },
+          key,
+          { retryUntil: 0 },
+        );
+        if (respondAsync) {
+          count(202);
+          answerJson(res, 202, { status: "accepted", stream: stream.name, batch_id: requestId });
+        }
+        void settled.then((outcome) => {
+          // Counted whether or not anyone is still listening: the rows are committed either way.
+          telemetry.acknowledged(stream.name, "http", receivedAt, outcome);
+          if (respondAsync || isClosed(res)) return;
+          const { status, body: answerBody } = render(stream.name, outcome, now() - receivedAt);
+          count(status);
+          answerJson(res, status, answerBody, status === 503 ? { headers: retryAfter } : {});
+        });
+      },
+    );
   };
 
   app.post(route.pattern, handler);
   app.any(route.pattern, (res, req) => {
     res.onAborted(() => markClosed(res));
     metrics.httpRequests.inc({ route: route.route, status: "405" });
-    answerError(res, 405, "method_not_allowed", `${req.getMethod().toUpperCase()} not allowed; use POST`, { headers: { Allow: "POST" }, close: true });
+    answerError(res, 405, "method_not_allowed", `${req.getMethod().toUpperCase()} not allowed; use POST`, {
+      headers: { Allow: "POST" },
+      close: true,
+    });
   });
 }

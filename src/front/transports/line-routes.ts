@@ -74,8 +74,20 @@ function registerStream(app: TemplatedApp, pipeline: Pipeline): void {
       }
       // The whole upload as one outcome, so /stats and the events metric count the lines it committed.
       const summary: IngestOutcome = {
-        kind: "done", batchId: "", priority: 0, received: totals.total, accepted: totals.inserted, rejected: totals.failed, duplicates: 0,
-        errors: [], errorsTruncated: false, message: error ?? "", first: null, validatedAt: 0, committedAt: 0, copyMs: 0,
+        kind: "done",
+        batchId: "",
+        priority: 0,
+        received: totals.total,
+        accepted: totals.inserted,
+        rejected: totals.failed,
+        duplicates: 0,
+        errors: [],
+        errorsTruncated: false,
+        message: error ?? "",
+        first: null,
+        validatedAt: 0,
+        committedAt: 0,
+        copyMs: 0,
       };
       telemetry.acknowledged(LINE_ROUTER, "http", receivedAt, summary);
     };
@@ -128,7 +140,18 @@ function registerStream(app: TemplatedApp, pipeline: Pipeline): void {
       ring.bytes.set(segment, region.offset);
       const batchNo = ++segmentNo;
       const outcome = await submitter.commit(
-        { stream: LINE_ROUTER, format: "text", envelope: false, region, requestId: randomUUID(), priority: 0, receivedAt, ringAt: now(), source: "http /ingest/stream", recordBatch: true },
+        {
+          stream: LINE_ROUTER,
+          format: "text",
+          envelope: false,
+          region,
+          requestId: randomUUID(),
+          priority: 0,
+          receivedAt,
+          ringAt: now(),
+          source: "http /ingest/stream",
+          recordBatch: true,
+        },
         key,
         { retryUntil: now() + limits.overloadDeadlineMs, wanted: () => !aborted },
       );
@@ -159,7 +182,21 @@ function registerStream(app: TemplatedApp, pipeline: Pipeline): void {
 }
 
 export function registerLineRoutes(app: TemplatedApp, pipeline: Pipeline): void {
-  registerIngestRoute(app, pipeline, { route: "/ingest/message", pattern: "/ingest/message", stream: LINE_ROUTER, envelope: false, format: "text", render: lineMessageAnswer });
-  registerIngestRoute(app, pipeline, { route: "/ingest/batch", pattern: "/ingest/batch", stream: LINE_ROUTER, envelope: false, format: "text", render: lineBatchAnswer });
+  registerIngestRoute(app, pipeline, {
+    route: "/ingest/message",
+    pattern: "/ingest/message",
+    stream: LINE_ROUTER,
+    envelope: false,
+    format: "text",
+    render: lineMessageAnswer,
+  });
+  registerIngestRoute(app, pipeline, {
+    route: "/ingest/batch",
+    pattern: "/ingest/batch",
+    stream: LINE_ROUTER,
+    envelope: false,
+    format: "text",
+    render: lineBatchAnswer,
+  });
   registerStream(app, pipeline);
 }

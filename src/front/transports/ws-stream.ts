@@ -64,8 +64,7 @@ export function registerWebSocket(app: TemplatedApp, pipeline: Pipeline, setting
   const overflowBudget = Math.max(maxFrame, ring.capacity / 4);
   let idleWaiters: Array<() => void> = [];
 
-  const hello = (c: Connection) =>
-    JSON.stringify({ type: "hello", stream: c.stream.name, window, max_frame_bytes: maxFrame });
+  const hello = (c: Connection) => JSON.stringify({ type: "hello", stream: c.stream.name, window, max_frame_bytes: maxFrame });
 
   function flushAcks(ws: WebSocket<Connection>, c: Connection): void {
     if (!c.open) return;
@@ -195,7 +194,8 @@ export function registerWebSocket(app: TemplatedApp, pipeline: Pipeline, setting
     for (const ws of [...sockets]) {
       const c = ws.getUserData();
       const key = auth.keys.current(c.key);
-      if (key === null || !mayWrite(key, c.stream.name)) close(ws, CLOSE_POLICY_VIOLATION, "API key revoked or no longer allowed on this stream");
+      if (key === null || !mayWrite(key, c.stream.name))
+        close(ws, CLOSE_POLICY_VIOLATION, "API key revoked or no longer allowed on this stream");
       else c.key = key;
     }
   });
@@ -204,10 +204,19 @@ export function registerWebSocket(app: TemplatedApp, pipeline: Pipeline, setting
   function admitUpgrade(req: HttpRequest, caller: ApiKey | Denial, name: string): Admitted | Refusal {
     // uWS routes here on a 24-character Sec-WebSocket-Key alone; RFC 6455 §4.2.1 asks for the rest too.
     if (!/^websocket$/i.test(req.getHeader("upgrade").trim()) || !/(^|,)\s*upgrade\s*(,|$)/i.test(req.getHeader("connection"))) {
-      return { status: 400, code: "bad_request", message: "not a WebSocket upgrade: Upgrade: websocket and Connection: Upgrade are required" };
+      return {
+        status: 400,
+        code: "bad_request",
+        message: "not a WebSocket upgrade: Upgrade: websocket and Connection: Upgrade are required",
+      };
     }
     if (req.getHeader("sec-websocket-version") !== "13") {
-      return { status: 426, code: "upgrade_required", message: "unsupported WebSocket version; this server speaks version 13", headers: { "Sec-WebSocket-Version": "13" } };
+      return {
+        status: 426,
+        code: "upgrade_required",
+        message: "unsupported WebSocket version; this server speaks version 13",
+        headers: { "Sec-WebSocket-Version": "13" },
+      };
     }
     // Mixed TPC-H lines are an HTTP-only stream: their frames would need the line endpoints' answers.
     const admitted = name === LINE_ROUTER ? null : admission.admit(caller, name, false);
