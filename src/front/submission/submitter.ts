@@ -93,15 +93,13 @@ export class Submitter {
     for (;;) {
       const task: SessionTask = {
         ...session,
-        frames: frames
-          .slice(first)
-          .map((f) => ({
-            seq: f.seq,
-            offset: f.region?.offset ?? 0,
-            length: f.region?.length ?? 0,
-            receivedAt: f.receivedAt,
-            ringAt: f.ringAt,
-          })),
+        frames: frames.slice(first).map((f) => ({
+          seq: f.seq,
+          offset: f.region?.offset ?? 0,
+          length: f.region?.length ?? 0,
+          receivedAt: f.receivedAt,
+          ringAt: f.ringAt,
+        })),
       };
       const outcomes = await dispatcher.runSession(task);
       let unavailable: IngestOutcome | null = null;
