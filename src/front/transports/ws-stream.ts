@@ -13,7 +13,7 @@ import { mayWrite, type ApiKey } from "../../security/api-keys";
 import type { Denial } from "../../security/auth";
 import type { RingRegion } from "../ring";
 import type { HttpPolicy } from "../http-policy";
-import { answerRefusal, markClosed } from "../http-responses";
+import { answerRefusal } from "../http-responses";
 import { isRefusal, type Admitted, type Refusal } from "../submission/admission";
 import { emptyFrameAck, wsAck } from "../submission/answers";
 import type { Pipeline } from "../submission/pipeline";
@@ -55,6 +55,8 @@ interface Connection {
   /** Pending flush of acks held back while the key's rate bucket is in debt. */
   throttle: NodeJS.Timeout | null;
   session: Session | null;
+  /** A producer session asked for and not yet fenced: no frame is taken before its hello. */
+  opening: string | null;
 }
 
 export interface WsServer {
@@ -206,6 +208,10 @@ export function registerWebSocket(
       // Not accepted: it will never be acked, so the producer resends it elsewhere.
       return;
     }
+    if (c.opening !== null) {
+      close(ws, CLOSE_POLICY_VIOLATION, "frame before the hello: wait for it, it names committed_seq");
+      return;
+    }
     if (message.byteLength > maxFrame) {
       close(ws, CLOSE_MESSAGE_TOO_BIG, `frame of ${message.byteLength} bytes exceeds max_frame_bytes ${maxFrame}`);
       return;
@@ -337,6 +343,30 @@ export function registerWebSocket(
     return admitted;
   }
 
+  /** The fence is done: the session's socket is registered, its frames get a chain, and the hello goes out. */
+  function startSession(ws: WebSocket<Connection>, c: Connection, session: Session): void {
+    const stream = c.stream.name;
+    if (!sessions.attach(stream, session.producer, session.epoch, () => supersede(ws))) {
+      close(ws, CLOSE_SUPERSEDED, "superseded");
+      return;
+    }
+    session.chain = new SessionChain<Frame>(
+      submitter,
+      ring,
+      {
+        stream,
+        format: c.stream.formats.includes("json") ? "auto" : "text",
+        producer: session.producer,
+        epoch: session.epoch,
+        source: "ws",
+      },
+      () => c.key,
+      limits.overloadDeadlineMs,
+      (frame, outcome) => settleSessionFrame(ws, c, frame, outcome),
+    );
+    ws.cork(() => ws.send(hello(c), false));
+  }
+
   app.ws<Connection>("/v1/ws", {
     // uWS drops a connection whose frame exceeds maxPayloadLength without a close frame (1006). Taking
     // frames up to twice the limit lets an oversized frame get its proper 1009; beyond that it is 1006.
@@ -372,66 +402,41 @@ export function registerWebSocket(
         key: admitted.key,
         throttle: null,
         session: null,
+        opening: null,
       };
-      if (producer === undefined) {
-        res.upgrade(conn, key, protocol, extensions, context);
-        return;
+      if (producer !== undefined) {
+        // A producer session: refused at once while PostgreSQL is known to be down; fenced once open.
+        const down = admission.database();
+        if (down !== null) {
+          refuse(down);
+          return;
+        }
+        conn.opening = producer;
       }
-      // A producer session: every older session of this producer is fenced before the hello names committed_seq.
-      let aborted = false;
-      res.onAborted(() => {
-        aborted = true;
-        markClosed(res);
-      });
-      const down = admission.database();
-      if (down !== null) {
-        refuse(down);
-        return;
-      }
-      sessions.open(admitted.stream.name, producer).then(
-        (opened) => {
-          if (aborted) return; // The older sessions stay fenced; the producer reconnects and fences again.
-          conn.seq = opened.committedSeq;
-          conn.session = { producer, epoch: opened.epoch, committedSeq: opened.committedSeq, chain: null };
-          res.cork(() => res.upgrade(conn, key, protocol, extensions, context));
-        },
-        () => {
-          if (aborted) return;
-          refuse({
-            status: 503,
-            code: "database_unavailable",
-            message: "database unavailable; cannot open the producer session, retry later",
-            headers: { "Retry-After": String(limits.retryAfterSeconds) },
-          });
-        },
-      );
+      // Always upgraded synchronously: uWS 20.30 can drop a socket upgraded later from a corked callback
+      // right after its open handler (docs/websocket-protocol.md#producer-sessions), so a session is
+      // fenced after the upgrade and its hello waits for the fence.
+      res.upgrade(conn, key, protocol, extensions, context);
     },
     open: (ws) => {
       sockets.add(ws);
       const c = ws.getUserData();
-      const session = c.session;
-      if (session !== null) {
-        const stream = c.stream.name;
-        if (!sessions.attach(stream, session.producer, session.epoch, () => supersede(ws))) {
-          close(ws, CLOSE_SUPERSEDED, "superseded");
-          return;
-        }
-        session.chain = new SessionChain<Frame>(
-          submitter,
-          ring,
-          {
-            stream,
-            format: c.stream.formats.includes("json") ? "auto" : "text",
-            producer: session.producer,
-            epoch: session.epoch,
-            source: "ws",
-          },
-          () => c.key,
-          limits.overloadDeadlineMs,
-          (frame, outcome) => settleSessionFrame(ws, c, frame, outcome),
-        );
+      const producer = c.opening;
+      if (producer === null) {
+        ws.send(hello(c), false);
+        return;
       }
-      ws.send(hello(c), false);
+      // Every older session of this producer is fenced before the hello names committed_seq.
+      sessions.open(c.stream.name, producer).then(
+        (opened) => {
+          if (!c.open) return; // The older sessions stay fenced; the producer reconnects and fences again.
+          c.opening = null;
+          c.seq = opened.committedSeq;
+          c.session = { producer, epoch: opened.epoch, committedSeq: opened.committedSeq, chain: null };
+          startSession(ws, c, c.session);
+        },
+        () => close(ws, CLOSE_TRY_AGAIN_LATER, "database unavailable; cannot open the producer session, retry later"),
+      );
     },
     message: (ws, message) => onFrame(ws, message),
     close: (ws) => {
