@@ -122,7 +122,7 @@ describe("producer sessions", () => {
   });
 
   for (const where of ["on the same daemon", "across two daemons"] as const) {
-    test(`${where}: the older session is fenced (4409) while sending, and nothing it sent after the new hello is stored`, async () => {
+    test(`${where}: the older session is fenced (4409) while sending, and nothing it sent after the new hello is stored`, async (t) => {
       const tag = where === "on the same daemon" ? "race1" : "race2";
       const a = await session(one, `p-${tag}`);
       let seq = 0;
@@ -132,6 +132,8 @@ describe("producer sessions", () => {
         if (stop || a.socket.readyState !== a.socket.OPEN) return;
         while (seq - a.acks.length < 8) a.send(frame(tag, ++seq, 20));
       }, 2);
+      // A failed assertion must not leave the pump running: the file's process would never exit.
+      t.after(() => clearInterval(pump));
       let closedEarly = "";
       void a.closed.then((c) => (closedEarly = `${c.code} ${c.reason}`));
       for (const started = Date.now(); a.acks.length < 20; await new Promise((r) => setTimeout(r, 20))) {
