@@ -148,7 +148,9 @@ export async function startServer(config: IngestdConfig, log: Logger): Promise<R
   });
 
   const streamMap = new Map(streams.map((s) => [s.name, s]));
-  const batches = new BatchRegistry(db, config.dbSchema);
+  const batches = new BatchRegistry(db, config.dbSchema, (err, rows) =>
+    log.warn({ err: err.message, rows }, "cannot write batch status rows; this daemon still answers for them"),
+  );
   const stats = new Stats();
   const admission = new Admission({ auth, streams: streamMap, db, retryAfterSeconds: config.retryAfterSeconds });
   const pipeline: Pipeline = {
@@ -156,6 +158,7 @@ export async function startServer(config: IngestdConfig, log: Logger): Promise<R
     admission,
     ring,
     submitter: new Submitter({ ring, dispatcher, auth, batches }),
+    batches,
     telemetry: new AckTelemetry(latency, metrics, stats),
     metrics,
     limits: { maxBodyBytes: maxBody, overloadDeadlineMs: config.overloadDeadlineMs, retryAfterSeconds: config.retryAfterSeconds },
@@ -254,7 +257,7 @@ export async function startServer(config: IngestdConfig, log: Logger): Promise<R
         await Promise.race([Promise.all([dispatcher.idle(), ws.shutdown()]), new Promise((r) => setTimeout(r, config.stopTimeoutMs))]);
         await dispatcher.idle();
         await dispatcher.close();
-        batches.close();
+        await batches.close();
         latency.stop();
         clearInterval(maintenance);
         await sessions.close();
