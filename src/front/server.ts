@@ -251,6 +251,11 @@ export async function startServer(config: IngestdConfig, log: Logger): Promise<R
     stop() {
       stopping ??= (async () => {
         const started = Date.now();
+        if (config.drainDelayMs > 0) {
+          admission.startLeaving();
+          log.info({ ms: config.drainDelayMs }, "leaving: /health answers 503 draining; still serving until the delay ends");
+          await new Promise((r) => setTimeout(r, config.drainDelayMs));
+        }
         admission.startDraining();
         uws.us_listen_socket_close(listenSocket);
         log.info("draining: no new connections; committing and acknowledging in-flight work");
