@@ -194,8 +194,11 @@ export function registerIngestRoute(app: TemplatedApp, pipeline: Pipeline, route
         );
         if (respondAsync) {
           // The 202 goes out once the pending row is written, so a poll on any daemon finds the id
-          // (docs/storage.md#batch-status-across-daemons); if it cannot be, this daemon still answers for it.
-          void pipeline.batches.publish(requestId).then(() => {
+          // (docs/storage.md#batch-status-across-daemons); if it cannot be, or PostgreSQL does not answer
+          // within the overload deadline, this daemon still answers for it.
+          const published = pipeline.batches.publish(requestId);
+          const deadline = new Promise((r) => setTimeout(r, limits.overloadDeadlineMs).unref());
+          void Promise.race([published, deadline]).then(() => {
             count(202);
             if (!isClosed(res)) answerJson(res, 202, { status: "accepted", stream: stream.name, batch_id: requestId });
           });
