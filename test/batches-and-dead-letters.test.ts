@@ -87,6 +87,7 @@ describe("the bookkeeping tables", () => {
       created_at: "timestamp with time zone",
       committed_at: "timestamp with time zone",
       message: "text",
+      daemon: "text",
     });
   });
 });
@@ -298,6 +299,29 @@ describe("Prefer: respond-async", () => {
     );
     assert.equal(rows[0].message, settled.message);
     assert.equal(Number((await fx.db.query(`SELECT count(*) AS n FROM events WHERE event_id = 'af-1'`)).rows[0].n), 0);
+  });
+
+  test("a 202'd request whose daemon is killed before its commit: failed on the other daemon, nothing stored", async () => {
+    const lock = await lockTable("events_dedup");
+    try {
+      const doomed = await fx.startDaemon();
+      const res = await post(`${doomed.base}/v1/streams/events/events`, JSON.stringify([event("orphan-1")]), "application/json", {
+        prefer: "respond-async",
+      });
+      assert.equal(res.status, 202, res.text);
+      const id = res.json.batch_id;
+      assert.equal((await status(id)).json.status, "pending", "the other daemon reports it pending while its daemon runs");
+      await doomed.kill("SIGKILL");
+      const settled = await pollUntilSettled(id, 20_000);
+      assert.equal(settled.status, "failed");
+      assert.equal(settled.committed_at, null);
+      assert.match(settled.message, /stopped before committing it/);
+    } finally {
+      await lock.release();
+    }
+    // Its commit was waiting on the lock when the daemon died: nothing of it may land afterwards.
+    await new Promise((r) => setTimeout(r, 500));
+    assert.equal(Number((await fx.db.query(`SELECT count(*) AS n FROM events WHERE event_id = 'orphan-1'`)).rows[0].n), 0);
   });
 
   test("many async requests in a row: each one's status ends committed with its own counts", async () => {

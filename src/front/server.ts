@@ -2,6 +2,7 @@
  * Assembles the daemon: database (embedded or DATABASE_URL), schema, ring, worker pool, uWS app and routes;
  * and takes it down again in the order that keeps every acknowledged event committed.
  */
+import { randomUUID } from "node:crypto";
 import os from "node:os";
 import path from "node:path";
 import { lineEntities, streams } from "../../config/streams";
@@ -17,6 +18,7 @@ import { ApiKeysError } from "../security/api-keys";
 import { Auth } from "../security/auth";
 import { CorsPolicy } from "../security/cors";
 import { BatchRegistry } from "../storage/batch-registry";
+import { holdPresence } from "../storage/daemon-presence";
 import { connectWithRetry, Database } from "../storage/database";
 import { startEmbeddedDb, type EmbeddedDb } from "../storage/embedded-db";
 import { startPartitionMaintenance } from "../storage/partition-maintenance";
@@ -148,7 +150,10 @@ export async function startServer(config: IngestdConfig, log: Logger): Promise<R
   });
 
   const streamMap = new Map(streams.map((s) => [s.name, s]));
-  const batches = new BatchRegistry(db, config.dbSchema, (err, rows) =>
+  // Other daemons read this daemon's presence to tell its pending batch rows from abandoned ones.
+  const instance = randomUUID();
+  const presence = holdPresence(databaseUrl, instance);
+  const batches = new BatchRegistry(db, config.dbSchema, instance, (err, rows) =>
     log.warn({ err: err.message, rows }, "cannot write batch status rows; this daemon still answers for them"),
   );
   const stats = new Stats();
@@ -263,6 +268,7 @@ export async function startServer(config: IngestdConfig, log: Logger): Promise<R
         await dispatcher.idle();
         await dispatcher.close();
         await batches.close();
+        await presence.close();
         latency.stop();
         clearInterval(maintenance);
         await sessions.close();

@@ -11,6 +11,7 @@ import { BroadcastChannel } from "node:worker_threads";
 import type { IngestOutcome } from "../shared/task-protocol";
 import { BatchStateWriter } from "./batch-state-rows";
 import type { Database } from "./database";
+import { daemonGoneSql } from "./daemon-presence";
 import { BATCH_ALIAS_CHANNEL } from "../shared/task-protocol";
 import { BATCHES_TABLE, qualifiedName } from "../shared/sql-identifiers";
 
@@ -26,6 +27,11 @@ export interface BatchStatusView {
   committed_at: string | null;
   message?: string;
 }
+
+/** Age past which a pending row of a daemon that holds no presence connection is reported failed. */
+const ORPHAN_AFTER_SECONDS = 5;
+const ORPHANED =
+  "the daemon that took this request stopped before committing it (killed or crashed); nothing of it was stored: send it again";
 
 /** Failed outcomes remembered in memory; older ones are forgotten first. */
 const MAX_FAILED = 10_000;
@@ -44,10 +50,12 @@ export class BatchRegistry {
   constructor(
     private readonly db: Database,
     schema: string,
+    /** This daemon's instance id, written in its pending rows (src/storage/daemon-presence.ts). */
+    instance: string,
     onWriteError: (err: Error, rows: number) => void = () => undefined,
   ) {
     this.table = qualifiedName(schema, BATCHES_TABLE);
-    this.writer = new BatchStateWriter(db, this.table, onWriteError);
+    this.writer = new BatchStateWriter(db, this.table, instance, onWriteError);
     this.channel.onmessage = (event) => {
       const [requestId, alias] = (event as MessageEvent).data as [string, string];
       // An announcement that arrives after the commit is stale: the table answers for it now.
@@ -136,18 +144,27 @@ export class BatchRegistry {
         committed_at: null,
       };
     }
-    // Per request its outcome row if there is one, else its pending row; then the latest request.
+    // Per request its outcome row if there is one, else its pending row; then the latest request. A pending
+    // row whose daemon is gone (killed before the commit: its body was only in that daemon's memory) is
+    // failed, once it is older than a reconnect of that daemon's presence connection could explain.
     const { rows } = await this.db.pool.query(
-      `SELECT * FROM (
+      `SELECT batch_id, stream, status, received, accepted, rejected, duplicates, created_at, committed_at, message,
+              status = 'pending' AND daemon IS NOT NULL AND committed_at < now() - interval '${ORPHAN_AFTER_SECONDS} seconds'
+                AND ${daemonGoneSql("daemon")} AS orphaned
+         FROM (
          SELECT DISTINCT ON (request_id) batch_id, stream, status, received, accepted, rejected, duplicates, created_at,
-                committed_at, message
+                committed_at, message, daemon
            FROM ${this.table} WHERE batch_id = $1 OR request_id = $1
           ORDER BY request_id, status = 'pending', committed_at DESC) r
         ORDER BY created_at DESC LIMIT 1`,
       [id],
     );
     if (rows.length > 0) {
-      const r = rows[0];
+      const { orphaned, ...r } = rows[0];
+      if (orphaned) {
+        r.status = "failed";
+        r.message = ORPHANED;
+      }
       const { message, ...counts } = r;
       const pending = r.status === "pending";
       if (pending || message !== null) {

@@ -37,6 +37,7 @@ export class BatchStateWriter {
   constructor(
     private readonly db: Database,
     private readonly table: string,
+    private readonly daemon: string,
     private readonly onError: (err: Error, rows: number) => void,
   ) {}
 
@@ -70,8 +71,8 @@ export class BatchStateWriter {
     try {
       await this.db.pool.query(
         `INSERT INTO ${this.table} ("batch_id", "request_id", "stream", "status", "received", "accepted", "rejected",
-           "duplicates", "created_at", "committed_at", "message")
-         SELECT b, r, s, st, 0, 0, 0, 0, c, now(), m
+           "duplicates", "created_at", "committed_at", "message", "daemon")
+         SELECT b, r, s, st, 0, 0, 0, 0, c, now(), m, $7
            FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::text[]) AS u(b, r, s, st, c, m)`,
         [
           rows.map((r) => r.batchId),
@@ -80,6 +81,7 @@ export class BatchStateWriter {
           rows.map((r) => r.status),
           rows.map((r) => r.createdAt),
           rows.map((r) => r.message),
+          this.daemon,
         ],
       );
       for (const q of batch) q.done(true);
