@@ -1,11 +1,12 @@
 /**
- * `npm run bench:scale-out`: 1, 2, then 3 daemons on one PostgreSQL behind the shipped HAProxy configuration
- * (systemd/haproxy/ingestd.cfg), the same WebSocket load through the balancer each time; events/s, and CPU in
- * cores for each daemon, HAProxy and PostgreSQL; rows verified per step. Writes a text table,
- * .bench/scale-out.json and .bench/scale-out.svg. What it shows and predicts: docs/performance.md#scale-out.
+ * The scale-out phase: 1, 2, then 3 daemons on one PostgreSQL behind the shipped HAProxy configuration
+ * (systemd/haproxy/ingestd.cfg), the same WebSocket load through the balancer each time; events/s, and CPU
+ * in cores for each daemon, HAProxy and PostgreSQL; rows verified per step. Run as the `scale-out` phase of
+ * `npm run bench` (run.ts), or alone with `npm run bench:scale-out` (a database of its own; writes
+ * .bench/scale-out.json and .bench/scale-out.svg). What it shows and predicts: docs/performance.md#scale-out.
  *
- * Options (flags): --duration S (20), --connections N (16), --max-daemons N (3), --workers N per daemon (1),
- * --dedup on|off (off: the daemons' work, not the id state's, is what scales with daemons).
+ * Flags when alone: --duration S (20), --connections N (16), --max-daemons N (3), --workers N per daemon
+ * (1), --dedup on|off (off: the daemons' work, not the id state's, is what is spread over daemons).
  */
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import fs from "node:fs";
@@ -15,16 +16,19 @@ import path from "node:path";
 import { configPath } from "../src/ops/config";
 import { type BenchDb, startBenchDb } from "./bench-db";
 import { type DaemonProcess, ROOT, startDaemon } from "./daemon-process";
+import type { IdKind } from "./event-factory";
 import { BENCH_STREAM, createSchema } from "./event-table";
 import { type PhaseSpec, runLoadPhase } from "./load-phase";
 import { processCpuSeconds, RssSampler, treeCpuSeconds } from "./proc-stats";
 
-interface Options {
+export interface ScaleOutOptions {
   durationS: number;
   connections: number;
   maxDaemons: number;
   workers: number;
   dedup: boolean;
+  idKind: IdKind;
+  schema: string;
 }
 
 export interface ScaleOutStep {
@@ -33,14 +37,24 @@ export interface ScaleOutStep {
   ack_p50_ms: number;
   ack_p99_ms: number;
   verdict: string;
+  verified: boolean;
+  rows_in_db: number;
   /** CPU in cores (CPU seconds / wall seconds) over the phase. */
   cpu_cores: { daemons: number[]; haproxy: number | null; postgres: number | null; generators: number };
   /** CPU µs per accepted event. */
   us_per_event: { daemons: number; haproxy: number | null; postgres: number | null };
 }
 
-function parse(argv: string[]): Options {
-  const o: Options = { durationS: 20, connections: 16, maxDaemons: 3, workers: 1, dedup: false };
+function parse(argv: string[]): ScaleOutOptions {
+  const o: ScaleOutOptions = {
+    durationS: 20,
+    connections: 16,
+    maxDaemons: 3,
+    workers: 1,
+    dedup: false,
+    idKind: "uuidv4",
+    schema: "public",
+  };
   for (let i = 0; i < argv.length; i++) {
     const v = argv[i + 1];
     const int = () => {
@@ -110,7 +124,13 @@ function configFile(dedup: boolean): string {
 
 const round = (n: number, d = 2) => Math.round(n * 10 ** d) / 10 ** d;
 
-async function step(n: number, o: Options, db: BenchDb, env: Record<string, string>, log: (s: string) => void): Promise<ScaleOutStep> {
+async function step(
+  n: number,
+  o: ScaleOutOptions,
+  db: BenchDb,
+  env: Record<string, string>,
+  log: (s: string) => void,
+): Promise<ScaleOutStep> {
   const children = new Set<ChildProcess>();
   const daemons: DaemonProcess[] = [];
   let haproxy: ChildProcess | null = null;
@@ -139,7 +159,7 @@ async function step(n: number, o: Options, db: BenchDb, env: Record<string, stri
     const spec: PhaseSpec = {
       name: `${n} daemon(s)`,
       mode: "ws",
-      idKind: "uuidv4",
+      idKind: o.idKind,
       durationS: o.durationS,
       drainTimeoutS: 30,
       generators: 2,
@@ -176,6 +196,8 @@ async function step(n: number, o: Options, db: BenchDb, env: Record<string, stri
       ack_p50_ms: result.ack_latency.p50_ms,
       ack_p99_ms: result.ack_latency.p99_ms,
       verdict: `${result.verdict} (${result.verify_note})`,
+      verified: result.verified,
+      rows_in_db: result.rows_in_db,
       cpu_cores: { daemons: daemonCores, haproxy: haproxyCores, postgres: pgCores, generators: result.cpu.generators_cores },
       us_per_event: {
         daemons: perEvent(daemonCores.reduce((a, b) => a + b, 0)) ?? 0,
@@ -257,34 +279,56 @@ export function scaleOutSvg(steps: ScaleOutStep[], title: string): string {
   return out.join("\n");
 }
 
+/** Whether haproxy is installed (the phase needs it). */
+export function haproxyAvailable(): boolean {
+  return spawnSync("sh", ["-c", "command -v haproxy"]).status === 0;
+}
+
+/** 1 to `o.maxDaemons` daemons in turn on `db` (its schema created), deduplication as `o.dedup`. */
+export async function runScaleOut(db: BenchDb, o: ScaleOutOptions, log: (line: string) => void): Promise<ScaleOutStep[]> {
+  const file = configFile(o.dedup);
+  try {
+    const env = { WORKERS: String(o.workers), INGESTD_CONFIG: file };
+    const steps: ScaleOutStep[] = [];
+    for (let n = 1; n <= o.maxDaemons; n++) {
+      const s = await step(n, o, db, env, log);
+      log(`scale-out, ${n} daemon(s): ${s.events_per_s} events/s, cores ${JSON.stringify(s.cpu_cores)}, rows ${s.verdict}`);
+      steps.push(s);
+    }
+    return steps;
+  } finally {
+    fs.rmSync(file, { force: true });
+  }
+}
+
+/** The steps as text lines (the bench report and the standalone command print the same). */
+export function scaleOutLines(steps: ScaleOutStep[]): string[] {
+  return [
+    "daemons | events/s | ack p50 / p99 ms | CPU cores: daemons | HAProxy | PostgreSQL | µs/event: daemons | HAProxy | PostgreSQL | rows",
+    ...steps.map(
+      (s) =>
+        `${s.daemons} | ${s.events_per_s} | ${s.ack_p50_ms} / ${s.ack_p99_ms} | ${s.cpu_cores.daemons.join(" + ")} | ${s.cpu_cores.haproxy} | ${s.cpu_cores.postgres} | ${s.us_per_event.daemons} | ${s.us_per_event.haproxy} | ${s.us_per_event.postgres} | ${s.verdict}`,
+    ),
+  ];
+}
+
 async function main(argv: string[]): Promise<number> {
   const o = parse(argv);
   const t0 = Date.now();
   const log = (line: string) => process.stderr.write(`[scale-out ${((Date.now() - t0) / 1000).toFixed(1).padStart(5)}s] ${line}\n`);
-  if (spawnSync("sh", ["-c", "command -v haproxy"]).status !== 0) {
+  if (!haproxyAvailable()) {
     process.stderr.write("bench:scale-out needs haproxy (apt-get install haproxy)\n");
     return 69;
   }
   const loadAtStart = os.loadavg()[0];
   const db = await startBenchDb(log);
-  const file = configFile(o.dedup);
   try {
     await createSchema(db.url, "public");
-    const env = { WORKERS: String(o.workers), INGESTD_CONFIG: file };
-    const steps: ScaleOutStep[] = [];
-    for (let n = 1; n <= o.maxDaemons; n++) {
-      const s = await step(n, o, db, env, log);
-      log(`${n}: ${s.events_per_s} events/s, cores ${JSON.stringify(s.cpu_cores)}, rows ${s.verdict}`);
-      steps.push(s);
-    }
+    const steps = await runScaleOut(db, o, log);
     const lines = [
       `scale-out: ${o.connections} WebSocket connections through HAProxy, ${o.durationS} s per step, WORKERS=${o.workers} per daemon, dedup ${o.dedup ? "on" : "off"}`,
       `machine: ${os.availableParallelism()} cores, load average ${round(loadAtStart)} at start, ${round(os.loadavg()[0])} at end`,
-      "daemons | events/s | ack p50 / p99 ms | CPU cores: daemons | HAProxy | PostgreSQL | µs/event: daemons | HAProxy | PostgreSQL | rows",
-      ...steps.map(
-        (s) =>
-          `${s.daemons} | ${s.events_per_s} | ${s.ack_p50_ms} / ${s.ack_p99_ms} | ${s.cpu_cores.daemons.join(" + ")} | ${s.cpu_cores.haproxy} | ${s.cpu_cores.postgres} | ${s.us_per_event.daemons} | ${s.us_per_event.haproxy} | ${s.us_per_event.postgres} | ${s.verdict}`,
-      ),
+      ...scaleOutLines(steps),
     ];
     process.stdout.write(`${lines.join("\n")}\n`);
     const dir = path.join(ROOT, ".bench");
@@ -305,9 +349,8 @@ async function main(argv: string[]): Promise<number> {
       ),
     );
     process.stdout.write("report: .bench/scale-out.json, chart: .bench/scale-out.svg\n");
-    return steps.every((s) => !s.verdict.startsWith("MISMATCH")) ? 0 : 1;
+    return steps.every((s) => s.verified) ? 0 : 1;
   } finally {
-    fs.rmSync(file, { force: true });
     await db.close();
   }
 }
