@@ -252,6 +252,9 @@ describe("three daemons behind HAProxy on one PostgreSQL", () => {
   test("HAProxy runs the shipped configuration; a request through it is stored; WebSocket passes through", async (t) => {
     const c = await cluster(t);
     if (!c) return;
+    // The file as shipped, unmodified, is valid for the installed HAProxy too (as /etc/haproxy/haproxy.cfg).
+    const shipped = spawnSync("haproxy", ["-c", "-f", HAPROXY_CFG], { encoding: "utf8" });
+    assert.equal(shipped.status, 0, `${shipped.stdout}${shipped.stderr}`);
     const res = await post(`${c.url}/v1/streams/events/events`, JSON.stringify([event("lb-smoke-1")]));
     assert.equal(res.status, 200, res.text);
     const health = await get(`${c.url}/health`);
