@@ -11,7 +11,7 @@ import { ID_KINDS, type IdKind } from "./event-factory";
  * other half of what deduplication costs PostgreSQL); `ws-sessions` runs on that daemon too, each connection
  * a producer session (the exactly-once mode's target); `soak` is the long WebSocket phase, reported per interval.
  */
-export const PHASES = ["copy", "ws-dedup-off", "ws-sessions", "ws", "http", "paced", "soak"] as const;
+export const PHASES = ["copy", "ws-dedup-off", "ws-sessions", "ws", "http", "paced", "soak", "scale-out"] as const;
 export type PhaseName = (typeof PHASES)[number];
 
 export interface BenchOptions {

@@ -3,6 +3,7 @@
  * targets of docs/performance.md#targets checked as ratios within this run.
  */
 import type { CeilingResult } from "./copy-ceiling";
+import { type ScaleOutStep, scaleOutLines } from "./scale-out";
 import type { PhaseResult } from "./load-phase";
 import type { BenchOptions } from "./options";
 
@@ -76,6 +77,8 @@ export interface BenchReport {
   capacity_ratio: { ws: number; copy: number; ratio: number } | null;
   /** Path of the soak's SVG chart, when written. */
   soak_chart: string | null;
+  /** The scale-out phase (1, 2, 3 daemons behind HAProxy; bench/scale-out.ts), when it ran. */
+  scale_out: { steps: ScaleOutStep[]; chart: string | null; skipped: string | null } | null;
   targets: Target[];
   verified: boolean;
   notes: string[];
@@ -372,6 +375,14 @@ export function renderReport(r: BenchReport): string {
     out.push(
       `daemon (${d.label}) peak RSS: ${d.peak_rss_mib.toFixed(0)} MiB sampled, ${d.vm_hwm_mib.toFixed(0)} MiB VmHWM; exit ${d.exit}; ${d.warnings} warning/error log lines`,
     );
+  }
+  if (r.scale_out) {
+    out.push("");
+    if (r.scale_out.skipped) out.push(`scale-out: not run (${r.scale_out.skipped})`);
+    else {
+      out.push("scale-out (WebSocket through HAProxy, deduplication off, WORKERS=1 per daemon; docs/performance.md#scale-out)");
+      out.push(...scaleOutLines(r.scale_out.steps).map((l) => `  ${l}`));
+    }
   }
   out.push("");
   out.push("targets (docs/performance.md, ratios within this run; 2 cores, generators on the same machine)");

@@ -32,6 +32,7 @@ import { DEFAULT_OPTIONS, optionsFromEnv, USAGE, type BenchOptions, type PhaseNa
 import { RssSampler } from "./proc-stats";
 import { checkTargets, ratio, renderReport, type BenchReport, type DaemonInfo, type MachineInfo } from "./report";
 import { checkpoint, countRows } from "./row-count";
+import { haproxyAvailable, runScaleOut, scaleOutSvg } from "./scale-out";
 import { soakChartSvg } from "./soak-chart";
 
 export { DEFAULT_OPTIONS, optionsFromEnv, type BenchOptions } from "./options";
@@ -223,14 +224,19 @@ async function runWithOptions(options: BenchOptions, out: NodeJS.WritableStream)
   process.on("exit", killOnExit);
   process.once("SIGINT", onSignal);
   process.once("SIGTERM", onSignal);
-  const loadPhases = options.phases.filter((p) => p !== "copy");
+  const loadPhases = options.phases.filter((p) => p !== "copy" && p !== "scale-out");
+  const scaleOut = options.phases.includes("scale-out");
   const groups = [
     { label: "deduplication off", dedup: "off" as const, phases: loadPhases.filter((p) => DEDUP_OFF_PHASES.includes(p)) },
     { label: "configured", dedup: options.dedup, phases: loadPhases.filter((p) => !DEDUP_OFF_PHASES.includes(p)) },
   ].filter((g) => g.phases.length > 0);
   const phaseBudgetS = (p: PhaseName) => (p === "soak" ? options.soakS : options.durationS) + options.drainTimeoutS + 90;
   const budgetS =
-    300 + (options.prefillIds / 1e6) * 90 + groups.length * (options.warmupS + 90) + loadPhases.reduce((a, p) => a + phaseBudgetS(p), 0);
+    300 +
+    (options.prefillIds / 1e6) * 90 +
+    groups.length * (options.warmupS + 90) +
+    loadPhases.reduce((a, p) => a + phaseBudgetS(p), 0) +
+    (scaleOut ? 3 * (options.durationS + options.drainTimeoutS + 120) : 0);
   const hardTimeout = setTimeout(() => {
     process.stderr.write(`[bench] still running after ${Math.round(budgetS)} s: giving up\n`);
     void cleanup().finally(() => process.exit(1));
@@ -355,6 +361,17 @@ async function runWithOptions(options: BenchOptions, out: NodeJS.WritableStream)
       daemon = null;
     }
 
+    // 1, 2, 3 daemons behind HAProxy on this database (docs/performance.md#scale-out).
+    let scaleOutReport: BenchReport["scale_out"] = null;
+    if (scaleOut) {
+      if (!haproxyAvailable()) scaleOutReport = { steps: [], chart: null, skipped: "haproxy is not installed (apt-get install haproxy)" };
+      else {
+        const o = { durationS: options.durationS, connections: options.wsConnections, maxDaemons: 3, workers: 1, dedup: false };
+        log(`scale-out: 1 to 3 daemons behind HAProxy, ${o.durationS} s each, deduplication off, WORKERS=1`);
+        scaleOutReport = { steps: await runScaleOut(db, { ...o, idKind: options.idKind, schema }, log), chart: null, skipped: null };
+      }
+    }
+
     const notes: string[] = [];
     const loadAtEnd = os.loadavg().map((x) => Math.round(x * 100) / 100);
     if (Math.max(machine.loadavg_at_start[0], loadAtEnd[0]) > 0.5 * cores) {
@@ -371,7 +388,8 @@ async function runWithOptions(options: BenchOptions, out: NodeJS.WritableStream)
       (ceiling?.runs.reduce((a, r) => a + r.rows_verified, 0) ?? 0) +
       (ceiling?.commit_sql?.rows_verified ?? 0) +
       phases.reduce((a, p) => a + p.rows_in_db, 0) +
-      warmups.reduce((a, w) => a + w.rows, 0);
+      warmups.reduce((a, w) => a + w.rows, 0) +
+      (scaleOutReport?.steps.reduce((a, st) => a + st.rows_in_db, 0) ?? 0);
     if (rowsAtEnd !== rowsExpected) {
       notes.push(
         `the table holds ${rowsAtEnd} rows at the end, the phases added ${rowsExpected}: rows landed between phases (late commits)`,
@@ -379,6 +397,7 @@ async function runWithOptions(options: BenchOptions, out: NodeJS.WritableStream)
     }
     const verified =
       phases.every((p) => p.verified) &&
+      (scaleOutReport?.steps.every((st) => st.verified) ?? true) &&
       warmups.every((w) => w.verified) &&
       (ceiling?.runs.every((r) => r.rows_verified === r.rows) ?? true) &&
       (ceiling?.commit_sql ? ceiling.commit_sql.rows_verified === ceiling.commit_sql.rows : true);
@@ -409,6 +428,7 @@ async function runWithOptions(options: BenchOptions, out: NodeJS.WritableStream)
             }
           : null,
       soak_chart: null,
+      scale_out: scaleOutReport,
       targets: [],
       verified,
       notes,
@@ -425,6 +445,12 @@ async function runWithOptions(options: BenchOptions, out: NodeJS.WritableStream)
         report.soak_chart = options.jsonPath.replace(/\.json$/, "") + "-soak.svg";
         fs.writeFileSync(report.soak_chart, soakChartSvg(report, soak, copy2?.rows_per_s ?? null));
         out.write(`soak chart: ${path.relative(process.cwd(), report.soak_chart) || report.soak_chart}\n`);
+      }
+      if (report.scale_out && report.scale_out.steps.length > 0) {
+        report.scale_out.chart = options.jsonPath.replace(/\.json$/, "") + "-scale-out.svg";
+        const title = `ingestd scale-out behind HAProxy, ${report.machine.cores} cores, ${report.started_at.slice(0, 16).replace("T", " ")} UTC`;
+        fs.writeFileSync(report.scale_out.chart, scaleOutSvg(report.scale_out.steps, title));
+        out.write(`scale-out chart: ${path.relative(process.cwd(), report.scale_out.chart) || report.scale_out.chart}\n`);
       }
       fs.writeFileSync(options.jsonPath, JSON.stringify(report, null, 2) + "\n");
       out.write(`report: ${path.relative(process.cwd(), options.jsonPath) || options.jsonPath}\n`);

@@ -86,6 +86,8 @@ describe("the bookkeeping tables", () => {
       duplicates: "integer",
       created_at: "timestamp with time zone",
       committed_at: "timestamp with time zone",
+      message: "text",
+      daemon: "text",
     });
   });
 });
@@ -204,6 +206,8 @@ describe("Prefer: respond-async", () => {
         0,
         "nothing committed yet",
       );
+      const held = await fx.db.query(`SELECT batch_id, status, stream FROM ingest_batches WHERE request_id = $1`, [id]);
+      assert.deepEqual(held.rows, [{ batch_id: id, status: "pending", stream: "events" }], "pending is held in PostgreSQL");
       await lock.release();
       released = true;
       const settled = await pollUntilSettled(id);
@@ -262,6 +266,62 @@ describe("Prefer: respond-async", () => {
       await lock.release();
       await waitFor("producer-async-1 to commit", async () => (await status("producer-async-1")).status === 200);
     }
+  });
+
+  test("a 202'd request whose commit fails: failed with the reason, held in ingest_batches for every daemon", async () => {
+    const lock = await lockTable("events_dedup");
+    let id = "";
+    try {
+      const res = await post(`${fx.daemon.base}/v1/streams/events/events`, JSON.stringify([event("af-1")]), "application/json", {
+        prefer: "respond-async",
+      });
+      assert.equal(res.status, 202, res.text);
+      id = res.json.batch_id;
+      // The commit waits on the lock; cutting the workers' connections fails it (the daemon's own pool survives).
+      await waitFor("the commit to wait on the lock", async () => {
+        const { rows } = await fx.db.query(
+          `SELECT pg_terminate_backend(pid) AS t FROM pg_stat_activity WHERE application_name LIKE 'ingestd-worker-%' AND wait_event_type = 'Lock'`,
+        );
+        return rows.length > 0;
+      });
+    } finally {
+      await lock.release();
+    }
+    const settled = await pollUntilSettled(id);
+    assert.equal(settled.status, "failed");
+    assert.equal(settled.committed_at, null);
+    assert.equal(typeof settled.message, "string");
+    const { rows } = await fx.db.query(`SELECT status, message FROM ingest_batches WHERE request_id = $1 ORDER BY status`, [id]);
+    assert.deepEqual(
+      rows.map((r) => r.status),
+      ["failed", "pending"],
+      "the failure is written by the daemon that took the request",
+    );
+    assert.equal(rows[0].message, settled.message);
+    assert.equal(Number((await fx.db.query(`SELECT count(*) AS n FROM events WHERE event_id = 'af-1'`)).rows[0].n), 0);
+  });
+
+  test("a 202'd request whose daemon is killed before its commit: failed on the other daemon, nothing stored", async () => {
+    const lock = await lockTable("events_dedup");
+    try {
+      const doomed = await fx.startDaemon();
+      const res = await post(`${doomed.base}/v1/streams/events/events`, JSON.stringify([event("orphan-1")]), "application/json", {
+        prefer: "respond-async",
+      });
+      assert.equal(res.status, 202, res.text);
+      const id = res.json.batch_id;
+      assert.equal((await status(id)).json.status, "pending", "the other daemon reports it pending while its daemon runs");
+      await doomed.kill("SIGKILL");
+      const settled = await pollUntilSettled(id, 20_000);
+      assert.equal(settled.status, "failed");
+      assert.equal(settled.committed_at, null);
+      assert.match(settled.message, /stopped before committing it/);
+    } finally {
+      await lock.release();
+    }
+    // Its commit was waiting on the lock when the daemon died: nothing of it may land afterwards.
+    await new Promise((r) => setTimeout(r, 500));
+    assert.equal(Number((await fx.db.query(`SELECT count(*) AS n FROM events WHERE event_id = 'orphan-1'`)).rows[0].n), 0);
   });
 
   test("many async requests in a row: each one's status ends committed with its own counts", async () => {

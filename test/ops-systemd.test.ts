@@ -116,6 +116,54 @@ test("the example environment file is a valid configuration", () => {
   assert.match(r.stdout, /latency log: .*latency\.hlog/);
 });
 
+const TEMPLATE = path.join(ROOT, "systemd/ingestd@.service");
+const CLUSTER_ENV = path.join(ROOT, "systemd/ingestd-cluster.env.example");
+
+test("the template unit ingestd@.service: systemd-analyze verify finds nothing for an instance; the port is the instance name", (t) => {
+  const analyze = requireTool(t, "systemd-analyze", "apt-get install systemd");
+  if (!analyze) return;
+  const text = fs.readFileSync(TEMPLATE, "utf8");
+  const result = verify(analyze, localUnit(text), "ingestd@8081.service");
+  assert.equal(result.code, 0, result.output);
+  assert.equal(result.output, "", "no warnings either");
+  const typo = verify(analyze, localUnit(text).replace("NoNewPrivileges=yes", "NoNewPrivilege=yes"), "ingestd@8082.service");
+  assert.match(typo.output, /Unknown key 'NoNewPrivilege'/, "the instance file is really parsed");
+
+  const d = directives(text);
+  assert.deepEqual(d.get("Environment"), ["NODE_ENV=production PORT=%i"]);
+  assert.deepEqual(d.get("EnvironmentFile"), ["/etc/ingestd/ingestd-cluster.env"]);
+  assert.deepEqual(d.get("StateDirectory"), ["ingestd-%i"], "each instance its own state directory");
+  // The same hardening as the single unit: only the lines that name the instance or its timing differ.
+  const single = directives(fs.readFileSync(UNIT, "utf8"));
+  for (const [key, values] of single) {
+    if (["Description", "EnvironmentFile", "Environment", "WorkingDirectory", "StateDirectory", "TimeoutStopSec"].includes(key)) continue;
+    assert.deepEqual(d.get(key), values, key);
+  }
+});
+
+test("the cluster environment example: valid, no PORT (the instance sets it), a drain delay and drain that fit the template's stop timeout", () => {
+  const env: Record<string, string> = {};
+  for (const line of fs.readFileSync(CLUSTER_ENV, "utf8").split("\n")) {
+    const m = /^([A-Z_]+)=(.*)$/.exec(line);
+    if (m) env[m[1]] = m[2];
+  }
+  assert.ok(env.DATABASE_URL, "several daemons need one PostgreSQL: DATABASE_URL is set");
+  assert.equal(env.PORT, undefined, "an EnvironmentFile= PORT would override the instance's");
+  const stopSec = Number(/^TimeoutStopSec=(\d+)s?$/m.exec(fs.readFileSync(TEMPLATE, "utf8"))![1]);
+  const drainDelay = Number(env.DRAIN_DELAY_MS);
+  assert.ok(stopSec * 1000 >= drainDelay + Number(env.STOP_TIMEOUT_MS) + 5000, `TimeoutStopSec ${stopSec}s covers delay and drain`);
+  // The balancer must have taken the daemon out before the delay ends: fall x inter plus one check.
+  const cfg = fs.readFileSync(path.join(ROOT, "systemd/haproxy/ingestd.cfg"), "utf8");
+  const m = /default-server check inter (\d+)s fall (\d+)/.exec(cfg)!;
+  assert.ok(drainDelay > (Number(m[2]) + 1) * Number(m[1]) * 1000, `DRAIN_DELAY_MS ${drainDelay} outlasts HAProxy's checks`);
+  const r = spawnSync(process.execPath, [path.join(ROOT, "dist/src/cli.js"), "check-config"], {
+    encoding: "utf8",
+    env: configEnv({ ...env, PORT: "8081" }),
+  });
+  assert.equal(r.status, 0, r.stderr);
+  assert.match(r.stdout, /listen 127\.0\.0\.1:8081/);
+});
+
 /** Receives sd_notify datagrams as systemd does (closing the barrier fds systemd-notify waits on). */
 const RECEIVER = `
 import array, json, os, socket, struct, sys

@@ -38,7 +38,8 @@ export async function serveCommand(argv: string[]): Promise<void> {
     log.info({ signal }, "shutting down");
     void notifySystemd(["STOPPING=1", "STATUS=draining"], log);
     // The drain is bounded by the stop timeout even when a commit never returns (a hung database): past
-    // it, exit without the rest. Nothing more is acknowledged, so this is as safe as kill -9.
+    // it, exit without the rest. Nothing more is acknowledged, so this is as safe as kill -9. The drain
+    // delay (still serving while a load balancer takes this daemon out) comes before it.
     setTimeout(() => {
       log.error(
         { stop_timeout_ms: config.stopTimeoutMs },
@@ -46,7 +47,7 @@ export async function serveCommand(argv: string[]): Promise<void> {
       );
       log.flush();
       process.exit(1);
-    }, config.stopTimeoutMs).unref();
+    }, config.drainDelayMs + config.stopTimeoutMs).unref();
     server.stop().then(
       () => {
         log.flush();

@@ -2,6 +2,7 @@
  * Assembles the daemon: database (embedded or DATABASE_URL), schema, ring, worker pool, uWS app and routes;
  * and takes it down again in the order that keeps every acknowledged event committed.
  */
+import { randomUUID } from "node:crypto";
 import os from "node:os";
 import path from "node:path";
 import { lineEntities, streams } from "../../config/streams";
@@ -17,6 +18,7 @@ import { ApiKeysError } from "../security/api-keys";
 import { Auth } from "../security/auth";
 import { CorsPolicy } from "../security/cors";
 import { BatchRegistry } from "../storage/batch-registry";
+import { holdPresence } from "../storage/daemon-presence";
 import { connectWithRetry, Database } from "../storage/database";
 import { startEmbeddedDb, type EmbeddedDb } from "../storage/embedded-db";
 import { startPartitionMaintenance } from "../storage/partition-maintenance";
@@ -148,7 +150,12 @@ export async function startServer(config: IngestdConfig, log: Logger): Promise<R
   });
 
   const streamMap = new Map(streams.map((s) => [s.name, s]));
-  const batches = new BatchRegistry(db, config.dbSchema);
+  // Other daemons read this daemon's presence to tell its pending batch rows from abandoned ones.
+  const instance = randomUUID();
+  const presence = holdPresence(databaseUrl, instance);
+  const batches = new BatchRegistry(db, config.dbSchema, instance, (err, rows) =>
+    log.warn({ err: err.message, rows }, "cannot write batch status rows; this daemon still answers for them"),
+  );
   const stats = new Stats();
   const admission = new Admission({ auth, streams: streamMap, db, retryAfterSeconds: config.retryAfterSeconds });
   const pipeline: Pipeline = {
@@ -156,6 +163,7 @@ export async function startServer(config: IngestdConfig, log: Logger): Promise<R
     admission,
     ring,
     submitter: new Submitter({ ring, dispatcher, auth, batches }),
+    batches,
     telemetry: new AckTelemetry(latency, metrics, stats),
     metrics,
     limits: { maxBodyBytes: maxBody, overloadDeadlineMs: config.overloadDeadlineMs, retryAfterSeconds: config.retryAfterSeconds },
@@ -248,13 +256,19 @@ export async function startServer(config: IngestdConfig, log: Logger): Promise<R
     stop() {
       stopping ??= (async () => {
         const started = Date.now();
+        if (config.drainDelayMs > 0) {
+          admission.startLeaving();
+          log.info({ ms: config.drainDelayMs }, "leaving: /health answers 503 draining; still serving until the delay ends");
+          await new Promise((r) => setTimeout(r, config.drainDelayMs));
+        }
         admission.startDraining();
         uws.us_listen_socket_close(listenSocket);
         log.info("draining: no new connections; committing and acknowledging in-flight work");
         await Promise.race([Promise.all([dispatcher.idle(), ws.shutdown()]), new Promise((r) => setTimeout(r, config.stopTimeoutMs))]);
         await dispatcher.idle();
         await dispatcher.close();
-        batches.close();
+        await batches.close();
+        await presence.close();
         latency.stop();
         clearInterval(maintenance);
         await sessions.close();

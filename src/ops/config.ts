@@ -49,6 +49,12 @@ export interface IngestdConfig {
   overloadDeadlineMs: Int & tags.Minimum<1>;
   retryAfterSeconds: Int & tags.Minimum<1>;
   stopTimeoutMs: Int & tags.Minimum<100>;
+  /**
+   * On SIGTERM, how long `/health` answers 503 "draining" while everything else still serves, before the
+   * daemon stops listening and drains: a load balancer's health check takes it out meanwhile
+   * (docs/operations.md#several-daemons-behind-a-load-balancer). 0 (the default) drains at once.
+   */
+  drainDelayMs: Int & tags.Minimum<0> & tags.Maximum<600000>;
   maxErrorsReported: Int & tags.Minimum<1>;
   ws: WsConfig;
   cors: CorsConfig;
@@ -95,6 +101,7 @@ const ADDED_SETTINGS: Partial<IngestdConfig> = {
   batchesRetentionDays: 7,
   deadLettersRetentionDays: 30,
   producerRetentionDays: 30,
+  drainDelayMs: 0,
 };
 
 /** Exit status for a configuration error (sysexits.h EX_CONFIG). */
@@ -130,6 +137,7 @@ const ENV_OVERRIDES: ReadonlyArray<[env: string, path: string, kind: EnvKind]> =
   ["DATA_DIR", "dataDir", "string"],
   ["OVERLOAD_DEADLINE_MS", "overloadDeadlineMs", "int"],
   ["STOP_TIMEOUT_MS", "stopTimeoutMs", "int"],
+  ["DRAIN_DELAY_MS", "drainDelayMs", "int"],
   ["WS_WINDOW", "ws.window", "int"],
   ["WS_MAX_FRAME_BYTES", "ws.maxFrameBytes", "int"],
   ["RETENTION_MONTHS", "retentionMonths", "int"],

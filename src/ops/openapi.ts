@@ -99,6 +99,7 @@ export function openApiDocument(
         duplicates: { type: "integer" },
         created_at: { type: "string", format: "date-time" },
         committed_at: { type: ["string", "null"], format: "date-time" },
+        message: { type: "string", description: "Why the commit failed (status failed, nothing stored)." },
       },
     },
   };

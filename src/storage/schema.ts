@@ -75,8 +75,13 @@ export function bookkeepingDdl(schema: string): string[] {
   "rejected" integer NOT NULL,
   "duplicates" integer NOT NULL,
   "created_at" timestamptz NOT NULL,
-  "committed_at" timestamptz NOT NULL
+  "committed_at" timestamptz NOT NULL,
+  "message" text,
+  "daemon" text
 ) PARTITION BY RANGE ("committed_at")`,
+    // Tables created before batch status was shared between daemons (docs/storage.md#batch-status-across-daemons).
+    `ALTER TABLE ${batches} ADD COLUMN IF NOT EXISTS "message" text`,
+    `ALTER TABLE ${batches} ADD COLUMN IF NOT EXISTS "daemon" text`,
     `CREATE TABLE IF NOT EXISTS ${qualifiedName(schema, `${BATCHES_TABLE}_default`)} PARTITION OF ${batches} DEFAULT`,
     `CREATE INDEX IF NOT EXISTS "ingest_batches_batch_id_idx" ON ${batches} ("batch_id", "committed_at")`,
     `CREATE INDEX IF NOT EXISTS "ingest_batches_request_id_idx" ON ${batches} ("request_id")`,

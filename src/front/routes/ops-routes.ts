@@ -31,13 +31,13 @@ export function registerOpsRoutes(app: TemplatedApp, options: OpsRoutesOptions):
   const health = (res: HttpResponse) => {
     res.onAborted(() => markClosed(res));
     void db.probe().then((up) => {
-      const status = up && !admission.isDraining ? 200 : 503;
+      const status = up && !admission.isLeaving ? 200 : 503;
       count("/health", status);
       answerJson(
         res,
         status,
         {
-          status: !up ? "unhealthy" : admission.isDraining ? "draining" : "healthy",
+          status: !up ? "unhealthy" : admission.isLeaving ? "draining" : "healthy",
           database: up ? "connected" : "disconnected",
           streams: streamNames,
           entities,

@@ -39,9 +39,24 @@ export class Admission {
     this.retryAfter = { "Retry-After": String(options.retryAfterSeconds) };
   }
 
+  private leaving = false;
+
   /** Set by SIGTERM: new requests, frames and connections are refused while in-flight work drains. */
   get isDraining(): boolean {
     return this.draining;
+  }
+
+  /** What `/health` says: draining from SIGTERM on, also during the drain delay when work is still taken. */
+  get isLeaving(): boolean {
+    return this.leaving || this.draining;
+  }
+
+  /**
+   * SIGTERM with a drain delay: only `/health` changes (503 "draining") so a load balancer stops sending
+   * here before anything is refused (docs/operations.md#several-daemons-behind-a-load-balancer).
+   */
+  startLeaving(): void {
+    this.leaving = true;
   }
 
   startDraining(): void {

@@ -1,6 +1,7 @@
 /** What a transport adapter is given: the owners it hands every policy to (docs/architecture.md#the-front-thread). */
 import type { Metrics } from "../../ops/metrics";
 import type { Auth } from "../../security/auth";
+import type { BatchRegistry } from "../../storage/batch-registry";
 import type { Ring } from "../ring";
 import type { AckTelemetry } from "./ack-telemetry";
 import type { Admission } from "./admission";
@@ -20,6 +21,8 @@ export interface Pipeline {
   admission: Admission;
   ring: Ring;
   submitter: Submitter;
+  /** Batch status: a 202 is sent once the request is published there. */
+  batches: BatchRegistry;
   telemetry: AckTelemetry;
   metrics: Metrics;
   limits: IngestLimits;

@@ -67,8 +67,7 @@ export class Submitter {
     }
     ring.free(sub.region);
     auth.charge(key, outcome); // rate limit: charged once the event count is known
-    if (sub.recordBatch)
-      batches.settle(sub.requestId, outcome.kind === "db_unavailable" || outcome.kind === "failed" ? outcome.message : null);
+    if (sub.recordBatch) batches.settle(sub.requestId, outcome);
     return outcome;
   }
 

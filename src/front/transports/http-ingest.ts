@@ -193,8 +193,15 @@ export function registerIngestRoute(app: TemplatedApp, pipeline: Pipeline, route
           { retryUntil: 0 },
         );
         if (respondAsync) {
-          count(202);
-          answerJson(res, 202, { status: "accepted", stream: stream.name, batch_id: requestId });
+          // The 202 goes out once the pending row is written, so a poll on any daemon finds the id
+          // (docs/storage.md#batch-status-across-daemons); if it cannot be, or PostgreSQL does not answer
+          // within the overload deadline, this daemon still answers for it.
+          const published = pipeline.batches.publish(requestId);
+          const deadline = new Promise((r) => setTimeout(r, limits.overloadDeadlineMs).unref());
+          void Promise.race([published, deadline]).then(() => {
+            count(202);
+            if (!isClosed(res)) answerJson(res, 202, { status: "accepted", stream: stream.name, batch_id: requestId });
+          });
         }
         void settled.then((outcome) => {
           // Counted whether or not anyone is still listening: the rows are committed either way.
