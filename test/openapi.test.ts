@@ -92,6 +92,8 @@ describe("the document", () => {
       "/v1/latency",
       "/stats",
       "/v1/ws",
+      "/v1/dead-letters",
+      ...streams.map((s) => `/v1/streams/${s.name}/records`),
     ]) {
       assert.ok(doc.paths[path]?.get, `GET ${path}`);
     }

@@ -20,6 +20,7 @@ import { BatchRegistry } from "../storage/batch-registry";
 import { connectWithRetry, Database } from "../storage/database";
 import { startEmbeddedDb, type EmbeddedDb } from "../storage/embedded-db";
 import { startPartitionMaintenance } from "../storage/partition-maintenance";
+import { ReadPool } from "../storage/read-pool";
 import { ensureSchema } from "../storage/schema";
 import { Dispatcher } from "./dispatcher";
 import { HttpPolicy } from "./http-policy";
@@ -28,6 +29,7 @@ import { Ring } from "./ring";
 import { registerBatchRoutes } from "./routes/batch-routes";
 import { registerDocsRoutes } from "./routes/docs-routes";
 import { registerOpsRoutes } from "./routes/ops-routes";
+import { registerReadRoutes } from "./routes/read-routes";
 import { AckTelemetry } from "./submission/ack-telemetry";
 import { Admission } from "./submission/admission";
 import type { Pipeline } from "./submission/pipeline";
@@ -184,6 +186,16 @@ export async function startServer(config: IngestdConfig, log: Logger): Promise<R
   });
   const ws = registerWebSocket(app, pipeline, config.ws, http, sessions);
   registerBatchRoutes(app, { batches, metrics, retryAfterSeconds: config.retryAfterSeconds });
+  // Reads get connections of their own (docs/http-api.md#reading-back): never the probe's, never a worker's.
+  const reads = new ReadPool(databaseUrl, config.reads);
+  registerReadRoutes(app, {
+    auth,
+    pool: reads,
+    schema: config.dbSchema,
+    streams: streamMap,
+    metrics,
+    retryAfterSeconds: config.retryAfterSeconds,
+  });
   const openApi = JSON.stringify(openApiDocument(streams, VERSION, new Set(ignoringUnknown)));
   app.get("/openapi.json", (res) => {
     metrics.httpRequests.inc({ route: "/openapi.json", status: "200" });
@@ -258,6 +270,7 @@ export async function startServer(config: IngestdConfig, log: Logger): Promise<R
         latency.stop();
         clearInterval(maintenance);
         await sessions.close();
+        await reads.close();
         await db.close();
         if (embedded) await embedded.stop();
         log.info({ ms: Date.now() - started }, "stopped");

@@ -19,6 +19,19 @@ export interface StreamSettings {
   unknownFields?: UnknownFields;
 }
 
+/**
+ * Reading records and dead letters back (docs/http-api.md#reading-back): a small pool of its own on the
+ * front thread, so reads never take a connection ingest or the health probe needs.
+ */
+export interface ReadsConfig {
+  /** Connections of the read pool. */
+  poolSize: Int & tags.Minimum<1> & tags.Maximum<64>;
+  /** A read query running longer is cancelled (PostgreSQL statement_timeout) and answered 503. */
+  statementTimeoutMs: Int & tags.Minimum<100> & tags.Maximum<600000>;
+  /** Reads waiting for a connection of the pool; one more is refused at once with 503. */
+  maxWaiting: Int & tags.Minimum<0> & tags.Maximum<10000>;
+}
+
 export interface CorsConfig {
   /**
    * Browser origins (`scheme://host[:port]`) whose pages may call the API and open WebSockets, or "*" for
@@ -52,6 +65,7 @@ export interface IngestdConfig {
   maxErrorsReported: Int & tags.Minimum<1>;
   ws: WsConfig;
   cors: CorsConfig;
+  reads: ReadsConfig;
   apiKeysFile: (string & tags.MinLength<1>) | null;
   tlsCert: (string & tags.MinLength<1>) | null;
   tlsKey: (string & tags.MinLength<1>) | null;
@@ -91,6 +105,7 @@ export interface IngestdConfig {
  */
 const ADDED_SETTINGS: Partial<IngestdConfig> = {
   cors: { allowedOrigins: [] },
+  reads: { poolSize: 4, statementTimeoutMs: 5000, maxWaiting: 64 },
   dedupWindowHours: 168,
   batchesRetentionDays: 7,
   deadLettersRetentionDays: 30,

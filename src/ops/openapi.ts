@@ -4,6 +4,7 @@
  * cannot drift from what the daemon accepts.
  */
 import type { StreamDefinition } from "../shared/stream-definition";
+import { filterableColumns, readTimeColumn } from "../shared/read-columns";
 
 type Schema = Record<string, unknown>;
 
@@ -43,6 +44,98 @@ const priorityHeader = {
     "Priority 0..10 (default 0), higher served first under contention; known before the body is read, so it also orders admission to the ring. With an envelope priority too, the higher counts.",
   schema: { type: "integer", minimum: 0, maximum: 10 },
 };
+
+const pagingParameters = [
+  {
+    name: "since",
+    in: "query",
+    required: false,
+    description: "Inclusive lower bound of the time column (ISO-8601).",
+    schema: { type: "string", format: "date-time" },
+  },
+  {
+    name: "until",
+    in: "query",
+    required: false,
+    description: "Exclusive upper bound of the time column (ISO-8601).",
+    schema: { type: "string", format: "date-time" },
+  },
+  {
+    name: "limit",
+    in: "query",
+    required: false,
+    description: "Rows per page (default 100).",
+    schema: { type: "integer", minimum: 1, maximum: 1000 },
+  },
+  { name: "cursor", in: "query", required: false, description: "next_cursor of the previous page, unchanged.", schema: { type: "string" } },
+  {
+    name: "order",
+    in: "query",
+    required: false,
+    description: "desc: newest first (default); asc: oldest first.",
+    schema: { type: "string", enum: ["desc", "asc"] },
+  },
+];
+
+const readErrors = {
+  "400": {
+    description: "A parameter is malformed, or filters on a column that is not indexed (the message names the allowed ones).",
+    content: json(ref("Error")),
+  },
+  "401": errorResponses["401"],
+  "403": { description: "The API key may not read this stream (its `read` list).", content: json(ref("Error")) },
+  "503": {
+    description: "The read pool is saturated, the query timed out, or the database is unavailable. See Retry-After.",
+    content: json(ref("Error")),
+  },
+};
+
+const page = (description: string) => ({
+  description,
+  content: json({
+    type: "object",
+    required: ["records", "next_cursor"],
+    properties: {
+      records: { type: "array", items: { type: "object" } },
+      next_cursor: { type: ["string", "null"], description: "Pass as `cursor` for the next page; null on the last page." },
+    },
+  }),
+});
+
+/** Reading back (docs/http-api.md#reading-back): one records path per stream, with its filterable columns. */
+function readPaths(streams: readonly StreamDefinition[]): Record<string, unknown> {
+  const paths: Record<string, unknown> = {};
+  for (const stream of streams) {
+    const filters = filterableColumns(stream).map((name) => ({
+      name,
+      in: "query",
+      required: false,
+      description: `Only rows whose ${name} equals this value.`,
+      schema: { type: "string" },
+    }));
+    paths[`/v1/streams/${stream.name}/records`] = {
+      get: {
+        operationId: `read_${stream.name}`,
+        summary: `Stored ${stream.name} records, paged by (${readTimeColumn(stream)}, a unique tiebreak).`,
+        parameters: [...pagingParameters, ...filters],
+        responses: {
+          "200": page("One page of records: the table's columns and ingested_at."),
+          ...readErrors,
+          "404": errorResponses["404"],
+        },
+      },
+    };
+  }
+  paths["/v1/dead-letters"] = {
+    get: {
+      operationId: "read_dead_letters",
+      summary: "Rejected records (ingest_dead_letters), paged by (received_at, id).",
+      parameters: [{ name: "stream", in: "query", required: false, schema: { type: "string" } }, ...pagingParameters],
+      responses: { "200": page("One page of dead letters."), ...readErrors },
+    },
+  };
+  return paths;
+}
 
 /** `ignoringUnknown`: the streams that drop unknown fields rather than refuse them (ops/config.ts). */
 export function openApiDocument(
@@ -267,6 +360,7 @@ export function openApiDocument(
       responses: { "101": { description: "Switching protocols." }, "404": { description: "Unknown stream." } },
     },
   };
+  Object.assign(paths, readPaths(streams));
   for (const [path, summary] of [
     ["/health", "Liveness with a real database check."],
     ["/v1/health", "Same as /health."],

@@ -94,6 +94,9 @@ export function bookkeepingDdl(schema: string): string[] {
 ) PARTITION BY RANGE ("received_at")`,
     `CREATE TABLE IF NOT EXISTS ${qualifiedName(schema, `${DEAD_LETTERS_TABLE}_default`)} PARTITION OF ${dead} DEFAULT`,
     `CREATE INDEX IF NOT EXISTS "ingest_dead_letters_stream_received_at_idx" ON ${dead} ("stream", "received_at")`,
+    // Set when the dead letter was replayed (docs/http-api.md#dead-letters); added to tables made before it
+    // (a nullable column without a default: no rewrite).
+    `ALTER TABLE ${dead} ADD COLUMN IF NOT EXISTS "replayed_at" timestamptz`,
     // Producer sessions (docs/websocket-protocol.md#producer-sessions): one row per producer, not per event.
     `CREATE TABLE IF NOT EXISTS ${producers} (
   "stream" text NOT NULL,
