@@ -80,7 +80,7 @@ describe("the document", () => {
   });
 
   test("documents every endpoint of docs/http-api.md and one canonical route per stream, with the stream's body formats", () => {
-    for (const path of ["/v1/ingest/batch", "/events", "/ingest/message", "/ingest/batch", "/ingest/stream"])
+    for (const path of ["/v1/ingest/batch", "/events", "/ingest/message", "/ingest/batch", "/ingest/stream", "/v1/dead-letters/replay"])
       assert.ok(doc.paths[path]?.post, `POST ${path}`);
     for (const path of [
       "/v1/batches/{batch_id}",

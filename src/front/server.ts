@@ -30,6 +30,7 @@ import { registerBatchRoutes } from "./routes/batch-routes";
 import { registerDocsRoutes } from "./routes/docs-routes";
 import { registerOpsRoutes } from "./routes/ops-routes";
 import { registerReadRoutes } from "./routes/read-routes";
+import { registerReplayRoutes } from "./routes/replay-routes";
 import { AckTelemetry } from "./submission/ack-telemetry";
 import { Admission } from "./submission/admission";
 import type { Pipeline } from "./submission/pipeline";
@@ -189,6 +190,15 @@ export async function startServer(config: IngestdConfig, log: Logger): Promise<R
   // Reads get connections of their own (docs/http-api.md#reading-back): never the probe's, never a worker's.
   const reads = new ReadPool(databaseUrl, config.reads);
   registerReadRoutes(app, {
+    auth,
+    pool: reads,
+    schema: config.dbSchema,
+    streams: streamMap,
+    metrics,
+    retryAfterSeconds: config.retryAfterSeconds,
+  });
+  registerReplayRoutes(app, {
+    pipeline,
     auth,
     pool: reads,
     schema: config.dbSchema,

@@ -134,6 +134,63 @@ function readPaths(streams: readonly StreamDefinition[]): Record<string, unknown
       responses: { "200": page("One page of dead letters."), ...readErrors },
     },
   };
+  paths["/v1/dead-letters/replay"] = {
+    post: {
+      operationId: "replay_dead_letters",
+      summary: "Sends dead letters of a stream through ingest again; each dead letter is replayed once.",
+      requestBody: {
+        required: true,
+        content: json({
+          oneOf: [
+            {
+              type: "object",
+              required: ["stream", "ids"],
+              additionalProperties: false,
+              properties: {
+                stream: { type: "string" },
+                ids: { type: "array", minItems: 1, maxItems: 1000, items: { type: ["integer", "string"] } },
+              },
+            },
+            {
+              type: "object",
+              required: ["stream", "since"],
+              additionalProperties: false,
+              properties: { stream: { type: "string" }, since: { type: "string", format: "date-time" } },
+            },
+          ],
+        }),
+      },
+      responses: {
+        "200": {
+          description: "What the replay stored and what is still rejected.",
+          content: json({
+            type: "object",
+            required: ["status", "stream", "replayed", "accepted", "duplicates", "rejected", "not_replayed", "more", "errors"],
+            properties: {
+              status: { type: "string" },
+              stream: { type: "string" },
+              replayed: { type: "integer" },
+              accepted: { type: "integer" },
+              duplicates: { type: "integer" },
+              rejected: { type: "integer" },
+              not_replayed: { type: "integer" },
+              more: { type: "boolean", description: "More than 1000 matched: send the request again for the rest." },
+              errors: { type: "array", items: { type: "object" } },
+            },
+          }),
+        },
+        "400": { description: "The body is not a replay request (the message names the field).", content: json(ref("Error")) },
+        "401": errorResponses["401"],
+        "403": { description: "The API key may not write, or may not read, this stream.", content: json(ref("Error")) },
+        "404": errorResponses["404"],
+        "429": errorResponses["429"],
+        "503": {
+          description: "The database could not take (some of) them; those stay replayable. See Retry-After.",
+          content: json(ref("Error")),
+        },
+      },
+    },
+  };
   return paths;
 }
 
