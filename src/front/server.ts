@@ -196,6 +196,11 @@ export async function startServer(config: IngestdConfig, log: Logger): Promise<R
     streams: streamMap,
     metrics,
     retryAfterSeconds: config.retryAfterSeconds,
+    // Seed 002's reference data, read back where its clients look for it.
+    aliases: [
+      { path: "/users", stream: "users" },
+      { path: "/countries", stream: "countries" },
+    ],
   });
   registerReplayRoutes(app, {
     pipeline,

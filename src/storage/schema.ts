@@ -44,6 +44,9 @@ export function streamTableDdl(schema: string, stream: StreamDefinition, all: re
       `FOREIGN KEY (${fk.columns.map(quoteIdent).join(", ")}) REFERENCES ${qualifiedName(schema, target.table)} (${fk.references.columns.map(quoteIdent).join(", ")})`,
     );
   }
+  if (stream.onConflict === "update" && (!stream.primaryKey?.length || stream.dedupKey)) {
+    throw new Error(`stream ${stream.name}: onConflict "update" needs a primaryKey and no dedupKey`);
+  }
   if (stream.partitioned && !stream.timeColumn) throw new Error(`stream ${stream.name}: partitioned needs a timeColumn`);
   const partitioning = stream.partitioned ? ` PARTITION BY RANGE (${quoteIdent(stream.timeColumn!)})` : "";
   const ddl = [`CREATE TABLE IF NOT EXISTS ${table} (\n  ${lines.join(",\n  ")}\n)${partitioning}`];
