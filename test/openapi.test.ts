@@ -93,6 +93,8 @@ describe("the document", () => {
       "/stats",
       "/v1/ws",
       "/v1/dead-letters",
+      "/users",
+      "/countries",
       ...streams.map((s) => `/v1/streams/${s.name}/records`),
     ]) {
       assert.ok(doc.paths[path]?.get, `GET ${path}`);

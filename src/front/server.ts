@@ -20,6 +20,7 @@ import { BatchRegistry } from "../storage/batch-registry";
 import { connectWithRetry, Database } from "../storage/database";
 import { startEmbeddedDb, type EmbeddedDb } from "../storage/embedded-db";
 import { startPartitionMaintenance } from "../storage/partition-maintenance";
+import { READ_ALIASES } from "../shared/read-columns";
 import { ReadPool } from "../storage/read-pool";
 import { ensureSchema } from "../storage/schema";
 import { Dispatcher } from "./dispatcher";
@@ -196,11 +197,7 @@ export async function startServer(config: IngestdConfig, log: Logger): Promise<R
     streams: streamMap,
     metrics,
     retryAfterSeconds: config.retryAfterSeconds,
-    // Seed 002's reference data, read back where its clients look for it.
-    aliases: [
-      { path: "/users", stream: "users" },
-      { path: "/countries", stream: "countries" },
-    ],
+    aliases: READ_ALIASES,
   });
   registerReplayRoutes(app, {
     pipeline,

@@ -4,7 +4,7 @@
  * cannot drift from what the daemon accepts.
  */
 import type { StreamDefinition } from "../shared/stream-definition";
-import { filterableColumns, readTimeColumn } from "../shared/read-columns";
+import { filterableColumns, READ_ALIASES, readTimeColumn } from "../shared/read-columns";
 
 type Schema = Record<string, unknown>;
 
@@ -125,6 +125,10 @@ function readPaths(streams: readonly StreamDefinition[]): Record<string, unknown
         },
       },
     };
+  }
+  for (const alias of READ_ALIASES) {
+    const records = paths[`/v1/streams/${alias.stream}/records`] as { get: Record<string, unknown> } | undefined;
+    if (records) paths[alias.path] = { get: { ...records.get, operationId: `read_${alias.stream}_seed002` } };
   }
   paths["/v1/dead-letters"] = {
     get: {

@@ -14,3 +14,9 @@ export function filterableColumns(stream: StreamDefinition): string[] {
   const indexed = new Set([...stream.indexes.flat(), ...(stream.primaryKey ?? [])]);
   return stream.columns.filter((c) => indexed.has(c.name)).map((c) => c.name);
 }
+
+/** Seed 002's read routes: where its clients look for its reference data (docs/http-api.md#reading-back). */
+export const READ_ALIASES: ReadonlyArray<{ path: string; stream: string }> = [
+  { path: "/users", stream: "users" },
+  { path: "/countries", stream: "countries" },
+];
