@@ -32,6 +32,10 @@ import { registerDocsRoutes } from "./routes/docs-routes";
 import { registerOpsRoutes } from "./routes/ops-routes";
 import { registerReadRoutes } from "./routes/read-routes";
 import { registerReplayRoutes } from "./routes/replay-routes";
+import { registerSourceRoutes } from "./routes/source-routes";
+import { OPEN_ACCESS } from "../security/api-keys";
+import { SourceScheduler } from "../sources/scheduler";
+import { submitInternalBody } from "./submission/internal-bodies";
 import { AckTelemetry } from "./submission/ack-telemetry";
 import { Admission } from "./submission/admission";
 import type { Pipeline } from "./submission/pipeline";
@@ -63,6 +67,14 @@ export async function startServer(config: IngestdConfig, log: Logger): Promise<R
     if (!stream?.dedupKey) throw new ConfigError(`deduplicate.${name}: not a stream with an id to deduplicate by`);
   }
   const ignoringUnknown = ignoreUnknownStreams(config, streams);
+  const sources = config.sources ?? {};
+  for (const [name, source] of Object.entries(sources)) {
+    if (!streams.some((s) => s.name === source.stream)) {
+      throw new ConfigError(
+        `sources.${name}.stream: no such stream ${JSON.stringify(source.stream)} (streams: ${streams.map((s) => s.name).join(", ")})`,
+      );
+    }
+  }
   // API keys before anything starts: a bad keys file is a configuration error (exit 78), not a late failure.
   let auth: Auth;
   try {
@@ -208,6 +220,21 @@ export async function startServer(config: IngestdConfig, log: Logger): Promise<R
     metrics,
     retryAfterSeconds: config.retryAfterSeconds,
   });
+  // Pull sources feed the same submission path as producers (docs/sources.md); configured by the operator,
+  // so they carry no API key and no rate limit.
+  const scheduler =
+    Object.keys(sources).length === 0
+      ? null
+      : new SourceScheduler(
+          sources,
+          databaseUrl,
+          config.dbSchema,
+          (stream, ndjson, source) =>
+            submitInternalBody(pipeline, OPEN_ACCESS, { stream, format: "ndjson", text: ndjson, source, transport: "pull" }),
+          metrics,
+          log,
+        );
+  registerSourceRoutes(app, { scheduler, sources, auth, metrics, retryAfterSeconds: config.retryAfterSeconds });
   const openApi = JSON.stringify(openApiDocument(streams, VERSION, new Set(ignoringUnknown)));
   app.get("/openapi.json", (res) => {
     metrics.httpRequests.inc({ route: "/openapi.json", status: "200" });
@@ -261,6 +288,8 @@ export async function startServer(config: IngestdConfig, log: Logger): Promise<R
     `ingestd listening on ${config.tlsCert ? "https" : "http"}://${config.host}:${port}`,
   );
 
+  await scheduler?.start();
+
   let stopping: Promise<void> | null = null;
   return {
     port,
@@ -273,6 +302,9 @@ export async function startServer(config: IngestdConfig, log: Logger): Promise<R
       stopping ??= (async () => {
         const started = Date.now();
         admission.startDraining();
+        // Sources first: their requests are aborted (those runs keep their watermark); pages already handed
+        // over still commit below.
+        await scheduler?.stop();
         uws.us_listen_socket_close(listenSocket);
         log.info("draining: no new connections; committing and acknowledging in-flight work");
         await Promise.race([Promise.all([dispatcher.idle(), ws.shutdown()]), new Promise((r) => setTimeout(r, config.stopTimeoutMs))]);

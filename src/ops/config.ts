@@ -2,6 +2,7 @@ import fs from "node:fs";
 import path from "node:path";
 import typia, { type tags } from "typia";
 import type { StreamDefinition, UnknownFields } from "../shared/stream-definition";
+import { everyMs, type SourceConfig } from "./source-config";
 
 type Int = number & tags.Type<"int32">;
 type Port = Int & tags.Minimum<0> & tags.Maximum<65535>;
@@ -92,6 +93,8 @@ export interface IngestdConfig {
   deduplicate: Record<string, boolean>;
   /** Per-stream overrides by stream name, e.g. `{"events": {"unknownFields": "ignore"}}`. */
   streams?: Record<string, StreamSettings>;
+  /** Pull sources by name (docs/sources.md); absent or empty: nothing is pulled. */
+  sources?: Record<string, SourceConfig>;
   /**
    * Producer sessions idle this many days lose their ingest_producers row (a bounded delete every ten
    * minutes); null keeps them.
@@ -211,10 +214,39 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, file = configPa
       }
     }
   }
+  for (const [name, source] of Object.entries(cfg.sources ?? {})) checkSource(name, source);
   if (cfg.hlogPath !== null && !fs.existsSync(path.dirname(path.resolve(cfg.hlogPath)))) {
     throw new ConfigError(`hlogPath: directory not found: ${path.dirname(path.resolve(cfg.hlogPath))}`);
   }
   return cfg;
+}
+
+/** What typia cannot say of a source: names, URL, what each kind needs. The stream is checked at start. */
+function checkSource(name: string, source: SourceConfig): void {
+  const at = `sources.${name}`;
+  if (!/^[a-z0-9][a-z0-9_-]{0,62}$/.test(name))
+    throw new ConfigError(`${at}: a source name is lowercase letters, digits, _ and - (at most 63)`);
+  let url: URL;
+  try {
+    url = new URL(source.url);
+  } catch {
+    throw new ConfigError(`${at}.url: not a URL: ${JSON.stringify(source.url)}`);
+  }
+  if (url.protocol !== "http:" && url.protocol !== "https:")
+    throw new ConfigError(`${at}.url: expected http: or https:, got ${url.protocol}`);
+  if (source.kind === "graphql" && source.query === undefined)
+    throw new ConfigError(`${at}.query: a graphql source needs its query document`);
+  if (source.kind === "rest" && source.query !== undefined) throw new ConfigError(`${at}.query: only for kind "graphql"`);
+  if (everyMs(source.every) < 1000) throw new ConfigError(`${at}.every: at least 1s, got ${source.every}`);
+  if (source.kind === "graphql" && source.pagination?.type === "link") {
+    throw new ConfigError(`${at}.pagination: "link" follows Link headers of REST APIs; use "cursor" for GraphQL`);
+  }
+  for (const [header, value] of Object.entries(source.headers ?? {})) {
+    for (const m of value.matchAll(/\$\{([^}]*)\}/g)) {
+      if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(m[1]))
+        throw new ConfigError(`${at}.headers.${header}: \${${m[1]}} is not an environment variable name`);
+    }
+  }
 }
 
 /** A browser origin as it appears in an `Origin` header: what URL.origin gives back unchanged. */

@@ -30,6 +30,8 @@ export const STAGE_ROW_COLUMN = "__row";
 
 export const BATCHES_TABLE = "ingest_batches";
 export const DEAD_LETTERS_TABLE = "ingest_dead_letters";
+/** One row per pull source: its watermark, schedule and last run (docs/sources.md#state). */
+export const SOURCES_TABLE = "ingest_sources";
 /** One row per (stream, producer): the producer session's epoch and last committed frame seq. */
 export const PRODUCERS_TABLE = "ingest_producers";
 

@@ -5,7 +5,7 @@
 import type pg from "pg";
 import { ensureMonthPartitions, SCHEMA_LOCK_KEY } from "./partitions";
 import type { ColumnType, StreamDefinition } from "../shared/stream-definition";
-import { BATCHES_TABLE, DEAD_LETTERS_TABLE, PRODUCERS_TABLE, qualifiedName, quoteIdent } from "../shared/sql-identifiers";
+import { BATCHES_TABLE, DEAD_LETTERS_TABLE, PRODUCERS_TABLE, qualifiedName, quoteIdent, SOURCES_TABLE } from "../shared/sql-identifiers";
 import { dedupClaimFunction, dedupClaimFunctionDdl } from "../shared/dedup-sql";
 import { dedupStateDdl, ensureDedupSlots, migrateLegacyIds, renameLegacyIdTable } from "./dedup-partitions";
 import {
@@ -110,6 +110,20 @@ export function bookkeepingDdl(schema: string): string[] {
   PRIMARY KEY ("stream", "producer")
 )`,
     `CREATE INDEX IF NOT EXISTS "ingest_producers_updated_at_idx" ON ${producers} ("updated_at")`,
+    // Pull sources (docs/sources.md#state): one row per source, shared by every daemon on the database.
+    `CREATE TABLE IF NOT EXISTS ${qualifiedName(schema, SOURCES_TABLE)} (
+  "name" text PRIMARY KEY,
+  "watermark" text,
+  "next_run_at" timestamptz NOT NULL DEFAULT now(),
+  "last_run_at" timestamptz,
+  "last_success_at" timestamptz,
+  "last_error" text,
+  "consecutive_failures" integer NOT NULL DEFAULT 0,
+  "runs" bigint NOT NULL DEFAULT 0,
+  "last_records" jsonb,
+  "running_since" timestamptz,
+  "running_on" text
+)`,
   ];
 }
 
