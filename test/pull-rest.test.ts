@@ -6,10 +6,11 @@
  * environment that never shows in logs or answers; GET /v1/sources, metrics.
  */
 import assert from "node:assert/strict";
+import { execFile } from "node:child_process";
 import fs from "node:fs";
 import { after, test } from "node:test";
 import { useTestDb } from "./fixture";
-import { get, post, waitFor, type Daemon } from "./harness";
+import { CLI, get, post, waitFor, type Daemon } from "./harness";
 import { tempDir } from "./security-helpers";
 import { answers, configWithSources, demoUser, startRestApi, USER_FIELDS, type RestApi } from "./source-servers";
 
@@ -188,4 +189,27 @@ test("the watermark survives a restart and is sent on the next run; the secret n
   assert.ok(!shown.includes(TOKEN), "the header secret is never logged or served");
   const unknown = await post(`${daemon.base}/v1/sources/nope/run`, "");
   assert.equal(unknown.status, 404);
+});
+
+test("ingestd sources list | run NAME ask the running daemon", async () => {
+  await ranAll(1);
+  // Not spawnSync: the REST API the daemon fetches from runs in this process.
+  const cli = (...args: string[]) =>
+    new Promise<{ status: number | null; stdout: string; stderr: string }>((resolve) => {
+      execFile(process.execPath, [CLI, "sources", ...args, "--url", daemon.base], { timeout: 20_000 }, (err, stdout, stderr) =>
+        resolve({ status: err ? ((err as { code?: number }).code ?? null) : 0, stdout, stderr }),
+      );
+    });
+  const list = await cli("list");
+  assert.equal(list.status, 0, list.stderr);
+  assert.match(list.stdout, /^users-page {2}rest {2}users {2}1h {2}idle {2}/m);
+  assert.match(list.stdout, /^slow .*failing/m);
+  assert.match(list.stdout, /error: .*no answer within 300 ms/);
+  const run = await cli("run", "users-link");
+  assert.equal(run.status, 0, run.stderr);
+  assert.match(run.stdout, /^users-link .* 5 fetched, 0 accepted, 5 dup, 0 rejected/m);
+  api.script.set("/slow", [answers.slow(3000), answers.slow(3000)]);
+  const failing = await cli("run", "slow");
+  assert.equal(failing.status, 1);
+  assert.equal((await cli("run", "nope")).status, 1);
 });

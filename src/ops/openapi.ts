@@ -138,6 +138,33 @@ function readPaths(streams: readonly StreamDefinition[]): Record<string, unknown
       responses: { "200": page("One page of dead letters."), ...readErrors },
     },
   };
+  paths["/v1/sources"] = {
+    get: {
+      operationId: "list_sources",
+      summary: "Pull sources: state, last and next run, the last run's records, error, watermark (docs/sources.md).",
+      responses: {
+        "200": {
+          description: "The configured sources.",
+          content: json({ type: "object", required: ["sources"], properties: { sources: { type: "array", items: { type: "object" } } } }),
+        },
+      },
+    },
+  };
+  paths["/v1/sources/{name}/run"] = {
+    parameters: [{ name: "name", in: "path", required: true, schema: { type: "string" } }],
+    post: {
+      operationId: "run_source",
+      summary: "Runs a pull source now and answers once the run is over.",
+      responses: {
+        "200": { description: "The source after the run (state failing when the run failed).", content: json({ type: "object" }) },
+        "401": errorResponses["401"],
+        "403": { description: "The API key may not write the source's stream.", content: json(ref("Error")) },
+        "404": { description: "No such source.", content: json(ref("Error")) },
+        "409": { description: "The source is running (here or on another daemon).", content: json(ref("Error")) },
+        "503": errorResponses["503"],
+      },
+    },
+  };
   paths["/v1/dead-letters/replay"] = {
     post: {
       operationId: "replay_dead_letters",
