@@ -72,6 +72,8 @@ export class SourceScheduler {
   async start(): Promise<void> {
     const enabled = this.names.filter((n) => this.sources[n].enabled !== false);
     await this.state.ensure(this.names);
+    // Every configured source has its series from the start (alerts read them), from the shared state.
+    for (const row of await this.state.rows()) if (row.name in this.sources) this.observe(row);
     for (const name of enabled) this.wake(name, 0);
     if (enabled.length > 0) this.log.info({ sources: enabled }, "pull sources scheduled");
   }
@@ -118,7 +120,11 @@ export class SourceScheduler {
     try {
       if (!this.running.has(name)) await this.attempt(name, false);
       const row = await this.state.row(name);
-      if (row !== null) wait = Math.max(MIN_WAIT_MS, Math.min(MAX_WAIT_MS, row.next_run_at.getTime() - Date.now()));
+      if (row !== null) {
+        // Runs made by other daemons show here too.
+        this.observe(row);
+        wait = Math.max(MIN_WAIT_MS, Math.min(MAX_WAIT_MS, row.next_run_at.getTime() - Date.now()));
+      }
     } catch (err) {
       this.log.warn({ source: name, err: (err as Error).message }, "pull source: cannot read its schedule; trying again");
       wait = 1000;
@@ -157,8 +163,7 @@ export class SourceScheduler {
       m.sourceRecords.inc({ source: name, outcome: "duplicate" }, result.records.duplicates);
       m.sourceRecords.inc({ source: name, outcome: "rejected" }, result.records.rejected);
       const row = await this.state.row(name);
-      m.sourceConsecutiveFailures.set({ source: name }, row?.consecutive_failures ?? 0);
-      if (row?.last_success_at) m.sourceLastSuccess.set({ source: name }, row.last_success_at.getTime() / 1000);
+      if (row !== null) this.observe(row);
       const fields = { source: name, stream: source.stream, ms: Date.now() - started, ...result.records };
       if (result.ok) this.log.info(fields, "pull source run done");
       else this.log.warn({ ...fields, err: result.error }, "pull source run failed; its watermark is kept");
@@ -167,6 +172,12 @@ export class SourceScheduler {
       done();
     }
     return "ran";
+  }
+
+  /** The source's gauges from its shared state. */
+  private observe(row: SourceRow): void {
+    this.metrics.sourceConsecutiveFailures.set({ source: row.name }, row.consecutive_failures);
+    if (row.last_success_at) this.metrics.sourceLastSuccess.set({ source: row.name }, row.last_success_at.getTime() / 1000);
   }
 
   private view(name: string, row: SourceRow | null): SourceView {
