@@ -8,9 +8,10 @@
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
 import fs from "node:fs";
+import path from "node:path";
 import { after, test } from "node:test";
 import { useTestDb } from "./fixture";
-import { CLI, get, post, waitFor, type Daemon } from "./harness";
+import { CLI, get, post, ROOT, waitFor, type Daemon } from "./harness";
 import { tempDir } from "./security-helpers";
 import { answers, configWithSources, demoUser, startRestApi, USER_FIELDS, type RestApi } from "./source-servers";
 
@@ -212,4 +213,18 @@ test("ingestd sources list | run NAME ask the running daemon", async () => {
   const failing = await cli("run", "slow");
   assert.equal(failing.status, 1);
   assert.equal((await cli("run", "nope")).status, 1);
+});
+
+test("seed 002's example sources (config/sources.example.json) are a valid configuration", async () => {
+  const example = JSON.parse(fs.readFileSync(path.join(ROOT, "config/sources.example.json"), "utf8"));
+  const file = configWithSources(dir, example.sources);
+  const checked = await new Promise<{ code: number; out: string }>((resolve) =>
+    execFile(
+      process.execPath,
+      [CLI, "check-config"],
+      { env: { ...process.env, INGESTD_CONFIG: file }, timeout: 20_000 },
+      (err, stdout, stderr) => resolve({ code: err ? ((err as { code?: number }).code ?? -1) : 0, out: stdout + stderr }),
+    ),
+  );
+  assert.equal(checked.code, 0, checked.out);
 });
