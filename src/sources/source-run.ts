@@ -12,6 +12,24 @@ import { resolveHeaders } from "./source-headers";
 import type { HttpAttempts } from "./source-http";
 import { sourcePages } from "./source-pages";
 
+/** Characters of NDJSON per body handed over. */
+const BODY_CHARS = 1024 * 1024;
+
+/** NDJSON bodies of at most BODY_CHARS (a longer single record goes alone). */
+function* bodies(lines: readonly string[]): Generator<string> {
+  let from = 0;
+  let chars = 0;
+  for (let i = 0; i < lines.length; i++) {
+    if (i > from && chars + lines[i].length + 1 > BODY_CHARS) {
+      yield lines.slice(from, i).join("\n");
+      from = i;
+      chars = 0;
+    }
+    chars += lines[i].length + 1;
+  }
+  if (from < lines.length) yield lines.slice(from).join("\n");
+}
+
 /** Hands one body of records to the submission path and resolves with its committed outcome. */
 export type SubmitRecords = (stream: string, ndjson: string, source: string) => Promise<IngestOutcome>;
 
@@ -58,11 +76,14 @@ export async function runSource(
         }
         lines.push(JSON.stringify(mapRecord(raw, source.fields)));
       }
-      const outcome = await submit(source.stream, lines.join("\n"), `pull:${name}`);
-      if (outcome.kind !== "done") throw new Error(`page ${records.pages}: not stored (${outcome.kind}): ${outcome.message}`);
-      records.accepted += outcome.accepted;
-      records.duplicates += outcome.duplicates;
-      records.rejected += outcome.rejected;
+      // A large page goes as several bodies, each well under MAX_BODY_MB.
+      for (const body of bodies(lines)) {
+        const outcome = await submit(source.stream, body, `pull:${name}`);
+        if (outcome.kind !== "done") throw new Error(`page ${records.pages}: not stored (${outcome.kind}): ${outcome.message}`);
+        records.accepted += outcome.accepted;
+        records.duplicates += outcome.duplicates;
+        records.rejected += outcome.rejected;
+      }
     }
   } catch (err) {
     return { ok: false, error: (err as Error).message, watermark: null, records };

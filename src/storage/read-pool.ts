@@ -40,7 +40,8 @@ export class ReadPool {
 
   /** Runs one read; ReadUnavailable when the pool is saturated, the database unreachable or the query too slow. */
   async query<T extends pg.QueryResultRow>(text: string, values: unknown[]): Promise<pg.QueryResult<T>> {
-    if (this.pool.waitingCount >= this.config.maxWaiting && this.pool.totalCount >= this.config.poolSize) {
+    const saturated = this.pool.idleCount === 0 && this.pool.totalCount >= this.config.poolSize;
+    if (saturated && this.pool.waitingCount >= this.config.maxWaiting) {
       throw new ReadUnavailable(`too many reads waiting (${this.pool.waitingCount}); retry later`);
     }
     try {

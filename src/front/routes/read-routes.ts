@@ -11,6 +11,7 @@ import { deadLetterQuery, readDeadLetters } from "../../storage/dead-letters";
 import { queryParams, ReadQueryError } from "../../storage/read-query";
 import { ReadUnavailable, type ReadPool } from "../../storage/read-pool";
 import { readRecords, recordQuery, type ReadPage } from "../../storage/record-reads";
+import { pathParameter } from "../http-policy";
 import { answer, answerError, markClosed } from "../http-responses";
 import type { HttpRequest, HttpResponse, TemplatedApp } from "../uws";
 
@@ -50,7 +51,7 @@ export function registerReadRoutes(app: TemplatedApp, options: ReadRoutesOptions
     res.onAborted(() => markClosed(res));
     const count = (status: number) => metrics.httpRequests.inc({ route, status: String(status) });
     const caller = auth.authenticate(req.getHeader("authorization"), req.getHeader("x-api-key"));
-    const name = fixedStream ?? decodeURIComponent(req.getParameter(0));
+    const name = fixedStream ?? pathParameter(req.getParameter(0));
     const query = req.getQuery() ?? "";
     if (isDenial(caller)) {
       count(caller.status);

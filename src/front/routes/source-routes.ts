@@ -8,6 +8,7 @@ import type { SourceConfig } from "../../ops/source-config";
 import type { Auth } from "../../security/auth";
 import { isDenial } from "../../security/auth";
 import type { SourceScheduler } from "../../sources/scheduler";
+import { pathParameter } from "../http-policy";
 import { answerError, answerJson, markClosed } from "../http-responses";
 import type { TemplatedApp } from "../uws";
 
@@ -48,7 +49,7 @@ export function registerSourceRoutes(app: TemplatedApp, options: SourceRoutesOpt
   app.post("/v1/sources/:name/run", (res, req) => {
     res.onAborted(() => markClosed(res));
     const count = (status: number) => metrics.httpRequests.inc({ route: "/v1/sources/:name/run", status: String(status) });
-    const name = decodeURIComponent(req.getParameter(0));
+    const name = pathParameter(req.getParameter(0));
     const caller = auth.authenticate(req.getHeader("authorization"), req.getHeader("x-api-key"));
     if (isDenial(caller)) {
       count(caller.status);
