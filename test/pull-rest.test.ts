@@ -215,16 +215,31 @@ test("ingestd sources list | run NAME ask the running daemon", async () => {
   assert.equal((await cli("run", "nope")).status, 1);
 });
 
-test("seed 002's example sources (config/sources.example.json) are a valid configuration", async () => {
+test("seed 002's example sources are a valid configuration; bad sources are configuration errors (78) naming the field", async () => {
+  const checkConfig = (sources: Record<string, unknown>) =>
+    new Promise<{ code: number; out: string }>((resolve) =>
+      execFile(
+        process.execPath,
+        [CLI, "check-config"],
+        { env: { ...process.env, INGESTD_CONFIG: configWithSources(dir, sources) }, timeout: 20_000 },
+        (err, stdout, stderr) => resolve({ code: err ? ((err as { code?: number }).code ?? -1) : 0, out: stdout + stderr }),
+      ),
+    );
   const example = JSON.parse(fs.readFileSync(path.join(ROOT, "config/sources.example.json"), "utf8"));
-  const file = configWithSources(dir, example.sources);
-  const checked = await new Promise<{ code: number; out: string }>((resolve) =>
-    execFile(
-      process.execPath,
-      [CLI, "check-config"],
-      { env: { ...process.env, INGESTD_CONFIG: file }, timeout: 20_000 },
-      (err, stdout, stderr) => resolve({ code: err ? ((err as { code?: number }).code ?? -1) : 0, out: stdout + stderr }),
-    ),
-  );
-  assert.equal(checked.code, 0, checked.out);
+  const ok = await checkConfig(example.sources);
+  assert.equal(ok.code, 0, ok.out);
+  const base = { kind: "rest", stream: "users", url: "http://127.0.0.1:9/x", records: "", every: "1m" };
+  const cases: Array<[Record<string, unknown>, RegExp]> = [
+    [{ ...base, stream: "orders" }, /sources\.bad\.stream: stream orders takes text only/],
+    [{ ...base, stream: "nope" }, /sources\.bad\.stream: no such stream "nope"/],
+    [{ ...base, kind: "graphql" }, /sources\.bad\.query: a graphql source needs its query document/],
+    [{ ...base, every: "soon" }, /sources\.bad\.every/],
+    [{ ...base, url: "ftp://x/" }, /sources\.bad\.url: expected http: or https:/],
+    [{ ...base, pagination: { type: "page" } }, /sources\.bad\.pagination/],
+  ];
+  for (const [source, message] of cases) {
+    const bad = await checkConfig({ bad: source });
+    assert.equal(bad.code, 78, bad.out);
+    assert.match(bad.out, message);
+  }
 });

@@ -5,7 +5,7 @@
 import os from "node:os";
 import path from "node:path";
 import { lineEntities, streams } from "../../config/streams";
-import { ConfigError, dedupStreams, ignoreUnknownStreams, type IngestdConfig } from "../ops/config";
+import { ConfigError, dedupStreams, ignoreUnknownStreams, sourceStreams, type IngestdConfig } from "../ops/config";
 import { LatencyRecorder } from "../ops/latency";
 import { redactUrl, type Logger } from "../ops/logger";
 import { Metrics } from "../ops/metrics";
@@ -68,13 +68,8 @@ export async function startServer(config: IngestdConfig, log: Logger): Promise<R
   }
   const ignoringUnknown = ignoreUnknownStreams(config, streams);
   const sources = config.sources ?? {};
-  for (const [name, source] of Object.entries(sources)) {
-    if (!streams.some((s) => s.name === source.stream)) {
-      throw new ConfigError(
-        `sources.${name}.stream: no such stream ${JSON.stringify(source.stream)} (streams: ${streams.map((s) => s.name).join(", ")})`,
-      );
-    }
-  }
+  sourceStreams(config, streams);
+
   // API keys before anything starts: a bad keys file is a configuration error (exit 78), not a late failure.
   let auth: Auth;
   try {

@@ -315,3 +315,23 @@ export function ignoreUnknownStreams(config: IngestdConfig, streams: readonly St
   }
   return ignoring;
 }
+
+/**
+ * Checks each pull source's stream: it must exist and take JSON records (pulled records reach the workers
+ * as NDJSON). Throws ConfigError naming the source.
+ */
+export function sourceStreams(config: IngestdConfig, streams: readonly StreamDefinition[]): void {
+  for (const [name, source] of Object.entries(config.sources ?? {})) {
+    const target = streams.find((s) => s.name === source.stream);
+    if (!target) {
+      throw new ConfigError(
+        `sources.${name}.stream: no such stream ${JSON.stringify(source.stream)} (streams: ${streams.map((s) => s.name).join(", ")})`,
+      );
+    }
+    if (!target.formats.includes("ndjson")) {
+      throw new ConfigError(
+        `sources.${name}.stream: stream ${target.name} takes ${target.formats.join(", ")} only; a source needs a stream of JSON records`,
+      );
+    }
+  }
+}
