@@ -136,8 +136,9 @@ test("two daemons on one database: each run of a source happens once", async () 
   assert.equal(Number(rows[0].runs), hits.length, "every run made one request, and was counted once");
   assert.ok(hits.length >= 3, `ran ${hits.length} times in ${elapsed} ms`);
   assert.ok(hits.length <= Math.floor(elapsed / 1000) + 1, `${hits.length} runs in ${elapsed} ms: some slot ran twice`);
+  // Slots are 1 s apart; a slot run twice would show as two requests a few ms apart (500: room for a loaded machine).
   for (let i = 1; i < hits.length; i++)
-    assert.ok(hits[i].at - hits[i - 1].at >= 900, `runs ${i - 1} and ${i} ${hits[i].at - hits[i - 1].at} ms apart`);
+    assert.ok(hits[i].at - hits[i - 1].at >= 500, `runs ${i - 1} and ${i} ${hits[i].at - hits[i - 1].at} ms apart`);
   const ran = (d: typeof a) => d.output.filter((l) => l.includes("pull source run done")).length;
   assert.equal(ran(a) + ran(b), hits.length);
 });
