@@ -88,7 +88,7 @@ export async function claimDeadLetters(
   const table = qualifiedName(schema, DEAD_LETTERS_TABLE);
   const which = "ids" in selection ? "id = ANY($2::bigint[])" : "received_at >= $2::timestamptz";
   const value = "ids" in selection ? selection.ids : selection.since;
-  const { rows } = await pool.query<{ id: string; raw: string }>(
+  const { rows } = await pool.query<{ id: string; raw: string; more: boolean }>(
     `WITH picked AS (
        SELECT id, received_at FROM ${table}
         WHERE stream = $1 AND replayed_at IS NULL AND ${which}
@@ -101,7 +101,7 @@ export async function claimDeadLetters(
      SELECT id::text, raw, (SELECT count(*) FROM picked) > ${MAX_REPLAY} AS more FROM marked ORDER BY received_at, id`,
     [stream, value],
   );
-  return { letters: rows.map((r) => ({ id: r.id, raw: r.raw })), more: rows.length > 0 && (rows[0] as any).more === true };
+  return { letters: rows.map((r) => ({ id: r.id, raw: r.raw })), more: rows.length > 0 && rows[0].more };
 }
 
 /** Gives claimed dead letters back (their replay was not committed: the database went away). */
