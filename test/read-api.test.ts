@@ -220,3 +220,17 @@ describe("dead letters", () => {
     for (const r of all.json.records) assert.ok(["events", "orders", "lineitem", "customer", "part", "tpch"].includes(r.stream));
   });
 });
+
+describe("replay needs write and read", () => {
+  test("401 without a key; 403 unless the key may both write and read the stream", async () => {
+    const body = JSON.stringify({ stream: "events", since: "2026-01-01T00:00:00Z" });
+    const replay = (headers: Record<string, string>) => post(`${fx.daemon.base}/v1/dead-letters/replay`, body, "application/json", headers);
+    assert.equal((await replay({})).status, 401);
+    const writerOnly = await replay(asWriter);
+    assert.equal(writerOnly.status, 403);
+    assert.match(writerOnly.json.message, /may not read stream events/);
+    const readerOnly = await replay(asReader);
+    assert.equal(readerOnly.status, 403);
+    assert.match(readerOnly.json.message, /may not write stream events/);
+  });
+});
