@@ -255,6 +255,8 @@ export async function startServer(config: IngestdConfig, log: Logger): Promise<R
     answerError(res, 404, "not_found", `no route for ${req.getMethod().toUpperCase()} ${req.getUrl()}`, { close: true });
   });
 
+  // Rows for new sources and their first runs (those due) start before the port opens: nothing waits on it.
+  await scheduler?.start();
   const listenSocket = await new Promise<us_listen_socket>((resolve, reject) => {
     // Exclusive: without it uWS sets SO_REUSEPORT and a second daemon on the same port would silently
     // split the traffic with the first instead of failing to start.
@@ -283,8 +285,6 @@ export async function startServer(config: IngestdConfig, log: Logger): Promise<R
     `ingestd listening on ${config.tlsCert ? "https" : "http"}://${config.host}:${port}`,
   );
 
-  await scheduler?.start();
-
   let stopping: Promise<void> | null = null;
   return {
     port,
@@ -297,11 +297,11 @@ export async function startServer(config: IngestdConfig, log: Logger): Promise<R
       stopping ??= (async () => {
         const started = Date.now();
         admission.startDraining();
-        // Sources first: their requests are aborted (those runs keep their watermark); pages already handed
-        // over still commit below.
-        await scheduler?.stop();
         uws.us_listen_socket_close(listenSocket);
         log.info("draining: no new connections; committing and acknowledging in-flight work");
+        // Pull sources' requests are aborted (those runs keep their watermark); pages already handed over
+        // commit with the rest of the in-flight work.
+        await scheduler?.stop();
         await Promise.race([Promise.all([dispatcher.idle(), ws.shutdown()]), new Promise((r) => setTimeout(r, config.stopTimeoutMs))]);
         await dispatcher.idle();
         await dispatcher.close();
