@@ -54,7 +54,7 @@ export class SourceScheduler {
     private readonly metrics: Metrics,
     private readonly log: Logger,
   ) {
-    // Its own two connections: a run holds one (the source's lock) while the other reads the schedule.
+    // Its own connections: each source's run holds one (the source's lock) and two more read the schedules.
     this.pool = new pg.Pool({
       connectionString,
       max: 2 + Object.keys(sources).length,
