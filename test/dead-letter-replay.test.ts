@@ -2,8 +2,9 @@
  * Dead-letter replay (docs/http-api.md#replaying-dead-letters) against the real daemon and PostgreSQL: a
  * stream that refuses unknown fields, records refused for one, a replay that still rejects them (kept as new
  * dead letters), then the daemon started again with `streams.logs.unknownFields: "ignore"`: the replay
- * stores them and counts them, and a second replay submits nothing. By ids and by time; bad requests get a
- * 400 naming the field.
+ * stores them and counts them, and a second replay submits nothing. By ids and by time; an unreadable body
+ * replayed and kept again; replays at once on two daemons storing each record once; bad requests get a 400
+ * naming the field.
  */
 import assert from "node:assert/strict";
 import fs from "node:fs";
@@ -105,5 +106,45 @@ test("bad replay requests get a 400 naming the field; an unknown stream 404", as
   }
   const unknown = await replay(daemon, { stream: "nope", since: "2026-01-01T00:00:00Z" });
   assert.equal(unknown.status, 404);
+
+  // A body that could not be read at all is replayed as that body: still unreadable, kept again.
+  const since = new Date(Date.now() - 1000).toISOString();
+  const unreadable = await post(`${daemon.base}/v1/streams/events/events`, '{"event_id": "x",\n "broken"');
+  assert.equal(unreadable.status, 400);
+  const again = await replay(daemon, { stream: "events", since });
+  assert.deepEqual([again.status, again.json.replayed, again.json.rejected, again.json.accepted], [200, 1, 1, 0]);
+  const { rows } = await fx.db.query(
+    "SELECT source, raw, replayed_at IS NOT NULL AS replayed FROM ingest_dead_letters WHERE stream = 'events' AND received_at >= $1 ORDER BY id",
+    [since],
+  );
+  assert.deepEqual(
+    rows.map((r) => [r.source, r.replayed, r.raw]),
+    [
+      ["http", true, '{"event_id": "x",\n "broken"'],
+      ["replay", false, '{"event_id": "x",\n "broken"'],
+    ],
+  );
   await daemon.stop();
+});
+
+test("replays at once, on one daemon or two, store each dead letter once", async () => {
+  const first = await fx.startDaemon({ env: { WORKERS: "1" } });
+  const since = new Date(Date.now() - 1000).toISOString();
+  const body = Array.from({ length: 40 }, (_, i) => JSON.stringify(log(`twice-${i}`, { host: "h" }))).join("\n");
+  assert.equal((await post(`${first.base}/v1/streams/logs/events`, body, "application/x-ndjson")).status, 422);
+  await first.stop();
+  const env = { WORKERS: "1", INGESTD_CONFIG: ignoringConfig() };
+  const [a, b] = await Promise.all([fx.startDaemon({ env }), fx.startDaemon({ env })]);
+  const answers = await Promise.all([a, b, a, b].map((d) => replay(d, { stream: "logs", since })));
+  for (const r of answers) assert.ok(r.status === 200 || r.status === 409, JSON.stringify(r.json));
+  assert.equal(
+    answers.reduce((n, r) => n + (r.json.accepted ?? 0), 0),
+    40,
+    JSON.stringify(answers.map((r) => r.json)),
+  );
+  const { rows } = await fx.db.query("SELECT count(*)::int AS n, count(DISTINCT message)::int AS d FROM logs WHERE message LIKE 'twice-%'");
+  assert.deepEqual(rows[0], { n: 40, d: 40 });
+  const late = await replay(a, { stream: "logs", since });
+  assert.deepEqual([late.status, late.json.replayed], [200, 0]);
+  await Promise.all([a.stop(), b.stop()]);
 });

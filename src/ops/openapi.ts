@@ -214,6 +214,7 @@ function readPaths(streams: readonly StreamDefinition[]): Record<string, unknown
         "401": errorResponses["401"],
         "403": { description: "The API key may not write, or may not read, this stream.", content: json(ref("Error")) },
         "404": errorResponses["404"],
+        "409": { description: "Another replay of this stream is under way (one at a time across daemons).", content: json(ref("Error")) },
         "429": errorResponses["429"],
         "503": {
           description: "The database could not take (some of) them; those stay replayable. See Retry-After.",

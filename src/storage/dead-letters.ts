@@ -1,8 +1,9 @@
 /**
- * Reading `ingest_dead_letters` back and claiming rows for replay (docs/http-api.md#dead-letters). A replay
- * marks the rows it takes (`replayed_at`) in the same statement that reads them, with SKIP LOCKED, so two
- * replays at once, or one run twice, never submit a dead letter twice.
+ * Reading `ingest_dead_letters` back, and the dead letters a replay takes (docs/http-api.md#dead-letters).
+ * A replay holds its stream's advisory lock, so two never submit the same dead letter at once; each dead
+ * letter is marked replayed (`replayed_at`) in the transaction that commits its replay, so it is stored once.
  */
+import type pg from "pg";
 import { DEAD_LETTERS_TABLE, qualifiedName } from "../shared/sql-identifiers";
 import { encodeCursor, pagingOf, ReadQueryError, type Paging } from "./read-query";
 import type { ReadPool } from "./read-pool";
@@ -70,42 +71,44 @@ export async function readDeadLetters(
 /** Which dead letters of a stream a replay takes: by id, or every one received since a time. */
 export type ReplaySelection = { ids: string[] } | { since: string };
 
-export interface ClaimedLetter {
+export interface PendingLetter {
   id: string;
   raw: string;
 }
 
 /**
- * Marks up to MAX_REPLAY not yet replayed dead letters of `stream` as replayed and returns them, oldest
- * first, with whether more are left. Rows another replay holds are skipped.
+ * Holds the replay of `stream` on this connection (an advisory lock, released with `endReplay` or when the
+ * connection ends): one replay per stream at a time across daemons. False when another one runs.
  */
-export async function claimDeadLetters(
-  pool: ReadPool,
+export async function beginReplay(client: pg.ClientBase, stream: string): Promise<boolean> {
+  const { rows } = await client.query<{ ok: boolean }>(`SELECT pg_try_advisory_lock(hashtext('ingestd.replay'), hashtext($1)) AS ok`, [
+    stream,
+  ]);
+  return rows[0].ok;
+}
+
+export async function endReplay(client: pg.ClientBase, stream: string): Promise<void> {
+  await client.query(`SELECT pg_advisory_unlock(hashtext('ingestd.replay'), hashtext($1))`, [stream]);
+}
+
+/**
+ * Up to MAX_REPLAY dead letters of `stream` not yet replayed, oldest first, and whether more are left.
+ * They are marked replayed by the transaction that commits their replay (workers/commit/group-commit.ts),
+ * so what is read here and not committed stays replayable.
+ */
+export async function pendingDeadLetters(
+  client: pg.ClientBase,
   schema: string,
   stream: string,
   selection: ReplaySelection,
-): Promise<{ letters: ClaimedLetter[]; more: boolean }> {
-  const table = qualifiedName(schema, DEAD_LETTERS_TABLE);
+): Promise<{ letters: PendingLetter[]; more: boolean }> {
   const which = "ids" in selection ? "id = ANY($2::bigint[])" : "received_at >= $2::timestamptz";
   const value = "ids" in selection ? selection.ids : selection.since;
-  const { rows } = await pool.query<{ id: string; raw: string; more: boolean }>(
-    `WITH picked AS (
-       SELECT id, received_at FROM ${table}
-        WHERE stream = $1 AND replayed_at IS NULL AND ${which}
-        ORDER BY received_at, id LIMIT ${MAX_REPLAY + 1} FOR UPDATE SKIP LOCKED
-     ), marked AS (
-       UPDATE ${table} d SET replayed_at = now() FROM (SELECT * FROM picked ORDER BY received_at, id LIMIT ${MAX_REPLAY}) p
-        WHERE d.id = p.id AND d.received_at = p.received_at
-        RETURNING d.id, d.raw, d.received_at
-     )
-     SELECT id::text, raw, (SELECT count(*) FROM picked) > ${MAX_REPLAY} AS more FROM marked ORDER BY received_at, id`,
+  const { rows } = await client.query<{ id: string; raw: string }>(
+    `SELECT id::text, raw FROM ${qualifiedName(schema, DEAD_LETTERS_TABLE)}
+      WHERE stream = $1 AND replayed_at IS NULL AND ${which}
+      ORDER BY received_at, id LIMIT ${MAX_REPLAY + 1}`,
     [stream, value],
   );
-  return { letters: rows.map((r) => ({ id: r.id, raw: r.raw })), more: rows.length > 0 && rows[0].more };
-}
-
-/** Gives claimed dead letters back (their replay was not committed: the database went away). */
-export async function releaseDeadLetters(pool: ReadPool, schema: string, ids: readonly string[]): Promise<void> {
-  if (ids.length === 0) return;
-  await pool.query(`UPDATE ${qualifiedName(schema, DEAD_LETTERS_TABLE)} SET replayed_at = NULL WHERE id = ANY($1::bigint[])`, [ids]);
+  return { letters: rows.slice(0, MAX_REPLAY), more: rows.length > MAX_REPLAY };
 }

@@ -121,6 +121,11 @@ export function batchesCopySql(schema: string): string {
   return copyStatement(schema, BATCHES_TABLE, BATCH_COLUMNS);
 }
 
+/** Marks replayed dead letters (docs/http-api.md#replaying-dead-letters), in the transaction of their replay. */
+export function markReplayedSql(schema: string): string {
+  return `UPDATE ${qualifiedName(schema, DEAD_LETTERS_TABLE)} SET replayed_at = now() WHERE id = ANY($1::bigint[])`;
+}
+
 export function deadLettersCopySql(schema: string): string {
   return copyStatement(schema, DEAD_LETTERS_TABLE, DEAD_LETTER_COLUMNS);
 }

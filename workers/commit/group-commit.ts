@@ -30,6 +30,8 @@ export interface GroupCommitOptions {
   batchTimeoutMs: number;
   batchesCopySql: string;
   deadLettersCopySql: string;
+  /** `$1` dead-letter ids: marks them replayed (commit-targets.ts). */
+  markReplayedSql: string;
   /** Shared counters (COMMIT_GAUGE_* slots, summed over workers) the front exports as metrics. */
   gauges?: Int32Array;
   producers: ProducerSql;
@@ -66,6 +68,8 @@ export interface TaskWork {
   finalize(outcomes: PartOutcome[]): { batchRow: string | null; deadLetters: string[] };
   /** A producer session's frame: stored only if its session still holds the producer and it is the next seq. */
   session?: SessionMark | null;
+  /** Dead letters the task replays: marked in the transaction that stores its rows (IngestTask.replayOf). */
+  replayOf?: readonly string[];
 }
 
 export interface CommitResult {
@@ -344,6 +348,8 @@ export class GroupCommitter {
     }
     if (deadLetters.length > 0) await this.writer.copy(client, this.options.deadLettersCopySql, deadLetters.join(""));
     if (batchRows.length > 0) await this.writer.copy(client, this.options.batchesCopySql, batchRows.join(""));
+    const replayed = batch.members.flatMap((m) => m.work.replayOf ?? []);
+    if (replayed.length > 0) await client.query(this.options.markReplayedSql, [replayed]);
     if (advance !== null) await advanceSessions(client, this.options.producers, advance);
     await client.query("COMMIT");
     if (skips === null) return outcomes.map((o) => ({ outcomes: o, skipped: null }));

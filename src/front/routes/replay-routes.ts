@@ -1,15 +1,15 @@
 /**
- * `POST /v1/dead-letters/replay` (docs/http-api.md#replaying-dead-letters): a thin adapter. It claims the
- * dead letters (marking them replayed, so a second replay does not submit them again), hands their raw text
- * to the submission path as bodies of the stream, and counts what is now accepted and what is still
- * rejected. Dead letters whose body the database could not take are given back, unmarked.
+ * `POST /v1/dead-letters/replay` (docs/http-api.md#replaying-dead-letters): a thin adapter. Holding the
+ * stream's replay lock, it reads the dead letters not yet replayed and hands their raw text to the
+ * submission path as bodies of the stream, each carrying the ids it replays (marked in the body's commit:
+ * stored once or not at all); then counts what is now accepted and what is still rejected.
  */
 import type { Metrics } from "../../ops/metrics";
 import type { Auth } from "../../security/auth";
 import type { ApiKey } from "../../security/api-keys";
 import { LINE_ROUTER, type StreamDefinition } from "../../shared/stream-definition";
 import type { RecordError } from "../../shared/task-protocol";
-import { claimDeadLetters, releaseDeadLetters, type ClaimedLetter, type ReplaySelection } from "../../storage/dead-letters";
+import { beginReplay, endReplay, pendingDeadLetters, type PendingLetter, type ReplaySelection } from "../../storage/dead-letters";
 import { ReadQueryError } from "../../storage/read-query";
 import type { ReadPool } from "../../storage/read-pool";
 import { answerError, answerJson, answerRefusal, markClosed } from "../http-responses";
@@ -76,9 +76,9 @@ function replayRequest(text: string): ReplayRequest {
 }
 
 /** Dead letters grouped into bodies: JSON records one a line (NDJSON), text lines as lines. */
-function bodiesOf(letters: readonly ClaimedLetter[]): ClaimedLetter[][] {
-  const bodies: ClaimedLetter[][] = [];
-  let current: ClaimedLetter[] = [];
+function bodiesOf(letters: readonly PendingLetter[]): PendingLetter[][] {
+  const bodies: PendingLetter[][] = [];
+  let current: PendingLetter[] = [];
   let chars = 0;
   for (const letter of letters) {
     // A dead letter holding a whole unreadable body (several lines) goes alone: it is read as one body again.
@@ -106,7 +106,7 @@ interface ReplayTally {
   duplicates: number;
   rejected: number;
   errors: Array<{ id: number; path: string; expected: string; message: string }>;
-  /** Given back: the database could not take them; replay them again later. */
+  /** Not committed (the database could not take them): still replayable. */
   notReplayed: number;
   failure: string | null;
 }
@@ -115,7 +115,7 @@ async function replay(
   options: ReplayRoutesOptions,
   key: ApiKey,
   stream: StreamDefinition | null,
-  letters: ClaimedLetter[],
+  letters: PendingLetter[],
 ): Promise<ReplayTally> {
   const tally: ReplayTally = { replayed: 0, accepted: 0, duplicates: 0, rejected: 0, errors: [], notReplayed: 0, failure: null };
   const lines = stream === null || stream.formats.includes("text");
@@ -124,19 +124,17 @@ async function replay(
   for (let b = 0; b < bodies.length; b++) {
     const body = bodies[b];
     const text = body.map((l) => l.raw).join("\n");
-    const format = lines ? "text" : body.length === 1 && body[0].raw.includes("\n") ? "auto" : "ndjson";
+    // A multi-line dead letter of a JSON stream is a whole body that could not be read (NDJSON bodies keep
+    // a dead letter per line): it is read again as the one JSON value it was meant to be.
+    const format = lines ? "text" : body.length === 1 && body[0].raw.includes("\n") ? "json" : "ndjson";
+    const replayOf = body.map((l) => l.id);
     const outcome =
       tally.failure === null
-        ? await submitInternalBody(options.pipeline, key, { stream: target, format, text, source: "replay", transport: "http" })
+        ? await submitInternalBody(options.pipeline, key, { stream: target, format, text, source: "replay", transport: "http", replayOf })
         : null;
     if (outcome === null || outcome.kind === "db_unavailable" || outcome.kind === "failed") {
       tally.failure ??= outcome?.message ?? "";
       tally.notReplayed += body.length;
-      await releaseDeadLetters(
-        options.pool,
-        options.schema,
-        body.map((l) => l.id),
-      ).catch(() => undefined);
       continue;
     }
     tally.replayed += body.length;
@@ -206,9 +204,21 @@ export function registerReplayRoutes(app: TemplatedApp, options: ReplayRoutesOpt
       }
       const stream = request.stream === LINE_ROUTER ? null : (streams.get(request.stream) ?? null);
       void (async () => {
+        let client: Awaited<ReturnType<ReadPool["connect"]>> | null = null;
         try {
-          const { letters, more } = await claimDeadLetters(pool, schema, request.stream, request.selection);
+          client = await pool.connect();
+          if (!(await beginReplay(client, request.stream))) {
+            count(409);
+            return answerError(
+              res,
+              409,
+              "replay_running",
+              `a replay of stream ${request.stream} is under way; send this one when it is done`,
+            );
+          }
+          const { letters, more } = await pendingDeadLetters(client, schema, request.stream, request.selection);
           const tally = await replay(options, admitted.key, stream, letters);
+          await endReplay(client, request.stream);
           const status = tally.failure === null ? 200 : 503;
           count(status);
           answerJson(
@@ -231,7 +241,12 @@ export function registerReplayRoutes(app: TemplatedApp, options: ReplayRoutesOpt
             status === 503 ? { headers: { "Retry-After": String(retryAfterSeconds) } } : {},
           );
         } catch (err) {
+          // The connection goes, and with it the replay lock.
+          client?.release(err as Error);
+          client = null;
           answerReadFailure(res, err, retryAfterSeconds, count);
+        } finally {
+          client?.release();
         }
       })();
     });

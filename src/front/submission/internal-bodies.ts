@@ -19,6 +19,12 @@ export interface InternalBody {
   source: string;
   /** The metrics' transport label. */
   transport: Transport;
+  /**
+   * Dead letters this body replays, marked in its commit. Such a body is never resubmitted after
+   * `db_unavailable` (its commit may have happened with the answer lost; the mark then tells), and keeps an
+   * ingest_batches row, so an unreadable one gets its dead letter again.
+   */
+  replayOf?: string[];
 }
 
 /**
@@ -50,10 +56,11 @@ export async function submitInternalBody(pipeline: Pipeline, key: ApiKey, body: 
       receivedAt,
       ringAt: now(),
       source: body.source,
-      recordBatch: false,
+      recordBatch: body.replayOf !== undefined,
+      ...(body.replayOf !== undefined ? { replayOf: body.replayOf } : {}),
     },
     key,
-    { retryUntil: receivedAt + limits.overloadDeadlineMs },
+    { retryUntil: body.replayOf !== undefined ? 0 : receivedAt + limits.overloadDeadlineMs },
   );
   telemetry.acknowledged(body.stream, body.transport, receivedAt, outcome);
   return outcome;
