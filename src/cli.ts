@@ -28,6 +28,8 @@ Commands:
   send --url ws://HOST:PORT send NDJSON / JSON lines (text lines; --stream tpch: TPC-H lines) from
       --stream NAME [FILE]  FILE or stdin over a producer session, each stored once;
                             see \`ingestd send --help\`
+  sources list | run NAME   pull sources of the running daemon: state, last and next run, watermark;
+                            run one now (see \`ingestd sources --help\`)
   --help, -h                this text
 
 Configuration: config/ingestd.json (or the file in INGESTD_CONFIG), overridden by DATABASE_URL, HOST, PORT,
@@ -52,10 +54,11 @@ const COMMANDS: Record<string, () => Command> = {
   bench: () => (require("./commands/bench") as typeof import("./commands/bench")).benchCommand,
   keys: () => (require("./commands/keys") as typeof import("./commands/keys")).keysCommand,
   send: () => (require("./commands/send") as typeof import("./commands/send")).sendCommand,
+  sources: () => (require("./commands/sources") as typeof import("./commands/sources")).sourcesCommand,
 };
 
 /** Commands that answer --help themselves; the others get the text above. */
-const OWN_HELP = new Set(["bench", "partitions", "keys", "send"]);
+const OWN_HELP = new Set(["bench", "partitions", "keys", "send", "sources"]);
 
 async function main(argv: string[]): Promise<void> {
   const [command = "serve", ...rest] = argv;

@@ -74,6 +74,7 @@ describe("the bookkeeping tables", () => {
       raw: "text",
       errors: "jsonb",
       received_at: "timestamp with time zone",
+      replayed_at: "timestamp with time zone",
     });
     assert.deepEqual(await columns("ingest_batches"), {
       batch_id: "text",

@@ -80,7 +80,15 @@ describe("the document", () => {
   });
 
   test("documents every endpoint of docs/http-api.md and one canonical route per stream, with the stream's body formats", () => {
-    for (const path of ["/v1/ingest/batch", "/events", "/ingest/message", "/ingest/batch", "/ingest/stream"])
+    for (const path of [
+      "/v1/ingest/batch",
+      "/events",
+      "/ingest/message",
+      "/ingest/batch",
+      "/ingest/stream",
+      "/v1/dead-letters/replay",
+      "/v1/sources/{name}/run",
+    ])
       assert.ok(doc.paths[path]?.post, `POST ${path}`);
     for (const path of [
       "/v1/batches/{batch_id}",
@@ -92,6 +100,11 @@ describe("the document", () => {
       "/v1/latency",
       "/stats",
       "/v1/ws",
+      "/v1/dead-letters",
+      "/users",
+      "/countries",
+      "/v1/sources",
+      ...streams.map((s) => `/v1/streams/${s.name}/records`),
     ]) {
       assert.ok(doc.paths[path]?.get, `GET ${path}`);
     }

@@ -9,7 +9,7 @@ import { test } from "node:test";
 import pg from "pg";
 import { streams } from "../config/streams";
 import { ensureSchema } from "../src/storage/schema";
-import { batchesCopySql, commitTargets, deadLettersCopySql } from "../workers/commit/commit-targets";
+import { batchesCopySql, commitTargets, deadLettersCopySql, markReplayedSql } from "../workers/commit/commit-targets";
 import { CopyWriter } from "../workers/commit/copy-writer";
 import { GroupCommitter, type TaskWork } from "../workers/commit/group-commit";
 import { producerSql, type SessionMark } from "../workers/commit/producer-seqs";
@@ -40,6 +40,7 @@ test("one batch: fenced, already committed and out-of-order frames are left out,
     batchTimeoutMs: 50,
     batchesCopySql: batchesCopySql("public"),
     deadLettersCopySql: deadLettersCopySql("public"),
+    markReplayedSql: markReplayedSql("public"),
     producers: producerSql("public"),
   });
   const work = (producer: string, epoch: number, seq: number): TaskWork => {

@@ -386,7 +386,7 @@ export async function runTop(options: TopOptions): Promise<number> {
 }
 
 /** Where the daemon of this configuration listens, as a URL a local client can reach. */
-function localUrl(config: IngestdConfig): string {
+export function localUrl(config: IngestdConfig): string {
   const host =
     config.host === "0.0.0.0" ? "127.0.0.1" : config.host === "::" ? "[::1]" : config.host.includes(":") ? `[${config.host}]` : config.host;
   return `${config.tlsCert ? "https" : "http"}://${host}:${config.port}`;

@@ -221,6 +221,8 @@ export interface Submission {
   recordBatch: boolean;
   /** Ask the worker for each record's outcome (IngestTask.recordOutcomes). */
   recordOutcomes?: boolean;
+  /** IngestTask.replayOf. */
+  replayOf?: string[];
 }
 
 export class Dispatcher {
@@ -348,6 +350,7 @@ export class Dispatcher {
       recordBatch: sub.recordBatch,
     };
     if (sub.recordOutcomes) task.recordOutcomes = true;
+    if (sub.replayOf) task.replayOf = sub.replayOf;
     try {
       const outcome = await this.pool.run(task);
       this.observeStages(sub, outcome);

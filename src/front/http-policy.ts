@@ -110,3 +110,15 @@ export class HttpPolicy {
     };
   }
 }
+
+/**
+ * A path parameter, percent-decoded. A malformed escape (`%E0%A4%A`) is kept as sent: decodeURIComponent
+ * would throw inside the uWS handler, and the caller answers 404 naming what it got.
+ */
+export function pathParameter(raw: string): string {
+  try {
+    return decodeURIComponent(raw);
+  } catch {
+    return raw;
+  }
+}

@@ -6,7 +6,7 @@ import { randomUUID } from "node:crypto";
 import os from "node:os";
 import path from "node:path";
 import { lineEntities, streams } from "../../config/streams";
-import { ConfigError, dedupStreams, ignoreUnknownStreams, type IngestdConfig } from "../ops/config";
+import { ConfigError, dedupStreams, ignoreUnknownStreams, sourceStreams, type IngestdConfig } from "../ops/config";
 import { LatencyRecorder } from "../ops/latency";
 import { redactUrl, type Logger } from "../ops/logger";
 import { Metrics } from "../ops/metrics";
@@ -22,6 +22,8 @@ import { holdPresence } from "../storage/daemon-presence";
 import { connectWithRetry, Database } from "../storage/database";
 import { startEmbeddedDb, type EmbeddedDb } from "../storage/embedded-db";
 import { startPartitionMaintenance } from "../storage/partition-maintenance";
+import { READ_ALIASES } from "../shared/read-columns";
+import { ReadPool } from "../storage/read-pool";
 import { ensureSchema } from "../storage/schema";
 import { Dispatcher } from "./dispatcher";
 import { HttpPolicy } from "./http-policy";
@@ -30,6 +32,12 @@ import { Ring } from "./ring";
 import { registerBatchRoutes } from "./routes/batch-routes";
 import { registerDocsRoutes } from "./routes/docs-routes";
 import { registerOpsRoutes } from "./routes/ops-routes";
+import { registerReadRoutes } from "./routes/read-routes";
+import { registerReplayRoutes } from "./routes/replay-routes";
+import { registerSourceRoutes } from "./routes/source-routes";
+import { OPEN_ACCESS } from "../security/api-keys";
+import { SourceScheduler } from "../sources/scheduler";
+import { submitInternalBody } from "./submission/internal-bodies";
 import { AckTelemetry } from "./submission/ack-telemetry";
 import { Admission } from "./submission/admission";
 import type { Pipeline } from "./submission/pipeline";
@@ -61,6 +69,9 @@ export async function startServer(config: IngestdConfig, log: Logger): Promise<R
     if (!stream?.dedupKey) throw new ConfigError(`deduplicate.${name}: not a stream with an id to deduplicate by`);
   }
   const ignoringUnknown = ignoreUnknownStreams(config, streams);
+  const sources = config.sources ?? {};
+  sourceStreams(config, streams);
+
   // API keys before anything starts: a bad keys file is a configuration error (exit 78), not a late failure.
   let auth: Auth;
   try {
@@ -192,6 +203,41 @@ export async function startServer(config: IngestdConfig, log: Logger): Promise<R
   });
   const ws = registerWebSocket(app, pipeline, config.ws, http, sessions);
   registerBatchRoutes(app, { batches, metrics, retryAfterSeconds: config.retryAfterSeconds });
+  // Reads get connections of their own (docs/http-api.md#reading-back): never the probe's, never a worker's.
+  const reads = new ReadPool(databaseUrl, config.reads);
+  registerReadRoutes(app, {
+    auth,
+    pool: reads,
+    schema: config.dbSchema,
+    streams: streamMap,
+    metrics,
+    retryAfterSeconds: config.retryAfterSeconds,
+    aliases: READ_ALIASES,
+  });
+  registerReplayRoutes(app, {
+    pipeline,
+    auth,
+    pool: reads,
+    schema: config.dbSchema,
+    streams: streamMap,
+    metrics,
+    retryAfterSeconds: config.retryAfterSeconds,
+  });
+  // Pull sources feed the same submission path as producers (docs/sources.md); configured by the operator,
+  // so they carry no API key and no rate limit.
+  const scheduler =
+    Object.keys(sources).length === 0
+      ? null
+      : new SourceScheduler(
+          sources,
+          databaseUrl,
+          config.dbSchema,
+          (stream, ndjson, source) =>
+            submitInternalBody(pipeline, OPEN_ACCESS, { stream, format: "ndjson", text: ndjson, source, transport: "pull" }),
+          metrics,
+          log,
+        );
+  registerSourceRoutes(app, { scheduler, sources, auth, metrics, retryAfterSeconds: config.retryAfterSeconds });
   const openApi = JSON.stringify(openApiDocument(streams, VERSION, new Set(ignoringUnknown)));
   app.get("/openapi.json", (res) => {
     metrics.httpRequests.inc({ route: "/openapi.json", status: "200" });
@@ -217,6 +263,8 @@ export async function startServer(config: IngestdConfig, log: Logger): Promise<R
     answerError(res, 404, "not_found", `no route for ${req.getMethod().toUpperCase()} ${req.getUrl()}`, { close: true });
   });
 
+  // Rows for new sources and their first runs (those due) start before the port opens: nothing waits on it.
+  await scheduler?.start();
   const listenSocket = await new Promise<us_listen_socket>((resolve, reject) => {
     // Exclusive: without it uWS sets SO_REUSEPORT and a second daemon on the same port would silently
     // split the traffic with the first instead of failing to start.
@@ -264,6 +312,9 @@ export async function startServer(config: IngestdConfig, log: Logger): Promise<R
         admission.startDraining();
         uws.us_listen_socket_close(listenSocket);
         log.info("draining: no new connections; committing and acknowledging in-flight work");
+        // Pull sources' requests are aborted (those runs keep their watermark); pages already handed over
+        // commit with the rest of the in-flight work.
+        await scheduler?.stop();
         await Promise.race([Promise.all([dispatcher.idle(), ws.shutdown()]), new Promise((r) => setTimeout(r, config.stopTimeoutMs))]);
         await dispatcher.idle();
         await dispatcher.close();
@@ -272,6 +323,7 @@ export async function startServer(config: IngestdConfig, log: Logger): Promise<R
         latency.stop();
         clearInterval(maintenance);
         await sessions.close();
+        await reads.close();
         await db.close();
         if (embedded) await embedded.stop();
         log.info({ ms: Date.now() - started }, "stopped");

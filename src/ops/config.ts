@@ -2,6 +2,7 @@ import fs from "node:fs";
 import path from "node:path";
 import typia, { type tags } from "typia";
 import type { StreamDefinition, UnknownFields } from "../shared/stream-definition";
+import { everyMs, type SourceConfig } from "./source-config";
 
 type Int = number & tags.Type<"int32">;
 type Port = Int & tags.Minimum<0> & tags.Maximum<65535>;
@@ -17,6 +18,19 @@ export interface WsConfig {
 export interface StreamSettings {
   /** Refuse records with fields their type does not declare, or ignore (drop) those fields. */
   unknownFields?: UnknownFields;
+}
+
+/**
+ * Reading records and dead letters back (docs/http-api.md#reading-back): a small pool of its own on the
+ * front thread, so reads never take a connection ingest or the health probe needs.
+ */
+export interface ReadsConfig {
+  /** Connections of the read pool. */
+  poolSize: Int & tags.Minimum<1> & tags.Maximum<64>;
+  /** A read query running longer is cancelled (PostgreSQL statement_timeout) and answered 503. */
+  statementTimeoutMs: Int & tags.Minimum<100> & tags.Maximum<600000>;
+  /** Reads waiting for a connection of the pool; one more is refused at once with 503. */
+  maxWaiting: Int & tags.Minimum<0> & tags.Maximum<10000>;
 }
 
 export interface CorsConfig {
@@ -58,6 +72,7 @@ export interface IngestdConfig {
   maxErrorsReported: Int & tags.Minimum<1>;
   ws: WsConfig;
   cors: CorsConfig;
+  reads: ReadsConfig;
   apiKeysFile: (string & tags.MinLength<1>) | null;
   tlsCert: (string & tags.MinLength<1>) | null;
   tlsKey: (string & tags.MinLength<1>) | null;
@@ -84,6 +99,8 @@ export interface IngestdConfig {
   deduplicate: Record<string, boolean>;
   /** Per-stream overrides by stream name, e.g. `{"events": {"unknownFields": "ignore"}}`. */
   streams?: Record<string, StreamSettings>;
+  /** Pull sources by name (docs/sources.md); absent or empty: nothing is pulled. */
+  sources?: Record<string, SourceConfig>;
   /**
    * Producer sessions idle this many days lose their ingest_producers row (a bounded delete every ten
    * minutes); null keeps them.
@@ -97,6 +114,7 @@ export interface IngestdConfig {
  */
 const ADDED_SETTINGS: Partial<IngestdConfig> = {
   cors: { allowedOrigins: [] },
+  reads: { poolSize: 4, statementTimeoutMs: 5000, maxWaiting: 64 },
   dedupWindowHours: 168,
   batchesRetentionDays: 7,
   deadLettersRetentionDays: 30,
@@ -204,10 +222,39 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, file = configPa
       }
     }
   }
+  for (const [name, source] of Object.entries(cfg.sources ?? {})) checkSource(name, source);
   if (cfg.hlogPath !== null && !fs.existsSync(path.dirname(path.resolve(cfg.hlogPath)))) {
     throw new ConfigError(`hlogPath: directory not found: ${path.dirname(path.resolve(cfg.hlogPath))}`);
   }
   return cfg;
+}
+
+/** What typia cannot say of a source: names, URL, what each kind needs. The stream is checked at start. */
+function checkSource(name: string, source: SourceConfig): void {
+  const at = `sources.${name}`;
+  if (!/^[a-z0-9][a-z0-9_-]{0,62}$/.test(name))
+    throw new ConfigError(`${at}: a source name is lowercase letters, digits, _ and - (at most 63)`);
+  let url: URL;
+  try {
+    url = new URL(source.url);
+  } catch {
+    throw new ConfigError(`${at}.url: not a URL: ${JSON.stringify(source.url)}`);
+  }
+  if (url.protocol !== "http:" && url.protocol !== "https:")
+    throw new ConfigError(`${at}.url: expected http: or https:, got ${url.protocol}`);
+  if (source.kind === "graphql" && source.query === undefined)
+    throw new ConfigError(`${at}.query: a graphql source needs its query document`);
+  if (source.kind === "rest" && source.query !== undefined) throw new ConfigError(`${at}.query: only for kind "graphql"`);
+  if (everyMs(source.every) < 1000) throw new ConfigError(`${at}.every: at least 1s, got ${source.every}`);
+  if (source.kind === "graphql" && source.pagination?.type === "link") {
+    throw new ConfigError(`${at}.pagination: "link" follows Link headers of REST APIs; use "cursor" for GraphQL`);
+  }
+  for (const [header, value] of Object.entries(source.headers ?? {})) {
+    for (const m of value.matchAll(/\$\{([^}]*)\}/g)) {
+      if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(m[1]))
+        throw new ConfigError(`${at}.headers.${header}: \${${m[1]}} is not an environment variable name`);
+    }
+  }
 }
 
 /** A browser origin as it appears in an `Origin` header: what URL.origin gives back unchanged. */
@@ -275,4 +322,24 @@ export function ignoreUnknownStreams(config: IngestdConfig, streams: readonly St
     ignoring.push(s.name);
   }
   return ignoring;
+}
+
+/**
+ * Checks each pull source's stream: it must exist and take JSON records (pulled records reach the workers
+ * as NDJSON). Throws ConfigError naming the source.
+ */
+export function sourceStreams(config: IngestdConfig, streams: readonly StreamDefinition[]): void {
+  for (const [name, source] of Object.entries(config.sources ?? {})) {
+    const target = streams.find((s) => s.name === source.stream);
+    if (!target) {
+      throw new ConfigError(
+        `sources.${name}.stream: no such stream ${JSON.stringify(source.stream)} (streams: ${streams.map((s) => s.name).join(", ")})`,
+      );
+    }
+    if (!target.formats.includes("ndjson")) {
+      throw new ConfigError(
+        `sources.${name}.stream: stream ${target.name} takes ${target.formats.join(", ")} only; a source needs a stream of JSON records`,
+      );
+    }
+  }
 }

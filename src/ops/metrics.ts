@@ -78,6 +78,12 @@ export class Metrics {
   readonly wsFrames: client.Counter<"stream">;
   readonly ackLatency: client.Histogram<"stream" | "transport">;
   readonly copyDuration: client.Histogram<"stream">;
+  /** Pull sources (docs/sources.md#metrics). */
+  readonly sourceRuns: client.Counter<"source" | "outcome">;
+  readonly sourceRecords: client.Counter<"source" | "outcome">;
+  readonly sourceRequests: client.Counter<"source" | "status">;
+  readonly sourceConsecutiveFailures: client.Gauge<"source">;
+  readonly sourceLastSuccess: client.Gauge<"source">;
   private readonly busy: WorkerBusy;
 
   constructor(sources: MetricsSources) {
@@ -99,6 +105,36 @@ export class Metrics {
       labelNames: ["version"],
       registers,
     }).set({ version: VERSION }, 1);
+    this.sourceRuns = new client.Counter({
+      name: "ingestd_source_runs_total",
+      help: "Pull-source runs this daemon made, by source and outcome (success, failed).",
+      labelNames: ["source", "outcome"],
+      registers,
+    });
+    this.sourceRecords = new client.Counter({
+      name: "ingestd_source_records_total",
+      help: "Records pulled, by source and outcome (accepted, duplicate, rejected).",
+      labelNames: ["source", "outcome"],
+      registers,
+    });
+    this.sourceRequests = new client.Counter({
+      name: "ingestd_source_requests_total",
+      help: "HTTP requests pull sources made, by source and status (the HTTP status, or error for no answer).",
+      labelNames: ["source", "status"],
+      registers,
+    });
+    this.sourceConsecutiveFailures = new client.Gauge({
+      name: "ingestd_source_consecutive_failures",
+      help: "Runs of the source that failed in a row (0 after a run that succeeded).",
+      labelNames: ["source"],
+      registers,
+    });
+    this.sourceLastSuccess = new client.Gauge({
+      name: "ingestd_source_last_success_timestamp_seconds",
+      help: "Unix time of the source's last successful run (by any daemon on the database).",
+      labelNames: ["source"],
+      registers,
+    });
     this.httpRequests = new client.Counter({
       name: "ingestd_http_requests_total",
       help: "HTTP requests answered, by route and status code.",

@@ -4,6 +4,7 @@
  * cannot drift from what the daemon accepts.
  */
 import type { StreamDefinition } from "../shared/stream-definition";
+import { filterableColumns, READ_ALIASES, readTimeColumn } from "../shared/read-columns";
 
 type Schema = Record<string, unknown>;
 
@@ -43,6 +44,187 @@ const priorityHeader = {
     "Priority 0..10 (default 0), higher served first under contention; known before the body is read, so it also orders admission to the ring. With an envelope priority too, the higher counts.",
   schema: { type: "integer", minimum: 0, maximum: 10 },
 };
+
+const pagingParameters = [
+  {
+    name: "since",
+    in: "query",
+    required: false,
+    description: "Inclusive lower bound of the time column (ISO-8601).",
+    schema: { type: "string", format: "date-time" },
+  },
+  {
+    name: "until",
+    in: "query",
+    required: false,
+    description: "Exclusive upper bound of the time column (ISO-8601).",
+    schema: { type: "string", format: "date-time" },
+  },
+  {
+    name: "limit",
+    in: "query",
+    required: false,
+    description: "Rows per page (default 100).",
+    schema: { type: "integer", minimum: 1, maximum: 1000 },
+  },
+  { name: "cursor", in: "query", required: false, description: "next_cursor of the previous page, unchanged.", schema: { type: "string" } },
+  {
+    name: "order",
+    in: "query",
+    required: false,
+    description: "desc: newest first (default); asc: oldest first.",
+    schema: { type: "string", enum: ["desc", "asc"] },
+  },
+];
+
+const readErrors = {
+  "400": {
+    description: "A parameter is malformed, or filters on a column that is not indexed (the message names the allowed ones).",
+    content: json(ref("Error")),
+  },
+  "401": errorResponses["401"],
+  "403": { description: "The API key may not read this stream (its `read` list).", content: json(ref("Error")) },
+  "503": {
+    description: "The read pool is saturated, the query timed out, or the database is unavailable. See Retry-After.",
+    content: json(ref("Error")),
+  },
+};
+
+const page = (description: string) => ({
+  description,
+  content: json({
+    type: "object",
+    required: ["records", "next_cursor"],
+    properties: {
+      records: { type: "array", items: { type: "object" } },
+      next_cursor: { type: ["string", "null"], description: "Pass as `cursor` for the next page; null on the last page." },
+    },
+  }),
+});
+
+/** Reading back (docs/http-api.md#reading-back): one records path per stream, with its filterable columns. */
+function readPaths(streams: readonly StreamDefinition[]): Record<string, unknown> {
+  const paths: Record<string, unknown> = {};
+  for (const stream of streams) {
+    const filters = filterableColumns(stream).map((name) => ({
+      name,
+      in: "query",
+      required: false,
+      description: `Only rows whose ${name} equals this value.`,
+      schema: { type: "string" },
+    }));
+    paths[`/v1/streams/${stream.name}/records`] = {
+      get: {
+        operationId: `read_${stream.name}`,
+        summary: `Stored ${stream.name} records, paged by (${readTimeColumn(stream)}, a unique tiebreak).`,
+        parameters: [...pagingParameters, ...filters],
+        responses: {
+          "200": page("One page of records: the table's columns and ingested_at."),
+          ...readErrors,
+          "404": errorResponses["404"],
+        },
+      },
+    };
+  }
+  for (const alias of READ_ALIASES) {
+    const records = paths[`/v1/streams/${alias.stream}/records`] as { get: Record<string, unknown> } | undefined;
+    if (records) paths[alias.path] = { get: { ...records.get, operationId: `read_${alias.stream}_seed002` } };
+  }
+  paths["/v1/dead-letters"] = {
+    get: {
+      operationId: "read_dead_letters",
+      summary: "Rejected records (ingest_dead_letters), paged by (received_at, id).",
+      parameters: [{ name: "stream", in: "query", required: false, schema: { type: "string" } }, ...pagingParameters],
+      responses: { "200": page("One page of dead letters."), ...readErrors },
+    },
+  };
+  paths["/v1/sources"] = {
+    get: {
+      operationId: "list_sources",
+      summary: "Pull sources: state, last and next run, the last run's records, error, watermark (docs/sources.md).",
+      responses: {
+        "200": {
+          description: "The configured sources.",
+          content: json({ type: "object", required: ["sources"], properties: { sources: { type: "array", items: { type: "object" } } } }),
+        },
+      },
+    },
+  };
+  paths["/v1/sources/{name}/run"] = {
+    parameters: [{ name: "name", in: "path", required: true, schema: { type: "string" } }],
+    post: {
+      operationId: "run_source",
+      summary: "Runs a pull source now and answers once the run is over.",
+      responses: {
+        "200": { description: "The source after the run (state failing when the run failed).", content: json({ type: "object" }) },
+        "401": errorResponses["401"],
+        "403": { description: "The API key may not write the source's stream.", content: json(ref("Error")) },
+        "404": { description: "No such source.", content: json(ref("Error")) },
+        "409": { description: "The source is running (here or on another daemon).", content: json(ref("Error")) },
+        "503": errorResponses["503"],
+      },
+    },
+  };
+  paths["/v1/dead-letters/replay"] = {
+    post: {
+      operationId: "replay_dead_letters",
+      summary: "Sends dead letters of a stream through ingest again; each dead letter is replayed once.",
+      requestBody: {
+        required: true,
+        content: json({
+          oneOf: [
+            {
+              type: "object",
+              required: ["stream", "ids"],
+              additionalProperties: false,
+              properties: {
+                stream: { type: "string" },
+                ids: { type: "array", minItems: 1, maxItems: 1000, items: { type: ["integer", "string"] } },
+              },
+            },
+            {
+              type: "object",
+              required: ["stream", "since"],
+              additionalProperties: false,
+              properties: { stream: { type: "string" }, since: { type: "string", format: "date-time" } },
+            },
+          ],
+        }),
+      },
+      responses: {
+        "200": {
+          description: "What the replay stored and what is still rejected.",
+          content: json({
+            type: "object",
+            required: ["status", "stream", "replayed", "accepted", "duplicates", "rejected", "not_replayed", "more", "errors"],
+            properties: {
+              status: { type: "string" },
+              stream: { type: "string" },
+              replayed: { type: "integer" },
+              accepted: { type: "integer" },
+              duplicates: { type: "integer" },
+              rejected: { type: "integer" },
+              not_replayed: { type: "integer" },
+              more: { type: "boolean", description: "More than 1000 matched: send the request again for the rest." },
+              errors: { type: "array", items: { type: "object" } },
+            },
+          }),
+        },
+        "400": { description: "The body is not a replay request (the message names the field).", content: json(ref("Error")) },
+        "401": errorResponses["401"],
+        "403": { description: "The API key may not write, or may not read, this stream.", content: json(ref("Error")) },
+        "404": errorResponses["404"],
+        "409": { description: "Another replay of this stream is under way (one at a time across daemons).", content: json(ref("Error")) },
+        "429": errorResponses["429"],
+        "503": {
+          description: "The database could not take (some of) them; those stay replayable. See Retry-After.",
+          content: json(ref("Error")),
+        },
+      },
+    },
+  };
+  return paths;
+}
 
 /** `ignoringUnknown`: the streams that drop unknown fields rather than refuse them (ops/config.ts). */
 export function openApiDocument(
@@ -268,6 +450,7 @@ export function openApiDocument(
       responses: { "101": { description: "Switching protocols." }, "404": { description: "Unknown stream." } },
     },
   };
+  Object.assign(paths, readPaths(streams));
   for (const [path, summary] of [
     ["/health", "Liveness with a real database check."],
     ["/v1/health", "Same as /health."],

@@ -25,6 +25,11 @@ export interface ApiKeyEntry {
   hash: string & tags.Pattern<"^(sha256:)?[0-9a-f]{64}$">;
   /** Streams the key may write; `*` for all, `tpch` for the four TPC-H line streams and line endpoints. */
   streams: Array<string & tags.MinLength<1>> & tags.MinItems<1>;
+  /**
+   * Streams whose records and dead letters the key may read back (docs/security.md#reading-back); `*` for
+   * all, `tpch` for the four line streams. Omitted: none.
+   */
+  read?: Array<string & tags.MinLength<1>>;
   /** Events per second; omitted or null: no limit. */
   rate?: (number & tags.ExclusiveMinimum<0>) | null;
   /** Bucket size in events; omitted or null: one second of `rate`. */
@@ -45,6 +50,9 @@ export interface ApiKey {
   /** Every stream this key may write, aliases expanded (`tpch` ⇄ the four line streams). */
   streams: ReadonlySet<string>;
   all: boolean;
+  /** Every stream this key may read back, aliases expanded. */
+  read: ReadonlySet<string>;
+  readAll: boolean;
   /** Null: no rate limit. */
   bucket: TokenBucket | null;
   digest: Buffer;
@@ -55,6 +63,8 @@ export const OPEN_ACCESS: ApiKey = Object.freeze({
   id: "(open)",
   streams: new Set<string>(),
   all: true,
+  read: new Set<string>(),
+  readAll: true,
   bucket: null,
   digest: Buffer.alloc(32),
 });
@@ -179,9 +189,11 @@ export function readKeyEntries(file: string | null, envValue: string | undefined
   const ids = new Map<string, string>();
   const hashes = new Map<string, string>();
   for (const { entry, where } of entries) {
-    for (const s of entry.streams) {
-      if (!known.has(s))
-        throw new ApiKeysError(`${where} (${entry.id}): streams: unknown stream ${JSON.stringify(s)}; known: ${[...known].join(", ")}`);
+    for (const [field, list] of [["streams", entry.streams] as const, ["read", entry.read ?? []] as const]) {
+      for (const s of list) {
+        if (!known.has(s))
+          throw new ApiKeysError(`${where} (${entry.id}): ${field}: unknown stream ${JSON.stringify(s)}; known: ${[...known].join(", ")}`);
+      }
     }
     const prior = ids.get(entry.id);
     if (prior) throw new ApiKeysError(`${where}: id ${JSON.stringify(entry.id)} is already used by ${prior}`);
@@ -231,18 +243,16 @@ export class KeyStore {
     if (this.open) return;
     const entries = readKeyEntries(this.file, this.envValue, this.catalog);
     const index = new Map<number, ApiKey[]>();
-    const lineStreams = this.catalog.lineStreams;
     for (const e of entries) {
-      const streams = new Set(e.streams);
-      // `tpch` grants the four line streams; all four grant the line endpoints (`tpch`), since a line is
-      // routed by its prefix in a worker and the front thread cannot see which of them a body touches.
-      if (streams.has(this.catalog.lineRouter)) for (const s of lineStreams) streams.add(s);
-      if (lineStreams.length > 0 && lineStreams.every((s) => streams.has(s))) streams.add(this.catalog.lineRouter);
+      const streams = expandLineAlias(e.streams, this.catalog);
+      const read = expandLineAlias(e.read ?? [], this.catalog);
       const digest = Buffer.from(e.hash.replace(/^sha256:/, ""), "hex");
       const key: ApiKey = {
         id: e.id,
         streams,
         all: streams.has("*"),
+        read,
+        readAll: read.has("*"),
         bucket: this.limiter.bucketFor(e.id, e.rate ?? null, e.burst ?? null),
         digest,
       };
@@ -278,6 +288,24 @@ export class KeyStore {
     for (const key of candidates) if (timingSafeEqual(key.digest, digest)) return key;
     return null;
   }
+}
+
+/**
+ * A key's stream list with the line alias expanded: `tpch` grants the four line streams; all four grant the
+ * line endpoints (`tpch`), since a line is routed by its prefix in a worker and the front thread cannot see
+ * which of them a body touches.
+ */
+function expandLineAlias(list: readonly string[], catalog: StreamCatalog): Set<string> {
+  const streams = new Set(list);
+  const lineStreams = catalog.lineStreams;
+  if (streams.has(catalog.lineRouter)) for (const s of lineStreams) streams.add(s);
+  if (lineStreams.length > 0 && lineStreams.every((s) => streams.has(s))) streams.add(catalog.lineRouter);
+  return streams;
+}
+
+/** Whether a key may read back a stream's records and dead letters. */
+export function mayRead(key: ApiKey, stream: string): boolean {
+  return key.readAll || key.read.has(stream);
 }
 
 /** Whether a key may write a stream (or the `tpch` line router). */

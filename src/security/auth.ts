@@ -1,10 +1,21 @@
 /**
  * The gate every ingest route passes (HTTP and WebSocket): who is calling (401), may they write this
- * stream (403), are they within their rate (429). Read-only endpoints (/health, /metrics, /stats,
+ * stream (403), are they within their rate (429). Reading records and dead letters back passes it too,
+ * against the key's `read` list (permitRead). Operational endpoints (/health, /metrics, /stats,
  * /v1/latency, /openapi.json, batch status) do not pass it: they are scraped by monitoring that holds no
  * producer key, and expose no event data.
  */
-import { API_KEYS_ENV, ApiKeysError, KeyStore, mayWrite, presentedToken, streamCatalog, type ApiKey, type StreamCatalog } from "./api-keys";
+import {
+  API_KEYS_ENV,
+  ApiKeysError,
+  KeyStore,
+  mayRead,
+  mayWrite,
+  presentedToken,
+  streamCatalog,
+  type ApiKey,
+  type StreamCatalog,
+} from "./api-keys";
 import type { Logger } from "../ops/logger";
 import { eventCost, retryAfterSeconds } from "./rate-limiter";
 
@@ -68,6 +79,12 @@ export class Auth {
       };
     }
     return null;
+  }
+
+  /** The 403 for this key reading back this stream's records or dead letters, or null when it may. */
+  permitRead(key: ApiKey, stream: string): Denial | null {
+    if (mayRead(key, stream)) return null;
+    return { status: 403, code: "forbidden", message: `API key ${key.id} may not read stream ${stream}`, headers: {} };
   }
 
   /** Charges a key for a settled request or frame (see rate-limiter.ts for why after the fact). */

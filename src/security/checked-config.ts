@@ -4,13 +4,14 @@
  * failed", and a bad keys file is a configuration error (exit 78) for check-config exactly as for serve.
  */
 import { streams } from "../../config/streams";
-import { ConfigError, ignoreUnknownStreams, loadConfig, type IngestdConfig } from "../ops/config";
+import { ConfigError, ignoreUnknownStreams, loadConfig, sourceStreams, type IngestdConfig } from "../ops/config";
 import { ApiKeysError, readKeyEntries, streamCatalog } from "./api-keys";
 import { tlsFilesProblem } from "./tls-files";
 
 export function loadCheckedConfig(env: NodeJS.ProcessEnv = process.env): IngestdConfig {
   const cfg = loadConfig(env);
   ignoreUnknownStreams(cfg, streams);
+  sourceStreams(cfg, streams);
   if (cfg.tlsCert !== null && cfg.tlsKey !== null) {
     const problem = tlsFilesProblem(cfg.tlsCert, cfg.tlsKey);
     if (problem !== null) throw new ConfigError(problem);

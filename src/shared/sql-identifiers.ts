@@ -20,8 +20,18 @@ export function dedupTable(table: string): string {
   return `${table}_dedup`;
 }
 
+/** An upserting stream's staging table: a temporary table of each worker connection (docs/storage.md#upserts). */
+export function stageTable(table: string): string {
+  return `ingest_stage_${table}`.slice(0, 63);
+}
+
+/** The staging table's extra column: each row's 1-based position in the batch. */
+export const STAGE_ROW_COLUMN = "__row";
+
 export const BATCHES_TABLE = "ingest_batches";
 export const DEAD_LETTERS_TABLE = "ingest_dead_letters";
+/** One row per pull source: its watermark, schedule and last run (docs/sources.md#state). */
+export const SOURCES_TABLE = "ingest_sources";
 /** One row per (stream, producer): the producer session's epoch and last committed frame seq. */
 export const PRODUCERS_TABLE = "ingest_producers";
 

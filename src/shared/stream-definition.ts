@@ -57,8 +57,14 @@ export interface StreamDefinition<R = any> {
   dedupKey?: string;
   /** Whether deduplication is on unless the configuration says otherwise. */
   dedupByDefault?: boolean;
-  /** Primary key columns (line-format reference tables). */
+  /** Primary key columns (line-format reference tables; reference data that is upserted). */
   primaryKey?: readonly string[];
+  /**
+   * What a record whose primary key is already stored does: `refuse` (the default: PostgreSQL's unique
+   * violation rejects it) or `update`: a changed record replaces the stored row, an unchanged one counts as
+   * a duplicate (docs/storage.md#upserts). Needs `primaryKey`; not with `dedupKey`.
+   */
+  onConflict?: "refuse" | "update";
   foreignKeys?: readonly { columns: readonly string[]; references: { stream: string; columns: readonly string[] } }[];
   /** Line formats: the prefix that routes a line to this stream (`O` for `O|...`). */
   linePrefix?: string;

@@ -53,6 +53,11 @@ export interface IngestTask {
   recordBatch: boolean;
   /** Report what became of each record (`IngestOutcome.records`), with every error listed (per-line progress). */
   recordOutcomes?: boolean;
+  /**
+   * Dead-letter ids this body replays: marked replayed in the transaction that commits the body, so a replay
+   * is stored once or not at all (docs/http-api.md#replaying-dead-letters).
+   */
+  replayOf?: string[];
 }
 
 /** One frame of a producer session, in the ring at [offset, offset + length) (length 0: an empty frame). */

@@ -5,7 +5,7 @@
 import type pg from "pg";
 import { ensureMonthPartitions, SCHEMA_LOCK_KEY } from "./partitions";
 import type { ColumnType, StreamDefinition } from "../shared/stream-definition";
-import { BATCHES_TABLE, DEAD_LETTERS_TABLE, PRODUCERS_TABLE, qualifiedName, quoteIdent } from "../shared/sql-identifiers";
+import { BATCHES_TABLE, DEAD_LETTERS_TABLE, PRODUCERS_TABLE, qualifiedName, quoteIdent, SOURCES_TABLE } from "../shared/sql-identifiers";
 import { dedupClaimFunction, dedupClaimFunctionDdl } from "../shared/dedup-sql";
 import { dedupStateDdl, ensureDedupSlots, migrateLegacyIds, renameLegacyIdTable } from "./dedup-partitions";
 import {
@@ -43,6 +43,9 @@ export function streamTableDdl(schema: string, stream: StreamDefinition, all: re
     lines.push(
       `FOREIGN KEY (${fk.columns.map(quoteIdent).join(", ")}) REFERENCES ${qualifiedName(schema, target.table)} (${fk.references.columns.map(quoteIdent).join(", ")})`,
     );
+  }
+  if (stream.onConflict === "update" && (!stream.primaryKey?.length || stream.dedupKey)) {
+    throw new Error(`stream ${stream.name}: onConflict "update" needs a primaryKey and no dedupKey`);
   }
   if (stream.partitioned && !stream.timeColumn) throw new Error(`stream ${stream.name}: partitioned needs a timeColumn`);
   const partitioning = stream.partitioned ? ` PARTITION BY RANGE (${quoteIdent(stream.timeColumn!)})` : "";
@@ -99,6 +102,9 @@ export function bookkeepingDdl(schema: string): string[] {
 ) PARTITION BY RANGE ("received_at")`,
     `CREATE TABLE IF NOT EXISTS ${qualifiedName(schema, `${DEAD_LETTERS_TABLE}_default`)} PARTITION OF ${dead} DEFAULT`,
     `CREATE INDEX IF NOT EXISTS "ingest_dead_letters_stream_received_at_idx" ON ${dead} ("stream", "received_at")`,
+    // Set when the dead letter was replayed (docs/http-api.md#dead-letters); added to tables made before it
+    // (a nullable column without a default: no rewrite).
+    `ALTER TABLE ${dead} ADD COLUMN IF NOT EXISTS "replayed_at" timestamptz`,
     // Producer sessions (docs/websocket-protocol.md#producer-sessions): one row per producer, not per event.
     `CREATE TABLE IF NOT EXISTS ${producers} (
   "stream" text NOT NULL,
@@ -109,6 +115,20 @@ export function bookkeepingDdl(schema: string): string[] {
   PRIMARY KEY ("stream", "producer")
 )`,
     `CREATE INDEX IF NOT EXISTS "ingest_producers_updated_at_idx" ON ${producers} ("updated_at")`,
+    // Pull sources (docs/sources.md#state): one row per source, shared by every daemon on the database.
+    `CREATE TABLE IF NOT EXISTS ${qualifiedName(schema, SOURCES_TABLE)} (
+  "name" text PRIMARY KEY,
+  "watermark" text,
+  "next_run_at" timestamptz NOT NULL DEFAULT now(),
+  "last_run_at" timestamptz,
+  "last_success_at" timestamptz,
+  "last_error" text,
+  "consecutive_failures" integer NOT NULL DEFAULT 0,
+  "runs" bigint NOT NULL DEFAULT 0,
+  "last_records" jsonb,
+  "running_since" timestamptz,
+  "running_on" text
+)`,
   ];
 }
 

@@ -15,7 +15,10 @@ import {
   DEAD_LETTERS_TABLE,
   DEAD_LETTER_COLUMNS,
   copyStatement,
+  qualifiedName,
   quoteIdent,
+  STAGE_ROW_COLUMN,
+  stageTable,
 } from "../../src/shared/sql-identifiers";
 
 export interface DedupSql {
@@ -32,12 +35,62 @@ export interface DedupSql {
   filters: IdFilters;
 }
 
+/**
+ * An upserting stream (`onConflict: "update"`, docs/storage.md#upserts): COPY cannot upsert, so its rows are
+ * copied into a temporary staging table and merged into the table with INSERT ... ON CONFLICT, in the batch's
+ * transaction.
+ */
+export interface UpsertSql {
+  /** Creates this connection's staging table if it has none yet (inside the transaction: cheap when it exists). */
+  createStage: string;
+  /** COPY into the staging table; each row is prefixed with its 1-based position in the batch. */
+  stageCopySql: string;
+  /**
+   * Merges the staged rows (the last of each key in the batch wins) and empties the stage; returns `n`, the
+   * position of each row that was inserted or changed a stored row. The others are duplicates.
+   */
+  merge: string;
+  clearStage: string;
+}
+
 export interface CommitTarget {
   stream: string;
   /** Position in the transaction: a table is written after the tables it references. */
   order: number;
   copySql: string;
   dedup: DedupSql | null;
+  upsert: UpsertSql | null;
+}
+
+export function upsertSql(schema: string, stream: StreamDefinition): UpsertSql {
+  const key = stream.primaryKey ?? [];
+  if (key.length === 0) throw new Error(`stream ${stream.name}: onConflict "update" needs a primaryKey`);
+  const table = qualifiedName(schema, stream.table);
+  const stage = `pg_temp.${quoteIdent(stageTable(stream.table))}`;
+  const row = quoteIdent(STAGE_ROW_COLUMN);
+  const columns = stream.columns.map((c) => quoteIdent(c.name));
+  const keys = key.map(quoteIdent);
+  const rest = stream.columns.filter((c) => !key.includes(c.name)).map((c) => quoteIdent(c.name));
+  // ingested_at says when the stored version arrived: reads by time find changed rows. Rows go in key order,
+  // so two workers' batches upserting the same keys lock them in the same order (no deadlock).
+  const action =
+    rest.length === 0
+      ? "DO NOTHING"
+      : `DO UPDATE SET ${rest.map((c) => `${c} = EXCLUDED.${c}`).join(", ")}, "ingested_at" = now()
+         WHERE (${rest.map((c) => `t.${c}`).join(", ")}) IS DISTINCT FROM (${rest.map((c) => `EXCLUDED.${c}`).join(", ")})`;
+  return {
+    createStage: `CREATE TEMP TABLE IF NOT EXISTS ${quoteIdent(stageTable(stream.table))} (${row} integer NOT NULL, LIKE ${table} INCLUDING DEFAULTS)`,
+    stageCopySql: `COPY ${stage} (${[row, ...columns].join(", ")}) FROM STDIN`,
+    merge: `WITH src AS (
+        SELECT DISTINCT ON (${keys.join(", ")}) * FROM ${stage} ORDER BY ${keys.join(", ")}, ${row} DESC
+      ), merged AS (
+        INSERT INTO ${table} AS t (${columns.join(", ")}) SELECT ${columns.join(", ")} FROM src ORDER BY ${keys.join(", ")}
+        ON CONFLICT (${keys.join(", ")}) ${action}
+        RETURNING ${keys.map((k) => `t.${k}`).join(", ")}
+      )
+      SELECT src.${row} AS n FROM src JOIN merged USING (${keys.join(", ")})`,
+    clearStage: `DELETE FROM ${stage}`,
+  };
 }
 
 export function commitTarget(schema: string, stream: StreamDefinition, order: number, dedup: boolean): CommitTarget {
@@ -46,15 +99,16 @@ export function commitTarget(schema: string, stream: StreamDefinition, order: nu
     stream.table,
     stream.columns.map((c) => c.name),
   );
+  const upsert = stream.onConflict === "update" ? upsertSql(schema, stream) : null;
   const d = dedup ? dedupShape(schema, stream) : null;
-  if (d === null) return { stream: stream.name, order, copySql, dedup: null };
+  if (d === null) return { stream: stream.name, order, copySql, dedup: null, upsert };
   const claim = `SELECT n FROM ${d.claim}($1::uuid[], $2::uuid[], $3::integer[], $4::timestamptz[]) AS n`;
   // This transaction's claim wrote its ids at most the grace period before the current slot's start, no
   // earlier than its own start minus that: the bound keeps the DELETE to the newest partitions.
   const at = quoteIdent(DEDUP_STORED_AT_COLUMN);
   const release = `DELETE FROM ${d.ids} WHERE ${quoteIdent(DEDUP_KEY_COLUMN)} = ANY($1::uuid[])
     AND ${at} >= now() - interval '${DEDUP_GRACE_SECONDS + 1} seconds'`;
-  return { stream: stream.name, order, copySql, dedup: { claim, release, filters: new IdFilters(d.slots) } };
+  return { stream: stream.name, order, copySql, dedup: { claim, release, filters: new IdFilters(d.slots) }, upsert };
 }
 
 /** Every stream's target, in config/streams order (the index a compiled stream's `order` gives). */
@@ -65,6 +119,11 @@ export function commitTargets(schema: string, streams: readonly StreamDefinition
 
 export function batchesCopySql(schema: string): string {
   return copyStatement(schema, BATCHES_TABLE, BATCH_COLUMNS);
+}
+
+/** Marks replayed dead letters (docs/http-api.md#replaying-dead-letters), in the transaction of their replay. */
+export function markReplayedSql(schema: string): string {
+  return `UPDATE ${qualifiedName(schema, DEAD_LETTERS_TABLE)} SET replayed_at = now() WHERE id = ANY($1::bigint[])`;
 }
 
 export function deadLettersCopySql(schema: string): string {

@@ -1,6 +1,6 @@
 import type pg from "pg";
 import { now } from "../../src/shared/clock";
-import type { CommitTarget } from "./commit-targets";
+import type { CommitTarget, UpsertSql } from "./commit-targets";
 import { type CopyWriter, DatabaseUnavailable, isRowError, join, type RowFailure } from "./copy-writer";
 import { COMMIT_GAUGE_COMMITTING, COMMIT_GAUGE_WAITING, COMMIT_GAUGE_SLOTS } from "../../src/shared/task-protocol";
 import { advanceSessions, checkSessions, type ProducerSql, type SessionMark, type SessionSkip } from "./producer-seqs";
@@ -30,6 +30,8 @@ export interface GroupCommitOptions {
   batchTimeoutMs: number;
   batchesCopySql: string;
   deadLettersCopySql: string;
+  /** `$1` dead-letter ids: marks them replayed (commit-targets.ts). */
+  markReplayedSql: string;
   /** Shared counters (COMMIT_GAUGE_* slots, summed over workers) the front exports as metrics. */
   gauges?: Int32Array;
   producers: ProducerSql;
@@ -66,6 +68,8 @@ export interface TaskWork {
   finalize(outcomes: PartOutcome[]): { batchRow: string | null; deadLetters: string[] };
   /** A producer session's frame: stored only if its session still holds the producer and it is the next seq. */
   session?: SessionMark | null;
+  /** Dead letters the task replays: marked in the transaction that stores its rows (IngestTask.replayOf). */
+  replayOf?: readonly string[];
 }
 
 export interface CommitResult {
@@ -239,6 +243,30 @@ export class GroupCommitter {
     return client.query<{ n: number }>(dedup.claim, [part.keys, checked.maybe, checked.slots, checked.covered]);
   }
 
+  /**
+   * An upserting target's rows (commit-targets.ts UpsertSql): staged by COPY (row isolation applies there,
+   * where PostgreSQL checks the values), then merged. Returns 1 per row inserted or changed; 0 for the rest
+   * (unchanged, an earlier version of a key later in the batch, or refused: in `failures`).
+   */
+  private async upsert(
+    client: pg.Client,
+    sql: UpsertSql,
+    rows: readonly string[],
+    isolating: boolean,
+    failures: RowFailure[],
+  ): Promise<Uint8Array> {
+    const stored = new Uint8Array(rows.length);
+    if (rows.length === 0) return stored;
+    await client.query(sql.createStage);
+    const staged = rows.map((row, i) => `${i + 1}\t${row}`);
+    if (isolating) await this.writer.copyIsolating(client, sql.stageCopySql, staged, 0, staged.length, failures);
+    else await this.writer.copy(client, sql.stageCopySql, join(staged, 0, staged.length));
+    const merged = await client.query<{ n: number }>(sql.merge);
+    for (const r of merged.rows) stored[r.n - 1] = 1;
+    await client.query(sql.clearStage);
+    return stored;
+  }
+
   /** One transaction for the batch; returns each member's part outcomes. */
   private async transaction(client: pg.Client, all: Batch, isolating: boolean): Promise<MemberResult[]> {
     await client.query("BEGIN");
@@ -279,7 +307,9 @@ export class GroupCommitter {
         }
       }
       const failures: RowFailure[] = [];
-      if (rows.length > 0) {
+      if (target.upsert !== null) {
+        stored = await this.upsert(client, target.upsert, rows, isolating, failures);
+      } else if (rows.length > 0) {
         if (isolating) await this.writer.copyIsolating(client, target.copySql, rows, 0, rows.length, failures);
         else await this.writer.copy(client, target.copySql, join(rows, 0, rows.length));
       }
@@ -318,6 +348,8 @@ export class GroupCommitter {
     }
     if (deadLetters.length > 0) await this.writer.copy(client, this.options.deadLettersCopySql, deadLetters.join(""));
     if (batchRows.length > 0) await this.writer.copy(client, this.options.batchesCopySql, batchRows.join(""));
+    const replayed = batch.members.flatMap((m) => m.work.replayOf ?? []);
+    if (replayed.length > 0) await client.query(this.options.markReplayedSql, [replayed]);
     if (advance !== null) await advanceSessions(client, this.options.producers, advance);
     await client.query("COMMIT");
     if (skips === null) return outcomes.map((o) => ({ outcomes: o, skipped: null }));

@@ -5,7 +5,7 @@
 import type { IngestOutcome, IngestTask, RecordError, WorkerData } from "../../src/shared/task-protocol";
 import type { ValidatedRecords } from "../records/validate";
 import { batchRow, deadLetterRow, rawText } from "./bookkeeping-rows";
-import { batchesCopySql, deadLettersCopySql, type CommitTarget } from "./commit-targets";
+import { batchesCopySql, deadLettersCopySql, markReplayedSql, type CommitTarget } from "./commit-targets";
 import { CopyWriter } from "./copy-writer";
 import { GroupCommitter, type PartOutcome, type PartWork, type TaskWork } from "./group-commit";
 import { producerSql, type SessionMark } from "./producer-seqs";
@@ -21,6 +21,7 @@ export function workerCommitter(data: WorkerData, applicationName: string): Grou
       maxBatchBytes: data.maxBatchBytes,
       batchesCopySql: batchesCopySql(data.dbSchema),
       deadLettersCopySql: deadLettersCopySql(data.dbSchema),
+      markReplayedSql: markReplayedSql(data.dbSchema),
       gauges: new Int32Array(data.commitGauges),
       producers: producerSql(data.dbSchema),
     },
@@ -34,6 +35,7 @@ export class TaskCommit implements TaskWork {
   readonly bytes: number;
   /** Set for a producer session's frame. */
   session: SessionMark | null = null;
+  readonly replayOf: readonly string[] | undefined;
   /** The producer-facing batch_id its bookkeeping rows carry. */
   private readonly batchId: string;
   /** The latest transaction's tally, with the outcomes it was made from. */
@@ -55,6 +57,7 @@ export class TaskCommit implements TaskWork {
     this.batchId = answer.batchId;
     this.parts = records.parts.map((p) => ({ target: targets[p.stream.order], rows: p.rows, keys: p.keys }));
     this.bytes = records.rowChars;
+    this.replayOf = task.replayOf;
   }
 
   /** Runs in the transaction, again if the batch is retried with row isolation. */
@@ -111,6 +114,7 @@ export async function recordUnreadableBody(
       priority: task.priority,
       parts: [],
       bytes: 0,
+      replayOf: task.replayOf,
       finalize: () => ({
         batchRow: batchRow({
           batchId,

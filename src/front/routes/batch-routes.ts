@@ -1,6 +1,7 @@
 /** `GET /v1/batches/{id}` and its compatible spelling `GET /v1/batch/{id}/status`. */
 import type { Metrics } from "../../ops/metrics";
 import type { BatchRegistry } from "../../storage/batch-registry";
+import { pathParameter } from "../http-policy";
 import { answerError, answerJson, markClosed } from "../http-responses";
 import type { HttpRequest, HttpResponse, TemplatedApp } from "../uws";
 
@@ -14,7 +15,7 @@ export function registerBatchRoutes(app: TemplatedApp, options: BatchRoutesOptio
   const { batches, metrics, retryAfterSeconds } = options;
   const handler = (route: string) => (res: HttpResponse, req: HttpRequest) => {
     res.onAborted(() => markClosed(res));
-    const id = decodeURIComponent(req.getParameter(0));
+    const id = pathParameter(req.getParameter(0));
     const count = (status: number) => metrics.httpRequests.inc({ route, status: String(status) });
     batches.lookup(id).then(
       (view) => {

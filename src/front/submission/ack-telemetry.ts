@@ -8,7 +8,8 @@ import type { LatencyRecorder } from "../../ops/latency";
 import type { Metrics } from "../../ops/metrics";
 import type { Stats } from "../../ops/stats";
 
-export type Transport = "http" | "ws";
+/** How records came in: pushed over HTTP or WebSocket, or fetched by a pull source. */
+export type Transport = "http" | "ws" | "pull";
 
 export class AckTelemetry {
   constructor(
