@@ -4,50 +4,15 @@
  * (docs/storage.md#batch-status-across-daemons). PostgreSQL ends the connection when the process dies,
  * SIGKILL included. A lost connection is opened again after a short pause.
  */
-import pg from "pg";
+import { holdConnection, type HeldConnection } from "./held-connection";
 
 const PREFIX = "ingestd-daemon ";
 const RECONNECT_MS = 1000;
 
-export interface DaemonPresence {
-  close(): Promise<void>;
-}
+export type DaemonPresence = HeldConnection;
 
 export function holdPresence(connectionString: string, instance: string): DaemonPresence {
-  let client: pg.Client | null = null;
-  let closed = false;
-  let timer: NodeJS.Timeout | null = null;
-  const retry = () => {
-    client = null;
-    if (closed || timer !== null) return;
-    timer = setTimeout(() => {
-      timer = null;
-      void connect();
-    }, RECONNECT_MS);
-    timer.unref();
-  };
-  const connect = async () => {
-    const c = new pg.Client({ connectionString, application_name: PREFIX + instance, connectionTimeoutMillis: 3000 });
-    c.on("error", () => undefined);
-    c.on("end", retry);
-    try {
-      await c.connect();
-      if (closed) await c.end();
-      else client = c;
-    } catch {
-      c.removeListener("end", retry);
-      await c.end().catch(() => undefined);
-      retry();
-    }
-  };
-  void connect();
-  return {
-    async close() {
-      closed = true;
-      if (timer !== null) clearTimeout(timer);
-      await client?.end().catch(() => undefined);
-    },
-  };
+  return holdConnection({ connectionString, applicationName: PREFIX + instance, reconnectMs: RECONNECT_MS });
 }
 
 /** SQL that is true when no daemon named by the text expression `instance` holds its presence connection. */

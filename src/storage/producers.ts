@@ -3,8 +3,9 @@
  * opening a session fences every older one, and rows of producers idle for long are forgotten in small steps.
  * The workers lock and advance the same rows inside their commits (workers/commit/producer-seqs.ts).
  */
-import pg from "pg";
+import type pg from "pg";
 import { PRODUCERS_TABLE, qualifiedName } from "../shared/sql-identifiers";
+import { holdConnection, type HeldConnection } from "./held-connection";
 
 /** Other daemons on the database hear of each new session here, and close their superseded socket at once. */
 export const PRODUCER_CHANNEL = "ingestd_producers";
@@ -45,9 +46,7 @@ export async function forgetIdleProducers(db: pg.Pool, schema: string, days: num
   return result.rowCount ?? 0;
 }
 
-export interface SessionListener {
-  close(): Promise<void>;
-}
+export type SessionListener = HeldConnection;
 
 /**
  * LISTENs for sessions opened by any daemon on the database and reports (stream, producer, epoch). Only a
@@ -58,47 +57,19 @@ export function listenForSessions(
   connectionString: string,
   onSession: (stream: string, producer: string, epoch: number) => void,
 ): SessionListener {
-  let client: pg.Client | null = null;
-  let closed = false;
-  let timer: NodeJS.Timeout | null = null;
-  const retry = () => {
-    client = null;
-    if (closed || timer !== null) return;
-    timer = setTimeout(() => {
-      timer = null;
-      void connect();
-    }, 2000);
-    timer.unref();
-  };
-  const connect = async () => {
-    const c = new pg.Client({ connectionString, application_name: "ingestd-sessions", connectionTimeoutMillis: 3000 });
-    c.on("error", () => undefined);
-    c.on("end", retry);
-    c.on("notification", (n) => {
-      try {
-        const [stream, producer, epoch] = JSON.parse(n.payload ?? "") as [string, string, number];
-        onSession(stream, producer, Number(epoch));
-      } catch {
-        // Not ours.
-      }
-    });
-    try {
-      await c.connect();
-      await c.query(`LISTEN ${PRODUCER_CHANNEL}`);
-      if (closed) await c.end();
-      else client = c;
-    } catch {
-      c.removeListener("end", retry);
-      await c.end().catch(() => undefined);
-      retry();
-    }
-  };
-  void connect();
-  return {
-    async close() {
-      closed = true;
-      if (timer !== null) clearTimeout(timer);
-      await client?.end().catch(() => undefined);
-    },
-  };
+  return holdConnection({
+    connectionString,
+    applicationName: "ingestd-sessions",
+    reconnectMs: 2000,
+    prepare: (c) =>
+      c.on("notification", (n) => {
+        try {
+          const [stream, producer, epoch] = JSON.parse(n.payload ?? "") as [string, string, number];
+          onSession(stream, producer, Number(epoch));
+        } catch {
+          // Not ours.
+        }
+      }),
+    ready: (c) => c.query(`LISTEN ${PRODUCER_CHANNEL}`),
+  });
 }
