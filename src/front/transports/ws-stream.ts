@@ -230,17 +230,37 @@ export function registerWebSocket(
       flushAcks(ws, c);
       return;
     }
+    const region = copyIntoRing(ws, c, message, resumeFrame, frame);
+    if (region !== null) void processFrame(ws, c, frame, region, now());
+  }
+
+  /** A frame that waited for ring space goes on as if it had found it at once. */
+  function resumeFrame(ws: WebSocket<Connection>, c: Connection, frame: Frame, region: RingRegion): void {
+    void processFrame(ws, c, frame, region, now());
+  }
+
+  /**
+   * The frame's bytes in the ring: the region at once when there is room; otherwise null, and a private
+   * copy waits for room (per connection the window bounds these copies, across connections the overflow
+   * budget, past which producers are told to come back later: 1013), then `resume` gets the region. Taking
+   * the item and a plain function rather than a closure keeps the common case free of allocations.
+   */
+  function copyIntoRing<T>(
+    ws: WebSocket<Connection>,
+    c: Connection,
+    message: ArrayBuffer,
+    resume: (ws: WebSocket<Connection>, c: Connection, item: T, region: RingRegion) => void,
+    item: T,
+  ): RingRegion | null {
+    const length = message.byteLength;
     const region = ring.tryAlloc(length);
     if (region !== null) {
       ring.bytes.set(new Uint8Array(message), region.offset);
-      void processFrame(ws, c, frame, region, now());
-      return;
+      return region;
     }
-    // Ring full: hold a private copy until room appears. Per connection the window bounds these copies;
-    // across connections the overflow budget does, past which producers are told to come back later.
     if (overflowBytes + length > overflowBudget) {
       close(ws, CLOSE_TRY_AGAIN_LATER, "ingestd overloaded; resend unacknowledged frames");
-      return;
+      return null;
     }
     overflowBytes += length;
     const copy = Buffer.from(new Uint8Array(message));
@@ -250,38 +270,26 @@ export function registerWebSocket(
         close(ws, CLOSE_TRY_AGAIN_LATER, "ingestd overloaded; resend unacknowledged frames");
         return;
       }
-      if (!c.open) return ring.free(r);
+      if (!c.open) {
+        ring.free(r);
+        return;
+      }
       ring.bytes.set(copy, r.offset);
-      void processFrame(ws, c, frame, r, now());
+      resume(ws, c, item, r);
     });
+    return null;
   }
 
   /** A session frame takes its place in the session's chain at once, and is submitted once in the ring. */
   function onSessionFrame(ws: WebSocket<Connection>, c: Connection, chain: SessionChain<Frame>, frame: Frame, message: ArrayBuffer): void {
-    const length = message.byteLength;
     const slot: ChainFrame<Frame> = chain.add(frame.seq, frame.receivedAt, frame);
-    if (length === 0) return chain.ready(slot, null, now());
-    const region = ring.tryAlloc(length);
-    if (region !== null) {
-      ring.bytes.set(new Uint8Array(message), region.offset);
-      return chain.ready(slot, region, now());
-    }
-    if (overflowBytes + length > overflowBudget) {
-      close(ws, CLOSE_TRY_AGAIN_LATER, "ingestd overloaded; resend unacknowledged frames");
-      return;
-    }
-    overflowBytes += length;
-    const copy = Buffer.from(new Uint8Array(message));
-    void ring.alloc(length, 0, limits.overloadDeadlineMs).then((r) => {
-      overflowBytes -= length;
-      if (r === null) {
-        close(ws, CLOSE_TRY_AGAIN_LATER, "ingestd overloaded; resend unacknowledged frames");
-        return;
-      }
-      if (!c.open) return ring.free(r);
-      ring.bytes.set(copy, r.offset);
-      chain.ready(slot, r, now());
-    });
+    if (message.byteLength === 0) return chain.ready(slot, null, now());
+    const region = copyIntoRing(ws, c, message, resumeSessionFrame, slot);
+    if (region !== null) chain.ready(slot, region, now());
+  }
+
+  function resumeSessionFrame(_ws: WebSocket<Connection>, c: Connection, slot: ChainFrame<Frame>, region: RingRegion): void {
+    c.session?.chain?.ready(slot, region, now());
   }
 
   // Security: after a SIGHUP reload, live connections take their key's new limits; a revoked key, or one
