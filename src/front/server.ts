@@ -32,7 +32,7 @@ import { Ring } from "./ring";
 import { registerBatchRoutes } from "./routes/batch-routes";
 import { registerDocsRoutes } from "./routes/docs-routes";
 import { registerOpsRoutes } from "./routes/ops-routes";
-import { registerReadRoutes } from "./routes/read-routes";
+import { type ReadAccess, registerReadRoutes } from "./routes/read-routes";
 import { registerReplayRoutes } from "./routes/replay-routes";
 import { registerSourceRoutes } from "./routes/source-routes";
 import { OPEN_ACCESS } from "../security/api-keys";
@@ -205,24 +205,16 @@ export async function startServer(config: IngestdConfig, log: Logger): Promise<R
   registerBatchRoutes(app, { batches, metrics, retryAfterSeconds: config.retryAfterSeconds });
   // Reads get connections of their own (docs/http-api.md#reading-back): never the probe's, never a worker's.
   const reads = new ReadPool(databaseUrl, config.reads);
-  registerReadRoutes(app, {
+  const readAccess: ReadAccess = {
     auth,
     pool: reads,
     schema: config.dbSchema,
     streams: streamMap,
     metrics,
     retryAfterSeconds: config.retryAfterSeconds,
-    aliases: READ_ALIASES,
-  });
-  registerReplayRoutes(app, {
-    pipeline,
-    auth,
-    pool: reads,
-    schema: config.dbSchema,
-    streams: streamMap,
-    metrics,
-    retryAfterSeconds: config.retryAfterSeconds,
-  });
+  };
+  registerReadRoutes(app, { ...readAccess, aliases: READ_ALIASES });
+  registerReplayRoutes(app, { ...readAccess, pipeline });
   // Pull sources feed the same submission path as producers (docs/sources.md); configured by the operator,
   // so they carry no API key and no rate limit.
   const scheduler =

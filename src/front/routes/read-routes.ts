@@ -15,13 +15,17 @@ import { pathParameter } from "../http-policy";
 import { answer, answerError, markClosed } from "../http-responses";
 import type { HttpRequest, HttpResponse, TemplatedApp } from "../uws";
 
-export interface ReadRoutesOptions {
+/** What every route that reads stored rows needs: the key check, the read pool and where the rows are. */
+export interface ReadAccess {
   auth: Auth;
   pool: ReadPool;
   schema: string;
   streams: ReadonlyMap<string, StreamDefinition>;
   metrics: Metrics;
   retryAfterSeconds: number;
+}
+
+export interface ReadRoutesOptions extends ReadAccess {
   /** Extra fixed-stream aliases of the records route (`/users` → users). */
   aliases?: ReadonlyArray<{ path: string; stream: string }>;
 }

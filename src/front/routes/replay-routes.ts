@@ -17,21 +17,15 @@ import { isRefusal } from "../submission/admission";
 import { submitInternalBody } from "../submission/internal-bodies";
 import type { Pipeline } from "../submission/pipeline";
 import type { HttpResponse, TemplatedApp } from "../uws";
-import { answerReadFailure } from "./read-routes";
+import { answerReadFailure, type ReadAccess } from "./read-routes";
 
 /** A replay request is a few ids or a time: anything longer is not one. */
 const MAX_REQUEST_BYTES = 256 * 1024;
 /** Dead letters per body handed to the workers (each body is one group-commit task). */
 const BODY_CHARS = 1024 * 1024;
 
-export interface ReplayRoutesOptions {
+export interface ReplayRoutesOptions extends ReadAccess {
   pipeline: Pipeline;
-  auth: Auth;
-  pool: ReadPool;
-  schema: string;
-  streams: ReadonlyMap<string, StreamDefinition>;
-  metrics: Metrics;
-  retryAfterSeconds: number;
 }
 
 interface ReplayRequest {
