@@ -4,8 +4,6 @@
  * submission path as bodies of the stream, each carrying the ids it replays (marked in the body's commit:
  * stored once or not at all); then counts what is now accepted and what is still rejected.
  */
-import type { Metrics } from "../../ops/metrics";
-import type { Auth } from "../../security/auth";
 import type { ApiKey } from "../../security/api-keys";
 import { LINE_ROUTER, type StreamDefinition } from "../../shared/stream-definition";
 import type { RecordError } from "../../shared/task-protocol";
