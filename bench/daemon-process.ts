@@ -2,6 +2,7 @@
  * The real daemon as a child process (`node dist/src/cli.js serve`), exactly as an operator runs it, on a
  * free port of 127.0.0.1 against the bench's database.
  */
+import { createInterface } from "node:readline";
 import { spawn, type ChildProcess } from "node:child_process";
 import path from "node:path";
 
@@ -67,18 +68,7 @@ export async function startDaemon(options: {
     }
     if (entry && typeof entry.msg === "string" && entry.msg.startsWith("ingestd listening") && entry.port) onListening?.(entry);
   };
-  for (const stream of [child.stdout!, child.stderr!]) {
-    let buffered = "";
-    stream.setEncoding("utf8");
-    stream.on("data", (chunk: string) => {
-      buffered += chunk;
-      let nl: number;
-      while ((nl = buffered.indexOf("\n")) !== -1) {
-        onLine(buffered.slice(0, nl));
-        buffered = buffered.slice(nl + 1);
-      }
-    });
-  }
+  for (const input of [child.stdout!, child.stderr!]) createInterface({ input, crlfDelay: Infinity }).on("line", onLine);
 
   let listening: Record<string, unknown>;
   try {

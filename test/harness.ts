@@ -2,6 +2,7 @@
  * Real parts for tests: an embedded PostgreSQL the test starts itself, and the real daemon as a child
  * process (`node dist/src/cli.js serve`) pointed at it. Nothing here mocks the database or the server.
  */
+import { createInterface } from "node:readline";
 import { spawn, type ChildProcess } from "node:child_process";
 import fs from "node:fs";
 import net from "node:net";
@@ -106,18 +107,7 @@ export async function startDaemon(options: DaemonOptions): Promise<Daemon> {
         // not a JSON log line
       }
     };
-    for (const stream of [child.stdout!, child.stderr!]) {
-      let buffered = "";
-      stream.setEncoding("utf8");
-      stream.on("data", (chunk: string) => {
-        buffered += chunk;
-        let nl: number;
-        while ((nl = buffered.indexOf("\n")) !== -1) {
-          onLine(buffered.slice(0, nl));
-          buffered = buffered.slice(nl + 1);
-        }
-      });
-    }
+    for (const input of [child.stdout!, child.stderr!]) createInterface({ input, crlfDelay: Infinity }).on("line", onLine);
     void exited.then(({ code, signal }) => {
       clearTimeout(timer);
       reject(new Error(`daemon exited (${code ?? signal}) before listening:\n${output.join("\n")}`));

@@ -7,6 +7,7 @@
  * src/embedded-pg-placement.ts) and lets a failed spawn crash the process. Every failure to start is an
  * EmbeddedDbError: one line naming the cause and the fix.
  */
+import { createInterface } from "node:readline";
 import { spawn, type ChildProcess } from "node:child_process";
 import crypto from "node:crypto";
 import fs from "node:fs";
@@ -387,19 +388,12 @@ interface Lines {
 /** Every stdout/stderr line of a child, kept and passed on (the pipes must be drained all its life). */
 function collectLines(child: ChildProcess, log: (line: string) => void): Lines {
   const lines: Lines = { all: [], onLine: null };
-  for (const stream of [child.stdout!, child.stderr!]) {
-    let buffered = "";
-    stream.setEncoding("utf8");
-    stream.on("data", (chunk: string) => {
-      buffered += chunk;
-      let nl: number;
-      while ((nl = buffered.indexOf("\n")) !== -1) {
-        const line = buffered.slice(0, nl).trimEnd();
-        buffered = buffered.slice(nl + 1);
-        if (lines.all.length < 200) lines.all.push(line);
-        log(line);
-        lines.onLine?.(line);
-      }
+  for (const input of [child.stdout!, child.stderr!]) {
+    createInterface({ input, crlfDelay: Infinity }).on("line", (raw) => {
+      const line = raw.trimEnd();
+      if (lines.all.length < 200) lines.all.push(line);
+      log(line);
+      lines.onLine?.(line);
     });
   }
   return lines;
