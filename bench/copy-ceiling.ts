@@ -15,6 +15,9 @@ import { from as copyFrom } from "pg-copy-streams";
 import { dedupKey } from "../src/shared/dedup-key";
 import { copyStatement } from "../src/shared/sql-identifiers";
 import { commitTarget } from "../workers/commit/commit-targets";
+import { IdFilters } from "../workers/commit/id-filters";
+import { dedupShape } from "../src/shared/dedup-sql";
+import { FilterDirectory } from "../src/storage/filter-directory";
 import { compileRowEncoder } from "../workers/records/row-encoder";
 import type { BenchDb } from "./bench-db";
 import { dbDelta, markDb, type DbDelta, type DbMark } from "./db-counters";
@@ -145,12 +148,27 @@ export async function measureCopyCeiling(
     const rows = Math.min(totalRows, commitSqlOptions.rows);
     const target = commitTarget(schema, stream, 0, dedup);
     const batches = chunk(prepared.rows.slice(0, rows), batchSize);
-    // Each batch's id-state keys, as a worker sends them to claim the ids before its COPY.
+    // Each batch's id-state keys and the filters' verdict, as a worker sends them to claim the ids before its
+    // COPY: the filters as the daemon's maintenance publishes them (checked here before the clock starts).
+    const filters = new IdFilters(dedupShape(schema, stream)?.slots ?? "");
+    if (target.dedup !== null) {
+      const directory = new FilterDirectory(schema, [stream]);
+      const client = await connect(db.url);
+      try {
+        await directory.refresh(client);
+        filters.set(directory.list());
+      } finally {
+        await client.end();
+        directory.close();
+      }
+    }
     const claims = new Map<Buffer, unknown[]>();
     batches.forEach((b, k) => {
       const from = k * batchSize;
       const to = Math.min(rows, from + batchSize);
-      claims.set(b, [prepared.keys.slice(from, to).map(dedupKey), null, null, null]);
+      const keys = prepared.keys.slice(from, to).map(dedupKey);
+      const checked = filters.check(keys);
+      claims.set(b, [keys, checked.maybe, checked.gens, checked.covered]);
     });
     const batchBytes = batches.reduce((a, c) => a + c.length, 0);
     const run = await timedRun(db, schema, n, batches, batchBytes, rows, cores, async (client, share) => {

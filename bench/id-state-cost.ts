@@ -8,9 +8,10 @@
  *   node dist/bench/id-state-cost.js [candidate ...]     (DATABASE_URL, or an embedded PostgreSQL with stock settings)
  *
  * Candidates: text-pk (the id state before the window: one `id text PRIMARY KEY` table, plain INSERT in id
- * order), uuid-pk (one unpartitioned `uuid PRIMARY KEY` table), slots (the id state partitioned by slot,
- * through the claim function, every older partition probed), slots-filtered (the same with the workers'
- * workers' Bloom filters checked first, as a worker does, so only ids that hit one are probed).
+ * order), uuid-pk (one unpartitioned `uuid PRIMARY KEY` table), generations (the id state in generations
+ * rotated by size, through the claim function, the maintenance run every MAINTAIN_EVERY batches, every
+ * sealed generation probed), generations-filtered (the same with the sealed generations' Bloom filters
+ * checked first, as a worker does, so only ids that hit one are probed).
  */
 import crypto from "node:crypto";
 import fs from "node:fs";
@@ -19,23 +20,22 @@ import path from "node:path";
 import pg from "pg";
 import { streams } from "../config/streams";
 import { dedupShape } from "../src/shared/dedup-sql";
-import { ensureSchema } from "../src/storage/schema";
+import { DEFAULT_DEDUP_WINDOW_HOURS, ensureSchema } from "../src/storage/schema";
+import { maintainDedupState } from "../src/storage/dedup-partitions";
 import { startEmbeddedDb } from "../src/storage/embedded-db";
 import { commitTarget } from "../workers/commit/commit-targets";
 import { prefillIdState } from "./id-state-prefill";
 import { IdFilters } from "../workers/commit/id-filters";
+import { FilterDirectory } from "../src/storage/filter-directory";
 import { dedupKey } from "../src/shared/dedup-key";
 import { processCpuSeconds, treeCpuSeconds } from "./proc-stats";
 
 const IDS = Number(process.env.IDS ?? 20_000_000);
-const BATCHES = Number(process.env.BATCHES ?? 300);
+const BATCHES = Number(process.env.BATCHES ?? 600);
 const WARM_BATCHES = Number(process.env.WARM_BATCHES ?? 40);
 const BATCH = 5000;
-/**
- * LATE_IN_SLOT=1: measure as at the end of a slot, the current partition already holding a full slot's share of
- * the ids (an eighth of IDS) instead of the share of the time since the slot began.
- */
-const LATE_IN_SLOT = process.env.LATE_IN_SLOT === "1";
+/** Batches between two maintenance passes (rotation, filters), as the daemon's 5-second check at ~100k ids/s. */
+const MAINTAIN_EVERY = 100;
 const SCHEMA = "idcost";
 /** CPU the bench process spent checking filters, as a worker would (slots-filtered). */
 let workerCheckSeconds = 0;
@@ -43,7 +43,6 @@ let workerCheckSeconds = 0;
 interface Measured {
   candidate: string;
   ids_remembered: number;
-  late_in_slot?: boolean;
   kind: string;
   backend_us_per_id: number;
   postgres_us_per_id: number;
@@ -103,43 +102,50 @@ function singleTable(name: string, type: "text" | "uuid"): Candidate {
   };
 }
 
-function slots(name: string, filtered: boolean): Candidate {
+function generations(name: string, filtered: boolean): Candidate {
   const stream = streams.find((s) => s.name === "events")!;
   const target = commitTarget(SCHEMA, stream, 0, true);
   const d = dedupShape(SCHEMA, stream)!;
   const filters = new IdFilters(d.slots);
+  const directory = new FilterDirectory(SCHEMA, [stream]);
+  let batches = 0;
+  /** As the front thread's maintenance publishes them (src/storage/filter-directory.ts). */
+  const loadFilters = async (client: pg.Client) => {
+    await directory.refresh(client);
+    filters.set(directory.list());
+  };
   return {
     name,
     async prepare(client, url) {
       await client.query(`DROP TABLE IF EXISTS ${d.ids}, ${d.slots}`);
       await ensureSchema(client, SCHEMA, [stream]);
-      const late = LATE_IN_SLOT ? Math.round(IDS / 8) : 0;
-      await prefillIdState(url, SCHEMA, stream, IDS - late, "uuidv4");
-      if (late > 0) {
-        const cur = await client.query<{ part: string }>(`SELECT part FROM ${d.slots} WHERE lower <= now() AND now() < upper`);
-        await client.query(
-          `INSERT INTO ${cur.rows[0].part} (id_key, stored_at) SELECT k, now() FROM (SELECT gen_random_uuid() AS k FROM generate_series(1, $1)) s ORDER BY k`,
-          [late],
-        );
-        await client.query(`VACUUM (ANALYZE) ${cur.rows[0].part}`);
-      }
+      await prefillIdState(url, SCHEMA, stream, IDS, "uuidv4");
+      await loadFilters(client);
     },
     async claim(client, ids) {
+      // The daemon's maintenance checks for a rotation every 5 s: at about 20 batches a second, every 100.
+      if (++batches % MAINTAIN_EVERY === 0) {
+        await client.query("COMMIT");
+        await maintainDedupState(client, SCHEMA, [stream], DEFAULT_DEDUP_WINDOW_HOURS);
+        await loadFilters(client);
+        await client.query("BEGIN");
+      }
       const keys = ids.map(dedupKey);
       if (!filtered) {
         await client.query(target.dedup!.claim, [keys, null, null, null]);
         return;
       }
       // As a worker does (workers/commit/group-commit.ts), its own CPU for the check counted apart.
-      await filters.refresh(client);
       const t0 = process.cpuUsage();
       const checked = filters.check(keys);
       const used = process.cpuUsage(t0);
       workerCheckSeconds += (used.user + used.system) / 1e6;
-      await client.query(target.dedup!.claim, [keys, checked.maybe, checked.slots, checked.covered]);
+      await client.query(target.dedup!.claim, [keys, checked.maybe, checked.gens, checked.covered]);
     },
     async drop(client) {
+      const { rows } = await client.query<{ part: string }>(`SELECT part FROM ${d.slots}`);
       await client.query(`DROP TABLE IF EXISTS ${d.ids}, ${d.slots}`);
+      for (const r of rows) await client.query(`DROP TABLE IF EXISTS ${r.part}`);
     },
   };
 }
@@ -147,8 +153,8 @@ function slots(name: string, filtered: boolean): Candidate {
 const CANDIDATES: Record<string, () => Candidate> = {
   "text-pk": () => singleTable("text-pk", "text"),
   "uuid-pk": () => singleTable("uuid-pk", "uuid"),
-  slots: () => slots("slots", false),
-  "slots-filtered": () => slots("slots-filtered", true),
+  generations: () => generations("generations", false),
+  "generations-filtered": () => generations("generations-filtered", true),
 };
 
 async function lsn(client: pg.Client): Promise<bigint> {
@@ -185,7 +191,6 @@ async function measure(
   return {
     candidate: candidate.name,
     ids_remembered: IDS,
-    ...(LATE_IN_SLOT ? { late_in_slot: true } : {}),
     kind,
     backend_us_per_id: +(((processCpuSeconds(backendPid)! - backend0) * 1e6) / ids).toFixed(2),
     postgres_us_per_id: +(((treeCpuSeconds(postmasterPid)! - pg0) * 1e6) / ids).toFixed(2),

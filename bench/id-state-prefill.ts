@@ -1,20 +1,22 @@
 /**
- * Fills a deduplicating stream's id state with ids as real traffic would have left them: `count` ids spread
- * evenly over the window before now, each in the partition of the slot it was first stored in
- * (docs/storage.md#deduplication). The ids are made by PostgreSQL itself (gen_random_uuid() for UUIDv4,
- * uuidv7() shifted to the id's stored time for UUIDv7, PostgreSQL 18), inserted in key order partition by
- * partition, so 20 million take minutes, not hours; then the sealed partitions' filters are built, as the
- * daemon's partition maintenance would have. Outside any timed phase.
+ * Fills a deduplicating stream's id state with ids as real traffic would have left them: `count` ids in sealed
+ * generations of about a million (a little less than a rotation leaves at stock shared_buffers) spread evenly over the
+ * window before now, the open generation empty as after a rotation (docs/storage.md#deduplication). The ids
+ * are made by PostgreSQL itself (gen_random_uuid() for UUIDv4, uuidv7() shifted into the generation's time
+ * span for UUIDv7, PostgreSQL 18), inserted in key order generation by generation, so 20 million take minutes,
+ * not hours; then the sealed generations' filters are built, as the daemon's maintenance would have. Outside
+ * any timed phase.
  */
 import pg from "pg";
-import { DEDUP_KEY_COLUMN, DEDUP_STORED_AT_COLUMN, dedupShape } from "../src/shared/dedup-sql";
+import { DEDUP_GEN_COLUMN, DEDUP_KEY_COLUMN, dedupShape } from "../src/shared/dedup-sql";
 import { quoteIdent } from "../src/shared/sql-identifiers";
 import type { StreamDefinition } from "../src/shared/stream-definition";
-import { ensureDedupHistory, maintainDedupState } from "../src/storage/dedup-partitions";
+import { createGeneration, maintainDedupState } from "../src/storage/dedup-partitions";
+import { locked } from "../src/storage/partitions";
 import { DEFAULT_DEDUP_WINDOW_HOURS } from "../src/storage/schema";
 
-/** Ids per INSERT: each statement sorts its ids, so the index is filled in order and stays compact. */
-const CHUNK = 1_000_000;
+/** Ids per sealed generation: a little less than a rotation at a 64 MiB index (half of stock shared_buffers) leaves. */
+const GENERATION_IDS = 1_000_000;
 
 export async function prefillIdState(
   url: string,
@@ -29,42 +31,32 @@ export async function prefillIdState(
   const client = new pg.Client({ connectionString: url, application_name: "ingestd-bench-prefill" });
   await client.connect();
   try {
-    const now = new Date();
-    await ensureDedupHistory(client, schema, stream, windowHours, now);
-    const windowStart = now.getTime() - windowHours * 3600_000;
-    const { rows: slots } = await client.query<{ part: string; lower: Date; upper: Date }>(
-      `SELECT part, lower, upper FROM ${d.slots} WHERE upper > $1 AND lower < $2 ORDER BY lower`,
-      [new Date(windowStart).toISOString(), now.toISOString()],
-    );
-    const span = now.getTime() - windowStart;
+    const now = Date.now();
+    const generations = Math.max(1, Math.ceil(count / GENERATION_IDS));
+    // The window's span, less a minute, shared evenly: the newest sealed a minute before now.
+    const span = (windowHours * 3600_000 - 60_000) / generations;
+    const from0 = now - windowHours * 3600_000;
     let left = count;
-    for (let i = 0; i < slots.length; i++) {
-      const from = Math.max(slots[i].lower.getTime(), windowStart);
-      const to = Math.min(slots[i].upper.getTime(), now.getTime());
-      // The slot's share of the window's ids, the last slot taking the rounding.
-      let n = i === slots.length - 1 ? left : Math.round((count * (to - from)) / span);
+    for (let i = 0; i < generations; i++) {
+      const n = Math.min(left, GENERATION_IDS);
       left -= n;
-      while (n > 0) {
-        const chunk = Math.min(n, CHUNK);
-        // stored_at spread over the slot's share of the window; a UUIDv7 carries that same time.
-        const id = kind === "uuidv4" ? "gen_random_uuid()" : "uuidv7(t - now())";
-        await client.query(
-          `INSERT INTO ${slots[i].part} (${quoteIdent(DEDUP_KEY_COLUMN)}, ${quoteIdent(DEDUP_STORED_AT_COLUMN)})
-           SELECT k, t FROM (
-             SELECT ${id} AS k, t FROM (
-               SELECT $1::timestamptz + random() * ($2::timestamptz - $1::timestamptz) AS t FROM generate_series(1, $3)
-             ) times
-           ) ids ORDER BY k
-           ON CONFLICT DO NOTHING`,
-          [new Date(from).toISOString(), new Date(to).toISOString(), chunk],
-        );
-        n -= chunk;
-      }
+      const openedAt = new Date(from0 + i * span);
+      const sealedAt = new Date(from0 + (i + 1) * span);
+      const { gen, part } = await locked(client, () => createGeneration(client, schema, stream, { openedAt, sealedAt }));
+      // A UUIDv7 carries a time within the generation's span.
+      const id =
+        kind === "uuidv4" ? "gen_random_uuid()" : "uuidv7(($3::timestamptz + random() * ($4::timestamptz - $3::timestamptz)) - now())";
+      await client.query(
+        `INSERT INTO ${part} (${quoteIdent(DEDUP_KEY_COLUMN)}, ${quoteIdent(DEDUP_GEN_COLUMN)})
+         SELECT k, $2 FROM (SELECT ${id} AS k FROM generate_series(1, $1)) ids ORDER BY k
+         ON CONFLICT DO NOTHING`,
+        kind === "uuidv4" ? [n, gen] : [n, gen, openedAt.toISOString(), sealedAt.toISOString()],
+      );
     }
     // What autovacuum would have done to a week-old id state: visibility map set, statistics current; and
-    // what partition maintenance would have: the filters of the sealed partitions.
+    // what the maintenance would have: the filters of the sealed generations.
     await client.query(`VACUUM (ANALYZE) ${d.ids}`);
-    await maintainDedupState(client, schema, [stream], windowHours, now);
+    await maintainDedupState(client, schema, [stream], windowHours, new Date(now));
   } finally {
     await client.end().catch(() => undefined);
   }

@@ -1,10 +1,10 @@
 /**
  * Deduplication with a window and the retention of ingestd's own tables (docs/storage.md#deduplication,
  * docs/storage.md#retention-of-ingestds-own-tables): duplicates within a request, across requests, workers,
- * daemons, a restart and the id state's partition boundaries (including two transactions racing across a
- * boundary); an id older than the window is accepted again; retention drops whole partitions, never the
- * current one; old-shape tables are migrated at start. Ids "stored long ago" are made by backdating: the test
- * creates id-state partitions for past slots with SQL and puts keys in them, as the daemon would have then.
+ * daemons, a restart and the id state's generations (including a claim racing a rotation, and rotations under
+ * load); an id older than the window is accepted again; retention drops whole generations, never the open
+ * one; old-shape tables are migrated at start. Ids "stored long ago" are made by backdating: the test creates
+ * sealed generations with past times and puts keys in them, as the daemon would have then.
  * Real daemons, real PostgreSQL; the rows that landed are counted.
  */
 import assert from "node:assert/strict";
@@ -12,17 +12,25 @@ import { before, describe, test } from "node:test";
 import pg from "pg";
 import { streams } from "../config/streams";
 import { dedupKey } from "../src/shared/dedup-key";
-import { DEDUP_GRACE_SECONDS, dedupClaimFunctionDdl, dedupShape } from "../src/shared/dedup-sql";
+import { dedupClaimFunctionDdl, dedupShape } from "../src/shared/dedup-sql";
 import {
-  dedupSlotSeconds,
+  createGeneration,
   dedupStateDdl,
-  ensureDedupHistory,
+  ensureDedupGenerations,
   maintainDedupState,
-  dedupPartitionName,
+  rotateDedupGeneration,
 } from "../src/storage/dedup-partitions";
+import { locked } from "../src/storage/partitions";
 import { BOOKKEEPING_TABLES, ensureDayPartitions, maintainBookkeeping } from "../src/storage/bookkeeping-partitions";
 import { DedupFilter } from "../src/shared/dedup-filter";
 import crypto from "node:crypto";
+import { once } from "node:events";
+import path from "node:path";
+import { Worker } from "node:worker_threads";
+import { FilterDirectory } from "../src/storage/filter-directory";
+import { IdFilters, type FilterCheck } from "../workers/commit/id-filters";
+import { GROUP_GENERATIONS } from "../src/storage/dedup-filters";
+import { metric } from "./faults-helpers";
 import { useTestDb } from "./fixture";
 import { event, post, waitFor, type Daemon } from "./harness";
 
@@ -68,31 +76,17 @@ async function freshDatabase(): Promise<string> {
   return fx.db.server.url.replace(/\/postgres$/, `/${name}`);
 }
 
-/**
- * The partition of the slot that was current `hoursAgo` hours ago, created (as the daemon would have then)
- * if missing; returns its qualified name. Slots older than the window are made by hand, the rest by
- * ensureDedupHistory.
- */
-async function pastSlot(c: pg.ClientBase, hoursAgo: number, windowHours = 168): Promise<string> {
-  const d = dedupShape("public", eventsStream)!;
-  const width = dedupSlotSeconds(windowHours) * 1000;
-  const lower = Math.floor((Date.now() - hoursAgo * HOUR) / width) * width;
-  await ensureDedupHistory(c, "public", eventsStream, windowHours);
-  const have = await c.query(`SELECT part FROM ${d.slots} WHERE lower = $1`, [new Date(lower).toISOString()]);
-  if (have.rowCount! > 0) return have.rows[0].part;
-  const part = `"public"."${dedupPartitionName(eventsStream.table, new Date(lower))}"`;
-  const from = new Date(lower).toISOString();
-  const to = new Date(lower + width).toISOString();
-  await c.query(`CREATE TABLE ${part} PARTITION OF ${d.ids} FOR VALUES FROM ('${from}') TO ('${to}')`);
-  await c.query(`CREATE UNIQUE INDEX ON ${part} (id_key)`);
-  await c.query(`INSERT INTO ${d.slots} (lower, upper, part) VALUES ($1, $2, $3)`, [from, to, part]);
-  return part;
+/** A generation sealed `hoursAgo` hours ago after an hour open, as the daemon would have left it; its partition. */
+async function pastGeneration(c: pg.ClientBase, hoursAgo: number): Promise<string> {
+  const sealedAt = new Date(Date.now() - hoursAgo * HOUR);
+  const openedAt = new Date(sealedAt.getTime() - HOUR);
+  return (await locked(c, () => createGeneration(c, "public", eventsStream, { openedAt, sealedAt }))).part;
 }
 
-/** Puts ids into a past slot's partition as if first stored then. */
+/** Puts ids into a generation's partition as if first stored while it was open. */
 async function remember(c: pg.ClientBase, part: string, ids: string[]): Promise<void> {
-  const lower = (await c.query(`SELECT lower FROM ${dedupShape("public", eventsStream)!.slots} WHERE part = $1`, [part])).rows[0].lower;
-  await c.query(`INSERT INTO ${part} (id_key, stored_at) SELECT unnest($1::uuid[]), $2`, [ids.map(dedupKey), lower]);
+  const gen = (await c.query(`SELECT gen FROM ${dedupShape("public", eventsStream)!.slots} WHERE part = $1`, [part])).rows[0].gen;
+  await c.query(`INSERT INTO ${part} (id_key, gen) SELECT unnest($1::uuid[]), $2`, [ids.map(dedupKey), gen]);
 }
 
 describe("duplicates are found wherever the first copy came from", () => {
@@ -137,18 +131,18 @@ describe("duplicates are found wherever the first copy came from", () => {
     assert.deepEqual(await stored("w-two-"), { rows: 3, distinct: 3 });
   });
 
-  test("across the id state's partitions: ids first stored 30 and 150 hours ago (sealed partitions, with filters) are duplicates", async () => {
+  test("across the id state's generations: ids first stored 30 and 150 hours ago (sealed generations, with filters) are duplicates", async () => {
     await withClient(fx.db.url, async (c) => {
-      await remember(c, await pastSlot(c, 30), ["w-old-30"]);
-      await remember(c, await pastSlot(c, 150), ["w-old-150"]);
+      await remember(c, await pastGeneration(c, 30), ["w-old-30"]);
+      await remember(c, await pastGeneration(c, 150), ["w-old-150"]);
     });
-    // A daemon started now builds the sealed partitions' filters; its workers load them.
+    // A daemon started now builds the sealed generations' filters; its workers load them.
     const fresh = await daemon();
     await waitFor("filters built", () => fresh.output.some((l) => l.includes("id-state filters built")), 20_000);
     const filtered = await withClient(fx.db.url, (c) =>
       c.query(`SELECT count(*)::int AS n FROM events_dedup_slots WHERE filter IS NOT NULL`),
     );
-    assert.ok(filtered.rows[0].n >= 2, "the sealed partitions have filters");
+    assert.ok(filtered.rows[0].n >= 2, "the sealed generations have filters");
     // Many new ids in the same request: the filter lets them through, the two old ones hit and are probed.
     const fresh1 = Array.from({ length: 500 }, (_, i) => event(`w-new-${i}`));
     const answer = await send(fresh, [...fresh1, event("w-old-30"), event("w-old-150")]);
@@ -158,8 +152,92 @@ describe("duplicates are found wherever the first copy came from", () => {
   });
 });
 
-describe("the sealed partitions' filters", () => {
-  test("a filter never misses a key it holds, lets about 1% of others through, and survives its bytes", () => {
+describe("the sealed generations' filters", () => {
+  test("the front thread publishes them once, in shared memory, and a worker thread checks with them", async () => {
+    const url = await freshDatabase();
+    const d = await daemon({}, url);
+    await d.stop();
+    const directory = new FilterDirectory("public", [eventsStream]);
+    const worker = new Worker(
+      `const { parentPort } = require("node:worker_threads");
+       const { IdFilters, followPublishedFilters } = require(${JSON.stringify(path.join(__dirname, "../workers/commit/id-filters.js"))});
+       const filters = new IdFilters(${JSON.stringify(dedupShape("public", eventsStream)!.slots)});
+       followPublishedFilters([filters]);
+       parentPort.on("message", (keys) => parentPort.postMessage(filters.check(keys)));
+       parentPort.postMessage("ready");`,
+      { eval: true },
+    );
+    try {
+      await once(worker, "message");
+      await withClient(url, async (c) => {
+        await remember(c, await pastGeneration(c, 30), ["pub-old-30"]);
+        await remember(c, await pastGeneration(c, 150), ["pub-old-150"]);
+        await maintainDedupState(c, "public", [eventsStream], 168);
+        await directory.refresh(c);
+      });
+      assert.equal(directory.list().length, 2, "both sealed generations' filters are held");
+      assert.ok(directory.list().every((f) => f.words instanceof SharedArrayBuffer));
+      directory.publish();
+      let checked: FilterCheck | undefined;
+      await waitFor(
+        "the worker has the filters",
+        async () => {
+          worker.postMessage([dedupKey("pub-old-30"), dedupKey("pub-old-150"), dedupKey("pub-new")]);
+          checked = (await once(worker, "message"))[0] as FilterCheck;
+          return checked.covered !== null;
+        },
+        5_000,
+      );
+      assert.equal(checked!.covered!.length, 2, "the worker checked both generations");
+      assert.deepEqual(
+        checked!.maybe!.slice().sort(),
+        [dedupKey("pub-old-150"), dedupKey("pub-old-30")].sort(),
+        "each old id hits its own filter, the new one none",
+      );
+    } finally {
+      await worker.terminate();
+      directory.close();
+    }
+  });
+
+  test("every GROUP_GENERATIONS sealed generations get one group filter, checked instead of theirs; their ids stay duplicates", async () => {
+    const url = await freshDatabase();
+    const first = await daemon({}, url);
+    await first.stop();
+    const ids = Array.from({ length: GROUP_GENERATIONS + 1 }, (_, i) => `grp-old-${i}`);
+    const directory = new FilterDirectory("public", [eventsStream]);
+    try {
+      await withClient(url, async (c) => {
+        for (let i = 0; i < ids.length; i++) await remember(c, await pastGeneration(c, ids.length - i), [ids[i]]);
+        await maintainDedupState(c, "public", [eventsStream], 168);
+        const groups = await c.query(`SELECT gens FROM events_dedup_groups`);
+        assert.equal(groups.rowCount, 1, "one group of the oldest generations");
+        assert.equal(groups.rows[0].gens.length, GROUP_GENERATIONS);
+        await directory.refresh(c);
+      });
+      const published = directory.list();
+      assert.deepEqual(
+        published.map((f) => f.gens.length).sort((a, b) => a - b),
+        [1, GROUP_GENERATIONS],
+        "the workers get the group's filter and the one generation outside it, not the grouped generations' own",
+      );
+      const filters = new IdFilters(dedupShape("public", eventsStream)!.slots);
+      filters.set(published);
+      const checked = filters.check(ids.map(dedupKey));
+      assert.equal(checked.covered!.length, GROUP_GENERATIONS + 1, "all sealed generations are covered");
+      for (const id of ids) assert.ok(checked.maybe!.includes(dedupKey(id)), `${id} hits a filter`);
+    } finally {
+      directory.close();
+    }
+    const d = await daemon({}, url);
+    await waitFor("filters published", async () => (await metric(d.base, "ingestd_dedup_filters")) === 2, 20_000);
+    const fresh = Array.from({ length: 100 }, (_, i) => event(`grp-new-${i}`));
+    const answer = await send(d, [...fresh, ...ids.map((id) => event(id))]);
+    assert.deepEqual([answer.accepted, answer.duplicates], [100, ids.length]);
+    await d.stop();
+  });
+
+  test("a filter never misses a key it holds, lets about 0.2% of others through, and survives its bytes", () => {
     const held = Array.from({ length: 100_000 }, (_, i) => (i % 2 === 0 ? crypto.randomUUID() : dedupKey(`id-${i}`)));
     const filter = new DedupFilter(held.length);
     for (const k of held) filter.add(k);
@@ -167,26 +245,28 @@ describe("the sealed partitions' filters", () => {
     assert.equal(held.filter((k) => !copy.has(k)).length, 0, "no false negative");
     const others = Array.from({ length: 100_000 }, () => crypto.randomUUID());
     const rate = others.filter((k) => copy.has(k)).length / others.length;
-    assert.ok(rate > 0 && rate < 0.03, `false-positive rate ${rate}`);
+    assert.ok(rate > 0 && rate < 0.005, `false-positive rate ${rate}`);
+    const shared = new DedupFilter(copy.shared);
+    assert.equal(held.filter((k) => !shared.has(k)).length, 0, "the words a worker is published answer alike");
     assert.throws(() => new DedupFilter(new Uint8Array(100)), /64-byte blocks/);
   });
 });
 
 describe("the window", () => {
-  test("an id first stored more than the window ago is forgotten (its partition dropped) and accepted again", async () => {
+  test("an id first stored in a generation sealed more than the window ago is forgotten (its partition dropped) and accepted again", async () => {
     const url = await freshDatabase();
     const first = await daemon({ DEDUP_WINDOW_HOURS: "24" }, url);
     assert.equal((await send(first, [event("win-kept")])).accepted, 1);
     await first.stop();
     const [expired, kept] = await withClient(url, async (c) => {
-      const expired = await pastSlot(c, 30, 24);
-      const kept = await pastSlot(c, 20, 24);
+      const expired = await pastGeneration(c, 30);
+      const kept = await pastGeneration(c, 20);
       await remember(c, expired, ["win-expired"]);
       await remember(c, kept, ["win-inside"]);
       return [expired, kept];
     });
     const second = await daemon({ DEDUP_WINDOW_HOURS: "24" }, url);
-    await waitFor("expired partition dropped", () => second.output.some((l) => l.includes("dropped past the window")), 20_000);
+    await waitFor("expired generation dropped", () => second.output.some((l) => l.includes("dropped past the window")), 20_000);
     const answer = await send(second, [event("win-expired"), event("win-inside"), event("win-kept")]);
     assert.deepEqual([answer.accepted, answer.duplicates], [1, 2], "only the id older than the window is new again");
     await withClient(url, async (c) => {
@@ -197,24 +277,21 @@ describe("the window", () => {
     await second.stop();
   });
 
-  test("retention never drops the current slot's partition, even with the shortest window", async () => {
+  test("retention never drops the open generation, even with the shortest window", async () => {
     const url = await freshDatabase();
     const d = await daemon({}, url);
     await d.stop();
     await withClient(url, async (c) => {
-      await pastSlot(c, 5);
-      await pastSlot(c, 200);
+      await pastGeneration(c, 5);
+      await pastGeneration(c, 200);
       const slots = dedupShape("public", eventsStream)!.slots;
       const { dropped } = await maintainDedupState(c, "public", [eventsStream], 1);
-      assert.ok(dropped.length >= 2, `dropped ${dropped.join(", ")}`);
-      const left = await c.query(`SELECT lower, upper FROM ${slots} ORDER BY lower`);
+      assert.equal(dropped.length, 2, `dropped ${dropped.join(", ")}`);
+      const left = await c.query(`SELECT opened_at, sealed_at FROM ${slots} ORDER BY gen`);
+      assert.equal(left.rows.filter((r) => r.opened_at !== null && r.sealed_at === null).length, 1, "the open generation stays");
       assert.ok(
-        left.rows.some((r) => r.lower <= new Date() && new Date() < r.upper),
-        "the current slot stays",
-      );
-      assert.ok(
-        left.rows.every((r) => r.upper.getTime() > Date.now() - HOUR),
-        "every slot that ended more than the window ago is gone",
+        left.rows.every((r) => r.sealed_at === null || r.sealed_at.getTime() > Date.now() - HOUR),
+        "every generation sealed more than the window ago is gone",
       );
       const parts = await c.query(
         `SELECT count(*)::int AS n FROM pg_inherits i JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = 'events_dedup'`,
@@ -223,8 +300,8 @@ describe("the window", () => {
     });
   });
 
-  test("two transactions claiming one id across a slot boundary: the later one waits for the earlier and finds the duplicate", async () => {
-    // A schema of its own whose slot boundary is 3 seconds from now, built with the daemon's own DDL.
+  test("a claim in flight when a rotation comes: the rotation waits for it, and a later claim finds its id in the sealed generation", async () => {
+    // A schema of its own, built with the daemon's own DDL.
     const url = await freshDatabase();
     const stream = { ...eventsStream };
     const d = dedupShape("race", stream)!;
@@ -233,43 +310,81 @@ describe("the window", () => {
       await c.query(`CREATE SCHEMA race`);
       for (const s of dedupStateDdl("race", stream)) await c.query(s);
       await c.query(dedupClaimFunctionDdl("race", stream)!);
-      const boundary = new Date(Math.ceil(Date.now() / 1000) * 1000 + 3000);
-      const slots: Array<[Date, Date, string]> = [
-        [new Date(boundary.getTime() - HOUR), boundary, "race.a"],
-        [boundary, new Date(boundary.getTime() + HOUR), "race.b"],
-      ];
-      for (const [from, to, part] of slots) {
-        await c.query(`CREATE TABLE ${part} PARTITION OF ${d.ids} FOR VALUES FROM ('${from.toISOString()}') TO ('${to.toISOString()}')`);
-        await c.query(`CREATE UNIQUE INDEX ON ${part} (id_key)`);
-        await c.query(`INSERT INTO ${d.slots} (lower, upper, part) VALUES ($1, $2, $3)`, [from, to, part]);
-      }
+      await locked(c, () => ensureDedupGenerations(c, "race", stream));
       const t1 = new pg.Client({ connectionString: url });
       const t2 = new pg.Client({ connectionString: url });
       await Promise.all([t1.connect(), t2.connect()]);
       try {
         await t1.query("BEGIN");
         const r1 = await t1.query(`SELECT n FROM ${d.claim}($1::uuid[]) AS n`, [[key]]);
-        assert.equal(r1.rowCount, 0, "the first claim, before the boundary, records the id");
-        await waitFor("the boundary", () => Date.now() > boundary.getTime() + 200, 10_000);
-        assert.ok(DEDUP_GRACE_SECONDS > 5);
+        assert.equal(r1.rowCount, 0, "the first claim records the id in the open generation, uncommitted");
+        // Past the rotation's lock timeout: it gives up, and the open generation stays open.
+        assert.equal(await rotateDedupGeneration(c, "race", stream, 168, 0), null, "a rotation gives way to a long claim");
+        const rotation = rotateDedupGeneration(c, "race", stream, 168, 0);
+        await new Promise((r) => setTimeout(r, 300));
         await t2.query("BEGIN");
         const second = t2.query(`SELECT n FROM ${d.claim}($1::uuid[]) AS n`, [[key]]);
-        const raced = await Promise.race([second.then(() => "answered"), new Promise((r) => setTimeout(() => r("waiting"), 500))]);
-        assert.equal(raced, "waiting", "the second claim waits for the first transaction's uncommitted id");
+        const raced = await Promise.race([
+          Promise.all([rotation, second]).then(() => "answered"),
+          new Promise((r) => setTimeout(() => r("waiting"), 500)),
+        ]);
+        assert.equal(raced, "waiting", "the rotation waits for the claim in flight, the next claim for the rotation");
         await t1.query("COMMIT");
+        assert.equal(await rotation, '"race"."events_dedup_g1"', "then the open generation is sealed");
         const r2 = await second;
         assert.deepEqual(
           r2.rows.map((r) => r.n),
           [1],
-          "then reports it as a duplicate",
+          "and the later claim, into the next generation, finds the id in the sealed one",
         );
         await t2.query("COMMIT");
       } finally {
         await Promise.all([t1.end(), t2.end()]);
       }
-      const copies = await c.query(`SELECT count(*)::int AS n FROM ${d.ids} WHERE id_key = $1 AND stored_at >= $2`, [key, boundary]);
-      assert.equal(copies.rows[0].n, 0, "nothing was stored in the new slot");
+      const copies = await c.query(`SELECT gen, count(*)::int AS n FROM ${d.ids} WHERE id_key = $1 GROUP BY gen`, [key]);
+      assert.deepEqual(copies.rows, [{ gen: 1, n: 1 }], "stored once, in the first generation");
+      const slots = await c.query(
+        `SELECT gen, opened_at IS NOT NULL AS opened, sealed_at IS NOT NULL AS sealed FROM ${d.slots} ORDER BY gen`,
+      );
+      assert.deepEqual(slots.rows, [
+        { gen: 1, opened: true, sealed: true },
+        { gen: 2, opened: true, sealed: false },
+        { gen: 3, opened: false, sealed: false },
+      ]);
     });
+  });
+
+  test("rotations every 150 ms under concurrent traffic with repeated ids: every id stored once, every copy counted", async () => {
+    const d = await daemon({ WORKERS: "2" });
+    let rotations = 0;
+    let stop = false;
+    const rotator = withClient(fx.db.url, async (c) => {
+      while (!stop) {
+        if ((await rotateDedupGeneration(c, "public", eventsStream, 168, 0)) !== null) rotations++;
+        await new Promise((r) => setTimeout(r, 150));
+      }
+    });
+    const ids = Array.from({ length: 3000 }, (_, i) => `w-rot-${i}`);
+    let accepted = 0;
+    let duplicates = 0;
+    for (let round = 0; round < 6; round++) {
+      // Each id twice per round, in different requests; rounds repeat ids of earlier rounds.
+      const bodies = Array.from({ length: 30 }, (_, k) =>
+        ids.slice(((k + round * 7) % 30) * 100, ((k + round * 7) % 30) * 100 + 100).map((id) => event(id)),
+      );
+      const answers = await Promise.all([...bodies, ...bodies.slice().reverse()].map((b) => send(d, b)));
+      for (const a of answers) {
+        accepted += a.accepted;
+        duplicates += a.duplicates;
+      }
+    }
+    stop = true;
+    await rotator;
+    await d.stop();
+    assert.ok(rotations >= 3, `${rotations} rotations happened during the traffic`);
+    assert.equal(accepted, 3000, "each id accepted once");
+    assert.equal(duplicates, 6 * 60 * 100 - 3000, "every other copy a duplicate");
+    assert.deepEqual(await stored("w-rot-"), { rows: 3000, distinct: 3000 });
   });
 });
 
@@ -319,6 +434,45 @@ describe("ingestd's own tables", () => {
       const dead = await c.query(`SELECT id, raw FROM ingest_dead_letters ORDER BY id`);
       assert.equal(dead.rowCount, 2);
       assert.ok(dead.rows[1].id > dead.rows[0].id, "new dead letters number after the migrated ones");
+    });
+  });
+
+  test("an id state of the time-slot shape is taken over at start: its partitions become sealed generations, their ids stay duplicates", async () => {
+    const url = await freshDatabase();
+    const now = Date.now();
+    await withClient(url, async (c) => {
+      // The shape of the release before generations: range partitions on stored_at, slots keyed by lower.
+      await c.query(`CREATE TABLE events_dedup (id_key uuid NOT NULL, stored_at timestamptz NOT NULL) PARTITION BY RANGE (stored_at)`);
+      await c.query(
+        `CREATE TABLE events_dedup_slots (lower timestamptz PRIMARY KEY, upper timestamptz NOT NULL UNIQUE, part text NOT NULL, filter bytea)`,
+      );
+      const slots: Array<[string, number, number, string | null]> = [
+        ["events_dedup_old", now - 40 * HOUR, now - 20 * HOUR, "ts-past"],
+        ["events_dedup_cur", now - 20 * HOUR, now + HOUR, "ts-current"],
+        ["events_dedup_ahead", now + HOUR, now + 20 * HOUR, null],
+      ];
+      for (const [name, from, to, id] of slots) {
+        const [lower, upper] = [new Date(from).toISOString(), new Date(to).toISOString()];
+        await c.query(`CREATE TABLE ${name} PARTITION OF events_dedup FOR VALUES FROM ('${lower}') TO ('${upper}')`);
+        await c.query(`CREATE UNIQUE INDEX ON ${name} (id_key)`);
+        await c.query(`INSERT INTO events_dedup_slots (lower, upper, part) VALUES ($1, $2, $3)`, [lower, upper, `"public"."${name}"`]);
+        if (id !== null) await c.query(`INSERT INTO ${name} VALUES ($1, $2)`, [dedupKey(id), lower]);
+      }
+    });
+    const d = await daemon({}, url);
+    const answer = await send(d, [event("ts-past"), event("ts-current"), event("ts-new")]);
+    assert.deepEqual([answer.accepted, answer.duplicates], [1, 2], "ids of both past slots are still known");
+    await d.stop();
+    await withClient(url, async (c) => {
+      const shape = await c.query(`SELECT partstrat FROM pg_partitioned_table WHERE partrelid = 'events_dedup'::regclass`);
+      assert.equal(shape.rows[0].partstrat, "l", "the id state is partitioned by generation now");
+      const adopted = await c.query(`SELECT part, sealed_at IS NOT NULL AS sealed FROM events_dedup_slots WHERE gen <= 0 ORDER BY gen`);
+      assert.deepEqual(adopted.rows, [
+        { part: '"public"."events_dedup_old"', sealed: true },
+        { part: '"public"."events_dedup_cur"', sealed: true },
+      ]);
+      const ahead = await c.query(`SELECT to_regclass('events_dedup_ahead') AS t`);
+      assert.equal(ahead.rows[0].t, null, "the empty slot ahead is dropped");
     });
   });
 

@@ -248,14 +248,14 @@ describe("two daemons started at once on one empty database", () => {
       parts.rows,
       [
         { parent: "events", n: 3 },
-        { parent: "events_dedup", n: 3 },
+        { parent: "events_dedup", n: 2 },
         { parent: "ingest_batches", n: 4 },
         { parent: "ingest_dead_letters", n: 4 },
         { parent: "logs", n: 3 },
         { parent: "product_events", n: 3 },
-        { parent: "product_events_dedup", n: 3 },
+        { parent: "product_events_dedup", n: 2 },
       ],
-      "events: this month, next month and default; id state: this slot and two ahead; bookkeeping: today, two days ahead and default; once each",
+      "events: this month, next month and default; id state: the open generation and one ahead; bookkeeping: today, two days ahead and default; once each",
     );
 
     // Each daemon gets its own ids and the shared ones, all at once.

@@ -22,6 +22,7 @@ import { compileStreams } from "./records/compiled-streams";
 import { BadCompression, BodyTooLarge, inflateBody } from "./records/inflate";
 import { validateRecords } from "./records/validate";
 import { commitTargets } from "./commit/commit-targets";
+import { followPublishedFilters } from "./commit/id-filters";
 import { DatabaseUnavailable } from "./commit/copy-writer";
 import type { CommitResult, PartOutcome, TaskWork } from "./commit/group-commit";
 import type { SessionMark } from "./commit/producer-seqs";
@@ -35,6 +36,7 @@ const aliases = new BroadcastChannel(BATCH_ALIAS_CHANNEL);
 (aliases as unknown as { unref(): void }).unref();
 const streamTable = compileStreams(streams, data.dbSchema, data.dedupStreams, data.ignoreUnknownStreams);
 const targets = commitTargets(data.dbSchema, streams, data.dedupStreams);
+followPublishedFilters(targets.flatMap((t) => (t.dedup ? [t.dedup.filters] : [])));
 const committer = workerCommitter(data, `ingestd-worker-${threadId}`);
 
 export default async function ingest(task: IngestTask): Promise<IngestOutcome> {

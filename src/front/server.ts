@@ -137,6 +137,7 @@ export async function startServer(config: IngestdConfig, log: Logger): Promise<R
     tasksInFlight: () => dispatcher.tasksInFlight,
     tasksWaiting: () => dispatcher.tasksQueued,
     workerBacklogBytes: () => dispatcher.bytesInWorkers,
+    dedupFilters: () => maintenance.filters(),
   });
   const dispatcher: Dispatcher = new Dispatcher({
     workers: config.workers,
@@ -313,7 +314,7 @@ export async function startServer(config: IngestdConfig, log: Logger): Promise<R
         await batches.close();
         await presence.close();
         latency.stop();
-        clearInterval(maintenance);
+        maintenance.stop();
         await sessions.close();
         await reads.close();
         await db.close();

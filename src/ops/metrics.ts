@@ -26,6 +26,8 @@ export interface MetricsSources {
   tasksWaiting: () => number;
   /** Body bytes handed to the workers and not yet settled (bounded by workerBacklogMb per worker). */
   workerBacklogBytes: () => number;
+  /** Sealed id-state generations whose filters the workers check, and those filters' bytes (one shared copy). */
+  dedupFilters: () => { count: number; bytes: number };
 }
 
 const LATENCY_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
@@ -288,6 +290,22 @@ export class Metrics {
       registers,
       collect() {
         this.set(sources.workerBacklogBytes());
+      },
+    });
+    new client.Gauge({
+      name: "ingestd_dedup_filters",
+      help: "Sealed id-state generations whose Bloom filters the workers check (docs/storage.md#deduplication).",
+      registers,
+      collect() {
+        this.set(sources.dedupFilters().count);
+      },
+    });
+    new client.Gauge({
+      name: "ingestd_dedup_filter_bytes",
+      help: "Bytes of those filters, held once in shared memory for all workers.",
+      registers,
+      collect() {
+        this.set(sources.dedupFilters().bytes);
       },
     });
   }

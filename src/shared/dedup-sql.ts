@@ -3,32 +3,41 @@
  * the schema creates at start and the workers call in every group commit. Defined once here so they cannot
  * drift. Design and measurements: docs/storage.md#deduplication.
  *
- * The id state of a stream is `<table>_dedup`, range-partitioned by the time an id was first stored
- * (`stored_at`, the database's clock), one partition per slot (a fraction of the window); each partition has
- * its own unique index on the 16-byte key (src/shared/dedup-key.ts). `<table>_dedup_slots` lists the
- * partitions (the claim function finds the current one there) and, once a partition is sealed, its Bloom
- * filter (src/shared/dedup-filter.ts). New ids go into the current partition, which stays small and hot;
- * older partitions are only probed, and with their filters loaded by the worker only for the ids that hit one.
+ * The id state of a stream is `<table>_dedup`, list-partitioned by generation (`gen`), one partition per
+ * generation; each partition has its own unique index on the 16-byte key (src/shared/dedup-key.ts).
+ * `<table>_dedup_slots` lists the generations: the one open generation takes every new id, and is sealed
+ * (a new one opened) once its index outgrows a share of shared_buffers or it has been open an eighth of the
+ * window, so the index random ids are inserted into stays small and in memory. A sealed generation is only
+ * probed, and with its Bloom filter (src/shared/dedup-filter.ts), or the filter of the group of generations it
+ * belongs to (`<table>_dedup_groups`), checked by the worker only for the ids that hit it; it is dropped whole
+ * once it was sealed more than the window ago.
  */
 import type { StreamDefinition } from "./stream-definition";
 import { dedupTable, qualifiedName } from "./sql-identifiers";
 
 /** Column names of the id state's partitions. */
 export const DEDUP_KEY_COLUMN = "id_key";
-export const DEDUP_STORED_AT_COLUMN = "stored_at";
+export const DEDUP_GEN_COLUMN = "gen";
 
 /**
- * After a new slot starts, claims also insert into the previous slot's partition for this long, so a claim
- * just after the boundary waits for (and sees) a concurrent transaction's uncommitted insert of the same id
- * into the previous partition. Must exceed the time from a claim to its commit, which the claim bounds with
- * `transaction_timeout` (PostgreSQL 17 and later) to DEDUP_CLAIM_TO_COMMIT_SECONDS.
+ * First key of the advisory lock a claim holds shared until its transaction ends and a rotation takes
+ * exclusively (the second key is the stream's, from hashtext of its table): a rotation therefore waits for
+ * every claim into the old generation to commit or roll back, so no id is ever claimed in two generations
+ * at once (docs/storage.md#deduplication).
  */
-export const DEDUP_GRACE_SECONDS = 600;
-export const DEDUP_CLAIM_TO_COMMIT_SECONDS = 300;
+export const DEDUP_ROTATION_LOCK = 0x1d3d;
 
-/** The table listing a stream's id-state partitions and their filters. */
+/** The claim function's parameters as pg_get_function_identity_arguments spells them (an older one is dropped at start). */
+export const DEDUP_CLAIM_ARGUMENTS = "claim_keys uuid[], maybe_keys uuid[], maybe_gens integer[], covered integer[]";
+
+/** The table listing a stream's id-state generations and their filters. */
 export function dedupSlotsTable(table: string): string {
   return `${dedupTable(table)}_slots`;
+}
+
+/** The table of a stream's group filters: one Bloom filter over the keys of several sealed generations. */
+export function dedupGroupsTable(table: string): string {
+  return `${dedupTable(table)}_groups`;
 }
 
 /** The function that claims a batch's ids for a deduplicating stream (created at start by src/storage/schema.ts). */
@@ -36,13 +45,22 @@ export function dedupClaimFunction(table: string): string {
   return `${dedupTable(table)}_claim`;
 }
 
+/** The partition of generation `gen`: `<table>_dedup_g42`. */
+export function dedupGenerationName(table: string, gen: number): string {
+  return `${dedupTable(table)}_g${gen}`;
+}
+
 export interface DedupShape {
   /** Qualified id-state (partitioned) table. */
   ids: string;
   /** Qualified slots table. */
   slots: string;
+  /** Qualified group-filters table. */
+  groups: string;
   /** Qualified claim function. */
   claim: string;
+  /** SQL arguments of the rotation lock: `DEDUP_ROTATION_LOCK, hashtext('<table>')`. */
+  lockArgs: string;
 }
 
 export function dedupShape(schema: string, stream: StreamDefinition): DedupShape | null {
@@ -50,98 +68,80 @@ export function dedupShape(schema: string, stream: StreamDefinition): DedupShape
   return {
     ids: qualifiedName(schema, dedupTable(stream.table)),
     slots: qualifiedName(schema, dedupSlotsTable(stream.table)),
+    groups: qualifiedName(schema, dedupGroupsTable(stream.table)),
     claim: qualifiedName(schema, dedupClaimFunction(stream.table)),
+    lockArgs: `${DEDUP_ROTATION_LOCK}, hashtext('${qualifiedName(schema, dedupTable(stream.table)).replace(/'/g, "''")}')`,
   };
 }
 
 /**
  * `CREATE OR REPLACE FUNCTION` of the stream's claim function, or null when the stream has no dedup key.
  *
- * `claim_keys` are the batch's keys in row order; `covered` the lower bounds of the partitions whose filters
- * the worker checked, and `maybe_keys` / `maybe_slots` each key that hit one of those filters with the
- * 1-based position in `covered` of the filter it hit (a key may hit several). Null: no filter,
- * every older partition is probed with every key). Returns the 1-based positions of the rows whose id it did NOT
- * record (stored before, or a later copy within the batch).
+ * `claim_keys` are the batch's keys in row order; `covered` the sealed generations whose filters the worker
+ * checked, and `maybe_keys` / `maybe_gens` each key that hit one of those filters with the generation of the
+ * filter it hit (a key may hit several). Null: no filter, every sealed generation is probed with every key.
+ * Returns the 1-based positions of the rows whose id it did NOT record (stored before, or a later copy within
+ * the batch).
  *
- * The common batch holds no known id and none twice: one plain INSERT into the current partition records
- * them all (cheaper than ON CONFLICT, whose speculative insertion writes an extra WAL record per row). Any
- * id stored meanwhile (committed, or inserted by a concurrent transaction that then commits: the INSERT waits
+ * The common batch holds no known id and none twice: one plain INSERT into the open generation records them
+ * all (cheaper than ON CONFLICT, whose speculative insertion writes an extra WAL record per row). Any id
+ * stored meanwhile (committed, or inserted by a concurrent transaction that then commits: the INSERT waits
  * for it) makes it fail on the unique index; its subtransaction is rolled back and the batch is claimed with
  * ON CONFLICT DO NOTHING instead, where the first copy of an id within the batch wins. Either way a unique
  * index decides who stored an id.
  *
- * Inserts go in (partition, id) order: a transaction only ever waits for another's uncommitted id while
- * holding smaller ones itself, so two claims can never wait for each other (no deadlock between workers or
- * daemons whose batches share ids in different orders).
+ * Inserts go in id order: a transaction only ever waits for another's uncommitted id while holding smaller
+ * ones itself, so two claims can never wait for each other (no deadlock between workers or daemons whose
+ * batches share ids in different orders).
  */
 export function dedupClaimFunctionDdl(schema: string, stream: StreamDefinition): string | null {
   const d = dedupShape(schema, stream);
   if (d === null) return null;
   const key = DEDUP_KEY_COLUMN;
-  const at = DEDUP_STORED_AT_COLUMN;
+  const gen = DEDUP_GEN_COLUMN;
   return `CREATE OR REPLACE FUNCTION ${d.claim}(
-  claim_keys uuid[], maybe_keys uuid[] DEFAULT NULL, maybe_slots integer[] DEFAULT NULL, covered timestamptz[] DEFAULT NULL
+  claim_keys uuid[], maybe_keys uuid[] DEFAULT NULL, maybe_gens integer[] DEFAULT NULL, covered integer[] DEFAULT NULL
 )
 RETURNS SETOF integer
 LANGUAGE plpgsql AS $claim$
 DECLARE
-  claim_at timestamptz := clock_timestamp();
+  cur_gen integer;
   cur_part text;
-  cur_lower timestamptz;
-  prev_part text;
-  prev_lower timestamptz;
-  probe_before timestamptz;
   found_keys uuid[] := '{}';
   probe_found uuid[];
   probe_keys uuid[];
-  covered_at integer;
+  probe_gen integer;
   probe_part text;
-  probe_lower timestamptz;
-  prev_held uuid[];
 BEGIN
-  SELECT s.part, s.lower INTO cur_part, cur_lower FROM ${d.slots} s WHERE s.lower <= claim_at AND claim_at < s.upper;
+  -- Held until the transaction ends: a rotation waits for it (docs/storage.md#deduplication). Taken before
+  -- reading the slots table, so a claim after a rotation sees the new generation.
+  PERFORM pg_advisory_xact_lock_shared(${d.lockArgs});
+  SELECT s.gen, s.part INTO cur_gen, cur_part FROM ${d.slots} s WHERE s.sealed_at IS NULL AND s.opened_at IS NOT NULL;
   IF cur_part IS NULL THEN
-    RAISE EXCEPTION 'no partition of ${d.ids.replace(/'/g, "''")} holds %: partition maintenance has not run', claim_at;
+    RAISE EXCEPTION 'no open generation of ${d.ids.replace(/'/g, "''")}: partition maintenance has not run';
   END IF;
-  probe_before := cur_lower;
-  IF claim_at < cur_lower + interval '${DEDUP_GRACE_SECONDS} seconds' THEN
-    SELECT s.part, s.lower INTO prev_part, prev_lower FROM ${d.slots} s WHERE s.upper = cur_lower;
-    IF prev_part IS NOT NULL THEN
-      probe_before := prev_lower;
-    END IF;
-  END IF;
-  -- Bounds the time from here to COMMIT below the grace period (docs/storage.md#deduplication).
-  IF current_setting('server_version_num')::integer >= 170000 THEN
-    PERFORM set_config('transaction_timeout', '${DEDUP_CLAIM_TO_COMMIT_SECONDS}s', true);
-  END IF;
-  -- Older partitions: a covered one (its filter was checked by the worker) only for the keys that hit it.
-  FOR probe_part, probe_lower IN SELECT s.part, s.lower FROM ${d.slots} s WHERE s.lower < probe_before ORDER BY s.lower LOOP
-    probe_found := NULL;
-    covered_at := array_position(covered, probe_lower);
-    IF covered_at IS NOT NULL THEN
-      SELECT array_agg(m.k) INTO probe_keys FROM unnest(maybe_keys, maybe_slots) AS m(k, s) WHERE m.s = covered_at;
-      IF probe_keys IS NOT NULL THEN
-        EXECUTE format('SELECT array_agg(i.${key}) FROM %s i WHERE i.${key} = ANY($1)', probe_part) INTO probe_found USING probe_keys;
-      END IF;
+  -- Sealed generations: one whose filter the worker checked only for the keys that hit it, any other (its
+  -- filter not built or not loaded yet) for every key.
+  FOR probe_gen, probe_part IN
+    SELECT s.gen, s.part FROM ${d.slots} s
+     WHERE s.sealed_at IS NOT NULL
+       AND (covered IS NULL OR NOT (s.gen = ANY(covered)) OR s.gen = ANY(maybe_gens))
+     ORDER BY s.gen
+  LOOP
+    IF covered IS NOT NULL AND probe_gen = ANY(covered) THEN
+      SELECT array_agg(m.k) INTO probe_keys FROM unnest(maybe_keys, maybe_gens) AS m(k, g) WHERE m.g = probe_gen;
     ELSE
-      EXECUTE format('SELECT array_agg(i.${key}) FROM %s i WHERE i.${key} = ANY($1)', probe_part) INTO probe_found USING claim_keys;
+      probe_keys := claim_keys;
     END IF;
+    EXECUTE format('SELECT array_agg(i.${key}) FROM %s i WHERE i.${key} = ANY($1)', probe_part) INTO probe_found USING probe_keys;
     IF probe_found IS NOT NULL THEN
       found_keys := found_keys || probe_found;
     END IF;
   END LOOP;
-  IF prev_part IS NOT NULL THEN
-    -- Just after a boundary: the previous partition's unique index judges too.
-    EXECUTE format($prev$
-      WITH c AS (SELECT DISTINCT u.k FROM unnest($1) AS u(k) WHERE u.k NOT IN (SELECT unnest($2))),
-      ins AS (INSERT INTO %s AS p (${key}, ${at}) SELECT c.k, $3 FROM c ORDER BY c.k ON CONFLICT (${key}) DO NOTHING RETURNING p.${key})
-      SELECT coalesce(array_agg(c.k), '{}') FROM c WHERE c.k NOT IN (SELECT ins.${key} FROM ins)$prev$, prev_part)
-      INTO prev_held USING claim_keys, found_keys, cur_lower - interval '1 microsecond';
-    found_keys := found_keys || prev_held;
-  ELSIF cardinality(found_keys) = 0 THEN
+  IF cardinality(found_keys) = 0 THEN
     BEGIN
-      EXECUTE format('INSERT INTO %s (${key}, ${at}) SELECT u.k, $2 FROM unnest($1) AS u(k) ORDER BY u.k', cur_part)
-        USING claim_keys, claim_at;
+      EXECUTE format('INSERT INTO %s (${key}, ${gen}) SELECT u.k, $2 FROM unnest($1) AS u(k) ORDER BY u.k', cur_part)
+        USING claim_keys, cur_gen;
       RETURN;
     EXCEPTION WHEN unique_violation THEN
       -- Some id is stored already (or twice in the batch): claim row by row below.
@@ -154,13 +154,13 @@ BEGIN
        WHERE claim_k NOT IN (SELECT unnest($2)) ORDER BY claim_k, claim_n
     ),
     claimed AS (
-      INSERT INTO %s AS c (${key}, ${at}) SELECT claim_k, $3 FROM firsts ORDER BY claim_k
+      INSERT INTO %s AS c (${key}, ${gen}) SELECT claim_k, $3 FROM firsts ORDER BY claim_k
       ON CONFLICT (${key}) DO NOTHING RETURNING c.${key} AS claim_k
     )
     SELECT claim_input.claim_n::integer FROM claim_input
      WHERE NOT EXISTS (
        SELECT 1 FROM firsts JOIN claimed ON claimed.claim_k = firsts.claim_k WHERE firsts.claim_n = claim_input.claim_n
-     )$slow$, cur_part) USING claim_keys, found_keys, claim_at;
+     )$slow$, cur_part) USING claim_keys, found_keys, cur_gen;
 END
 $claim$`;
 }

@@ -193,6 +193,23 @@ export function emptyOutcome(
 export const BATCH_ALIAS_CHANNEL = "ingestd.batch-aliases";
 
 /**
+ * The front thread publishes the Bloom filters of the sealed id-state generations on this BroadcastChannel
+ * after each maintenance pass: every filter it holds, each in a SharedArrayBuffer, so the workers check one
+ * copy per process instead of loading their own (docs/storage.md#deduplication).
+ */
+export const DEDUP_FILTERS_CHANNEL = "ingestd.dedup-filters";
+
+/**
+ * One published filter: the stream's qualified slots table, the generations whose keys it holds (one, or a
+ * group), the filter's words.
+ */
+export interface PublishedFilter {
+  slots: string;
+  gens: number[];
+  words: SharedArrayBuffer;
+}
+
+/**
  * Slots of the Int32Array over `WorkerData.commitGauges`: every worker adds and subtracts its own tasks with
  * Atomics, so each slot is the sum over workers. WAITING: tasks whose rows sit in a group-commit batch not
  * yet started; COMMITTING: tasks in the transaction under way.

@@ -1,6 +1,6 @@
 /**
- * The front thread's own small pool: schema at start, health checks, status queries. Ingest traffic never
- * goes through it; each worker has its own COPY connection.
+ * The front thread's own small pools: one for schema at start, health checks and status queries, one for the
+ * partition maintenance. Ingest traffic never goes through them; each worker has its own COPY connection.
  */
 import pg from "pg";
 import { redactUrl, type Logger } from "../ops/logger";
@@ -28,7 +28,22 @@ export class Database {
     });
     // An idle client losing its connection is reported here; the probe notices the outage.
     this.pool.on("error", () => undefined);
+    this.maintenancePool = new pg.Pool({
+      connectionString: options.connectionString,
+      max: 2, // the hourly partition pass and the id state's 5-second one
+      connectionTimeoutMillis: 5000,
+      idleTimeoutMillis: 30000,
+      application_name: "ingestd-maintenance",
+    });
+    this.maintenancePool.on("error", () => undefined);
   }
+
+  /**
+   * The partition and id-state maintenance's own connection: its long steps (a group filter streams millions
+   * of keys, a rotation waits for the claims in flight) never take a connection the liveness probe or the
+   * request paths need.
+   */
+  readonly maintenancePool: pg.Pool;
 
   /** Last probe result: ingest answers 503 at once while the database is known to be down. */
   get up(): boolean {
@@ -74,6 +89,7 @@ export class Database {
     if (this.probeTimer) clearTimeout(this.probeTimer);
     this.probeTimer = null;
     await this.pool.end().catch(() => undefined);
+    await this.maintenancePool.end().catch(() => undefined);
   }
 }
 

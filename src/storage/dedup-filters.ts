@@ -1,13 +1,13 @@
 /**
- * Builds the Bloom filter of each sealed partition of the id state (docs/storage.md#deduplication) and keeps it
- * in the slots table beside the partition, where the workers load it. A partition is sealed once no claim can
- * write to it any more: its slot ended, the grace period after it passed, and so did the longest a claim may
- * take to commit. Each filter is built once, by whichever daemon's maintenance gets there first.
+ * Builds the Bloom filter of each sealed generation of the id state (docs/storage.md#deduplication) and keeps
+ * it in the slots table beside the generation, where the workers load it. A sealed generation is never
+ * written again (the rotation waited for every claim into it), so its filter can be built at once. Each
+ * filter is built once, by whichever daemon's maintenance gets there first.
  */
 import type pg from "pg";
 import { to as copyTo } from "pg-copy-streams";
 import { DedupFilter } from "../shared/dedup-filter";
-import { DEDUP_CLAIM_TO_COMMIT_SECONDS, DEDUP_GRACE_SECONDS, DEDUP_KEY_COLUMN, dedupShape } from "../shared/dedup-sql";
+import { DEDUP_KEY_COLUMN, dedupShape } from "../shared/dedup-sql";
 import type { StreamDefinition } from "../shared/stream-definition";
 import { quoteIdent } from "../shared/sql-identifiers";
 import { locked } from "./partitions";
@@ -27,31 +27,72 @@ async function fillFilter(client: pg.ClientBase, part: string, filter: DedupFilt
   }
 }
 
-/** Builds the missing filters of the sealed partitions of one stream's id state; returns their partitions. */
-export async function buildDedupFilters(
-  client: pg.ClientBase,
-  schema: string,
-  stream: StreamDefinition,
-  at = new Date(),
-): Promise<string[]> {
+/** Builds the missing filters of the sealed generations of one stream's id state; returns their partitions. */
+export async function buildDedupFilters(client: pg.ClientBase, schema: string, stream: StreamDefinition): Promise<string[]> {
   const d = dedupShape(schema, stream)!;
-  const sealedBefore = new Date(at.getTime() - (DEDUP_GRACE_SECONDS + DEDUP_CLAIM_TO_COMMIT_SECONDS) * 1000);
-  const { rows } = await client.query<{ part: string; lower: Date }>(
-    `SELECT part, lower FROM ${d.slots} WHERE filter IS NULL AND upper <= $1 ORDER BY lower`,
-    [sealedBefore.toISOString()],
+  const { rows } = await client.query<{ part: string; gen: number }>(
+    `SELECT part, gen FROM ${d.slots} WHERE filter IS NULL AND sealed_at IS NOT NULL ORDER BY gen DESC`,
   );
   const built: string[] = [];
   for (const slot of rows) {
     const done = await locked(client, async () => {
-      const still = await client.query(`SELECT 1 FROM ${d.slots} WHERE lower = $1 AND filter IS NULL`, [slot.lower]);
-      if (still.rowCount === 0) return false; // another daemon built it, or the partition was dropped
+      const still = await client.query(`SELECT 1 FROM ${d.slots} WHERE gen = $1 AND filter IS NULL`, [slot.gen]);
+      if (still.rowCount === 0) return false; // another daemon built it, or the generation was dropped
       const count = await client.query<{ n: string }>(`SELECT count(*) AS n FROM ${slot.part}`);
       const filter = new DedupFilter(Number(count.rows[0].n));
       await fillFilter(client, slot.part, filter);
-      await client.query(`UPDATE ${d.slots} SET filter = $2 WHERE lower = $1`, [slot.lower, Buffer.from(filter.bytes())]);
+      await client.query(`UPDATE ${d.slots} SET filter = $2 WHERE gen = $1`, [slot.gen, filter.buffer()]);
       return true;
     });
     if (done) built.push(slot.part);
   }
   return built;
+}
+
+/**
+ * Sealed generations per group filter. A worker checks every id against each filter it holds, one cache
+ * miss each: one filter per group instead of one per generation keeps that to about
+ * generations / GROUP_GENERATIONS + GROUP_GENERATIONS / 2 (docs/storage.md#deduplication).
+ */
+export const GROUP_GENERATIONS = 10;
+
+/**
+ * Builds a group filter over the keys of each run of GROUP_GENERATIONS sealed generations (oldest first) that
+ * has a filter and no group yet; returns a label per group built. The keys are streamed without holding the
+ * schema lock (sealed generations never change; one dropped meanwhile only leaves its keys in the filter, which
+ * stays valid for the others), and the group is recorded under it unless another daemon recorded one first.
+ */
+export async function buildDedupGroupFilters(client: pg.ClientBase, schema: string, stream: StreamDefinition): Promise<string[]> {
+  const d = dedupShape(schema, stream)!;
+  const built: string[] = [];
+  for (;;) {
+    const { rows } = await client.query<{ gen: number; part: string }>(
+      `SELECT s.gen, s.part FROM ${d.slots} s
+        WHERE s.filter IS NOT NULL AND NOT EXISTS (SELECT 1 FROM ${d.groups} g WHERE s.gen = ANY(g.gens))
+        ORDER BY s.gen LIMIT ${GROUP_GENERATIONS}`,
+    );
+    if (rows.length < GROUP_GENERATIONS) return built;
+    let keys = 0;
+    for (const r of rows) keys += Number((await client.query<{ n: string }>(`SELECT count(*) AS n FROM ${r.part}`)).rows[0].n);
+    const filter = new DedupFilter(keys);
+    for (const r of rows) {
+      try {
+        await fillFilter(client, r.part, filter);
+      } catch (err) {
+        if ((err as { code?: string }).code !== "42P01") throw err; // undefined_table: dropped past the window meanwhile
+      }
+    }
+    const gens = rows.map((r) => r.gen);
+    const done = await locked(client, async () => {
+      const taken = await client.query(`SELECT 1 FROM ${d.groups} WHERE gens && $1::integer[]`, [gens]);
+      if (taken.rowCount! > 0) return false; // another daemon grouped them
+      await client.query(`INSERT INTO ${d.groups} (grp, gens, filter) SELECT coalesce(max(grp), 0) + 1, $1, $2 FROM ${d.groups}`, [
+        gens,
+        filter.buffer(),
+      ]);
+      return true;
+    });
+    if (!done) return built;
+    built.push(`${d.groups} [${gens[0]}..${gens[gens.length - 1]}]`);
+  }
 }

@@ -1,88 +1,172 @@
 /**
- * The partitions of the deduplicating streams' id state (docs/storage.md#deduplication): one per slot, a slot
- * being an eighth of `dedupWindowHours` (at least an hour), aligned on the Unix epoch so every daemon computes
- * the same boundaries. Created two slots ahead, dropped once they end more than a window ago: an id is
- * remembered at least the window after it was first stored, and forgetting it costs a DROP TABLE.
- * Callers hold the schema advisory lock (src/storage/partitions.ts).
+ * The generations of the deduplicating streams' id state (docs/storage.md#deduplication). One generation is
+ * open and takes every new id; one more waits ahead. The open one is sealed and the next opened (a rotation)
+ * once its unique index outgrows half of shared_buffers or it has been open an eighth of the window, so
+ * random ids are always inserted into an index that fits in memory. A sealed generation is dropped whole once
+ * it was sealed more than the window ago: an id is remembered at least the window after it was first stored,
+ * and forgetting it costs a DROP TABLE.
  */
 import type pg from "pg";
 import type { StreamDefinition } from "../shared/stream-definition";
 import { dedupTable, qualifiedName, quoteIdent } from "../shared/sql-identifiers";
-import { DEDUP_KEY_COLUMN, DEDUP_STORED_AT_COLUMN, dedupShape } from "../shared/dedup-sql";
+import { DEDUP_GEN_COLUMN, DEDUP_KEY_COLUMN, dedupGenerationName, dedupShape } from "../shared/dedup-sql";
 import { dedupKeySql } from "../shared/dedup-key";
 import { locked } from "./partitions";
-import { buildDedupFilters } from "./dedup-filters";
+import { buildDedupFilters, buildDedupGroupFilters } from "./dedup-filters";
 
-/** Slots per window: more make the current partition smaller, and the filters a worker checks per id more. */
-export const SLOTS_PER_WINDOW = 8;
+/** Sealing after an eighth of the window at the latest keeps a generation's ids from outliving it by more. */
+export const GENERATIONS_PER_WINDOW = 8;
 
-export function dedupSlotSeconds(windowHours: number): number {
-  return Math.max(3600, Math.floor((windowHours * 3600) / SLOTS_PER_WINDOW));
-}
+/** How long a rotation waits for the claims in flight before trying again at the next check. */
+const ROTATION_LOCK_TIMEOUT = "2s";
 
-function slotLabel(at: Date): string {
-  return at
-    .toISOString()
-    .replace(/[-:]/g, "")
-    .replace(/\.\d+Z$/, "");
-}
-
-/** The partition name of the slot starting at `lower`: `<table>_dedup_20261203T000000`. */
-export function dedupPartitionName(table: string, lower: Date): string {
-  return `${dedupTable(table)}_${slotLabel(lower)}`;
-}
-
-export interface DedupSlot {
-  stream: string;
-  partition: string;
-  lower: Date;
-  upper: Date;
-  filtered: boolean;
-}
-
-export async function listDedupSlots(client: pg.ClientBase, schema: string, stream: StreamDefinition): Promise<DedupSlot[]> {
-  const d = dedupShape(schema, stream)!;
-  const { rows } = await client.query<{ part: string; lower: Date; upper: Date; filtered: boolean }>(
-    `SELECT part, lower, upper, filter IS NOT NULL AS filtered FROM ${d.slots} ORDER BY lower`,
-  );
-  return rows.map((r) => ({ stream: stream.name, partition: r.part, lower: r.lower, upper: r.upper, filtered: r.filtered }));
+export function dedupMaxOpenSeconds(windowHours: number): number {
+  return Math.floor((windowHours * 3600) / GENERATIONS_PER_WINDOW);
 }
 
 /**
- * Creates the partitions of the slots from the last one's end (or the slot holding `at`, if that is later)
- * up to two slots past `at`. Returns the partitions created.
+ * The size of the open generation's index that triggers a rotation: half of shared_buffers (64 MiB with
+ * PostgreSQL's stock 128 MiB, 1.7–1.8 million random ids in the bench), between 8 MiB and 1 GiB. Past it, random inserts
+ * start to miss the buffer cache and to log a full page after each checkpoint; below it, each generation
+ * more is one more filter for every id to be checked against (docs/storage.md#deduplication).
  */
-export async function ensureDedupSlots(
+export async function dedupHotBytes(client: pg.ClientBase): Promise<number> {
+  const { rows } = await client.query<{ bytes: string }>(
+    `SELECT (setting::bigint * 8192) AS bytes FROM pg_settings WHERE name = 'shared_buffers'`,
+  );
+  return Math.min(1 << 30, Math.max(8 << 20, Math.floor(Number(rows[0].bytes) / 2)));
+}
+
+/** DDL of the id state (the generations themselves come from createGeneration). */
+export function dedupStateDdl(schema: string, stream: StreamDefinition): string[] {
+  const d = dedupShape(schema, stream)!;
+  return [
+    `CREATE TABLE IF NOT EXISTS ${d.ids} (${quoteIdent(DEDUP_KEY_COLUMN)} uuid NOT NULL, ${quoteIdent(DEDUP_GEN_COLUMN)} integer NOT NULL)
+  PARTITION BY LIST (${quoteIdent(DEDUP_GEN_COLUMN)})`,
+    `CREATE TABLE IF NOT EXISTS ${d.slots} (gen integer PRIMARY KEY, part text NOT NULL, opened_at timestamptz, sealed_at timestamptz, filter bytea)`,
+    `CREATE TABLE IF NOT EXISTS ${d.groups} (grp integer PRIMARY KEY, gens integer[] NOT NULL, filter bytea NOT NULL)`,
+    // Random bits do not compress; stored plainly, a slice of a filter is read without the rest. Only when not
+    // yet so: the ALTER would wait for, and then hold up, the claims reading the slots table.
+    ...[d.slots, d.groups].map(
+      (t) => `DO $storage$ BEGIN
+  IF (SELECT attstorage FROM pg_attribute WHERE attrelid = '${t.replace(/'/g, "''")}'::regclass AND attname = 'filter') <> 'e' THEN
+    ALTER TABLE ${t} ALTER COLUMN filter SET STORAGE EXTERNAL;
+  END IF;
+END $storage$`,
+    ),
+  ];
+}
+
+export interface GenerationTimes {
+  /** null: ahead (not open yet). */
+  openedAt: Date | null;
+  /** null: not sealed. */
+  sealedAt: Date | null;
+}
+
+/** Creates the partition of a new generation (the next number) with its unique index, and its slots row. */
+export async function createGeneration(
+  client: pg.ClientBase,
+  schema: string,
+  stream: StreamDefinition,
+  times: GenerationTimes,
+): Promise<{ gen: number; part: string; name: string }> {
+  const d = dedupShape(schema, stream)!;
+  const { rows } = await client.query<{ gen: number }>(`SELECT coalesce(max(gen), 0) + 1 AS gen FROM ${d.slots}`);
+  const gen = rows[0].gen;
+  const name = dedupGenerationName(stream.table, gen);
+  const part = qualifiedName(schema, name);
+  await client.query(`CREATE TABLE ${part} PARTITION OF ${d.ids} FOR VALUES IN (${gen})`);
+  // The key alone is unique within a generation; the parent cannot hold such an index (it lacks gen).
+  await client.query(`CREATE UNIQUE INDEX ${quoteIdent(`${name}_key`)} ON ${part} (${quoteIdent(DEDUP_KEY_COLUMN)})`);
+  await client.query(`INSERT INTO ${d.slots} (gen, part, opened_at, sealed_at) VALUES ($1, $2, $3, $4)`, [
+    gen,
+    part,
+    times.openedAt?.toISOString() ?? null,
+    times.sealedAt?.toISOString() ?? null,
+  ]);
+  return { gen, part, name };
+}
+
+/** Makes sure one generation is open and one waits ahead (at start and after a rotation). Returns those created. */
+export async function ensureDedupGenerations(
+  client: pg.ClientBase,
+  schema: string,
+  stream: StreamDefinition,
+  at = new Date(),
+): Promise<string[]> {
+  const d = dedupShape(schema, stream)!;
+  const created: string[] = [];
+  const { rows } = await client.query<{ open: number; ahead: number }>(
+    `SELECT count(*) FILTER (WHERE opened_at IS NOT NULL AND sealed_at IS NULL)::int AS open,
+            count(*) FILTER (WHERE opened_at IS NULL)::int AS ahead FROM ${d.slots}`,
+  );
+  let ahead = rows[0].ahead;
+  if (rows[0].open === 0) {
+    if (ahead > 0) {
+      await client.query(`UPDATE ${d.slots} SET opened_at = $1 WHERE gen = (SELECT min(gen) FROM ${d.slots} WHERE opened_at IS NULL)`, [
+        at.toISOString(),
+      ]);
+      ahead--;
+    } else {
+      created.push((await createGeneration(client, schema, stream, { openedAt: at, sealedAt: null })).name);
+    }
+  }
+  if (ahead === 0) created.push((await createGeneration(client, schema, stream, { openedAt: null, sealedAt: null })).name);
+  return created;
+}
+
+/**
+ * Seals the open generation and opens the one ahead when the open one's index reached `hotBytes` or it has
+ * been open longer than an eighth of the window. The rotation takes the stream's rotation lock exclusively,
+ * so it waits for every claim in flight (each holds it shared until it commits): afterwards nothing more is
+ * ever written to the sealed generation, and its filter can be built at once. Returns the sealed partition,
+ * or null (no rotation due, or the claims in flight outlasted the lock timeout: the next check tries again).
+ */
+export async function rotateDedupGeneration(
   client: pg.ClientBase,
   schema: string,
   stream: StreamDefinition,
   windowHours: number,
+  hotBytes: number,
   at = new Date(),
-): Promise<string[]> {
+): Promise<string | null> {
   const d = dedupShape(schema, stream)!;
-  const width = dedupSlotSeconds(windowHours) * 1000;
-  const { rows } = await client.query<{ upper: Date | null }>(`SELECT max(upper) AS upper FROM ${d.slots}`);
-  const aligned = Math.floor(at.getTime() / width) * width;
-  let lower = Math.max(rows[0].upper?.getTime() ?? 0, aligned);
-  const created: string[] = [];
-  while (lower < at.getTime() + 2 * width) {
-    const upper = lower + width;
-    const name = dedupPartitionName(stream.table, new Date(lower));
-    const part = qualifiedName(schema, name);
-    const from = new Date(lower).toISOString();
-    const to = new Date(upper).toISOString();
-    await client.query(`CREATE TABLE ${part} PARTITION OF ${d.ids} FOR VALUES FROM ('${from}') TO ('${to}')`);
-    // The key alone is unique within a partition; the parent cannot hold such an index (it lacks stored_at).
-    await client.query(`CREATE UNIQUE INDEX ON ${part} (${quoteIdent(DEDUP_KEY_COLUMN)})`);
-    await client.query(`INSERT INTO ${d.slots} (lower, upper, part) VALUES ($1, $2, $3)`, [from, to, part]);
-    created.push(name);
-    lower = upper;
+  const { rows } = await client.query<{ gen: number; part: string; opened_at: Date; bytes: string }>(
+    `SELECT gen, part, opened_at, (SELECT sum(pg_relation_size(i.indexrelid)) FROM pg_index i WHERE i.indrelid = part::regclass) AS bytes
+       FROM ${d.slots} WHERE opened_at IS NOT NULL AND sealed_at IS NULL`,
+  );
+  if (rows.length === 0) return null;
+  const open = rows[0];
+  const due = Number(open.bytes) >= hotBytes || at.getTime() - open.opened_at.getTime() >= dedupMaxOpenSeconds(windowHours) * 1000;
+  if (!due) return null;
+  await locked(client, () => ensureDedupGenerations(client, schema, stream, at));
+  await client.query("BEGIN");
+  try {
+    await client.query(`SET LOCAL lock_timeout = '${ROTATION_LOCK_TIMEOUT}'`);
+    await client.query(`SELECT pg_advisory_xact_lock(${d.lockArgs})`);
+    const sealed = await client.query(`UPDATE ${d.slots} SET sealed_at = clock_timestamp() WHERE gen = $1 AND sealed_at IS NULL`, [
+      open.gen,
+    ]);
+    if (sealed.rowCount === 0) {
+      await client.query("ROLLBACK"); // another daemon rotated it
+      return null;
+    }
+    await client.query(
+      `UPDATE ${d.slots} SET opened_at = clock_timestamp() WHERE gen = (SELECT min(gen) FROM ${d.slots} WHERE opened_at IS NULL)`,
+    );
+    await client.query("COMMIT");
+  } catch (err) {
+    await client.query("ROLLBACK").catch(() => undefined);
+    if ((err as { code?: string }).code === "55P03") return null; // lock_not_available: claims in flight outlasted the timeout
+    throw err;
   }
-  return created;
+  await locked(client, () => ensureDedupGenerations(client, schema, stream, at));
+  return open.part;
 }
 
-/** Drops the partitions whose slot ended more than the window before `at` (never the current one). */
-export async function dropExpiredDedupSlots(
+/** Drops the generations sealed more than the window before `at` (never the open one). */
+export async function dropExpiredDedupGenerations(
   client: pg.ClientBase,
   schema: string,
   stream: StreamDefinition,
@@ -91,113 +175,143 @@ export async function dropExpiredDedupSlots(
 ): Promise<string[]> {
   const d = dedupShape(schema, stream)!;
   const cutoff = new Date(at.getTime() - windowHours * 3600_000);
-  const { rows } = await client.query<{ part: string; lower: Date }>(
-    `SELECT part, lower FROM ${d.slots} WHERE upper <= $1 AND upper <= $2 ORDER BY lower`,
-    [cutoff.toISOString(), at.toISOString()],
+  const { rows } = await client.query<{ gen: number; part: string }>(
+    `SELECT gen, part FROM ${d.slots} WHERE sealed_at <= $1 ORDER BY gen`,
+    [cutoff.toISOString()],
   );
   for (const r of rows) {
     await client.query(`DROP TABLE IF EXISTS ${r.part}`);
-    await client.query(`DELETE FROM ${d.slots} WHERE lower = $1`, [r.lower]);
+    await client.query(`DELETE FROM ${d.slots} WHERE gen = $1`, [r.gen]);
   }
-  return rows.map((r) => dedupPartitionName(stream.table, r.lower));
-}
-
-/** DDL of the id state (the partitions themselves come from ensureDedupSlots). */
-export function dedupStateDdl(schema: string, stream: StreamDefinition): string[] {
-  const d = dedupShape(schema, stream)!;
-  return [
-    `CREATE TABLE IF NOT EXISTS ${d.ids} (${quoteIdent(DEDUP_KEY_COLUMN)} uuid NOT NULL, ${quoteIdent(DEDUP_STORED_AT_COLUMN)} timestamptz NOT NULL)
-  PARTITION BY RANGE (${quoteIdent(DEDUP_STORED_AT_COLUMN)})`,
-    `CREATE TABLE IF NOT EXISTS ${d.slots} (lower timestamptz PRIMARY KEY, upper timestamptz NOT NULL UNIQUE, part text NOT NULL, filter bytea)`,
-  ];
+  // A group filter stays valid for what is left of its generations; it goes with the last of them.
+  await client.query(`DELETE FROM ${d.groups} g WHERE NOT EXISTS (SELECT 1 FROM ${d.slots} s WHERE s.gen = ANY(g.gens))`);
+  await dropEmptyLegacyParent(client, schema, stream);
+  return rows.map((r) => r.part);
 }
 
 /**
- * An id table of the shape before the window (`<table>_dedup` with the id as primary key, unpartitioned) is
- * renamed out of the way; migrateLegacyIds then moves its ids into the current partition. Returns whether
- * there was one.
+ * An id table of the first shape (`<table>_dedup` with the id as primary key, unpartitioned) or of the
+ * time-slot shape (`<table>_dedup` range-partitioned on `stored_at`, its slots table keyed by `lower`) is
+ * renamed out of the way before the current shape is created; migrateLegacyIdState then takes its ids over.
+ * Returns which shape there was.
  */
-export async function renameLegacyIdTable(client: pg.ClientBase, schema: string, stream: StreamDefinition): Promise<boolean> {
-  const { rows } = await client.query<{ kind: string }>(
-    `SELECT c.relkind AS kind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2`,
-    [schema, dedupTable(stream.table)],
+export async function renameLegacyIdState(
+  client: pg.ClientBase,
+  schema: string,
+  stream: StreamDefinition,
+): Promise<"table" | "slots" | null> {
+  const ids = dedupTable(stream.table);
+  const { rows } = await client.query<{ kind: string; slots_by_time: boolean }>(
+    `SELECT c.relkind AS kind,
+            EXISTS (SELECT 1 FROM pg_attribute a JOIN pg_class s ON s.oid = a.attrelid
+                     WHERE s.relnamespace = n.oid AND s.relname = $3 AND a.attname = 'lower' AND NOT a.attisdropped) AS slots_by_time
+       FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2`,
+    [schema, ids, `${ids}_slots`],
   );
-  if (rows.length === 0 || rows[0].kind !== "r") return false;
-  await client.query(
-    `ALTER TABLE ${qualifiedName(schema, dedupTable(stream.table))} RENAME TO ${quoteIdent(`${dedupTable(stream.table)}_legacy`)}`,
-  );
-  return true;
+  if (rows.length === 0) return null;
+  if (rows[0].kind === "r") {
+    await client.query(`ALTER TABLE ${qualifiedName(schema, ids)} RENAME TO ${quoteIdent(`${ids}_legacy`)}`);
+    return "table";
+  }
+  if (!rows[0].slots_by_time) return null;
+  await client.query(`ALTER TABLE ${qualifiedName(schema, ids)} RENAME TO ${quoteIdent(`${ids}_legacy`)}`);
+  await client.query(`ALTER TABLE ${qualifiedName(schema, `${ids}_slots`)} RENAME TO ${quoteIdent(`${ids}_slots_legacy`)}`);
+  return "slots";
 }
 
 /**
- * Copies the old table's ids into the current slot's partition, as if first stored now (so each is remembered
- * at least a window from now, never less than before), then drops the old table. Runs once, at the start that
- * finds the old shape.
+ * Takes over the ids of a renamed legacy id state, once, at the start that finds it. The first shape's ids
+ * are copied into the open generation as if first stored now (each remembered at least a window from now,
+ * never less than before), and its table dropped. The time-slot shape's partitions are kept as they are and
+ * listed as sealed generations (sealed at their slot's end, or now for the slot in progress), with their
+ * filters: no id is copied, and each goes with the window like any generation. Their old parent is dropped
+ * once it has no partition left.
  */
-export async function migrateLegacyIds(client: pg.ClientBase, schema: string, stream: StreamDefinition, at = new Date()): Promise<number> {
+export async function migrateLegacyIdState(
+  client: pg.ClientBase,
+  schema: string,
+  stream: StreamDefinition,
+  shape: "table" | "slots",
+  at = new Date(),
+): Promise<number> {
   const d = dedupShape(schema, stream)!;
   const legacy = qualifiedName(schema, `${dedupTable(stream.table)}_legacy`);
-  const { rows } = await client.query<{ part: string }>(`SELECT part FROM ${d.slots} WHERE lower <= $1 AND $1 < upper`, [at.toISOString()]);
-  const id = quoteIdent(stream.dedupKey!);
-  const moved = await client.query(
-    `INSERT INTO ${rows[0].part} (${quoteIdent(DEDUP_KEY_COLUMN)}, ${quoteIdent(DEDUP_STORED_AT_COLUMN)})
-     SELECT DISTINCT ${dedupKeySql(`${id}::text`)}, $1::timestamptz FROM ${legacy} ORDER BY 1
-     ON CONFLICT DO NOTHING`,
-    [at.toISOString()],
+  if (shape === "table") {
+    const { rows } = await client.query<{ part: string; gen: number }>(
+      `SELECT part, gen FROM ${d.slots} WHERE opened_at IS NOT NULL AND sealed_at IS NULL`,
+    );
+    const id = quoteIdent(stream.dedupKey!);
+    const moved = await client.query(
+      `INSERT INTO ${rows[0].part} (${quoteIdent(DEDUP_KEY_COLUMN)}, ${quoteIdent(DEDUP_GEN_COLUMN)})
+       SELECT DISTINCT ${dedupKeySql(`${id}::text`)}, $1::integer FROM ${legacy} ORDER BY 1
+       ON CONFLICT DO NOTHING`,
+      [rows[0].gen],
+    );
+    await client.query(`DROP TABLE ${legacy}`);
+    return moved.rowCount ?? 0;
+  }
+  const oldSlots = qualifiedName(schema, `${dedupTable(stream.table)}_slots_legacy`);
+  const { rows: old } = await client.query<{ part: string; lower: Date; upper: Date; filter: Buffer | null }>(
+    `SELECT part, lower, upper, filter FROM ${oldSlots} ORDER BY lower DESC`,
   );
-  await client.query(`DROP TABLE ${legacy}`);
-  return moved.rowCount ?? 0;
+  let adopted = 0;
+  for (const slot of old) {
+    if (slot.lower.getTime() > at.getTime()) {
+      await client.query(`DROP TABLE IF EXISTS ${slot.part}`); // a slot ahead: empty
+      continue;
+    }
+    const sealedAt = new Date(Math.min(slot.upper.getTime(), at.getTime()));
+    // Numbered below the current generations, newest first (0, -1, …).
+    await client.query(
+      `INSERT INTO ${d.slots} (gen, part, opened_at, sealed_at, filter)
+       VALUES ((SELECT least(coalesce(min(gen), 1), 1) - 1 FROM ${d.slots}), $1, $2, $3, $4)`,
+      [slot.part, slot.lower.toISOString(), sealedAt.toISOString(), slot.filter],
+    );
+    adopted++;
+  }
+  await client.query(`DROP TABLE ${oldSlots}`);
+  await dropEmptyLegacyParent(client, schema, stream);
+  return adopted;
 }
 
-/** One maintenance pass over every deduplicating stream's id state, under the schema lock. */
+/** Drops a time-slot shape's old parent once its last adopted partition went with the window. */
+async function dropEmptyLegacyParent(client: pg.ClientBase, schema: string, stream: StreamDefinition): Promise<void> {
+  const { rows } = await client.query<{ parts: number }>(
+    `SELECT (SELECT count(*) FROM pg_inherits i WHERE i.inhparent = c.oid)::int AS parts
+       FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind = 'p'`,
+    [schema, `${dedupTable(stream.table)}_legacy`],
+  );
+  if (rows.length === 1 && rows[0].parts === 0)
+    await client.query(`DROP TABLE ${qualifiedName(schema, `${dedupTable(stream.table)}_legacy`)}`);
+}
+
+/**
+ * One maintenance pass over every deduplicating stream's id state: the rotation when due, the generations
+ * ahead, the ones past the window dropped (under the schema lock), the filters of the sealed ones, and the
+ * group filters of every GROUP_GENERATIONS of them.
+ */
 export async function maintainDedupState(
   client: pg.ClientBase,
   schema: string,
   streams: readonly StreamDefinition[],
   windowHours: number,
   at = new Date(),
-): Promise<{ created: string[]; dropped: string[]; filtered: string[] }> {
+  hotBytes?: number,
+): Promise<{ created: string[]; sealed: string[]; dropped: string[]; filtered: string[] }> {
   const created: string[] = [];
+  const sealed: string[] = [];
   const dropped: string[] = [];
   const filtered: string[] = [];
+  const hot = hotBytes ?? (await dedupHotBytes(client));
   for (const stream of streams.filter((s) => s.dedupKey !== undefined)) {
+    const rotated = await rotateDedupGeneration(client, schema, stream, windowHours, hot, at);
+    if (rotated !== null) sealed.push(rotated);
     await locked(client, async () => {
-      created.push(...(await ensureDedupSlots(client, schema, stream, windowHours, at)));
-      dropped.push(...(await dropExpiredDedupSlots(client, schema, stream, windowHours, at)));
+      created.push(...(await ensureDedupGenerations(client, schema, stream, at)));
+      dropped.push(...(await dropExpiredDedupGenerations(client, schema, stream, windowHours, at)));
     });
-    filtered.push(...(await buildDedupFilters(client, schema, stream, at)));
+    filtered.push(...(await buildDedupFilters(client, schema, stream)));
+    filtered.push(...(await buildDedupGroupFilters(client, schema, stream)));
   }
-  return { created, dropped, filtered };
-}
-
-/**
- * Creates the partitions of the slots of the whole window before `at` that are missing below the oldest
- * existing one (a bench that fills the id state as past traffic would have left it).
- */
-export async function ensureDedupHistory(
-  client: pg.ClientBase,
-  schema: string,
-  stream: StreamDefinition,
-  windowHours: number,
-  at = new Date(),
-): Promise<string[]> {
-  const d = dedupShape(schema, stream)!;
-  const width = dedupSlotSeconds(windowHours) * 1000;
-  return locked(client, async () => {
-    const created = await ensureDedupSlots(client, schema, stream, windowHours, at);
-    const { rows } = await client.query<{ lower: Date }>(`SELECT min(lower) AS lower FROM ${d.slots}`);
-    const oldest = rows[0].lower.getTime();
-    for (let lower = Math.floor((at.getTime() - windowHours * 3600_000) / width) * width; lower < oldest; lower += width) {
-      const upper = Math.min(lower + width, oldest);
-      const name = dedupPartitionName(stream.table, new Date(lower));
-      const part = qualifiedName(schema, name);
-      const from = new Date(lower).toISOString();
-      const to = new Date(upper).toISOString();
-      await client.query(`CREATE TABLE ${part} PARTITION OF ${d.ids} FOR VALUES FROM ('${from}') TO ('${to}')`);
-      await client.query(`CREATE UNIQUE INDEX ON ${part} (${quoteIdent(DEDUP_KEY_COLUMN)})`);
-      await client.query(`INSERT INTO ${d.slots} (lower, upper, part) VALUES ($1, $2, $3)`, [from, to, part]);
-      created.push(name);
-    }
-    return created;
-  });
+  return { created, sealed, dropped, filtered };
 }

@@ -1,32 +1,60 @@
-import type { IngestdConfig } from "../ops/config";
+import { dedupStreams, type IngestdConfig } from "../ops/config";
 import type { Logger } from "../ops/logger";
 import type { StreamDefinition } from "../shared/stream-definition";
 import type { Database } from "./database";
 import { dropPartitionsOlderThan, ensureMonthPartitions } from "./partitions";
 import { maintainDedupState } from "./dedup-partitions";
 import { maintainBookkeeping } from "./bookkeeping-partitions";
+import { FilterDirectory } from "./filter-directory";
+import type pg from "pg";
 
 /**
- * Creates next month's partitions well before the boundary and applies retention, on a timer. A missed
- * run is harmless: the default partition catches rows, and creating a partition moves them out of it.
+ * How often the id state's open generation is checked for a rotation (docs/storage.md#deduplication): at
+ * 50,000 new ids a second it outgrows its share of stock shared_buffers in about 20 seconds.
+ */
+const DEDUP_CHECK_MS = 5_000;
+
+/** Runs `work` on a pooled connection; a failure is logged, never thrown (a missed run is retried by the next). */
+async function withMaintenanceClient(
+  db: Database,
+  log: Logger,
+  what: string,
+  work: (client: pg.PoolClient) => Promise<void>,
+): Promise<void> {
+  const client = await db.maintenancePool.connect().catch(() => null);
+  if (!client) return;
+  // A checked-out client has no pool error listener: PostgreSQL going away between two statements
+  // would otherwise be an unhandled 'error' event that takes the whole daemon down.
+  let lost: Error | undefined;
+  const onError = (err: Error) => {
+    lost = err;
+  };
+  client.on("error", onError);
+  try {
+    await work(client);
+  } catch (err) {
+    log.error({ err: (err as Error).message }, `${what} failed`);
+  } finally {
+    client.removeListener("error", onError);
+    client.release(lost); // a lost connection is discarded, not returned to the pool
+  }
+}
+
+/**
+ * Creates next month's partitions well before the boundary and applies retention, on a timer
+ * (`partitionCheckMinutes`); rotates, filters and expires the id state's generations on a faster one, and
+ * publishes their filters to the workers. A
+ * missed run is harmless: the default partition catches rows, creating a partition moves them out of it, and
+ * an open generation that grew past its size only costs time until the next check.
  */
 export function startPartitionMaintenance(
   db: Database,
   config: IngestdConfig,
   streams: readonly StreamDefinition[],
   log: Logger,
-): NodeJS.Timeout {
-  const run = async () => {
-    const client = await db.pool.connect().catch(() => null);
-    if (!client) return;
-    // A checked-out client has no pool error listener: PostgreSQL going away between two statements
-    // would otherwise be an unhandled 'error' event that takes the whole daemon down.
-    let lost: Error | undefined;
-    const onError = (err: Error) => {
-      lost = err;
-    };
-    client.on("error", onError);
-    try {
+): { stop(): void; filters(): { count: number; bytes: number } } {
+  const partitions = () =>
+    withMaintenanceClient(db, log, "partition maintenance", async (client) => {
       const created = await ensureMonthPartitions(client, config.dbSchema, streams);
       if (created.length > 0) log.info({ created }, "partitions created");
       if (config.retentionMonths !== null) {
@@ -41,20 +69,40 @@ export function startPartitionMaintenance(
           "bookkeeping partitions dropped by retention",
         );
       }
-      const ids = await maintainDedupState(client, config.dbSchema, streams, config.dedupWindowHours);
-      if (ids.created.length > 0) log.info({ created: ids.created }, "id-state partitions created");
-      if (ids.filtered.length > 0) log.info({ filtered: ids.filtered }, "id-state filters built for sealed partitions");
+    });
+  const idStreams = streams.filter((s) => s.dedupKey !== undefined);
+  // Filters only for the streams that deduplicate here; the others' id state is still rotated and expired.
+  const deduplicating = new Set(dedupStreams(config, streams));
+  const filters = new FilterDirectory(
+    config.dbSchema,
+    idStreams.filter((s) => deduplicating.has(s.name)),
+  );
+  let idStateBusy = false;
+  const idState = async () => {
+    if (idStateBusy || idStreams.length === 0) return; // a filter of a large generation may take longer than a period
+    idStateBusy = true;
+    await withMaintenanceClient(db, log, "id-state maintenance", async (client) => {
+      const ids = await maintainDedupState(client, config.dbSchema, idStreams, config.dedupWindowHours);
+      if (ids.sealed.length > 0) log.debug({ sealed: ids.sealed }, "id-state generations sealed");
+      if (ids.filtered.length > 0) log.info({ filtered: ids.filtered }, "id-state filters built for sealed generations");
       if (ids.dropped.length > 0)
-        log.info({ dropped: ids.dropped, window_hours: config.dedupWindowHours }, "id-state partitions dropped past the window");
-    } catch (err) {
-      log.error({ err: (err as Error).message }, "partition maintenance failed");
-    } finally {
-      client.removeListener("error", onError);
-      client.release(lost); // a lost connection is discarded, not returned to the pool
-    }
+        log.info({ dropped: ids.dropped, window_hours: config.dedupWindowHours }, "id-state generations dropped past the window");
+      await filters.refresh(client);
+      filters.publish();
+    });
+    idStateBusy = false;
   };
-  void run();
-  const timer = setInterval(run, config.partitionCheckMinutes * 60_000);
-  timer.unref();
-  return timer;
+  void partitions().then(idState);
+  const partitionTimer = setInterval(partitions, config.partitionCheckMinutes * 60_000);
+  const idStateTimer = setInterval(idState, DEDUP_CHECK_MS);
+  partitionTimer.unref();
+  idStateTimer.unref();
+  return {
+    filters: () => filters.size(),
+    stop() {
+      clearInterval(partitionTimer);
+      clearInterval(idStateTimer);
+      filters.close();
+    },
+  };
 }

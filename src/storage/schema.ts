@@ -6,8 +6,8 @@ import type pg from "pg";
 import { ensureMonthPartitions, SCHEMA_LOCK_KEY } from "./partitions";
 import type { ColumnType, StreamDefinition } from "../shared/stream-definition";
 import { BATCHES_TABLE, DEAD_LETTERS_TABLE, PRODUCERS_TABLE, qualifiedName, quoteIdent, SOURCES_TABLE } from "../shared/sql-identifiers";
-import { dedupClaimFunction, dedupClaimFunctionDdl } from "../shared/dedup-sql";
-import { dedupStateDdl, ensureDedupSlots, migrateLegacyIds, renameLegacyIdTable } from "./dedup-partitions";
+import { DEDUP_CLAIM_ARGUMENTS, dedupClaimFunction, dedupClaimFunctionDdl } from "../shared/dedup-sql";
+import { dedupStateDdl, ensureDedupGenerations, migrateLegacyIdState, renameLegacyIdState } from "./dedup-partitions";
 import {
   BOOKKEEPING_TABLES,
   ensureDayPartitions,
@@ -162,16 +162,16 @@ export async function ensureSchema(
     for (const stream of streams) {
       for (const statement of streamTableDdl(schema, stream, streams)) await client.query(statement);
       if (!stream.dedupKey) continue;
-      const legacy = await renameLegacyIdTable(client, schema, stream);
+      const legacy = await renameLegacyIdState(client, schema, stream);
       for (const statement of dedupStateDdl(schema, stream)) await client.query(statement);
-      await ensureDedupSlots(client, schema, stream, retention.dedupWindowHours, at);
-      if (legacy) await migrateLegacyIds(client, schema, stream, at);
+      await ensureDedupGenerations(client, schema, stream, at);
+      if (legacy !== null) await migrateLegacyIdState(client, schema, stream, legacy, at);
       // The function workers claim a batch's ids with (workers/commit/commit-targets.ts); replaced at every
-      // start so an upgraded daemon brings its own version (an earlier version's other signature goes).
+      // start so an upgraded daemon brings its own version (an earlier version's other signatures go).
       const { rows: claims } = await client.query<{ fn: string }>(
         `SELECT p.oid::regprocedure::text AS fn FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
-          WHERE n.nspname = $1 AND p.proname = $2 AND p.pronargs <> 4`,
-        [schema, dedupClaimFunction(stream.table)],
+          WHERE n.nspname = $1 AND p.proname = $2 AND pg_get_function_identity_arguments(p.oid) <> $3`,
+        [schema, dedupClaimFunction(stream.table), DEDUP_CLAIM_ARGUMENTS],
       );
       for (const { fn } of claims) await client.query(`DROP FUNCTION ${fn}`);
       await client.query(dedupClaimFunctionDdl(schema, stream)!);

@@ -1,12 +1,12 @@
 /**
  * The SQL each stream's rows are committed with, built once per worker from the stream definitions.
  * Every stream COPYs straight into its table. A deduplicating stream first records the batch's ids in its id
- * state (`<table>_dedup`, partitioned by the time ids were first stored) through its claim function
+ * state (`<table>_dedup`, partitioned by generation) through its claim function
  * (src/shared/dedup-sql.ts), and only the rows whose id that call recorded are copied. A unique index makes
  * concurrent batches of other workers (and other daemons) agree on who stored an id; within one batch the
  * first occurrence wins. See docs/storage.md#deduplication.
  */
-import { DEDUP_GRACE_SECONDS, DEDUP_KEY_COLUMN, DEDUP_STORED_AT_COLUMN, dedupShape } from "../../src/shared/dedup-sql";
+import { DEDUP_GEN_COLUMN, DEDUP_KEY_COLUMN, dedupShape } from "../../src/shared/dedup-sql";
 import type { StreamDefinition } from "../../src/shared/stream-definition";
 import { IdFilters } from "./id-filters";
 import {
@@ -23,15 +23,15 @@ import {
 
 export interface DedupSql {
   /**
-   * `$1` keys in row order, `$2` the keys that hit a checked filter, `$3` which filter each hit (1-based in
-   * `$4`), `$4` the lower bounds of the partitions whose filters were checked (all null without filters): returns `n`, the 1-based position of each row it did NOT
+   * `$1` keys in row order, `$2` the keys that hit a checked filter, `$3` the generation of the filter each
+   * hit, `$4` the generations whose filters were checked (all null without filters): returns `n`, the 1-based position of each row it did NOT
    * record (a duplicate, or a later copy of an id in the batch). Usually none, so the worker parses no result
    * row per stored row.
    */
   claim: string;
   /** `$1` keys: forgets ids whose rows PostgreSQL refused after all (row isolation), in the same transaction. */
   release: string;
-  /** This worker's copy of the sealed partitions' filters. */
+  /** This worker's copy of the sealed generations' filters. */
   filters: IdFilters;
 }
 
@@ -102,12 +102,11 @@ export function commitTarget(schema: string, stream: StreamDefinition, order: nu
   const upsert = stream.onConflict === "update" ? upsertSql(schema, stream) : null;
   const d = dedup ? dedupShape(schema, stream) : null;
   if (d === null) return { stream: stream.name, order, copySql, dedup: null, upsert };
-  const claim = `SELECT n FROM ${d.claim}($1::uuid[], $2::uuid[], $3::integer[], $4::timestamptz[]) AS n`;
-  // This transaction's claim wrote its ids at most the grace period before the current slot's start, no
-  // earlier than its own start minus that: the bound keeps the DELETE to the newest partitions.
-  const at = quoteIdent(DEDUP_STORED_AT_COLUMN);
+  const claim = `SELECT n FROM ${d.claim}($1::uuid[], $2::uuid[], $3::integer[], $4::integer[]) AS n`;
+  // This transaction's claim wrote its ids into the open generation, which cannot change before it ends
+  // (the claim holds the rotation lock shared): the DELETE touches that one partition only.
   const release = `DELETE FROM ${d.ids} WHERE ${quoteIdent(DEDUP_KEY_COLUMN)} = ANY($1::uuid[])
-    AND ${at} >= now() - interval '${DEDUP_GRACE_SECONDS + 1} seconds'`;
+    AND ${quoteIdent(DEDUP_GEN_COLUMN)} = (SELECT gen FROM ${d.slots} WHERE opened_at IS NOT NULL AND sealed_at IS NULL)`;
   return { stream: stream.name, order, copySql, dedup: { claim, release, filters: new IdFilters(d.slots) }, upsert };
 }
 

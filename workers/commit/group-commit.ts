@@ -238,9 +238,8 @@ export class GroupCommitter {
    */
   private async claim(client: pg.Client, target: CommitTarget, part: BatchPart): Promise<pg.QueryResult<{ n: number }>> {
     const dedup = target.dedup!;
-    await dedup.filters.refresh(client);
     const checked = dedup.filters.check(part.keys);
-    return client.query<{ n: number }>(dedup.claim, [part.keys, checked.maybe, checked.slots, checked.covered]);
+    return client.query<{ n: number }>(dedup.claim, [part.keys, checked.maybe, checked.gens, checked.covered]);
   }
 
   /**

@@ -1,73 +1,69 @@
 /**
- * A worker's copy of the Bloom filters of one stream's sealed id-state partitions (docs/storage.md#deduplication):
- * reloaded from the slots table at most every REFRESH_MS, checked before each claim so that PostgreSQL probes a
- * sealed partition only for the ids that hit its filter. A partition whose filter this worker has not loaded
- * yet is simply probed for every id: a stale copy costs time, never correctness.
+ * A worker's view of the Bloom filters of one stream's sealed id-state generations
+ * (docs/storage.md#deduplication): the front thread publishes them in shared memory after each maintenance
+ * pass (src/storage/filter-directory.ts), and the worker checks them before each claim so that PostgreSQL
+ * probes a sealed generation only for the ids that hit its filter. A generation whose filter this worker has
+ * not received yet is simply probed for every id: a stale view costs time, never correctness.
  */
-import type pg from "pg";
+import { BroadcastChannel } from "node:worker_threads";
 import { DedupFilter, hashKey } from "../../src/shared/dedup-filter";
-import { now } from "../../src/shared/clock";
-
-const REFRESH_MS = 30_000;
+import { DEDUP_FILTERS_CHANNEL, type PublishedFilter } from "../../src/shared/task-protocol";
 
 export interface FilterCheck {
   /** Each key that hit a filter, once per filter it hit (null without filters). */
   maybe: string[] | null;
-  /** The 1-based position in `covered` of the filter each `maybe` key hit. */
-  slots: number[] | null;
-  /** Lower bounds (ISO-8601) of the partitions whose filters were checked (null without filters). */
-  covered: string[] | null;
+  /** The generation of the filter each `maybe` key hit. */
+  gens: number[] | null;
+  /** The generations whose filters were checked (null without filters). */
+  covered: number[] | null;
 }
 
 export class IdFilters {
   private filters: DedupFilter[] = [];
-  private lowers: string[] = [];
-  private byLower = new Map<string, DedupFilter>();
-  private loadedAt = -Infinity;
+  /** The generations each filter holds the keys of (one, or a group's). */
+  private filterGens: number[][] = [];
+  private covered: number[] = [];
   private readonly h = new Uint32Array(3);
 
-  constructor(private readonly slotsTable: string) {}
+  constructor(readonly slotsTable: string) {}
 
-  /** Loads the filters built since the last look, forgets those of dropped partitions. */
-  async refresh(client: pg.ClientBase): Promise<void> {
-    if (now() - this.loadedAt < REFRESH_MS) return;
-    this.loadedAt = now();
-    const { rows } = await client.query<{ lower: Date }>(`SELECT lower FROM ${this.slotsTable} WHERE filter IS NOT NULL ORDER BY lower`);
-    const next = new Map<string, DedupFilter>();
-    const missing: string[] = [];
-    for (const r of rows) {
-      const lower = r.lower.toISOString();
-      const have = this.byLower.get(lower);
-      if (have) next.set(lower, have);
-      else missing.push(lower);
-    }
-    if (missing.length > 0) {
-      const loaded = await client.query<{ lower: Date; filter: Buffer }>(
-        `SELECT lower, filter FROM ${this.slotsTable} WHERE lower = ANY($1::timestamptz[])`,
-        [missing],
-      );
-      for (const r of loaded.rows) next.set(r.lower.toISOString(), new DedupFilter(r.filter));
-    }
-    this.byLower = next;
-    this.lowers = [...next.keys()];
-    this.filters = [...next.values()];
+  /** Takes the published filters of this stream (the others are another stream's). */
+  set(published: readonly PublishedFilter[]): void {
+    const mine = published.filter((p) => p.slots === this.slotsTable);
+    this.filterGens = mine.map((p) => p.gens);
+    this.filters = mine.map((p) => new DedupFilter(p.words));
+    this.covered = mine.flatMap((p) => p.gens).sort((a, b) => a - b);
   }
 
   check(keys: readonly string[]): FilterCheck {
-    if (this.filters.length === 0) return { maybe: null, slots: null, covered: null };
+    if (this.filters.length === 0) return { maybe: null, gens: null, covered: null };
+    // A key that hits a group's filter may be in any of its generations: it is probed in each.
     const maybe: string[] = [];
-    const slots: number[] = [];
+    const gens: number[] = [];
     const filters = this.filters;
     const h = this.h;
     for (let i = 0; i < keys.length; i++) {
       hashKey(keys[i], h);
       for (let f = 0; f < filters.length; f++) {
         if (filters[f].hasHashed(h)) {
-          maybe.push(keys[i]);
-          slots.push(f + 1);
+          for (const gen of this.filterGens[f]) {
+            maybe.push(keys[i]);
+            gens.push(gen);
+          }
         }
       }
     }
-    return { maybe, slots, covered: this.lowers };
+    return { maybe, gens, covered: this.covered };
   }
+}
+
+/** Keeps `filters` current with what the front thread publishes (one listener per worker). */
+export function followPublishedFilters(filters: readonly IdFilters[]): void {
+  if (filters.length === 0) return;
+  const channel = new BroadcastChannel(DEDUP_FILTERS_CHANNEL);
+  (channel as unknown as { unref(): void }).unref();
+  channel.onmessage = (event) => {
+    const published = (event as unknown as { data: PublishedFilter[] }).data;
+    for (const f of filters) f.set(published);
+  };
 }
