@@ -60,30 +60,22 @@ export class FilterDirectory {
       const d = dedupShape(this.schema, stream);
       if (d === null) continue;
       const groups = await client.query<{ grp: number; gens: number[] }>(`SELECT grp, gens FROM ${d.groups}`);
-      const grouped = new Set<number>();
-      const missingGroups: number[] = [];
-      for (const g of groups.rows) {
-        for (const gen of g.gens) grouped.add(gen);
-        const have = this.held.get(`${d.slots} G${g.grp}`);
-        if (have) next.set(`${d.slots} G${g.grp}`, have);
-        else missingGroups.push(g.grp);
-      }
-      for (const grp of missingGroups) {
-        const gens = groups.rows.find((g) => g.grp === grp)!.gens;
-        const words = await loadFilter(client, d.groups, "grp = $1", grp);
-        if (words) next.set(`${d.slots} G${grp}`, { slots: d.slots, gens, words });
-      }
-      const gens = await client.query<{ gen: number }>(`SELECT gen FROM ${d.slots} WHERE filter IS NOT NULL`);
-      const missing: number[] = [];
-      for (const { gen } of gens.rows) {
-        if (grouped.has(gen)) continue;
-        const have = this.held.get(`${d.slots} g${gen}`);
-        if (have) next.set(`${d.slots} g${gen}`, have);
-        else missing.push(gen);
-      }
-      for (const gen of missing) {
-        const words = await loadFilter(client, d.slots, "gen = $1", gen);
-        if (words) next.set(`${d.slots} g${gen}`, { slots: d.slots, gens: [gen], words });
+      const filtered = await client.query<{ gen: number }>(`SELECT gen FROM ${d.slots} WHERE filter IS NOT NULL`);
+      const grouped = new Set(groups.rows.flatMap((g) => g.gens));
+      const wanted = [
+        ...groups.rows.map((g) => ({ key: `${d.slots} G${g.grp}`, table: d.groups, where: "grp = $1", id: g.grp, gens: g.gens })),
+        ...filtered.rows
+          .filter((r) => !grouped.has(r.gen))
+          .map((r) => ({ key: `${d.slots} g${r.gen}`, table: d.slots, where: "gen = $1", id: r.gen, gens: [r.gen] })),
+      ];
+      for (const w of wanted) {
+        const have = this.held.get(w.key);
+        if (have) {
+          next.set(w.key, have);
+          continue;
+        }
+        const words = await loadFilter(client, w.table, w.where, w.id);
+        if (words) next.set(w.key, { slots: d.slots, gens: w.gens, words });
       }
     }
     this.held = next;

@@ -43,9 +43,9 @@ async function withMaintenanceClient(
 /**
  * Creates next month's partitions well before the boundary and applies retention, on a timer
  * (`partitionCheckMinutes`); rotates, filters and expires the id state's generations on a faster one, and
- * publishes their filters to the workers. A
- * missed run is harmless: the default partition catches rows, creating a partition moves them out of it, and
- * an open generation that grew past its size only costs time until the next check.
+ * publishes their filters to the workers. A missed run is harmless: the default partition catches rows,
+ * creating a partition moves them out of it, and an open generation that grew past its size only costs time
+ * until the next check.
  */
 export function startPartitionMaintenance(
   db: Database,
