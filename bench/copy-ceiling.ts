@@ -15,7 +15,8 @@ import { from as copyFrom } from "pg-copy-streams";
 import { dedupKey } from "../src/shared/dedup-key";
 import { copyStatement } from "../src/shared/sql-identifiers";
 import { commitTarget } from "../workers/commit/commit-targets";
-import { IdFilters } from "../workers/commit/id-filters";
+import { claimIds } from "../workers/commit/id-claim";
+import { type FilterCheck, IdFilters } from "../workers/commit/id-filters";
 import { dedupShape } from "../src/shared/dedup-sql";
 import { FilterDirectory } from "../src/storage/filter-directory";
 import { compileRowEncoder } from "../workers/records/row-encoder";
@@ -162,19 +163,21 @@ export async function measureCopyCeiling(
         directory.close();
       }
     }
-    const claims = new Map<Buffer, unknown[]>();
+    const claims = new Map<Buffer, { keys: string[]; checked: FilterCheck }>();
     batches.forEach((b, k) => {
       const from = k * batchSize;
       const to = Math.min(rows, from + batchSize);
       const keys = prepared.keys.slice(from, to).map(dedupKey);
-      const checked = filters.check(keys);
-      claims.set(b, [keys, checked.maybe, checked.gens, checked.covered]);
+      claims.set(b, { keys, checked: filters.check(keys) });
     });
     const batchBytes = batches.reduce((a, c) => a + c.length, 0);
     const run = await timedRun(db, schema, n, batches, batchBytes, rows, cores, async (client, share) => {
       for (const batch of share) {
         await client.query("BEGIN");
-        if (target.dedup !== null) await client.query(target.dedup.claim, claims.get(batch));
+        if (target.dedup !== null) {
+          const { keys, checked } = claims.get(batch)!;
+          await claimIds(client, target.dedup, keys, checked);
+        }
         await copyChunks(client, target.copySql, [batch]);
         await client.query("COMMIT");
       }

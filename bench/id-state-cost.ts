@@ -25,6 +25,7 @@ import { maintainDedupState } from "../src/storage/dedup-partitions";
 import { startEmbeddedDb } from "../src/storage/embedded-db";
 import { commitTarget } from "../workers/commit/commit-targets";
 import { prefillIdState } from "./id-state-prefill";
+import { claimIds } from "../workers/commit/id-claim";
 import { IdFilters } from "../workers/commit/id-filters";
 import { FilterDirectory } from "../src/storage/filter-directory";
 import { dedupKey } from "../src/shared/dedup-key";
@@ -34,8 +35,8 @@ const IDS = Number(process.env.IDS ?? 20_000_000);
 const BATCHES = Number(process.env.BATCHES ?? 600);
 const WARM_BATCHES = Number(process.env.WARM_BATCHES ?? 40);
 const BATCH = 5000;
-/** Batches between two maintenance passes (rotation, filters), as the daemon's 5-second check at ~100k ids/s. */
-const MAINTAIN_EVERY = 100;
+/** Batches between two maintenance passes (rotation, filters), as the daemon's 2-second check at ~100k ids/s. */
+const MAINTAIN_EVERY = 40;
 const SCHEMA = "idcost";
 /** CPU the bench process spent checking filters, as a worker would (slots-filtered). */
 let workerCheckSeconds = 0;
@@ -123,7 +124,7 @@ function generations(name: string, filtered: boolean): Candidate {
       await loadFilters(client);
     },
     async claim(client, ids) {
-      // The daemon's maintenance checks for a rotation every 5 s: at about 20 batches a second, every 100.
+      // The daemon's maintenance checks for a rotation every 2 s: at about 20 batches a second, every 40.
       if (++batches % MAINTAIN_EVERY === 0) {
         await client.query("COMMIT");
         await maintainDedupState(client, SCHEMA, [stream], DEFAULT_DEDUP_WINDOW_HOURS);
@@ -140,7 +141,7 @@ function generations(name: string, filtered: boolean): Candidate {
       const checked = filters.check(keys);
       const used = process.cpuUsage(t0);
       workerCheckSeconds += (used.user + used.system) / 1e6;
-      await client.query(target.dedup!.claim, [keys, checked.maybe, checked.gens, checked.covered]);
+      await claimIds(client, target.dedup!, keys, checked);
     },
     async drop(client) {
       const { rows } = await client.query<{ part: string }>(`SELECT part FROM ${d.slots}`);

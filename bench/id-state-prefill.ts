@@ -1,6 +1,6 @@
 /**
  * Fills a deduplicating stream's id state with ids as real traffic would have left them: `count` ids in sealed
- * generations of about a million (a little less than a rotation leaves at stock shared_buffers) spread evenly over the
+ * generations of 400,000 ids (a little less than a rotation leaves) spread evenly over the
  * window before now, the open generation empty as after a rotation (docs/storage.md#deduplication). The ids
  * are made by PostgreSQL itself (gen_random_uuid() for UUIDv4, uuidv7() shifted into the generation's time
  * span for UUIDv7, PostgreSQL 18), inserted in key order generation by generation, so 20 million take minutes,
@@ -15,8 +15,8 @@ import { createGeneration, maintainDedupState } from "../src/storage/dedup-parti
 import { locked } from "../src/storage/partitions";
 import { DEFAULT_DEDUP_WINDOW_HOURS } from "../src/storage/schema";
 
-/** Ids per sealed generation: a little less than a rotation at a 64 MiB index (half of stock shared_buffers) leaves. */
-const GENERATION_IDS = 1_000_000;
+/** Ids per sealed generation: a little less than a rotation at a 16 MiB index leaves (about 420,000 random ids). */
+const GENERATION_IDS = 400_000;
 
 export async function prefillIdState(
   url: string,

@@ -12,7 +12,7 @@ import { before, describe, test } from "node:test";
 import pg from "pg";
 import { streams } from "../config/streams";
 import { dedupKey } from "../src/shared/dedup-key";
-import { dedupClaimFunctionDdl, dedupShape } from "../src/shared/dedup-sql";
+import { dedupClaimFunctionDdl, dedupProbeFunctionDdl, dedupShape } from "../src/shared/dedup-sql";
 import {
   createGeneration,
   dedupStateDdl,
@@ -29,6 +29,8 @@ import path from "node:path";
 import { Worker } from "node:worker_threads";
 import { FilterDirectory } from "../src/storage/filter-directory";
 import { IdFilters, type FilterCheck } from "../workers/commit/id-filters";
+import { claimIds } from "../workers/commit/id-claim";
+import { commitTarget } from "../workers/commit/commit-targets";
 import { GROUP_GENERATIONS } from "../src/storage/dedup-filters";
 import { metric } from "./faults-helpers";
 import { useTestDb } from "./fixture";
@@ -249,6 +251,77 @@ describe("the sealed generations' filters", () => {
     const shared = new DedupFilter(copy.shared);
     assert.equal(held.filter((k) => !shared.has(k)).length, 0, "the words a worker is published answer alike");
     assert.throws(() => new DedupFilter(new Uint8Array(100)), /64-byte blocks/);
+  });
+});
+
+describe("the claim's fast path", () => {
+  test("new ids go in by one binary COPY; a stored id, a second copy in the batch or an unfiltered generation falls back to the claim function", async () => {
+    const url = await freshDatabase();
+    const stream = { ...eventsStream };
+    const d = dedupShape("fast", stream)!;
+    const target = commitTarget("fast", stream, 0, true);
+    await withClient(url, async (c) => {
+      await c.query(`CREATE SCHEMA fast`);
+      for (const s of dedupStateDdl("fast", stream)) await c.query(s);
+      await c.query(dedupClaimFunctionDdl("fast", stream)!);
+      await c.query(dedupProbeFunctionDdl("fast", stream)!);
+      await locked(c, () => ensureDedupGenerations(c, "fast", stream));
+      // The statements the claim sends, read off the real connection.
+      const sent: string[] = [];
+      const query = c.query.bind(c) as (...a: unknown[]) => unknown;
+      (c as unknown as { query: (...a: unknown[]) => unknown }).query = (q: unknown, ...rest: unknown[]) => {
+        sent.push(typeof q === "string" ? q : String((q as { text?: string }).text ?? ""));
+        return query(q, ...rest);
+      };
+      const claim = async (keys: string[], checked: FilterCheck) => {
+        sent.length = 0;
+        await c.query("BEGIN");
+        const notStored = await claimIds(c, target.dedup!, keys, checked);
+        await c.query("COMMIT");
+        const path = sent.some((q) => q.startsWith("COPY")) ? "copy" : "";
+        const fell = sent.some((q) => q.includes(d.claim)) ? "claim" : "";
+        return { notStored, path: [path, fell].filter(Boolean).join("+") };
+      };
+      const none: FilterCheck = { maybe: [], gens: [], covered: [] };
+      const first = Array.from({ length: 300 }, () => crypto.randomUUID());
+      assert.deepEqual(await claim(first, none), { notStored: [], path: "copy" }, "300 new ids: one COPY, nothing else");
+      const stored = await c.query(`SELECT count(*)::int AS n FROM ${d.ids} WHERE id_key = ANY($1::uuid[])`, [first]);
+      assert.equal(stored.rows[0].n, 300);
+
+      const again = [crypto.randomUUID(), first[7], crypto.randomUUID(), first[250]];
+      assert.deepEqual(
+        await claim(again, none),
+        { notStored: [2, 4], path: "copy+claim" },
+        "stored ids fail the COPY; the claim function finds them",
+      );
+      const twice = crypto.randomUUID();
+      assert.deepEqual(
+        await claim([twice, crypto.randomUUID(), twice], none),
+        { notStored: [3], path: "copy+claim" },
+        "a second copy within the batch: the first one wins",
+      );
+      assert.deepEqual(
+        await claim([first[0], crypto.randomUUID()], { maybe: null, gens: null, covered: null }),
+        {
+          notStored: [1],
+          path: "claim",
+        },
+        "no filters received yet: the claim function alone",
+      );
+
+      // A sealed generation the worker has no filter for: the probe says so, the claim function probes it.
+      assert.notEqual(await rotateDedupGeneration(c, "fast", stream, 168, 0), null);
+      const sealedGen = (await c.query(`SELECT gen FROM ${d.slots} WHERE sealed_at IS NOT NULL`)).rows[0].gen as number;
+      assert.deepEqual(await claim([first[1], crypto.randomUUID()], none), { notStored: [1], path: "claim" });
+      // Its filter checked, and hit by one key: the probe finds it stored, the claim function settles the batch.
+      const hit: FilterCheck = { maybe: [first[2]], gens: [sealedGen], covered: [sealedGen] };
+      assert.deepEqual(await claim([crypto.randomUUID(), first[2]], hit), { notStored: [2], path: "claim" });
+      // Its filter checked and not hit: the fast path again, into the new open generation.
+      const fresh = [crypto.randomUUID(), crypto.randomUUID()];
+      assert.deepEqual(await claim(fresh, { maybe: [], gens: [], covered: [sealedGen] }), { notStored: [], path: "copy" });
+      const where = await c.query(`SELECT DISTINCT gen FROM ${d.ids} WHERE id_key = ANY($1::uuid[])`, [fresh]);
+      assert.deepEqual(where.rows, [{ gen: sealedGen + 1 }]);
+    });
   });
 });
 

@@ -19,3 +19,19 @@ export function dedupKeySql(textExpr: string): string {
   return `(CASE WHEN ${textExpr} ~ '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$' THEN (${textExpr})::uuid
     ELSE encode(substring(sha256(convert_to(${textExpr}, 'UTF8')) FROM 1 FOR 16), 'hex')::uuid END)`;
 }
+
+/** Value of each hex digit's char code (lowercase only: keys are canonical), -1 for anything else. */
+const HEX_VALUE = new Int8Array(128).fill(-1);
+for (let i = 0; i < 16; i++) HEX_VALUE["0123456789abcdef".charCodeAt(i)] = i;
+/** Positions of the 32 hex digits in a canonical UUID string. */
+const HEX_POSITIONS = [...Array(36).keys()].filter((i) => i !== 8 && i !== 13 && i !== 18 && i !== 23);
+
+/** Writes a key (dedupKey's canonical UUID string) as its 16 bytes at `offset`, without allocating. */
+export function writeKeyBytes(key: string, buf: Uint8Array, offset: number): void {
+  for (let b = 0; b < 16; b++) {
+    const hi = HEX_VALUE[key.charCodeAt(HEX_POSITIONS[2 * b])];
+    const lo = HEX_VALUE[key.charCodeAt(HEX_POSITIONS[2 * b + 1])];
+    if (hi < 0 || lo < 0) throw new Error(`not a canonical UUID key: ${key}`);
+    buf[offset + b] = (hi << 4) | lo;
+  }
+}

@@ -27,8 +27,9 @@ export const DEDUP_GEN_COLUMN = "gen";
  */
 export const DEDUP_ROTATION_LOCK = 0x1d3d;
 
-/** The claim function's parameters as pg_get_function_identity_arguments spells them (an older one is dropped at start). */
+/** The claim function's parameters and result as pg_get_function_identity_arguments / _result spell them (another is dropped at start). */
 export const DEDUP_CLAIM_ARGUMENTS = "claim_keys uuid[], maybe_keys uuid[], maybe_gens integer[], covered integer[]";
+export const DEDUP_CLAIM_RESULT = "SETOF integer";
 
 /** The table listing a stream's id-state generations and their filters. */
 export function dedupSlotsTable(table: string): string {
@@ -45,6 +46,20 @@ export function dedupClaimFunction(table: string): string {
   return `${dedupTable(table)}_claim`;
 }
 
+/** The function that opens a claim: rotation lock, open generation, probes of the filters' hits (dedupProbeFunctionDdl). */
+export function dedupProbeFunction(table: string): string {
+  return `${dedupTable(table)}_probe`;
+}
+
+/** The probe function's parameters and result as pg_get_function_identity_arguments / _result spell them. */
+export const DEDUP_PROBE_ARGUMENTS = "maybe_keys uuid[], maybe_gens integer[], covered integer[]";
+export const DEDUP_PROBE_RESULT = "TABLE(open_gen integer, open_part text, stored_keys integer, uncovered boolean)";
+
+/** The binary COPY of a batch's keys into the open generation (rows: key, generation; workers/commit/id-claim.ts). */
+export function dedupKeysCopySql(part: string): string {
+  return `COPY ${part} (${DEDUP_KEY_COLUMN}, ${DEDUP_GEN_COLUMN}) FROM STDIN (FORMAT binary)`;
+}
+
 /** The partition of generation `gen`: `<table>_dedup_g42`. */
 export function dedupGenerationName(table: string, gen: number): string {
   return `${dedupTable(table)}_g${gen}`;
@@ -59,6 +74,8 @@ export interface DedupShape {
   groups: string;
   /** Qualified claim function. */
   claim: string;
+  /** Qualified probe function. */
+  probe: string;
   /** SQL arguments of the rotation lock: `DEDUP_ROTATION_LOCK, hashtext('<table>')`. */
   lockArgs: string;
 }
@@ -70,6 +87,7 @@ export function dedupShape(schema: string, stream: StreamDefinition): DedupShape
     slots: qualifiedName(schema, dedupSlotsTable(stream.table)),
     groups: qualifiedName(schema, dedupGroupsTable(stream.table)),
     claim: qualifiedName(schema, dedupClaimFunction(stream.table)),
+    probe: qualifiedName(schema, dedupProbeFunction(stream.table)),
     lockArgs: `${DEDUP_ROTATION_LOCK}, hashtext('${qualifiedName(schema, dedupTable(stream.table)).replace(/'/g, "''")}')`,
   };
 }
@@ -163,4 +181,48 @@ BEGIN
      )$slow$, cur_part) USING claim_keys, found_keys, cur_gen;
 END
 $claim$`;
+}
+
+/**
+ * `CREATE OR REPLACE FUNCTION` of the stream's probe function, or null when the stream has no dedup key: the
+ * first statement of a claim on the fast path (workers/commit/id-claim.ts). Takes the rotation lock shared
+ * (held to the end of the transaction, as the claim function does), reads the open generation and, when the
+ * worker's filters covered every sealed generation, probes each sealed generation for the keys that hit its
+ * filter. Returns the open generation, its partition, how many of the keys it found stored, and `uncovered`: a sealed
+ * generation the worker had no filter for (then nothing was probed, and the claim function must do it all).
+ * When nothing was found the worker COPYs the keys into `open_part` itself, in binary, without sending them as
+ * an array to be parsed and inserted row by row by an INSERT.
+ */
+export function dedupProbeFunctionDdl(schema: string, stream: StreamDefinition): string | null {
+  const d = dedupShape(schema, stream);
+  if (d === null) return null;
+  const key = DEDUP_KEY_COLUMN;
+  return `CREATE OR REPLACE FUNCTION ${d.probe}(maybe_keys uuid[], maybe_gens integer[], covered integer[])
+RETURNS TABLE (open_gen integer, open_part text, stored_keys integer, uncovered boolean)
+LANGUAGE plpgsql AS $probe$
+DECLARE
+  probe_found uuid[];
+  probe_keys uuid[];
+  probe_gen integer;
+  probe_part text;
+BEGIN
+  PERFORM pg_advisory_xact_lock_shared(${d.lockArgs});
+  SELECT s.gen, s.part INTO open_gen, open_part FROM ${d.slots} s WHERE s.sealed_at IS NULL AND s.opened_at IS NOT NULL;
+  IF open_part IS NULL THEN
+    RAISE EXCEPTION 'no open generation of ${d.ids.replace(/'/g, "''")}: partition maintenance has not run';
+  END IF;
+  stored_keys := 0;
+  uncovered := EXISTS (SELECT 1 FROM ${d.slots} s WHERE s.sealed_at IS NOT NULL AND (covered IS NULL OR NOT (s.gen = ANY(covered))));
+  IF NOT uncovered THEN
+    FOR probe_gen, probe_part IN
+      SELECT s.gen, s.part FROM ${d.slots} s WHERE s.sealed_at IS NOT NULL AND s.gen = ANY(maybe_gens) ORDER BY s.gen
+    LOOP
+      SELECT array_agg(m.k) INTO probe_keys FROM unnest(maybe_keys, maybe_gens) AS m(k, g) WHERE m.g = probe_gen;
+      EXECUTE format('SELECT array_agg(i.${key}) FROM %s i WHERE i.${key} = ANY($1)', probe_part) INTO probe_found USING probe_keys;
+      stored_keys := stored_keys + coalesce(cardinality(probe_found), 0);
+    END LOOP;
+  END IF;
+  RETURN NEXT;
+END
+$probe$`;
 }

@@ -6,7 +6,16 @@ import type pg from "pg";
 import { ensureMonthPartitions, SCHEMA_LOCK_KEY } from "./partitions";
 import type { ColumnType, StreamDefinition } from "../shared/stream-definition";
 import { BATCHES_TABLE, DEAD_LETTERS_TABLE, PRODUCERS_TABLE, qualifiedName, quoteIdent, SOURCES_TABLE } from "../shared/sql-identifiers";
-import { DEDUP_CLAIM_ARGUMENTS, dedupClaimFunction, dedupClaimFunctionDdl } from "../shared/dedup-sql";
+import {
+  DEDUP_CLAIM_ARGUMENTS,
+  DEDUP_CLAIM_RESULT,
+  DEDUP_PROBE_ARGUMENTS,
+  DEDUP_PROBE_RESULT,
+  dedupClaimFunction,
+  dedupClaimFunctionDdl,
+  dedupProbeFunction,
+  dedupProbeFunctionDdl,
+} from "../shared/dedup-sql";
 import { dedupStateDdl, ensureDedupGenerations, migrateLegacyIdState, renameLegacyIdState } from "./dedup-partitions";
 import {
   BOOKKEEPING_TABLES,
@@ -166,15 +175,32 @@ export async function ensureSchema(
       for (const statement of dedupStateDdl(schema, stream)) await client.query(statement);
       await ensureDedupGenerations(client, schema, stream, at);
       if (legacy !== null) await migrateLegacyIdState(client, schema, stream, legacy, at);
-      // The function workers claim a batch's ids with (workers/commit/commit-targets.ts); replaced at every
-      // start so an upgraded daemon brings its own version (an earlier version's other signatures go).
-      const { rows: claims } = await client.query<{ fn: string }>(
-        `SELECT p.oid::regprocedure::text AS fn FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
-          WHERE n.nspname = $1 AND p.proname = $2 AND pg_get_function_identity_arguments(p.oid) <> $3`,
-        [schema, dedupClaimFunction(stream.table), DEDUP_CLAIM_ARGUMENTS],
-      );
-      for (const { fn } of claims) await client.query(`DROP FUNCTION ${fn}`);
-      await client.query(dedupClaimFunctionDdl(schema, stream)!);
+      // The functions workers claim a batch's ids with (workers/commit/id-claim.ts); replaced at every start so
+      // an upgraded daemon brings its own version (one with other parameters or another result is dropped first).
+      const functions = [
+        {
+          name: dedupClaimFunction(stream.table),
+          args: DEDUP_CLAIM_ARGUMENTS,
+          result: DEDUP_CLAIM_RESULT,
+          ddl: dedupClaimFunctionDdl(schema, stream)!,
+        },
+        {
+          name: dedupProbeFunction(stream.table),
+          args: DEDUP_PROBE_ARGUMENTS,
+          result: DEDUP_PROBE_RESULT,
+          ddl: dedupProbeFunctionDdl(schema, stream)!,
+        },
+      ];
+      for (const f of functions) {
+        const { rows: others } = await client.query<{ fn: string }>(
+          `SELECT p.oid::regprocedure::text AS fn FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+            WHERE n.nspname = $1 AND p.proname = $2
+              AND (pg_get_function_identity_arguments(p.oid) <> $3 OR pg_get_function_result(p.oid) <> $4)`,
+          [schema, f.name, f.args, f.result],
+        );
+        for (const { fn } of others) await client.query(`DROP FUNCTION ${fn}`);
+        await client.query(f.ddl);
+      }
     }
     const legacy = [];
     for (const t of BOOKKEEPING_TABLES) if (await renameLegacyTable(client, schema, t)) legacy.push(t);

@@ -9,6 +9,7 @@
 import { DEDUP_GEN_COLUMN, DEDUP_KEY_COLUMN, dedupShape } from "../../src/shared/dedup-sql";
 import type { StreamDefinition } from "../../src/shared/stream-definition";
 import { IdFilters } from "./id-filters";
+import type { ClaimSql } from "./id-claim";
 import {
   BATCHES_TABLE,
   BATCH_COLUMNS,
@@ -21,14 +22,7 @@ import {
   stageTable,
 } from "../../src/shared/sql-identifiers";
 
-export interface DedupSql {
-  /**
-   * `$1` keys in row order, `$2` the keys that hit a checked filter, `$3` the generation of the filter each
-   * hit, `$4` the generations whose filters were checked (all null without filters): returns `n`, the 1-based position of each row it did NOT
-   * record (a duplicate, or a later copy of an id in the batch). Usually none, so the worker parses no result
-   * row per stored row.
-   */
-  claim: string;
+export interface DedupSql extends ClaimSql {
   /** `$1` keys: forgets ids whose rows PostgreSQL refused after all (row isolation), in the same transaction. */
   release: string;
   /** This worker's copy of the sealed generations' filters. */
@@ -103,11 +97,12 @@ export function commitTarget(schema: string, stream: StreamDefinition, order: nu
   const d = dedup ? dedupShape(schema, stream) : null;
   if (d === null) return { stream: stream.name, order, copySql, dedup: null, upsert };
   const claim = `SELECT n FROM ${d.claim}($1::uuid[], $2::uuid[], $3::integer[], $4::integer[]) AS n`;
+  const probe = `SELECT * FROM ${d.probe}($1::uuid[], $2::integer[], $3::integer[])`;
   // This transaction's claim wrote its ids into the open generation, which cannot change before it ends
   // (the claim holds the rotation lock shared): the DELETE touches that one partition only.
   const release = `DELETE FROM ${d.ids} WHERE ${quoteIdent(DEDUP_KEY_COLUMN)} = ANY($1::uuid[])
     AND ${quoteIdent(DEDUP_GEN_COLUMN)} = (SELECT gen FROM ${d.slots} WHERE opened_at IS NOT NULL AND sealed_at IS NULL)`;
-  return { stream: stream.name, order, copySql, dedup: { claim, release, filters: new IdFilters(d.slots) }, upsert };
+  return { stream: stream.name, order, copySql, dedup: { claim, probe, release, filters: new IdFilters(d.slots) }, upsert };
 }
 
 /** Every stream's target, in config/streams order (the index a compiled stream's `order` gives). */

@@ -25,6 +25,16 @@ function failingLine(err: pg.DatabaseError): number | null {
   return m ? Number(m[1]) : null;
 }
 
+/** Streams `payload` (the whole COPY data, text or binary) through one COPY statement. */
+export function copyPayload(client: pg.ClientBase, copySql: string, payload: Buffer): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const stream = client.query(copyFrom(copySql));
+    stream.on("error", reject);
+    stream.on("finish", resolve);
+    stream.end(payload);
+  });
+}
+
 export class DatabaseUnavailable extends Error {
   constructor(cause: unknown) {
     super(`database unavailable: ${(cause as Error)?.message ?? String(cause)}`);
@@ -102,13 +112,7 @@ export class CopyWriter {
 
   /** Streams `payload` (COPY text rows) through one COPY statement. */
   copy(client: pg.Client, copySql: string, payload: string): Promise<void> {
-    const buffer = Buffer.from(payload, "utf8");
-    return new Promise((resolve, reject) => {
-      const stream = client.query(copyFrom(copySql));
-      stream.on("error", reject);
-      stream.on("finish", resolve);
-      stream.end(buffer);
-    });
+    return copyPayload(client, copySql, Buffer.from(payload, "utf8"));
   }
 
   /**

@@ -3,6 +3,7 @@ import { now } from "../../src/shared/clock";
 import type { CommitTarget, UpsertSql } from "./commit-targets";
 import { type CopyWriter, DatabaseUnavailable, isRowError, join, type RowFailure } from "./copy-writer";
 import { COMMIT_GAUGE_COMMITTING, COMMIT_GAUGE_WAITING, COMMIT_GAUGE_SLOTS } from "../../src/shared/task-protocol";
+import { claimIds } from "./id-claim";
 import { advanceSessions, checkSessions, type ProducerSql, type SessionMark, type SessionSkip } from "./producer-seqs";
 
 /**
@@ -233,13 +234,12 @@ export class GroupCommitter {
   }
 
   /**
-   * Records the part's ids; returns the rows whose id was not new. The sealed partitions' filters spare
-   * PostgreSQL the probes of ids they certainly do not hold (commit/id-filters.ts).
+   * Records the part's ids; returns the 1-based rows whose id was not new. The sealed partitions' filters
+   * spare PostgreSQL the probes of ids they certainly do not hold (commit/id-filters.ts, commit/id-claim.ts).
    */
-  private async claim(client: pg.Client, target: CommitTarget, part: BatchPart): Promise<pg.QueryResult<{ n: number }>> {
+  private claim(client: pg.Client, target: CommitTarget, part: BatchPart): Promise<number[]> {
     const dedup = target.dedup!;
-    const checked = dedup.filters.check(part.keys);
-    return client.query<{ n: number }>(dedup.claim, [part.keys, checked.maybe, checked.gens, checked.covered]);
+    return claimIds(client, dedup, part.keys, dedup.filters.check(part.keys));
   }
 
   /**
@@ -291,10 +291,10 @@ export class GroupCommitter {
       let stored: Uint8Array | null = null;
       if (target.dedup !== null) {
         // Claim the ids first; only rows whose id this batch recorded are copied.
-        const claimed = await this.claim(client, target, part);
+        const notStored = await this.claim(client, target, part);
         stored = new Uint8Array(n).fill(1);
-        for (const r of claimed.rows) stored[r.n - 1] = 0;
-        if (claimed.rows.length > 0) {
+        for (const r of notStored) stored[r - 1] = 0;
+        if (notStored.length > 0) {
           copied = [];
           rows = [];
           for (let i = 0; i < n; i++) {

@@ -10,11 +10,11 @@ import { DedupFilter, hashKey } from "../../src/shared/dedup-filter";
 import { DEDUP_FILTERS_CHANNEL, type PublishedFilter } from "../../src/shared/task-protocol";
 
 export interface FilterCheck {
-  /** Each key that hit a filter, once per filter it hit (null without filters). */
+  /** Each key that hit a filter, once per generation of the filter it hit (null: no publication received yet). */
   maybe: string[] | null;
-  /** The generation of the filter each `maybe` key hit. */
+  /** The generation of each `maybe` entry. */
   gens: number[] | null;
-  /** The generations whose filters were checked (null without filters). */
+  /** The generations whose filters were checked (null: no publication received yet). */
   covered: number[] | null;
 }
 
@@ -22,7 +22,8 @@ export class IdFilters {
   private filters: DedupFilter[] = [];
   /** The generations each filter holds the keys of (one, or a group's). */
   private filterGens: number[][] = [];
-  private covered: number[] = [];
+  /** null until the front's first publication: until then PostgreSQL probes every sealed generation. */
+  private covered: number[] | null = null;
   private readonly h = new Uint32Array(3);
 
   constructor(readonly slotsTable: string) {}
@@ -36,7 +37,7 @@ export class IdFilters {
   }
 
   check(keys: readonly string[]): FilterCheck {
-    if (this.filters.length === 0) return { maybe: null, gens: null, covered: null };
+    if (this.covered === null) return { maybe: null, gens: null, covered: null };
     // A key that hits a group's filter may be in any of its generations: it is probed in each.
     const maybe: string[] = [];
     const gens: number[] = [];
