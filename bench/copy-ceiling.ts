@@ -51,6 +51,14 @@ export interface CeilingResult {
   runs: CeilingRun[];
   /** The same rows through the daemon's commit statements (id claim + COPY when deduplicating), no daemon. */
   commit_sql: (CeilingRun & { batch_size: number; dedup: boolean }) | null;
+  /**
+   * The 2-stream ceiling measured again after the daemon phases (fresh rows and ids, the table and id state
+   * as the phases left them): a run of a few seconds on a shared machine can land in a quiet or a busy
+   * moment, so the daemon phases' ratios are taken against the mean of both (`basis`).
+   */
+  after: CeilingRun | null;
+  /** What the ratios "× ceiling" divide by: the 2-stream run, or the mean of it and `after`. */
+  basis: { rows_per_s: number; capacity_rows_per_s: number | null } | null;
 }
 
 const ROWS_PER_CHUNK = 2000;
@@ -187,12 +195,52 @@ export async function measureCopyCeiling(
       `daemon's commit SQL, ${n} streams, ${batchSize}-row batches${commitSql.dedup ? ", dedup id claim" : ""}: ${run.rows_per_s.toLocaleString("en-US")} rows/s`,
     );
   }
+  const copy2 = runs.find((r) => r.streams === 2) ?? null;
   return {
     row_bytes_avg: Math.round(bytes / totalRows),
     prepare_events_per_s: Math.round(totalRows / prepared.seconds),
     runs,
     commit_sql: commitSql,
+    after: null,
+    basis: copy2 ? { rows_per_s: copy2.rows_per_s, capacity_rows_per_s: copy2.capacity_rows_per_s } : null,
   };
+}
+
+/**
+ * The 2-stream COPY ceiling once more, after the daemon phases, with rows and ids of its own; sets
+ * `ceiling.after` and makes `ceiling.basis` the mean of the two 2-stream runs.
+ */
+export async function measureCeilingAgain(
+  ceiling: CeilingResult,
+  db: BenchDb,
+  schema: string,
+  totalRows: number,
+  cores: number,
+  kind: IdKind,
+  log: (line: string) => void,
+): Promise<void> {
+  const stream = benchStream();
+  const sql = copyStatement(
+    schema,
+    stream.table,
+    stream.columns.map((c) => c.name),
+  );
+  const chunks = chunk(prepareRows(totalRows, kind).rows, ROWS_PER_CHUNK);
+  const bytes = chunks.reduce((a, c) => a + c.length, 0);
+  const run = await timedRun(db, schema, 2, chunks, bytes, totalRows, cores, (client, share) => copyChunks(client, sql, share));
+  ceiling.after = run;
+  const before = ceiling.runs.find((r) => r.streams === 2);
+  const mean = (a: number | null, b: number | null) => (a === null || b === null ? (a ?? b) : Math.round((a + b) / 2));
+  ceiling.basis = before
+    ? {
+        rows_per_s: mean(before.rows_per_s, run.rows_per_s)!,
+        capacity_rows_per_s: mean(before.capacity_rows_per_s, run.capacity_rows_per_s),
+      }
+    : { rows_per_s: run.rows_per_s, capacity_rows_per_s: run.capacity_rows_per_s };
+  log(
+    `COPY ceiling again, 2 streams: ${run.rows_per_s.toLocaleString("en-US")} rows/s (${run.seconds} s); ` +
+      `ratios against the mean, ${ceiling.basis.rows_per_s.toLocaleString("en-US")} rows/s`,
+  );
 }
 
 /** Runs `work` over `n` connections, each on its contiguous share of `chunks`. */

@@ -194,7 +194,7 @@ export function renderReport(r: BenchReport): string {
   if (r.copy_ceiling) {
     const c = r.copy_ceiling;
     out.push(`COPY ceiling — same rows (${c.row_bytes_avg} B/row as COPY text), pg-copy-streams into the same table, no daemon`);
-    const runs = c.commit_sql ? [...c.runs, c.commit_sql] : c.runs;
+    const runs = [...c.runs, ...(c.commit_sql ? [c.commit_sql] : []), ...(c.after ? [c.after] : [])];
     out.push(
       ...table(
         [
@@ -214,7 +214,9 @@ export function renderReport(r: BenchReport): string {
         runs.map((run) => [
           run === c.commit_sql
             ? `  daemon's commit SQL: ${run.streams} conns, ${c.commit_sql.batch_size}-row transactions${c.commit_sql.dedup ? ", dedup id claim" : ""}`
-            : `  ${run.streams} stream${run.streams > 1 ? "s" : ""}`,
+            : run === c.after
+              ? `  ${run.streams} streams again, after the daemon phases`
+              : `  ${run.streams} stream${run.streams > 1 ? "s" : ""}`,
           int(run.rows_per_s),
           run.mib_per_s.toFixed(1),
           int(run.rows),
@@ -230,6 +232,7 @@ export function renderReport(r: BenchReport): string {
       ),
     );
     out.push(`  parse + validate + encode on one thread (a worker's CPU share, no database): ${int(c.prepare_events_per_s)} events/s`);
+    if (c.after && c.basis) out.push(`  "× ceiling" below: against the mean of the two 2-stream runs, ${int(c.basis.rows_per_s)} rows/s`);
     out.push("");
   }
 
