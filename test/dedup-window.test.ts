@@ -138,9 +138,10 @@ describe("duplicates are found wherever the first copy came from", () => {
       await remember(c, await pastGeneration(c, 30), ["w-old-30"]);
       await remember(c, await pastGeneration(c, 150), ["w-old-150"]);
     });
-    // A daemon started now builds the sealed generations' filters; its workers load them.
+    // A daemon started now holds the sealed generations' filters and publishes them to its workers. Which
+    // daemon builds them is a race (`d` checks the id state every 2 s too): wait for what this one holds.
     const fresh = await daemon();
-    await waitFor("filters built", () => fresh.output.some((l) => l.includes("id-state filters built")), 20_000);
+    await waitFor("filters held", async () => (await metric(fresh.base, "ingestd_dedup_filters")) >= 2, 20_000);
     const filtered = await withClient(fx.db.url, (c) =>
       c.query(`SELECT count(*)::int AS n FROM events_dedup_slots WHERE filter IS NOT NULL`),
     );
