@@ -73,6 +73,7 @@ export const DAEMON_ENV_KEYS = [
   "WS_WINDOW",
   "WS_MAX_FRAME_BYTES",
   "OVERLOAD_DEADLINE_MS",
+  "DEDUP_FILTER_MB",
   "LOG_LEVEL",
   "INGESTD_CONFIG",
 ] as const;

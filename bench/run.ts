@@ -257,16 +257,16 @@ async function runWithOptions(options: BenchOptions, out: NodeJS.WritableStream)
     );
 
     // The id state starts as weeks of traffic leave it, outside the timed phases (docs/performance.md#workload).
-    let idsAtStart: number | null = null;
-    if (benchStream().dedupKey !== undefined && options.prefillIds > 0) {
+    // A kept database (BENCH_DATABASE) only gets the ids it lacks.
+    let idsAtStart = await idStateSize(db, schema);
+    const missing = options.prefillIds - (idsAtStart ?? 0);
+    if (benchStream().dedupKey !== undefined && missing > 0) {
       const started = Date.now();
-      log(`pre-filling the id state with ${options.prefillIds.toLocaleString("en-US")} ${options.idKind} ids (untimed)`);
-      await prefillIdState(db.url, schema, benchStream(), options.prefillIds, options.idKind);
+      log(`pre-filling the id state with ${missing.toLocaleString("en-US")} ${options.idKind} ids (untimed)`);
+      await prefillIdState(db.url, schema, benchStream(), missing, options.idKind);
       await checkpoint(db);
       idsAtStart = await idStateSize(db, schema);
       log(`id state holds ${idsAtStart?.toLocaleString("en-US")} ids (${((Date.now() - started) / 1000).toFixed(0)} s)`);
-    } else {
-      idsAtStart = await idStateSize(db, schema);
     }
 
     const dedupOn = options.dedup === "default" ? streamDedups(config) : options.dedup === "on";

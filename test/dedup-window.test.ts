@@ -253,6 +253,87 @@ describe("the sealed generations' filters", () => {
     assert.equal(held.filter((k) => !shared.has(k)).length, 0, "the words a worker is published answer alike");
     assert.throws(() => new DedupFilter(new Uint8Array(100)), /64-byte blocks/);
   });
+
+  test("a filter folded in half still holds every key, at about 2.5% false positives", () => {
+    const held = Array.from({ length: 100_000 }, () => crypto.randomUUID());
+    const filter = new DedupFilter(held.length);
+    for (const k of held) filter.add(k);
+    assert.ok(filter.foldable, "a new filter has an even number of blocks");
+    const folded = filter.fold();
+    assert.equal(folded.byteLength, filter.byteLength / 2);
+    assert.ok(folded.shared instanceof SharedArrayBuffer, "folded into shared memory, as the front publishes it");
+    assert.equal(held.filter((k) => !folded.has(k)).length, 0, "no false negative");
+    const others = Array.from({ length: 100_000 }, () => crypto.randomUUID());
+    const rate = others.filter((k) => folded.has(k)).length / others.length;
+    assert.ok(rate > 0.005 && rate < 0.05, `false-positive rate ${rate}`);
+    const odd = new DedupFilter(new Uint8Array(64 * 3));
+    assert.equal(odd.foldable, false, "a filter of an odd number of blocks (built before folding) is not");
+    assert.throws(() => odd.fold(), /cannot be folded/);
+  });
+
+  test("past dedupFilterMb the oldest filters are folded, then left out; their generations are probed and their ids stay duplicates", async () => {
+    const url = await freshDatabase();
+    const first = await daemon({}, url);
+    await first.stop();
+    // Three sealed generations of 400,000 ids: 784 KiB of filter each at 16 bits per id.
+    const parts = await withClient(url, async (c) => {
+      const made: string[] = [];
+      for (const [hours, id] of [
+        [50, "bud-old"],
+        [40, "bud-mid"],
+        [30, "bud-new"],
+      ] as const) {
+        const part = await pastGeneration(c, hours);
+        await remember(c, part, [id]);
+        await c.query(`INSERT INTO ${part} (id_key, gen) SELECT gen_random_uuid(), gen FROM ${part}, generate_series(1, 399999)`);
+        made.push(part);
+      }
+      await maintainDedupState(c, "public", [eventsStream], 168);
+      return made;
+    });
+    const sizes = await withClient(url, async (c) => {
+      const { rows } = await c.query<{ n: number }>(
+        `SELECT octet_length(filter) AS n FROM events_dedup_slots WHERE part = ANY($1) ORDER BY gen`,
+        [parts],
+      );
+      return rows.map((r) => r.n);
+    });
+    assert.equal(sizes.length, 3);
+    const each = sizes[0];
+    const slots = dedupShape("public", eventsStream)!.slots;
+    const check = async (budget: number) => {
+      const directory = new FilterDirectory("public", [eventsStream], budget);
+      try {
+        await withClient(url, (c) => directory.refresh(c));
+        const filters = new IdFilters(slots);
+        filters.set(directory.list());
+        return { size: directory.size(), checked: filters.check(["bud-old", "bud-mid", "bud-new"].map(dedupKey)) };
+      } finally {
+        directory.close();
+      }
+    };
+    const whole = await check(3 * each);
+    assert.deepEqual(whole.size, { count: 3, bytes: 3 * each, folded: 0, unfiltered: 0 }, "within the budget: held as built");
+    const tight = await check(2 * each);
+    assert.deepEqual(tight.size, { count: 3, bytes: 2 * each, folded: 2, unfiltered: 0 }, "the two oldest folded in half");
+    assert.equal(tight.checked.covered!.length, 3);
+    assert.equal(tight.checked.maybe!.length, 3, "every old id still hits its filter");
+    const small = await check(each);
+    assert.deepEqual(small.size, { count: 2, bytes: each, folded: 2, unfiltered: 1 }, "the oldest left out, the next two folded");
+    assert.equal(small.checked.covered!.length, 2, "the oldest generation is not covered: PostgreSQL probes it for every id");
+
+    // A daemon with 1 MiB for 2.3 MiB of filters: two folded, the oldest left out; it finds the ids of all three.
+    const d = await daemon({ DEDUP_FILTER_MB: "1" }, url);
+    await waitFor("filters published", async () => (await metric(d.base, "ingestd_dedup_filters")) === 2, 20_000);
+    assert.equal(await metric(d.base, "ingestd_dedup_filters_folded"), 2);
+    assert.equal(await metric(d.base, "ingestd_dedup_unfiltered_generations"), 1);
+    assert.ok((await metric(d.base, "ingestd_dedup_filter_bytes")) <= 2 ** 20);
+    const fresh = Array.from({ length: 100 }, (_, i) => event(`bud-fresh-${i}`));
+    const answer = await send(d, [...fresh, event("bud-old"), event("bud-mid"), event("bud-new")]);
+    assert.deepEqual([answer.accepted, answer.duplicates], [100, 3]);
+    await waitFor("the warning", () => d.output.some((l) => l.includes("exceed dedupFilterMb")), 5_000);
+    await d.stop();
+  });
 });
 
 describe("the claim's fast path", () => {

@@ -90,7 +90,7 @@ describe("the alert rules", () => {
     if (!requireTool(t, "promtool", INSTALL)) return;
     const r = spawnSync("promtool", ["check", "rules", RULES], { encoding: "utf8", timeout: 30_000 });
     assert.equal(r.status, 0, r.stdout + r.stderr);
-    assert.match(r.stdout, /SUCCESS: 7 rules found/);
+    assert.match(r.stdout, /SUCCESS: 8 rules found/);
   });
 
   test("fire on the series that should fire them and on no others (`promtool test rules`)", (t) => {
@@ -107,6 +107,7 @@ describe("the alert rules", () => {
       "IngestdRecordsRejected",
       "IngestdServerErrors",
       "IngestdSourceFailing",
+      "IngestdDedupFiltersOverBudget",
     ]);
     const tests = fs.readFileSync(RULE_TESTS, "utf8");
     for (const a of alerts)

@@ -86,6 +86,11 @@ export interface IngestdConfig {
    * the id state holds about this long's ids, whatever the tables' retention.
    */
   dedupWindowHours: Int & tags.Minimum<1> & tags.Maximum<8760>;
+  /**
+   * MiB of memory the id state's Bloom filters may hold in all (one copy per daemon, docs/storage.md#filter-memory):
+   * past it the oldest are folded to half their size, then left out.
+   */
+  dedupFilterMb: Int & tags.Minimum<1> & tags.Maximum<65536>;
   /** Days of `ingest_batches` rows (batch status answers) kept; dropped by day partition. */
   batchesRetentionDays: Int & tags.Minimum<1> & tags.Maximum<3650>;
   /** Days of `ingest_dead_letters` rows kept; dropped by day partition. */
@@ -116,6 +121,7 @@ const ADDED_SETTINGS: Partial<IngestdConfig> = {
   cors: { allowedOrigins: [] },
   reads: { poolSize: 4, statementTimeoutMs: 5000, maxWaiting: 64 },
   dedupWindowHours: 168,
+  dedupFilterMb: 128,
   batchesRetentionDays: 7,
   deadLettersRetentionDays: 30,
   producerRetentionDays: 30,
@@ -160,6 +166,7 @@ const ENV_OVERRIDES: ReadonlyArray<[env: string, path: string, kind: EnvKind]> =
   ["WS_MAX_FRAME_BYTES", "ws.maxFrameBytes", "int"],
   ["RETENTION_MONTHS", "retentionMonths", "int"],
   ["DEDUP_WINDOW_HOURS", "dedupWindowHours", "int"],
+  ["DEDUP_FILTER_MB", "dedupFilterMb", "int"],
   ["BATCHES_RETENTION_DAYS", "batchesRetentionDays", "int"],
   ["DEAD_LETTERS_RETENTION_DAYS", "deadLettersRetentionDays", "int"],
   ["PRODUCER_RETENTION_DAYS", "producerRetentionDays", "int"],

@@ -4,7 +4,8 @@
  * memory (a group's filter instead of those of its generations), forgotten when their generations are
  * dropped, and published whole to the workers on
  * DEDUP_FILTERS_CHANNEL. One copy per process, whatever the number of workers; a worker started since the
- * last pass gets them at the next (until then it probes every sealed generation: slower, never wrong).
+ * last pass gets them at the next (until then it probes every sealed generation: slower, never wrong). Within
+ * a budget (`dedupFilterMb`, docs/storage.md#filter-memory): past it the oldest are folded, then left out.
  */
 import { BroadcastChannel } from "node:worker_threads";
 import type pg from "pg";
@@ -14,11 +15,11 @@ import type { StreamDefinition } from "../shared/stream-definition";
 import { DEDUP_FILTERS_CHANNEL, type PublishedFilter } from "../shared/task-protocol";
 
 /** Bytes of a filter read per query: a bytea arrives as hex text, twice its size. */
-const LOAD_CHUNK_BYTES = 4 << 20;
+const LOAD_CHUNK_BYTES = 1 << 20;
 
 /**
- * One filter's bytes into shared memory, in slices of LOAD_CHUNK_BYTES (a group's filter is tens of MiB: read
- * whole, it would be held as hex text, then bytes, then shared words at once). `table` and `where` name the
+ * One filter's bytes into shared memory, in slices of LOAD_CHUNK_BYTES (a group's filter is up to tens of MiB:
+ * read whole, it would be held as hex text, then bytes, then shared words at once). `table` and `where` name the
  * row (`$1`). Null: gone meanwhile.
  */
 async function loadFilter(client: pg.ClientBase, table: string, where: string, key: number): Promise<SharedArrayBuffer | null> {
@@ -38,63 +39,130 @@ async function loadFilter(client: pg.ClientBase, table: string, where: string, k
   return new DedupFilter(words).shared;
 }
 
+/**
+ * Times a filter may be folded in half to fit the budget: built at FILTER_BITS_PER_KEY (16), folded once it
+ * has 8 bits per key (about 2.5% false positives). Folded again it would let about a third through, each a
+ * probe of a cold index: left out instead.
+ */
+const MAX_FOLDS = 1;
+
+interface Held {
+  filter: DedupFilter;
+  published: PublishedFilter;
+  folds: number;
+}
+
+export interface FilterDirectorySize {
+  /** Filters held (a group's counts once). */
+  count: number;
+  /** Their bytes, one shared copy for every worker. */
+  bytes: number;
+  /** Of those, the filters folded to fit the budget. */
+  folded: number;
+  /** Sealed generations left without a filter by the budget: probed in PostgreSQL for every id. */
+  unfiltered: number;
+}
+
 export class FilterDirectory {
   /** By `<slots table> g<gen>` (one generation) or `<slots table> G<grp>` (a group). */
-  private held = new Map<string, PublishedFilter>();
+  private held = new Map<string, Held>();
+  /** Filters the budget left out: not loaded again (a filter never changes; it goes with its generations). */
+  private leftOut = new Map<string, number>();
   private readonly channel = new BroadcastChannel(DEDUP_FILTERS_CHANNEL);
 
+  /** `budgetBytes`: what the filters may hold at most (`dedupFilterMb`, docs/storage.md#filter-memory). */
   constructor(
     private readonly schema: string,
     private readonly streams: readonly StreamDefinition[],
+    private readonly budgetBytes = Number.POSITIVE_INFINITY,
   ) {
     (this.channel as unknown as { unref(): void }).unref();
   }
 
   /**
    * Loads the filters built since the last pass and forgets the others: each group's, and each sealed
-   * generation's that belongs to no group (a grouped generation's own filter would only cost memory).
+   * generation's that belongs to no group (a grouped generation's own filter would only cost memory). Newest
+   * first, within the budget: past it the oldest filters are folded in half, then left out.
    */
   async refresh(client: pg.ClientBase): Promise<void> {
-    const next = new Map<string, PublishedFilter>();
+    const wanted: { key: string; slots: string; table: string; where: string; id: number; gens: number[] }[] = [];
     for (const stream of this.streams) {
       const d = dedupShape(this.schema, stream);
       if (d === null) continue;
       const groups = await client.query<{ grp: number; gens: number[] }>(`SELECT grp, gens FROM ${d.groups}`);
       const filtered = await client.query<{ gen: number }>(`SELECT gen FROM ${d.slots} WHERE filter IS NOT NULL`);
       const grouped = new Set(groups.rows.flatMap((g) => g.gens));
-      const wanted = [
-        ...groups.rows.map((g) => ({ key: `${d.slots} G${g.grp}`, table: d.groups, where: "grp = $1", id: g.grp, gens: g.gens })),
-        ...filtered.rows
-          .filter((r) => !grouped.has(r.gen))
-          .map((r) => ({ key: `${d.slots} g${r.gen}`, table: d.slots, where: "gen = $1", id: r.gen, gens: [r.gen] })),
-      ];
-      for (const w of wanted) {
-        const have = this.held.get(w.key);
-        if (have) {
-          next.set(w.key, have);
-          continue;
-        }
-        const words = await loadFilter(client, w.table, w.where, w.id);
-        if (words) next.set(w.key, { slots: d.slots, gens: w.gens, words });
+      for (const g of groups.rows)
+        wanted.push({ key: `${d.slots} G${g.grp}`, slots: d.slots, table: d.groups, where: "grp = $1", id: g.grp, gens: g.gens });
+      for (const r of filtered.rows) {
+        if (!grouped.has(r.gen))
+          wanted.push({ key: `${d.slots} g${r.gen}`, slots: d.slots, table: d.slots, where: "gen = $1", id: r.gen, gens: [r.gen] });
       }
     }
+    // Newest first (several streams share the budget, taken by generation number).
+    wanted.sort((a, b) => Math.max(...b.gens) - Math.max(...a.gens));
+    const next = new Map<string, Held>();
+    const leftOut = new Map<string, number>();
+    let bytes = 0;
+    for (const w of wanted) {
+      if (this.leftOut.has(w.key) || leftOut.size > 0) {
+        leftOut.set(w.key, w.gens.length); // older than one the budget left out: left out too
+        continue;
+      }
+      let h = this.held.get(w.key);
+      if (h === undefined) {
+        const words = await loadFilter(client, w.table, w.where, w.id);
+        if (words === null) continue;
+        const filter = new DedupFilter(words);
+        h = { filter, published: { slots: w.slots, gens: w.gens, words }, folds: 0 };
+      }
+      next.set(w.key, h);
+      bytes += h.filter.byteLength;
+      bytes = this.fit(next, bytes, leftOut);
+    }
     this.held = next;
+    this.leftOut = leftOut;
+  }
+
+  /** Folds the oldest filters that can be, then leaves out the oldest, until `next` fits the budget; its bytes. */
+  private fit(next: Map<string, Held>, bytes: number, leftOut: Map<string, number>): number {
+    while (bytes > this.budgetBytes && next.size > 0) {
+      const held = [...next.entries()].reverse(); // oldest first
+      const fold = held.find(([, h]) => h.folds < MAX_FOLDS && h.filter.foldable);
+      if (fold) {
+        const [key, h] = fold;
+        const filter = h.filter.fold();
+        bytes -= h.filter.byteLength - filter.byteLength;
+        next.set(key, { filter, published: { ...h.published, words: filter.shared }, folds: h.folds + 1 });
+        continue;
+      }
+      const [key, h] = held[0];
+      next.delete(key);
+      leftOut.set(key, h.published.gens.length);
+      bytes -= h.filter.byteLength;
+    }
+    return bytes;
   }
 
   /** Every filter held, for the workers (they replace what they had). */
   list(): PublishedFilter[] {
-    return [...this.held.values()];
+    return [...this.held.values()].map((h) => h.published);
   }
 
   publish(): void {
     this.channel.postMessage(this.list());
   }
 
-  /** Filters held, and their bytes (shared with every worker). */
-  size(): { count: number; bytes: number } {
+  size(): FilterDirectorySize {
     let bytes = 0;
-    for (const f of this.held.values()) bytes += f.words.byteLength;
-    return { count: this.held.size, bytes };
+    let folded = 0;
+    for (const h of this.held.values()) {
+      bytes += h.filter.byteLength;
+      if (h.folds > 0) folded++;
+    }
+    let unfiltered = 0;
+    for (const gens of this.leftOut.values()) unfiltered += gens;
+    return { count: this.held.size, bytes, folded, unfiltered };
   }
 
   close(): void {

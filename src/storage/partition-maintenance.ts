@@ -5,7 +5,7 @@ import type { Database } from "./database";
 import { dropPartitionsOlderThan, ensureMonthPartitions } from "./partitions";
 import { maintainDedupState } from "./dedup-partitions";
 import { maintainBookkeeping } from "./bookkeeping-partitions";
-import { FilterDirectory } from "./filter-directory";
+import { FilterDirectory, type FilterDirectorySize } from "./filter-directory";
 import type pg from "pg";
 
 /**
@@ -52,7 +52,7 @@ export function startPartitionMaintenance(
   config: IngestdConfig,
   streams: readonly StreamDefinition[],
   log: Logger,
-): { stop(): void; filters(): { count: number; bytes: number } } {
+): { stop(): void; filters(): FilterDirectorySize } {
   const partitions = () =>
     withMaintenanceClient(db, log, "partition maintenance", async (client) => {
       const created = await ensureMonthPartitions(client, config.dbSchema, streams);
@@ -76,7 +76,9 @@ export function startPartitionMaintenance(
   const filters = new FilterDirectory(
     config.dbSchema,
     idStreams.filter((s) => deduplicating.has(s.name)),
+    config.dedupFilterMb * 2 ** 20,
   );
+  let unfiltered = 0;
   let idStateBusy = false;
   const idState = async () => {
     if (idStateBusy || idStreams.length === 0) return; // a filter of a large generation may take longer than a period
@@ -89,6 +91,14 @@ export function startPartitionMaintenance(
         log.info({ dropped: ids.dropped, window_hours: config.dedupWindowHours }, "id-state generations dropped past the window");
       await filters.refresh(client);
       filters.publish();
+      const now = filters.size().unfiltered;
+      if (now > 0 && unfiltered === 0) {
+        log.warn(
+          { unfiltered_generations: now, dedup_filter_mb: config.dedupFilterMb },
+          "id-state filters exceed dedupFilterMb: the oldest generations are probed in PostgreSQL for every id (docs/storage.md#filter-memory)",
+        );
+      }
+      unfiltered = now;
     });
     idStateBusy = false;
   };
