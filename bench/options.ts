@@ -24,7 +24,7 @@ export interface BenchOptions {
   soakIntervalS: number;
   /** Event ids: random UUIDv4 (default) or time-ordered UUIDv7 (the labelled second run). */
   idKind: IdKind;
-  /** Ids the id state remembers before the first timed phase (pre-filled once; skipped when it holds as many). */
+  /** Ids the id state remembers before the first timed phase (pre-filled once, untimed; a kept database only gets the ids it lacks). */
   prefillIds: number;
   /** Frames in flight per WebSocket connection at most, full-speed phases (0: the daemon's window). */
   wsInFlight: number;
