@@ -240,6 +240,46 @@ describe("the sealed generations' filters", () => {
     await d.stop();
   });
 
+  test("a daemon publishes the filters that exist before it builds the missing ones", async () => {
+    const url = await freshDatabase();
+    const first = await daemon({}, url);
+    await first.stop();
+    const pending = await withClient(url, async (c) => {
+      await remember(c, await pastGeneration(c, 50), ["pub-first-built"]);
+      await maintainDedupState(c, "public", [eventsStream], 168);
+      const part = await pastGeneration(c, 40);
+      await remember(c, part, ["pub-first-pending"]);
+      return part;
+    });
+    // The missing filter cannot be built while this lock is held (its build reads the partition).
+    const blocker = new pg.Client({ connectionString: url });
+    await blocker.connect();
+    await blocker.query("BEGIN");
+    await blocker.query(`LOCK TABLE ${pending} IN ACCESS EXCLUSIVE MODE`);
+    let d: Daemon | undefined;
+    try {
+      d = await daemon({}, url);
+      const started = d;
+      await waitFor("the existing filter published", async () => (await metric(started.base, "ingestd_dedup_filters")) === 1, 20_000);
+      const missing = await withClient(url, (c) =>
+        c.query(`SELECT count(*)::int AS n FROM events_dedup_slots WHERE part = $1 AND filter IS NULL`, [pending]),
+      );
+      assert.equal(missing.rows[0].n, 1, "published while the other generation's filter was not built yet");
+    } finally {
+      await blocker.query("ROLLBACK").catch(() => undefined);
+      await blocker.end();
+    }
+    const started = d!;
+    await waitFor(
+      "the missing filter built and published",
+      async () => (await metric(started.base, "ingestd_dedup_filters")) === 2,
+      20_000,
+    );
+    const answer = await send(started, [event("pub-first-built"), event("pub-first-pending"), event("pub-first-new")]);
+    assert.deepEqual([answer.accepted, answer.duplicates], [1, 2]);
+    await started.stop();
+  });
+
   test("a filter never misses a key it holds, lets about 0.2% of others through, and survives its bytes", () => {
     const held = Array.from({ length: 100_000 }, (_, i) => (i % 2 === 0 ? crypto.randomUUID() : dedupKey(`id-${i}`)));
     const filter = new DedupFilter(held.length);

@@ -293,11 +293,27 @@ async function dropEmptyLegacyParent(client: pg.ClientBase, schema: string, stre
 }
 
 /**
- * One maintenance pass over every deduplicating stream's id state: the rotation when due, the generations
- * ahead, the ones past the window dropped (under the schema lock), the filters of the sealed ones, and the
- * group filters of every GROUP_GENERATIONS of them.
+ * One maintenance pass over every deduplicating stream's id state: maintainDedupGenerations, then
+ * buildDedupGroups.
  */
 export async function maintainDedupState(
+  client: pg.ClientBase,
+  schema: string,
+  streams: readonly StreamDefinition[],
+  windowHours: number,
+  at = new Date(),
+  hotBytes?: number,
+): Promise<{ created: string[]; sealed: string[]; dropped: string[]; filtered: string[] }> {
+  const done = await maintainDedupGenerations(client, schema, streams, windowHours, at, hotBytes);
+  done.filtered.push(...(await buildDedupGroups(client, schema, streams)));
+  return done;
+}
+
+/**
+ * The quick part of a pass: the rotation when due, the generations ahead, the ones past the window dropped
+ * (under the schema lock), and the filters of the sealed ones (one generation's keys each, seconds at most).
+ */
+export async function maintainDedupGenerations(
   client: pg.ClientBase,
   schema: string,
   streams: readonly StreamDefinition[],
@@ -318,7 +334,17 @@ export async function maintainDedupState(
       dropped.push(...(await dropExpiredDedupGenerations(client, schema, stream, windowHours, at)));
     });
     filtered.push(...(await buildDedupFilters(client, schema, stream)));
-    filtered.push(...(await buildDedupGroupFilters(client, schema, stream)));
   }
   return { created, sealed, dropped, filtered };
+}
+
+/**
+ * The long part: the group filters of every GROUP_GENERATIONS sealed generations (ten generations' keys
+ * streamed each); labels of the groups built.
+ */
+export async function buildDedupGroups(client: pg.ClientBase, schema: string, streams: readonly StreamDefinition[]): Promise<string[]> {
+  const built: string[] = [];
+  for (const stream of streams.filter((s) => s.dedupKey !== undefined))
+    built.push(...(await buildDedupGroupFilters(client, schema, stream)));
+  return built;
 }

@@ -1,6 +1,6 @@
 /**
  * The front thread's copy of the Bloom filters of every deduplicating stream's sealed id-state generations
- * (docs/storage.md#deduplication): loaded from the slots tables after each maintenance pass into shared
+ * (docs/storage.md#deduplication): loaded from the slots tables at start and after each maintenance step into shared
  * memory (a group's filter instead of those of its generations), forgotten when their generations are
  * dropped, and published whole to the workers on
  * DEDUP_FILTERS_CHANNEL. One copy per process, whatever the number of workers; a worker started since the

@@ -3,7 +3,7 @@ import type { Logger } from "../ops/logger";
 import type { StreamDefinition } from "../shared/stream-definition";
 import type { Database } from "./database";
 import { dropPartitionsOlderThan, ensureMonthPartitions } from "./partitions";
-import { maintainDedupState } from "./dedup-partitions";
+import { buildDedupGroups, maintainDedupGenerations } from "./dedup-partitions";
 import { maintainBookkeeping } from "./bookkeeping-partitions";
 import { FilterDirectory, type FilterDirectorySize } from "./filter-directory";
 import type pg from "pg";
@@ -79,26 +79,42 @@ export function startPartitionMaintenance(
     config.dedupFilterMb * 2 ** 20,
   );
   let unfiltered = 0;
+  const publish = async (client: pg.ClientBase) => {
+    await filters.refresh(client);
+    filters.publish();
+    const now = filters.size().unfiltered;
+    if (now > 0 && unfiltered === 0) {
+      log.warn(
+        { unfiltered_generations: now, dedup_filter_mb: config.dedupFilterMb },
+        "id-state filters exceed dedupFilterMb: the oldest generations are probed in PostgreSQL for every id (docs/storage.md#filter-memory)",
+      );
+    }
+    unfiltered = now;
+  };
   let idStateBusy = false;
+  let published = false;
   const idState = async () => {
-    if (idStateBusy || idStreams.length === 0) return; // a filter of a large generation may take longer than a period
+    if (idStateBusy || idStreams.length === 0) return; // a group filter may take longer than a period
     idStateBusy = true;
     await withMaintenanceClient(db, log, "id-state maintenance", async (client) => {
-      const ids = await maintainDedupState(client, config.dbSchema, idStreams, config.dedupWindowHours);
+      // Until their first publication the workers probe every sealed generation with every id: give them the
+      // filters that exist before building any (a restart may find minutes of filters and groups to build).
+      if (!published) {
+        await publish(client);
+        published = true;
+      }
+      const ids = await maintainDedupGenerations(client, config.dbSchema, idStreams, config.dedupWindowHours);
       if (ids.sealed.length > 0) log.debug({ sealed: ids.sealed }, "id-state generations sealed");
       if (ids.filtered.length > 0) log.info({ filtered: ids.filtered }, "id-state filters built for sealed generations");
       if (ids.dropped.length > 0)
         log.info({ dropped: ids.dropped, window_hours: config.dedupWindowHours }, "id-state generations dropped past the window");
-      await filters.refresh(client);
-      filters.publish();
-      const now = filters.size().unfiltered;
-      if (now > 0 && unfiltered === 0) {
-        log.warn(
-          { unfiltered_generations: now, dedup_filter_mb: config.dedupFilterMb },
-          "id-state filters exceed dedupFilterMb: the oldest generations are probed in PostgreSQL for every id (docs/storage.md#filter-memory)",
-        );
+      // A generation sealed without a published filter is probed with every id: publish before the groups.
+      await publish(client);
+      const grouped = await buildDedupGroups(client, config.dbSchema, idStreams);
+      if (grouped.length > 0) {
+        log.info({ filtered: grouped }, "id-state filters built for groups of sealed generations");
+        await publish(client);
       }
-      unfiltered = now;
     });
     idStateBusy = false;
   };
