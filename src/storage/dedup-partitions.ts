@@ -292,6 +292,14 @@ async function dropEmptyLegacyParent(client: pg.ClientBase, schema: string, stre
     await client.query(`DROP TABLE ${qualifiedName(schema, `${dedupTable(stream.table)}_legacy`)}`);
 }
 
+/** What a maintenance pass did to the id state: partitions created, sealed, dropped, filters built. */
+export interface DedupPass {
+  created: string[];
+  sealed: string[];
+  dropped: string[];
+  filtered: string[];
+}
+
 /**
  * One maintenance pass over every deduplicating stream's id state: maintainDedupGenerations, then
  * buildDedupGroups.
@@ -303,7 +311,7 @@ export async function maintainDedupState(
   windowHours: number,
   at = new Date(),
   hotBytes?: number,
-): Promise<{ created: string[]; sealed: string[]; dropped: string[]; filtered: string[] }> {
+): Promise<DedupPass> {
   const done = await maintainDedupGenerations(client, schema, streams, windowHours, at, hotBytes);
   done.filtered.push(...(await buildDedupGroups(client, schema, streams)));
   return done;
@@ -320,7 +328,7 @@ export async function maintainDedupGenerations(
   windowHours: number,
   at = new Date(),
   hotBytes?: number,
-): Promise<{ created: string[]; sealed: string[]; dropped: string[]; filtered: string[] }> {
+): Promise<DedupPass> {
   const created: string[] = [];
   const sealed: string[] = [];
   const dropped: string[] = [];
