@@ -22,7 +22,7 @@ const LOAD_CHUNK_BYTES = 1 << 20;
  * read whole, it would be held as hex text, then bytes, then shared words at once). `table` and `where` name the
  * row (`$1`). Null: gone meanwhile.
  */
-async function loadFilter(client: pg.ClientBase, table: string, where: string, key: number): Promise<SharedArrayBuffer | null> {
+async function loadFilter(client: pg.ClientBase, table: string, where: string, key: number): Promise<DedupFilter | null> {
   const size = await client.query<{ n: number | null }>(`SELECT octet_length(filter) AS n FROM ${table} WHERE ${where}`, [key]);
   const bytes = size.rows[0]?.n ?? null;
   if (bytes === null) return null;
@@ -36,7 +36,7 @@ async function loadFilter(client: pg.ClientBase, table: string, where: string, k
     if (rows.length === 0 || rows[0].part === null) return null;
     into.set(rows[0].part, at);
   }
-  return new DedupFilter(words).shared;
+  return new DedupFilter(words);
 }
 
 /**
@@ -46,9 +46,11 @@ async function loadFilter(client: pg.ClientBase, table: string, where: string, k
  */
 const MAX_FOLDS = 1;
 
+/** A filter held, the stream's slots table and the generations whose keys it holds (as published), and its folds. */
 interface Held {
   filter: DedupFilter;
-  published: PublishedFilter;
+  slots: string;
+  gens: number[];
   folds: number;
 }
 
@@ -111,10 +113,9 @@ export class FilterDirectory {
       }
       let h = this.held.get(w.key);
       if (h === undefined) {
-        const words = await loadFilter(client, w.table, w.where, w.id);
-        if (words === null) continue;
-        const filter = new DedupFilter(words);
-        h = { filter, published: { slots: w.slots, gens: w.gens, words }, folds: 0 };
+        const filter = await loadFilter(client, w.table, w.where, w.id);
+        if (filter === null) continue;
+        h = { filter, slots: w.slots, gens: w.gens, folds: 0 };
       }
       next.set(w.key, h);
       bytes += h.filter.byteLength;
@@ -133,12 +134,12 @@ export class FilterDirectory {
         const [key, h] = fold;
         const filter = h.filter.fold();
         bytes -= h.filter.byteLength - filter.byteLength;
-        next.set(key, { filter, published: { ...h.published, words: filter.shared }, folds: h.folds + 1 });
+        next.set(key, { ...h, filter, folds: h.folds + 1 });
         continue;
       }
       const [key, h] = held[0];
       next.delete(key);
-      leftOut.set(key, h.published.gens.length);
+      leftOut.set(key, h.gens.length);
       bytes -= h.filter.byteLength;
     }
     return bytes;
@@ -146,7 +147,7 @@ export class FilterDirectory {
 
   /** Every filter held, for the workers (they replace what they had). */
   list(): PublishedFilter[] {
-    return [...this.held.values()].map((h) => h.published);
+    return [...this.held.values()].map((h) => ({ slots: h.slots, gens: h.gens, words: h.filter.shared }));
   }
 
   publish(): void {
