@@ -7,13 +7,17 @@
  */
 
 /**
- * Bits of filter per key: about 0.22% false positives with PROBES bits in 512-bit blocks (12 bits and 6
- * probes let 0.58% through, 20 and 10 still 0.13%: the blocks' uneven load sets a floor). Every false positive
- * is a probe of a cold index in PostgreSQL, and a key is checked against every sealed generation.
+ * Bits of filter per key: about 0.08% false positives with PROBES bits in 512-bit blocks, what the blocks'
+ * uneven load allows (0.087% computed; a plain Bloom filter of 16 bits a key would reach 0.05% with ten cache
+ * misses a check). Every false positive is a probe in PostgreSQL, and a key is checked against every sealed
+ * generation's filter or its group's (docs/storage.md#filter-format).
  */
 export const FILTER_BITS_PER_KEY = 16;
 const PROBES = 8;
 const BLOCK_WORDS = 16;
+/** Where probe i takes its 9 bits: the hash word (out[1..3] of hashKey) and the shift within it. */
+const PROBE_WORD = Uint8Array.of(1, 1, 1, 2, 2, 2, 3, 3);
+const PROBE_SHIFT = Uint8Array.of(0, 9, 18, 0, 9, 18, 0, 9);
 /**
  * A new filter's block count is a multiple of this, so it can be folded in half (fold()) up to log2 of it
  * times; at most 63 blocks (4 KiB) more than the keys need.
@@ -46,21 +50,31 @@ function word(key: string, at: number): number {
 }
 
 /**
- * The block and probe hashes of a key into `out` (3 words): all 128 bits are mixed, so structured ids spread
- * too. Computed once per key, then checked against every filter with hasHashed.
+ * The block and probe hashes of a key into `out` (4 words): out[0] picks the block, out[1..3] give the bits.
+ * Two independent mixes of all 128 bits, so structured ids spread too, and two keys share a block and its bits
+ * only when 64 bits of hash agree (format 1 derived every word from one 32-bit hash: in a group of 4 million
+ * keys, 0.1% of other keys collided with one of them outright, on top of the filter's own rate; measured 0.29%
+ * false positives against 0.08% now, docs/storage.md#filter-format). Computed once per key, then checked
+ * against every filter with hasHashed.
  */
 export function hashKey(key: string, out: Uint32Array): void {
   // xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx
-  const h1 = fmix32(word(key, 0) ^ fmix32(word(key, 9) ^ fmix32(word(key, 19) ^ fmix32(word(key, 28) ^ 0x2545f491))));
-  out[0] = h1;
-  out[1] = fmix32(h1 ^ 0x9e3779b9);
-  out[2] = fmix32(out[1] + 0x6a09e667) | 1;
+  const a = word(key, 0);
+  const b = word(key, 9);
+  const c = word(key, 19);
+  const d = word(key, 28);
+  const h0 = fmix32(a ^ fmix32(b ^ fmix32(c ^ fmix32(d ^ 0x2545f491))));
+  const h1 = fmix32(d ^ fmix32(c ^ fmix32(b ^ fmix32(a ^ 0x9e3779b9))));
+  out[0] = h0;
+  out[1] = h1;
+  out[2] = fmix32(h0 ^ Math.imul(h1, 0x6a09e667));
+  out[3] = fmix32(h1 ^ Math.imul(h0, 0x3c6ef372));
 }
 
 export class DedupFilter {
   private readonly words: Uint32Array;
   private readonly blocks: number;
-  private readonly h = new Uint32Array(3);
+  private readonly h = new Uint32Array(4);
 
   /**
    * An empty filter for `keys` keys, one read back from its bytes (copied into shared memory, so the front
@@ -91,12 +105,11 @@ export class DedupFilter {
 
   add(key: string): void {
     hashKey(key, this.h);
-    const base = (this.h[0] % this.blocks) * BLOCK_WORDS;
-    let bit = this.h[1];
+    const h = this.h;
+    const base = (h[0] % this.blocks) * BLOCK_WORDS;
     for (let i = 0; i < PROBES; i++) {
-      const b = bit & 511;
+      const b = (h[PROBE_WORD[i]] >>> PROBE_SHIFT[i]) & 511;
       this.words[base + (b >>> 5)] |= 1 << (b & 31);
-      bit = (bit + this.h[2]) >>> 0;
     }
   }
 
@@ -109,11 +122,9 @@ export class DedupFilter {
   /** has() for hashes from hashKey. */
   hasHashed(h: Uint32Array): boolean {
     const base = (h[0] % this.blocks) * BLOCK_WORDS;
-    let bit = h[1];
     for (let i = 0; i < PROBES; i++) {
-      const b = bit & 511;
+      const b = (h[PROBE_WORD[i]] >>> PROBE_SHIFT[i]) & 511;
       if ((this.words[base + (b >>> 5)] & (1 << (b & 31))) === 0) return false;
-      bit = (bit + h[2]) >>> 0;
     }
     return true;
   }

@@ -27,6 +27,13 @@ export const DEDUP_GEN_COLUMN = "gen";
  */
 export const DEDUP_ROTATION_LOCK = 0x1d3d;
 
+/**
+ * Generations numbered up to this one were adopted from the time-slot shape of the id state
+ * (src/storage/dedup-partitions.ts, migrateLegacyIdState): their partitions are not under the parent table, so
+ * the claim probes them by name; every generation created since is numbered above.
+ */
+export const LAST_ADOPTED_GENERATION = 0;
+
 /** The claim function's parameters and result as pg_get_function_identity_arguments / _result spell them (another is dropped at start). */
 export const DEDUP_CLAIM_ARGUMENTS = "claim_keys uuid[], maybe_keys uuid[], maybe_gens integer[], covered integer[]";
 export const DEDUP_CLAIM_RESULT = "SETOF integer";
@@ -36,8 +43,22 @@ export function dedupSlotsTable(table: string): string {
   return `${dedupTable(table)}_slots`;
 }
 
-/** The table of a stream's group filters: one Bloom filter over the keys of several sealed generations. */
+/**
+ * The column of the slots table holding a sealed generation's filter, and (dedupGroupsTable) the table of group
+ * filters, both named after the filters' format. Format 2 hashes a key differently from format 1 (column
+ * `filter`, table `<table>_dedup_groups`): a filter checked with the other format's hash misses keys it holds,
+ * so daemons of different formats sharing a database never read each other's filters; each builds its own
+ * (docs/storage.md#filter-format).
+ */
+export const DEDUP_FILTER_COLUMN = "filter_v2";
+
+/** The table of a stream's group filters (format 2): one Bloom filter over the keys of several sealed generations. */
 export function dedupGroupsTable(table: string): string {
+  return `${dedupTable(table)}_groups_v2`;
+}
+
+/** Format 1's table of group filters: emptied and dropped once its generations are gone (dropDedupGenerations). */
+export function dedupLegacyGroupsTable(table: string): string {
   return `${dedupTable(table)}_groups`;
 }
 
@@ -93,6 +114,24 @@ export function dedupShape(schema: string, stream: StreamDefinition): DedupShape
 }
 
 /**
+ * The SQL expression (uuid[] or null) of the keys stored among the filters' hits: each key probed only in the
+ * generation whose filter it hit, those of one generation by one index scan, all in one statement over the
+ * parent table (run-time partition pruning picks each partition). It replaced a loop of one dynamic query per
+ * generation, which was planned anew for each: with 140 sealed generations that loop cost a batch of 3,000
+ * keys ~19 ms against ~4.5 (docs/storage.md#what-it-costs-measured). Adopted generations are probed apart.
+ */
+function storedHits(d: DedupShape): string {
+  const key = DEDUP_KEY_COLUMN;
+  const gen = DEDUP_GEN_COLUMN;
+  return `(SELECT array_agg(x.k) FROM (
+      SELECT m.g, array_agg(m.k) AS ks FROM unnest(maybe_keys, maybe_gens) AS m(k, g)
+       WHERE m.g = ANY(covered) AND m.g > ${LAST_ADOPTED_GENERATION} GROUP BY m.g
+    ) AS m CROSS JOIN LATERAL (
+      SELECT i.${key} AS k FROM ${d.ids} i WHERE i.${gen} = m.g AND i.${key} = ANY(m.ks)
+    ) AS x)`;
+}
+
+/**
  * `CREATE OR REPLACE FUNCTION` of the stream's claim function, or null when the stream has no dedup key.
  *
  * `claim_keys` are the batch's keys in row order; `covered` the sealed generations whose filters the worker
@@ -125,7 +164,7 @@ LANGUAGE plpgsql AS $claim$
 DECLARE
   cur_gen integer;
   cur_part text;
-  found_keys uuid[] := '{}';
+  found_keys uuid[];
   probe_found uuid[];
   probe_keys uuid[];
   probe_gen integer;
@@ -138,12 +177,13 @@ BEGIN
   IF cur_part IS NULL THEN
     RAISE EXCEPTION 'no open generation of ${d.ids.replace(/'/g, "''")}: partition maintenance has not run';
   END IF;
-  -- Sealed generations: one whose filter the worker checked only for the keys that hit it, any other (its
-  -- filter not built or not loaded yet) for every key.
+  -- Sealed generations: one whose filter the worker checked only for the keys that hit it (one statement over
+  -- the parent), any other (its filter not built or not loaded yet) for every key.
+  found_keys := coalesce(${storedHits(d)}, '{}');
   FOR probe_gen, probe_part IN
     SELECT s.gen, s.part FROM ${d.slots} s
      WHERE s.sealed_at IS NOT NULL
-       AND (covered IS NULL OR NOT (s.gen = ANY(covered)) OR s.gen = ANY(maybe_gens))
+       AND (covered IS NULL OR NOT (s.gen = ANY(covered)) OR (s.gen <= ${LAST_ADOPTED_GENERATION} AND s.gen = ANY(maybe_gens)))
      ORDER BY s.gen
   LOOP
     IF covered IS NOT NULL AND probe_gen = ANY(covered) THEN
@@ -152,9 +192,7 @@ BEGIN
       probe_keys := claim_keys;
     END IF;
     EXECUTE format('SELECT array_agg(i.${key}) FROM %s i WHERE i.${key} = ANY($1)', probe_part) INTO probe_found USING probe_keys;
-    IF probe_found IS NOT NULL THEN
-      found_keys := found_keys || probe_found;
-    END IF;
+    found_keys := found_keys || coalesce(probe_found, '{}');
   END LOOP;
   IF cardinality(found_keys) = 0 THEN
     BEGIN
@@ -214,8 +252,10 @@ BEGIN
   stored_keys := 0;
   uncovered := EXISTS (SELECT 1 FROM ${d.slots} s WHERE s.sealed_at IS NOT NULL AND (covered IS NULL OR NOT (s.gen = ANY(covered))));
   IF NOT uncovered THEN
+    stored_keys := coalesce(cardinality(${storedHits(d)}), 0);
     FOR probe_gen, probe_part IN
-      SELECT s.gen, s.part FROM ${d.slots} s WHERE s.sealed_at IS NOT NULL AND s.gen = ANY(maybe_gens) ORDER BY s.gen
+      SELECT s.gen, s.part FROM ${d.slots} s
+       WHERE s.sealed_at IS NOT NULL AND s.gen <= ${LAST_ADOPTED_GENERATION} AND s.gen = ANY(maybe_gens)
     LOOP
       SELECT array_agg(m.k) INTO probe_keys FROM unnest(maybe_keys, maybe_gens) AS m(k, g) WHERE m.g = probe_gen;
       EXECUTE format('SELECT array_agg(i.${key}) FROM %s i WHERE i.${key} = ANY($1)', probe_part) INTO probe_found USING probe_keys;

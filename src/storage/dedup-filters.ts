@@ -7,10 +7,12 @@
 import type pg from "pg";
 import { to as copyTo } from "pg-copy-streams";
 import { DedupFilter } from "../shared/dedup-filter";
-import { DEDUP_KEY_COLUMN, dedupShape } from "../shared/dedup-sql";
+import { DEDUP_FILTER_COLUMN, DEDUP_KEY_COLUMN, dedupShape } from "../shared/dedup-sql";
 import type { StreamDefinition } from "../shared/stream-definition";
 import { quoteIdent } from "../shared/sql-identifiers";
 import { locked } from "./partitions";
+
+const FILTER = quoteIdent(DEDUP_FILTER_COLUMN);
 
 /** Adds every key of a partition to a filter, streaming them (a partition may hold millions). */
 async function fillFilter(client: pg.ClientBase, part: string, filter: DedupFilter): Promise<void> {
@@ -31,17 +33,17 @@ async function fillFilter(client: pg.ClientBase, part: string, filter: DedupFilt
 export async function buildDedupFilters(client: pg.ClientBase, schema: string, stream: StreamDefinition): Promise<string[]> {
   const d = dedupShape(schema, stream)!;
   const { rows } = await client.query<{ part: string; gen: number }>(
-    `SELECT part, gen FROM ${d.slots} WHERE filter IS NULL AND sealed_at IS NOT NULL ORDER BY gen DESC`,
+    `SELECT part, gen FROM ${d.slots} WHERE ${FILTER} IS NULL AND sealed_at IS NOT NULL ORDER BY gen DESC`,
   );
   const built: string[] = [];
   for (const slot of rows) {
     const done = await locked(client, async () => {
-      const still = await client.query(`SELECT 1 FROM ${d.slots} WHERE gen = $1 AND filter IS NULL`, [slot.gen]);
+      const still = await client.query(`SELECT 1 FROM ${d.slots} WHERE gen = $1 AND ${FILTER} IS NULL`, [slot.gen]);
       if (still.rowCount === 0) return false; // another daemon built it, or the generation was dropped
       const count = await client.query<{ n: string }>(`SELECT count(*) AS n FROM ${slot.part}`);
       const filter = new DedupFilter(Number(count.rows[0].n));
       await fillFilter(client, slot.part, filter);
-      await client.query(`UPDATE ${d.slots} SET filter = $2 WHERE gen = $1`, [slot.gen, filter.buffer()]);
+      await client.query(`UPDATE ${d.slots} SET ${FILTER} = $2 WHERE gen = $1`, [slot.gen, filter.buffer()]);
       return true;
     });
     if (done) built.push(slot.part);
@@ -68,7 +70,7 @@ export async function buildDedupGroupFilters(client: pg.ClientBase, schema: stri
   for (;;) {
     const { rows } = await client.query<{ gen: number; part: string }>(
       `SELECT s.gen, s.part FROM ${d.slots} s
-        WHERE s.filter IS NOT NULL AND NOT EXISTS (SELECT 1 FROM ${d.groups} g WHERE s.gen = ANY(g.gens))
+        WHERE s.${FILTER} IS NOT NULL AND NOT EXISTS (SELECT 1 FROM ${d.groups} g WHERE s.gen = ANY(g.gens))
         ORDER BY s.gen LIMIT ${GROUP_GENERATIONS}`,
     );
     if (rows.length < GROUP_GENERATIONS) return built;
@@ -86,7 +88,7 @@ export async function buildDedupGroupFilters(client: pg.ClientBase, schema: stri
     const done = await locked(client, async () => {
       const taken = await client.query(`SELECT 1 FROM ${d.groups} WHERE gens && $1::integer[]`, [gens]);
       if (taken.rowCount! > 0) return false; // another daemon grouped them
-      await client.query(`INSERT INTO ${d.groups} (grp, gens, filter) SELECT coalesce(max(grp), 0) + 1, $1, $2 FROM ${d.groups}`, [
+      await client.query(`INSERT INTO ${d.groups} (grp, gens, ${FILTER}) SELECT coalesce(max(grp), 0) + 1, $1, $2 FROM ${d.groups}`, [
         gens,
         filter.buffer(),
       ]);

@@ -9,7 +9,15 @@
 import type pg from "pg";
 import type { StreamDefinition } from "../shared/stream-definition";
 import { dedupTable, qualifiedName, quoteIdent } from "../shared/sql-identifiers";
-import { DEDUP_GEN_COLUMN, DEDUP_KEY_COLUMN, dedupGenerationName, dedupShape } from "../shared/dedup-sql";
+import {
+  DEDUP_FILTER_COLUMN,
+  DEDUP_GEN_COLUMN,
+  DEDUP_KEY_COLUMN,
+  dedupGenerationName,
+  LAST_ADOPTED_GENERATION,
+  dedupLegacyGroupsTable,
+  dedupShape,
+} from "../shared/dedup-sql";
 import { dedupKeySql } from "../shared/dedup-key";
 import { locked } from "./partitions";
 import { buildDedupFilters, buildDedupGroupFilters } from "./dedup-filters";
@@ -41,20 +49,24 @@ export async function dedupHotBytes(client: pg.ClientBase): Promise<number> {
   return Math.max(4 << 20, Math.min(DEDUP_HOT_INDEX_BYTES, Math.floor(Number(rows[0].bytes) / 2)));
 }
 
+const FILTER = quoteIdent(DEDUP_FILTER_COLUMN);
+
 /** DDL of the id state (the generations themselves come from createGeneration). */
 export function dedupStateDdl(schema: string, stream: StreamDefinition): string[] {
   const d = dedupShape(schema, stream)!;
   return [
     `CREATE TABLE IF NOT EXISTS ${d.ids} (${quoteIdent(DEDUP_KEY_COLUMN)} uuid NOT NULL, ${quoteIdent(DEDUP_GEN_COLUMN)} integer NOT NULL)
   PARTITION BY LIST (${quoteIdent(DEDUP_GEN_COLUMN)})`,
-    `CREATE TABLE IF NOT EXISTS ${d.slots} (gen integer PRIMARY KEY, part text NOT NULL, opened_at timestamptz, sealed_at timestamptz, filter bytea)`,
-    `CREATE TABLE IF NOT EXISTS ${d.groups} (grp integer PRIMARY KEY, gens integer[] NOT NULL, filter bytea NOT NULL)`,
+    `CREATE TABLE IF NOT EXISTS ${d.slots} (gen integer PRIMARY KEY, part text NOT NULL, opened_at timestamptz, sealed_at timestamptz)`,
+    // A slots table of format 1 gets the column of format 2 beside its own (docs/storage.md#filter-format).
+    `ALTER TABLE ${d.slots} ADD COLUMN IF NOT EXISTS ${FILTER} bytea`,
+    `CREATE TABLE IF NOT EXISTS ${d.groups} (grp integer PRIMARY KEY, gens integer[] NOT NULL, ${FILTER} bytea NOT NULL)`,
     // Random bits do not compress; stored plainly, a slice of a filter is read without the rest. Only when not
     // yet so: the ALTER would wait for, and then hold up, the claims reading the slots table.
     ...[d.slots, d.groups].map(
       (t) => `DO $storage$ BEGIN
-  IF (SELECT attstorage FROM pg_attribute WHERE attrelid = '${t.replace(/'/g, "''")}'::regclass AND attname = 'filter') <> 'e' THEN
-    ALTER TABLE ${t} ALTER COLUMN filter SET STORAGE EXTERNAL;
+  IF (SELECT attstorage FROM pg_attribute WHERE attrelid = '${t.replace(/'/g, "''")}'::regclass AND attname = '${DEDUP_FILTER_COLUMN}') <> 'e' THEN
+    ALTER TABLE ${t} ALTER COLUMN ${FILTER} SET STORAGE EXTERNAL;
   END IF;
 END $storage$`,
     ),
@@ -76,7 +88,7 @@ export async function createGeneration(
   times: GenerationTimes,
 ): Promise<{ gen: number; part: string; name: string }> {
   const d = dedupShape(schema, stream)!;
-  const { rows } = await client.query<{ gen: number }>(`SELECT coalesce(max(gen), 0) + 1 AS gen FROM ${d.slots}`);
+  const { rows } = await client.query<{ gen: number }>(`SELECT greatest(max(gen), ${LAST_ADOPTED_GENERATION}) + 1 AS gen FROM ${d.slots}`);
   const gen = rows[0].gen;
   const name = dedupGenerationName(stream.table, gen);
   const part = qualifiedName(schema, name);
@@ -192,6 +204,7 @@ export async function dropExpiredDedupGenerations(
   }
   // A group filter stays valid for what is left of its generations; it goes with the last of them.
   await client.query(`DELETE FROM ${d.groups} g WHERE NOT EXISTS (SELECT 1 FROM ${d.slots} s WHERE s.gen = ANY(g.gens))`);
+  await dropLegacyGroups(client, schema, stream);
   await dropEmptyLegacyParent(client, schema, stream);
   return rows.map((r) => r.part);
 }
@@ -258,8 +271,8 @@ export async function migrateLegacyIdState(
     return moved.rowCount ?? 0;
   }
   const oldSlots = qualifiedName(schema, `${dedupTable(stream.table)}_slots_legacy`);
-  const { rows: old } = await client.query<{ part: string; lower: Date; upper: Date; filter: Buffer | null }>(
-    `SELECT part, lower, upper, filter FROM ${oldSlots} ORDER BY lower DESC`,
+  const { rows: old } = await client.query<{ part: string; lower: Date; upper: Date }>(
+    `SELECT part, lower, upper FROM ${oldSlots} ORDER BY lower DESC`,
   );
   let adopted = 0;
   for (const slot of old) {
@@ -268,17 +281,33 @@ export async function migrateLegacyIdState(
       continue;
     }
     const sealedAt = new Date(Math.min(slot.upper.getTime(), at.getTime()));
-    // Numbered below the current generations, newest first (0, -1, …).
+    // Numbered below the current generations, newest first (0, -1, …: LAST_ADOPTED_GENERATION and down). Its filter is of format 1: left to be
+    // built again.
     await client.query(
-      `INSERT INTO ${d.slots} (gen, part, opened_at, sealed_at, filter)
-       VALUES ((SELECT least(coalesce(min(gen), 1), 1) - 1 FROM ${d.slots}), $1, $2, $3, $4)`,
-      [slot.part, slot.lower.toISOString(), sealedAt.toISOString(), slot.filter],
+      `INSERT INTO ${d.slots} (gen, part, opened_at, sealed_at)
+       VALUES ((SELECT least(min(gen) - 1, ${LAST_ADOPTED_GENERATION}) FROM ${d.slots}), $1, $2, $3)`,
+      [slot.part, slot.lower.toISOString(), sealedAt.toISOString()],
     );
     adopted++;
   }
   await client.query(`DROP TABLE ${oldSlots}`);
   await dropEmptyLegacyParent(client, schema, stream);
   return adopted;
+}
+
+/**
+ * Format 1's group filters (dedupLegacyGroupsTable): a daemon of that format still running beside this one
+ * keeps using them; each goes with the last of its generations, and the table once empty.
+ */
+async function dropLegacyGroups(client: pg.ClientBase, schema: string, stream: StreamDefinition): Promise<void> {
+  const legacy = qualifiedName(schema, dedupLegacyGroupsTable(stream.table));
+  const { rows } = await client.query<{ found: string | null }>(`SELECT to_regclass($1)::text AS found`, [legacy]);
+  if (rows[0].found === null) return;
+  const slots = dedupShape(schema, stream)!.slots;
+  await client.query(`DELETE FROM ${legacy} g WHERE NOT EXISTS (SELECT 1 FROM ${slots} s WHERE s.gen = ANY(g.gens))`);
+  await client.query(`DO $legacy$ BEGIN
+  IF NOT EXISTS (SELECT 1 FROM ${legacy}) THEN DROP TABLE ${legacy}; END IF;
+END $legacy$`);
 }
 
 /** Drops a time-slot shape's old parent once its last adopted partition went with the window. */

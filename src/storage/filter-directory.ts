@@ -10,9 +10,12 @@
 import { BroadcastChannel } from "node:worker_threads";
 import type pg from "pg";
 import { DedupFilter } from "../shared/dedup-filter";
-import { dedupShape } from "../shared/dedup-sql";
+import { DEDUP_FILTER_COLUMN, dedupShape } from "../shared/dedup-sql";
+import { quoteIdent } from "../shared/sql-identifiers";
 import type { StreamDefinition } from "../shared/stream-definition";
 import { DEDUP_FILTERS_CHANNEL, type PublishedFilter } from "../shared/task-protocol";
+
+const FILTER = quoteIdent(DEDUP_FILTER_COLUMN);
 
 /** Bytes of a filter read per query: a bytea arrives as hex text, twice its size. */
 const LOAD_CHUNK_BYTES = 1 << 20;
@@ -23,14 +26,14 @@ const LOAD_CHUNK_BYTES = 1 << 20;
  * row (`$1`). Null: gone meanwhile.
  */
 async function loadFilter(client: pg.ClientBase, table: string, where: string, key: number): Promise<DedupFilter | null> {
-  const size = await client.query<{ n: number | null }>(`SELECT octet_length(filter) AS n FROM ${table} WHERE ${where}`, [key]);
+  const size = await client.query<{ n: number | null }>(`SELECT octet_length(${FILTER}) AS n FROM ${table} WHERE ${where}`, [key]);
   const bytes = size.rows[0]?.n ?? null;
   if (bytes === null) return null;
   const words = new SharedArrayBuffer(bytes);
   const into = new Uint8Array(words);
   for (let at = 0; at < bytes; at += LOAD_CHUNK_BYTES) {
     const { rows } = await client.query<{ part: Buffer | null }>(
-      `SELECT substring(filter FROM $2 FOR $3) AS part FROM ${table} WHERE ${where}`,
+      `SELECT substring(${FILTER} FROM $2 FOR $3) AS part FROM ${table} WHERE ${where}`,
       [key, at + 1, LOAD_CHUNK_BYTES],
     );
     if (rows.length === 0 || rows[0].part === null) return null;
@@ -92,7 +95,7 @@ export class FilterDirectory {
       const d = dedupShape(this.schema, stream);
       if (d === null) continue;
       const groups = await client.query<{ grp: number; gens: number[] }>(`SELECT grp, gens FROM ${d.groups}`);
-      const filtered = await client.query<{ gen: number }>(`SELECT gen FROM ${d.slots} WHERE filter IS NOT NULL`);
+      const filtered = await client.query<{ gen: number }>(`SELECT gen FROM ${d.slots} WHERE ${FILTER} IS NOT NULL`);
       const grouped = new Set(groups.rows.flatMap((g) => g.gens));
       for (const g of groups.rows)
         wanted.push({ key: `${d.slots} G${g.grp}`, slots: d.slots, table: d.groups, where: "grp = $1", id: g.grp, gens: g.gens });

@@ -24,7 +24,7 @@ export class IdFilters {
   private filterGens: number[][] = [];
   /** null until the front's first publication: until then PostgreSQL probes every sealed generation. */
   private covered: number[] | null = null;
-  private readonly h = new Uint32Array(3);
+  private readonly h = new Uint32Array(4);
 
   constructor(readonly slotsTable: string) {}
 
