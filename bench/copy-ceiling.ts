@@ -15,7 +15,7 @@ import { from as copyFrom } from "pg-copy-streams";
 import { dedupKey } from "../src/shared/dedup-key";
 import { copyStatement } from "../src/shared/sql-identifiers";
 import { commitTarget } from "../workers/commit/commit-targets";
-import { claimIds } from "../workers/commit/id-claim";
+import { claimIds, probeFilterHits } from "../workers/commit/id-claim";
 import { type FilterCheck, IdFilters } from "../workers/commit/id-filters";
 import { dedupShape } from "../src/shared/dedup-sql";
 import { FilterDirectory } from "../src/storage/filter-directory";
@@ -181,11 +181,11 @@ export async function measureCopyCeiling(
     const batchBytes = batches.reduce((a, c) => a + c.length, 0);
     const run = await timedRun(db, schema, n, batches, batchBytes, rows, cores, async (client, share) => {
       for (const batch of share) {
+        // As a worker does (workers/commit/group-commit.ts): the filters' hits probed before BEGIN.
+        const claim = target.dedup !== null ? claims.get(batch)! : null;
+        const pre = claim !== null ? await probeFilterHits(client, target.dedup!, claim.checked) : null;
         await client.query("BEGIN");
-        if (target.dedup !== null) {
-          const { keys, checked } = claims.get(batch)!;
-          await claimIds(client, target.dedup, keys, checked);
-        }
+        if (claim !== null) await claimIds(client, target.dedup!, claim.keys, pre!);
         await copyChunks(client, target.copySql, [batch]);
         await client.query("COMMIT");
       }

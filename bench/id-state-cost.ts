@@ -25,7 +25,7 @@ import { maintainDedupState } from "../src/storage/dedup-partitions";
 import { startEmbeddedDb } from "../src/storage/embedded-db";
 import { commitTarget } from "../workers/commit/commit-targets";
 import { prefillIdState } from "./id-state-prefill";
-import { claimIds } from "../workers/commit/id-claim";
+import { claimIds, probeFilterHits } from "../workers/commit/id-claim";
 import { IdFilters } from "../workers/commit/id-filters";
 import { FilterDirectory } from "../src/storage/filter-directory";
 import { dedupKey } from "../src/shared/dedup-key";
@@ -141,7 +141,8 @@ function generations(name: string, filtered: boolean): Candidate {
       const checked = filters.check(keys);
       const used = process.cpuUsage(t0);
       workerCheckSeconds += (used.user + used.system) / 1e6;
-      await claimIds(client, target.dedup!, keys, checked);
+      // The daemon probes the hits before its transaction begins; here inside it (one transaction a batch).
+      await claimIds(client, target.dedup!, keys, await probeFilterHits(client, target.dedup!, checked));
     },
     async drop(client) {
       const { rows } = await client.query<{ part: string }>(`SELECT part FROM ${d.slots}`);

@@ -29,7 +29,7 @@ import path from "node:path";
 import { Worker } from "node:worker_threads";
 import { FilterDirectory } from "../src/storage/filter-directory";
 import { IdFilters, type FilterCheck } from "../workers/commit/id-filters";
-import { claimIds } from "../workers/commit/id-claim";
+import { claimIds, probeFilterHits } from "../workers/commit/id-claim";
 import { commitTarget } from "../workers/commit/commit-targets";
 import { GROUP_GENERATIONS } from "../src/storage/dedup-filters";
 import { metric } from "./faults-helpers";
@@ -197,6 +197,44 @@ describe("the sealed generations' filters", () => {
         [dedupKey("pub-old-150"), dedupKey("pub-old-30")].sort(),
         "each old id hits its own filter, the new one none",
       );
+    } finally {
+      await worker.terminate();
+      directory.close();
+    }
+  });
+
+  test("a worker started after the last publication gets the filters at once, without waiting for the next pass", async () => {
+    const url = await freshDatabase();
+    const d = await daemon({}, url);
+    await d.stop();
+    const directory = new FilterDirectory("public", [eventsStream]);
+    await withClient(url, async (c) => {
+      await remember(c, await pastGeneration(c, 30), ["late-old"]);
+      await maintainDedupState(c, "public", [eventsStream], 168);
+      await directory.refresh(c);
+    });
+    directory.publish(); // before the worker exists: a BroadcastChannel keeps nothing for it
+    const worker = new Worker(
+      `const { parentPort } = require("node:worker_threads");
+       const { IdFilters, followPublishedFilters } = require(${JSON.stringify(path.join(__dirname, "../workers/commit/id-filters.js"))});
+       const filters = new IdFilters(${JSON.stringify(dedupShape("public", eventsStream)!.slots)});
+       followPublishedFilters([filters]);
+       parentPort.on("message", (keys) => parentPort.postMessage(filters.check(keys)));`,
+      { eval: true },
+    );
+    try {
+      let checked: FilterCheck | undefined;
+      await waitFor(
+        "the late worker has the filters",
+        async () => {
+          worker.postMessage([dedupKey("late-old"), dedupKey("late-new")]);
+          checked = (await once(worker, "message"))[0] as FilterCheck;
+          return checked.covered !== null;
+        },
+        5_000,
+      );
+      assert.equal(checked!.covered!.length, 1);
+      assert.deepEqual(checked!.maybe, [dedupKey("late-old")]);
     } finally {
       await worker.terminate();
       directory.close();
@@ -441,8 +479,9 @@ describe("the claim's fast path", () => {
       };
       const claim = async (keys: string[], checked: FilterCheck) => {
         sent.length = 0;
+        const pre = await probeFilterHits(c, target.dedup!, checked);
         await c.query("BEGIN");
-        const notStored = await claimIds(c, target.dedup!, keys, checked);
+        const notStored = await claimIds(c, target.dedup!, keys, pre);
         await c.query("COMMIT");
         const path = sent.some((q) => q.startsWith("COPY")) ? "copy" : "";
         const fell = sent.some((q) => q.includes(d.claim)) ? "claim" : "";
@@ -701,6 +740,10 @@ describe("ingestd's own tables", () => {
     const d = await daemon({}, url);
     const answer = await send(d, [event("ts-past"), event("ts-current"), event("ts-new")]);
     assert.deepEqual([answer.accepted, answer.duplicates], [1, 2], "ids of both past slots are still known");
+    // Once the adopted partitions have filters, their hits are probed by name (they are not under the parent).
+    await waitFor("the adopted generations' filters held", async () => (await metric(d.base, "ingestd_dedup_filters")) >= 2, 20_000);
+    const filtered = await send(d, [event("ts-past"), event("ts-current"), event("ts-later")]);
+    assert.deepEqual([filtered.accepted, filtered.duplicates], [1, 2], "found through their filters too");
     await d.stop();
     await withClient(url, async (c) => {
       const shape = await c.query(`SELECT partstrat FROM pg_partitioned_table WHERE partrelid = 'events_dedup'::regclass`);

@@ -114,21 +114,28 @@ export function dedupShape(schema: string, stream: StreamDefinition): DedupShape
 }
 
 /**
- * The SQL expression (uuid[] or null) of the keys stored among the filters' hits: each key probed only in the
- * generation whose filter it hit, those of one generation by one index scan, all in one statement over the
- * parent table (run-time partition pruning picks each partition). It replaced a loop of one dynamic query per
- * generation, which was planned anew for each: with 140 sealed generations that loop cost a batch of 3,000
- * keys ~19 ms against ~4.5 (docs/storage.md#what-it-costs-measured). Adopted generations are probed apart.
+ * The statement that counts the keys stored among the filters' hits in generations under the parent table
+ * (`$1` keys, `$2` the generation of each, as FilterCheck gives them): each key probed only in the generation
+ * whose filter it hit, those of one generation by one index scan, all in one statement (run-time partition
+ * pruning picks each partition). It replaced a loop of one dynamic query per generation in the probe function,
+ * planned anew each time: with 140 sealed generations that loop cost a batch of 3,000 keys ~19 ms against ~4.5
+ * (docs/storage.md#what-it-costs-measured). A worker runs it before its transaction begins: a statement over
+ * the parent holds a lock on it until its transaction ends, and the DDL of the partition maintenance (creating
+ * and dropping generations) would queue behind a long group commit, and every claim behind that DDL. Sealed
+ * generations are never written again, so probing them outside the transaction answers the same.
+ * Generations adopted from the time-slot shape are not under the parent: the probe function probes their hits.
  */
-function storedHits(d: DedupShape): string {
+export function dedupHitsProbeSql(d: DedupShape): string {
   const key = DEDUP_KEY_COLUMN;
   const gen = DEDUP_GEN_COLUMN;
-  return `(SELECT array_agg(x.k) FROM (
-      SELECT m.g, array_agg(m.k) AS ks FROM unnest(maybe_keys, maybe_gens) AS m(k, g)
-       WHERE m.g = ANY(covered) AND m.g > ${LAST_ADOPTED_GENERATION} GROUP BY m.g
+  // The count inside the LATERAL keeps the planner from pulling it up into a join, which it may then plan as a
+  // hash join over a scan of every generation (seconds) instead of one index scan each.
+  return `SELECT coalesce(sum(x.n), 0)::integer AS stored FROM (
+      SELECT m.g, array_agg(m.k) AS ks FROM unnest($1::uuid[], $2::integer[]) AS m(k, g)
+       WHERE m.g > ${LAST_ADOPTED_GENERATION} GROUP BY m.g
     ) AS m CROSS JOIN LATERAL (
-      SELECT i.${key} AS k FROM ${d.ids} i WHERE i.${gen} = m.g AND i.${key} = ANY(m.ks)
-    ) AS x)`;
+      SELECT count(*) AS n FROM ${d.ids} i WHERE i.${gen} = m.g AND i.${key} = ANY(m.ks)
+    ) AS x`;
 }
 
 /**
@@ -164,7 +171,7 @@ LANGUAGE plpgsql AS $claim$
 DECLARE
   cur_gen integer;
   cur_part text;
-  found_keys uuid[];
+  found_keys uuid[] := '{}';
   probe_found uuid[];
   probe_keys uuid[];
   probe_gen integer;
@@ -177,13 +184,12 @@ BEGIN
   IF cur_part IS NULL THEN
     RAISE EXCEPTION 'no open generation of ${d.ids.replace(/'/g, "''")}: partition maintenance has not run';
   END IF;
-  -- Sealed generations: one whose filter the worker checked only for the keys that hit it (one statement over
-  -- the parent), any other (its filter not built or not loaded yet) for every key.
-  found_keys := coalesce(${storedHits(d)}, '{}');
+  -- Sealed generations: one whose filter the worker checked only for the keys that hit it, any other (its
+  -- filter not built or not loaded yet) for every key.
   FOR probe_gen, probe_part IN
     SELECT s.gen, s.part FROM ${d.slots} s
      WHERE s.sealed_at IS NOT NULL
-       AND (covered IS NULL OR NOT (s.gen = ANY(covered)) OR (s.gen <= ${LAST_ADOPTED_GENERATION} AND s.gen = ANY(maybe_gens)))
+       AND (covered IS NULL OR NOT (s.gen = ANY(covered)) OR s.gen = ANY(maybe_gens))
      ORDER BY s.gen
   LOOP
     IF covered IS NOT NULL AND probe_gen = ANY(covered) THEN
@@ -192,7 +198,9 @@ BEGIN
       probe_keys := claim_keys;
     END IF;
     EXECUTE format('SELECT array_agg(i.${key}) FROM %s i WHERE i.${key} = ANY($1)', probe_part) INTO probe_found USING probe_keys;
-    found_keys := found_keys || coalesce(probe_found, '{}');
+    IF probe_found IS NOT NULL THEN
+      found_keys := found_keys || probe_found;
+    END IF;
   END LOOP;
   IF cardinality(found_keys) = 0 THEN
     BEGIN
@@ -252,10 +260,8 @@ BEGIN
   stored_keys := 0;
   uncovered := EXISTS (SELECT 1 FROM ${d.slots} s WHERE s.sealed_at IS NOT NULL AND (covered IS NULL OR NOT (s.gen = ANY(covered))));
   IF NOT uncovered THEN
-    stored_keys := coalesce(cardinality(${storedHits(d)}), 0);
     FOR probe_gen, probe_part IN
-      SELECT s.gen, s.part FROM ${d.slots} s
-       WHERE s.sealed_at IS NOT NULL AND s.gen <= ${LAST_ADOPTED_GENERATION} AND s.gen = ANY(maybe_gens)
+      SELECT s.gen, s.part FROM ${d.slots} s WHERE s.sealed_at IS NOT NULL AND s.gen = ANY(maybe_gens) ORDER BY s.gen
     LOOP
       SELECT array_agg(m.k) INTO probe_keys FROM unnest(maybe_keys, maybe_gens) AS m(k, g) WHERE m.g = probe_gen;
       EXECUTE format('SELECT array_agg(i.${key}) FROM %s i WHERE i.${key} = ANY($1)', probe_part) INTO probe_found USING probe_keys;

@@ -200,6 +200,13 @@ export const BATCH_ALIAS_CHANNEL = "ingestd.batch-aliases";
 export const DEDUP_FILTERS_CHANNEL = "ingestd.dedup-filters";
 
 /**
+ * What a worker posts on DEDUP_FILTERS_CHANNEL when it starts: a BroadcastChannel keeps nothing for a thread
+ * that subscribes later, and until its first publication a worker probes every sealed generation with every
+ * id, so the front answers with what it holds at once instead of at its next pass.
+ */
+export const DEDUP_FILTERS_WANTED = "filters-wanted";
+
+/**
  * One published filter: the stream's qualified slots table, the generations whose keys it holds (one, or a
  * group), the filter's words.
  */

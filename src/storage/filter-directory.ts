@@ -13,7 +13,7 @@ import { DedupFilter } from "../shared/dedup-filter";
 import { DEDUP_FILTER_COLUMN, dedupShape } from "../shared/dedup-sql";
 import { quoteIdent } from "../shared/sql-identifiers";
 import type { StreamDefinition } from "../shared/stream-definition";
-import { DEDUP_FILTERS_CHANNEL, type PublishedFilter } from "../shared/task-protocol";
+import { DEDUP_FILTERS_CHANNEL, DEDUP_FILTERS_WANTED, type PublishedFilter } from "../shared/task-protocol";
 
 const FILTER = quoteIdent(DEDUP_FILTER_COLUMN);
 
@@ -74,6 +74,8 @@ export class FilterDirectory {
   /** Filters the budget left out: not loaded again (a filter never changes; it goes with its generations). */
   private leftOut = new Map<string, number>();
   private readonly channel = new BroadcastChannel(DEDUP_FILTERS_CHANNEL);
+  /** Whether a refresh has run: before it the directory holds nothing worth telling a worker. */
+  private refreshed = false;
 
   /** `budgetBytes`: what the filters may hold at most (`dedupFilterMb`, docs/storage.md#filter-memory). */
   constructor(
@@ -81,7 +83,11 @@ export class FilterDirectory {
     private readonly streams: readonly StreamDefinition[],
     private readonly budgetBytes = Number.POSITIVE_INFINITY,
   ) {
-    (this.channel as unknown as { unref(): void }).unref();
+    // A worker started since the last publication (piscina starts them as load comes) gets the filters now.
+    this.channel.onmessage = (event) => {
+      if ((event as unknown as { data: unknown }).data === DEDUP_FILTERS_WANTED && this.refreshed) this.publish();
+    };
+    (this.channel as unknown as { unref(): void }).unref(); // after onmessage, which refs it
   }
 
   /**
@@ -126,6 +132,7 @@ export class FilterDirectory {
     }
     this.held = next;
     this.leftOut = leftOut;
+    this.refreshed = true;
   }
 
   /** Folds the oldest filters that can be, then leaves out the oldest, until `next` fits the budget; its bytes. */

@@ -3,7 +3,7 @@ import { now } from "../../src/shared/clock";
 import type { CommitTarget, UpsertSql } from "./commit-targets";
 import { type CopyWriter, DatabaseUnavailable, isRowError, join, type RowFailure } from "./copy-writer";
 import { COMMIT_GAUGE_COMMITTING, COMMIT_GAUGE_WAITING, COMMIT_GAUGE_SLOTS } from "../../src/shared/task-protocol";
-import { claimIds } from "./id-claim";
+import { type CheckedKeys, claimIds, probeFilterHits } from "./id-claim";
 import { advanceSessions, checkSessions, type ProducerSql, type SessionMark, type SessionSkip } from "./producer-seqs";
 
 /**
@@ -234,15 +234,6 @@ export class GroupCommitter {
   }
 
   /**
-   * Records the part's ids; returns the 1-based rows whose id was not new. The sealed partitions' filters
-   * spare PostgreSQL the probes of ids they certainly do not hold (commit/id-filters.ts, commit/id-claim.ts).
-   */
-  private claim(client: pg.Client, target: CommitTarget, part: BatchPart): Promise<number[]> {
-    const dedup = target.dedup!;
-    return claimIds(client, dedup, part.keys, dedup.filters.check(part.keys));
-  }
-
-  /**
    * An upserting target's rows (commit-targets.ts UpsertSql): staged by COPY (row isolation applies there,
    * where PostgreSQL checks the values), then merged. Returns 1 per row inserted or changed; 0 for the rest
    * (unchanged, an earlier version of a key later in the batch, or refused: in `failures`).
@@ -268,6 +259,11 @@ export class GroupCommitter {
 
   /** One transaction for the batch; returns each member's part outcomes. */
   private async transaction(client: pg.Client, all: Batch, isolating: boolean): Promise<MemberResult[]> {
+    // Filter hits are probed before BEGIN, so no lock on an id-state parent is held through the transaction.
+    const checks = new Map<CommitTarget, CheckedKeys>();
+    for (const [target, part] of all.parts) {
+      if (target.dedup !== null) checks.set(target, await probeFilterHits(client, target.dedup, target.dedup.filters.check(part.keys)));
+    }
     await client.query("BEGIN");
     let batch = all;
     let skips: Array<SessionSkip | null> | null = null;
@@ -291,7 +287,7 @@ export class GroupCommitter {
       let stored: Uint8Array | null = null;
       if (target.dedup !== null) {
         // Claim the ids first; only rows whose id this batch recorded are copied.
-        const notStored = await this.claim(client, target, part);
+        const notStored = await claimIds(client, target.dedup, part.keys, checks.get(target)!);
         stored = new Uint8Array(n).fill(1);
         for (const r of notStored) stored[r - 1] = 0;
         if (notStored.length > 0) {

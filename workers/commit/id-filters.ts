@@ -7,7 +7,7 @@
  */
 import { BroadcastChannel } from "node:worker_threads";
 import { DedupFilter, hashKey } from "../../src/shared/dedup-filter";
-import { DEDUP_FILTERS_CHANNEL, type PublishedFilter } from "../../src/shared/task-protocol";
+import { DEDUP_FILTERS_CHANNEL, DEDUP_FILTERS_WANTED, type PublishedFilter } from "../../src/shared/task-protocol";
 
 export interface FilterCheck {
   /** Each key that hit a filter, once per generation of the filter it hit (null: no publication received yet). */
@@ -58,13 +58,15 @@ export class IdFilters {
   }
 }
 
-/** Keeps `filters` current with what the front thread publishes (one listener per worker). */
+/** Keeps `filters` current with what the front thread publishes (one listener per worker), starting now. */
 export function followPublishedFilters(filters: readonly IdFilters[]): void {
   if (filters.length === 0) return;
   const channel = new BroadcastChannel(DEDUP_FILTERS_CHANNEL);
-  (channel as unknown as { unref(): void }).unref();
   channel.onmessage = (event) => {
-    const published = (event as unknown as { data: PublishedFilter[] }).data;
-    for (const f of filters) f.set(published);
+    const data = (event as unknown as { data: PublishedFilter[] | typeof DEDUP_FILTERS_WANTED }).data;
+    if (data === DEDUP_FILTERS_WANTED) return; // another worker's
+    for (const f of filters) f.set(data);
   };
+  (channel as unknown as { unref(): void }).unref(); // after onmessage, which refs it
+  channel.postMessage(DEDUP_FILTERS_WANTED);
 }
