@@ -1,10 +1,11 @@
 /**
  * Claiming a batch's ids in its stream's id state before its rows are copied (docs/storage.md#deduplication).
  *
- * The common batch holds no id stored before and none twice. Its claim is then two statements: the probe
- * function (rotation lock, open generation, probes of the sealed generations for the keys that hit their
- * filters: src/shared/dedup-sql.ts) and a binary COPY of the keys, sorted, into the open generation inside a
- * savepoint. The unique index decides as before: an id stored meanwhile, or twice in the batch, fails the
+ * The common batch holds no id stored before and none twice. Its claim is then three statements: before the
+ * transaction, the probe of the keys that hit a sealed generation's filter (probeFilterHits; one statement over
+ * the id state's parent table), then in it the probe function (rotation lock, open generation, generations
+ * without a filter: src/shared/dedup-sql.ts) and a binary COPY of the keys, sorted, into the open generation
+ * inside a savepoint. The unique index decides as before: an id stored meanwhile, or twice in the batch, fails the
  * COPY, which is rolled back to the savepoint, and the claim function then claims the batch key by key
  * (ON CONFLICT DO NOTHING, the first copy of an id in the batch wins). The claim function alone serves a
  * worker that has not received the filters yet, and a batch whose probes found a stored id.
