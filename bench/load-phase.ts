@@ -150,8 +150,13 @@ class Generator {
     });
   }
 
+  /** A generator that died cannot take a message: its error ends the phase through next(), not the bench process. */
   send(message: ToGenerator): void {
-    this.child.send(message);
+    this.child.send(message, (err) => {
+      if (!err) return;
+      this.exitError ??= new Error(`load generator ${this.child.pid}: ${err.message}`);
+      this.waiter?.();
+    });
   }
 
   /** The next message of `type`; throws on "failed", on exit, or after `timeoutMs`. */

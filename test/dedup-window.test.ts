@@ -342,6 +342,39 @@ describe("the sealed generations' filters", () => {
     assert.ok(hits / 400_000 < 0.0012, `false-positive rate ${hits / 400_000}`);
   });
 
+  test("the maintenance reads a generation's keys in binary and builds the very filter their text gives, group filters too", async () => {
+    const url = await freshDatabase();
+    const first = await daemon({}, url);
+    await first.stop();
+    // Ids that are UUIDs and ids that are not (their keys are digests), enough for many COPY chunks.
+    const ids = Array.from({ length: GROUP_GENERATIONS * 6_000 }, (_, i) => (i % 3 === 0 ? `bin-${i}` : crypto.randomUUID()));
+    const perGen = ids.length / GROUP_GENERATIONS;
+    await withClient(url, async (c) => {
+      for (let g = 0; g < GROUP_GENERATIONS; g++) {
+        await remember(c, await pastGeneration(c, GROUP_GENERATIONS - g), ids.slice(g * perGen, (g + 1) * perGen));
+      }
+      await maintainDedupState(c, "public", [eventsStream], 168);
+      const slots = dedupShape("public", eventsStream)!.slots;
+      const { rows } = await c.query<{ gen: number; filter: Buffer }>(
+        `SELECT gen, filter_v2 AS filter FROM ${slots} WHERE sealed_at IS NOT NULL ORDER BY gen`,
+      );
+      assert.equal(rows.length, GROUP_GENERATIONS);
+      rows.forEach((r, g) => {
+        const expected = new DedupFilter(perGen);
+        for (const id of ids.slice(g * perGen, (g + 1) * perGen)) expected.add(dedupKey(id));
+        assert.ok(
+          r.filter.equals(expected.bytes()),
+          `generation ${r.gen}: the filter built from the binary COPY equals the one from the keys' text`,
+        );
+      });
+      const group = await c.query<{ filter: Buffer }>(`SELECT filter_v2 AS filter FROM events_dedup_groups_v2`);
+      assert.equal(group.rowCount, 1);
+      const expected = new DedupFilter(ids.length);
+      for (const id of ids) expected.add(dedupKey(id));
+      assert.ok(group.rows[0].filter.equals(expected.bytes()), "the group's filter equals the one from all its keys' text");
+    });
+  });
+
   test("filters of format 1 (column filter, table events_dedup_groups) are never read: format 2 is built beside them, their ids stay duplicates, the old groups go with their generations", async () => {
     const url = await freshDatabase();
     const first = await daemon({}, url);

@@ -59,10 +59,16 @@ function word(key: string, at: number): number {
  */
 export function hashKey(key: string, out: Uint32Array): void {
   // xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx
-  const a = word(key, 0);
-  const b = word(key, 9);
-  const c = word(key, 19);
-  const d = word(key, 28);
+  hashWords(word(key, 0), word(key, 9), word(key, 19), word(key, 28), out);
+}
+
+/** hashKey of the key whose 16 bytes start at `at` (as a binary COPY gives them): the same hashes as its text. */
+export function hashKeyBytes(bytes: Buffer, at: number, out: Uint32Array): void {
+  hashWords(bytes.readInt32BE(at), bytes.readInt32BE(at + 4), bytes.readInt32BE(at + 8), bytes.readInt32BE(at + 12), out);
+}
+
+/** The hashes of a key from its four big-endian 32-bit words. */
+function hashWords(a: number, b: number, c: number, d: number, out: Uint32Array): void {
   const h0 = fmix32(a ^ fmix32(b ^ fmix32(c ^ fmix32(d ^ 0x2545f491))));
   const h1 = fmix32(d ^ fmix32(c ^ fmix32(b ^ fmix32(a ^ 0x9e3779b9))));
   out[0] = h0;
@@ -105,7 +111,16 @@ export class DedupFilter {
 
   add(key: string): void {
     hashKey(key, this.h);
-    const h = this.h;
+    this.addHashed(this.h);
+  }
+
+  /** add() of the key whose 16 bytes start at `at`. */
+  addBytes(bytes: Buffer, at: number): void {
+    hashKeyBytes(bytes, at, this.h);
+    this.addHashed(this.h);
+  }
+
+  private addHashed(h: Uint32Array): void {
     const base = (h[0] % this.blocks) * BLOCK_WORDS;
     for (let i = 0; i < PROBES; i++) {
       const b = (h[PROBE_WORD[i]] >>> PROBE_SHIFT[i]) & 511;

@@ -14,19 +14,40 @@ import { locked } from "./partitions";
 
 const FILTER = quoteIdent(DEDUP_FILTER_COLUMN);
 
-/** Adds every key of a partition to a filter, streaming them (a partition may hold millions). */
+/** A binary COPY's signature, flags and header-extension length (PostgreSQL's COPY docs, "Binary Format"). */
+const COPY_HEADER_BYTES = 19;
+/** One row of a binary COPY of the key column: field count (2 bytes), field length (4), the 16-byte uuid. */
+const KEY_ROW_BYTES = 22;
+
+/**
+ * Adds every key of a partition to a filter, streaming them (a partition may hold millions) in binary: each
+ * key is hashed from its 16 bytes, with no text to format in PostgreSQL nor to parse and slice here (every id
+ * is read back twice, for its generation's filter and its group's; docs/storage.md#what-it-costs-measured).
+ */
 async function fillFilter(client: pg.ClientBase, part: string, filter: DedupFilter): Promise<void> {
-  const stream = client.query(copyTo(`COPY (SELECT ${quoteIdent(DEDUP_KEY_COLUMN)} FROM ${part}) TO STDOUT`));
-  let rest = "";
+  const stream = client.query(copyTo(`COPY (SELECT ${quoteIdent(DEDUP_KEY_COLUMN)} FROM ${part}) TO STDOUT (FORMAT binary)`));
+  let rest: Buffer | null = null;
+  let header = true;
   for await (const chunk of stream as AsyncIterable<Buffer>) {
-    const text = rest + chunk.toString("latin1");
-    let from = 0;
-    for (let nl = text.indexOf("\n"); nl !== -1; nl = text.indexOf("\n", from)) {
-      filter.add(text.slice(from, nl));
-      from = nl + 1;
+    const data: Buffer = rest === null ? chunk : Buffer.concat([rest, chunk]);
+    let at = 0;
+    if (header) {
+      if (data.length < COPY_HEADER_BYTES) {
+        rest = data;
+        continue;
+      }
+      at = COPY_HEADER_BYTES + data.readUInt32BE(15); // any header extension is skipped
+      header = false;
     }
-    rest = text.slice(from);
+    while (data.length - at >= KEY_ROW_BYTES && data.readInt16BE(at) === 1) {
+      if (data.readInt32BE(at + 2) !== 16) throw new Error(`${part}: a key of ${data.readInt32BE(at + 2)} bytes in the id state`);
+      filter.addBytes(data, at + 6);
+      at += KEY_ROW_BYTES;
+    }
+    rest = at < data.length ? data.subarray(at) : null;
   }
+  // What is left is the trailer: a field count of -1.
+  if (rest === null || rest.length !== 2 || rest.readInt16BE(0) !== -1) throw new Error(`${part}: the binary COPY of its keys ended early`);
 }
 
 /** Builds the missing filters of the sealed generations of one stream's id state; returns their partitions. */
