@@ -12,6 +12,7 @@ import type { IdKind } from "./event-factory";
 import { BENCH_STREAM } from "./event-table";
 import type { FromGenerator, GeneratorResult, GeneratorSpec, LoadMode, ToGenerator } from "./generator-protocol";
 import { mergeHistograms, summarize, type LatencySummary } from "./latency-histogram";
+import { meterIntervals, type IntervalSample } from "./interval-meter";
 import { CpuMeter, type CpuShare, type RssSampler } from "./proc-stats";
 import { countRows } from "./row-count";
 
@@ -47,6 +48,10 @@ export interface IntervalResult {
   events_per_s: number;
   p50_ms: number;
   p99_ms: number;
+  /** CPU per accepted event of the interval (bench/interval-meter.ts); null where not measured. */
+  daemon_us_per_event: number | null;
+  postgres_us_per_event: number | null;
+  wal_bytes_per_event: number | null;
 }
 
 export interface PhaseResult {
@@ -227,7 +232,7 @@ function perEvent(cpu: CpuShare, generatorCpuS: number, events: number, cores: n
 }
 
 /** The generators' intervals merged: full intervals of the load only. */
-function mergeIntervals(spec: PhaseSpec, results: GeneratorResult[]): IntervalResult[] {
+function mergeIntervals(spec: PhaseSpec, results: GeneratorResult[], samples: IntervalSample[]): IntervalResult[] {
   if (spec.intervalS <= 0) return [];
   const full = Math.floor(spec.durationS / spec.intervalS);
   const out: IntervalResult[] = [];
@@ -235,11 +240,17 @@ function mergeIntervals(spec: PhaseSpec, results: GeneratorResult[]): IntervalRe
     const parts = results.map((r) => r.intervals[k]).filter((i) => i !== undefined);
     const latency = summarize(mergeHistograms(parts.map((i) => i.histogram)));
     const accepted = parts.reduce((a, i) => a + i.accepted, 0);
+    const sample = samples[k];
+    const us = (cores: number | null | undefined) =>
+      sample === undefined || cores == null || accepted === 0 ? null : Math.round(((cores * sample.cpu.wall_s) / accepted) * 1e7) / 10;
     out.push({
       from_s: k * spec.intervalS,
       events_per_s: Math.round(accepted / spec.intervalS),
       p50_ms: latency.p50_ms,
       p99_ms: latency.p99_ms,
+      daemon_us_per_event: us(sample?.cpu.daemon_cores),
+      postgres_us_per_event: us(sample?.cpu.postgres_cores),
+      wal_bytes_per_event: sample?.db == null || accepted === 0 ? null : Math.round(sample.db.wal_bytes / accepted),
     });
   }
   return out;
@@ -310,12 +321,15 @@ export async function runLoadPhase(spec: PhaseSpec, ctx: PhaseContext): Promise<
     const meter = new CpuMeter(ctx.daemonPid, ctx.db.postmasterPid());
     const stages = pollStages(ctx.port);
     for (const g of generators) g.send({ type: "go" });
+    const perInterval = spec.intervalS > 0 ? meterIntervals(ctx.db, ctx.daemonPid, ctx.cores, spec.intervalS) : null;
     const limit = (spec.durationS + spec.drainTimeoutS + 30) * 1000;
     let results: GeneratorResult[];
+    let samples: IntervalSample[] = [];
     try {
       results = (await Promise.all(generators.map((g) => g.next("result", limit)))).map((m) => m.result);
     } finally {
       stages.stop();
+      samples = perInterval?.stop() ?? [];
     }
     const cpu = meter.read(ctx.cores);
     const dbAfter = await markDb(ctx.db);
@@ -364,7 +378,7 @@ export async function runLoadPhase(spec: PhaseSpec, ctx: PhaseContext): Promise<
       max_send_lag_ms: Math.max(...results.map((r) => r.maxSendLagMs)),
       frame_bytes: results[0]?.frameBytes ?? 0,
       rows_in_db: rows,
-      intervals: mergeIntervals(spec, results),
+      intervals: mergeIntervals(spec, results, samples),
       verified: verdict !== "MISMATCH",
       verdict,
       verify_note: note,

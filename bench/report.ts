@@ -354,13 +354,16 @@ export function renderReport(r: BenchReport): string {
     );
     out.push(
       ...table(
-        ["", "events/s", "× ceiling", "p50 ms", "p99 ms"],
+        ["", "events/s", "× ceiling", "p50 ms", "p99 ms", "daemon µs/event", "pg µs/event", "WAL B/event"],
         soak.intervals.map((i) => [
           `  from ${i.from_s} s`,
           int(i.events_per_s),
           soak.to_ceiling_2 === null || !soak.events_per_s ? "-" : ((soak.to_ceiling_2 * i.events_per_s) / soak.events_per_s).toFixed(2),
           ms(i.p50_ms),
           ms(i.p99_ms),
+          i.daemon_us_per_event?.toFixed(1) ?? "-",
+          i.postgres_us_per_event?.toFixed(1) ?? "-",
+          i.wal_bytes_per_event === null || i.wal_bytes_per_event === undefined ? "-" : int(i.wal_bytes_per_event),
         ]),
       ),
     );

@@ -1,0 +1,46 @@
+/**
+ * CPU and WAL of each interval of a phase reported by intervals (the soak's minutes), sampled on the bench's
+ * clock from the "go" message: the generators' intervals are counted by ack time from their first send, a few
+ * milliseconds later, so the two line up to within that. What a soak's slow minute cost, and whose it was:
+ * the daemon's, PostgreSQL's, or the WAL of a checkpoint's full-page images (docs/performance.md#measured).
+ */
+import type { BenchDb } from "./bench-db";
+import { dbDelta, markDb, type DbDelta } from "./db-counters";
+import { CpuMeter, type CpuShare } from "./proc-stats";
+
+export interface IntervalSample {
+  cpu: CpuShare;
+  db: DbDelta | null;
+}
+
+export interface IntervalMeter {
+  /** Stops sampling; the samples of the intervals completed so far, in order. */
+  stop(): IntervalSample[];
+}
+
+export function meterIntervals(db: BenchDb, daemonPid: number | null, cores: number, intervalS: number): IntervalMeter {
+  const samples: IntervalSample[] = [];
+  let meter = new CpuMeter(daemonPid, db.postmasterPid());
+  let mark = markDb(db);
+  let stopped = false;
+  const timer = setInterval(() => {
+    const cpu = meter.read(cores);
+    meter = new CpuMeter(daemonPid, db.postmasterPid());
+    const before = mark;
+    mark = markDb(db);
+    const at = samples.length;
+    samples.push({ cpu, db: null });
+    // The WAL position comes back asynchronously; a sample whose query has not answered by stop() keeps null.
+    void Promise.all([before, mark]).then(([b, a]) => {
+      if (!stopped) samples[at].db = dbDelta(b, a);
+    });
+  }, intervalS * 1000);
+  timer.unref();
+  return {
+    stop() {
+      stopped = true;
+      clearInterval(timer);
+      return samples;
+    },
+  };
+}
