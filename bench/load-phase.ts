@@ -222,10 +222,14 @@ function pollStages(port: number): { stop(): StageLatency | null } {
   };
 }
 
+/** µs of CPU per event of a process that used `cores` over `wallS` seconds, to 0.1 µs; null when unknown. */
+function usPerEvent(cores: number | null | undefined, wallS: number, events: number): number | null {
+  return cores == null || events === 0 ? null : Math.round(((cores * wallS) / events) * 1e7) / 10;
+}
+
 function perEvent(cpu: CpuShare, generatorCpuS: number, events: number, cores: number): PhaseResult["cpu_us_per_event"] {
-  const us = (c: number | null) => (c === null || events === 0 ? null : Math.round(((c * cpu.wall_s) / events) * 1e7) / 10);
-  const daemon = us(cpu.daemon_cores);
-  const postgres = us(cpu.postgres_cores);
+  const daemon = usPerEvent(cpu.daemon_cores, cpu.wall_s, events);
+  const postgres = usPerEvent(cpu.postgres_cores, cpu.wall_s, events);
   const generators = events === 0 ? 0 : Math.round((generatorCpuS / events) * 1e7) / 10;
   const total = daemon === null || postgres === null ? null : daemon + postgres + generators;
   return { daemon, postgres, generators, capacity_events_per_s: total ? Math.round((cores * 1e6) / total) : null };
@@ -241,15 +245,13 @@ function mergeIntervals(spec: PhaseSpec, results: GeneratorResult[], samples: In
     const latency = summarize(mergeHistograms(parts.map((i) => i.histogram)));
     const accepted = parts.reduce((a, i) => a + i.accepted, 0);
     const sample = samples[k];
-    const us = (cores: number | null | undefined) =>
-      sample === undefined || cores == null || accepted === 0 ? null : Math.round(((cores * sample.cpu.wall_s) / accepted) * 1e7) / 10;
     out.push({
       from_s: k * spec.intervalS,
       events_per_s: Math.round(accepted / spec.intervalS),
       p50_ms: latency.p50_ms,
       p99_ms: latency.p99_ms,
-      daemon_us_per_event: us(sample?.cpu.daemon_cores),
-      postgres_us_per_event: us(sample?.cpu.postgres_cores),
+      daemon_us_per_event: sample === undefined ? null : usPerEvent(sample.cpu.daemon_cores, sample.cpu.wall_s, accepted),
+      postgres_us_per_event: sample === undefined ? null : usPerEvent(sample.cpu.postgres_cores, sample.cpu.wall_s, accepted),
       wal_bytes_per_event: sample?.db == null || accepted === 0 ? null : Math.round(sample.db.wal_bytes / accepted),
     });
   }

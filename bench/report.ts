@@ -363,7 +363,7 @@ export function renderReport(r: BenchReport): string {
           ms(i.p99_ms),
           i.daemon_us_per_event?.toFixed(1) ?? "-",
           i.postgres_us_per_event?.toFixed(1) ?? "-",
-          i.wal_bytes_per_event === null || i.wal_bytes_per_event === undefined ? "-" : int(i.wal_bytes_per_event),
+          i.wal_bytes_per_event == null ? "-" : int(i.wal_bytes_per_event),
         ]),
       ),
     );

@@ -13,7 +13,7 @@
  * once it was sealed more than the window ago.
  */
 import type { StreamDefinition } from "./stream-definition";
-import { dedupTable, qualifiedName } from "./sql-identifiers";
+import { dedupTable, qualifiedName, quoteIdent } from "./sql-identifiers";
 
 /** Column names of the id state's partitions. */
 export const DEDUP_KEY_COLUMN = "id_key";
@@ -51,6 +51,8 @@ export function dedupSlotsTable(table: string): string {
  * (docs/storage.md#filter-format).
  */
 export const DEDUP_FILTER_COLUMN = "filter_v2";
+/** DEDUP_FILTER_COLUMN quoted, as the statements that read and write it spell it. */
+export const DEDUP_FILTER_IDENT = quoteIdent(DEDUP_FILTER_COLUMN);
 
 /** The table of a stream's group filters (format 2): one Bloom filter over the keys of several sealed generations. */
 export function dedupGroupsTable(table: string): string {

@@ -7,12 +7,10 @@
 import type pg from "pg";
 import { to as copyTo } from "pg-copy-streams";
 import { DedupFilter } from "../shared/dedup-filter";
-import { DEDUP_FILTER_COLUMN, DEDUP_KEY_COLUMN, dedupShape } from "../shared/dedup-sql";
+import { DEDUP_FILTER_IDENT as FILTER, DEDUP_KEY_COLUMN, dedupShape } from "../shared/dedup-sql";
 import type { StreamDefinition } from "../shared/stream-definition";
 import { quoteIdent } from "../shared/sql-identifiers";
 import { locked } from "./partitions";
-
-const FILTER = quoteIdent(DEDUP_FILTER_COLUMN);
 
 /** A binary COPY's signature, flags and header-extension length (PostgreSQL's COPY docs, "Binary Format"). */
 const COPY_HEADER_BYTES = 19;

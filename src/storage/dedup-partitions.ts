@@ -11,6 +11,7 @@ import type { StreamDefinition } from "../shared/stream-definition";
 import { dedupTable, qualifiedName, quoteIdent } from "../shared/sql-identifiers";
 import {
   DEDUP_FILTER_COLUMN,
+  DEDUP_FILTER_IDENT as FILTER,
   DEDUP_GEN_COLUMN,
   DEDUP_KEY_COLUMN,
   dedupGenerationName,
@@ -48,8 +49,6 @@ export async function dedupHotBytes(client: pg.ClientBase): Promise<number> {
   );
   return Math.max(4 << 20, Math.min(DEDUP_HOT_INDEX_BYTES, Math.floor(Number(rows[0].bytes) / 2)));
 }
-
-const FILTER = quoteIdent(DEDUP_FILTER_COLUMN);
 
 /** DDL of the id state (the generations themselves come from createGeneration). */
 export function dedupStateDdl(schema: string, stream: StreamDefinition): string[] {

@@ -10,12 +10,9 @@
 import { BroadcastChannel } from "node:worker_threads";
 import type pg from "pg";
 import { DedupFilter } from "../shared/dedup-filter";
-import { DEDUP_FILTER_COLUMN, dedupShape } from "../shared/dedup-sql";
-import { quoteIdent } from "../shared/sql-identifiers";
+import { DEDUP_FILTER_IDENT as FILTER, dedupShape } from "../shared/dedup-sql";
 import type { StreamDefinition } from "../shared/stream-definition";
 import { DEDUP_FILTERS_CHANNEL, DEDUP_FILTERS_WANTED, type PublishedFilter } from "../shared/task-protocol";
-
-const FILTER = quoteIdent(DEDUP_FILTER_COLUMN);
 
 /** Bytes of a filter read per query: a bytea arrives as hex text, twice its size. */
 const LOAD_CHUNK_BYTES = 1 << 20;
