@@ -10,7 +10,7 @@
  * Candidates: text-pk (the id state before the window: one `id text PRIMARY KEY` table, plain INSERT in id
  * order), uuid-pk (one unpartitioned `uuid PRIMARY KEY` table), generations (the id state in generations
  * rotated by size, through the claim function, the maintenance run every MAINTAIN_EVERY batches, every
- * sealed generation probed), generations-filtered (the same with the sealed generations' Bloom filters
+ * sealed generation probed), generations-filtered (the same with the sealed generations' filters
  * checked first, as a worker does, so only ids that hit one are probed).
  */
 import crypto from "node:crypto";

@@ -87,7 +87,7 @@ export interface IngestdConfig {
    */
   dedupWindowHours: Int & tags.Minimum<1> & tags.Maximum<8760>;
   /**
-   * MiB of memory the id state's Bloom filters may hold in all (one copy per daemon, docs/storage.md#filter-memory):
+   * MiB of memory the id state's filters may hold in all (one copy per daemon, docs/storage.md#filter-memory):
    * past it the oldest are folded to half their size, then left out.
    */
   dedupFilterMb: Int & tags.Minimum<1> & tags.Maximum<65536>;

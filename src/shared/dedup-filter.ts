@@ -1,28 +1,31 @@
 /**
- * A blocked Bloom filter over id-state keys (src/shared/dedup-key.ts): built once for each sealed partition of
- * the id state by the partition maintenance, kept in PostgreSQL beside the partition, and checked by the
- * workers so that only the ids that hit a filter are probed in that partition (docs/storage.md#deduplication).
- * A miss is exact: the key is not in the partition. Each key sets PROBES bits of one 512-bit block (one cache
- * line), so a check costs one memory access per filter.
+ * A cuckoo filter over id-state keys (src/shared/dedup-key.ts): built once for each sealed partition of the id
+ * state (and each group of them) by the partition maintenance, kept in PostgreSQL beside the partition, and
+ * checked by the workers so that only the ids that hit a filter are probed in that partition
+ * (docs/storage.md#deduplication). A miss is exact: the key is not in the partition. A key leaves a 16-bit
+ * fingerprint in one of its two buckets of 8 bytes, so a check reads two of them; at 17 bits a key it lets
+ * about 0.011% of other keys through, an eighth of what the blocked Bloom filter of format 2 let through at
+ * 16 (docs/storage.md#filter-format), and every false positive is a probe in PostgreSQL.
  */
 
 /**
- * Bits of filter per key: about 0.08% false positives with PROBES bits in 512-bit blocks, what the blocks'
- * uneven load allows (0.087% computed; a plain Bloom filter of 16 bits a key would reach 0.05% with ten cache
- * misses a check). Every false positive is a probe in PostgreSQL, and a key is checked against every sealed
- * generation's filter or its group's (docs/storage.md#filter-format).
+ * Fingerprints per bucket. A key's fingerprint sits in one of 4 slots of one of its two buckets, so a check
+ * compares 8 slots: about 8 × load / 65,280 false positives, 0.011% at full load (docs/storage.md#filter-format).
  */
-export const FILTER_BITS_PER_KEY = 16;
-const PROBES = 8;
-const BLOCK_WORDS = 16;
-/** Where probe i takes its 9 bits: the hash word (out[1..3] of hashKey) and the shift within it. */
-const PROBE_WORD = Uint8Array.of(1, 1, 1, 2, 2, 2, 3, 3);
-const PROBE_SHIFT = Uint8Array.of(0, 9, 18, 0, 9, 18, 0, 9);
-/**
- * A new filter's block count is a multiple of this, so it can be folded in half (fold()) up to log2 of it
- * times; at most 63 blocks (4 KiB) more than the keys need.
- */
-const BLOCK_MULTIPLE = 64;
+const SLOTS = 4;
+/** The load a new filter is sized for: its keys fill this share of the slots (17 bits a key). */
+const LOAD = 0.94;
+/** Evictions before an insertion gives up (DedupFilterFull): far beyond what LOAD needs. */
+const MAX_KICKS = 4_000;
+/** Header: the bucket count and the fingerprint width in bits (16 as built, 8 once folded), little-endian. */
+const HEADER_BYTES = 8;
+
+/** An insertion found no free slot: the filter was sized too small for its keys, and must be built again larger. */
+export class DedupFilterFull extends Error {
+  constructor(buckets: number) {
+    super(`a dedup filter of ${buckets} buckets has no room for another key`);
+  }
+}
 
 function fmix32(h: number): number {
   h ^= h >>> 16;
@@ -50,12 +53,11 @@ function word(key: string, at: number): number {
 }
 
 /**
- * The block and probe hashes of a key into `out` (4 words): out[0] picks the block, out[1..3] give the bits.
- * Two independent mixes of all 128 bits, so structured ids spread too, and two keys share a block and its bits
- * only when 64 bits of hash agree (format 1 derived every word from one 32-bit hash: in a group of 4 million
- * keys, 0.1% of other keys collided with one of them outright, on top of the filter's own rate; measured 0.29%
- * false positives against 0.08% now, docs/storage.md#filter-format). Computed once per key, then checked
- * against every filter with hasHashed.
+ * The hashes of a key into `out` (4 words): out[0] picks its first bucket, out[1] and out[2] give its
+ * fingerprint. Two independent mixes of all 128 bits, so structured ids spread too, and two keys share a
+ * bucket and a fingerprint only by the chance of both (format 1 derived every bit from one 32-bit hash: in a
+ * group of 4 million keys, 0.1% of other keys collided with one of them outright;
+ * docs/storage.md#filter-format). Computed once per key, then checked against every filter with hasHashed.
  */
 export function hashKey(key: string, out: Uint32Array): void {
   // xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx
@@ -78,35 +80,52 @@ function hashWords(a: number, b: number, c: number, d: number, out: Uint32Array)
 }
 
 export class DedupFilter {
-  private readonly words: Uint32Array;
-  private readonly blocks: number;
+  /** Buckets of SLOTS fingerprints (the header's first word). */
+  private readonly buckets: number;
+  /** The fingerprints as built (16 bits), or null once folded. */
+  private readonly wide: Uint16Array | null;
+  /** The fingerprints folded to their high byte, or null. */
+  private readonly narrow: Uint8Array | null;
+  private readonly all: Uint8Array;
   private readonly h = new Uint32Array(4);
+  /** xorshift32 state: which slot an insertion evicts. */
+  private seed = 0x9e3779b9;
 
   /**
    * An empty filter for `keys` keys, one read back from its bytes (copied into shared memory, so the front
-   * thread can publish it to the workers), or one over shared words published that way.
+   * thread can publish it to the workers), or one over shared memory published that way.
    */
   constructor(keysOrBytes: number | Uint8Array | SharedArrayBuffer) {
+    let all: Uint8Array;
     if (typeof keysOrBytes === "number") {
-      const blocks = Math.ceil(Math.max(1, (keysOrBytes * FILTER_BITS_PER_KEY) / 512) / BLOCK_MULTIPLE) * BLOCK_MULTIPLE;
-      this.words = new Uint32Array(blocks * BLOCK_WORDS);
+      const buckets = Math.max(1, Math.ceil(keysOrBytes / (SLOTS * LOAD)));
+      all = new Uint8Array(HEADER_BYTES + buckets * SLOTS * 2);
+      const header = new DataView(all.buffer);
+      header.setUint32(0, buckets, true);
+      header.setUint32(4, 16, true);
     } else if (keysOrBytes instanceof SharedArrayBuffer) {
-      this.words = new Uint32Array(keysOrBytes);
+      all = new Uint8Array(keysOrBytes);
     } else {
-      if (keysOrBytes.byteLength === 0 || keysOrBytes.byteLength % (BLOCK_WORDS * 4) !== 0) {
-        throw new Error(`a dedup filter is a whole number of 64-byte blocks, got ${keysOrBytes.byteLength} bytes`);
-      }
-      // Copied: the bytes of a query result need not be 4-byte aligned.
-      this.words = new Uint32Array(new SharedArrayBuffer(keysOrBytes.byteLength));
-      new Uint8Array(this.words.buffer).set(keysOrBytes);
+      // Copied: the bytes of a query result need not be aligned.
+      all = new Uint8Array(new SharedArrayBuffer(keysOrBytes.byteLength));
+      all.set(keysOrBytes);
     }
-    this.blocks = this.words.length / BLOCK_WORDS;
+    const header = new DataView(all.buffer, all.byteOffset, Math.min(all.byteLength, HEADER_BYTES));
+    const buckets = all.byteLength >= HEADER_BYTES ? header.getUint32(0, true) : 0;
+    const bits = all.byteLength >= HEADER_BYTES ? header.getUint32(4, true) : 0;
+    if (buckets === 0 || (bits !== 16 && bits !== 8) || all.byteLength !== HEADER_BYTES + (buckets * SLOTS * bits) / 8) {
+      throw new Error(`not a dedup filter of format 3: ${all.byteLength} bytes, ${buckets} buckets of ${bits}-bit fingerprints`);
+    }
+    this.all = all;
+    this.buckets = buckets;
+    this.wide = bits === 16 ? new Uint16Array(all.buffer, all.byteOffset + HEADER_BYTES, buckets * SLOTS) : null;
+    this.narrow = bits === 8 ? new Uint8Array(all.buffer, all.byteOffset + HEADER_BYTES, buckets * SLOTS) : null;
   }
 
-  /** The shared words of a filter read back from its bytes (what the front publishes). */
+  /** The shared memory of a filter read back from its bytes (what the front publishes). */
   get shared(): SharedArrayBuffer {
-    if (!(this.words.buffer instanceof SharedArrayBuffer)) throw new Error("this filter is not in shared memory");
-    return this.words.buffer;
+    if (!(this.all.buffer instanceof SharedArrayBuffer)) throw new Error("this filter is not in shared memory");
+    return this.all.buffer;
   }
 
   add(key: string): void {
@@ -120,12 +139,53 @@ export class DedupFilter {
     this.addHashed(this.h);
   }
 
+  /**
+   * Cuckoo insertion: into a free slot of either bucket, else a fingerprint of the bucket is evicted to its
+   * own other bucket, and so on. Throws DedupFilterFull when MAX_KICKS evictions found no room (the filter
+   * then misses the key last evicted, and must be discarded).
+   */
   private addHashed(h: Uint32Array): void {
-    const base = (h[0] % this.blocks) * BLOCK_WORDS;
-    for (let i = 0; i < PROBES; i++) {
-      const b = (h[PROBE_WORD[i]] >>> PROBE_SHIFT[i]) & 511;
-      this.words[base + (b >>> 5)] |= 1 << (b & 31);
+    const slots = this.wide;
+    if (slots === null) throw new Error("a folded filter takes no keys");
+    let fp = fingerprint(h);
+    let b = h[0] % this.buckets;
+    if (this.put(slots, b, fp)) return;
+    b = this.other(b, fp >>> 8);
+    if (this.put(slots, b, fp)) return;
+    for (let kick = 0; kick < MAX_KICKS; kick++) {
+      let x = this.seed;
+      x ^= x << 13;
+      x ^= x >>> 17;
+      x ^= x << 5;
+      this.seed = x >>> 0;
+      const s = b * SLOTS + (x & (SLOTS - 1));
+      const evicted = slots[s];
+      slots[s] = fp;
+      fp = evicted;
+      b = this.other(b, fp >>> 8);
+      if (this.put(slots, b, fp)) return;
     }
+    throw new DedupFilterFull(this.buckets);
+  }
+
+  private put(slots: Uint16Array, b: number, fp: number): boolean {
+    const at = b * SLOTS;
+    for (let s = at; s < at + SLOTS; s++) {
+      if (slots[s] === 0) {
+        slots[s] = fp;
+        return true;
+      }
+    }
+    return false;
+  }
+
+  /**
+   * A fingerprint's other bucket, from its high byte alone, so that a folded filter (high bytes only) finds
+   * it too: (offset - b) mod buckets, its own inverse, so either bucket leads to the other.
+   */
+  private other(b: number, high: number): number {
+    const o = (ALT_OFFSET[high] % this.buckets) - b;
+    return o < 0 ? o + this.buckets : o;
   }
 
   /** False: the key is certainly not in the filter's partition. */
@@ -136,43 +196,66 @@ export class DedupFilter {
 
   /** has() for hashes from hashKey. */
   hasHashed(h: Uint32Array): boolean {
-    const base = (h[0] % this.blocks) * BLOCK_WORDS;
-    for (let i = 0; i < PROBES; i++) {
-      const b = (h[PROBE_WORD[i]] >>> PROBE_SHIFT[i]) & 511;
-      if ((this.words[base + (b >>> 5)] & (1 << (b & 31))) === 0) return false;
+    const fp = fingerprint(h);
+    const b1 = h[0] % this.buckets;
+    const b2 = this.other(b1, fp >>> 8);
+    const wide = this.wide;
+    if (wide !== null) {
+      let s = b1 * SLOTS;
+      if (wide[s] === fp || wide[s + 1] === fp || wide[s + 2] === fp || wide[s + 3] === fp) return true;
+      s = b2 * SLOTS;
+      return wide[s] === fp || wide[s + 1] === fp || wide[s + 2] === fp || wide[s + 3] === fp;
     }
-    return true;
+    const narrow = this.narrow!;
+    const high = fp >>> 8;
+    let s = b1 * SLOTS;
+    if (narrow[s] === high || narrow[s + 1] === high || narrow[s + 2] === high || narrow[s + 3] === high) return true;
+    s = b2 * SLOTS;
+    return narrow[s] === high || narrow[s + 1] === high || narrow[s + 2] === high || narrow[s + 3] === high;
   }
 
-  /** Whether fold() can halve this filter (an even number of blocks). */
+  /** Whether fold() can halve this filter (16-bit fingerprints: not folded yet). */
   get foldable(): boolean {
-    return this.blocks % 2 === 0;
+    return this.wide !== null;
   }
 
   /**
-   * The same keys in half the memory, in a new SharedArrayBuffer: block j of the result is blocks j and
-   * j + blocks/2 OR-ed together. A key's block is h % blocks; h % (blocks/2) is the same as that block's index
-   * modulo blocks/2, and the bits within a block do not move, so every key this filter holds is still found
-   * (docs/storage.md#filter-memory). Twice the keys per bit: at 8 bits per key about 2.5% false positives.
+   * The same keys in half the memory, in a new SharedArrayBuffer: each fingerprint cut to its high byte, in
+   * the same slot. A key's buckets follow from its hash and that byte alone, so every key this filter holds is
+   * still found (docs/storage.md#filter-memory); 8 slots of 255 values: about 2.9% false positives.
    */
   fold(): DedupFilter {
-    if (!this.foldable) throw new Error(`a filter of ${this.blocks} blocks cannot be folded in half`);
-    const half = this.words.length / 2;
-    const out = new Uint32Array(new SharedArrayBuffer(half * 4));
-    for (let i = 0; i < half; i++) out[i] = this.words[i] | this.words[i + half];
+    const wide = this.wide;
+    if (wide === null) throw new Error("a filter of 8-bit fingerprints cannot be folded again");
+    const out = new Uint8Array(new SharedArrayBuffer(HEADER_BYTES + wide.length));
+    const header = new DataView(out.buffer);
+    header.setUint32(0, this.buckets, true);
+    header.setUint32(4, 8, true);
+    for (let i = 0; i < wide.length; i++) out[HEADER_BYTES + i] = wide[i] >>> 8;
     return new DedupFilter(out.buffer as SharedArrayBuffer);
   }
 
   /** The filter's bytes as a Buffer over the same memory (no copy; node-postgres sends a Buffer in binary). */
   buffer(): Buffer {
-    return Buffer.from(this.words.buffer, this.words.byteOffset, this.words.byteLength);
+    return Buffer.from(this.all.buffer, this.all.byteOffset, this.all.byteLength);
   }
 
   bytes(): Uint8Array {
-    return new Uint8Array(this.words.buffer, this.words.byteOffset, this.words.byteLength);
+    return this.all;
   }
 
   get byteLength(): number {
-    return this.words.byteLength;
+    return this.all.byteLength;
   }
 }
+
+/**
+ * A key's 16-bit fingerprint, never 0 (an empty slot): its high byte 1..255 (what a folded filter keeps, and
+ * what picks the other bucket), its low byte from another hash word.
+ */
+function fingerprint(h: Uint32Array): number {
+  return ((1 + (h[1] % 255)) << 8) | (h[2] & 255);
+}
+
+/** The offset of the other bucket for each high byte (DedupFilter.other). */
+const ALT_OFFSET = Uint32Array.from({ length: 256 }, (_, i) => fmix32(Math.imul(i + 1, 0x5bd1e995)));

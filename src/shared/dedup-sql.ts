@@ -8,7 +8,7 @@
  * `<table>_dedup_slots` lists the generations: the one open generation takes every new id, and is sealed
  * (a new one opened) once its index outgrows a share of shared_buffers or it has been open an eighth of the
  * window, so the index random ids are inserted into stays small and in memory. A sealed generation is only
- * probed, and with its Bloom filter (src/shared/dedup-filter.ts), or the filter of the group of generations it
+ * probed, and with its cuckoo filter (src/shared/dedup-filter.ts), or the filter of the group of generations it
  * belongs to (`<table>_dedup_groups`), checked by the worker only for the ids that hit it; it is dropped whole
  * once it was sealed more than the window ago.
  */
@@ -45,23 +45,23 @@ export function dedupSlotsTable(table: string): string {
 
 /**
  * The column of the slots table holding a sealed generation's filter, and (dedupGroupsTable) the table of group
- * filters, both named after the filters' format. Format 2 hashes a key differently from format 1 (column
- * `filter`, table `<table>_dedup_groups`): a filter checked with the other format's hash misses keys it holds,
- * so daemons of different formats sharing a database never read each other's filters; each builds its own
- * (docs/storage.md#filter-format).
+ * filters, both named after the filters' format. Format 3 is a cuckoo filter (src/shared/dedup-filter.ts);
+ * formats 1 and 2 were blocked Bloom filters (columns `filter`, `filter_v2`, tables `<table>_dedup_groups`,
+ * `<table>_dedup_groups_v2`): a filter read as another format answers wrongly, so daemons of different formats
+ * sharing a database never read each other's filters; each builds its own (docs/storage.md#filter-format).
  */
-export const DEDUP_FILTER_COLUMN = "filter_v2";
+export const DEDUP_FILTER_COLUMN = "filter_v3";
 /** DEDUP_FILTER_COLUMN quoted, as the statements that read and write it spell it. */
 export const DEDUP_FILTER_IDENT = quoteIdent(DEDUP_FILTER_COLUMN);
 
-/** The table of a stream's group filters (format 2): one Bloom filter over the keys of several sealed generations. */
+/** The table of a stream's group filters (format 3): one filter over the keys of several sealed generations. */
 export function dedupGroupsTable(table: string): string {
-  return `${dedupTable(table)}_groups_v2`;
+  return `${dedupTable(table)}_groups_v3`;
 }
 
-/** Format 1's table of group filters: emptied and dropped once its generations are gone (dropDedupGenerations). */
-export function dedupLegacyGroupsTable(table: string): string {
-  return `${dedupTable(table)}_groups`;
+/** Earlier formats' tables of group filters: each emptied and dropped once its generations are gone (dropDedupGenerations). */
+export function dedupLegacyGroupsTables(table: string): string[] {
+  return [`${dedupTable(table)}_groups`, `${dedupTable(table)}_groups_v2`];
 }
 
 /** The function that claims a batch's ids for a deduplicating stream (created at start by src/storage/schema.ts). */
@@ -118,16 +118,22 @@ export function dedupShape(schema: string, stream: StreamDefinition): DedupShape
 /**
  * The statement that counts the keys stored among the filters' hits in generations under the parent table
  * (`$1` keys, `$2` the generation of each, as FilterCheck gives them): each key probed only in the generation
- * whose filter it hit, those of one generation by one index scan, all in one statement (run-time partition
- * pruning picks each partition). It replaced a loop of one dynamic query per generation in the probe function,
- * planned anew each time: with 140 sealed generations that loop cost a batch of 3,000 keys ~19 ms against ~4.5
- * (docs/storage.md#what-it-costs-measured). A worker runs it before its transaction begins: a statement over
- * the parent holds a lock on it until its transaction ends, and the DDL of the partition maintenance (creating
- * and dropping generations) would queue behind a long group commit, and every claim behind that DDL. Sealed
- * generations are never written again, so probing them outside the transaction answers the same.
- * Generations adopted from the time-slot shape are not under the parent: the probe function probes their hits.
+ * whose filter it hit, those of one generation by one index scan, all in one statement. It replaced a loop of
+ * one dynamic query per generation in the probe function, planned anew each time: with 140 sealed generations
+ * that loop cost a batch of 3,000 keys ~19 ms against ~4.5 (docs/storage.md#what-it-costs-measured). A worker
+ * runs it before its transaction begins: a statement over the parent holds a lock on it until its transaction
+ * ends, and the DDL of the partition maintenance (creating and dropping generations) would queue behind a long
+ * group commit, and every claim behind that DDL. Sealed generations are never written again, so probing them
+ * outside the transaction answers the same. Generations adopted from the time-slot shape are not under the
+ * parent: the probe function probes their hits.
+ *
+ * Two forms, the same answer. `pruned` false: prepared once per connection (its plan kept), the partition of
+ * each generation picked at run time, but every partition opened by every call (~16 µs each). `pruned` true:
+ * `$3` the generations hit, planned with each call so that only their partitions are opened (~70 µs each,
+ * planning included): cheaper when few of many generations were hit (IdClaim's choice; measured in
+ * docs/storage.md#what-it-costs-measured).
  */
-export function dedupHitsProbeSql(d: DedupShape): string {
+export function dedupHitsProbeSql(d: DedupShape, pruned = false): string {
   const key = DEDUP_KEY_COLUMN;
   const gen = DEDUP_GEN_COLUMN;
   // The count inside the LATERAL keeps the planner from pulling it up into a join, which it may then plan as a
@@ -136,7 +142,7 @@ export function dedupHitsProbeSql(d: DedupShape): string {
       SELECT m.g, array_agg(m.k) AS ks FROM unnest($1::uuid[], $2::integer[]) AS m(k, g)
        WHERE m.g > ${LAST_ADOPTED_GENERATION} GROUP BY m.g
     ) AS m CROSS JOIN LATERAL (
-      SELECT count(*) AS n FROM ${d.ids} i WHERE i.${gen} = m.g AND i.${key} = ANY(m.ks)
+      SELECT count(*) AS n FROM ${d.ids} i WHERE i.${gen} = m.g${pruned ? ` AND i.${gen} = ANY($3::integer[])` : ""} AND i.${key} = ANY(m.ks)
     ) AS x`;
 }
 

@@ -193,7 +193,7 @@ export function emptyOutcome(
 export const BATCH_ALIAS_CHANNEL = "ingestd.batch-aliases";
 
 /**
- * The front thread publishes the Bloom filters of the sealed id-state generations on this BroadcastChannel
+ * The front thread publishes the filters of the sealed id-state generations on this BroadcastChannel
  * after each maintenance pass: every filter it holds, each in a SharedArrayBuffer, so the workers check one
  * copy per process instead of loading their own (docs/storage.md#deduplication).
  */

@@ -1,12 +1,12 @@
 /**
- * Builds the Bloom filter of each sealed generation of the id state (docs/storage.md#deduplication) and keeps
+ * Builds the filter of each sealed generation of the id state (docs/storage.md#deduplication) and keeps
  * it in the slots table beside the generation, where the workers load it. A sealed generation is never
  * written again (the rotation waited for every claim into it), so its filter can be built at once. Each
  * filter is built once, by whichever daemon's maintenance gets there first.
  */
 import type pg from "pg";
 import { to as copyTo } from "pg-copy-streams";
-import { DedupFilter } from "../shared/dedup-filter";
+import { DedupFilter, DedupFilterFull } from "../shared/dedup-filter";
 import { DEDUP_FILTER_IDENT as FILTER, DEDUP_KEY_COLUMN, dedupShape } from "../shared/dedup-sql";
 import type { StreamDefinition } from "../shared/stream-definition";
 import { quoteIdent } from "../shared/sql-identifiers";
@@ -26,7 +26,10 @@ async function fillFilter(client: pg.ClientBase, part: string, filter: DedupFilt
   const stream = client.query(copyTo(`COPY (SELECT ${quoteIdent(DEDUP_KEY_COLUMN)} FROM ${part}) TO STDOUT (FORMAT binary)`));
   let rest: Buffer | null = null;
   let header = true;
+  // A full filter (DedupFilterFull) is thrown once the COPY has ended: the connection stays usable.
+  let full: DedupFilterFull | null = null;
   for await (const chunk of stream as AsyncIterable<Buffer>) {
+    if (full !== null) continue;
     const data: Buffer = rest === null ? chunk : Buffer.concat([rest, chunk]);
     let at = 0;
     if (header) {
@@ -39,13 +42,36 @@ async function fillFilter(client: pg.ClientBase, part: string, filter: DedupFilt
     }
     while (data.length - at >= KEY_ROW_BYTES && data.readInt16BE(at) === 1) {
       if (data.readInt32BE(at + 2) !== 16) throw new Error(`${part}: a key of ${data.readInt32BE(at + 2)} bytes in the id state`);
-      filter.addBytes(data, at + 6);
+      try {
+        filter.addBytes(data, at + 6);
+      } catch (err) {
+        if (!(err instanceof DedupFilterFull)) throw err;
+        full = err;
+        break;
+      }
       at += KEY_ROW_BYTES;
     }
     rest = at < data.length ? data.subarray(at) : null;
   }
+  if (full !== null) throw full;
   // What is left is the trailer: a field count of -1.
   if (rest === null || rest.length !== 2 || rest.readInt16BE(0) !== -1) throw new Error(`${part}: the binary COPY of its keys ended early`);
+}
+
+/**
+ * A filter of `keys` keys filled by `fill`. A cuckoo filter sized for its keys may, very rarely, find no room
+ * for the last of them (DedupFilterFull); it is then discarded and built again a quarter larger.
+ */
+async function filterOf(keys: number, fill: (filter: DedupFilter) => Promise<void>): Promise<DedupFilter> {
+  for (let room = keys; ; room = Math.ceil(room * 1.25)) {
+    const filter = new DedupFilter(room);
+    try {
+      await fill(filter);
+      return filter;
+    } catch (err) {
+      if (!(err instanceof DedupFilterFull)) throw err;
+    }
+  }
 }
 
 /** Builds the missing filters of the sealed generations of one stream's id state; returns their partitions. */
@@ -60,8 +86,7 @@ export async function buildDedupFilters(client: pg.ClientBase, schema: string, s
       const still = await client.query(`SELECT 1 FROM ${d.slots} WHERE gen = $1 AND ${FILTER} IS NULL`, [slot.gen]);
       if (still.rowCount === 0) return false; // another daemon built it, or the generation was dropped
       const count = await client.query<{ n: string }>(`SELECT count(*) AS n FROM ${slot.part}`);
-      const filter = new DedupFilter(Number(count.rows[0].n));
-      await fillFilter(client, slot.part, filter);
+      const filter = await filterOf(Number(count.rows[0].n), (f) => fillFilter(client, slot.part, f));
       await client.query(`UPDATE ${d.slots} SET ${FILTER} = $2 WHERE gen = $1`, [slot.gen, filter.buffer()]);
       return true;
     });
@@ -95,14 +120,15 @@ export async function buildDedupGroupFilters(client: pg.ClientBase, schema: stri
     if (rows.length < GROUP_GENERATIONS) return built;
     let keys = 0;
     for (const r of rows) keys += Number((await client.query<{ n: string }>(`SELECT count(*) AS n FROM ${r.part}`)).rows[0].n);
-    const filter = new DedupFilter(keys);
-    for (const r of rows) {
-      try {
-        await fillFilter(client, r.part, filter);
-      } catch (err) {
-        if ((err as { code?: string }).code !== "42P01") throw err; // undefined_table: dropped past the window meanwhile
+    const filter = await filterOf(keys, async (f) => {
+      for (const r of rows) {
+        try {
+          await fillFilter(client, r.part, f);
+        } catch (err) {
+          if ((err as { code?: string }).code !== "42P01") throw err; // undefined_table: dropped past the window meanwhile
+        }
       }
-    }
+    });
     const gens = rows.map((r) => r.gen);
     const done = await locked(client, async () => {
       const taken = await client.query(`SELECT 1 FROM ${d.groups} WHERE gens && $1::integer[]`, [gens]);

@@ -16,7 +16,7 @@ import {
   DEDUP_KEY_COLUMN,
   dedupGenerationName,
   LAST_ADOPTED_GENERATION,
-  dedupLegacyGroupsTable,
+  dedupLegacyGroupsTables,
   dedupShape,
 } from "../shared/dedup-sql";
 import { dedupKeySql } from "../shared/dedup-key";
@@ -57,7 +57,7 @@ export function dedupStateDdl(schema: string, stream: StreamDefinition): string[
     `CREATE TABLE IF NOT EXISTS ${d.ids} (${quoteIdent(DEDUP_KEY_COLUMN)} uuid NOT NULL, ${quoteIdent(DEDUP_GEN_COLUMN)} integer NOT NULL)
   PARTITION BY LIST (${quoteIdent(DEDUP_GEN_COLUMN)})`,
     `CREATE TABLE IF NOT EXISTS ${d.slots} (gen integer PRIMARY KEY, part text NOT NULL, opened_at timestamptz, sealed_at timestamptz)`,
-    // A slots table of format 1 gets the column of format 2 beside its own (docs/storage.md#filter-format).
+    // A slots table of an earlier format gets the column of format 3 beside its own (docs/storage.md#filter-format).
     `ALTER TABLE ${d.slots} ADD COLUMN IF NOT EXISTS ${FILTER} bytea`,
     `CREATE TABLE IF NOT EXISTS ${d.groups} (grp integer PRIMARY KEY, gens integer[] NOT NULL, ${FILTER} bytea NOT NULL)`,
     // Random bits do not compress; stored plainly, a slice of a filter is read without the rest. Only when not
@@ -280,8 +280,8 @@ export async function migrateLegacyIdState(
       continue;
     }
     const sealedAt = new Date(Math.min(slot.upper.getTime(), at.getTime()));
-    // Numbered below the current generations, newest first (0, -1, …: LAST_ADOPTED_GENERATION and down). Its filter is of format 1: left to be
-    // built again.
+    // Numbered below the current generations, newest first (0, -1, …: LAST_ADOPTED_GENERATION and down). Its filter is of an earlier format:
+    // left to be built again.
     await client.query(
       `INSERT INTO ${d.slots} (gen, part, opened_at, sealed_at)
        VALUES ((SELECT least(min(gen) - 1, ${LAST_ADOPTED_GENERATION}) FROM ${d.slots}), $1, $2, $3)`,
@@ -295,18 +295,20 @@ export async function migrateLegacyIdState(
 }
 
 /**
- * Format 1's group filters (dedupLegacyGroupsTable): a daemon of that format still running beside this one
- * keeps using them; each goes with the last of its generations, and the table once empty.
+ * Earlier formats' group filters (dedupLegacyGroupsTables): a daemon of such a format still running beside this
+ * one keeps using them; each goes with the last of its generations, and its table once empty.
  */
 async function dropLegacyGroups(client: pg.ClientBase, schema: string, stream: StreamDefinition): Promise<void> {
-  const legacy = qualifiedName(schema, dedupLegacyGroupsTable(stream.table));
-  const { rows } = await client.query<{ found: string | null }>(`SELECT to_regclass($1)::text AS found`, [legacy]);
-  if (rows[0].found === null) return;
   const slots = dedupShape(schema, stream)!.slots;
-  await client.query(`DELETE FROM ${legacy} g WHERE NOT EXISTS (SELECT 1 FROM ${slots} s WHERE s.gen = ANY(g.gens))`);
-  await client.query(`DO $legacy$ BEGIN
+  for (const table of dedupLegacyGroupsTables(stream.table)) {
+    const legacy = qualifiedName(schema, table);
+    const { rows } = await client.query<{ found: string | null }>(`SELECT to_regclass($1)::text AS found`, [legacy]);
+    if (rows[0].found === null) continue;
+    await client.query(`DELETE FROM ${legacy} g WHERE NOT EXISTS (SELECT 1 FROM ${slots} s WHERE s.gen = ANY(g.gens))`);
+    await client.query(`DO $legacy$ BEGIN
   IF NOT EXISTS (SELECT 1 FROM ${legacy}) THEN DROP TABLE ${legacy}; END IF;
 END $legacy$`);
+  }
 }
 
 /** Drops a time-slot shape's old parent once its last adopted partition went with the window. */

@@ -1,5 +1,5 @@
 /**
- * The front thread's copy of the Bloom filters of every deduplicating stream's sealed id-state generations
+ * The front thread's copy of the filters of every deduplicating stream's sealed id-state generations
  * (docs/storage.md#deduplication): loaded from the slots tables at start and after each maintenance step into shared
  * memory (a group's filter instead of those of its generations), forgotten when their generations are
  * dropped, and published whole to the workers on
@@ -40,9 +40,8 @@ async function loadFilter(client: pg.ClientBase, table: string, where: string, k
 }
 
 /**
- * Times a filter may be folded in half to fit the budget: built at FILTER_BITS_PER_KEY (16), folded once it
- * has 8 bits per key (about 2.5% false positives). Folded again it would let about a third through, each a
- * probe of a cold index: left out instead.
+ * Times a filter may be folded in half to fit the budget: built with 16-bit fingerprints, folded to 8 (about
+ * 2.9% false positives); a filter of 8-bit fingerprints cannot be folded again, and is left out instead.
  */
 const MAX_FOLDS = 1;
 

@@ -103,7 +103,7 @@ export function commitTarget(schema: string, stream: StreamDefinition, order: nu
   const release = `DELETE FROM ${d.ids} WHERE ${quoteIdent(DEDUP_KEY_COLUMN)} = ANY($1::uuid[])
     AND ${quoteIdent(DEDUP_GEN_COLUMN)} = (SELECT gen FROM ${d.slots} WHERE opened_at IS NOT NULL AND sealed_at IS NULL)`;
   // By position: a prepared statement's name is cut at 63 bytes, a table's name need not be.
-  const hits = { name: `ingestd-dedup-hits-${order}`, text: dedupHitsProbeSql(d) };
+  const hits = { name: `ingestd-dedup-hits-${order}`, text: dedupHitsProbeSql(d), pruned: dedupHitsProbeSql(d, true) };
   return { stream: stream.name, order, copySql, dedup: { claim, probe, hits, release, filters: new IdFilters(d.slots) }, upsert };
 }
 

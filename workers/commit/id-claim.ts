@@ -24,9 +24,10 @@ export interface ClaimSql {
   /**
    * `$1` keys that hit a filter, `$2` the generation of each hit: how many are stored (src/shared/dedup-sql.ts),
    * outside the transaction. Named: prepared once per connection, its plan kept, where planning it anew over a
-   * hundred partitions cost ~10 ms a call.
+   * hundred partitions cost ~10 ms a call. `pruned`: the same with `$3` the generations hit, planned with
+   * each call and opening only their partitions (probeFilterHits picks it when few generations were hit).
    */
-  hits: { name: string; text: string };
+  hits: { name: string; text: string; pruned: string };
   /** `$1` keys that hit a filter, `$2` the generation of each hit, `$3` the generations covered: one row (ProbeRow). */
   probe: string;
   /** `$1` keys in row order, then as `probe`: returns `n`, the 1-based position of each row it did NOT record. */
@@ -62,9 +63,18 @@ export interface CheckedKeys {
  */
 export async function probeFilterHits(client: pg.ClientBase, sql: ClaimSql, checked: FilterCheck): Promise<CheckedKeys> {
   if (checked.covered === null || checked.maybe!.length === 0) return { checked, clear: true };
-  const { rows } = await client.query<{ stored: number }>({ ...sql.hits, values: [checked.maybe, checked.gens] });
+  const hit = [...new Set(checked.gens)];
+  // The prepared form opens every partition (~16 µs each), the pruned one plans and opens those hit (~70 µs
+  // each): measured on 52 generations, even at about a third of them hit (dedupHitsProbeSql).
+  const { rows } =
+    hit.length * PRUNED_HIT_SHARE < checked.covered.length
+      ? await client.query<{ stored: number }>(sql.hits.pruned, [checked.maybe, checked.gens, hit])
+      : await client.query<{ stored: number }>({ name: sql.hits.name, text: sql.hits.text, values: [checked.maybe, checked.gens] });
   return { checked, clear: rows[0].stored === 0 };
 }
+
+/** The pruned hits statement when fewer than 1 in PRUNED_HIT_SHARE of the sealed generations were hit. */
+const PRUNED_HIT_SHARE = 3;
 
 /**
  * Records the keys (src/shared/dedup-key.ts, one per row) in the open generation; returns the 1-based

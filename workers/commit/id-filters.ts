@@ -1,5 +1,5 @@
 /**
- * A worker's view of the Bloom filters of one stream's sealed id-state generations
+ * A worker's view of the filters of one stream's sealed id-state generations
  * (docs/storage.md#deduplication): the front thread publishes them in shared memory after each maintenance
  * pass (src/storage/filter-directory.ts), and the worker checks them before each claim so that PostgreSQL
  * probes a sealed generation only for the ids that hit its filter. A generation whose filter this worker has
