@@ -98,11 +98,7 @@ export class DedupFilter {
   constructor(keysOrBytes: number | Uint8Array | SharedArrayBuffer) {
     let all: Uint8Array;
     if (typeof keysOrBytes === "number") {
-      const buckets = Math.max(1, Math.ceil(keysOrBytes / (SLOTS * LOAD)));
-      all = new Uint8Array(HEADER_BYTES + buckets * SLOTS * 2);
-      const header = new DataView(all.buffer);
-      header.setUint32(0, buckets, true);
-      header.setUint32(4, 16, true);
+      all = emptyFilter(Math.max(1, Math.ceil(keysOrBytes / (SLOTS * LOAD))), 16, false);
     } else if (keysOrBytes instanceof SharedArrayBuffer) {
       all = new Uint8Array(keysOrBytes);
     } else {
@@ -227,10 +223,7 @@ export class DedupFilter {
   fold(): DedupFilter {
     const wide = this.wide;
     if (wide === null) throw new Error("a filter of 8-bit fingerprints cannot be folded again");
-    const out = new Uint8Array(new SharedArrayBuffer(HEADER_BYTES + wide.length));
-    const header = new DataView(out.buffer);
-    header.setUint32(0, this.buckets, true);
-    header.setUint32(4, 8, true);
+    const out = emptyFilter(this.buckets, 8, true);
     for (let i = 0; i < wide.length; i++) out[HEADER_BYTES + i] = wide[i] >>> 8;
     return new DedupFilter(out.buffer as SharedArrayBuffer);
   }
@@ -247,6 +240,19 @@ export class DedupFilter {
   get byteLength(): number {
     return this.all.byteLength;
   }
+}
+
+/**
+ * The bytes of an empty filter of `buckets` buckets of `bits`-bit fingerprints, its header written (the one
+ * place the header is laid out); `shared`: in shared memory, as the front publishes filters.
+ */
+function emptyFilter(buckets: number, bits: 8 | 16, shared: boolean): Uint8Array {
+  const bytes = HEADER_BYTES + (buckets * SLOTS * bits) / 8;
+  const all = new Uint8Array(shared ? new SharedArrayBuffer(bytes) : new ArrayBuffer(bytes));
+  const header = new DataView(all.buffer);
+  header.setUint32(0, buckets, true);
+  header.setUint32(4, bits, true);
+  return all;
 }
 
 /**

@@ -57,6 +57,9 @@ export interface CheckedKeys {
   clear: boolean;
 }
 
+/** The pruned hits statement when fewer than 1 in PRUNED_HIT_SHARE of the sealed generations were hit. */
+const PRUNED_HIT_SHARE = 3;
+
 /**
  * Probes the hits of a filter check (IdFilters.check) in the generations under the parent table, before the
  * group commit's transaction begins (dedupHitsProbeSql says why there).
@@ -72,9 +75,6 @@ export async function probeFilterHits(client: pg.ClientBase, sql: ClaimSql, chec
       : await client.query<{ stored: number }>({ name: sql.hits.name, text: sql.hits.text, values: [checked.maybe, checked.gens] });
   return { checked, clear: rows[0].stored === 0 };
 }
-
-/** The pruned hits statement when fewer than 1 in PRUNED_HIT_SHARE of the sealed generations were hit. */
-const PRUNED_HIT_SHARE = 3;
 
 /**
  * Records the keys (src/shared/dedup-key.ts, one per row) in the open generation; returns the 1-based
