@@ -31,7 +31,7 @@ import { FilterDirectory } from "../src/storage/filter-directory";
 import { IdFilters, type FilterCheck } from "../workers/commit/id-filters";
 import { claimIds, probeFilterHits } from "../workers/commit/id-claim";
 import { commitTarget } from "../workers/commit/commit-targets";
-import { GROUP_GENERATIONS } from "../src/storage/dedup-filters";
+import { GROUP_GENERATIONS, keysAtMost } from "../src/storage/dedup-filters";
 import { metric } from "./faults-helpers";
 import { useTestDb } from "./fixture";
 import { event, post, waitFor, type Daemon } from "./harness";
@@ -278,7 +278,7 @@ describe("the sealed generations' filters", () => {
     await d.stop();
   });
 
-  test("a daemon publishes the filters that exist before it builds the missing ones", async () => {
+  test("a daemon publishes the filters that exist before it builds the missing ones, and opens its port once they are loaded", async () => {
     const url = await freshDatabase();
     const first = await daemon({}, url);
     await first.stop();
@@ -297,8 +297,8 @@ describe("the sealed generations' filters", () => {
     let d: Daemon | undefined;
     try {
       d = await daemon({}, url);
-      const started = d;
-      await waitFor("the existing filter published", async () => (await metric(started.base, "ingestd_dedup_filters")) === 1, 20_000);
+      // Its port is open: the filter that existed is loaded already, not some time after.
+      assert.equal(await metric(d.base, "ingestd_dedup_filters"), 1, "the existing filter was loaded before the port opened");
       const missing = await withClient(url, (c) =>
         c.query(`SELECT count(*)::int AS n FROM events_dedup_slots WHERE part = $1 AND filter_v3 IS NULL`, [pending]),
       );
@@ -316,6 +316,31 @@ describe("the sealed generations' filters", () => {
     const answer = await send(started, [event("pub-first-built"), event("pub-first-pending"), event("pub-first-new")]);
     assert.deepEqual([answer.accepted, answer.duplicates], [1, 2]);
     await started.stop();
+  });
+
+  test("a filter larger than one load slice reaches shared memory byte for byte (read by binary COPY, slice by slice)", async () => {
+    const url = await freshDatabase();
+    const first = await daemon({}, url);
+    await first.stop();
+    // Sized for 600,000 keys: 1.2 MiB, two slices of 1 MiB. Its few keys sit at random; the rest are zeros.
+    const big = new DedupFilter(600_000);
+    for (let i = 0; i < 1_000; i++) big.add(dedupKey(`slice-${i}`));
+    const directory = new FilterDirectory("public", [eventsStream]);
+    try {
+      await withClient(url, async (c) => {
+        const part = await pastGeneration(c, 30);
+        await remember(c, part, ["slice-0"]);
+        await maintainDedupState(c, "public", [eventsStream], 168);
+        await c.query(`UPDATE events_dedup_slots SET filter_v3 = $2 WHERE part = $1`, [part, big.buffer()]);
+        await directory.refresh(c);
+      });
+      const held = directory.list();
+      assert.equal(held.length, 1);
+      assert.ok(big.byteLength > 1 << 20, "larger than a slice");
+      assert.ok(Buffer.from(held[0].words).equals(big.buffer()), "the loaded filter is the stored one, byte for byte");
+    } finally {
+      directory.close();
+    }
   });
 
   test("a filter never misses a key it holds, lets about 0.011% of others through, and survives its bytes", () => {
@@ -356,21 +381,29 @@ describe("the sealed generations' filters", () => {
       }
       await maintainDedupState(c, "public", [eventsStream], 168);
       const slots = dedupShape("public", eventsStream)!.slots;
-      const { rows } = await c.query<{ gen: number; filter: Buffer }>(
-        `SELECT gen, filter_v3 AS filter FROM ${slots} WHERE sealed_at IS NOT NULL ORDER BY gen`,
+      const { rows } = await c.query<{ gen: number; part: string; filter: Buffer }>(
+        `SELECT gen, part, filter_v3 AS filter FROM ${slots} WHERE sealed_at IS NOT NULL ORDER BY gen`,
       );
       assert.equal(rows.length, GROUP_GENERATIONS);
-      rows.forEach((r, g) => {
-        const expected = new DedupFilter(perGen);
+      for (const [g, r] of rows.entries()) {
+        // Sized from the heap, not counted: never short, over by less than a page of rows.
+        const room = await keysAtMost(c, [r.part]);
+        assert.ok(room >= perGen && room < perGen + 157, `generation ${r.gen}: room for ${room} keys, holding ${perGen}`);
+        const expected = new DedupFilter(room);
         for (const id of ids.slice(g * perGen, (g + 1) * perGen)) expected.add(dedupKey(id));
         assert.ok(
           r.filter.equals(expected.bytes()),
           `generation ${r.gen}: the filter built from the binary COPY equals the one from the keys' text`,
         );
-      });
+      }
       const group = await c.query<{ filter: Buffer }>(`SELECT filter_v3 AS filter FROM events_dedup_groups_v3`);
       assert.equal(group.rowCount, 1);
-      const expected = new DedupFilter(ids.length);
+      const expected = new DedupFilter(
+        await keysAtMost(
+          c,
+          rows.map((r) => r.part),
+        ),
+      );
       for (const id of ids) expected.add(dedupKey(id));
       assert.ok(group.rows[0].filter.equals(expected.bytes()), "the group's filter equals the one from all its keys' text");
     });

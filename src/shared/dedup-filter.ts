@@ -87,6 +87,11 @@ export class DedupFilter {
   /** The fingerprints folded to their high byte, or null. */
   private readonly narrow: Uint8Array | null;
   private readonly all: Uint8Array;
+  /**
+   * ALT_OFFSET[high] % buckets for each high byte: the other bucket without a division per check (a worker
+   * checks every id against every filter it holds; docs/storage.md#what-it-costs-measured).
+   */
+  private readonly alt: Uint32Array;
   private readonly h = new Uint32Array(4);
   /** xorshift32 state: which slot an insertion evicts. */
   private seed = 0x9e3779b9;
@@ -116,6 +121,7 @@ export class DedupFilter {
     this.buckets = buckets;
     this.wide = bits === 16 ? new Uint16Array(all.buffer, all.byteOffset + HEADER_BYTES, buckets * SLOTS) : null;
     this.narrow = bits === 8 ? new Uint8Array(all.buffer, all.byteOffset + HEADER_BYTES, buckets * SLOTS) : null;
+    this.alt = ALT_OFFSET.map((o) => o % buckets);
   }
 
   /** The shared memory of a filter read back from its bytes (what the front publishes). */
@@ -180,7 +186,7 @@ export class DedupFilter {
    * it too: (offset - b) mod buckets, its own inverse, so either bucket leads to the other.
    */
   private other(b: number, high: number): number {
-    const o = (ALT_OFFSET[high] % this.buckets) - b;
+    const o = this.alt[high] - b;
     return o < 0 ? o + this.buckets : o;
   }
 
@@ -192,8 +198,15 @@ export class DedupFilter {
 
   /** has() for hashes from hashKey. */
   hasHashed(h: Uint32Array): boolean {
-    const fp = fingerprint(h);
-    const b1 = h[0] % this.buckets;
+    return this.hasFingerprint(h[0], fingerprint(h));
+  }
+
+  /**
+   * has() for a key's first hash word and its fingerprint (keyFingerprint): what a worker checking one key
+   * against many filters computes once per key.
+   */
+  hasFingerprint(h0: number, fp: number): boolean {
+    const b1 = h0 % this.buckets;
     const b2 = this.other(b1, fp >>> 8);
     const wide = this.wide;
     if (wide !== null) {
@@ -259,7 +272,7 @@ function emptyFilter(buckets: number, bits: 8 | 16, shared: boolean): Uint8Array
  * A key's 16-bit fingerprint, never 0 (an empty slot): its high byte 1..255 (what a folded filter keeps, and
  * what picks the other bucket), its low byte from another hash word.
  */
-function fingerprint(h: Uint32Array): number {
+export function fingerprint(h: Uint32Array): number {
   return ((1 + (h[1] % 255)) << 8) | (h[2] & 255);
 }
 

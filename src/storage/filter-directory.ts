@@ -9,35 +9,54 @@
  */
 import { BroadcastChannel } from "node:worker_threads";
 import type pg from "pg";
+import { to as copyTo } from "pg-copy-streams";
 import { DedupFilter } from "../shared/dedup-filter";
 import { DEDUP_FILTER_IDENT as FILTER, dedupShape } from "../shared/dedup-sql";
 import type { StreamDefinition } from "../shared/stream-definition";
 import { DEDUP_FILTERS_CHANNEL, DEDUP_FILTERS_WANTED, type PublishedFilter } from "../shared/task-protocol";
 
-/** Bytes of a filter read per query: a bytea arrives as hex text, twice its size. */
+/** Bytes of a filter read per COPY: a group's filter is up to tens of MiB, never held twice whole. */
 const LOAD_CHUNK_BYTES = 1 << 20;
 
 /**
- * One filter's bytes into shared memory, in slices of LOAD_CHUNK_BYTES (a group's filter is up to tens of MiB:
- * read whole, it would be held as hex text, then bytes, then shared words at once). `table` and `where` name the
- * row (`$1`). Null: gone meanwhile.
+ * One filter's bytes into shared memory, LOAD_CHUNK_BYTES at a time, each slice by a binary COPY: raw bytes,
+ * where a bytea in a query result arrives as hex text (twice the bytes, then decoded: measured ~1.3 s of the
+ * front thread's CPU for 60 MiB of filters, docs/storage.md#filter-memory). `table` and `column` name the row
+ * (`column` = `id`, an integer of the slots or groups table). Null: gone meanwhile.
  */
-async function loadFilter(client: pg.ClientBase, table: string, where: string, key: number): Promise<DedupFilter | null> {
-  const size = await client.query<{ n: number | null }>(`SELECT octet_length(${FILTER}) AS n FROM ${table} WHERE ${where}`, [key]);
+async function loadFilter(client: pg.ClientBase, table: string, column: "gen" | "grp", id: number): Promise<DedupFilter | null> {
+  if (!Number.isSafeInteger(id)) throw new Error(`${table}: ${column} ${id} is not an integer`);
+  const size = await client.query<{ n: number | null }>(`SELECT octet_length(${FILTER}) AS n FROM ${table} WHERE ${column} = $1`, [id]);
   const bytes = size.rows[0]?.n ?? null;
   if (bytes === null) return null;
   const words = new SharedArrayBuffer(bytes);
   const into = new Uint8Array(words);
   for (let at = 0; at < bytes; at += LOAD_CHUNK_BYTES) {
-    const { rows } = await client.query<{ part: Buffer | null }>(
-      `SELECT substring(${FILTER} FROM $2 FOR $3) AS part FROM ${table} WHERE ${where}`,
-      [key, at + 1, LOAD_CHUNK_BYTES],
+    // COPY takes no parameters: the id is an integer checked above, the names are quoted identifiers.
+    const slice = await copyOutField(
+      client,
+      `COPY (SELECT substring(${FILTER} FROM ${at + 1} FOR ${LOAD_CHUNK_BYTES}) FROM ${table} WHERE ${column} = ${id}) TO STDOUT (FORMAT binary)`,
     );
-    if (rows.length === 0 || rows[0].part === null) return null;
-    into.set(rows[0].part, at);
+    if (slice === null || slice.length !== Math.min(LOAD_CHUNK_BYTES, bytes - at)) return null;
+    into.set(slice, at);
   }
   return new DedupFilter(words);
 }
+
+/** The one field of the one row a binary COPY sends, or null when it sent no row or a null (PostgreSQL's COPY docs, "Binary Format"). */
+async function copyOutField(client: pg.ClientBase, sql: string): Promise<Buffer | null> {
+  const chunks: Buffer[] = [];
+  for await (const chunk of client.query(copyTo(sql)) as AsyncIterable<Buffer>) chunks.push(chunk);
+  const data = Buffer.concat(chunks);
+  // Flags (4 bytes), the header extension's length (4), the extension, then the row: field count, length, bytes.
+  const at = COPY_SIGNATURE_BYTES + 8 + data.readUInt32BE(COPY_SIGNATURE_BYTES + 4);
+  if (data.readInt16BE(at) !== 1) return null; // the trailer (-1): no row
+  const length = data.readInt32BE(at + 2);
+  return length < 0 ? null : data.subarray(at + 6, at + 6 + length);
+}
+
+/** "PGCOPY\n\377\r\n\0": the signature a binary COPY starts with. */
+const COPY_SIGNATURE_BYTES = 11;
 
 /**
  * Times a filter may be folded in half to fit the budget: built with 16-bit fingerprints, folded to 8 (about
@@ -92,7 +111,7 @@ export class FilterDirectory {
    * first, within the budget: past it the oldest filters are folded in half, then left out.
    */
   async refresh(client: pg.ClientBase): Promise<void> {
-    const wanted: { key: string; slots: string; table: string; where: string; id: number; gens: number[] }[] = [];
+    const wanted: { key: string; slots: string; table: string; column: "gen" | "grp"; id: number; gens: number[] }[] = [];
     for (const stream of this.streams) {
       const d = dedupShape(this.schema, stream);
       if (d === null) continue;
@@ -100,10 +119,10 @@ export class FilterDirectory {
       const filtered = await client.query<{ gen: number }>(`SELECT gen FROM ${d.slots} WHERE ${FILTER} IS NOT NULL`);
       const grouped = new Set(groups.rows.flatMap((g) => g.gens));
       for (const g of groups.rows)
-        wanted.push({ key: `${d.slots} G${g.grp}`, slots: d.slots, table: d.groups, where: "grp = $1", id: g.grp, gens: g.gens });
+        wanted.push({ key: `${d.slots} G${g.grp}`, slots: d.slots, table: d.groups, column: "grp", id: g.grp, gens: g.gens });
       for (const r of filtered.rows) {
         if (!grouped.has(r.gen))
-          wanted.push({ key: `${d.slots} g${r.gen}`, slots: d.slots, table: d.slots, where: "gen = $1", id: r.gen, gens: [r.gen] });
+          wanted.push({ key: `${d.slots} g${r.gen}`, slots: d.slots, table: d.slots, column: "gen", id: r.gen, gens: [r.gen] });
       }
     }
     // Newest first (several streams share the budget, taken by generation number).
@@ -118,7 +137,7 @@ export class FilterDirectory {
       }
       let h = this.held.get(w.key);
       if (h === undefined) {
-        const filter = await loadFilter(client, w.table, w.where, w.id);
+        const filter = await loadFilter(client, w.table, w.column, w.id);
         if (filter === null) continue;
         h = { filter, slots: w.slots, gens: w.gens, folds: 0 };
       }

@@ -52,7 +52,7 @@ export function startPartitionMaintenance(
   config: IngestdConfig,
   streams: readonly StreamDefinition[],
   log: Logger,
-): { stop(): void; filters(): FilterDirectorySize } {
+): { stop(): void; filters(): FilterDirectorySize; filtersLoaded: Promise<void> } {
   const partitions = () =>
     withMaintenanceClient(db, log, "partition maintenance", async (client) => {
       const created = await ensureMonthPartitions(client, config.dbSchema, streams);
@@ -93,6 +93,11 @@ export function startPartitionMaintenance(
   };
   let idStateBusy = false;
   let published = false;
+  let firstPass!: () => void;
+  // Settled by the first publication, or by a first pass that could not make one (the daemon starts anyway).
+  const filtersLoaded = new Promise<void>((resolve) => {
+    firstPass = resolve;
+  });
   const idState = async () => {
     if (idStateBusy || idStreams.length === 0) return; // a group filter may take longer than a period
     idStateBusy = true;
@@ -102,6 +107,7 @@ export function startPartitionMaintenance(
       if (!published) {
         await publish(client);
         published = true;
+        firstPass();
       }
       const ids = await maintainDedupGenerations(client, config.dbSchema, idStreams, config.dedupWindowHours);
       if (ids.sealed.length > 0) log.debug({ sealed: ids.sealed }, "id-state generations sealed");
@@ -118,12 +124,13 @@ export function startPartitionMaintenance(
     });
     idStateBusy = false;
   };
-  void partitions().then(idState);
+  void partitions().then(idState).finally(firstPass);
   const partitionTimer = setInterval(partitions, config.partitionCheckMinutes * 60_000);
   const idStateTimer = setInterval(idState, DEDUP_CHECK_MS);
   partitionTimer.unref();
   idStateTimer.unref();
   return {
+    filtersLoaded,
     filters: () => filters.size(),
     stop() {
       clearInterval(partitionTimer);

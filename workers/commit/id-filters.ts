@@ -6,7 +6,7 @@
  * not received yet is simply probed for every id: a stale view costs time, never correctness.
  */
 import { BroadcastChannel } from "node:worker_threads";
-import { DedupFilter, hashKey } from "../../src/shared/dedup-filter";
+import { DedupFilter, fingerprint, hashKey } from "../../src/shared/dedup-filter";
 import { DEDUP_FILTERS_CHANNEL, DEDUP_FILTERS_WANTED, type PublishedFilter } from "../../src/shared/task-protocol";
 
 export interface FilterCheck {
@@ -45,11 +45,15 @@ export class IdFilters {
     const h = this.h;
     for (let i = 0; i < keys.length; i++) {
       hashKey(keys[i], h);
+      // Hashed and fingerprinted once, then one or two buckets read per filter: the loop is the memory reads.
+      const h0 = h[0];
+      const fp = fingerprint(h);
       for (let f = 0; f < filters.length; f++) {
-        if (filters[f].hasHashed(h)) {
-          for (const gen of this.filterGens[f]) {
+        if (filters[f].hasFingerprint(h0, fp)) {
+          const of = this.filterGens[f];
+          for (let g = 0; g < of.length; g++) {
             maybe.push(keys[i]);
-            gens.push(gen);
+            gens.push(of[g]);
           }
         }
       }
