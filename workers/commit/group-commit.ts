@@ -1,7 +1,7 @@
 import type pg from "pg";
 import { now } from "../../src/shared/clock";
 import type { CommitTarget, UpsertSql } from "./commit-targets";
-import { type CopyWriter, DatabaseUnavailable, isRowError, join, type RowFailure } from "./copy-writer";
+import { type CopyWriter, DatabaseUnavailable, isRowError, type RowFailure } from "./copy-writer";
 import { COMMIT_GAUGE_COMMITTING, COMMIT_GAUGE_WAITING, COMMIT_GAUGE_SLOTS } from "../../src/shared/task-protocol";
 import { type CheckedKeys, claimIds, probeFilterHits } from "./id-claim";
 import { advanceSessions, checkSessions, type ProducerSql, type SessionMark, type SessionSkip } from "./producer-seqs";
@@ -250,7 +250,7 @@ export class GroupCommitter {
     await client.query(sql.createStage);
     const staged = rows.map((row, i) => `${i + 1}\t${row}`);
     if (isolating) await this.writer.copyIsolating(client, sql.stageCopySql, staged, 0, staged.length, failures);
-    else await this.writer.copy(client, sql.stageCopySql, join(staged, 0, staged.length));
+    else await this.writer.copy(client, sql.stageCopySql, staged);
     const merged = await client.query<{ n: number }>(sql.merge);
     for (const r of merged.rows) stored[r.n - 1] = 1;
     await client.query(sql.clearStage);
@@ -306,7 +306,7 @@ export class GroupCommitter {
         stored = await this.upsert(client, target.upsert, rows, isolating, failures);
       } else if (rows.length > 0) {
         if (isolating) await this.writer.copyIsolating(client, target.copySql, rows, 0, rows.length, failures);
-        else await this.writer.copy(client, target.copySql, join(rows, 0, rows.length));
+        else await this.writer.copy(client, target.copySql, rows);
       }
       if (copied !== null) for (const f of failures) f.row = copied[f.row];
       if (target.dedup !== null && failures.length > 0) {
@@ -341,8 +341,8 @@ export class GroupCommitter {
       if (extra.batchRow !== null) batchRows.push(extra.batchRow);
       for (const d of extra.deadLetters) deadLetters.push(d);
     }
-    if (deadLetters.length > 0) await this.writer.copy(client, this.options.deadLettersCopySql, deadLetters.join(""));
-    if (batchRows.length > 0) await this.writer.copy(client, this.options.batchesCopySql, batchRows.join(""));
+    if (deadLetters.length > 0) await this.writer.copy(client, this.options.deadLettersCopySql, deadLetters);
+    if (batchRows.length > 0) await this.writer.copy(client, this.options.batchesCopySql, batchRows);
     const replayed = batch.members.flatMap((m) => m.work.replayOf ?? []);
     if (replayed.length > 0) await client.query(this.options.markReplayedSql, [replayed]);
     if (advance !== null) await advanceSessions(client, this.options.producers, advance);
