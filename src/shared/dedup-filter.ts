@@ -202,7 +202,7 @@ export class DedupFilter {
   }
 
   /**
-   * has() for a key's first hash word and its fingerprint (keyFingerprint): what a worker checking one key
+   * has() for a key's first hash word and its fingerprint (`fingerprint`): what a worker checking one key
    * against many filters computes once per key.
    */
   hasFingerprint(h0: number, fp: number): boolean {

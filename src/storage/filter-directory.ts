@@ -15,6 +15,9 @@ import { DEDUP_FILTER_IDENT as FILTER, dedupShape } from "../shared/dedup-sql";
 import type { StreamDefinition } from "../shared/stream-definition";
 import { DEDUP_FILTERS_CHANNEL, DEDUP_FILTERS_WANTED, type PublishedFilter } from "../shared/task-protocol";
 
+/** "PGCOPY\n\377\r\n\0": the signature a binary COPY starts with. */
+const COPY_SIGNATURE_BYTES = 11;
+
 /** Bytes of a filter read per COPY: a group's filter is up to tens of MiB, never held twice whole. */
 const LOAD_CHUNK_BYTES = 1 << 20;
 
@@ -54,9 +57,6 @@ async function copyOutField(client: pg.ClientBase, sql: string): Promise<Buffer 
   const length = data.readInt32BE(at + 2);
   return length < 0 ? null : data.subarray(at + 6, at + 6 + length);
 }
-
-/** "PGCOPY\n\377\r\n\0": the signature a binary COPY starts with. */
-const COPY_SIGNATURE_BYTES = 11;
 
 /**
  * Times a filter may be folded in half to fit the budget: built with 16-bit fingerprints, folded to 8 (about
