@@ -58,7 +58,14 @@ export function dedupStateDdl(schema: string, stream: StreamDefinition): string[
   PARTITION BY LIST (${quoteIdent(DEDUP_GEN_COLUMN)})`,
     `CREATE TABLE IF NOT EXISTS ${d.slots} (gen integer PRIMARY KEY, part text NOT NULL, opened_at timestamptz, sealed_at timestamptz)`,
     // A slots table of an earlier format gets the column of format 3 beside its own (docs/storage.md#filter-format).
-    `ALTER TABLE ${d.slots} ADD COLUMN IF NOT EXISTS ${FILTER} bytea`,
+    // Only when missing: ADD COLUMN IF NOT EXISTS takes the table's ACCESS EXCLUSIVE lock even when the column is
+    // there, and a daemon starting beside others under load deadlocked on it with their claims (which read the
+    // slots table while their COPY waited for the lock this transaction took on the events table).
+    `DO $column$ BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = '${d.slots.replace(/'/g, "''")}'::regclass AND attname = '${DEDUP_FILTER_COLUMN}' AND NOT attisdropped) THEN
+    ALTER TABLE ${d.slots} ADD COLUMN ${FILTER} bytea;
+  END IF;
+END $column$`,
     `CREATE TABLE IF NOT EXISTS ${d.groups} (grp integer PRIMARY KEY, gens integer[] NOT NULL, ${FILTER} bytea NOT NULL)`,
     // Random bits do not compress; stored plainly, a slice of a filter is read without the rest. Only when not
     // yet so: the ALTER would wait for, and then hold up, the claims reading the slots table.
