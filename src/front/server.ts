@@ -51,10 +51,6 @@ import { uws, type us_listen_socket } from "./uws";
 /** LIBUS_LISTEN_EXCLUSIVE_PORT */
 const EXCLUSIVE_PORT = 1;
 
-/** SQLSTATE deadlock_detected, and the attempts at the schema setup it may cost. */
-const DEADLOCK_DETECTED = "40P01";
-const SCHEMA_ATTEMPTS = 3;
-
 /** The longest the port waits for the id-state filters at start (measured: ~1 s for 60 MiB of them). */
 const FIRST_FILTERS_WAIT_MS = 30_000;
 
@@ -119,16 +115,7 @@ export async function startServer(config: IngestdConfig, log: Logger): Promise<R
 
   const schemaClient = await connectWithRetry(databaseUrl, log, 30_000);
   try {
-    // Its DDL takes locks beside other daemons' group commits: a deadlock victim is rolled back whole and retried.
-    for (let attempt = 1; ; attempt++) {
-      try {
-        await ensureSchema(schemaClient, config.dbSchema, streams, new Date(), config);
-        break;
-      } catch (err) {
-        if ((err as { code?: string }).code !== DEADLOCK_DETECTED || attempt === SCHEMA_ATTEMPTS) throw err;
-        log.warn({ attempt }, "schema setup chosen as a deadlock victim: retrying");
-      }
-    }
+    await ensureSchema(schemaClient, config.dbSchema, streams, new Date(), config);
   } finally {
     await schemaClient.end().catch(() => undefined);
   }

@@ -13,7 +13,12 @@ import { quoteIdent } from "../shared/sql-identifiers";
 import { locked } from "./partitions";
 
 /** A binary COPY's signature, flags and header-extension length (PostgreSQL's COPY docs, "Binary Format"). */
-const COPY_HEADER_BYTES = 19;
+export const COPY_HEADER_BYTES = 19;
+
+/** Where a binary COPY's first row starts in `data` (at least COPY_HEADER_BYTES long): any header extension is skipped. */
+export function binaryCopyRowsAt(data: Buffer): number {
+  return COPY_HEADER_BYTES + data.readUInt32BE(COPY_HEADER_BYTES - 4);
+}
 /** One row of a binary COPY of the key column: field count (2 bytes), field length (4), the 16-byte uuid. */
 const KEY_ROW_BYTES = 22;
 
@@ -37,7 +42,7 @@ async function fillFilter(client: pg.ClientBase, part: string, filter: DedupFilt
         rest = data;
         continue;
       }
-      at = COPY_HEADER_BYTES + data.readUInt32BE(15); // any header extension is skipped
+      at = binaryCopyRowsAt(data);
       header = false;
     }
     while (data.length - at >= KEY_ROW_BYTES && data.readInt16BE(at) === 1) {
@@ -134,21 +139,19 @@ export async function buildDedupGroupFilters(client: pg.ClientBase, schema: stri
         ORDER BY s.gen LIMIT ${GROUP_GENERATIONS}`,
     );
     if (rows.length < GROUP_GENERATIONS) return built;
-    const filter = await filterOf(
-      await keysAtMost(
-        client,
-        rows.map((r) => r.part),
-      ),
-      async (f) => {
-        for (const r of rows) {
-          try {
-            await fillFilter(client, r.part, f);
-          } catch (err) {
-            if ((err as { code?: string }).code !== "42P01") throw err; // undefined_table: dropped past the window meanwhile
-          }
-        }
-      },
+    const room = await keysAtMost(
+      client,
+      rows.map((r) => r.part),
     );
+    const filter = await filterOf(room, async (f) => {
+      for (const r of rows) {
+        try {
+          await fillFilter(client, r.part, f);
+        } catch (err) {
+          if ((err as { code?: string }).code !== "42P01") throw err; // undefined_table: dropped past the window meanwhile
+        }
+      }
+    });
     const gens = rows.map((r) => r.gen);
     const done = await locked(client, async () => {
       const taken = await client.query(`SELECT 1 FROM ${d.groups} WHERE gens && $1::integer[]`, [gens]);

@@ -14,9 +14,7 @@ import { DedupFilter } from "../shared/dedup-filter";
 import { DEDUP_FILTER_IDENT as FILTER, dedupShape } from "../shared/dedup-sql";
 import type { StreamDefinition } from "../shared/stream-definition";
 import { DEDUP_FILTERS_CHANNEL, DEDUP_FILTERS_WANTED, type PublishedFilter } from "../shared/task-protocol";
-
-/** "PGCOPY\n\377\r\n\0": the signature a binary COPY starts with. */
-const COPY_SIGNATURE_BYTES = 11;
+import { binaryCopyRowsAt } from "./dedup-filters";
 
 /** Bytes of a filter read per COPY: a group's filter is up to tens of MiB, never held twice whole. */
 const LOAD_CHUNK_BYTES = 1 << 20;
@@ -51,8 +49,8 @@ async function copyOutField(client: pg.ClientBase, sql: string): Promise<Buffer 
   const chunks: Buffer[] = [];
   for await (const chunk of client.query(copyTo(sql)) as AsyncIterable<Buffer>) chunks.push(chunk);
   const data = Buffer.concat(chunks);
-  // Flags (4 bytes), the header extension's length (4), the extension, then the row: field count, length, bytes.
-  const at = COPY_SIGNATURE_BYTES + 8 + data.readUInt32BE(COPY_SIGNATURE_BYTES + 4);
+  // The row: field count, length, bytes.
+  const at = binaryCopyRowsAt(data);
   if (data.readInt16BE(at) !== 1) return null; // the trailer (-1): no row
   const length = data.readInt32BE(at + 2);
   return length < 0 ? null : data.subarray(at + 6, at + 6 + length);

@@ -164,6 +164,31 @@ export async function ensureSchema(
   at = new Date(),
   retention: SchemaRetention = DEFAULT_RETENTION,
 ): Promise<void> {
+  // Its DDL takes locks beside other daemons' group commits: a deadlock victim is rolled back whole and
+  // retried (PostgreSQL's log names the deadlock).
+  for (let attempt = 1; ; attempt++) {
+    try {
+      await schemaTransaction(client, schema, streams, at, retention);
+      break;
+    } catch (err) {
+      if ((err as { code?: string }).code !== DEADLOCK_DETECTED || attempt === SCHEMA_ATTEMPTS) throw err;
+    }
+  }
+  await ensureMonthPartitions(client, schema, streams, at);
+}
+
+/** SQLSTATE deadlock_detected, and the attempts at the schema setup it may cost. */
+const DEADLOCK_DETECTED = "40P01";
+const SCHEMA_ATTEMPTS = 3;
+
+/** ensureSchema's one transaction, under the schema lock. */
+async function schemaTransaction(
+  client: pg.ClientBase,
+  schema: string,
+  streams: readonly StreamDefinition[],
+  at: Date,
+  retention: SchemaRetention,
+): Promise<void> {
   await client.query("BEGIN");
   try {
     await client.query("SELECT pg_advisory_xact_lock($1)", [SCHEMA_LOCK_KEY]);
@@ -212,5 +237,4 @@ export async function ensureSchema(
     await client.query("ROLLBACK").catch(() => undefined);
     throw err;
   }
-  await ensureMonthPartitions(client, schema, streams, at);
 }
