@@ -127,7 +127,7 @@ function generations(name: string, filtered: boolean): Candidate {
       // The daemon's maintenance checks for a rotation every 2 s: at about 20 batches a second, every 40.
       if (++batches % MAINTAIN_EVERY === 0) {
         await client.query("COMMIT");
-        await maintainDedupState(client, SCHEMA, [stream], DEFAULT_DEDUP_WINDOW_HOURS);
+        await maintainDedupState(client, SCHEMA, [stream], DEFAULT_DEDUP_WINDOW_HOURS, undefined, undefined, directory);
         await loadFilters(client);
         await client.query("BEGIN");
       }

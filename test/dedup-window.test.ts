@@ -141,7 +141,7 @@ describe("duplicates are found wherever the first copy came from", () => {
     // A daemon started now holds the sealed generations' filters and publishes them to its workers. Which
     // daemon builds them is a race (`d` checks the id state every 2 s too): wait for what this one holds.
     const fresh = await daemon();
-    await waitFor("filters held", async () => (await metric(fresh.base, "ingestd_dedup_filters")) >= 2, 20_000);
+    await waitFor("filters held", async () => (await metric(fresh.base, "ingestd_dedup_filtered_generations")) >= 2, 20_000);
     const filtered = await withClient(fx.db.url, (c) =>
       c.query(`SELECT count(*)::int AS n FROM events_dedup_slots WHERE filter_v3 IS NOT NULL`),
     );
@@ -178,7 +178,11 @@ describe("the sealed generations' filters", () => {
         await maintainDedupState(c, "public", [eventsStream], 168);
         await directory.refresh(c);
       });
-      assert.equal(directory.list().length, 2, "both sealed generations' filters are held");
+      assert.deepEqual(
+        directory.list().map((f) => f.gens.length),
+        [2],
+        "both sealed generations are held, in their group's filter",
+      );
       assert.ok(directory.list().every((f) => f.words instanceof SharedArrayBuffer));
       directory.publish();
       let checked: FilterCheck | undefined;
@@ -193,9 +197,9 @@ describe("the sealed generations' filters", () => {
       );
       assert.equal(checked!.covered!.length, 2, "the worker checked both generations");
       assert.deepEqual(
-        checked!.maybe!.slice().sort(),
+        [...new Set(checked!.maybe)].sort(),
         [dedupKey("pub-old-150"), dedupKey("pub-old-30")].sort(),
-        "each old id hits its own filter, the new one none",
+        "each old id hits the group's filter (to be probed in both its generations), the new one misses it",
       );
     } finally {
       await worker.terminate();
@@ -241,7 +245,7 @@ describe("the sealed generations' filters", () => {
     }
   });
 
-  test("every GROUP_GENERATIONS sealed generations get one group filter, checked instead of theirs; their ids stay duplicates", async () => {
+  test("each sealed generation joins a group filter as its own is built, GROUP_GENERATIONS a group, checked instead of theirs; their ids stay duplicates", async () => {
     const url = await freshDatabase();
     const first = await daemon({}, url);
     await first.stop();
@@ -251,16 +255,19 @@ describe("the sealed generations' filters", () => {
       await withClient(url, async (c) => {
         for (let i = 0; i < ids.length; i++) await remember(c, await pastGeneration(c, ids.length - i), [ids[i]]);
         await maintainDedupState(c, "public", [eventsStream], 168);
-        const groups = await c.query(`SELECT gens FROM events_dedup_groups_v3`);
-        assert.equal(groups.rowCount, 1, "one group of the oldest generations");
-        assert.equal(groups.rows[0].gens.length, GROUP_GENERATIONS);
+        const groups = await c.query(`SELECT gens FROM events_dedup_groups_v3 ORDER BY grp`);
+        assert.deepEqual(
+          groups.rows.map((g) => g.gens.length),
+          [GROUP_GENERATIONS, 1],
+          "the oldest generations in one group, the newest opening the next",
+        );
         await directory.refresh(c);
       });
       const published = directory.list();
       assert.deepEqual(
         published.map((f) => f.gens.length).sort((a, b) => a - b),
         [1, GROUP_GENERATIONS],
-        "the workers get the group's filter and the one generation outside it, not the grouped generations' own",
+        "the workers get the groups' filters, not the grouped generations' own",
       );
       const filters = new IdFilters(dedupShape("public", eventsStream)!.slots);
       filters.set(published);
@@ -276,6 +283,57 @@ describe("the sealed generations' filters", () => {
     const answer = await send(d, [...fresh, ...ids.map((id) => event(id))]);
     assert.deepEqual([answer.accepted, answer.duplicates], [100, ids.length]);
     await d.stop();
+  });
+
+  test("a generation sealed later joins the open group, whose filter the process extends and holds byte for byte as stored; one without room for the next generation's keys is left, and another started", async () => {
+    const url = await freshDatabase();
+    const first = await daemon({}, url);
+    await first.stop();
+    const directory = new FilterDirectory("public", [eventsStream]);
+    const many = Array.from({ length: 3_000 }, () => crypto.randomUUID());
+    try {
+      const groups = await withClient(url, async (c) => {
+        const pass = async () => {
+          await maintainDedupState(c, "public", [eventsStream], 168, undefined, undefined, directory);
+          await directory.refresh(c);
+        };
+        await remember(c, await pastGeneration(c, 30), ["open-1"]);
+        await pass();
+        assert.deepEqual(
+          directory.list().map((f) => f.gens.length),
+          [1],
+        );
+        await remember(c, await pastGeneration(c, 20), ["open-2"]);
+        await pass();
+        const joined = await c.query<{ gens: number[]; filter: Buffer }>(`SELECT gens, filter_v3 AS filter FROM events_dedup_groups_v3`);
+        assert.deepEqual(
+          joined.rows.map((g) => g.gens.length),
+          [2],
+          "the second generation joined the first's group",
+        );
+        const held = directory.list();
+        assert.equal(held.length, 1);
+        assert.ok(Buffer.from(held[0].words).equals(joined.rows[0].filter), "the group's filter held is the one stored, byte for byte");
+        // Sized for GROUP_GENERATIONS of its first generation's room (one page, 157 keys): 3,000 keys do not fit.
+        await remember(c, await pastGeneration(c, 10), [...many, "open-3"]);
+        await pass();
+        return (await c.query(`SELECT gens FROM events_dedup_groups_v3 ORDER BY grp`)).rows;
+      });
+      assert.deepEqual(
+        groups.map((g) => g.gens.length),
+        [2, 1],
+        "the larger generation started a group of its own",
+      );
+      const filters = new IdFilters(dedupShape("public", eventsStream)!.slots);
+      filters.set(directory.list());
+      const ids = ["open-1", "open-2", "open-3", ...many];
+      const checked = filters.check(ids.map(dedupKey));
+      assert.equal(checked.covered!.length, 3);
+      const hit = new Set(checked.maybe);
+      assert.equal(ids.filter((id) => !hit.has(dedupKey(id))).length, 0, "every stored id hits a filter held");
+    } finally {
+      directory.close();
+    }
   });
 
   test("a daemon publishes the filters that exist before it builds the missing ones, and opens its port once they are loaded", async () => {
@@ -310,7 +368,7 @@ describe("the sealed generations' filters", () => {
     const started = d!;
     await waitFor(
       "the missing filter built and published",
-      async () => (await metric(started.base, "ingestd_dedup_filters")) === 2,
+      async () => (await metric(started.base, "ingestd_dedup_filtered_generations")) === 2,
       20_000,
     );
     const answer = await send(started, [event("pub-first-built"), event("pub-first-pending"), event("pub-first-new")]);
@@ -331,7 +389,8 @@ describe("the sealed generations' filters", () => {
         const part = await pastGeneration(c, 30);
         await remember(c, part, ["slice-0"]);
         await maintainDedupState(c, "public", [eventsStream], 168);
-        await c.query(`UPDATE events_dedup_slots SET filter_v3 = $2 WHERE part = $1`, [part, big.buffer()]);
+        // Its group's filter is the one held (the generation's own is not loaded once grouped).
+        await c.query(`UPDATE events_dedup_groups_v3 SET filter_v3 = $1`, [big.buffer()]);
         await directory.refresh(c);
       });
       const held = directory.list();
@@ -398,13 +457,12 @@ describe("the sealed generations' filters", () => {
       }
       const group = await c.query<{ filter: Buffer }>(`SELECT filter_v3 AS filter FROM events_dedup_groups_v3`);
       assert.equal(group.rowCount, 1);
-      const expected = new DedupFilter(
-        await keysAtMost(
-          c,
-          rows.map((r) => r.part),
-        ),
-      );
-      for (const id of ids) expected.add(dedupKey(id));
+      // Sized for GROUP_GENERATIONS of its first generation; each generation's keys added to a copy of it.
+      let expected = new DedupFilter(GROUP_GENERATIONS * (await keysAtMost(c, [rows[0].part])));
+      for (let g = 0; g < GROUP_GENERATIONS; g++) {
+        if (g > 0) expected = new DedupFilter(expected.bytes());
+        for (const id of ids.slice(g * perGen, (g + 1) * perGen)) expected.add(dedupKey(id));
+      }
       assert.ok(group.rows[0].filter.equals(expected.bytes()), "the group's filter equals the one from all its keys' text");
     });
   });
@@ -499,6 +557,8 @@ describe("the sealed generations' filters", () => {
         made.push(part);
       }
       await maintainDedupState(c, "public", [eventsStream], 168);
+      // As an earlier release left them: a filter each, no group (it grouped ten at a time).
+      await c.query(`DELETE FROM events_dedup_groups_v3`);
       return made;
     });
     const slotRows = await withClient(url, async (c) => {
@@ -525,16 +585,28 @@ describe("the sealed generations' filters", () => {
       }
     };
     const whole = await check(3 * each);
-    assert.deepEqual(whole.size, { count: 3, bytes: 3 * each, folded: 0, unfiltered: 0 }, "within the budget: held as built");
+    assert.deepEqual(
+      whole.size,
+      { count: 3, bytes: 3 * each, folded: 0, generations: 3, unfiltered: 0 },
+      "within the budget: held as built",
+    );
     // A folded filter is half of its fingerprints and the whole 8-byte header.
     const tight = await check(2 * each + 8);
-    assert.deepEqual(tight.size, { count: 3, bytes: 2 * each + 8, folded: 2, unfiltered: 0 }, "the two oldest folded in half");
+    assert.deepEqual(
+      tight.size,
+      { count: 3, bytes: 2 * each + 8, folded: 2, generations: 3, unfiltered: 0 },
+      "the two oldest folded in half",
+    );
     assert.equal(tight.checked.covered!.length, 3);
     // Each old id hits its own generation's folded filter (and may hit another's: 2.9% false positives).
     const hits = tight.checked.maybe!.map((k, i) => `${k}@${tight.checked.gens![i]}`);
     for (const pair of own) assert.ok(hits.includes(pair), `${pair} still hits its generation's filter`);
     const small = await check(each + 8);
-    assert.deepEqual(small.size, { count: 2, bytes: each + 8, folded: 2, unfiltered: 1 }, "the oldest left out, the next two folded");
+    assert.deepEqual(
+      small.size,
+      { count: 2, bytes: each + 8, folded: 2, generations: 2, unfiltered: 1 },
+      "the oldest left out, the next two folded",
+    );
     assert.equal(small.checked.covered!.length, 2, "the oldest generation is not covered: PostgreSQL probes it for every id");
 
     // A daemon with 1 MiB for 2.4 MiB of filters: two folded, the oldest left out; it finds the ids of all three.
@@ -845,7 +917,11 @@ describe("ingestd's own tables", () => {
     const answer = await send(d, [event("ts-past"), event("ts-current"), event("ts-new")]);
     assert.deepEqual([answer.accepted, answer.duplicates], [1, 2], "ids of both past slots are still known");
     // Once the adopted partitions have filters, their hits are probed by name (they are not under the parent).
-    await waitFor("the adopted generations' filters held", async () => (await metric(d.base, "ingestd_dedup_filters")) >= 2, 20_000);
+    await waitFor(
+      "the adopted generations' filters held",
+      async () => (await metric(d.base, "ingestd_dedup_filtered_generations")) >= 2,
+      20_000,
+    );
     const filtered = await send(d, [event("ts-past"), event("ts-current"), event("ts-later")]);
     assert.deepEqual([filtered.accepted, filtered.duplicates], [1, 2], "found through their filters too");
     await d.stop();

@@ -30,7 +30,7 @@ export interface MetricsSources {
    * The id-state filters the workers check: how many, their bytes (one shared copy), how many were folded and
    * how many sealed generations were left without one to fit dedupFilterMb.
    */
-  dedupFilters: () => { count: number; bytes: number; folded: number; unfiltered: number };
+  dedupFilters: () => { count: number; bytes: number; folded: number; generations: number; unfiltered: number };
 }
 
 const LATENCY_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
@@ -309,6 +309,14 @@ export class Metrics {
       registers,
       collect() {
         this.set(sources.dedupFilters().bytes);
+      },
+    });
+    new client.Gauge({
+      name: "ingestd_dedup_filtered_generations",
+      help: "Sealed id-state generations whose keys those filters hold (each of a group's); the workers probe the others in PostgreSQL for every id.",
+      registers,
+      collect() {
+        this.set(sources.dedupFilters().generations);
       },
     });
     new client.Gauge({

@@ -97,13 +97,13 @@ export class DedupFilter {
   private seed = 0x9e3779b9;
 
   /**
-   * An empty filter for `keys` keys, one read back from its bytes (copied into shared memory, so the front
-   * thread can publish it to the workers), or one over shared memory published that way.
+   * An empty filter for `keys` keys, one read back from its bytes, or one over shared memory published by the
+   * front thread. Always in shared memory, so the front can publish whatever it builds or reads.
    */
   constructor(keysOrBytes: number | Uint8Array | SharedArrayBuffer) {
     let all: Uint8Array;
     if (typeof keysOrBytes === "number") {
-      all = emptyFilter(Math.max(1, Math.ceil(keysOrBytes / (SLOTS * LOAD))), 16, false);
+      all = emptyFilter(Math.max(1, Math.ceil(keysOrBytes / (SLOTS * LOAD))), 16);
     } else if (keysOrBytes instanceof SharedArrayBuffer) {
       all = new Uint8Array(keysOrBytes);
     } else {
@@ -223,6 +223,18 @@ export class DedupFilter {
     return narrow[s] === high || narrow[s + 1] === high || narrow[s + 2] === high || narrow[s + 3] === high;
   }
 
+  /**
+   * How many more keys fit at the load a filter is sized for (LOAD): a group's filter takes each newly sealed
+   * generation while this says its keys fit (docs/storage.md#group-filters). One pass over the slots.
+   */
+  roomLeft(): number {
+    const slots = this.wide;
+    if (slots === null) return 0;
+    let used = 0;
+    for (let i = 0; i < slots.length; i++) if (slots[i] !== 0) used++;
+    return Math.floor(slots.length * LOAD) - used;
+  }
+
   /** Whether fold() can halve this filter (16-bit fingerprints: not folded yet). */
   get foldable(): boolean {
     return this.wide !== null;
@@ -236,7 +248,7 @@ export class DedupFilter {
   fold(): DedupFilter {
     const wide = this.wide;
     if (wide === null) throw new Error("a filter of 8-bit fingerprints cannot be folded again");
-    const out = emptyFilter(this.buckets, 8, true);
+    const out = emptyFilter(this.buckets, 8);
     for (let i = 0; i < wide.length; i++) out[HEADER_BYTES + i] = wide[i] >>> 8;
     return new DedupFilter(out.buffer as SharedArrayBuffer);
   }
@@ -257,11 +269,10 @@ export class DedupFilter {
 
 /**
  * The bytes of an empty filter of `buckets` buckets of `bits`-bit fingerprints, its header written (the one
- * place the header is laid out); `shared`: in shared memory, as the front publishes filters.
+ * place the header is laid out), in shared memory, as the front publishes filters.
  */
-function emptyFilter(buckets: number, bits: 8 | 16, shared: boolean): Uint8Array {
-  const bytes = HEADER_BYTES + (buckets * SLOTS * bits) / 8;
-  const all = new Uint8Array(shared ? new SharedArrayBuffer(bytes) : new ArrayBuffer(bytes));
+function emptyFilter(buckets: number, bits: 8 | 16): Uint8Array {
+  const all = new Uint8Array(new SharedArrayBuffer(HEADER_BYTES + (buckets * SLOTS * bits) / 8));
   const header = new DataView(all.buffer);
   header.setUint32(0, buckets, true);
   header.setUint32(4, bits, true);

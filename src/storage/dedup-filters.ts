@@ -10,31 +10,24 @@ import { DedupFilter, DedupFilterFull } from "../shared/dedup-filter";
 import { DEDUP_FILTER_IDENT as FILTER, DEDUP_KEY_COLUMN, dedupShape } from "../shared/dedup-sql";
 import type { StreamDefinition } from "../shared/stream-definition";
 import { quoteIdent } from "../shared/sql-identifiers";
+import { binaryCopyRowsAt, COPY_HEADER_BYTES, loadFilter } from "./filter-copy";
 import { locked } from "./partitions";
 
-/** A binary COPY's signature, flags and header-extension length (PostgreSQL's COPY docs, "Binary Format"). */
-export const COPY_HEADER_BYTES = 19;
-
-/** Where a binary COPY's first row starts in `data` (at least COPY_HEADER_BYTES long): any header extension is skipped. */
-export function binaryCopyRowsAt(data: Buffer): number {
-  return COPY_HEADER_BYTES + data.readUInt32BE(COPY_HEADER_BYTES - 4);
-}
 /** One row of a binary COPY of the key column: field count (2 bytes), field length (4), the 16-byte uuid. */
 const KEY_ROW_BYTES = 22;
 
 /**
- * Adds every key of a partition to a filter, streaming them (a partition may hold millions) in binary: each
- * key is hashed from its 16 bytes, with no text to format in PostgreSQL nor to parse and slice here (every id
- * is read back twice, for its generation's filter and its group's; docs/storage.md#what-it-costs-measured).
+ * Streams every key of a partition (a partition may hold millions) in binary to `add`, as its 16 bytes at
+ * `at` in `data`: no text to format in PostgreSQL nor to parse and slice here. `add` returns false once it
+ * wants no more; the COPY is then drained, so the connection stays usable.
  */
-async function fillFilter(client: pg.ClientBase, part: string, filter: DedupFilter): Promise<void> {
+async function readKeys(client: pg.ClientBase, part: string, add: (data: Buffer, at: number) => boolean): Promise<void> {
   const stream = client.query(copyTo(`COPY (SELECT ${quoteIdent(DEDUP_KEY_COLUMN)} FROM ${part}) TO STDOUT (FORMAT binary)`));
   let rest: Buffer | null = null;
   let header = true;
-  // A full filter (DedupFilterFull) is thrown once the COPY has ended: the connection stays usable.
-  let full: DedupFilterFull | null = null;
+  let wanted = true;
   for await (const chunk of stream as AsyncIterable<Buffer>) {
-    if (full !== null) continue;
+    if (!wanted) continue;
     const data: Buffer = rest === null ? chunk : Buffer.concat([rest, chunk]);
     let at = 0;
     if (header) {
@@ -47,20 +40,36 @@ async function fillFilter(client: pg.ClientBase, part: string, filter: DedupFilt
     }
     while (data.length - at >= KEY_ROW_BYTES && data.readInt16BE(at) === 1) {
       if (data.readInt32BE(at + 2) !== 16) throw new Error(`${part}: a key of ${data.readInt32BE(at + 2)} bytes in the id state`);
-      try {
-        filter.addBytes(data, at + 6);
-      } catch (err) {
-        if (!(err instanceof DedupFilterFull)) throw err;
-        full = err;
-        break;
-      }
+      wanted = add(data, at + 6);
       at += KEY_ROW_BYTES;
+      if (!wanted) break;
     }
     rest = at < data.length ? data.subarray(at) : null;
   }
-  if (full !== null) throw full;
   // What is left is the trailer: a field count of -1.
-  if (rest === null || rest.length !== 2 || rest.readInt16BE(0) !== -1) throw new Error(`${part}: the binary COPY of its keys ended early`);
+  if (wanted && (rest === null || rest.length !== 2 || rest.readInt16BE(0) !== -1))
+    throw new Error(`${part}: the binary COPY of its keys ended early`);
+}
+
+/**
+ * Adds the key at `at` in `data` to `filter`; null, or the DedupFilterFull it threw (the filter then misses a
+ * key, and must be discarded).
+ */
+function tryAdd(filter: DedupFilter, data: Buffer, at: number): DedupFilterFull | null {
+  try {
+    filter.addBytes(data, at);
+    return null;
+  } catch (err) {
+    if (!(err instanceof DedupFilterFull)) throw err;
+    return err;
+  }
+}
+
+/** Adds every key of a partition to a filter; throws DedupFilterFull, once the COPY has ended, if it filled. */
+async function fillFilter(client: pg.ClientBase, part: string, filter: DedupFilter): Promise<void> {
+  let full: DedupFilterFull | null = null;
+  await readKeys(client, part, (data, at) => (full = tryAdd(filter, data, at)) === null);
+  if (full !== null) throw full as DedupFilterFull;
 }
 
 /**
@@ -96,19 +105,107 @@ async function filterOf(keys: number, fill: (filter: DedupFilter) => Promise<voi
   }
 }
 
-/** Builds the missing filters of the sealed generations of one stream's id state; returns their partitions. */
-export async function buildDedupFilters(client: pg.ClientBase, schema: string, stream: StreamDefinition): Promise<string[]> {
+/**
+ * Sealed generations per group filter. A worker checks every id against each filter it holds, one cache miss
+ * each: every generation joins a group as its filter is built, so that is about
+ * generations / GROUP_GENERATIONS + 1 filters (docs/storage.md#group-filters).
+ */
+export const GROUP_GENERATIONS = 10;
+
+/**
+ * The group filters a process holds (the front's FilterDirectory): the open group's filter is then neither
+ * read back from PostgreSQL before a generation joins it nor after.
+ */
+export interface GroupFilterCache {
+  /** A private copy of the filter held for group `grp` of `slots` holding exactly `gens` (never a folded one). */
+  copyOf(slots: string, grp: number, gens: readonly number[]): DedupFilter | undefined;
+  /** The filter just stored for group `grp` of `slots`, holding `gens`. */
+  stored(slots: string, grp: number, gens: readonly number[], filter: DedupFilter): void;
+}
+
+/** A group taking generations: its number and generations as stored, and a private copy of its filter. */
+interface OpenGroup {
+  grp: number;
+  gens: number[];
+  filter: DedupFilter;
+}
+
+/**
+ * The group a generation of `keys` keys joins: the newest, when it has fewer than GROUP_GENERATIONS generations
+ * and room for the keys; null when a new one must start. Its filter is a copy (of this pass's `last`, of the
+ * process's, or read from PostgreSQL): a filter that fills while taking a generation misses a key, and is
+ * discarded whole, never published.
+ */
+async function openGroup(
+  client: pg.ClientBase,
+  d: { slots: string; groups: string },
+  keys: number,
+  last: OpenGroup | null,
+  cache?: GroupFilterCache,
+): Promise<OpenGroup | null> {
+  const { rows } = await client.query<{ grp: number; gens: number[] }>(`SELECT grp, gens FROM ${d.groups} ORDER BY grp DESC LIMIT 1`);
+  const newest = rows[0];
+  if (newest === undefined || newest.gens.length >= GROUP_GENERATIONS) return null;
+  const same = last !== null && last.grp === newest.grp && last.gens.join() === newest.gens.join();
+  const filter =
+    (same ? new DedupFilter(last.filter.bytes()) : cache?.copyOf(d.slots, newest.grp, newest.gens)) ??
+    (await loadFilter(client, d.groups, "grp", newest.grp));
+  if (filter === null || filter.roomLeft() < keys) return null;
+  return { grp: newest.grp, gens: newest.gens, filter };
+}
+
+/**
+ * Builds the missing filters of the sealed generations of one stream's id state, oldest first, and adds each
+ * generation's keys to the open group's filter in the same read (a group of GROUP_GENERATIONS generations used
+ * to read every key a second time, ~3 s of a backend per group; docs/storage.md#group-filters). The
+ * generation's filter and its group's are stored in one transaction under the schema lock. Returns their
+ * partitions. `cache`: the group filters this process holds.
+ */
+export async function buildDedupFilters(
+  client: pg.ClientBase,
+  schema: string,
+  stream: StreamDefinition,
+  cache?: GroupFilterCache,
+): Promise<string[]> {
   const d = dedupShape(schema, stream)!;
   const { rows } = await client.query<{ part: string; gen: number }>(
-    `SELECT part, gen FROM ${d.slots} WHERE ${FILTER} IS NULL AND sealed_at IS NOT NULL ORDER BY gen DESC`,
+    `SELECT part, gen FROM ${d.slots} WHERE ${FILTER} IS NULL AND sealed_at IS NOT NULL ORDER BY gen`,
   );
   const built: string[] = [];
+  let last: OpenGroup | null = null;
   for (const slot of rows) {
     const done = await locked(client, async () => {
       const still = await client.query(`SELECT 1 FROM ${d.slots} WHERE gen = $1 AND ${FILTER} IS NULL`, [slot.gen]);
       if (still.rowCount === 0) return false; // another daemon built it, or the generation was dropped
-      const filter = await filterOf(await keysAtMost(client, [slot.part]), (f) => fillFilter(client, slot.part, f));
-      await client.query(`UPDATE ${d.slots} SET ${FILTER} = $2 WHERE gen = $1`, [slot.gen, filter.buffer()]);
+      const keys = await keysAtMost(client, [slot.part]);
+      const open = await openGroup(client, d, keys, last, cache);
+      let own: DedupFilter | null = new DedupFilter(keys);
+      let group: DedupFilter | null = open?.filter ?? new DedupFilter(keys * GROUP_GENERATIONS);
+      // One read for both; a filter that fills (DedupFilterFull, rare) drops out and is built again below.
+      await readKeys(client, slot.part, (data, at) => {
+        if (own !== null && tryAdd(own, data, at) !== null) own = null;
+        if (group !== null && tryAdd(group, data, at) !== null) group = null;
+        return own !== null || group !== null;
+      });
+      own ??= await filterOf(Math.ceil(keys * 1.25), (f) => fillFilter(client, slot.part, f));
+      // A group that filled after all: the generation starts a new one.
+      const joins = group !== null ? open : null;
+      group ??= await filterOf(keys * GROUP_GENERATIONS, (f) => fillFilter(client, slot.part, f));
+      await client.query(`UPDATE ${d.slots} SET ${FILTER} = $2 WHERE gen = $1`, [slot.gen, own.buffer()]);
+      const gens = [...(joins?.gens ?? []), slot.gen];
+      let grp: number;
+      if (joins !== null) {
+        grp = joins.grp;
+        await client.query(`UPDATE ${d.groups} SET gens = $2, ${FILTER} = $3 WHERE grp = $1`, [grp, gens, group.buffer()]);
+      } else {
+        const made = await client.query<{ grp: number }>(
+          `INSERT INTO ${d.groups} (grp, gens, ${FILTER}) SELECT coalesce(max(grp), 0) + 1, $1, $2 FROM ${d.groups} RETURNING grp`,
+          [gens, group.buffer()],
+        );
+        grp = made.rows[0].grp;
+      }
+      cache?.stored(d.slots, grp, gens, group);
+      last = { grp, gens, filter: group };
       return true;
     });
     if (done) built.push(slot.part);
@@ -117,15 +214,9 @@ export async function buildDedupFilters(client: pg.ClientBase, schema: string, s
 }
 
 /**
- * Sealed generations per group filter. A worker checks every id against each filter it holds, one cache
- * miss each: one filter per group instead of one per generation keeps that to about
- * generations / GROUP_GENERATIONS + GROUP_GENERATIONS / 2 (docs/storage.md#deduplication).
- */
-export const GROUP_GENERATIONS = 10;
-
-/**
  * Builds a group filter over the keys of each run of GROUP_GENERATIONS sealed generations (oldest first) that
- * has a filter and no group yet; returns a label per group built. The keys are streamed without holding the
+ * has a filter and no group: what an earlier release left (its generations joined a group only ten at a
+ * time; since this one each joins as its filter is built, buildDedupFilters); returns a label per group built. The keys are streamed without holding the
  * schema lock (sealed generations never change; one dropped meanwhile only leaves its keys in the filter, which
  * stays valid for the others), and the group is recorded under it unless another daemon recorded one first.
  */

@@ -21,7 +21,7 @@ import {
 } from "../shared/dedup-sql";
 import { dedupKeySql } from "../shared/dedup-key";
 import { locked } from "./partitions";
-import { buildDedupFilters, buildDedupGroupFilters } from "./dedup-filters";
+import { buildDedupFilters, buildDedupGroupFilters, type GroupFilterCache } from "./dedup-filters";
 
 /** Sealing after an eighth of the window at the latest keeps a generation's ids from outliving it by more. */
 export const GENERATIONS_PER_WINDOW = 8;
@@ -348,15 +348,17 @@ export async function maintainDedupState(
   windowHours: number,
   at = new Date(),
   hotBytes?: number,
+  cache?: GroupFilterCache,
 ): Promise<DedupPass> {
-  const done = await maintainDedupGenerations(client, schema, streams, windowHours, at, hotBytes);
+  const done = await maintainDedupGenerations(client, schema, streams, windowHours, at, hotBytes, cache);
   done.filtered.push(...(await buildDedupGroups(client, schema, streams)));
   return done;
 }
 
 /**
  * The quick part of a pass: the rotation when due, the generations ahead, the ones past the window dropped
- * (under the schema lock), and the filters of the sealed ones (one generation's keys each, seconds at most).
+ * (under the schema lock), and the filters of the sealed ones with their groups' (one generation's keys each,
+ * seconds at most). `cache`: the group filters this process holds (buildDedupFilters).
  */
 export async function maintainDedupGenerations(
   client: pg.ClientBase,
@@ -365,6 +367,7 @@ export async function maintainDedupGenerations(
   windowHours: number,
   at = new Date(),
   hotBytes?: number,
+  cache?: GroupFilterCache,
 ): Promise<DedupPass> {
   const created: string[] = [];
   const sealed: string[] = [];
@@ -378,14 +381,14 @@ export async function maintainDedupGenerations(
       created.push(...(await ensureDedupGenerations(client, schema, stream, at)));
       dropped.push(...(await dropExpiredDedupGenerations(client, schema, stream, windowHours, at)));
     });
-    filtered.push(...(await buildDedupFilters(client, schema, stream)));
+    filtered.push(...(await buildDedupFilters(client, schema, stream, cache)));
   }
   return { created, sealed, dropped, filtered };
 }
 
 /**
- * The long part: the group filters of every GROUP_GENERATIONS sealed generations (ten generations' keys
- * streamed each); labels of the groups built.
+ * The long part: group filters for runs of GROUP_GENERATIONS filtered generations in no group (an earlier
+ * release built groups only so; ten generations' keys streamed each); labels of the groups built.
  */
 export async function buildDedupGroups(client: pg.ClientBase, schema: string, streams: readonly StreamDefinition[]): Promise<string[]> {
   const built: string[] = [];

@@ -9,52 +9,12 @@
  */
 import { BroadcastChannel } from "node:worker_threads";
 import type pg from "pg";
-import { to as copyTo } from "pg-copy-streams";
 import { DedupFilter } from "../shared/dedup-filter";
 import { DEDUP_FILTER_IDENT as FILTER, dedupShape } from "../shared/dedup-sql";
 import type { StreamDefinition } from "../shared/stream-definition";
 import { DEDUP_FILTERS_CHANNEL, DEDUP_FILTERS_WANTED, type PublishedFilter } from "../shared/task-protocol";
-import { binaryCopyRowsAt } from "./dedup-filters";
-
-/** Bytes of a filter read per COPY: a group's filter is up to tens of MiB, never held twice whole. */
-const LOAD_CHUNK_BYTES = 1 << 20;
-
-/**
- * One filter's bytes into shared memory, LOAD_CHUNK_BYTES at a time, each slice by a binary COPY: raw bytes,
- * where a bytea in a query result arrives as hex text (twice the bytes, then decoded: measured ~1.3 s of the
- * front thread's CPU for 60 MiB of filters, docs/storage.md#filter-memory). `table` and `column` name the row
- * (`column` = `id`, an integer of the slots or groups table). Null: gone meanwhile.
- */
-async function loadFilter(client: pg.ClientBase, table: string, column: "gen" | "grp", id: number): Promise<DedupFilter | null> {
-  if (!Number.isSafeInteger(id)) throw new Error(`${table}: ${column} ${id} is not an integer`);
-  const size = await client.query<{ n: number | null }>(`SELECT octet_length(${FILTER}) AS n FROM ${table} WHERE ${column} = $1`, [id]);
-  const bytes = size.rows[0]?.n ?? null;
-  if (bytes === null) return null;
-  const words = new SharedArrayBuffer(bytes);
-  const into = new Uint8Array(words);
-  for (let at = 0; at < bytes; at += LOAD_CHUNK_BYTES) {
-    // COPY takes no parameters: the id is an integer checked above, the names are quoted identifiers.
-    const slice = await copyOutField(
-      client,
-      `COPY (SELECT substring(${FILTER} FROM ${at + 1} FOR ${LOAD_CHUNK_BYTES}) FROM ${table} WHERE ${column} = ${id}) TO STDOUT (FORMAT binary)`,
-    );
-    if (slice === null || slice.length !== Math.min(LOAD_CHUNK_BYTES, bytes - at)) return null;
-    into.set(slice, at);
-  }
-  return new DedupFilter(words);
-}
-
-/** The one field of the one row a binary COPY sends, or null when it sent no row or a null (PostgreSQL's COPY docs, "Binary Format"). */
-async function copyOutField(client: pg.ClientBase, sql: string): Promise<Buffer | null> {
-  const chunks: Buffer[] = [];
-  for await (const chunk of client.query(copyTo(sql)) as AsyncIterable<Buffer>) chunks.push(chunk);
-  const data = Buffer.concat(chunks);
-  // The row: field count, length, bytes.
-  const at = binaryCopyRowsAt(data);
-  if (data.readInt16BE(at) !== 1) return null; // the trailer (-1): no row
-  const length = data.readInt32BE(at + 2);
-  return length < 0 ? null : data.subarray(at + 6, at + 6 + length);
-}
+import type { GroupFilterCache } from "./dedup-filters";
+import { loadFilter } from "./filter-copy";
 
 /**
  * Times a filter may be folded in half to fit the budget: built with 16-bit fingerprints, folded to 8 (about
@@ -77,13 +37,25 @@ export interface FilterDirectorySize {
   bytes: number;
   /** Of those, the filters folded to fit the budget. */
   folded: number;
+  /** Sealed generations whose keys the filters held cover. */
+  generations: number;
   /** Sealed generations left without a filter by the budget: probed in PostgreSQL for every id. */
   unfiltered: number;
 }
 
-export class FilterDirectory {
-  /** By `<slots table> g<gen>` (one generation) or `<slots table> G<grp>` (a group). */
+/** The directory's key of a group's filter: its generations only grow while it is open, so their count tells its versions apart. */
+function groupKey(slots: string, grp: number, gens: readonly number[]): string {
+  return `${slots} G${grp}/${gens.length}`;
+}
+
+export class FilterDirectory implements GroupFilterCache {
+  /** By `<slots table> g<gen>` (one generation) or groupKey (a group). */
   private held = new Map<string, Held>();
+  /**
+   * The last filter this process's maintenance stored for each group (GroupFilterCache.stored), by slots table
+   * and group (one version each) with the generations it holds: taken at the next refresh instead of read back.
+   */
+  private fresh = new Map<string, { gens: number; filter: DedupFilter }>();
   /** Filters the budget left out: not loaded again (a filter never changes; it goes with its generations). */
   private leftOut = new Map<string, number>();
   private readonly channel = new BroadcastChannel(DEDUP_FILTERS_CHANNEL);
@@ -117,7 +89,7 @@ export class FilterDirectory {
       const filtered = await client.query<{ gen: number }>(`SELECT gen FROM ${d.slots} WHERE ${FILTER} IS NOT NULL`);
       const grouped = new Set(groups.rows.flatMap((g) => g.gens));
       for (const g of groups.rows)
-        wanted.push({ key: `${d.slots} G${g.grp}`, slots: d.slots, table: d.groups, column: "grp", id: g.grp, gens: g.gens });
+        wanted.push({ key: groupKey(d.slots, g.grp, g.gens), slots: d.slots, table: d.groups, column: "grp", id: g.grp, gens: g.gens });
       for (const r of filtered.rows) {
         if (!grouped.has(r.gen))
           wanted.push({ key: `${d.slots} g${r.gen}`, slots: d.slots, table: d.slots, column: "gen", id: r.gen, gens: [r.gen] });
@@ -135,7 +107,8 @@ export class FilterDirectory {
       }
       let h = this.held.get(w.key);
       if (h === undefined) {
-        const filter = await loadFilter(client, w.table, w.column, w.id);
+        const filter =
+          (w.column === "grp" ? this.freshFilter(w.slots, w.id, w.gens) : undefined) ?? (await loadFilter(client, w.table, w.column, w.id));
         if (filter === null) continue;
         h = { filter, slots: w.slots, gens: w.gens, folds: 0 };
       }
@@ -145,7 +118,23 @@ export class FilterDirectory {
     }
     this.held = next;
     this.leftOut = leftOut;
+    this.fresh.clear();
     this.refreshed = true;
+  }
+
+  copyOf(slots: string, grp: number, gens: readonly number[]): DedupFilter | undefined {
+    const filter = this.freshFilter(slots, grp, gens) ?? this.held.get(groupKey(slots, grp, gens))?.filter;
+    // A folded filter (8-bit fingerprints) takes no keys: the group's is read from PostgreSQL instead.
+    return filter?.foldable ? new DedupFilter(filter.bytes()) : undefined;
+  }
+
+  stored(slots: string, grp: number, gens: readonly number[], filter: DedupFilter): void {
+    this.fresh.set(`${slots} G${grp}`, { gens: gens.length, filter });
+  }
+
+  private freshFilter(slots: string, grp: number, gens: readonly number[]): DedupFilter | undefined {
+    const f = this.fresh.get(`${slots} G${grp}`);
+    return f?.gens === gens.length ? f.filter : undefined;
   }
 
   /** Folds the oldest filters that can be, then leaves out the oldest, until `next` fits the budget; its bytes. */
@@ -180,13 +169,15 @@ export class FilterDirectory {
   size(): FilterDirectorySize {
     let bytes = 0;
     let folded = 0;
+    let generations = 0;
     for (const h of this.held.values()) {
       bytes += h.filter.byteLength;
+      generations += h.gens.length;
       if (h.folds > 0) folded++;
     }
     let unfiltered = 0;
     for (const gens of this.leftOut.values()) unfiltered += gens;
-    return { count: this.held.size, bytes, folded, unfiltered };
+    return { count: this.held.size, bytes, folded, generations, unfiltered };
   }
 
   close(): void {

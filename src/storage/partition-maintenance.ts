@@ -109,7 +109,15 @@ export function startPartitionMaintenance(
         published = true;
         firstPass();
       }
-      const ids = await maintainDedupGenerations(client, config.dbSchema, idStreams, config.dedupWindowHours);
+      const ids = await maintainDedupGenerations(
+        client,
+        config.dbSchema,
+        idStreams,
+        config.dedupWindowHours,
+        undefined,
+        undefined,
+        filters,
+      );
       if (ids.sealed.length > 0) log.debug({ sealed: ids.sealed }, "id-state generations sealed");
       if (ids.filtered.length > 0) log.info({ filtered: ids.filtered }, "id-state filters built for sealed generations");
       if (ids.dropped.length > 0)
