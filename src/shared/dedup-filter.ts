@@ -225,7 +225,7 @@ export class DedupFilter {
 
   /**
    * How many more keys fit at the load a filter is sized for (LOAD): a group's filter takes each newly sealed
-   * generation while this says its keys fit (docs/storage.md#group-filters). One pass over the slots.
+   * generation while this says its keys fit (docs/storage.md#the-window-and-the-id-state). One pass over the slots.
    */
   roomLeft(): number {
     const slots = this.wide;

@@ -108,7 +108,7 @@ async function filterOf(keys: number, fill: (filter: DedupFilter) => Promise<voi
 /**
  * Sealed generations per group filter. A worker checks every id against each filter it holds, one cache miss
  * each: every generation joins a group as its filter is built, so that is about
- * generations / GROUP_GENERATIONS + 1 filters (docs/storage.md#group-filters).
+ * generations / GROUP_GENERATIONS + 1 filters (docs/storage.md#the-window-and-the-id-state).
  */
 export const GROUP_GENERATIONS = 10;
 
@@ -157,7 +157,7 @@ async function openGroup(
 /**
  * Builds the missing filters of the sealed generations of one stream's id state, oldest first, and adds each
  * generation's keys to the open group's filter in the same read (a group of GROUP_GENERATIONS generations used
- * to read every key a second time, ~3 s of a backend per group; docs/storage.md#group-filters). The
+ * to read every key a second time, ~3 s of a backend per group; docs/storage.md#the-window-and-the-id-state). The
  * generation's filter and its group's are stored in one transaction under the schema lock. Returns their
  * partitions. `cache`: the group filters this process holds.
  */
