@@ -15,7 +15,7 @@
 const SLOTS = 4;
 /** The load a new filter is sized for: its keys fill this share of the slots (17 bits a key). */
 const LOAD = 0.94;
-/** Evictions before an insertion gives up (DedupFilterFull): far beyond what LOAD needs. */
+/** Steps of the search for a chain of moves before an insertion gives up (DedupFilterFull): far beyond what LOAD needs. */
 const MAX_KICKS = 4_000;
 /** Header: the bucket count and the fingerprint width in bits (16 as built, 8 once folded), little-endian. */
 const HEADER_BYTES = 8;
@@ -54,8 +54,9 @@ function word(key: string, at: number): number {
 
 /**
  * The hashes of a key into `out` (4 words): out[0] picks its first bucket, out[1] and out[2] give its
- * fingerprint. Two independent mixes of all 128 bits, so structured ids spread too, and two keys share a
- * bucket and a fingerprint only by the chance of both (format 1 derived every bit from one 32-bit hash: in a
+ * fingerprint, out[3] the slots of a chain of moves when both its buckets are full. Two independent mixes of
+ * all 128 bits, so structured ids spread too, and two keys share a bucket and a fingerprint only by the chance
+ * of both (format 1 derived every bit from one 32-bit hash: in a
  * group of 4 million keys, 0.1% of other keys collided with one of them outright;
  * docs/storage.md#filter-format). Computed once per key, then checked against every filter with hasHashed.
  */
@@ -93,14 +94,23 @@ export class DedupFilter {
    */
   private readonly alt: Uint32Array;
   private readonly h = new Uint32Array(4);
-  /** xorshift32 state: which slot an insertion evicts. */
-  private seed = 0x9e3779b9;
+
+  /**
+   * Bumped before and after each chain of fingerprints an insertion moves (odd while they move): a worker
+   * checking the open group's filter, which the front extends in place, takes a miss across a move for a hit
+   * (mayHave; docs/storage.md#the-window-and-the-id-state).
+   */
+  private readonly seq: Int32Array;
+  /** The slots of the chain an insertion moves, each fingerprint to its other bucket (MAX_KICKS at most). */
+  private path: Int32Array | null = null;
 
   /**
    * An empty filter for `keys` keys, one read back from its bytes, or one over shared memory published by the
-   * front thread. Always in shared memory, so the front can publish whatever it builds or reads.
+   * front thread (with its change counter `seq` when the front may extend it). Always in shared memory, so the
+   * front can publish whatever it builds or reads.
    */
-  constructor(keysOrBytes: number | Uint8Array | SharedArrayBuffer) {
+  constructor(keysOrBytes: number | Uint8Array | SharedArrayBuffer, seq?: SharedArrayBuffer) {
+    this.seq = new Int32Array(seq ?? new SharedArrayBuffer(4));
     let all: Uint8Array;
     if (typeof keysOrBytes === "number") {
       all = emptyFilter(Math.max(1, Math.ceil(keysOrBytes / (SLOTS * LOAD))), 16);
@@ -130,6 +140,11 @@ export class DedupFilter {
     return this.all.buffer;
   }
 
+  /** The shared memory of its change counter (published with the open group's filter). */
+  get sharedSeq(): SharedArrayBuffer {
+    return this.seq.buffer as SharedArrayBuffer;
+  }
+
   add(key: string): void {
     hashKey(key, this.h);
     this.addHashed(this.h);
@@ -142,43 +157,62 @@ export class DedupFilter {
   }
 
   /**
-   * Cuckoo insertion: into a free slot of either bucket, else a fingerprint of the bucket is evicted to its
-   * own other bucket, and so on. Throws DedupFilterFull when MAX_KICKS evictions found no room (the filter
-   * then misses the key last evicted, and must be discarded).
+   * Cuckoo insertion: into a free slot of either bucket, else along a chain of fingerprints, each moved to its
+   * own other bucket, that ends at a free slot. The chain is found before anything moves, then moved from its
+   * free end back, so every fingerprint already in stays in one of its buckets throughout: the front extends
+   * the open group's filter in place while workers check it (docs/storage.md#the-window-and-the-id-state). The
+   * chain's slots are picked from the key's own hash, so a filter's bytes follow from its keys and their order
+   * alone. Throws DedupFilterFull when no chain is found in MAX_KICKS steps; nothing has moved then, and the
+   * filter still holds every key added before.
    */
   private addHashed(h: Uint32Array): void {
     const slots = this.wide;
     if (slots === null) throw new Error("a folded filter takes no keys");
-    let fp = fingerprint(h);
-    let b = h[0] % this.buckets;
-    if (this.put(slots, b, fp)) return;
-    b = this.other(b, fp >>> 8);
-    if (this.put(slots, b, fp)) return;
+    const fp = fingerprint(h);
+    const b1 = h[0] % this.buckets;
+    if (this.put(slots, b1, fp)) return;
+    const b2 = this.other(b1, fp >>> 8);
+    if (this.put(slots, b2, fp)) return;
+    const path = (this.path ??= new Int32Array(MAX_KICKS));
+    let len = 0;
+    let b = b2;
     for (let kick = 0; kick < MAX_KICKS; kick++) {
-      let x = this.seed;
-      x ^= x << 13;
-      x ^= x >>> 17;
-      x ^= x << 5;
-      this.seed = x >>> 0;
-      const s = b * SLOTS + (x & (SLOTS - 1));
-      const evicted = slots[s];
-      slots[s] = fp;
-      fp = evicted;
-      b = this.other(b, fp >>> 8);
-      if (this.put(slots, b, fp)) return;
+      const s = b * SLOTS + (fmix32(h[3] + kick) & (SLOTS - 1));
+      if (onPath(path, len, s)) {
+        // The chain came back to a slot it moves: start another from either bucket.
+        len = 0;
+        b = kick & 1 ? b1 : b2;
+        continue;
+      }
+      path[len++] = s;
+      b = this.other(b, slots[s] >>> 8);
+      const free = freeSlot(slots, b);
+      if (free >= 0) {
+        this.shift(slots, path, len, free, fp);
+        return;
+      }
     }
     throw new DedupFilterFull(this.buckets);
   }
 
+  /**
+   * Moves the chain's fingerprints one step, from its free end back, then writes `fp` at its start, between two
+   * increments of seq: a reader sees each moved fingerprint in its old slot, its new one, or both.
+   */
+  private shift(slots: Uint16Array, path: Int32Array, len: number, free: number, fp: number): void {
+    const seq = this.seq;
+    Atomics.add(seq, 0, 1);
+    Atomics.store(slots, free, slots[path[len - 1]]);
+    for (let i = len - 1; i > 0; i--) Atomics.store(slots, path[i], slots[path[i - 1]]);
+    Atomics.store(slots, path[0], fp);
+    Atomics.add(seq, 0, 1);
+  }
+
   private put(slots: Uint16Array, b: number, fp: number): boolean {
-    const at = b * SLOTS;
-    for (let s = at; s < at + SLOTS; s++) {
-      if (slots[s] === 0) {
-        slots[s] = fp;
-        return true;
-      }
-    }
-    return false;
+    const s = freeSlot(slots, b);
+    if (s < 0) return false;
+    slots[s] = fp;
+    return true;
   }
 
   /**
@@ -221,6 +255,20 @@ export class DedupFilter {
     if (narrow[s] === high || narrow[s + 1] === high || narrow[s + 2] === high || narrow[s + 3] === high) return true;
     s = b2 * SLOTS;
     return narrow[s] === high || narrow[s + 1] === high || narrow[s + 2] === high || narrow[s + 3] === high;
+  }
+
+  /**
+   * hasFingerprint for a filter the front may be extending meanwhile (the open group's): its slots and seq read
+   * with Atomics, and a miss while a chain moved counts as a hit, which only costs a probe in PostgreSQL.
+   */
+  mayHave(h0: number, fp: number): boolean {
+    const wide = this.wide;
+    if (wide === null) return this.hasFingerprint(h0, fp); // folded: never extended
+    const seq = this.seq;
+    const before = Atomics.load(seq, 0);
+    const b1 = h0 % this.buckets;
+    if (bucketHolds(wide, b1 * SLOTS, fp) || bucketHolds(wide, this.other(b1, fp >>> 8) * SLOTS, fp)) return true;
+    return (before & 1) === 1 || Atomics.load(seq, 0) !== before;
   }
 
   /**
@@ -285,6 +333,26 @@ function emptyFilter(buckets: number, bits: 8 | 16): Uint8Array {
  */
 export function fingerprint(h: Uint32Array): number {
   return ((1 + (h[1] % 255)) << 8) | (h[2] & 255);
+}
+
+/** Whether the first `len` slots of a chain include `s`. */
+function onPath(path: Int32Array, len: number, s: number): boolean {
+  for (let i = 0; i < len; i++) if (path[i] === s) return true;
+  return false;
+}
+
+/** Whether the bucket whose slots start at `s` holds `fp`, read with Atomics (DedupFilter.mayHave). */
+function bucketHolds(wide: Uint16Array, s: number, fp: number): boolean {
+  return (
+    Atomics.load(wide, s) === fp || Atomics.load(wide, s + 1) === fp || Atomics.load(wide, s + 2) === fp || Atomics.load(wide, s + 3) === fp
+  );
+}
+
+/** A free slot of bucket `b`, or -1. */
+function freeSlot(slots: Uint16Array, b: number): number {
+  const at = b * SLOTS;
+  for (let s = at; s < at + SLOTS; s++) if (slots[s] === 0) return s;
+  return -1;
 }
 
 /** The offset of the other bucket for each high byte (DedupFilter.other). */

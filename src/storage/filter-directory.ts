@@ -9,11 +9,11 @@
  */
 import { BroadcastChannel } from "node:worker_threads";
 import type pg from "pg";
-import { DedupFilter } from "../shared/dedup-filter";
+import type { DedupFilter } from "../shared/dedup-filter";
 import { DEDUP_FILTER_IDENT as FILTER, dedupShape } from "../shared/dedup-sql";
 import type { StreamDefinition } from "../shared/stream-definition";
 import { DEDUP_FILTERS_CHANNEL, DEDUP_FILTERS_WANTED, type PublishedFilter } from "../shared/task-protocol";
-import type { GroupFilterCache } from "./dedup-filters";
+import { GROUP_GENERATIONS, type GroupFilterCache } from "./dedup-filters";
 import { loadFilter } from "./filter-copy";
 
 /**
@@ -22,12 +22,16 @@ import { loadFilter } from "./filter-copy";
  */
 const MAX_FOLDS = 1;
 
-/** A filter held, the stream's slots table and the generations whose keys it holds (as published), and its folds. */
+/**
+ * A filter held, the stream's slots table and the generations whose keys it holds (as published), its folds,
+ * and whether it is a group's.
+ */
 interface Held {
   filter: DedupFilter;
   slots: string;
   gens: number[];
   folds: number;
+  group: boolean;
 }
 
 export interface FilterDirectorySize {
@@ -46,6 +50,11 @@ export interface FilterDirectorySize {
 /** The directory's key of a group's filter: its generations only grow while it is open, so their count tells its versions apart. */
 function groupKey(slots: string, grp: number, gens: readonly number[]): string {
   return `${slots} G${grp}/${gens.length}`;
+}
+
+/** Whether maintenance may extend a held filter in place: a group's with room for generations, not folded. */
+function extensible(h: Held): boolean {
+  return h.group && h.gens.length < GROUP_GENERATIONS && h.filter.foldable;
 }
 
 export class FilterDirectory implements GroupFilterCache {
@@ -110,7 +119,7 @@ export class FilterDirectory implements GroupFilterCache {
         const filter =
           (w.column === "grp" ? this.freshFilter(w.slots, w.id, w.gens) : undefined) ?? (await loadFilter(client, w.table, w.column, w.id));
         if (filter === null) continue;
-        h = { filter, slots: w.slots, gens: w.gens, folds: 0 };
+        h = { filter, slots: w.slots, gens: w.gens, folds: 0, group: w.column === "grp" };
       }
       next.set(w.key, h);
       bytes += h.filter.byteLength;
@@ -122,10 +131,12 @@ export class FilterDirectory implements GroupFilterCache {
     this.refreshed = true;
   }
 
-  copyOf(slots: string, grp: number, gens: readonly number[]): DedupFilter | undefined {
-    const filter = this.freshFilter(slots, grp, gens) ?? this.held.get(groupKey(slots, grp, gens))?.filter;
+  extensible(slots: string, grp: number, gens: readonly number[]): DedupFilter | undefined {
+    const fresh = this.freshFilter(slots, grp, gens);
+    if (fresh !== undefined) return fresh; // stored since the last refresh: held too, or never published yet
+    const h = this.held.get(groupKey(slots, grp, gens));
     // A folded filter (8-bit fingerprints) takes no keys: the group's is read from PostgreSQL instead.
-    return filter?.foldable ? new DedupFilter(filter.bytes()) : undefined;
+    return h !== undefined && extensible(h) ? h.filter : undefined;
   }
 
   stored(slots: string, grp: number, gens: readonly number[], filter: DedupFilter): void {
@@ -157,9 +168,14 @@ export class FilterDirectory implements GroupFilterCache {
     return bytes;
   }
 
-  /** Every filter held, for the workers (they replace what they had). */
+  /** Every filter held, for the workers (they replace what they had); an extensible one with its change counter. */
   list(): PublishedFilter[] {
-    return [...this.held.values()].map((h) => ({ slots: h.slots, gens: h.gens, words: h.filter.shared }));
+    return [...this.held.values()].map((h) => ({
+      slots: h.slots,
+      gens: h.gens,
+      words: h.filter.shared,
+      seq: extensible(h) ? h.filter.sharedSeq : undefined,
+    }));
   }
 
   publish(): void {
