@@ -15,12 +15,8 @@
 const SLOTS = 4;
 /** The load a new filter is sized for: its keys fill this share of the slots (17 bits a key). */
 const LOAD = 0.94;
-/** Steps of the search for a chain of moves before an insertion gives up (DedupFilterFull): far beyond what LOAD needs. */
+/** Evictions before an insertion gives up (DedupFilterFull): far beyond what LOAD needs. */
 const MAX_KICKS = 4_000;
-/** Stripes of buckets with a change counter each (DedupFilter.seq): 4 KiB a filter. */
-const STRIPES = 1024;
-/** Reads of a filter being extended before a check that keeps meeting moves takes the key for a hit (mayHave). */
-const MAX_READS = 8;
 /** Header: the bucket count and the fingerprint width in bits (16 as built, 8 once folded), little-endian. */
 const HEADER_BYTES = 8;
 
@@ -58,9 +54,8 @@ function word(key: string, at: number): number {
 
 /**
  * The hashes of a key into `out` (4 words): out[0] picks its first bucket, out[1] and out[2] give its
- * fingerprint, out[3] the slots of a chain of moves when both its buckets are full. Two independent mixes of
- * all 128 bits, so structured ids spread too, and two keys share a bucket and a fingerprint only by the chance
- * of both (format 1 derived every bit from one 32-bit hash: in a
+ * fingerprint. Two independent mixes of all 128 bits, so structured ids spread too, and two keys share a
+ * bucket and a fingerprint only by the chance of both (format 1 derived every bit from one 32-bit hash: in a
  * group of 4 million keys, 0.1% of other keys collided with one of them outright;
  * docs/storage.md#filter-format). Computed once per key, then checked against every filter with hasHashed.
  */
@@ -98,26 +93,14 @@ export class DedupFilter {
    */
   private readonly alt: Uint32Array;
   private readonly h = new Uint32Array(4);
-
-  /**
-   * Change counters, one per stripe of buckets (bucket % STRIPES), each bumped before and after a chain of
-   * moves touching its buckets (odd while they move): a worker checking the open group's filter, which the
-   * front extends in place, reads a key's buckets again when theirs changed (mayHave;
-   * docs/storage.md#the-window-and-the-id-state).
-   */
-  private readonly seq: Int32Array;
-  /** The slots of the chain an insertion moves, each fingerprint to its other bucket (MAX_KICKS at most). */
-  private path: Int32Array | null = null;
-  /** The stripes a chain touches, each once. */
-  private stripes: Int32Array | null = null;
+  /** xorshift32 state: which slot an insertion evicts. */
+  private seed = 0x9e3779b9;
 
   /**
    * An empty filter for `keys` keys, one read back from its bytes, or one over shared memory published by the
-   * front thread (with its change counters `seq` when the front may extend it). Always in shared memory, so the
-   * front can publish whatever it builds or reads.
+   * front thread. Always in shared memory, so the front can publish whatever it builds or reads.
    */
-  constructor(keysOrBytes: number | Uint8Array | SharedArrayBuffer, seq?: SharedArrayBuffer) {
-    this.seq = new Int32Array(seq ?? new SharedArrayBuffer(STRIPES * 4));
+  constructor(keysOrBytes: number | Uint8Array | SharedArrayBuffer) {
     let all: Uint8Array;
     if (typeof keysOrBytes === "number") {
       all = emptyFilter(Math.max(1, Math.ceil(keysOrBytes / (SLOTS * LOAD))), 16);
@@ -147,11 +130,6 @@ export class DedupFilter {
     return this.all.buffer;
   }
 
-  /** The shared memory of its change counters (published with the open group's filter). */
-  get sharedSeq(): SharedArrayBuffer {
-    return this.seq.buffer as SharedArrayBuffer;
-  }
-
   add(key: string): void {
     hashKey(key, this.h);
     this.addHashed(this.h);
@@ -164,69 +142,43 @@ export class DedupFilter {
   }
 
   /**
-   * Cuckoo insertion: into a free slot of either bucket, else along a chain of fingerprints, each moved to its
-   * own other bucket, that ends at a free slot. The chain is found before anything moves, then moved from its
-   * free end back, so every fingerprint already in stays in one of its buckets throughout: the front extends
-   * the open group's filter in place while workers check it (docs/storage.md#the-window-and-the-id-state). The
-   * chain's slots are picked from the key's own hash, so a filter's bytes follow from its keys and their order
-   * alone. Throws DedupFilterFull when no chain is found in MAX_KICKS steps; nothing has moved then, and the
-   * filter still holds every key added before.
+   * Cuckoo insertion: into a free slot of either bucket, else a fingerprint of the bucket is evicted to its
+   * own other bucket, and so on. Throws DedupFilterFull when MAX_KICKS evictions found no room (the filter
+   * then misses the key last evicted, and must be discarded).
    */
   private addHashed(h: Uint32Array): void {
     const slots = this.wide;
     if (slots === null) throw new Error("a folded filter takes no keys");
-    const fp = fingerprint(h);
-    const b1 = h[0] % this.buckets;
-    if (this.put(slots, b1, fp)) return;
-    const b2 = this.other(b1, fp >>> 8);
-    if (this.put(slots, b2, fp)) return;
-    const path = (this.path ??= new Int32Array(MAX_KICKS));
-    let len = 0;
-    let b = b2;
+    let fp = fingerprint(h);
+    let b = h[0] % this.buckets;
+    if (this.put(slots, b, fp)) return;
+    b = this.other(b, fp >>> 8);
+    if (this.put(slots, b, fp)) return;
     for (let kick = 0; kick < MAX_KICKS; kick++) {
-      const s = b * SLOTS + (fmix32(h[3] + kick) & (SLOTS - 1));
-      if (onPath(path, len, s)) {
-        // The chain came back to a slot it moves: start another from either bucket.
-        len = 0;
-        b = kick & 1 ? b1 : b2;
-        continue;
-      }
-      path[len++] = s;
-      b = this.other(b, slots[s] >>> 8);
-      const free = freeSlot(slots, b);
-      if (free >= 0) {
-        this.shift(slots, path, len, free, fp);
-        return;
-      }
+      let x = this.seed;
+      x ^= x << 13;
+      x ^= x >>> 17;
+      x ^= x << 5;
+      this.seed = x >>> 0;
+      const s = b * SLOTS + (x & (SLOTS - 1));
+      const evicted = slots[s];
+      slots[s] = fp;
+      fp = evicted;
+      b = this.other(b, fp >>> 8);
+      if (this.put(slots, b, fp)) return;
     }
     throw new DedupFilterFull(this.buckets);
   }
 
-  /**
-   * Moves the chain's fingerprints one step, from its free end back, then writes `fp` at its start, between two
-   * increments of the counters of the stripes it touches: a reader sees each moved fingerprint in its old slot,
-   * its new one, or both.
-   */
-  private shift(slots: Uint16Array, path: Int32Array, len: number, free: number, fp: number): void {
-    const seq = this.seq;
-    const stripes = (this.stripes ??= new Int32Array(MAX_KICKS + 1));
-    let n = 0;
-    for (let i = 0; i <= len; i++) {
-      const stripe = Math.floor((i < len ? path[i] : free) / SLOTS) % STRIPES;
-      if (!onPath(stripes, n, stripe)) stripes[n++] = stripe; // once each: odd while moving
-    }
-    for (let i = 0; i < n; i++) Atomics.add(seq, stripes[i], 1);
-    Atomics.store(slots, free, slots[path[len - 1]]);
-    for (let i = len - 1; i > 0; i--) Atomics.store(slots, path[i], slots[path[i - 1]]);
-    Atomics.store(slots, path[0], fp);
-    for (let i = 0; i < n; i++) Atomics.add(seq, stripes[i], 1);
-  }
-
   private put(slots: Uint16Array, b: number, fp: number): boolean {
-    const s = freeSlot(slots, b);
-    if (s < 0) return false;
-    slots[s] = fp;
-    return true;
+    const at = b * SLOTS;
+    for (let s = at; s < at + SLOTS; s++) {
+      if (slots[s] === 0) {
+        slots[s] = fp;
+        return true;
+      }
+    }
+    return false;
   }
 
   /**
@@ -269,30 +221,6 @@ export class DedupFilter {
     if (narrow[s] === high || narrow[s + 1] === high || narrow[s + 2] === high || narrow[s + 3] === high) return true;
     s = b2 * SLOTS;
     return narrow[s] === high || narrow[s + 1] === high || narrow[s + 2] === high || narrow[s + 3] === high;
-  }
-
-  /**
-   * hasFingerprint for a filter the front may be extending meanwhile (the open group's): its slots and the
-   * counters of the key's two stripes read with Atomics, and read again when a chain touching them moved
-   * meanwhile. One counter for the whole filter changed every microsecond or so near full, and taking such a
-   * miss for a hit made 3.7% of the ids checked during a build hits, each probed in every generation of the
-   * group. Still moving after MAX_READS reads: a hit, which only costs a probe in PostgreSQL.
-   */
-  mayHave(h0: number, fp: number): boolean {
-    const wide = this.wide;
-    if (wide === null) return this.hasFingerprint(h0, fp); // folded: never extended
-    const seq = this.seq;
-    const b1 = h0 % this.buckets;
-    const b2 = this.other(b1, fp >>> 8);
-    const s1 = b1 % STRIPES;
-    const s2 = b2 % STRIPES;
-    for (let read = 0; read < MAX_READS; read++) {
-      const before1 = Atomics.load(seq, s1);
-      const before2 = Atomics.load(seq, s2);
-      if (bucketHolds(wide, b1 * SLOTS, fp) || bucketHolds(wide, b2 * SLOTS, fp)) return true;
-      if (((before1 | before2) & 1) === 0 && Atomics.load(seq, s1) === before1 && Atomics.load(seq, s2) === before2) return false;
-    }
-    return true;
   }
 
   /**
@@ -357,26 +285,6 @@ function emptyFilter(buckets: number, bits: 8 | 16): Uint8Array {
  */
 export function fingerprint(h: Uint32Array): number {
   return ((1 + (h[1] % 255)) << 8) | (h[2] & 255);
-}
-
-/** Whether the first `len` entries of `path` (a chain's slots, or its stripes) include `s`. */
-function onPath(path: Int32Array, len: number, s: number): boolean {
-  for (let i = 0; i < len; i++) if (path[i] === s) return true;
-  return false;
-}
-
-/** Whether the bucket whose slots start at `s` holds `fp`, read with Atomics (DedupFilter.mayHave). */
-function bucketHolds(wide: Uint16Array, s: number, fp: number): boolean {
-  return (
-    Atomics.load(wide, s) === fp || Atomics.load(wide, s + 1) === fp || Atomics.load(wide, s + 2) === fp || Atomics.load(wide, s + 3) === fp
-  );
-}
-
-/** A free slot of bucket `b`, or -1. */
-function freeSlot(slots: Uint16Array, b: number): number {
-  const at = b * SLOTS;
-  for (let s = at; s < at + SLOTS; s++) if (slots[s] === 0) return s;
-  return -1;
 }
 
 /** The offset of the other bucket for each high byte (DedupFilter.other). */

@@ -208,14 +208,12 @@ export const DEDUP_FILTERS_WANTED = "filters-wanted";
 
 /**
  * One published filter: the stream's qualified slots table, the generations whose keys it holds (one, or a
- * group), the filter's words, and for the open group's filter, which the front extends in place while the
- * workers check it, its change counter (DedupFilter.mayHave; docs/storage.md#the-window-and-the-id-state).
+ * group), the filter's words.
  */
 export interface PublishedFilter {
   slots: string;
   gens: number[];
   words: SharedArrayBuffer;
-  seq?: SharedArrayBuffer;
 }
 
 /**

@@ -52,8 +52,8 @@ async function readKeys(client: pg.ClientBase, part: string, add: (data: Buffer,
 }
 
 /**
- * Adds the key at `at` in `data` to `filter`; null, or the DedupFilterFull it threw (the filter then holds every
- * key added before, not this one).
+ * Adds the key at `at` in `data` to `filter`; null, or the DedupFilterFull it threw (the filter then misses a
+ * key, and must be discarded).
  */
 function tryAdd(filter: DedupFilter, data: Buffer, at: number): DedupFilterFull | null {
   try {
@@ -117,17 +117,13 @@ export const GROUP_GENERATIONS = 10;
  * read back from PostgreSQL before a generation joins it nor after.
  */
 export interface GroupFilterCache {
-  /**
-   * The filter held for group `grp` of `slots` holding exactly `gens` (never a folded one), published with its
-   * change counter: the caller extends it in place while workers check it (DedupFilter.addHashed keeps every
-   * key findable), so no 10-generation copy is made, published and left to the garbage collector per generation.
-   */
-  extensible(slots: string, grp: number, gens: readonly number[]): DedupFilter | undefined;
+  /** A private copy of the filter held for group `grp` of `slots` holding exactly `gens` (never a folded one). */
+  copyOf(slots: string, grp: number, gens: readonly number[]): DedupFilter | undefined;
   /** The filter just stored for group `grp` of `slots`, holding `gens`. */
   stored(slots: string, grp: number, gens: readonly number[], filter: DedupFilter): void;
 }
 
-/** A group taking generations: its number and generations as stored, and its filter, extended in place. */
+/** A group taking generations: its number and generations as stored, and a private copy of its filter. */
 interface OpenGroup {
   grp: number;
   gens: number[];
@@ -136,9 +132,9 @@ interface OpenGroup {
 
 /**
  * The group a generation of `keys` keys joins: the newest, when it has fewer than GROUP_GENERATIONS generations
- * and room for the keys; null when a new one must start. Its filter is this pass's `last`, the process's (both
- * extended in place: one that fills while taking a generation still holds every key of the generations it was
- * stored with, and more) or read from PostgreSQL.
+ * and room for the keys; null when a new one must start. Its filter is a copy (of this pass's `last`, of the
+ * process's, or read from PostgreSQL): a filter that fills while taking a generation misses a key, and is
+ * discarded whole, never published.
  */
 async function openGroup(
   client: pg.ClientBase,
@@ -152,7 +148,8 @@ async function openGroup(
   if (newest === undefined || newest.gens.length >= GROUP_GENERATIONS) return null;
   const same = last !== null && last.grp === newest.grp && last.gens.join() === newest.gens.join();
   const filter =
-    (same ? last.filter : cache?.extensible(d.slots, newest.grp, newest.gens)) ?? (await loadFilter(client, d.groups, "grp", newest.grp));
+    (same ? new DedupFilter(last.filter.bytes()) : cache?.copyOf(d.slots, newest.grp, newest.gens)) ??
+    (await loadFilter(client, d.groups, "grp", newest.grp));
   if (filter === null || filter.roomLeft() < keys) return null;
   return { grp: newest.grp, gens: newest.gens, filter };
 }

@@ -9,11 +9,11 @@
  */
 import { BroadcastChannel } from "node:worker_threads";
 import type pg from "pg";
-import type { DedupFilter } from "../shared/dedup-filter";
+import { DedupFilter } from "../shared/dedup-filter";
 import { DEDUP_FILTER_IDENT as FILTER, dedupShape } from "../shared/dedup-sql";
 import type { StreamDefinition } from "../shared/stream-definition";
 import { DEDUP_FILTERS_CHANNEL, DEDUP_FILTERS_WANTED, type PublishedFilter } from "../shared/task-protocol";
-import { GROUP_GENERATIONS, type GroupFilterCache } from "./dedup-filters";
+import type { GroupFilterCache } from "./dedup-filters";
 import { loadFilter } from "./filter-copy";
 
 /**
@@ -22,16 +22,12 @@ import { loadFilter } from "./filter-copy";
  */
 const MAX_FOLDS = 1;
 
-/**
- * A filter held, the stream's slots table and the generations whose keys it holds (as published), its folds,
- * and whether it is a group's.
- */
+/** A filter held, the stream's slots table and the generations whose keys it holds (as published), and its folds. */
 interface Held {
   filter: DedupFilter;
   slots: string;
   gens: number[];
   folds: number;
-  group: boolean;
 }
 
 export interface FilterDirectorySize {
@@ -50,11 +46,6 @@ export interface FilterDirectorySize {
 /** The directory's key of a group's filter: its generations only grow while it is open, so their count tells its versions apart. */
 function groupKey(slots: string, grp: number, gens: readonly number[]): string {
   return `${slots} G${grp}/${gens.length}`;
-}
-
-/** Whether maintenance may extend a held filter in place: a group's with room for generations, not folded. */
-function extensible(h: Held): boolean {
-  return h.group && h.gens.length < GROUP_GENERATIONS && h.filter.foldable;
 }
 
 export class FilterDirectory implements GroupFilterCache {
@@ -119,7 +110,7 @@ export class FilterDirectory implements GroupFilterCache {
         const filter =
           (w.column === "grp" ? this.freshFilter(w.slots, w.id, w.gens) : undefined) ?? (await loadFilter(client, w.table, w.column, w.id));
         if (filter === null) continue;
-        h = { filter, slots: w.slots, gens: w.gens, folds: 0, group: w.column === "grp" };
+        h = { filter, slots: w.slots, gens: w.gens, folds: 0 };
       }
       next.set(w.key, h);
       bytes += h.filter.byteLength;
@@ -131,12 +122,10 @@ export class FilterDirectory implements GroupFilterCache {
     this.refreshed = true;
   }
 
-  extensible(slots: string, grp: number, gens: readonly number[]): DedupFilter | undefined {
-    const fresh = this.freshFilter(slots, grp, gens);
-    if (fresh !== undefined) return fresh; // stored since the last refresh: held too, or never published yet
-    const h = this.held.get(groupKey(slots, grp, gens));
+  copyOf(slots: string, grp: number, gens: readonly number[]): DedupFilter | undefined {
+    const filter = this.freshFilter(slots, grp, gens) ?? this.held.get(groupKey(slots, grp, gens))?.filter;
     // A folded filter (8-bit fingerprints) takes no keys: the group's is read from PostgreSQL instead.
-    return h !== undefined && extensible(h) ? h.filter : undefined;
+    return filter?.foldable ? new DedupFilter(filter.bytes()) : undefined;
   }
 
   stored(slots: string, grp: number, gens: readonly number[], filter: DedupFilter): void {
@@ -168,14 +157,9 @@ export class FilterDirectory implements GroupFilterCache {
     return bytes;
   }
 
-  /** Every filter held, for the workers (they replace what they had); an extensible one with its change counter. */
+  /** Every filter held, for the workers (they replace what they had). */
   list(): PublishedFilter[] {
-    return [...this.held.values()].map((h) => ({
-      slots: h.slots,
-      gens: h.gens,
-      words: h.filter.shared,
-      seq: extensible(h) ? h.filter.sharedSeq : undefined,
-    }));
+    return [...this.held.values()].map((h) => ({ slots: h.slots, gens: h.gens, words: h.filter.shared }));
   }
 
   publish(): void {

@@ -22,8 +22,6 @@ export class IdFilters {
   private filters: DedupFilter[] = [];
   /** The generations each filter holds the keys of (one, or a group's). */
   private filterGens: number[][] = [];
-  /** Whether each filter is the open group's, which the front extends in place (checked by mayHave). */
-  private live: boolean[] = [];
   /** null until the front's first publication: until then PostgreSQL probes every sealed generation. */
   private covered: number[] | null = null;
   private readonly h = new Uint32Array(4);
@@ -34,8 +32,7 @@ export class IdFilters {
   set(published: readonly PublishedFilter[]): void {
     const mine = published.filter((p) => p.slots === this.slotsTable);
     this.filterGens = mine.map((p) => p.gens);
-    this.live = mine.map((p) => p.seq !== undefined);
-    this.filters = mine.map((p) => new DedupFilter(p.words, p.seq));
+    this.filters = mine.map((p) => new DedupFilter(p.words));
     this.covered = mine.flatMap((p) => p.gens).sort((a, b) => a - b);
   }
 
@@ -45,7 +42,6 @@ export class IdFilters {
     const maybe: string[] = [];
     const gens: number[] = [];
     const filters = this.filters;
-    const live = this.live;
     const h = this.h;
     for (let i = 0; i < keys.length; i++) {
       hashKey(keys[i], h);
@@ -53,7 +49,7 @@ export class IdFilters {
       const h0 = h[0];
       const fp = fingerprint(h);
       for (let f = 0; f < filters.length; f++) {
-        if (live[f] ? filters[f].mayHave(h0, fp) : filters[f].hasFingerprint(h0, fp)) {
+        if (filters[f].hasFingerprint(h0, fp)) {
           const of = this.filterGens[f];
           for (let g = 0; g < of.length; g++) {
             maybe.push(keys[i]);
