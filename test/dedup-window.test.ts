@@ -28,6 +28,7 @@ import { once } from "node:events";
 import path from "node:path";
 import { Worker } from "node:worker_threads";
 import { FilterDirectory } from "../src/storage/filter-directory";
+import { FilterReaders } from "../src/shared/filter-readers";
 import { IdFilters, type FilterCheck } from "../workers/commit/id-filters";
 import { claimIds, probeFilterHits } from "../workers/commit/id-claim";
 import { commitTarget } from "../workers/commit/commit-targets";
@@ -165,7 +166,7 @@ describe("the sealed generations' filters", () => {
       `const { parentPort } = require("node:worker_threads");
        const { IdFilters, followPublishedFilters } = require(${JSON.stringify(path.join(__dirname, "../workers/commit/id-filters.js"))});
        const filters = new IdFilters(${JSON.stringify(dedupShape("public", eventsStream)!.slots)});
-       followPublishedFilters([filters]);
+       followPublishedFilters([filters], null);
        parentPort.on("message", (keys) => parentPort.postMessage(filters.check(keys)));
        parentPort.postMessage("ready");`,
       { eval: true },
@@ -222,7 +223,7 @@ describe("the sealed generations' filters", () => {
       `const { parentPort } = require("node:worker_threads");
        const { IdFilters, followPublishedFilters } = require(${JSON.stringify(path.join(__dirname, "../workers/commit/id-filters.js"))});
        const filters = new IdFilters(${JSON.stringify(dedupShape("public", eventsStream)!.slots)});
-       followPublishedFilters([filters]);
+       followPublishedFilters([filters], null);
        parentPort.on("message", (keys) => parentPort.postMessage(filters.check(keys)));`,
       { eval: true },
     );
@@ -334,6 +335,90 @@ describe("the sealed generations' filters", () => {
     } finally {
       directory.close();
     }
+  });
+
+  test("the open group's next copy reuses a buffer no longer published only once every worker has taken a later publication", async () => {
+    const url = await freshDatabase();
+    const first = await daemon({}, url);
+    await first.stop();
+    const readers = new FilterReaders();
+    const directory = new FilterDirectory("public", [eventsStream], Number.POSITIVE_INFINITY, readers);
+    // A real worker thread following the publications, and a reader in this thread that takes them only when told.
+    const worker = new Worker(
+      `const { parentPort, workerData } = require("node:worker_threads");
+       const { IdFilters, followPublishedFilters } = require(${JSON.stringify(path.join(__dirname, "../workers/commit/id-filters.js"))});
+       const { FilterReaders } = require(${JSON.stringify(path.join(__dirname, "../src/shared/filter-readers.js"))});
+       const filters = new IdFilters(${JSON.stringify(dedupShape("public", eventsStream)!.slots)});
+       followPublishedFilters([filters], new FilterReaders(workerData).join());
+       parentPort.on("message", (keys) => parentPort.postMessage(filters.check(keys)));
+       parentPort.postMessage("ready");`,
+      { eval: true, workerData: readers.buffer },
+    );
+    const slow = readers.join();
+    const ids: string[] = [];
+    /** The worker's check of every id so far, once it covers `gens` generations. */
+    const workerCheck = async (gens: number): Promise<FilterCheck> => {
+      let checked: FilterCheck | undefined;
+      await waitFor(
+        `the worker has taken the filters of ${gens} generations`,
+        async () => {
+          worker.postMessage(ids.map(dedupKey));
+          checked = (await once(worker, "message"))[0] as FilterCheck;
+          return checked.covered?.length === gens;
+        },
+        5_000,
+      );
+      return checked!;
+    };
+    try {
+      await once(worker, "message");
+      await withClient(url, async (c) => {
+        /** Remembers one more id in a generation of its own, builds its filters, publishes; the open group's buffer. */
+        const generation = async (hoursAgo: number): Promise<SharedArrayBuffer> => {
+          ids.push(`reuse-${ids.length}`);
+          await remember(c, await pastGeneration(c, hoursAgo), [ids[ids.length - 1]]);
+          await maintainDedupState(c, "public", [eventsStream], 168, undefined, undefined, directory);
+          await directory.refresh(c);
+          directory.publish();
+          const held = directory.list();
+          assert.equal(held.length, 1, "one group holds every generation");
+          const stored = await c.query<{ filter: Buffer }>(`SELECT filter_v3 AS filter FROM events_dedup_groups_v3`);
+          assert.ok(Buffer.from(held[0].words).equals(stored.rows[0].filter), "the group's filter held is the one stored");
+          return held[0].words;
+        };
+        const made = [await generation(40), await generation(30)];
+        await workerCheck(2);
+        // `slow` has taken no publication: the first buffer, published no more, may still be read by it.
+        made.push(await generation(20));
+        assert.equal(new Set(made).size, 3, "no buffer reused while a worker may read it");
+        await workerCheck(3);
+        slow.took(3);
+        const reused = await generation(10);
+        assert.ok(made.includes(reused), "a buffer every worker has left is filled again instead of a new one");
+      });
+      const checked = await workerCheck(4);
+      assert.deepEqual([...new Set(checked.maybe)].sort(), ids.map(dedupKey).sort(), "every id hits the reused buffer's filter");
+    } finally {
+      await worker.terminate();
+      directory.close();
+    }
+  });
+
+  test("filter readers: reuse waits for every registered reader, an exited one counts as past, too many stop it", () => {
+    const readers = new FilterReaders();
+    const [a, b] = [readers.join(), readers.join()];
+    assert.equal(readers.allPast(1), false, "no reader has taken a publication");
+    a.took(1);
+    assert.equal(readers.allPast(1), false, "one has not");
+    b.took(2);
+    assert.equal(readers.allPast(1), true);
+    assert.equal(readers.allPast(2), false);
+    const words = new Int32Array(readers.buffer);
+    words[1] = -1; // what a's exit stores
+    assert.equal(readers.allPast(2), true, "an exited reader never holds reuse back");
+    words[0] = 64; // 64 slots claimed (a pool restarted that often): the next reader gets none
+    readers.join().took(99);
+    assert.equal(readers.allPast(2), false, "a reader without a slot is unregistered: nothing is reused");
   });
 
   test("a daemon publishes the filters that exist before it builds the missing ones, and opens its port once they are loaded", async () => {

@@ -6,6 +6,7 @@
 import { BroadcastChannel, threadId, workerData } from "node:worker_threads";
 import { streams } from "../config/streams";
 import { now } from "../src/shared/clock";
+import { FilterReaders } from "../src/shared/filter-readers";
 import { LINE_ROUTER } from "../src/shared/stream-definition";
 import {
   BATCH_ALIAS_CHANNEL,
@@ -36,7 +37,9 @@ const aliases = new BroadcastChannel(BATCH_ALIAS_CHANNEL);
 (aliases as unknown as { unref(): void }).unref();
 const streamTable = compileStreams(streams, data.dbSchema, data.dedupStreams, data.ignoreUnknownStreams);
 const targets = commitTargets(data.dbSchema, streams, data.dedupStreams);
-followPublishedFilters(targets.flatMap((t) => (t.dedup ? [t.dedup.filters] : [])));
+const dedupFilters = targets.flatMap((t) => (t.dedup ? [t.dedup.filters] : []));
+// Registered among the filters' readers before subscribing: the front reuses no buffer this worker may read.
+followPublishedFilters(dedupFilters, dedupFilters.length > 0 ? new FilterReaders(data.filterReaders).join() : null);
 const committer = workerCommitter(data, `ingestd-worker-${threadId}`);
 
 export default async function ingest(task: IngestTask): Promise<IngestOutcome> {

@@ -13,6 +13,7 @@ import { Metrics } from "../ops/metrics";
 import { openApiDocument } from "../ops/openapi";
 import { Stats } from "../ops/stats";
 import { VERSION } from "../ops/version";
+import { FilterReaders } from "../shared/filter-readers";
 import { COMMIT_GAUGE_COMMITTING, COMMIT_GAUGE_SLOTS, COMMIT_GAUGE_WAITING } from "../shared/task-protocol";
 import { ApiKeysError } from "../security/api-keys";
 import { Auth } from "../security/auth";
@@ -121,7 +122,9 @@ export async function startServer(config: IngestdConfig, log: Logger): Promise<R
   }
 
   const db = new Database({ connectionString: databaseUrl, probeIntervalMs: 1000 });
-  const maintenance = startPartitionMaintenance(db, config, streams, log);
+  // Which filter publication each worker has taken: the maintenance reuses the memory of those no longer read.
+  const filterReaders = new FilterReaders();
+  const maintenance = startPartitionMaintenance(db, config, streams, log, filterReaders);
   await db.probe();
   db.startProbing();
   db.onChange((up) => (up ? log.info("database reachable again") : log.error({ err: db.error }, "database unreachable")));
@@ -175,6 +178,7 @@ export async function startServer(config: IngestdConfig, log: Logger): Promise<R
       maxBodyBytes: maxBody,
       dedupStreams: dedupStreams(config, streams),
       commitGauges: commitGauges.buffer as SharedArrayBuffer,
+      filterReaders: filterReaders.buffer,
       ignoreUnknownStreams: ignoringUnknown,
     },
   });

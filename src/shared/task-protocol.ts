@@ -20,6 +20,8 @@ export interface WorkerData {
   dedupStreams: string[];
   /** COMMIT_GAUGE_SLOTS Int32 counters shared with the front (metrics). */
   commitGauges: SharedArrayBuffer;
+  /** The publication of the id-state filters each worker has taken (src/shared/filter-readers.ts). */
+  filterReaders: SharedArrayBuffer;
   /** Streams that drop unknown fields instead of refusing the record (docs/streams.md#unknown-fields). */
   ignoreUnknownStreams: string[];
 }
@@ -214,6 +216,15 @@ export interface PublishedFilter {
   slots: string;
   gens: number[];
   words: SharedArrayBuffer;
+}
+
+/**
+ * What the front posts on DEDUP_FILTERS_CHANNEL: every filter it holds, numbered from 1 so that a worker can
+ * say which it has taken (src/shared/filter-readers.ts).
+ */
+export interface FilterPublication {
+  seq: number;
+  filters: PublishedFilter[];
 }
 
 /**

@@ -22,14 +22,20 @@ const LOAD_CHUNK_BYTES = 1 << 20;
  * One filter's bytes into shared memory (where the front publishes them to the workers), LOAD_CHUNK_BYTES at a
  * time, each slice by a binary COPY: measured ~1.3 s of the front thread's CPU for 60 MiB of filters as hex
  * text, 0.66 s so. `table` and `column` name the row (`column` = `id`, an integer of the slots or groups
- * table). Null: gone meanwhile.
+ * table). Null: gone meanwhile. `reuse`: memory of that size to fill instead of a new buffer, if it has some.
  */
-export async function loadFilter(client: pg.ClientBase, table: string, column: "gen" | "grp", id: number): Promise<DedupFilter | null> {
+export async function loadFilter(
+  client: pg.ClientBase,
+  table: string,
+  column: "gen" | "grp",
+  id: number,
+  reuse?: (bytes: number) => SharedArrayBuffer | undefined,
+): Promise<DedupFilter | null> {
   if (!Number.isSafeInteger(id)) throw new Error(`${table}: ${column} ${id} is not an integer`);
   const size = await client.query<{ n: number | null }>(`SELECT octet_length(${FILTER}) AS n FROM ${table} WHERE ${column} = $1`, [id]);
   const bytes = size.rows[0]?.n ?? null;
   if (bytes === null) return null;
-  const words = new SharedArrayBuffer(bytes);
+  const words = reuse?.(bytes) ?? new SharedArrayBuffer(bytes);
   const into = new Uint8Array(words);
   for (let at = 0; at < bytes; at += LOAD_CHUNK_BYTES) {
     // COPY takes no parameters: the id is an integer checked above, the names are quoted identifiers.

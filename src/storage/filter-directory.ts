@@ -5,14 +5,17 @@
  * dropped, and published whole to the workers on
  * DEDUP_FILTERS_CHANNEL. One copy per process, whatever the number of workers; a worker started since the
  * last pass gets them at the next (until then it probes every sealed generation: slower, never wrong). Within
- * a budget (`dedupFilterMb`, docs/storage.md#filter-memory): past it the oldest are folded, then left out.
+ * a budget (`dedupFilterMb`, docs/storage.md#filter-memory): past it the oldest are folded, then left out. A
+ * filter no longer published is kept as a spare for the next copy of the open group's filter, once every worker
+ * has taken a publication without it (src/shared/filter-readers.ts).
  */
 import { BroadcastChannel } from "node:worker_threads";
 import type pg from "pg";
 import { DedupFilter } from "../shared/dedup-filter";
+import type { FilterReaders } from "../shared/filter-readers";
 import { DEDUP_FILTER_IDENT as FILTER, dedupShape } from "../shared/dedup-sql";
 import type { StreamDefinition } from "../shared/stream-definition";
-import { DEDUP_FILTERS_CHANNEL, DEDUP_FILTERS_WANTED, type PublishedFilter } from "../shared/task-protocol";
+import { DEDUP_FILTERS_CHANNEL, DEDUP_FILTERS_WANTED, type FilterPublication, type PublishedFilter } from "../shared/task-protocol";
 import type { GroupFilterCache } from "./dedup-filters";
 import { loadFilter } from "./filter-copy";
 
@@ -21,6 +24,18 @@ import { loadFilter } from "./filter-copy";
  * 2.9% false positives); a filter of 8-bit fingerprints cannot be folded again, and is left out instead.
  */
 const MAX_FOLDS = 1;
+
+/**
+ * Filters no longer published kept for reuse: the open group's previous version, and one more in case a worker
+ * is slow to take a publication. Its filter keeps one size until the group closes, so that is what a copy needs.
+ */
+const SPARES = 2;
+
+/** A buffer no publication since `after - 1` holds: free once every worker has taken `after`. */
+interface Spare {
+  words: SharedArrayBuffer;
+  after: number;
+}
 
 /** A filter held, the stream's slots table and the generations whose keys it holds (as published), and its folds. */
 interface Held {
@@ -61,12 +76,20 @@ export class FilterDirectory implements GroupFilterCache {
   private readonly channel = new BroadcastChannel(DEDUP_FILTERS_CHANNEL);
   /** Whether a refresh has run: before it the directory holds nothing worth telling a worker. */
   private refreshed = false;
+  /** The last publication's number. */
+  private seq = 0;
+  /** Filters left out of the publications since, oldest first (at most SPARES). */
+  private spares: Spare[] = [];
 
-  /** `budgetBytes`: what the filters may hold at most (`dedupFilterMb`, docs/storage.md#filter-memory). */
+  /**
+   * `budgetBytes`: what the filters may hold at most (`dedupFilterMb`, docs/storage.md#filter-memory).
+   * `readers`: the workers' publications taken; without it no buffer is reused (a reader could be unregistered).
+   */
   constructor(
     private readonly schema: string,
     private readonly streams: readonly StreamDefinition[],
     private readonly budgetBytes = Number.POSITIVE_INFINITY,
+    private readonly readers: FilterReaders | null = null,
   ) {
     // A worker started since the last publication (piscina starts them as load comes) gets the filters now.
     this.channel.onmessage = (event) => {
@@ -108,7 +131,8 @@ export class FilterDirectory implements GroupFilterCache {
       let h = this.held.get(w.key);
       if (h === undefined) {
         const filter =
-          (w.column === "grp" ? this.freshFilter(w.slots, w.id, w.gens) : undefined) ?? (await loadFilter(client, w.table, w.column, w.id));
+          (w.column === "grp" ? this.freshFilter(w.slots, w.id, w.gens) : undefined) ??
+          (await loadFilter(client, w.table, w.column, w.id, (n) => this.spare(n)));
         if (filter === null) continue;
         h = { filter, slots: w.slots, gens: w.gens, folds: 0 };
       }
@@ -116,6 +140,7 @@ export class FilterDirectory implements GroupFilterCache {
       bytes += h.filter.byteLength;
       bytes = this.fit(next, bytes, leftOut);
     }
+    this.retire(next);
     this.held = next;
     this.leftOut = leftOut;
     this.fresh.clear();
@@ -125,7 +150,28 @@ export class FilterDirectory implements GroupFilterCache {
   copyOf(slots: string, grp: number, gens: readonly number[]): DedupFilter | undefined {
     const filter = this.freshFilter(slots, grp, gens) ?? this.held.get(groupKey(slots, grp, gens))?.filter;
     // A folded filter (8-bit fingerprints) takes no keys: the group's is read from PostgreSQL instead.
-    return filter?.foldable ? new DedupFilter(filter.bytes()) : undefined;
+    if (!filter?.foldable) return undefined;
+    const words = this.spare(filter.byteLength);
+    if (words === undefined) return new DedupFilter(filter.bytes());
+    new Uint8Array(words).set(filter.bytes());
+    return new DedupFilter(words);
+  }
+
+  /** A spare of `bytes` bytes no worker can still read, taken out of the spares; or undefined. */
+  private spare(bytes: number): SharedArrayBuffer | undefined {
+    const i = this.spares.findIndex((s) => s.words.byteLength === bytes && this.readers?.allPast(s.after));
+    if (i < 0) return undefined;
+    return this.spares.splice(i, 1)[0].words;
+  }
+
+  /** Keeps the filters `next` leaves out as spares (only the SPARES newest): the next publication is the first without them. */
+  private retire(next: Map<string, Held>): void {
+    if (this.readers === null) return;
+    const kept = new Set([...next.values()].map((h) => h.filter));
+    for (const h of this.held.values()) {
+      if (!kept.has(h.filter)) this.spares.push({ words: h.filter.shared, after: this.seq + 1 });
+    }
+    this.spares.splice(0, Math.max(0, this.spares.length - SPARES));
   }
 
   stored(slots: string, grp: number, gens: readonly number[], filter: DedupFilter): void {
@@ -163,7 +209,8 @@ export class FilterDirectory implements GroupFilterCache {
   }
 
   publish(): void {
-    this.channel.postMessage(this.list());
+    const publication: FilterPublication = { seq: ++this.seq, filters: this.list() };
+    this.channel.postMessage(publication);
   }
 
   size(): FilterDirectorySize {

@@ -5,6 +5,7 @@ import type { Database } from "./database";
 import { dropPartitionsOlderThan, ensureMonthPartitions } from "./partitions";
 import { buildDedupGroups, maintainDedupGenerations } from "./dedup-partitions";
 import { maintainBookkeeping } from "./bookkeeping-partitions";
+import type { FilterReaders } from "../shared/filter-readers";
 import { FilterDirectory, type FilterDirectorySize } from "./filter-directory";
 import type pg from "pg";
 
@@ -52,6 +53,7 @@ export function startPartitionMaintenance(
   config: IngestdConfig,
   streams: readonly StreamDefinition[],
   log: Logger,
+  readers: FilterReaders | null = null,
 ): { stop(): void; filters(): FilterDirectorySize; filtersLoaded: Promise<void> } {
   const partitions = () =>
     withMaintenanceClient(db, log, "partition maintenance", async (client) => {
@@ -77,6 +79,7 @@ export function startPartitionMaintenance(
     config.dbSchema,
     idStreams.filter((s) => deduplicating.has(s.name)),
     config.dedupFilterMb * 2 ** 20,
+    readers,
   );
   let unfiltered = 0;
   const publish = async (client: pg.ClientBase) => {

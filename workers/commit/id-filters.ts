@@ -7,7 +7,8 @@
  */
 import { BroadcastChannel } from "node:worker_threads";
 import { DedupFilter, fingerprint, hashKey } from "../../src/shared/dedup-filter";
-import { DEDUP_FILTERS_CHANNEL, DEDUP_FILTERS_WANTED, type PublishedFilter } from "../../src/shared/task-protocol";
+import type { FilterReader } from "../../src/shared/filter-readers";
+import { DEDUP_FILTERS_CHANNEL, DEDUP_FILTERS_WANTED, type FilterPublication, type PublishedFilter } from "../../src/shared/task-protocol";
 
 export interface FilterCheck {
   /** Each key that hit a filter, once per generation of the filter it hit (null: no publication received yet). */
@@ -62,14 +63,20 @@ export class IdFilters {
   }
 }
 
-/** Keeps `filters` current with what the front thread publishes (one listener per worker), starting now. */
-export function followPublishedFilters(filters: readonly IdFilters[]): void {
+/**
+ * Keeps `filters` current with what the front thread publishes (one listener per worker), starting now.
+ * `reader`: this worker's slot among the front's filter readers, told each publication taken (null for a
+ * thread whose publisher reuses no memory, as in tests). Call it before anything else subscribes.
+ */
+export function followPublishedFilters(filters: readonly IdFilters[], reader: FilterReader | null): void {
   if (filters.length === 0) return;
   const channel = new BroadcastChannel(DEDUP_FILTERS_CHANNEL);
   channel.onmessage = (event) => {
-    const data = (event as unknown as { data: PublishedFilter[] | typeof DEDUP_FILTERS_WANTED }).data;
+    const data = (event as unknown as { data: FilterPublication | typeof DEDUP_FILTERS_WANTED }).data;
     if (data === DEDUP_FILTERS_WANTED) return; // another worker's
-    for (const f of filters) f.set(data);
+    for (const f of filters) f.set(data.filters);
+    // check() reads the filters synchronously and set() replaced them all: the old buffers are free now.
+    reader?.took(data.seq);
   };
   (channel as unknown as { unref(): void }).unref(); // after onmessage, which refs it
   channel.postMessage(DEDUP_FILTERS_WANTED);
