@@ -52,6 +52,9 @@ export interface IntervalResult {
   daemon_us_per_event: number | null;
   postgres_us_per_event: number | null;
   wal_bytes_per_event: number | null;
+  /** The daemon's id-state filters at the interval's end: MiB held, and how many of them folded. */
+  filter_mib: number | null;
+  filters_folded: number | null;
 }
 
 export interface PhaseResult {
@@ -253,6 +256,8 @@ function mergeIntervals(spec: PhaseSpec, results: GeneratorResult[], samples: In
       daemon_us_per_event: sample === undefined ? null : usPerEvent(sample.cpu.daemon_cores, sample.cpu.wall_s, accepted),
       postgres_us_per_event: sample === undefined ? null : usPerEvent(sample.cpu.postgres_cores, sample.cpu.wall_s, accepted),
       wal_bytes_per_event: sample?.db == null || accepted === 0 ? null : Math.round(sample.db.wal_bytes / accepted),
+      filter_mib: sample?.filters == null ? null : Math.round((sample.filters.bytes / 2 ** 20) * 10) / 10,
+      filters_folded: sample?.filters?.folded ?? null,
     });
   }
   return out;
@@ -323,7 +328,7 @@ export async function runLoadPhase(spec: PhaseSpec, ctx: PhaseContext): Promise<
     const meter = new CpuMeter(ctx.daemonPid, ctx.db.postmasterPid());
     const stages = pollStages(ctx.port);
     for (const g of generators) g.send({ type: "go" });
-    const perInterval = spec.intervalS > 0 ? meterIntervals(ctx.db, ctx.daemonPid, ctx.cores, spec.intervalS) : null;
+    const perInterval = spec.intervalS > 0 ? meterIntervals(ctx.db, ctx.daemonPid, ctx.port, ctx.cores, spec.intervalS) : null;
     const limit = (spec.durationS + spec.drainTimeoutS + 30) * 1000;
     let results: GeneratorResult[];
     let samples: IntervalSample[] = [];

@@ -354,7 +354,7 @@ export function renderReport(r: BenchReport): string {
     );
     out.push(
       ...table(
-        ["", "events/s", "× ceiling", "p50 ms", "p99 ms", "daemon µs/event", "pg µs/event", "WAL B/event"],
+        ["", "events/s", "× ceiling", "p50 ms", "p99 ms", "daemon µs/event", "pg µs/event", "WAL B/event", "filters MiB (folded)"],
         soak.intervals.map((i) => [
           `  from ${i.from_s} s`,
           int(i.events_per_s),
@@ -364,6 +364,7 @@ export function renderReport(r: BenchReport): string {
           i.daemon_us_per_event?.toFixed(1) ?? "-",
           i.postgres_us_per_event?.toFixed(1) ?? "-",
           i.wal_bytes_per_event == null ? "-" : int(i.wal_bytes_per_event),
+          i.filter_mib == null ? "-" : `${i.filter_mib.toFixed(1)} (${i.filters_folded})`,
         ]),
       ),
     );

@@ -605,26 +605,41 @@ describe("the sealed generations' filters", () => {
     assert.ok(held.length >= 1_000 && held.length < 1_064, `${held.length} keys held`);
   });
 
-  test("a filter folded in half still holds every key, at about 2.9% false positives", () => {
+  test("a filter folded to 12-bit fingerprints, then to 8, still holds every key, at about 0.18%, then 2.9% false positives", () => {
     const held = Array.from({ length: 100_000 }, () => crypto.randomUUID());
     const filter = new DedupFilter(held.length);
     for (const k of held) filter.add(k);
-    assert.ok(filter.foldable, "a new filter has 16-bit fingerprints");
-    const folded = filter.fold();
-    assert.equal(folded.byteLength, 8 + (filter.byteLength - 8) / 2, "its fingerprints in half the bytes, beside the 8-byte header");
-    assert.ok(folded.shared instanceof SharedArrayBuffer, "folded into shared memory, as the front publishes it");
-    assert.equal(held.filter((k) => !folded.has(k)).length, 0, "no false negative");
+    assert.equal(filter.bits, 16, "a new filter has 16-bit fingerprints");
     const others = Array.from({ length: 100_000 }, () => crypto.randomUUID());
-    const rate = others.filter((k) => folded.has(k)).length / others.length;
-    assert.ok(rate > 0.005 && rate < 0.05, `false-positive rate ${rate}`);
-    const again = new DedupFilter(Uint8Array.from(folded.bytes()));
-    assert.equal(held.filter((k) => !again.has(k)).length, 0, "read back from its bytes, folded, it answers alike");
+    const fingerprints = filter.byteLength - 8;
+    const mid = filter.fold();
+    assert.equal(mid.bits, 12);
+    assert.equal(mid.byteLength, 8 + (fingerprints * 3) / 4, "its fingerprints in three quarters of the bytes, beside the 8-byte header");
+    const folded = mid.fold();
+    assert.equal(folded.bits, 8);
+    assert.equal(folded.byteLength, 8 + fingerprints / 2, "then in half of them");
+    for (const [f, low, high] of [
+      [mid, 0.0008, 0.003],
+      [folded, 0.015, 0.045],
+    ] as const) {
+      assert.ok(f.shared instanceof SharedArrayBuffer, "folded into shared memory, as the front publishes it");
+      assert.equal(held.filter((k) => !f.has(k)).length, 0, `${f.bits} bits: no false negative`);
+      const rate = others.filter((k) => f.has(k)).length / others.length;
+      assert.ok(rate > low && rate < high, `${f.bits} bits: false-positive rate ${rate}`);
+      const again = new DedupFilter(Uint8Array.from(f.bytes()));
+      assert.equal(held.filter((k) => !again.has(k)).length, 0, `${f.bits} bits: read back from its bytes, it answers alike`);
+      assert.equal(others.filter((k) => again.has(k) !== f.has(k)).length, 0);
+      assert.throws(() => f.add(crypto.randomUUID()), /folded filter takes no keys/);
+    }
+    // Through 12 bits, each slot keeps the high byte of its 16-bit fingerprint (little-endian as built).
+    const built = filter.bytes();
+    const highBytes = Uint8Array.from({ length: fingerprints / 2 }, (_, i) => built[8 + 2 * i + 1]);
+    assert.ok(Buffer.from(folded.bytes().subarray(8)).equals(highBytes), "each slot's high byte, in its slot");
     assert.equal(folded.foldable, false, "8-bit fingerprints are not folded again");
     assert.throws(() => folded.fold(), /cannot be folded again/);
-    assert.throws(() => folded.add(crypto.randomUUID()), /folded filter takes no keys/);
   });
 
-  test("past dedupFilterMb the oldest filters are folded, then left out; their generations are probed and their ids stay duplicates", async () => {
+  test("past dedupFilterMb the oldest filters are folded, to 12 bits then 8, then left out; their generations are probed and their ids stay duplicates", async () => {
     const url = await freshDatabase();
     const first = await daemon({}, url);
     await first.stop();
@@ -675,22 +690,30 @@ describe("the sealed generations' filters", () => {
       { count: 3, bytes: 3 * each, folded: 0, generations: 3, unfiltered: 0 },
       "within the budget: held as built",
     );
-    // A folded filter is half of its fingerprints and the whole 8-byte header.
+    // Folded to 12 bits a filter keeps three quarters of its fingerprints' bytes (and its 8-byte header).
+    const q = (each - 8) / 4;
+    const twelve = await check(3 * each - 3 * q);
+    assert.deepEqual(
+      twelve.size,
+      { count: 3, bytes: 3 * each - 3 * q, folded: 3, generations: 3, unfiltered: 0 },
+      "all three folded to 12 bits before any to 8",
+    );
+    // Two more quarters: the oldest folded on to 8 bits (half of its fingerprints' bytes).
     const tight = await check(2 * each + 8);
     assert.deepEqual(
       tight.size,
-      { count: 3, bytes: 2 * each + 8, folded: 2, generations: 3, unfiltered: 0 },
-      "the two oldest folded in half",
+      { count: 3, bytes: 2 * each + 8, folded: 3, generations: 3, unfiltered: 0 },
+      "the oldest folded to 8 bits, the other two to 12",
     );
     assert.equal(tight.checked.covered!.length, 3);
-    // Each old id hits its own generation's folded filter (and may hit another's: 2.9% false positives).
+    // Each old id hits its own generation's folded filter (and may hit another's: 0.18% or 2.9% false positives).
     const hits = tight.checked.maybe!.map((k, i) => `${k}@${tight.checked.gens![i]}`);
     for (const pair of own) assert.ok(hits.includes(pair), `${pair} still hits its generation's filter`);
     const small = await check(each + 8);
     assert.deepEqual(
       small.size,
       { count: 2, bytes: each + 8, folded: 2, generations: 2, unfiltered: 1 },
-      "the oldest left out, the next two folded",
+      "the oldest left out, the next two folded to 8 bits",
     );
     assert.equal(small.checked.covered!.length, 2, "the oldest generation is not covered: PostgreSQL probes it for every id");
 

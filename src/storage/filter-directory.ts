@@ -20,12 +20,6 @@ import type { GroupFilterCache } from "./dedup-filters";
 import { loadFilter } from "./filter-copy";
 
 /**
- * Times a filter may be folded in half to fit the budget: built with 16-bit fingerprints, folded to 8 (about
- * 2.9% false positives); a filter of 8-bit fingerprints cannot be folded again, and is left out instead.
- */
-const MAX_FOLDS = 1;
-
-/**
  * Filters no longer published kept for reuse: the open group's previous version, and one more in case a worker
  * is slow to take a publication. Its filter keeps one size until the group closes, so that is what a copy needs.
  */
@@ -37,12 +31,11 @@ interface Spare {
   after: number;
 }
 
-/** A filter held, the stream's slots table and the generations whose keys it holds (as published), and its folds. */
+/** A filter held, the stream's slots table and the generations whose keys it holds (as published). */
 interface Held {
   filter: DedupFilter;
   slots: string;
   gens: number[];
-  folds: number;
 }
 
 export interface FilterDirectorySize {
@@ -101,7 +94,7 @@ export class FilterDirectory implements GroupFilterCache {
   /**
    * Loads the filters built since the last pass and forgets the others: each group's, and each sealed
    * generation's that belongs to no group (a grouped generation's own filter would only cost memory). Newest
-   * first, within the budget: past it the oldest filters are folded in half, then left out.
+   * first, within the budget: past it the oldest filters are folded (to 12-bit fingerprints, then 8), then left out.
    */
   async refresh(client: pg.ClientBase): Promise<void> {
     const wanted: { key: string; slots: string; table: string; column: "gen" | "grp"; id: number; gens: number[] }[] = [];
@@ -134,7 +127,7 @@ export class FilterDirectory implements GroupFilterCache {
           (w.column === "grp" ? this.freshFilter(w.slots, w.id, w.gens) : undefined) ??
           (await loadFilter(client, w.table, w.column, w.id, (n) => this.spare(n)));
         if (filter === null) continue;
-        h = { filter, slots: w.slots, gens: w.gens, folds: 0 };
+        h = { filter, slots: w.slots, gens: w.gens };
       }
       next.set(w.key, h);
       bytes += h.filter.byteLength;
@@ -149,8 +142,8 @@ export class FilterDirectory implements GroupFilterCache {
 
   copyOf(slots: string, grp: number, gens: readonly number[]): DedupFilter | undefined {
     const filter = this.freshFilter(slots, grp, gens) ?? this.held.get(groupKey(slots, grp, gens))?.filter;
-    // A folded filter (8-bit fingerprints) takes no keys: the group's is read from PostgreSQL instead.
-    if (!filter?.foldable) return undefined;
+    // A folded filter takes no keys: the group's is read from PostgreSQL instead.
+    if (!filter?.takesKeys) return undefined;
     const words = this.spare(filter.byteLength);
     if (words === undefined) return new DedupFilter(filter.bytes());
     new Uint8Array(words).set(filter.bytes());
@@ -183,16 +176,20 @@ export class FilterDirectory implements GroupFilterCache {
     return f?.gens === gens.length ? f.filter : undefined;
   }
 
-  /** Folds the oldest filters that can be, then leaves out the oldest, until `next` fits the budget; its bytes. */
+  /**
+   * Until `next` fits the budget: folds the oldest filter still of 16-bit fingerprints to 12 bits, then, when
+   * none is left, the oldest of 12 bits to 8, then leaves out the oldest; its bytes. Per byte saved, a fold to
+   * 12 bits adds about a sixteenth of the probes a fold to 8 does (docs/storage.md#filter-memory).
+   */
   private fit(next: Map<string, Held>, bytes: number, leftOut: Map<string, number>): number {
     while (bytes > this.budgetBytes && next.size > 0) {
       const held = [...next.entries()].reverse(); // oldest first
-      const fold = held.find(([, h]) => h.folds < MAX_FOLDS && h.filter.foldable);
+      const fold = held.find(([, h]) => h.filter.bits === 16) ?? held.find(([, h]) => h.filter.bits === 12);
       if (fold) {
         const [key, h] = fold;
         const filter = h.filter.fold();
         bytes -= h.filter.byteLength - filter.byteLength;
-        next.set(key, { ...h, filter, folds: h.folds + 1 });
+        next.set(key, { ...h, filter });
         continue;
       }
       const [key, h] = held[0];
@@ -220,7 +217,7 @@ export class FilterDirectory implements GroupFilterCache {
     for (const h of this.held.values()) {
       bytes += h.filter.byteLength;
       generations += h.gens.length;
-      if (h.folds > 0) folded++;
+      if (h.filter.bits < 16) folded++;
     }
     let unfiltered = 0;
     for (const gens of this.leftOut.values()) unfiltered += gens;
