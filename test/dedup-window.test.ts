@@ -349,7 +349,7 @@ describe("the sealed generations' filters", () => {
        const { IdFilters, followPublishedFilters } = require(${JSON.stringify(path.join(__dirname, "../workers/commit/id-filters.js"))});
        const { FilterReaders } = require(${JSON.stringify(path.join(__dirname, "../src/shared/filter-readers.js"))});
        const filters = new IdFilters(${JSON.stringify(dedupShape("public", eventsStream)!.slots)});
-       followPublishedFilters([filters], new FilterReaders(workerData).join());
+       followPublishedFilters([filters], new FilterReaders(workerData));
        parentPort.on("message", (keys) => parentPort.postMessage(filters.check(keys)));
        parentPort.postMessage("ready");`,
       { eval: true, workerData: readers.buffer },

@@ -37,9 +37,10 @@ const aliases = new BroadcastChannel(BATCH_ALIAS_CHANNEL);
 (aliases as unknown as { unref(): void }).unref();
 const streamTable = compileStreams(streams, data.dbSchema, data.dedupStreams, data.ignoreUnknownStreams);
 const targets = commitTargets(data.dbSchema, streams, data.dedupStreams);
-const dedupFilters = targets.flatMap((t) => (t.dedup ? [t.dedup.filters] : []));
-// Registered among the filters' readers before subscribing: the front reuses no buffer this worker may read.
-followPublishedFilters(dedupFilters, dedupFilters.length > 0 ? new FilterReaders(data.filterReaders).join() : null);
+followPublishedFilters(
+  targets.flatMap((t) => (t.dedup ? [t.dedup.filters] : [])),
+  new FilterReaders(data.filterReaders),
+);
 const committer = workerCommitter(data, `ingestd-worker-${threadId}`);
 
 export default async function ingest(task: IngestTask): Promise<IngestOutcome> {

@@ -144,8 +144,7 @@ export class FilterDirectory implements GroupFilterCache {
     const filter = this.freshFilter(slots, grp, gens) ?? this.held.get(groupKey(slots, grp, gens))?.filter;
     // A folded filter takes no keys: the group's is read from PostgreSQL instead.
     if (!filter?.takesKeys) return undefined;
-    const words = this.spare(filter.byteLength);
-    if (words === undefined) return new DedupFilter(filter.bytes());
+    const words = this.spare(filter.byteLength) ?? new SharedArrayBuffer(filter.byteLength);
     new Uint8Array(words).set(filter.bytes());
     return new DedupFilter(words);
   }
@@ -157,12 +156,18 @@ export class FilterDirectory implements GroupFilterCache {
     return this.spares.splice(i, 1)[0].words;
   }
 
-  /** Keeps the filters `next` leaves out as spares (only the SPARES newest): the next publication is the first without them. */
+  /**
+   * Keeps the filters `next` leaves out as spares (only the SPARES newest), when a copy could use them: of the
+   * size of a filter still taking keys (a group's next version), so that a group gone with the window or a
+   * filter replaced by its fold does not push out the open group's previous version. The next publication is
+   * the first without them.
+   */
   private retire(next: Map<string, Held>): void {
     if (this.readers === null) return;
     const kept = new Set([...next.values()].map((h) => h.filter));
+    const sizes = new Set([...next.values()].filter((h) => h.filter.takesKeys).map((h) => h.filter.byteLength));
     for (const h of this.held.values()) {
-      if (!kept.has(h.filter)) this.spares.push({ words: h.filter.shared, after: this.seq + 1 });
+      if (!kept.has(h.filter) && sizes.has(h.filter.byteLength)) this.spares.push({ words: h.filter.shared, after: this.seq + 1 });
     }
     this.spares.splice(0, Math.max(0, this.spares.length - SPARES));
   }

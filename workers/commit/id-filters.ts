@@ -7,7 +7,7 @@
  */
 import { BroadcastChannel } from "node:worker_threads";
 import { DedupFilter, fingerprint, hashKey } from "../../src/shared/dedup-filter";
-import type { FilterReader } from "../../src/shared/filter-readers";
+import type { FilterReaders } from "../../src/shared/filter-readers";
 import { DEDUP_FILTERS_CHANNEL, DEDUP_FILTERS_WANTED, type FilterPublication, type PublishedFilter } from "../../src/shared/task-protocol";
 
 export interface FilterCheck {
@@ -65,11 +65,13 @@ export class IdFilters {
 
 /**
  * Keeps `filters` current with what the front thread publishes (one listener per worker), starting now.
- * `reader`: this worker's slot among the front's filter readers, told each publication taken (null for a
- * thread whose publisher reuses no memory, as in tests). Call it before anything else subscribes.
+ * `readers`: the front's filter readers, among which this thread registers before it subscribes (so the front
+ * reuses no buffer it may read) and then tells each publication taken; null for a thread whose publisher
+ * reuses no memory, as in tests.
  */
-export function followPublishedFilters(filters: readonly IdFilters[], reader: FilterReader | null): void {
+export function followPublishedFilters(filters: readonly IdFilters[], readers: FilterReaders | null): void {
   if (filters.length === 0) return;
+  const reader = readers?.join() ?? null;
   const channel = new BroadcastChannel(DEDUP_FILTERS_CHANNEL);
   channel.onmessage = (event) => {
     const data = (event as unknown as { data: FilterPublication | typeof DEDUP_FILTERS_WANTED }).data;
