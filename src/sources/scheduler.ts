@@ -41,7 +41,10 @@ export class SourceScheduler {
   private readonly pool: pg.Pool;
   private readonly state: SourceState;
   private readonly timers = new Map<string, NodeJS.Timeout>();
-  private readonly running = new Map<string, Promise<void>>();
+  /** Sources this daemon is running now. */
+  private readonly running = new Set<string>();
+  /** Attempts under way, from the claim on: stop() waits for them, so no claimed run is left half-recorded. */
+  private readonly attempts = new Set<Promise<unknown>>();
   private readonly stopping = new AbortController();
   /** Names this daemon in `running_on`. */
   private readonly daemon = `${os.hostname()}:${process.pid}`;
@@ -78,12 +81,15 @@ export class SourceScheduler {
     if (enabled.length > 0) this.log.info({ sources: enabled }, "pull sources scheduled");
   }
 
-  /** Stops scheduling, aborts requests under way (those runs fail and keep their watermark), waits for them. */
+  /**
+   * Stops scheduling, aborts requests under way (those runs fail and keep their watermark) and waits for
+   * them; a slot claimed as the stop came is given back unrun.
+   */
   async stop(): Promise<void> {
     this.stopping.abort();
     for (const timer of this.timers.values()) clearTimeout(timer);
     this.timers.clear();
-    await Promise.all(this.running.values());
+    await Promise.allSettled(this.attempts);
     await this.pool.end().catch(() => undefined);
   }
 
@@ -97,6 +103,7 @@ export class SourceScheduler {
     if (!(name in this.sources)) return { status: "unknown" };
     const deadline = Date.now() + RUN_NOW_WAIT_MS;
     for (;;) {
+      if (this.stopping.signal.aborted) return { status: "busy" };
       if (!this.running.has(name) && (await this.attempt(name, true)) === "ran") break;
       if (Date.now() >= deadline) return { status: "busy" };
       await new Promise((r) => setTimeout(r, 100));
@@ -135,17 +142,26 @@ export class SourceScheduler {
 
   /** Claims and runs the source, unless it is not this daemon's to run now (held elsewhere, or not due). */
   private async attempt(name: string, force: boolean): Promise<"ran" | "locked" | "not_due"> {
+    const attempt = this.claimAndRun(name, force);
+    this.attempts.add(attempt);
+    try {
+      return await attempt;
+    } finally {
+      this.attempts.delete(attempt);
+    }
+  }
+
+  private async claimAndRun(name: string, force: boolean): Promise<"ran" | "locked" | "not_due"> {
     const source = this.sources[name];
     if (this.running.has(name)) return "locked";
     const run = await this.state.claim(name, everyMs(source.every), force, this.daemon);
     if (run === "locked" || run === "not_due") return run;
-    let done!: () => void;
-    this.running.set(
-      name,
-      new Promise<void>((r) => {
-        done = r;
-      }),
-    );
+    if (this.stopping.signal.aborted) {
+      // Claimed while the stop came: not run and not counted, and due again for the daemons that stay.
+      await run.giveBack();
+      return "not_due";
+    }
+    this.running.add(name);
     try {
       const started = Date.now();
       const result = await runSource(name, source, run.watermark, this.submit, {
@@ -169,7 +185,6 @@ export class SourceScheduler {
       else this.log.warn({ ...fields, err: result.error }, "pull source run failed; its watermark is kept");
     } finally {
       this.running.delete(name);
-      done();
     }
     return "ran";
   }

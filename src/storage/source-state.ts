@@ -71,9 +71,11 @@ export class SourceState {
         client.release();
         return "locked";
       }
-      const { rows } = await client.query<{ watermark: string | null }>(
-        `UPDATE ${this.table} SET next_run_at = now() + $2 * interval '1 millisecond', running_since = now(), running_on = $4
-          WHERE name = $1 AND ($3 OR next_run_at <= now()) RETURNING watermark`,
+      // `before`: the slot as it was, for giveBack.
+      const { rows } = await client.query<{ watermark: string | null; previous: Date }>(
+        `UPDATE ${this.table} AS s SET next_run_at = now() + $2 * interval '1 millisecond', running_since = now(), running_on = $4
+           FROM (SELECT next_run_at AS previous FROM ${this.table} WHERE name = $1) AS before
+          WHERE s.name = $1 AND ($3 OR s.next_run_at <= now()) RETURNING s.watermark, before.previous`,
         [name, everyMs, force, daemon],
       );
       if (rows.length === 0) {
@@ -81,7 +83,7 @@ export class SourceState {
         client.release();
         return "not_due";
       }
-      return new SourceRun(client, this.table, name, rows[0].watermark);
+      return new SourceRun(client, this.table, name, rows[0].watermark, rows[0].previous);
     } catch (err) {
       client.release(err as Error);
       throw err;
@@ -97,20 +99,35 @@ export class SourceRun {
     readonly name: string,
     /** The watermark at the start of the run: sent to the API. */
     readonly watermark: string | null,
+    /** When the slot was due before this claim moved it. */
+    private readonly due: Date,
   ) {}
+
+  /** Lets go of a claimed run not made (the daemon is stopping): its slot is due again as it was, uncounted. */
+  async giveBack(): Promise<void> {
+    await this.release(`UPDATE ${this.table} SET next_run_at = $2, running_since = NULL, running_on = NULL WHERE name = $1`, [
+      this.name,
+      this.due,
+    ]);
+  }
 
   /** Records the outcome (a failed run keeps its watermark) and lets go of the lock. */
   async finish(result: RunResult): Promise<void> {
+    await this.release(
+      `UPDATE ${this.table} SET last_run_at = now(), runs = runs + 1, running_since = NULL, running_on = NULL,
+          last_records = $2, last_error = $3,
+          consecutive_failures = CASE WHEN $4 THEN 0 ELSE consecutive_failures + 1 END,
+          last_success_at = CASE WHEN $4 THEN now() ELSE last_success_at END,
+          watermark = CASE WHEN $4 AND $5::text IS NOT NULL THEN $5 ELSE watermark END
+        WHERE name = $1`,
+      [this.name, JSON.stringify(result.records), result.error, result.ok, result.watermark],
+    );
+  }
+
+  /** The run's last statement, then the lock and the connection let go. */
+  private async release(sql: string, params: unknown[]): Promise<void> {
     try {
-      await this.client.query(
-        `UPDATE ${this.table} SET last_run_at = now(), runs = runs + 1, running_since = NULL, running_on = NULL,
-            last_records = $2, last_error = $3,
-            consecutive_failures = CASE WHEN $4 THEN 0 ELSE consecutive_failures + 1 END,
-            last_success_at = CASE WHEN $4 THEN now() ELSE last_success_at END,
-            watermark = CASE WHEN $4 AND $5::text IS NOT NULL THEN $5 ELSE watermark END
-          WHERE name = $1`,
-        [this.name, JSON.stringify(result.records), result.error, result.ok, result.watermark],
-      );
+      await this.client.query(sql, params);
       await this.client.query(`SELECT pg_advisory_unlock(hashtext('ingestd.source'), hashtext($1))`, [this.name]);
       this.client.release();
     } catch (err) {
