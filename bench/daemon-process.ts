@@ -4,10 +4,19 @@
  */
 import { createInterface } from "node:readline";
 import { spawn, type ChildProcess } from "node:child_process";
+import fs from "node:fs";
 import path from "node:path";
 
 export const ROOT = path.resolve(__dirname, "../..");
 const CLI = path.join(ROOT, "dist/src/cli.js");
+
+/** The node flags of the shipped unit's ExecStart (systemd/ingestd.service): the daemon runs as deployed. */
+export function unitNodeArgs(): string[] {
+  const unit = fs.readFileSync(path.join(ROOT, "systemd/ingestd.service"), "utf8");
+  const words = /^ExecStart=(.*)$/m.exec(unit)?.[1].trim().split(/\s+/) ?? [];
+  const cli = words.findIndex((w) => w.endsWith("/cli.js"));
+  return cli > 1 ? words.slice(1, cli) : [];
+}
 
 /** Lines of daemon output kept for error reports (warnings and errors are what matter). */
 const KEEP_LINES = 200;
@@ -30,11 +39,12 @@ export interface DaemonProcess {
 export async function startDaemon(options: {
   databaseUrl: string;
   env: Record<string, string>;
+  /** Node flags after the unit's (unitNodeArgs). */
   nodeArgs: string[];
   startTimeoutMs: number;
   onLine?: (line: string) => void;
 }): Promise<DaemonProcess> {
-  const child = spawn(process.execPath, [...options.nodeArgs, CLI, "serve"], {
+  const child = spawn(process.execPath, [...unitNodeArgs(), ...options.nodeArgs, CLI, "serve"], {
     cwd: ROOT,
     env: {
       ...process.env,

@@ -22,7 +22,7 @@ import { loadCheckedConfig } from "../src/security/checked-config";
 import { EmbeddedDbError, EX_UNAVAILABLE } from "../src/storage/embedded-db";
 import { startBenchDb, type BenchDb } from "./bench-db";
 import { measureCeilingAgain, measureCopyCeiling, type CeilingResult } from "./copy-ceiling";
-import { ROOT, startDaemon, type DaemonProcess } from "./daemon-process";
+import { ROOT, startDaemon, unitNodeArgs, type DaemonProcess } from "./daemon-process";
 import { dedupTable, qualifiedName } from "../src/shared/sql-identifiers";
 import { eventJson, VARIANTS, type IdKind } from "./event-factory";
 import { BENCH_STREAM, benchStream, createSchema } from "./event-table";
@@ -245,6 +245,9 @@ async function runWithOptions(options: BenchOptions, out: NodeJS.WritableStream)
 
   try {
     log(`machine: ${machine.cpu_model} × ${machine.cores}, Node ${machine.node}, load average ${machine.loadavg_at_start.join(" ")}`);
+    log(
+      `daemon node flags: ${[...unitNodeArgs(), ...options.daemonNodeArgs].join(" ") || "none"} (systemd/ingestd.service's, then BENCH_DAEMON_NODE_ARGS)`,
+    );
     db = await startBenchDb(log);
     let config = daemonConfig(options.daemonEnv, db.url);
     const schema = config?.dbSchema ?? "public";

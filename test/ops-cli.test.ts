@@ -115,6 +115,11 @@ describe("check-config rejects each kind of bad value, naming the field, exit 78
     { name: "env PORT=abc", env: { PORT: "abc" }, expect: [/PORT: expected an integer, got "abc"/] },
     { name: "env PORT out of range", env: { PORT: "70000" }, expect: [/^  port \(from PORT\): expected .*got 70000$/m] },
     { name: "env WORKERS=0", env: { WORKERS: "0" }, expect: [/^  workers \(from WORKERS\): expected .*got 0$/m] },
+    {
+      name: "env WORKER_YOUNG_GENERATION_MB below V8's least",
+      env: { WORKER_YOUNG_GENERATION_MB: "2" },
+      expect: [/^  workerYoungGenerationMb \(from WORKER_YOUNG_GENERATION_MB\): expected .*Minimum<3>.*got 2$/m],
+    },
     { name: "env BATCH_SIZE=1e3", env: { BATCH_SIZE: "1e3" }, expect: [/BATCH_SIZE: expected an integer, got "1e3"/] },
     { name: "env LOG_LEVEL=loud", env: { LOG_LEVEL: "loud" }, expect: [/^  logLevel \(from LOG_LEVEL\): expected .*got "loud"$/m] },
     { name: "env TLS_CERT without TLS_KEY", env: { TLS_CERT: "/etc/hostname" }, expect: [/tlsCert \/ tlsKey: set both or neither/] },

@@ -66,12 +66,12 @@ test("the unit's ExecStart runs this CLI; hardening, limits and stop timeout are
   const text = fs.readFileSync(UNIT, "utf8");
   const d = directives(text);
   const execStart = d.get("ExecStart")![0].split(/\s+/);
-  assert.deepEqual(execStart, ["/usr/bin/node", "/opt/ingestd/dist/src/cli.js", "serve"]);
+  assert.deepEqual(execStart, ["/usr/bin/node", "--max-semi-space-size=4", "/opt/ingestd/dist/src/cli.js", "serve"]);
   // The same command line on this checkout, asked to check its configuration instead of serving.
   const local = localUnit(`ExecStart=${execStart.join(" ")}`)
     .slice("ExecStart=".length)
     .split(" ");
-  const r = spawnSync(local[0], [local[1], "check-config"], { encoding: "utf8", cwd: ROOT, env: configEnv() });
+  const r = spawnSync(local[0], [...local.slice(1, -1), "check-config"], { encoding: "utf8", cwd: ROOT, env: configEnv() });
   assert.equal(r.status, 0, r.stderr);
 
   for (const [key, value] of [

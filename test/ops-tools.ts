@@ -5,6 +5,7 @@
 import { spawnSync } from "node:child_process";
 import type { TestContext } from "node:test";
 import { parsePrometheusText, type Sample } from "../src/commands/top";
+import { ENV_OVERRIDES } from "../src/ops/config";
 import { event, post } from "./harness";
 
 /**
@@ -77,13 +78,12 @@ export function metric(samples: readonly Sample[], name: string, labels: Record<
   return total;
 }
 
-/** Environment variables that override the configuration (src/ops/config.ts ENV_OVERRIDES) or pick its file. */
-const CONFIG_ENV =
-  /^(INGESTD_CONFIG|DATABASE_URL|HOST|PORT|WORKERS|RING_MB|BATCH_SIZE|BATCH_TIMEOUT_MS|MAX_BATCH_MEMORY_MB|MAX_BODY_MB|API_KEYS_FILE|TLS_CERT|TLS_KEY|LOG_LEVEL|HLOG_PATH|DATA_DIR|OVERLOAD_DEADLINE_MS|STOP_TIMEOUT_MS|WS_WINDOW|WS_MAX_FRAME_BYTES|RETENTION_MONTHS)$/;
+/** Environment variables that override the configuration or pick its file. */
+const CONFIG_ENV = new Set(["INGESTD_CONFIG", ...ENV_OVERRIDES.map(([env]) => env)]);
 
 /** This process's environment without configuration overrides, plus `env`: a CLI run sees only what a test sets. */
 export function configEnv(env: Record<string, string> = {}): NodeJS.ProcessEnv {
-  const clean = Object.fromEntries(Object.entries(process.env).filter(([k]) => !CONFIG_ENV.test(k)));
+  const clean = Object.fromEntries(Object.entries(process.env).filter(([k]) => !CONFIG_ENV.has(k)));
   return { ...clean, ...env };
 }
 

@@ -50,6 +50,8 @@ export interface DispatcherOptions {
    * so a body larger than the budget still gets a worker.
    */
   maxWorkerBytes: number;
+  /** Each worker's V8 young generation (config workerYoungGenerationMb). */
+  youngGenerationMb: number;
 }
 
 /** What a task costs in the worker besides its body (task, outcome, closures, batch bookkeeping). */
@@ -260,6 +262,7 @@ export class Dispatcher {
       // Workers do async I/O (their COPY connection): they must not block in Atomics.wait between tasks.
       atomics: "disabled",
       workerData: options.workerData,
+      resourceLimits: { maxYoungGenerationSizeMb: options.youngGenerationMb },
     });
   }
 

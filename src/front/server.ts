@@ -166,6 +166,7 @@ export async function startServer(config: IngestdConfig, log: Logger): Promise<R
     metrics,
     log,
     maxWorkerBytes: config.workers * config.workerBacklogMb * 1024 * 1024,
+    youngGenerationMb: config.workerYoungGenerationMb,
     workerData: {
       ring: ring.buffer,
       connectionString: databaseUrl,

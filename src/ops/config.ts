@@ -58,6 +58,12 @@ export interface IngestdConfig {
    * (its heap grows with them); further bodies wait in the ring, ordered by priority. Bounds memory.
    */
   workerBacklogMb: Int & tags.Minimum<1> & tags.Maximum<4096>;
+  /**
+   * Each worker's V8 young generation, in megabytes (Piscina resourceLimits.maxYoungGenerationSizeMb: two
+   * semi-spaces and a third for new large objects). Under full load V8 grows it to its ceiling; a smaller one
+   * scavenges more often (docs/performance.md#memory).
+   */
+  workerYoungGenerationMb: Int & tags.Minimum<3> & tags.Maximum<1024>;
   maxBodyMb: Int & tags.Minimum<1> & tags.Maximum<1024>;
   /** How long a request may wait for ring space (or a database) before 503 / close 1013. */
   overloadDeadlineMs: Int & tags.Minimum<1>;
@@ -126,6 +132,7 @@ const ADDED_SETTINGS: Partial<IngestdConfig> = {
   deadLettersRetentionDays: 30,
   producerRetentionDays: 30,
   drainDelayMs: 0,
+  workerYoungGenerationMb: 12,
 };
 
 /** Exit status for a configuration error (sysexits.h EX_CONFIG). */
@@ -142,7 +149,7 @@ const validateConfig = typia.createValidateEquals<IngestdConfig>();
 
 type EnvKind = "string" | "int" | "nullable";
 /** Environment overrides (docs/operations.md#configuration), mapped onto config paths. */
-const ENV_OVERRIDES: ReadonlyArray<[env: string, path: string, kind: EnvKind]> = [
+export const ENV_OVERRIDES: ReadonlyArray<[env: string, path: string, kind: EnvKind]> = [
   ["DATABASE_URL", "databaseUrl", "nullable"],
   ["HOST", "host", "string"],
   ["PORT", "port", "int"],
@@ -152,6 +159,7 @@ const ENV_OVERRIDES: ReadonlyArray<[env: string, path: string, kind: EnvKind]> =
   ["BATCH_TIMEOUT_MS", "batchTimeoutMs", "int"],
   ["MAX_BATCH_MEMORY_MB", "maxBatchMemoryMb", "int"],
   ["WORKER_BACKLOG_MB", "workerBacklogMb", "int"],
+  ["WORKER_YOUNG_GENERATION_MB", "workerYoungGenerationMb", "int"],
   ["MAX_BODY_MB", "maxBodyMb", "int"],
   ["API_KEYS_FILE", "apiKeysFile", "nullable"],
   ["TLS_CERT", "tlsCert", "nullable"],
