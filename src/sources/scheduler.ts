@@ -126,6 +126,8 @@ export class SourceScheduler {
     let wait = MIN_WAIT_MS;
     try {
       if (!this.running.has(name)) await this.attempt(name, false);
+      // Stopping: the pool is closing; nothing more to schedule.
+      if (this.stopping.signal.aborted) return;
       const row = await this.state.row(name);
       if (row !== null) {
         // Runs made by other daemons show here too.
@@ -133,6 +135,7 @@ export class SourceScheduler {
         wait = Math.max(MIN_WAIT_MS, Math.min(MAX_WAIT_MS, row.next_run_at.getTime() - Date.now()));
       }
     } catch (err) {
+      if (this.stopping.signal.aborted) return;
       this.log.warn({ source: name, err: (err as Error).message }, "pull source: cannot read its schedule; trying again");
       wait = 1000;
     }
