@@ -255,11 +255,6 @@ export class DedupFilter {
     return this.wide !== null;
   }
 
-  /** Whether fold() can narrow this filter again (16- or 12-bit fingerprints). */
-  get foldable(): boolean {
-    return this.narrow === null;
-  }
-
   /**
    * The same keys in less memory, in a new SharedArrayBuffer: each fingerprint cut to its 12 high bits (a
    * quarter less memory; 8 slots of 4,080 values: about 0.18% false positives), or, from 12 bits, to its high

@@ -41,10 +41,11 @@ export class SourceScheduler {
   private readonly pool: pg.Pool;
   private readonly state: SourceState;
   private readonly timers = new Map<string, NodeJS.Timeout>();
-  /** Sources this daemon is running now. */
-  private readonly running = new Set<string>();
-  /** Attempts under way, from the claim on: stop() waits for them, so no claimed run is left half-recorded. */
-  private readonly attempts = new Set<Promise<unknown>>();
+  /**
+   * Each source's attempt under way here, from its claim on: one at a time per source, and stop() waits for
+   * them, so no claimed run is left half-recorded.
+   */
+  private readonly attempts = new Map<string, Promise<unknown>>();
   private readonly stopping = new AbortController();
   /** Names this daemon in `running_on`. */
   private readonly daemon = `${os.hostname()}:${process.pid}`;
@@ -89,7 +90,7 @@ export class SourceScheduler {
     this.stopping.abort();
     for (const timer of this.timers.values()) clearTimeout(timer);
     this.timers.clear();
-    await Promise.allSettled(this.attempts);
+    await Promise.allSettled(this.attempts.values());
     await this.pool.end().catch(() => undefined);
   }
 
@@ -104,7 +105,7 @@ export class SourceScheduler {
     const deadline = Date.now() + RUN_NOW_WAIT_MS;
     for (;;) {
       if (this.stopping.signal.aborted) return { status: "busy" };
-      if (!this.running.has(name) && (await this.attempt(name, true)) === "ran") break;
+      if ((await this.attempt(name, true)) === "ran") break;
       if (Date.now() >= deadline) return { status: "busy" };
       await new Promise((r) => setTimeout(r, 100));
     }
@@ -125,7 +126,7 @@ export class SourceScheduler {
     if (this.stopping.signal.aborted) return;
     let wait = MIN_WAIT_MS;
     try {
-      if (!this.running.has(name)) await this.attempt(name, false);
+      await this.attempt(name, false);
       // Stopping: the pool is closing; nothing more to schedule.
       if (this.stopping.signal.aborted) return;
       const row = await this.state.row(name);
@@ -143,20 +144,20 @@ export class SourceScheduler {
     this.wake(name, wait + Math.floor(Math.random() * 50));
   }
 
-  /** Claims and runs the source, unless it is not this daemon's to run now (held elsewhere, or not due). */
+  /** Claims and runs the source, unless it is not this daemon's to run now (under way here or elsewhere, or not due). */
   private async attempt(name: string, force: boolean): Promise<"ran" | "locked" | "not_due"> {
+    if (this.attempts.has(name)) return "locked";
     const attempt = this.claimAndRun(name, force);
-    this.attempts.add(attempt);
+    this.attempts.set(name, attempt);
     try {
       return await attempt;
     } finally {
-      this.attempts.delete(attempt);
+      this.attempts.delete(name);
     }
   }
 
   private async claimAndRun(name: string, force: boolean): Promise<"ran" | "locked" | "not_due"> {
     const source = this.sources[name];
-    if (this.running.has(name)) return "locked";
     const run = await this.state.claim(name, everyMs(source.every), force, this.daemon);
     if (run === "locked" || run === "not_due") return run;
     if (this.stopping.signal.aborted) {
@@ -164,31 +165,26 @@ export class SourceScheduler {
       await run.giveBack();
       return "not_due";
     }
-    this.running.add(name);
-    try {
-      const started = Date.now();
-      const result = await runSource(name, source, run.watermark, this.submit, {
-        timeoutMs: source.timeoutMs ?? 10_000,
-        retries: source.retries ?? 4,
-        backoffMs: source.backoffMs ?? 500,
-        maxBackoffMs: source.maxBackoffMs ?? 30_000,
-        signal: this.stopping.signal,
-        onStatus: (status) => this.metrics.sourceRequests.inc({ source: name, status }),
-      });
-      await run.finish(result);
-      const m = this.metrics;
-      m.sourceRuns.inc({ source: name, outcome: result.ok ? "success" : "failed" });
-      m.sourceRecords.inc({ source: name, outcome: "accepted" }, result.records.accepted);
-      m.sourceRecords.inc({ source: name, outcome: "duplicate" }, result.records.duplicates);
-      m.sourceRecords.inc({ source: name, outcome: "rejected" }, result.records.rejected);
-      const row = await this.state.row(name);
-      if (row !== null) this.observe(row);
-      const fields = { source: name, stream: source.stream, ms: Date.now() - started, ...result.records };
-      if (result.ok) this.log.info(fields, "pull source run done");
-      else this.log.warn({ ...fields, err: result.error }, "pull source run failed; its watermark is kept");
-    } finally {
-      this.running.delete(name);
-    }
+    const started = Date.now();
+    const result = await runSource(name, source, run.watermark, this.submit, {
+      timeoutMs: source.timeoutMs ?? 10_000,
+      retries: source.retries ?? 4,
+      backoffMs: source.backoffMs ?? 500,
+      maxBackoffMs: source.maxBackoffMs ?? 30_000,
+      signal: this.stopping.signal,
+      onStatus: (status) => this.metrics.sourceRequests.inc({ source: name, status }),
+    });
+    await run.finish(result);
+    const m = this.metrics;
+    m.sourceRuns.inc({ source: name, outcome: result.ok ? "success" : "failed" });
+    m.sourceRecords.inc({ source: name, outcome: "accepted" }, result.records.accepted);
+    m.sourceRecords.inc({ source: name, outcome: "duplicate" }, result.records.duplicates);
+    m.sourceRecords.inc({ source: name, outcome: "rejected" }, result.records.rejected);
+    const row = await this.state.row(name);
+    if (row !== null) this.observe(row);
+    const fields = { source: name, stream: source.stream, ms: Date.now() - started, ...result.records };
+    if (result.ok) this.log.info(fields, "pull source run done");
+    else this.log.warn({ ...fields, err: result.error }, "pull source run failed; its watermark is kept");
     return "ran";
   }
 
