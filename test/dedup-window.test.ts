@@ -297,15 +297,17 @@ describe("the sealed generations' filters", () => {
         const pass = async () => {
           await maintainDedupState(c, "public", [eventsStream], 168, undefined, undefined, directory);
           await directory.refresh(c);
+          return directory.collections;
         };
         await remember(c, await pastGeneration(c, 30), ["open-1"]);
-        await pass();
+        assert.equal(await pass(), 1, "a filter built and written: a collection asked for (the buffers of its write)");
         assert.deepEqual(
           directory.list().map((f) => f.gens.length),
           [1],
         );
+        assert.equal(await pass(), 1, "nothing new: the same filter held, no collection");
         await remember(c, await pastGeneration(c, 20), ["open-2"]);
-        await pass();
+        assert.equal(await pass(), 2, "the group's next version: its previous one let go, a collection asked for");
         const joined = await c.query<{ gens: number[]; filter: Buffer }>(`SELECT gens, filter_v3 AS filter FROM events_dedup_groups_v3`);
         assert.deepEqual(
           joined.rows.map((g) => g.gens.length),

@@ -17,13 +17,21 @@ import { DEDUP_FILTER_IDENT as FILTER, dedupShape } from "../shared/dedup-sql";
 import type { StreamDefinition } from "../shared/stream-definition";
 import { DEDUP_FILTERS_CHANNEL, DEDUP_FILTERS_WANTED, type FilterPublication, type PublishedFilter } from "../shared/task-protocol";
 import type { GroupFilterCache } from "./dedup-filters";
+import { collectGarbageSoon } from "../ops/heap-collection";
 import { loadFilter } from "./filter-copy";
 
 /**
- * Filters no longer published kept for reuse: the open group's previous version, and one more in case a worker
- * is slow to take a publication. Its filter keeps one size until the group closes, so that is what a copy needs.
+ * Filters no longer published kept for reuse: the open group's previous version. Its filter keeps one size until
+ * the group closes, so that is what its next copy needs. One only: when a worker is slow to take a publication,
+ * the copy takes new memory and the spare pushed out is collected (docs/performance.md#memory).
  */
-const SPARES = 2;
+const SPARES = 1;
+
+/**
+ * Memory let go of at which a collection is asked for at once, mid-refresh: a front thread's full collection
+ * frees what it let go of, which otherwise waits for its old generation to grow (docs/performance.md#memory).
+ */
+const GARBAGE_BYTES = 64 * 2 ** 20;
 
 /** A buffer no publication since `after - 1` holds: free once every worker has taken `after`. */
 interface Spare {
@@ -73,6 +81,10 @@ export class FilterDirectory implements GroupFilterCache {
   private seq = 0;
   /** Filters left out of the publications since, oldest first (at most SPARES). */
   private spares: Spare[] = [];
+  /** Bytes let go of since the last collection asked for. */
+  private garbage = 0;
+  /** Collections asked for, for tests. */
+  collections = 0;
 
   /**
    * `budgetBytes`: what the filters may hold at most (`dedupFilterMb`, docs/storage.md#filter-memory).
@@ -95,6 +107,7 @@ export class FilterDirectory implements GroupFilterCache {
    * Loads the filters built since the last pass and forgets the others: each group's, and each sealed
    * generation's that belongs to no group (a grouped generation's own filter would only cost memory). Newest
    * first, within the budget: past it the oldest filters are folded (to 12-bit fingerprints, then 8), then left out.
+   * Asks for a collection once it let go of memory (filters replaced, folded or forgotten; collectGarbageSoon).
    */
   async refresh(client: pg.ClientBase): Promise<void> {
     const wanted: { key: string; slots: string; table: string; column: "gen" | "grp"; id: number; gens: number[] }[] = [];
@@ -138,6 +151,22 @@ export class FilterDirectory implements GroupFilterCache {
     this.leftOut = leftOut;
     this.fresh.clear();
     this.refreshed = true;
+    if (this.garbage > 0) this.collect();
+  }
+
+  /**
+   * `bytes` this process no longer refers to: collected at the end of the refresh, or at once past
+   * GARBAGE_BYTES (a start folding many filters it has just loaded).
+   */
+  private letGo(bytes: number): void {
+    this.garbage += bytes;
+    if (this.garbage >= GARBAGE_BYTES) this.collect();
+  }
+
+  private collect(): void {
+    this.garbage = 0;
+    this.collections++;
+    void collectGarbageSoon();
   }
 
   copyOf(slots: string, grp: number, gens: readonly number[]): DedupFilter | undefined {
@@ -163,17 +192,20 @@ export class FilterDirectory implements GroupFilterCache {
    * the first without them.
    */
   private retire(next: Map<string, Held>): void {
-    if (this.readers === null) return;
     const kept = new Set([...next.values()].map((h) => h.filter));
     const sizes = new Set([...next.values()].filter((h) => h.filter.takesKeys).map((h) => h.filter.byteLength));
     for (const h of this.held.values()) {
-      if (!kept.has(h.filter) && sizes.has(h.filter.byteLength)) this.spares.push({ words: h.filter.shared, after: this.seq + 1 });
+      if (kept.has(h.filter)) continue;
+      if (this.readers !== null && sizes.has(h.filter.byteLength)) this.spares.push({ words: h.filter.shared, after: this.seq + 1 });
+      else this.letGo(h.filter.byteLength);
     }
-    this.spares.splice(0, Math.max(0, this.spares.length - SPARES));
+    for (const dropped of this.spares.splice(0, Math.max(0, this.spares.length - SPARES))) this.letGo(dropped.words.byteLength);
   }
 
   stored(slots: string, grp: number, gens: readonly number[], filter: DedupFilter): void {
     this.fresh.set(`${slots} G${grp}`, { gens: gens.length, filter });
+    // Writing it took a buffer of its size (the Bind message), as its generation's own filter did a tenth.
+    this.letGo(filter.byteLength);
   }
 
   private freshFilter(slots: string, grp: number, gens: readonly number[]): DedupFilter | undefined {
@@ -194,15 +226,22 @@ export class FilterDirectory implements GroupFilterCache {
         const [key, h] = fold;
         const filter = h.filter.fold();
         bytes -= h.filter.byteLength - filter.byteLength;
+        if (!this.isHeld(h.filter)) this.letGo(h.filter.byteLength); // one held is let go of at the end, or kept as a spare
         next.set(key, { ...h, filter });
         continue;
       }
       const [key, h] = held[0];
       next.delete(key);
+      if (!this.isHeld(h.filter)) this.letGo(h.filter.byteLength);
       leftOut.set(key, h.gens.length);
       bytes -= h.filter.byteLength;
     }
     return bytes;
+  }
+
+  private isHeld(filter: DedupFilter): boolean {
+    for (const h of this.held.values()) if (h.filter === filter) return true;
+    return false;
   }
 
   /** Every filter held, for the workers (they replace what they had). */
