@@ -5,8 +5,8 @@
  * PostgreSQL stayed allocated until its next full collection: 45 MiB of them freed by one, measured at a
  * 16 MiB filter budget (docs/performance.md#memory).
  *
- * vm.measureMemory with eager execution is Node's one way to ask for a collection without `--expose-gc`: it
- * starts incremental marking at once (the measurement itself is not used). It is marked experimental, and
+ * vm.measureMemory with eager execution asks for one without `--expose-gc` (or setting V8 flags at run time):
+ * it starts incremental marking at once (the measurement itself is not used). It is marked experimental, and
  * its one-time ExperimentalWarning is kept out of the daemon's output, which is JSON log lines.
  */
 import vm from "node:vm";
