@@ -607,20 +607,24 @@ describe("the sealed generations' filters", () => {
     assert.ok(held.length >= 1_000 && held.length < 1_064, `${held.length} keys held`);
   });
 
-  test("a filter folded to 12-bit fingerprints, then to 8, still holds every key, at about 0.18%, then 2.9% false positives", () => {
+  test("a filter folded to 14-bit fingerprints, then 12, then 8, still holds every key, at about 0.046%, 0.18%, then 2.9% false positives", () => {
     const held = Array.from({ length: 100_000 }, () => crypto.randomUUID());
     const filter = new DedupFilter(held.length);
     for (const k of held) filter.add(k);
     assert.equal(filter.bits, 16, "a new filter has 16-bit fingerprints");
     const others = Array.from({ length: 100_000 }, () => crypto.randomUUID());
     const fingerprints = filter.byteLength - 8;
-    const mid = filter.fold();
+    const fine = filter.fold();
+    assert.equal(fine.bits, 14);
+    assert.equal(fine.byteLength, 8 + (fingerprints * 7) / 8, "its fingerprints in seven eighths of the bytes, beside the 8-byte header");
+    const mid = fine.fold();
     assert.equal(mid.bits, 12);
-    assert.equal(mid.byteLength, 8 + (fingerprints * 3) / 4, "its fingerprints in three quarters of the bytes, beside the 8-byte header");
+    assert.equal(mid.byteLength, 8 + (fingerprints * 3) / 4, "then in three quarters of them");
     const folded = mid.fold();
     assert.equal(folded.bits, 8);
     assert.equal(folded.byteLength, 8 + fingerprints / 2, "then in half of them");
     for (const [f, low, high] of [
+      [fine, 0.0002, 0.0009],
       [mid, 0.0008, 0.003],
       [folded, 0.015, 0.045],
     ] as const) {
@@ -633,14 +637,22 @@ describe("the sealed generations' filters", () => {
       assert.equal(others.filter((k) => again.has(k) !== f.has(k)).length, 0);
       assert.throws(() => f.add(crypto.randomUUID()), /folded filter takes no keys/);
     }
-    // Through 12 bits, each slot keeps the high byte of its 16-bit fingerprint (little-endian as built).
+    // Each slot keeps the high bits of its own 16-bit fingerprint (little-endian as built): at 12 bits, packed
+    // two to 3 bytes, what cutting each fingerprint as built to 12 bits gives.
     const built = filter.bytes();
+    const wide = new Uint16Array(built.buffer, built.byteOffset + 8, fingerprints / 2);
+    const twelve = new Uint8Array((fingerprints * 3) / 4);
+    for (let s = 0, o = 0; s < wide.length; s += 2, o += 3) {
+      const v = (wide[s] >>> 4) | ((wide[s + 1] >>> 4) << 12);
+      twelve.set([v & 255, (v >>> 8) & 255, v >>> 16], o);
+    }
+    assert.ok(Buffer.from(mid.bytes().subarray(8)).equals(twelve), "through 14 bits, each slot's 12 high bits, in its slot");
     const highBytes = Uint8Array.from({ length: fingerprints / 2 }, (_, i) => built[8 + 2 * i + 1]);
     assert.ok(Buffer.from(folded.bytes().subarray(8)).equals(highBytes), "each slot's high byte, in its slot");
     assert.throws(() => folded.fold(), /cannot be folded again/, "8-bit fingerprints are not folded again");
   });
 
-  test("past dedupFilterMb the oldest filters are folded, to 12 bits then 8, then left out; their generations are probed and their ids stay duplicates", async () => {
+  test("past dedupFilterMb the oldest filters are folded, to 14 bits, then 12, then 8, then left out; their generations are probed and their ids stay duplicates", async () => {
     const url = await freshDatabase();
     const first = await daemon({}, url);
     await first.stop();
@@ -691,7 +703,21 @@ describe("the sealed generations' filters", () => {
       { count: 3, bytes: 3 * each, folded: 0, generations: 3, unfiltered: 0 },
       "within the budget: held as built",
     );
-    // Folded to 12 bits a filter keeps three quarters of its fingerprints' bytes (and its 8-byte header).
+    // Folded to 14 bits a filter keeps seven eighths of its fingerprints' bytes (and its 8-byte header).
+    const e = (each - 8) / 8;
+    const oldest = await check(3 * each - e);
+    assert.deepEqual(
+      oldest.size,
+      { count: 3, bytes: 3 * each - e, folded: 1, generations: 3, unfiltered: 0 },
+      "an eighth over: the oldest folded to 14 bits",
+    );
+    const fourteen = await check(3 * each - 3 * e);
+    assert.deepEqual(
+      fourteen.size,
+      { count: 3, bytes: 3 * each - 3 * e, folded: 3, generations: 3, unfiltered: 0 },
+      "all three folded to 14 bits before any to 12",
+    );
+    // Folded to 12 bits a filter keeps three quarters of its fingerprints' bytes.
     const q = (each - 8) / 4;
     const twelve = await check(3 * each - 3 * q);
     assert.deepEqual(

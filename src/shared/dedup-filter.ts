@@ -15,11 +15,16 @@
 const SLOTS = 4;
 /** The load a new filter is sized for: its keys fill this share of the slots (17 bits a key). */
 const LOAD = 0.94;
+/**
+ * Bytes of a bucket of 14-bit fingerprints: the 4 slots' high bytes, then their low 6 bits packed into 24 bits
+ * little-endian (slot i at bit 6i), so a check compares the high bytes first and reads the rest on a match.
+ */
+const FINE_BUCKET_BYTES = (SLOTS * 14) / 8;
 /** Bytes of a bucket of 12-bit fingerprints: two pairs, each pair 24 bits little-endian. */
 const MID_BUCKET_BYTES = (SLOTS * 12) / 8;
 /** Evictions before an insertion gives up (DedupFilterFull): far beyond what LOAD needs. */
 const MAX_KICKS = 4_000;
-/** Header: the bucket count and the fingerprint width in bits (16 as built, 12 or 8 once folded), little-endian. */
+/** Header: the bucket count and the fingerprint width in bits (16 as built, 14, 12 or 8 once folded), little-endian. */
 const HEADER_BYTES = 8;
 
 /** An insertion found no free slot: the filter was sized too small for its keys, and must be built again larger. */
@@ -86,6 +91,8 @@ export class DedupFilter {
   private readonly buckets: number;
   /** The fingerprints as built (16 bits), or null once folded. */
   private readonly wide: Uint16Array | null;
+  /** The fingerprints folded to their 14 high bits (FINE_BUCKET_BYTES a bucket), or null. */
+  private readonly fine: Uint8Array | null;
   /** The fingerprints folded to their 12 high bits, packed (MID_BUCKET_BYTES a bucket), or null. */
   private readonly mid: Uint8Array | null;
   /** The fingerprints folded to their high byte, or null. */
@@ -118,12 +125,17 @@ export class DedupFilter {
     const header = new DataView(all.buffer, all.byteOffset, Math.min(all.byteLength, HEADER_BYTES));
     const buckets = all.byteLength >= HEADER_BYTES ? header.getUint32(0, true) : 0;
     const bits = all.byteLength >= HEADER_BYTES ? header.getUint32(4, true) : 0;
-    if (buckets === 0 || (bits !== 16 && bits !== 12 && bits !== 8) || all.byteLength !== HEADER_BYTES + (buckets * SLOTS * bits) / 8) {
+    if (
+      buckets === 0 ||
+      (bits !== 16 && bits !== 14 && bits !== 12 && bits !== 8) ||
+      all.byteLength !== HEADER_BYTES + (buckets * SLOTS * bits) / 8
+    ) {
       throw new Error(`not a dedup filter of format 3: ${all.byteLength} bytes, ${buckets} buckets of ${bits}-bit fingerprints`);
     }
     this.all = all;
     this.buckets = buckets;
     this.wide = bits === 16 ? new Uint16Array(all.buffer, all.byteOffset + HEADER_BYTES, buckets * SLOTS) : null;
+    this.fine = bits === 14 ? new Uint8Array(all.buffer, all.byteOffset + HEADER_BYTES, buckets * FINE_BUCKET_BYTES) : null;
     this.mid = bits === 12 ? new Uint8Array(all.buffer, all.byteOffset + HEADER_BYTES, buckets * MID_BUCKET_BYTES) : null;
     this.narrow = bits === 8 ? new Uint8Array(all.buffer, all.byteOffset + HEADER_BYTES, buckets * SLOTS) : null;
     this.alt = ALT_OFFSET.map((o) => o % buckets);
@@ -220,6 +232,12 @@ export class DedupFilter {
       s = b2 * SLOTS;
       return wide[s] === fp || wide[s + 1] === fp || wide[s + 2] === fp || wide[s + 3] === fp;
     }
+    const fine = this.fine;
+    if (fine !== null) {
+      const high = fp >>> 8;
+      const low = (fp >>> 2) & 63;
+      return fineHas(fine, b1 * FINE_BUCKET_BYTES, high, low) || fineHas(fine, b2 * FINE_BUCKET_BYTES, high, low);
+    }
     const mid = this.mid;
     if (mid !== null) {
       const q = fp >>> 4;
@@ -245,9 +263,9 @@ export class DedupFilter {
     return Math.floor(slots.length * LOAD) - used;
   }
 
-  /** The width of its fingerprints: 16 as built, 12 or 8 once folded. */
-  get bits(): 16 | 12 | 8 {
-    return this.wide !== null ? 16 : this.mid !== null ? 12 : 8;
+  /** The width of its fingerprints: 16 as built, 14, 12 or 8 once folded. */
+  get bits(): 16 | 14 | 12 | 8 {
+    return this.wide !== null ? 16 : this.fine !== null ? 14 : this.mid !== null ? 12 : 8;
   }
 
   /** Whether it takes keys (add): only as built, with 16-bit fingerprints. */
@@ -256,20 +274,36 @@ export class DedupFilter {
   }
 
   /**
-   * The same keys in less memory, in a new SharedArrayBuffer: each fingerprint cut to its 12 high bits (a
-   * quarter less memory; 8 slots of 4,080 values: about 0.18% false positives), or, from 12 bits, to its high
-   * byte (half of the filter as built; 8 slots of 255 values: about 2.9%), in the same slot. A key's buckets
-   * follow from its hash and that byte alone, so every key this filter holds is still found
-   * (docs/storage.md#filter-memory).
+   * The same keys in less memory, in a new SharedArrayBuffer, each fingerprint cut to fewer of its high bits in
+   * the same slot: from 16 to 14 (an eighth less memory; 8 slots of 16,320 values: about 0.046% false
+   * positives), from 14 to 12 (a quarter less than as built; 4,080 values: about 0.18%), from 12 to its high
+   * byte (half; 255 values: about 2.9%). A key's buckets follow from its hash and that byte alone, so every key
+   * this filter holds is still found (docs/storage.md#filter-memory).
    */
   fold(): DedupFilter {
     const wide = this.wide;
+    const fine = this.fine;
     const mid = this.mid;
     if (wide !== null) {
+      const out = emptyFilter(this.buckets, 14);
+      for (let b = 0, s = 0, o = HEADER_BYTES; b < this.buckets; b++, s += SLOTS, o += FINE_BUCKET_BYTES) {
+        let lows = 0;
+        for (let i = 0; i < SLOTS; i++) {
+          out[o + i] = wide[s + i] >>> 8;
+          lows |= ((wide[s + i] >>> 2) & 63) << (6 * i);
+        }
+        putPair(out, o + SLOTS, lows);
+      }
+      return new DedupFilter(out.buffer as SharedArrayBuffer);
+    }
+    if (fine !== null) {
       const out = emptyFilter(this.buckets, 12);
-      for (let b = 0, s = 0, o = HEADER_BYTES; b < this.buckets; b++, s += SLOTS, o += MID_BUCKET_BYTES) {
-        putPair(out, o, (wide[s] >>> 4) | ((wide[s + 1] >>> 4) << 12));
-        putPair(out, o + 3, (wide[s + 2] >>> 4) | ((wide[s + 3] >>> 4) << 12));
+      for (let b = 0, f = 0, o = HEADER_BYTES; b < this.buckets; b++, f += FINE_BUCKET_BYTES, o += MID_BUCKET_BYTES) {
+        const lows = pair(fine, f + SLOTS);
+        // A slot's 12 high bits: its high byte, then the top 4 of its 6 low bits.
+        const v = (i: number) => (fine[f + i] << 4) | (((lows >>> (6 * i)) & 63) >>> 2);
+        putPair(out, o, v(0) | (v(1) << 12));
+        putPair(out, o + 3, v(2) | (v(3) << 12));
       }
       return new DedupFilter(out.buffer as SharedArrayBuffer);
     }
@@ -302,7 +336,16 @@ export class DedupFilter {
   }
 }
 
-/** Two 12-bit fingerprints from the 24 bits at `at` (little-endian): the first in the low 12 bits. */
+/** Whether the bucket of 14-bit fingerprints at `at` holds the one of high byte `high` and low bits `low`. */
+function fineHas(m: Uint8Array, at: number, high: number, low: number): boolean {
+  // The high bytes first: a slot matches there once in 255, and only then are the low bits read.
+  if (m[at] !== high && m[at + 1] !== high && m[at + 2] !== high && m[at + 3] !== high) return false;
+  const lows = pair(m, at + SLOTS);
+  for (let i = 0; i < SLOTS; i++) if (m[at + i] === high && ((lows >>> (6 * i)) & 63) === low) return true;
+  return false;
+}
+
+/** 24 bits little-endian at `at`: two 12-bit fingerprints (the first in the low 12 bits), or four 6-bit lows. */
 function pair(m: Uint8Array, at: number): number {
   return m[at] | (m[at + 1] << 8) | (m[at + 2] << 16);
 }
@@ -325,7 +368,7 @@ function midHas(m: Uint8Array, at: number, q: number): boolean {
  * The bytes of an empty filter of `buckets` buckets of `bits`-bit fingerprints, its header written (the one
  * place the header is laid out), in shared memory, as the front publishes filters.
  */
-function emptyFilter(buckets: number, bits: 8 | 12 | 16): Uint8Array {
+function emptyFilter(buckets: number, bits: 8 | 12 | 14 | 16): Uint8Array {
   const all = new Uint8Array(new SharedArrayBuffer(HEADER_BYTES + (buckets * SLOTS * bits) / 8));
   const header = new DataView(all.buffer);
   header.setUint32(0, buckets, true);

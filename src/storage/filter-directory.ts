@@ -106,7 +106,7 @@ export class FilterDirectory implements GroupFilterCache {
   /**
    * Loads the filters built since the last pass and forgets the others: each group's, and each sealed
    * generation's that belongs to no group (a grouped generation's own filter would only cost memory). Newest
-   * first, within the budget: past it the oldest filters are folded (to 12-bit fingerprints, then 8), then left out.
+   * first, within the budget: past it the oldest filters are folded (to 14-bit fingerprints, then 12, then 8), then left out.
    * Asks for a collection once it let go of memory (filters replaced, folded or forgotten; collectGarbageSoon).
    */
   async refresh(client: pg.ClientBase): Promise<void> {
@@ -214,14 +214,18 @@ export class FilterDirectory implements GroupFilterCache {
   }
 
   /**
-   * Until `next` fits the budget: folds the oldest filter still of 16-bit fingerprints to 12 bits, then, when
-   * none is left, the oldest of 12 bits to 8, then leaves out the oldest; its bytes. Per byte saved, a fold to
-   * 12 bits adds about a sixteenth of the probes a fold to 8 does (docs/storage.md#filter-memory).
+   * Until `next` fits the budget: folds the oldest filter still of 16-bit fingerprints to 14 bits, then, when
+   * none is left, the oldest of 14 bits to 12, then of 12 to 8, then leaves out the oldest; its bytes. Each
+   * step costs more probes per byte saved than the one before: about 3.5, 13 and 136 more false positives in
+   * ten thousand ids per eighth of the filter as built saved (docs/storage.md#filter-memory).
    */
   private fit(next: Map<string, Held>, bytes: number, leftOut: Map<string, number>): number {
     while (bytes > this.budgetBytes && next.size > 0) {
       const held = [...next.entries()].reverse(); // oldest first
-      const fold = held.find(([, h]) => h.filter.bits === 16) ?? held.find(([, h]) => h.filter.bits === 12);
+      const fold =
+        held.find(([, h]) => h.filter.bits === 16) ??
+        held.find(([, h]) => h.filter.bits === 14) ??
+        held.find(([, h]) => h.filter.bits === 12);
       if (fold) {
         const [key, h] = fold;
         const filter = h.filter.fold();
