@@ -756,6 +756,52 @@ describe("the sealed generations' filters", () => {
     await waitFor("the warning", () => d.output.some((l) => l.includes("exceed dedupFilterMb")), 5_000);
     await d.stop();
   });
+
+  test("past the budget, at most two filters the workers hold are folded a refresh (each fold holds the old copy beside the new until they let go of it); the rest at the next", async () => {
+    const url = await freshDatabase();
+    const first = await daemon({}, url);
+    await first.stop();
+    /** A sealed generation of 100,000 ids, its filter built, each a lone filter (as before groups). */
+    const generation = (c: pg.ClientBase, hours: number) =>
+      (async () => {
+        const part = await pastGeneration(c, hours);
+        await remember(c, part, [crypto.randomUUID()]);
+        await c.query(`INSERT INTO ${part} (id_key, gen) SELECT gen_random_uuid(), gen FROM ${part}, generate_series(1, 99999)`);
+        await maintainDedupState(c, "public", [eventsStream], 168);
+        await c.query(`DELETE FROM events_dedup_groups_v3`);
+      })();
+    await withClient(url, async (c) => {
+      for (const hours of [50, 40, 30]) await generation(c, hours);
+    });
+    const each = await withClient(url, async (c) => {
+      const { rows } = await c.query<{ n: number }>(
+        `SELECT DISTINCT octet_length(filter_v3) AS n FROM events_dedup_slots WHERE filter_v3 IS NOT NULL`,
+      );
+      assert.equal(rows.length, 1, "the generations' filters are of one size");
+      return rows[0].n;
+    });
+    const e = (each - 8) / 8; // an eighth of a filter's fingerprints: what a fold to 14 bits saves
+    const directory = new FilterDirectory("public", [eventsStream], 4 * each - 4 * e);
+    try {
+      await withClient(url, (c) => directory.refresh(c));
+      assert.deepEqual(directory.size(), { count: 3, bytes: 3 * each, folded: 0, generations: 3, unfiltered: 0 }, "within the budget");
+      await withClient(url, (c) => generation(c, 20));
+      await withClient(url, (c) => directory.refresh(c));
+      assert.deepEqual(
+        directory.size(),
+        { count: 4, bytes: 4 * each - 2 * e, folded: 2, generations: 4, unfiltered: 0 },
+        "a fourth filter: the two oldest folded to 14 bits, the others wait (over the budget by two eighths)",
+      );
+      await withClient(url, (c) => directory.refresh(c));
+      assert.deepEqual(
+        directory.size(),
+        { count: 4, bytes: 4 * each - 4 * e, folded: 4, generations: 4, unfiltered: 0 },
+        "the next refresh folds the other two: within the budget",
+      );
+    } finally {
+      directory.close();
+    }
+  });
 });
 
 describe("the claim's fast path", () => {

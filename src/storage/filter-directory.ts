@@ -33,6 +33,15 @@ const SPARES = 1;
  */
 const GARBAGE_BYTES = 64 * 2 ** 20;
 
+/**
+ * Folds per refresh of filters the workers already hold. A fold writes a new buffer while the workers still read
+ * the old one, so both are resident until they take the next publication and every thread has collected it:
+ * a new group's filter (~9 MiB) past the budget took eight folds to 14 bits at once, ~75 MiB of old copies
+ * beside the new, and the full bench's soak peaked then (docs/storage.md#filter-memory). The rest wait for the
+ * next passes (every 2 s), the filters over the budget meanwhile by at most what the pass added.
+ */
+const FOLDS_PER_PASS = 2;
+
 /** A buffer no publication since `after - 1` holds: free once every worker has taken `after`. */
 interface Spare {
   words: SharedArrayBuffer;
@@ -83,6 +92,8 @@ export class FilterDirectory implements GroupFilterCache {
   private spares: Spare[] = [];
   /** Bytes let go of since the last collection asked for. */
   private garbage = 0;
+  /** Folds of filters the workers hold in this refresh (FOLDS_PER_PASS). */
+  private heldFolds = 0;
   /** Collections asked for, for tests. */
   collections = 0;
 
@@ -129,6 +140,7 @@ export class FilterDirectory implements GroupFilterCache {
     const next = new Map<string, Held>();
     const leftOut = new Map<string, number>();
     let bytes = 0;
+    this.heldFolds = 0;
     for (const w of wanted) {
       if (this.leftOut.has(w.key) || leftOut.size > 0) {
         leftOut.set(w.key, w.gens.length); // older than one the budget left out: left out too
@@ -215,7 +227,8 @@ export class FilterDirectory implements GroupFilterCache {
 
   /**
    * Until `next` fits the budget: folds the oldest filter still of 16-bit fingerprints to 14 bits, then, when
-   * none is left, the oldest of 14 bits to 12, then of 12 to 8, then leaves out the oldest; its bytes. Each
+   * none is left, the oldest of 14 bits to 12, then of 12 to 8, then leaves out the oldest; its bytes. Past
+   * FOLDS_PER_PASS folds of filters the workers hold, the rest wait for the next refresh. Each
    * step costs more probes per byte saved than the one before: about 3.5, 13 and 136 more false positives in
    * ten thousand ids per eighth of the filter as built saved (docs/storage.md#filter-memory).
    */
@@ -228,6 +241,7 @@ export class FilterDirectory implements GroupFilterCache {
         held.find(([, h]) => h.filter.bits === 12);
       if (fold) {
         const [key, h] = fold;
+        if (this.isHeld(h.filter) && this.heldFolds++ >= FOLDS_PER_PASS) break;
         const filter = h.filter.fold();
         bytes -= h.filter.byteLength - filter.byteLength;
         if (!this.isHeld(h.filter)) this.letGo(h.filter.byteLength); // one held is let go of at the end, or kept as a spare
