@@ -300,10 +300,8 @@ export class DedupFilter {
       const out = emptyFilter(this.buckets, 12);
       for (let b = 0, f = 0, o = HEADER_BYTES; b < this.buckets; b++, f += FINE_BUCKET_BYTES, o += MID_BUCKET_BYTES) {
         const lows = pair(fine, f + SLOTS);
-        // A slot's 12 high bits: its high byte, then the top 4 of its 6 low bits.
-        const v = (i: number) => (fine[f + i] << 4) | (((lows >>> (6 * i)) & 63) >>> 2);
-        putPair(out, o, v(0) | (v(1) << 12));
-        putPair(out, o + 3, v(2) | (v(3) << 12));
+        putPair(out, o, fineTo12(fine, f, lows, 0) | (fineTo12(fine, f, lows, 1) << 12));
+        putPair(out, o + 3, fineTo12(fine, f, lows, 2) | (fineTo12(fine, f, lows, 3) << 12));
       }
       return new DedupFilter(out.buffer as SharedArrayBuffer);
     }
@@ -343,6 +341,11 @@ function fineHas(m: Uint8Array, at: number, high: number, low: number): boolean 
   const lows = pair(m, at + SLOTS);
   for (let i = 0; i < SLOTS; i++) if (m[at + i] === high && ((lows >>> (6 * i)) & 63) === low) return true;
   return false;
+}
+
+/** Slot `i`'s 12 high bits in the bucket of 14-bit fingerprints at `at` (`lows` its packed low bits). */
+function fineTo12(m: Uint8Array, at: number, lows: number, i: number): number {
+  return (m[at + i] << 4) | (((lows >>> (6 * i)) & 63) >>> 2);
 }
 
 /** 24 bits little-endian at `at`: two 12-bit fingerprints (the first in the low 12 bits), or four 6-bit lows. */

@@ -37,8 +37,8 @@ const GARBAGE_BYTES = 64 * 2 ** 20;
  * Folds per refresh of filters the workers already hold. A fold writes a new buffer while the workers still read
  * the old one, so both are resident until they take the next publication and every thread has collected it:
  * a new group's filter (~9 MiB) past the budget took eight folds to 14 bits at once, ~75 MiB of old copies
- * beside the new for a moment (docs/storage.md#filter-memory). The rest wait for the
- * next passes (every 2 s), the filters over the budget meanwhile by at most what the pass added.
+ * beside the new for a moment (docs/storage.md#filter-memory). The rest wait for the next passes (every 2 s),
+ * the filters over the budget meanwhile by at most what the pass added.
  */
 const FOLDS_PER_PASS = 2;
 
