@@ -762,14 +762,13 @@ describe("the sealed generations' filters", () => {
     const first = await daemon({}, url);
     await first.stop();
     /** A sealed generation of 100,000 ids, its filter built, each a lone filter (as before groups). */
-    const generation = (c: pg.ClientBase, hours: number) =>
-      (async () => {
-        const part = await pastGeneration(c, hours);
-        await remember(c, part, [crypto.randomUUID()]);
-        await c.query(`INSERT INTO ${part} (id_key, gen) SELECT gen_random_uuid(), gen FROM ${part}, generate_series(1, 99999)`);
-        await maintainDedupState(c, "public", [eventsStream], 168);
-        await c.query(`DELETE FROM events_dedup_groups_v3`);
-      })();
+    const generation = async (c: pg.ClientBase, hours: number) => {
+      const part = await pastGeneration(c, hours);
+      await remember(c, part, [crypto.randomUUID()]);
+      await c.query(`INSERT INTO ${part} (id_key, gen) SELECT gen_random_uuid(), gen FROM ${part}, generate_series(1, 99999)`);
+      await maintainDedupState(c, "public", [eventsStream], 168);
+      await c.query(`DELETE FROM events_dedup_groups_v3`);
+    };
     await withClient(url, async (c) => {
       for (const hours of [50, 40, 30]) await generation(c, hours);
     });

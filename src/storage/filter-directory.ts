@@ -241,25 +241,21 @@ export class FilterDirectory implements GroupFilterCache {
         held.find(([, h]) => h.filter.bits === 12);
       if (fold) {
         const [key, h] = fold;
-        if (this.isHeld(h.filter) && this.heldFolds++ >= FOLDS_PER_PASS) break;
+        const published = this.held.get(key)?.filter === h.filter;
+        if (published && this.heldFolds++ >= FOLDS_PER_PASS) break;
         const filter = h.filter.fold();
         bytes -= h.filter.byteLength - filter.byteLength;
-        if (!this.isHeld(h.filter)) this.letGo(h.filter.byteLength); // one held is let go of at the end, or kept as a spare
+        if (!published) this.letGo(h.filter.byteLength); // one published is let go of at the end, or kept as a spare
         next.set(key, { ...h, filter });
         continue;
       }
       const [key, h] = held[0];
       next.delete(key);
-      if (!this.isHeld(h.filter)) this.letGo(h.filter.byteLength);
+      if (this.held.get(key)?.filter !== h.filter) this.letGo(h.filter.byteLength);
       leftOut.set(key, h.gens.length);
       bytes -= h.filter.byteLength;
     }
     return bytes;
-  }
-
-  private isHeld(filter: DedupFilter): boolean {
-    for (const h of this.held.values()) if (h.filter === filter) return true;
-    return false;
   }
 
   /** Every filter held, for the workers (they replace what they had). */
