@@ -13,6 +13,7 @@ import { batchesCopySql, commitTargets, deadLettersCopySql, markReplayedSql } fr
 import { CopyWriter } from "../workers/commit/copy-writer";
 import { GroupCommitter, type TaskWork } from "../workers/commit/group-commit";
 import { producerSql, type SessionMark } from "../workers/commit/producer-seqs";
+import { CopyRows } from "../workers/records/copy-rows";
 import { useTestDb } from "./fixture";
 
 /** A database with the schema; the tests drive a GroupCommitter on it directly. */
@@ -47,7 +48,7 @@ test("one batch: fenced, already committed and out-of-order frames are left out,
     const session: SessionMark = { stream: "logs", producer, epoch, seq };
     return {
       priority: 0,
-      parts: [{ target: logs, rows: [`svc\tINFO\t${producer}-${epoch}-${seq}\t\\N\t2026-12-03T00:00:00Z\n`] }],
+      parts: [{ target: logs, rows: CopyRows.encode([`svc\tINFO\t${producer}-${epoch}-${seq}\t\\N\t2026-12-03T00:00:00Z\n`]) }],
       bytes: 60,
       session,
       finalize: () => ({ batchRow: null, deadLetters: [] }),

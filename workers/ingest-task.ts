@@ -69,10 +69,11 @@ export default async function ingest(task: IngestTask): Promise<IngestOutcome> {
   // answer needs, and the rare record PostgreSQL refuses is read again from the body text.
   const records = validateRecords(body, single, streamTable, { receivedAt });
   body = null;
+  text = "";
   result.received = records.received;
   result.validatedAt = now();
 
-  const work = new TaskCommit(targets, task, result, receivedAt, records, recordReader(text, task.format, task.envelope));
+  const work = new TaskCommit(targets, task, result, receivedAt, records, recordReader(plain, task.format, task.envelope));
   let outcomes: PartOutcome[];
   try {
     const committed = await committer.add(work);
@@ -166,13 +167,12 @@ async function sessionFrame(
   else {
     const bytes = ring.subarray(frame.offset, frame.offset + frame.length);
     try {
-      const text = decodeBody(bytes);
-      const body = parseBody(text, task.format, false);
+      const body = parseBody(decodeBody(bytes), task.format, false);
       result = emptyOutcome(frameTask, "done", "", now());
       const records = validateRecords(body, single, streamTable, { receivedAt });
       result.received = records.received;
       result.validatedAt = now();
-      work = new TaskCommit(targets, frameTask, result, receivedAt, records, recordReader(text, task.format, false));
+      work = new TaskCommit(targets, frameTask, result, receivedAt, records, recordReader(bytes, task.format, false));
     } catch (err) {
       const message = err instanceof UnparseableBody ? err.message : `cannot read body: ${(err as Error).message}`;
       result = emptyOutcome(frameTask, "unparseable", message, now());

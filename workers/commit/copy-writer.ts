@@ -1,5 +1,6 @@
 import pg from "pg";
 import { from as copyFrom } from "pg-copy-streams";
+import type { RowSource } from "../records/copy-rows";
 
 /**
  * One worker's PostgreSQL connection and the statements group commit runs on it. Row isolation lives
@@ -110,9 +111,9 @@ export class CopyWriter {
     });
   }
 
-  /** Streams COPY text rows `[from, to)` (each ending in a newline) through one COPY statement. */
-  copy(client: pg.Client, copySql: string, rows: readonly string[], from = 0, to = rows.length): Promise<void> {
-    return copyPayload(client, copySql, rowsPayload(rows, from, to));
+  /** Streams COPY text rows `[from, to)` through one COPY statement. */
+  copy(client: pg.Client, copySql: string, rows: RowSource, from = 0, to = rows.length): Promise<void> {
+    return copyPayload(client, copySql, rows.payload(from, to));
   }
 
   /**
@@ -122,7 +123,7 @@ export class CopyWriter {
   async copyIsolating(
     client: pg.Client,
     copySql: string,
-    rows: readonly string[],
+    rows: RowSource,
     from: number,
     to: number,
     failures: RowFailure[],
@@ -202,19 +203,4 @@ export class CopyWriter {
     this.client = client;
     return client;
   }
-}
-
-/**
- * COPY text rows `[from, to)` as one payload, each row written straight into a Buffer of their exact UTF-8
- * size. Joining them into one string and encoding that (a string of hundreds of KB per COPY, made and dropped)
- * cost ~1.7 µs a row against ~0.2 in a microbenchmark, and was 14% of a worker's CPU in the bench's profile
- * (docs/performance.md#daemon-cpu-per-event).
- */
-export function rowsPayload(rows: readonly string[], from: number, to: number): Buffer {
-  let bytes = 0;
-  for (let i = from; i < to; i++) bytes += Buffer.byteLength(rows[i], "utf8");
-  const payload = Buffer.allocUnsafeSlow(bytes);
-  let at = 0;
-  for (let i = from; i < to; i++) at += payload.write(rows[i], at, "utf8");
-  return payload;
 }

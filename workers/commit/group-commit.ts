@@ -1,5 +1,7 @@
 import type pg from "pg";
 import { now } from "../../src/shared/clock";
+import { CopyRows, type RowSource } from "../records/copy-rows";
+import { BatchRows } from "./batch-rows";
 import type { CommitTarget, UpsertSql } from "./commit-targets";
 import { type CopyWriter, DatabaseUnavailable, isRowError, type RowFailure } from "./copy-writer";
 import { COMMIT_GAUGE_COMMITTING, COMMIT_GAUGE_WAITING, COMMIT_GAUGE_SLOTS } from "../../src/shared/task-protocol";
@@ -41,13 +43,13 @@ export interface GroupCommitOptions {
 export interface PartWork {
   target: CommitTarget;
   /** COPY text rows, each ending in a newline. */
-  rows: string[];
+  rows: CopyRows;
   /** Deduplicating targets: each row's id-state key (src/shared/dedup-key.ts). */
   keys?: string[];
 }
 
 interface BatchPart {
-  rows: string[];
+  rows: BatchRows;
   keys: string[];
 }
 
@@ -132,9 +134,8 @@ export class GroupCommitter {
     });
     for (const part of work.parts) {
       let into = batch.parts.get(part.target);
-      if (!into) batch.parts.set(part.target, (into = { rows: [], keys: [] }));
-      member.offsets.push(into.rows.length);
-      for (let i = 0; i < part.rows.length; i++) into.rows.push(part.rows[i]);
+      if (!into) batch.parts.set(part.target, (into = { rows: new BatchRows(), keys: [] }));
+      member.offsets.push(into.rows.add(part.rows));
       if (part.keys) for (let i = 0; i < part.keys.length; i++) into.keys.push(part.keys[i]);
       batch.rowCount += part.rows.length;
     }
@@ -241,14 +242,16 @@ export class GroupCommitter {
   private async upsert(
     client: pg.Client,
     sql: UpsertSql,
-    rows: readonly string[],
+    rows: RowSource,
     isolating: boolean,
     failures: RowFailure[],
   ): Promise<Uint8Array> {
     const stored = new Uint8Array(rows.length);
     if (rows.length === 0) return stored;
     await client.query(sql.createStage);
-    const staged = rows.map((row, i) => `${i + 1}\t${row}`);
+    const texts: string[] = [];
+    for (let i = 0; i < rows.length; i++) texts.push(`${i + 1}\t${rows.text(i)}`);
+    const staged = CopyRows.encode(texts);
     if (isolating) await this.writer.copyIsolating(client, sql.stageCopySql, staged, 0, staged.length, failures);
     else await this.writer.copy(client, sql.stageCopySql, staged);
     const merged = await client.query<{ n: number }>(sql.merge);
@@ -281,7 +284,7 @@ export class GroupCommitter {
     for (const target of targets) {
       const part = batch.parts.get(target)!;
       const n = part.rows.length;
-      let rows = part.rows;
+      let rows: RowSource = part.rows;
       /** Batch row of each row copied, when only some are (dedup). */
       let copied: number[] | null = null;
       let stored: Uint8Array | null = null;
@@ -292,13 +295,8 @@ export class GroupCommitter {
         for (const r of notStored) stored[r - 1] = 0;
         if (notStored.length > 0) {
           copied = [];
-          rows = [];
-          for (let i = 0; i < n; i++) {
-            if (stored[i] === 1) {
-              copied.push(i);
-              rows.push(part.rows[i]);
-            }
-          }
+          for (let i = 0; i < n; i++) if (stored[i] === 1) copied.push(i);
+          rows = CopyRows.pick(part.rows, copied);
         }
       }
       const failures: RowFailure[] = [];
@@ -341,8 +339,8 @@ export class GroupCommitter {
       if (extra.batchRow !== null) batchRows.push(extra.batchRow);
       for (const d of extra.deadLetters) deadLetters.push(d);
     }
-    if (deadLetters.length > 0) await this.writer.copy(client, this.options.deadLettersCopySql, deadLetters);
-    if (batchRows.length > 0) await this.writer.copy(client, this.options.batchesCopySql, batchRows);
+    if (deadLetters.length > 0) await this.writer.copy(client, this.options.deadLettersCopySql, CopyRows.encode(deadLetters));
+    if (batchRows.length > 0) await this.writer.copy(client, this.options.batchesCopySql, CopyRows.encode(batchRows));
     const replayed = batch.members.flatMap((m) => m.work.replayOf ?? []);
     if (replayed.length > 0) await client.query(this.options.markReplayedSql, [replayed]);
     if (advance !== null) await advanceSessions(client, this.options.producers, advance);
@@ -371,9 +369,8 @@ function regroup(batch: Batch, skips: ReadonlyArray<SessionSkip | null>): Batch 
     const member: Member = { ...m, offsets: [] };
     for (const part of m.work.parts) {
       let into = kept.parts.get(part.target);
-      if (!into) kept.parts.set(part.target, (into = { rows: [], keys: [] }));
-      member.offsets.push(into.rows.length);
-      for (let r = 0; r < part.rows.length; r++) into.rows.push(part.rows[r]);
+      if (!into) kept.parts.set(part.target, (into = { rows: new BatchRows(), keys: [] }));
+      member.offsets.push(into.rows.add(part.rows));
       if (part.keys) for (let r = 0; r < part.keys.length; r++) into.keys.push(part.keys[r]);
     }
     kept.members.push(member);

@@ -56,7 +56,7 @@ export class TaskCommit implements TaskWork {
     this.priority = answer.priority;
     this.batchId = answer.batchId;
     this.parts = records.parts.map((p) => ({ target: targets[p.stream.order], rows: p.rows, keys: p.keys }));
-    this.bytes = records.rowChars;
+    this.bytes = records.rowBytes;
     this.replayOf = task.replayOf;
   }
 

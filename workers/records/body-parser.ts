@@ -134,7 +134,7 @@ function parseLines(text: string, json: boolean): ParsedBody {
  * commit; only the rare row PostgreSQL refuses needs its record back, so the body is parsed again then
  * (same text, same values), at most once.
  */
-export function recordReader(text: string, format: TaskFormat, envelope: boolean): (index: number) => unknown {
+export function recordReader(body: Uint8Array, format: TaskFormat, envelope: boolean): (index: number) => unknown {
   let reparsed: unknown[] | null = null;
-  return (index) => (reparsed ??= parseBody(text, format, envelope).values)[index];
+  return (index) => (reparsed ??= parseBody(decodeBody(body), format, envelope).values)[index];
 }

@@ -8,14 +8,15 @@ import type { RowContext } from "../../src/shared/stream-definition";
 import type { RecordError } from "../../src/shared/task-protocol";
 import type { ParsedBody } from "./body-parser";
 import type { CompiledStream, StreamTable } from "./compiled-streams";
+import { CopyRows } from "./copy-rows";
 import { validationErrors, withLine } from "./record-errors";
 import { EncodeError } from "./row-encoder";
 
 /** One stream's share of a task: its rows and, per row, the record it came from. */
 export interface StreamPart {
   stream: CompiledStream;
-  /** COPY text rows, each ending in a newline. */
-  rows: string[];
+  /** COPY text rows, each ending in a newline, as bytes (copy-rows.ts says why). */
+  rows: CopyRows;
   /** Each row's record index in the body. */
   recordIndex: number[];
   /** Each row's `recordId` (streams that report one), taken before the parsed records are let go. */
@@ -43,8 +44,8 @@ export interface ValidatedRecords {
   /** Streams in the order their first record came. */
   parts: StreamPart[];
   rejections: Rejection[];
-  /** Length of all rows: what group commit's byte budget counts. */
-  rowChars: number;
+  /** Bytes of all rows: what group commit's byte budget counts. */
+  rowBytes: number;
 }
 
 /**
@@ -62,7 +63,10 @@ export function validateRecords(body: ParsedBody, single: CompiledStream | null,
     const stream = single ?? sorter.routeLine(value as string, i, line);
     if (stream !== undefined) sorter.add(stream, value, i, line);
   }
-  return { received: values.length, lines, parts: sorter.parts, rejections: sorter.rejections, rowChars: sorter.rowChars };
+  const parts = sorter.parts.map(({ texts, ...part }) => ({ ...part, rows: CopyRows.encode(texts) }));
+  let rowBytes = 0;
+  for (const part of parts) rowBytes += part.rows.bytes.length;
+  return { received: values.length, lines, parts, rejections: sorter.rejections, rowBytes };
 }
 
 /** The lines the body parser could not read, as rejections. */
@@ -75,11 +79,13 @@ function parseRejections(body: ParsedBody): Rejection[] {
   return rejections;
 }
 
+/** A part while its records are sorted: its rows as text, encoded once all are in. */
+type SortingPart = Omit<StreamPart, "rows"> & { texts: string[] };
+
 /** One task's parts and rejections while its records are sorted. */
 class RecordSorter {
-  readonly parts: StreamPart[] = [];
-  rowChars = 0;
-  private readonly partOf = new Map<CompiledStream, StreamPart>();
+  readonly parts: SortingPart[] = [];
+  private readonly partOf = new Map<CompiledStream, SortingPart>();
 
   constructor(
     private readonly table: StreamTable,
@@ -137,15 +143,14 @@ class RecordSorter {
   private addRow(stream: CompiledStream, row: string, record: unknown, index: number): void {
     let part = this.partOf.get(stream);
     if (part === undefined) {
-      part = { stream, rows: [], recordIndex: [], ids: stream.definition.recordId ? [] : null, keys: [] };
+      part = { stream, texts: [], recordIndex: [], ids: stream.definition.recordId ? [] : null, keys: [] };
       this.partOf.set(stream, part);
       this.parts.push(part);
     }
-    part.rows.push(row);
+    part.texts.push(row);
     if (stream.keyOf !== null) part.keys.push(stream.keyOf(record, this.ctx));
     part.recordIndex.push(index);
     if (part.ids !== null) part.ids.push(stream.definition.recordId!(record));
-    this.rowChars += row.length;
   }
 
   /** Files a record's errors, completed with its line, entity and text, under its stream. */
