@@ -12,6 +12,8 @@ export interface RowSource {
   payload(from: number, to: number): Buffer;
   /** Row `i` as text, its newline included. */
   text(i: number): string;
+  /** Row `i`'s bytes: a view, no copy. */
+  bytesOf(i: number): Buffer;
 }
 
 export class CopyRows implements RowSource {
@@ -26,7 +28,7 @@ export class CopyRows implements RowSource {
   }
 
   /** The rows of `from` at the ascending positions `picked`, copied into one Buffer (the rows a claim kept). */
-  static pick(from: RowSource & { bytesOf(i: number): Buffer }, picked: readonly number[]): CopyRows {
+  static pick(from: RowSource, picked: readonly number[]): CopyRows {
     const slices = picked.map((i) => from.bytesOf(i));
     const ends = new Uint32Array(slices.length);
     let size = 0;
@@ -50,7 +52,6 @@ export class CopyRows implements RowSource {
     return this.bytes.subarray(this.start(from), to === 0 ? 0 : this.ends[to - 1]);
   }
 
-  /** Row `i`'s bytes: a view of the same memory. */
   bytesOf(i: number): Buffer {
     return this.bytes.subarray(this.start(i), this.ends[i]);
   }
