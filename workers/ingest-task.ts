@@ -64,9 +64,10 @@ export default async function ingest(task: IngestTask): Promise<IngestOutcome> {
 
   const result = emptyOutcome(task, "done", "", now());
   adoptEnvelope(task, body, result);
-  // The parsed records are not kept while the commit is awaited (a batch waits for hundreds of ms, long
-  // enough for the garbage collector to copy and promote every object of it): validation takes out what the
-  // answer needs, and the rare record PostgreSQL refuses is read again from the body text.
+  // Neither the parsed records nor the body's text are kept while the commit is awaited (a batch waits for
+  // hundreds of ms, long enough for the garbage collector to copy and promote every object of it): validation
+  // takes out what the answer needs, and the rare record PostgreSQL refuses is parsed again from the body's
+  // bytes, which stay in the ring until the task settles (docs/architecture.md#worker-threads).
   const records = validateRecords(body, single, streamTable, { receivedAt });
   body = null;
   text = "";

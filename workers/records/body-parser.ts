@@ -130,9 +130,10 @@ function parseLines(text: string, json: boolean): ParsedBody {
 }
 
 /**
- * Reads a record of the body again by its index. A task lets go of its parsed records before awaiting the
- * commit; only the rare row PostgreSQL refuses needs its record back, so the body is parsed again then
- * (same text, same values), at most once.
+ * Reads a record of the body again by its index. A task lets go of its parsed records and the body's text
+ * before awaiting the commit; only the rare row PostgreSQL refuses needs its record back, so the body is
+ * decoded and parsed again then from `body` (the same bytes, which the ring holds until the task settles: the
+ * same values), at most once.
  */
 export function recordReader(body: Uint8Array, format: TaskFormat, envelope: boolean): (index: number) => unknown {
   let reparsed: unknown[] | null = null;
