@@ -14,8 +14,11 @@ import { CpuMeter, type CpuShare } from "./proc-stats";
 export interface IntervalSample {
   cpu: CpuShare;
   db: DbDelta | null;
-  /** The daemon's id-state filters at the interval's end; null where not scraped (or no deduplication). */
-  filters: { bytes: number; folded: number } | null;
+  /**
+   * The daemon's id-state filters at the interval's end: bytes, how many a worker checks each id against, how
+   * many of them are folded; null where not scraped (or no deduplication).
+   */
+  filters: { bytes: number; count: number; folded: number } | null;
 }
 
 export interface IntervalMeter {
@@ -41,8 +44,9 @@ export function meterIntervals(db: BenchDb, daemonPid: number | null, port: numb
     });
     void scrapeMetrics(port).then((m) => {
       const bytes = m?.get("ingestd_dedup_filter_bytes");
+      const count = m?.get("ingestd_dedup_filters");
       const folded = m?.get("ingestd_dedup_filters_folded");
-      if (!stopped && bytes !== undefined && folded !== undefined) samples[at].filters = { bytes, folded };
+      if (!stopped && bytes !== undefined && count !== undefined && folded !== undefined) samples[at].filters = { bytes, count, folded };
     });
   }, intervalS * 1000);
   timer.unref();

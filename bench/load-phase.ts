@@ -52,8 +52,9 @@ export interface IntervalResult {
   daemon_us_per_event: number | null;
   postgres_us_per_event: number | null;
   wal_bytes_per_event: number | null;
-  /** The daemon's id-state filters at the interval's end: MiB held, and how many of them folded. */
+  /** The daemon's id-state filters at the interval's end: MiB held, how many (each id is checked against all), how many folded. */
   filter_mib: number | null;
+  filters_held: number | null;
   filters_folded: number | null;
 }
 
@@ -257,6 +258,7 @@ function mergeIntervals(spec: PhaseSpec, results: GeneratorResult[], samples: In
       postgres_us_per_event: sample === undefined ? null : usPerEvent(sample.cpu.postgres_cores, sample.cpu.wall_s, accepted),
       wal_bytes_per_event: sample?.db == null || accepted === 0 ? null : Math.round(sample.db.wal_bytes / accepted),
       filter_mib: sample?.filters == null ? null : Math.round((sample.filters.bytes / 2 ** 20) * 10) / 10,
+      filters_held: sample?.filters?.count ?? null,
       filters_folded: sample?.filters?.folded ?? null,
     });
   }
