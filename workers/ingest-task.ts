@@ -50,14 +50,12 @@ export default async function ingest(task: IngestTask): Promise<IngestOutcome> {
   const receivedAt = new Date(task.receivedAt).toISOString();
   const bytes = ring.subarray(task.offset, task.offset + task.length);
 
-  let text: string;
   let body: ParsedBody | null;
   /** The body as sent, or inflated when it came compressed. */
   let plain: Uint8Array = bytes;
   try {
     plain = inflateBody(bytes, task.encoding, data.maxBodyBytes);
-    text = decodeBody(plain);
-    body = parseBody(text, task.format, task.envelope);
+    body = parseBody(decodeBody(plain), task.format, task.envelope);
   } catch (err) {
     return refuseUnreadableBody(task, plain, err, receivedAt);
   }
@@ -70,7 +68,6 @@ export default async function ingest(task: IngestTask): Promise<IngestOutcome> {
   // bytes, which stay in the ring until the task settles (docs/architecture.md#worker-threads).
   const records = validateRecords(body, single, streamTable, { receivedAt });
   body = null;
-  text = "";
   result.received = records.received;
   result.validatedAt = now();
 

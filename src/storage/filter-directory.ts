@@ -166,6 +166,11 @@ export class FilterDirectory implements GroupFilterCache {
     if (this.garbage > 0) this.collect();
   }
 
+  /** Whether `filter` is the one published for `key`, which the workers may still read (next and held share keys). */
+  private isPublished(key: string, filter: DedupFilter): boolean {
+    return this.held.get(key)?.filter === filter;
+  }
+
   /**
    * `bytes` this process no longer refers to: collected at the end of the refresh, or at once past
    * GARBAGE_BYTES (a start folding many filters it has just loaded).
@@ -241,7 +246,7 @@ export class FilterDirectory implements GroupFilterCache {
         held.find(([, h]) => h.filter.bits === 12);
       if (fold) {
         const [key, h] = fold;
-        const published = this.held.get(key)?.filter === h.filter;
+        const published = this.isPublished(key, h.filter);
         if (published && this.heldFolds++ >= FOLDS_PER_PASS) break;
         const filter = h.filter.fold();
         bytes -= h.filter.byteLength - filter.byteLength;
@@ -251,7 +256,7 @@ export class FilterDirectory implements GroupFilterCache {
       }
       const [key, h] = held[0];
       next.delete(key);
-      if (this.held.get(key)?.filter !== h.filter) this.letGo(h.filter.byteLength);
+      if (!this.isPublished(key, h.filter)) this.letGo(h.filter.byteLength);
       leftOut.set(key, h.gens.length);
       bytes -= h.filter.byteLength;
     }

@@ -49,7 +49,7 @@ export class CopyRows implements RowSource {
 
   /** Rows `[from, to)`: a view of the same memory, no copy. */
   payload(from = 0, to = this.length): Buffer {
-    return this.bytes.subarray(this.start(from), to === 0 ? 0 : this.ends[to - 1]);
+    return this.bytes.subarray(this.start(from), this.start(to));
   }
 
   bytesOf(i: number): Buffer {
@@ -60,6 +60,7 @@ export class CopyRows implements RowSource {
     return this.bytes.toString("utf8", this.start(i), this.ends[i]);
   }
 
+  /** Where row `i` starts: where the row before it ends (`length` for the end of the last). */
   private start(i: number): number {
     return i === 0 ? 0 : this.ends[i - 1];
   }
