@@ -22,7 +22,7 @@ import {
 } from "../src/storage/dedup-partitions";
 import { locked } from "../src/storage/partitions";
 import { BOOKKEEPING_TABLES, ensureDayPartitions, maintainBookkeeping } from "../src/storage/bookkeeping-partitions";
-import { DedupFilter, DedupFilterFull } from "../src/shared/dedup-filter";
+import { DedupFilter, DedupFilterFull, fingerprint, hashKey } from "../src/shared/dedup-filter";
 import crypto from "node:crypto";
 import { once } from "node:events";
 import path from "node:path";
@@ -652,6 +652,33 @@ describe("the sealed generations' filters", () => {
     assert.throws(() => folded.fold(), /cannot be folded again/, "8-bit fingerprints are not folded again");
   });
 
+  test("a batch checked against a filter at once (collectHits) finds the keys a check per key finds, at every width", () => {
+    const held = Array.from({ length: 50_000 }, () => crypto.randomUUID());
+    const filter = new DedupFilter(held.length);
+    for (const k of held) filter.add(k);
+    // Half held, half not, shuffled together: the held ones are found, and the others as often as has() lets through.
+    const batch = [...held.slice(0, 2_500), ...Array.from({ length: 20_000 }, () => crypto.randomUUID())].sort();
+    const h = new Uint32Array(4);
+    const h0s = new Uint32Array(batch.length);
+    const fps = new Uint32Array(batch.length);
+    batch.forEach((k, i) => {
+      hashKey(k, h);
+      h0s[i] = h[0];
+      fps[i] = fingerprint(h);
+    });
+    const out = new Uint32Array(batch.length);
+    let f = filter;
+    for (;;) {
+      const expected = batch.flatMap((k, i) => (f.has(k) ? [i] : []));
+      assert.ok(expected.length >= 2_500, `${f.bits} bits: every held key found`);
+      const found = f.collectHits(h0s, fps, batch.length, out);
+      assert.deepEqual([...out.subarray(0, found)], expected, `${f.bits} bits: the same keys, in batch order`);
+      assert.equal(f.collectHits(h0s, fps, 100, out), expected.filter((i) => i < 100).length, "only the first n keys");
+      if (f.bits === 8) break;
+      f = f.fold();
+    }
+  });
+
   test("past dedupFilterMb the oldest filters are folded, to 14 bits, then 12, then 8, then left out; their generations are probed and their ids stay duplicates", async () => {
     const url = await freshDatabase();
     const first = await daemon({}, url);
@@ -834,7 +861,9 @@ describe("the claim's fast path", () => {
           ? "pruned hits+"
           : sent.some((q) => q.includes("LATERAL"))
             ? "hits+"
-            : "";
+            : sent.some((q) => q.includes("ANY($2::integer[]) AND"))
+              ? "cross hits+"
+              : "";
         return { notStored, path: hits + [path, fell].filter(Boolean).join("+") };
       };
       const none: FilterCheck = { maybe: [], gens: [], covered: [] };
@@ -871,12 +900,23 @@ describe("the claim's fast path", () => {
       // Its filter checked, and hit by one key: the probe finds it stored, the claim function settles the batch.
       const hit: FilterCheck = { maybe: [first[2]], gens: [sealedGen], covered: [sealedGen] };
       assert.deepEqual(await claim([crypto.randomUUID(), first[2]], hit), { notStored: [2], path: "hits+claim" });
-      // One generation hit of many covered: the hits are probed by the statement that opens that partition alone.
+      // Few generations hit of many covered: the hits are probed by a statement that opens those partitions alone;
+      // the cross product of keys and generations when it probes at most twice the hits.
       const many = [sealedGen, ...Array.from({ length: 9 }, (_, i) => sealedGen + 100 + i)];
       const oneOfMany: FilterCheck = { maybe: [first[3], first[3]], gens: [sealedGen, sealedGen + 103], covered: many };
-      assert.deepEqual(await claim([first[3], crypto.randomUUID()], oneOfMany), { notStored: [1], path: "pruned hits+claim" });
+      assert.deepEqual(await claim([first[3], crypto.randomUUID()], oneOfMany), { notStored: [1], path: "cross hits+claim" });
       const missOfMany: FilterCheck = { maybe: [crypto.randomUUID()], gens: [sealedGen], covered: many };
-      assert.deepEqual(await claim([missOfMany.maybe![0]], missOfMany), { notStored: [], path: "pruned hits+copy" }, "a false positive");
+      assert.deepEqual(await claim([missOfMany.maybe![0]], missOfMany), { notStored: [], path: "cross hits+copy" }, "a false positive");
+      const [other, another] = [crypto.randomUUID(), crypto.randomUUID()];
+      const apart: FilterCheck = { maybe: [other, first[4], another], gens: [sealedGen + 101, sealedGen, sealedGen + 102], covered: many };
+      assert.deepEqual(
+        await claim([other, first[4], another], apart),
+        { notStored: [2], path: "pruned hits+claim" },
+        "three keys, each hit in its own generation: each probed only there",
+      );
+      const fp = crypto.randomUUID();
+      const apartMiss: FilterCheck = { maybe: [fp, another, other], gens: [sealedGen, sealedGen + 101, sealedGen + 102], covered: many };
+      assert.deepEqual(await claim([fp], apartMiss), { notStored: [], path: "pruned hits+copy" }, "false positives in three generations");
       // Its filter checked and not hit: the fast path again, into the new open generation.
       const fresh = [crypto.randomUUID(), crypto.randomUUID()];
       assert.deepEqual(await claim(fresh, { maybe: [], gens: [], covered: [sealedGen] }), { notStored: [], path: "copy" });

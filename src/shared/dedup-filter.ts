@@ -252,6 +252,96 @@ export class DedupFilter {
   }
 
   /**
+   * Writes to `out` the index of each of the first `n` keys (given by their first hash word and fingerprint)
+   * this filter may hold, and returns how many. What a worker calls once per filter for a whole batch: one
+   * filter's loop over many keys issues the reads of several keys' buckets at once, where a check per key
+   * waits for each filter's buckets in turn (both buckets are read before either is compared for the same
+   * reason; docs/performance.md#filter-checks).
+   */
+  collectHits(h0s: Uint32Array, fps: Uint32Array, n: number, out: Uint32Array): number {
+    const buckets = this.buckets;
+    const alt = this.alt;
+    let hits = 0;
+    const wide = this.wide;
+    if (wide !== null) {
+      for (let i = 0; i < n; i++) {
+        const fp = fps[i];
+        const b1 = h0s[i] % buckets;
+        let b2 = alt[fp >>> 8] - b1;
+        if (b2 < 0) b2 += buckets;
+        const s = b1 * SLOTS;
+        const t = b2 * SLOTS;
+        const a0 = wide[s],
+          a1 = wide[s + 1],
+          a2 = wide[s + 2],
+          a3 = wide[s + 3];
+        const c0 = wide[t],
+          c1 = wide[t + 1],
+          c2 = wide[t + 2],
+          c3 = wide[t + 3];
+        if (a0 === fp || a1 === fp || a2 === fp || a3 === fp || c0 === fp || c1 === fp || c2 === fp || c3 === fp) out[hits++] = i;
+      }
+      return hits;
+    }
+    const fine = this.fine;
+    if (fine !== null) {
+      for (let i = 0; i < n; i++) {
+        const fp = fps[i];
+        const high = fp >>> 8;
+        const b1 = h0s[i] % buckets;
+        let b2 = alt[high] - b1;
+        if (b2 < 0) b2 += buckets;
+        const s = b1 * FINE_BUCKET_BYTES;
+        const t = b2 * FINE_BUCKET_BYTES;
+        const a0 = fine[s],
+          a1 = fine[s + 1],
+          a2 = fine[s + 2],
+          a3 = fine[s + 3];
+        const c0 = fine[t],
+          c1 = fine[t + 1],
+          c2 = fine[t + 2],
+          c3 = fine[t + 3];
+        // The high bytes match once in 255 a slot; only then are the low bits read.
+        if (a0 === high || a1 === high || a2 === high || a3 === high || c0 === high || c1 === high || c2 === high || c3 === high) {
+          const low = (fp >>> 2) & 63;
+          if (fineHas(fine, s, high, low) || fineHas(fine, t, high, low)) out[hits++] = i;
+        }
+      }
+      return hits;
+    }
+    const mid = this.mid;
+    if (mid !== null) {
+      for (let i = 0; i < n; i++) {
+        const fp = fps[i];
+        const q = fp >>> 4;
+        const b1 = h0s[i] % buckets;
+        let b2 = alt[fp >>> 8] - b1;
+        if (b2 < 0) b2 += buckets;
+        const s = b1 * MID_BUCKET_BYTES;
+        const t = b2 * MID_BUCKET_BYTES;
+        const a = pair(mid, s);
+        const a2 = pair(mid, s + 3);
+        const c = pair(mid, t);
+        const c2 = pair(mid, t + 3);
+        if (
+          (a & 0xfff) === q ||
+          a >>> 12 === q ||
+          (a2 & 0xfff) === q ||
+          a2 >>> 12 === q ||
+          (c & 0xfff) === q ||
+          c >>> 12 === q ||
+          (c2 & 0xfff) === q ||
+          c2 >>> 12 === q
+        )
+          out[hits++] = i;
+      }
+      return hits;
+    }
+    for (let i = 0; i < n; i++) if (this.hasFingerprint(h0s[i], fps[i])) out[hits++] = i;
+    return hits;
+  }
+
+  /**
    * How many more keys fit at the load a filter is sized for (LOAD): a group's filter takes each newly sealed
    * generation while this says its keys fit (docs/storage.md#the-window-and-the-id-state). One pass over the slots.
    */

@@ -26,6 +26,10 @@ export class IdFilters {
   /** null until the front's first publication: until then PostgreSQL probes every sealed generation. */
   private covered: number[] | null = null;
   private readonly h = new Uint32Array(4);
+  /** Each key's first hash word and fingerprint, and the indexes of the keys a filter may hold. */
+  private h0s = new Uint32Array(0);
+  private fps = new Uint32Array(0);
+  private hits = new Uint32Array(0);
 
   constructor(readonly slotsTable: string) {}
 
@@ -39,27 +43,37 @@ export class IdFilters {
 
   check(keys: readonly string[]): FilterCheck {
     if (this.covered === null) return { maybe: null, gens: null, covered: null };
+    const n = keys.length;
+    if (this.fps.length < n) this.grow(n);
+    // Hashed and fingerprinted once, then each filter checks the whole batch (DedupFilter.collectHits).
+    const { h0s, fps, hits, h } = this;
+    for (let i = 0; i < n; i++) {
+      hashKey(keys[i], h);
+      h0s[i] = h[0];
+      fps[i] = fingerprint(h);
+    }
     // A key that hits a group's filter may be in any of its generations: it is probed in each.
     const maybe: string[] = [];
     const gens: number[] = [];
     const filters = this.filters;
-    const h = this.h;
-    for (let i = 0; i < keys.length; i++) {
-      hashKey(keys[i], h);
-      // Hashed and fingerprinted once, then one or two buckets read per filter: the loop is the memory reads.
-      const h0 = h[0];
-      const fp = fingerprint(h);
-      for (let f = 0; f < filters.length; f++) {
-        if (filters[f].hasFingerprint(h0, fp)) {
-          const of = this.filterGens[f];
-          for (let g = 0; g < of.length; g++) {
-            maybe.push(keys[i]);
-            gens.push(of[g]);
-          }
+    for (let f = 0; f < filters.length; f++) {
+      const found = filters[f].collectHits(h0s, fps, n, hits);
+      const of = this.filterGens[f];
+      for (let j = 0; j < found; j++) {
+        for (let g = 0; g < of.length; g++) {
+          maybe.push(keys[hits[j]]);
+          gens.push(of[g]);
         }
       }
     }
     return { maybe, gens, covered: this.covered };
+  }
+
+  /** Room for the hashes of a batch of `n` keys (kept for the next batches: no allocation per check). */
+  private grow(n: number): void {
+    this.h0s = new Uint32Array(n);
+    this.fps = new Uint32Array(n);
+    this.hits = new Uint32Array(n);
   }
 }
 
