@@ -256,7 +256,7 @@ export class DedupFilter {
    * this filter may hold, and returns how many. What a worker calls once per filter for a whole batch: one
    * filter's loop over many keys issues the reads of several keys' buckets at once, where a check per key
    * waits for each filter's buckets in turn (both buckets are read before either is compared for the same
-   * reason; docs/performance.md#filter-checks).
+   * reason; docs/performance.md#daemon-cpu-per-event).
    */
   collectHits(h0s: Uint32Array, fps: Uint32Array, n: number, out: Uint32Array): number {
     const buckets = this.buckets;

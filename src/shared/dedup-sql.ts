@@ -131,7 +131,7 @@ export function dedupShape(schema: string, stream: StreamDefinition): DedupShape
  * each generation picked at run time, but every partition opened by every call (~16 µs each). `pruned` true:
  * `$3` the generations hit, planned with each call so that only their partitions are opened (~70 µs each,
  * planning included): cheaper when few of many generations were hit (IdClaim's choice; measured in
- * docs/storage.md#what-it-costs-measured). dedupHitsCrossSql is a third.
+ * docs/storage.md#what-it-costs-measured).
  */
 export function dedupHitsProbeSql(d: DedupShape, pruned = false): string {
   const key = DEDUP_KEY_COLUMN;
@@ -144,19 +144,6 @@ export function dedupHitsProbeSql(d: DedupShape, pruned = false): string {
     ) AS m CROSS JOIN LATERAL (
       SELECT count(*) AS n FROM ${d.ids} i WHERE i.${gen} = m.g${pruned ? ` AND i.${gen} = ANY($3::integer[])` : ""} AND i.${key} = ANY(m.ks)
     ) AS x`;
-}
-
-/**
- * The hits statement as a cross product: how many of the keys `$1` are stored in any of the generations `$2`,
- * planned with each call over those partitions alone. No unnest, grouping or lateral join: the cheapest form
- * when the keys hit the same generations (the common batch: one false positive, the generations of one group
- * filter), and as good an answer. A key stored in a generation hits that generation's filter (a miss is exact),
- * so the count is 0 exactly when it is 0 for the pairs (docs/storage.md#what-it-costs-measured).
- */
-export function dedupHitsCrossSql(d: DedupShape): string {
-  return `SELECT count(*)::integer AS stored FROM ${d.ids} i
-     WHERE i.${DEDUP_GEN_COLUMN} = ANY($2::integer[]) AND i.${DEDUP_GEN_COLUMN} > ${LAST_ADOPTED_GENERATION}
-       AND i.${DEDUP_KEY_COLUMN} = ANY($1::uuid[])`;
 }
 
 /**

@@ -6,7 +6,7 @@
  * concurrent batches of other workers (and other daemons) agree on who stored an id; within one batch the
  * first occurrence wins. See docs/storage.md#deduplication.
  */
-import { DEDUP_GEN_COLUMN, DEDUP_KEY_COLUMN, dedupHitsCrossSql, dedupHitsProbeSql, dedupShape } from "../../src/shared/dedup-sql";
+import { DEDUP_GEN_COLUMN, DEDUP_KEY_COLUMN, dedupHitsProbeSql, dedupShape } from "../../src/shared/dedup-sql";
 import type { StreamDefinition } from "../../src/shared/stream-definition";
 import { IdFilters } from "./id-filters";
 import type { ClaimSql } from "./id-claim";
@@ -103,12 +103,7 @@ export function commitTarget(schema: string, stream: StreamDefinition, order: nu
   const release = `DELETE FROM ${d.ids} WHERE ${quoteIdent(DEDUP_KEY_COLUMN)} = ANY($1::uuid[])
     AND ${quoteIdent(DEDUP_GEN_COLUMN)} = (SELECT gen FROM ${d.slots} WHERE opened_at IS NOT NULL AND sealed_at IS NULL)`;
   // By position: a prepared statement's name is cut at 63 bytes, a table's name need not be.
-  const hits = {
-    name: `ingestd-dedup-hits-${order}`,
-    text: dedupHitsProbeSql(d),
-    pruned: dedupHitsProbeSql(d, true),
-    cross: dedupHitsCrossSql(d),
-  };
+  const hits = { name: `ingestd-dedup-hits-${order}`, text: dedupHitsProbeSql(d), pruned: dedupHitsProbeSql(d, true) };
   return { stream: stream.name, order, copySql, dedup: { claim, probe, hits, release, filters: new IdFilters(d.slots) }, upsert };
 }
 

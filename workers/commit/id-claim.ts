@@ -26,9 +26,8 @@ export interface ClaimSql {
    * outside the transaction. Named: prepared once per connection, its plan kept, where planning it anew over a
    * hundred partitions cost ~10 ms a call. `pruned`: the same with `$3` the generations hit, planned with
    * each call and opening only their partitions (probeFilterHits picks it when few generations were hit).
-   * `cross`: `$1` the keys that hit, `$2` the generations hit, every key probed in every one of them.
    */
-  hits: { name: string; text: string; pruned: string; cross: string };
+  hits: { name: string; text: string; pruned: string };
   /** `$1` keys that hit a filter, `$2` the generation of each hit, `$3` the generations covered: one row (ProbeRow). */
   probe: string;
   /** `$1` keys in row order, then as `probe`: returns `n`, the 1-based position of each row it did NOT record. */
@@ -60,8 +59,6 @@ export interface CheckedKeys {
 
 /** The pruned hits statement when fewer than 1 in PRUNED_HIT_SHARE of the sealed generations were hit. */
 const PRUNED_HIT_SHARE = 3;
-/** The cross form when its probes (keys × generations hit) are at most this many times the hits. */
-const CROSS_PROBES = 2;
 
 /**
  * Probes the hits of a filter check (IdFilters.check) in the generations under the parent table, before the
@@ -70,21 +67,13 @@ const CROSS_PROBES = 2;
 export async function probeFilterHits(client: pg.ClientBase, sql: ClaimSql, checked: FilterCheck): Promise<CheckedKeys> {
   if (checked.covered === null || checked.maybe!.length === 0) return { checked, clear: true };
   const hit = [...new Set(checked.gens)];
-  // The prepared form opens every partition (~7.5 µs each), the pruned one plans and opens those hit (~70 µs
-  // each), the cross one too but with less around them (0.48 ms against 0.75 for one key in a group's 10
-  // generations): measured on 52 and 162 generations (docs/storage.md#what-it-costs-measured).
-  let stored: number;
-  if (hit.length * PRUNED_HIT_SHARE >= checked.covered.length) {
-    stored = (await client.query<{ stored: number }>({ name: sql.hits.name, text: sql.hits.text, values: [checked.maybe, checked.gens] }))
-      .rows[0].stored;
-  } else {
-    const keys = [...new Set(checked.maybe)];
-    stored =
-      keys.length * hit.length <= CROSS_PROBES * checked.maybe!.length
-        ? (await client.query<{ stored: number }>(sql.hits.cross, [keys, hit])).rows[0].stored
-        : (await client.query<{ stored: number }>(sql.hits.pruned, [checked.maybe, checked.gens, hit])).rows[0].stored;
-  }
-  return { checked, clear: stored === 0 };
+  // The prepared form opens every partition (~16 µs each), the pruned one plans and opens those hit (~70 µs
+  // each): measured on 52 generations, even at about a third of them hit (dedupHitsProbeSql).
+  const { rows } =
+    hit.length * PRUNED_HIT_SHARE < checked.covered.length
+      ? await client.query<{ stored: number }>(sql.hits.pruned, [checked.maybe, checked.gens, hit])
+      : await client.query<{ stored: number }>({ name: sql.hits.name, text: sql.hits.text, values: [checked.maybe, checked.gens] });
+  return { checked, clear: rows[0].stored === 0 };
 }
 
 /**
