@@ -62,7 +62,9 @@ export async function startBenchDb(log: (line: string) => void, env: NodeJS.Proc
     if (serverUrl === null) {
       dir = fs.mkdtempSync(path.join(os.tmpdir(), "ingestd-bench-pg-"));
       const started = Date.now();
-      embedded = await startEmbeddedDb({ dir, ephemeral: true });
+      // PostgreSQL's own word on a crash or a killed backend, which the bench's clients only see as a closed connection.
+      const serious = /PANIC|FATAL|terminated by signal|out of memory|was terminated/;
+      embedded = await startEmbeddedDb({ dir, ephemeral: true, log: (line) => serious.test(line) && log(`postgres: ${line}`) });
       serverUrl = embedded.url;
       log(`embedded PostgreSQL ready on port ${embedded.port} in ${Date.now() - started} ms (${dir})`);
     }
