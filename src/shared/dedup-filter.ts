@@ -64,7 +64,7 @@ function word(key: string, at: number): number {
  * fingerprint. Two independent mixes of all 128 bits, so structured ids spread too, and two keys share a
  * bucket and a fingerprint only by the chance of both (format 1 derived every bit from one 32-bit hash: in a
  * group of 4 million keys, 0.1% of other keys collided with one of them outright;
- * docs/storage.md#filter-format). Computed once per key, then checked against every filter with hasHashed.
+ * docs/storage.md#filter-format). Computed once per key, then checked against every filter (collectHits for a batch).
  */
 export function hashKey(key: string, out: Uint32Array): void {
   // xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx
@@ -219,8 +219,8 @@ export class DedupFilter {
   }
 
   /**
-   * has() for a key's first hash word and its fingerprint (`fingerprint`): what a worker checking one key
-   * against many filters computes once per key.
+   * has() for a key's first hash word and its fingerprint (`fingerprint`), computed once per key when it is
+   * checked against many filters; a worker checks a batch with collectHits, which calls this for 8-bit filters.
    */
   hasFingerprint(h0: number, fp: number): boolean {
     const b1 = h0 % this.buckets;
@@ -260,15 +260,13 @@ export class DedupFilter {
    */
   collectHits(h0s: Uint32Array, fps: Uint32Array, n: number, out: Uint32Array): number {
     const buckets = this.buckets;
-    const alt = this.alt;
     let hits = 0;
     const wide = this.wide;
     if (wide !== null) {
       for (let i = 0; i < n; i++) {
         const fp = fps[i];
         const b1 = h0s[i] % buckets;
-        let b2 = alt[fp >>> 8] - b1;
-        if (b2 < 0) b2 += buckets;
+        const b2 = this.other(b1, fp >>> 8);
         const s = b1 * SLOTS;
         const t = b2 * SLOTS;
         const a0 = wide[s],
@@ -289,8 +287,7 @@ export class DedupFilter {
         const fp = fps[i];
         const high = fp >>> 8;
         const b1 = h0s[i] % buckets;
-        let b2 = alt[high] - b1;
-        if (b2 < 0) b2 += buckets;
+        const b2 = this.other(b1, high);
         const s = b1 * FINE_BUCKET_BYTES;
         const t = b2 * FINE_BUCKET_BYTES;
         const a0 = fine[s],
@@ -315,8 +312,7 @@ export class DedupFilter {
         const fp = fps[i];
         const q = fp >>> 4;
         const b1 = h0s[i] % buckets;
-        let b2 = alt[fp >>> 8] - b1;
-        if (b2 < 0) b2 += buckets;
+        const b2 = this.other(b1, fp >>> 8);
         const s = b1 * MID_BUCKET_BYTES;
         const t = b2 * MID_BUCKET_BYTES;
         const a = pair(mid, s);
