@@ -17,9 +17,11 @@ import {
   createGeneration,
   dedupStateDdl,
   ensureDedupGenerations,
+  maintainDedupGenerations,
   maintainDedupState,
   rotateDedupGeneration,
 } from "../src/storage/dedup-partitions";
+import { OpenGenerationFilters } from "../src/storage/open-generation-filters";
 import { locked } from "../src/storage/partitions";
 import { BOOKKEEPING_TABLES, ensureDayPartitions, maintainBookkeeping } from "../src/storage/bookkeeping-partitions";
 import { DedupFilter, DedupFilterFull, fingerprint, hashKey } from "../src/shared/dedup-filter";
@@ -339,6 +341,68 @@ describe("the sealed generations' filters", () => {
     }
   });
 
+  test("the open generation's filters are filled while it is open and completed at its seal: they hold every key it took (a subtransaction's running during a fill too), and its group's new version is published before it is stored", async () => {
+    const url = await freshDatabase();
+    const first = await daemon({}, url);
+    await first.stop();
+    const d = dedupShape("public", eventsStream)!;
+    const directory = new FilterDirectory("public", [eventsStream]);
+    const prefills = new OpenGenerationFilters();
+    const uuids = (n: number) => Array.from({ length: n }, () => crypto.randomUUID());
+    try {
+      await withClient(url, (c) =>
+        withClient(url, async (other) => {
+          // A sealed generation to size the open one's filters from (and a group for it to join).
+          await remember(c, await pastGeneration(c, 30), uuids(2_000));
+          const pass = (hotBytes: number) =>
+            maintainDedupGenerations(c, "public", [eventsStream], 168, undefined, hotBytes, directory, prefills);
+          await pass(2 ** 40);
+          const open = (
+            await c.query<{ gen: number; part: string }>(
+              `SELECT gen, part FROM ${d.slots} WHERE opened_at IS NOT NULL AND sealed_at IS NULL`,
+            )
+          ).rows[0];
+          const put = (client: pg.Client, ids: string[]) =>
+            client.query(`INSERT INTO ${open.part} (id_key, gen) SELECT unnest($1::uuid[]), $2`, [ids.map(dedupKey), open.gen]);
+          const early = uuids(300);
+          const running = uuids(300);
+          const late = uuids(300);
+          await put(c, early);
+          await other.query("BEGIN");
+          await other.query("SAVEPOINT claim");
+          await put(other, running);
+          await pass(2 ** 40); // reads `early`; `running` is invisible to its snapshot
+          await other.query("RELEASE SAVEPOINT claim");
+          await other.query("COMMIT");
+          await pass(2 ** 40); // reads `running`: its transaction was the oldest running at the last read
+          await put(c, late);
+          // Sealed by another daemon, say: the seal's build reads `late` alone.
+          await rotateDedupGeneration(c, "public", eventsStream, 168, 0);
+          const published = directory.list().length;
+          await pass(2 ** 40);
+          assert.equal(prefills.completed, 1, "the seal took the prefill over");
+          const own = await c.query<{ filter: Buffer }>(`SELECT filter_v3 AS filter FROM ${d.slots} WHERE gen = $1`, [open.gen]);
+          const ownFilter = new DedupFilter(own.rows[0].filter);
+          const held = directory.list().find((f) => f.gens.includes(open.gen));
+          assert.ok(
+            held !== undefined && directory.list().length === published,
+            "the group's new version replaced its last, without a refresh",
+          );
+          const groupFilter = new DedupFilter(held.words);
+          for (const id of [...early, ...running, ...late]) {
+            assert.ok(ownFilter.has(dedupKey(id)), `${id} in the generation's filter`);
+            assert.ok(groupFilter.has(dedupKey(id)), `${id} in its group's`);
+          }
+          const group = await c.query<{ gens: number[]; filter: Buffer }>(`SELECT gens, filter_v3 AS filter FROM ${d.groups}`);
+          assert.equal(group.rowCount, 1, "the generation joined the past one's group");
+          assert.ok(group.rows[0].filter.equals(Buffer.from(held.words)), "the group's filter stored is the one published, byte for byte");
+        }),
+      );
+    } finally {
+      directory.close();
+    }
+  });
+
   test("the open group's next copy reuses a buffer no longer published only once every worker has taken a later publication", async () => {
     const url = await freshDatabase();
     const first = await daemon({}, url);
@@ -394,7 +458,7 @@ describe("the sealed generations' filters", () => {
         made.push(await generation(20));
         assert.equal(new Set(made).size, 3, "no buffer reused while a worker may read it");
         await workerCheck(3);
-        slow.took(3);
+        slow.took(directory.lastPublication);
         const reused = await generation(10);
         assert.ok(made.includes(reused), "a buffer every worker has left is filled again instead of a new one");
       });

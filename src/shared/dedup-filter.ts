@@ -159,6 +159,15 @@ export class DedupFilter {
   }
 
   /**
+   * addBytes() unless the filter already answers yes for the key: a key read twice takes no second slot. A yes
+   * for another key's fingerprint stays a yes for this one (both entries live in the same two buckets).
+   */
+  addBytesOnce(bytes: Buffer, at: number): void {
+    hashKeyBytes(bytes, at, this.h);
+    if (!this.hasHashed(this.h)) this.addHashed(this.h);
+  }
+
+  /**
    * Cuckoo insertion: into a free slot of either bucket, else a fingerprint of the bucket is evicted to its
    * own other bucket, and so on. Throws DedupFilterFull when MAX_KICKS evictions found no room (the filter
    * then misses the key last evicted, and must be discarded).

@@ -11,6 +11,7 @@ import { DEDUP_FILTER_IDENT as FILTER, DEDUP_KEY_COLUMN, dedupShape } from "../s
 import type { StreamDefinition } from "../shared/stream-definition";
 import { quoteIdent } from "../shared/sql-identifiers";
 import { binaryCopyRowsAt, COPY_HEADER_BYTES, loadFilter } from "./filter-copy";
+import type { OpenGenerationFilters, PrefilledFilters } from "./open-generation-filters";
 import { locked } from "./partitions";
 
 /** One row of a binary COPY of the key column: field count (2 bytes), field length (4), the 16-byte uuid. */
@@ -19,10 +20,11 @@ const KEY_ROW_BYTES = 22;
 /**
  * Streams every key of a partition (a partition may hold millions) in binary to `add`, as its 16 bytes at
  * `at` in `data`: no text to format in PostgreSQL nor to parse and slice here. `add` returns false once it
- * wants no more; the COPY is then drained, so the connection stays usable.
+ * wants no more; the COPY is then drained, so the connection stays usable. `where`: a condition on the rows,
+ * from ` WHERE` on.
  */
-async function readKeys(client: pg.ClientBase, part: string, add: (data: Buffer, at: number) => boolean): Promise<void> {
-  const stream = client.query(copyTo(`COPY (SELECT ${quoteIdent(DEDUP_KEY_COLUMN)} FROM ${part}) TO STDOUT (FORMAT binary)`));
+export async function readKeys(client: pg.ClientBase, part: string, add: (data: Buffer, at: number) => boolean, where = ""): Promise<void> {
+  const stream = client.query(copyTo(`COPY (SELECT ${quoteIdent(DEDUP_KEY_COLUMN)} FROM ${part}${where}) TO STDOUT (FORMAT binary)`));
   let rest: Buffer | null = null;
   let header = true;
   let wanted = true;
@@ -119,12 +121,17 @@ export const GROUP_GENERATIONS = 10;
 export interface GroupFilterCache {
   /** A private copy of the filter held for group `grp` of `slots` holding exactly `gens` (never a folded one). */
   copyOf(slots: string, grp: number, gens: readonly number[]): DedupFilter | undefined;
+  /**
+   * The filter just built for group `grp` of `slots`, holding `gens`, about to be stored: published to the
+   * workers at once (a failed store leaves it valid: a sealed generation's keys never change).
+   */
+  built(slots: string, grp: number, gens: readonly number[], filter: DedupFilter): void;
   /** The filter just stored for group `grp` of `slots`, holding `gens`. */
   stored(slots: string, grp: number, gens: readonly number[], filter: DedupFilter): void;
 }
 
 /** A group taking generations: its number and generations as stored, and a private copy of its filter. */
-interface OpenGroup {
+export interface OpenGroup {
   grp: number;
   gens: number[];
   filter: DedupFilter;
@@ -136,7 +143,7 @@ interface OpenGroup {
  * process's, or read from PostgreSQL): a filter that fills while taking a generation misses a key, and is
  * discarded whole, never published.
  */
-async function openGroup(
+export async function openGroup(
   client: pg.ClientBase,
   d: { slots: string; groups: string },
   keys: number,
@@ -154,18 +161,46 @@ async function openGroup(
   return { grp: newest.grp, gens: newest.gens, filter };
 }
 
+/** The generation's filters from a read of all its keys, and the group it joins (null: it starts one). */
+async function readGeneration(
+  client: pg.ClientBase,
+  d: { slots: string; groups: string },
+  part: string,
+  keys: number,
+  last: OpenGroup | null,
+  cache?: GroupFilterCache,
+): Promise<PrefilledFilters> {
+  const open = await openGroup(client, d, keys, last, cache);
+  let own: DedupFilter | null = new DedupFilter(keys);
+  let group: DedupFilter | null = open?.filter ?? new DedupFilter(keys * GROUP_GENERATIONS);
+  // One read for both; a filter that fills (DedupFilterFull, rare) drops out and is built again below.
+  await readKeys(client, part, (data, at) => {
+    if (own !== null && tryAdd(own, data, at) !== null) own = null;
+    if (group !== null && tryAdd(group, data, at) !== null) group = null;
+    return own !== null || group !== null;
+  });
+  own ??= await filterOf(Math.ceil(keys * 1.25), (f) => fillFilter(client, part, f));
+  // A group that filled after all: the generation starts a new one.
+  const joins = group !== null ? open : null;
+  group ??= await filterOf(keys * GROUP_GENERATIONS, (f) => fillFilter(client, part, f));
+  return { own, group, joins: joins === null ? null : { grp: joins.grp, gens: joins.gens } };
+}
+
 /**
  * Builds the missing filters of the sealed generations of one stream's id state, oldest first, and adds each
  * generation's keys to the open group's filter in the same read (a group of GROUP_GENERATIONS generations used
- * to read every key a second time, ~3 s of a backend per group; docs/storage.md#the-window-and-the-id-state). The
- * generation's filter and its group's are stored in one transaction under the schema lock. Returns their
- * partitions. `cache`: the group filters this process holds.
+ * to read every key a second time, ~3 s of a backend per group; docs/storage.md#the-window-and-the-id-state), or
+ * completes the filters `prefills` filled while the generation was open. The group's new version goes to the
+ * workers (`cache.built`) before it is stored: from then on their claims check it instead of probing the
+ * generation with every key. The generation's filter and its group's are stored in one transaction under the
+ * schema lock. Returns their partitions. `cache`: the group filters this process holds.
  */
 export async function buildDedupFilters(
   client: pg.ClientBase,
   schema: string,
   stream: StreamDefinition,
   cache?: GroupFilterCache,
+  prefills?: OpenGenerationFilters,
 ): Promise<string[]> {
   const d = dedupShape(schema, stream)!;
   const { rows } = await client.query<{ part: string; gen: number }>(
@@ -177,32 +212,19 @@ export async function buildDedupFilters(
     const done = await locked(client, async () => {
       const still = await client.query(`SELECT 1 FROM ${d.slots} WHERE gen = $1 AND ${FILTER} IS NULL`, [slot.gen]);
       if (still.rowCount === 0) return false; // another daemon built it, or the generation was dropped
-      const keys = await keysAtMost(client, [slot.part]);
-      const open = await openGroup(client, d, keys, last, cache);
-      let own: DedupFilter | null = new DedupFilter(keys);
-      let group: DedupFilter | null = open?.filter ?? new DedupFilter(keys * GROUP_GENERATIONS);
-      // One read for both; a filter that fills (DedupFilterFull, rare) drops out and is built again below.
-      await readKeys(client, slot.part, (data, at) => {
-        if (own !== null && tryAdd(own, data, at) !== null) own = null;
-        if (group !== null && tryAdd(group, data, at) !== null) group = null;
-        return own !== null || group !== null;
-      });
-      own ??= await filterOf(Math.ceil(keys * 1.25), (f) => fillFilter(client, slot.part, f));
-      // A group that filled after all: the generation starts a new one.
-      const joins = group !== null ? open : null;
-      group ??= await filterOf(keys * GROUP_GENERATIONS, (f) => fillFilter(client, slot.part, f));
-      await client.query(`UPDATE ${d.slots} SET ${FILTER} = $2 WHERE gen = $1`, [slot.gen, own.buffer()]);
+      const { own, group, joins } =
+        (await prefills?.complete(client, d, slot.gen)) ??
+        (await readGeneration(client, d, slot.part, await keysAtMost(client, [slot.part]), last, cache));
       const gens = [...(joins?.gens ?? []), slot.gen];
-      let grp: number;
+      // Under the schema lock no other daemon numbers a group meanwhile.
+      const grp =
+        joins?.grp ?? (await client.query<{ grp: number }>(`SELECT coalesce(max(grp), 0) + 1 AS grp FROM ${d.groups}`)).rows[0].grp;
+      cache?.built(d.slots, grp, gens, group);
+      await client.query(`UPDATE ${d.slots} SET ${FILTER} = $2 WHERE gen = $1`, [slot.gen, own.buffer()]);
       if (joins !== null) {
-        grp = joins.grp;
         await client.query(`UPDATE ${d.groups} SET gens = $2, ${FILTER} = $3 WHERE grp = $1`, [grp, gens, group.buffer()]);
       } else {
-        const made = await client.query<{ grp: number }>(
-          `INSERT INTO ${d.groups} (grp, gens, ${FILTER}) SELECT coalesce(max(grp), 0) + 1, $1, $2 FROM ${d.groups} RETURNING grp`,
-          [gens, group.buffer()],
-        );
-        grp = made.rows[0].grp;
+        await client.query(`INSERT INTO ${d.groups} (grp, gens, ${FILTER}) VALUES ($1, $2, $3)`, [grp, gens, group.buffer()]);
       }
       cache?.stored(d.slots, grp, gens, group);
       last = { grp, gens, filter: group };

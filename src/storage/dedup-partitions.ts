@@ -22,6 +22,7 @@ import {
 import { dedupKeySql } from "../shared/dedup-key";
 import { locked } from "./partitions";
 import { buildDedupFilters, buildDedupGroupFilters, type GroupFilterCache } from "./dedup-filters";
+import type { OpenGenerationFilters } from "./open-generation-filters";
 
 /** Sealing after an eighth of the window at the latest keeps a generation's ids from outliving it by more. */
 export const GENERATIONS_PER_WINDOW = 8;
@@ -349,16 +350,19 @@ export async function maintainDedupState(
   at = new Date(),
   hotBytes?: number,
   cache?: GroupFilterCache,
+  prefills?: OpenGenerationFilters,
 ): Promise<DedupPass> {
-  const done = await maintainDedupGenerations(client, schema, streams, windowHours, at, hotBytes, cache);
+  const done = await maintainDedupGenerations(client, schema, streams, windowHours, at, hotBytes, cache, prefills);
   done.filtered.push(...(await buildDedupGroups(client, schema, streams)));
   return done;
 }
 
 /**
- * The quick part of a pass: the rotation when due, the generations ahead, the ones past the window dropped
- * (under the schema lock), and the filters of the sealed ones with their groups' (one generation's keys each,
- * seconds at most). `cache`: the group filters this process holds (buildDedupFilters).
+ * The quick part of a pass: the keys the open generation took since the last pass into the filters filled
+ * while it is open, the rotation when due, the generations ahead, the ones past the window dropped (under the
+ * schema lock), and the filters of the sealed ones with their groups' (one generation's keys each, seconds at
+ * most; the rest of them, for a generation filled while open). `cache`: the group filters this process holds (buildDedupFilters); `prefills`: the open generations' filters
+ * this process fills (src/storage/open-generation-filters.ts).
  */
 export async function maintainDedupGenerations(
   client: pg.ClientBase,
@@ -368,6 +372,7 @@ export async function maintainDedupGenerations(
   at = new Date(),
   hotBytes?: number,
   cache?: GroupFilterCache,
+  prefills?: OpenGenerationFilters,
 ): Promise<DedupPass> {
   const created: string[] = [];
   const sealed: string[] = [];
@@ -375,13 +380,15 @@ export async function maintainDedupGenerations(
   const filtered: string[] = [];
   const hot = hotBytes ?? (await dedupHotBytes(client));
   for (const stream of streams.filter((s) => s.dedupKey !== undefined)) {
+    // Read just before a rotation, the open generation leaves its seal only the keys of the moments between.
+    await prefills?.fill(client, dedupShape(schema, stream)!, cache);
     const rotated = await rotateDedupGeneration(client, schema, stream, windowHours, hot, at);
     if (rotated !== null) sealed.push(rotated);
     await locked(client, async () => {
       created.push(...(await ensureDedupGenerations(client, schema, stream, at)));
       dropped.push(...(await dropExpiredDedupGenerations(client, schema, stream, windowHours, at)));
     });
-    filtered.push(...(await buildDedupFilters(client, schema, stream, cache)));
+    filtered.push(...(await buildDedupFilters(client, schema, stream, cache, prefills)));
   }
   return { created, sealed, dropped, filtered };
 }

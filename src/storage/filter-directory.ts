@@ -219,6 +219,15 @@ export class FilterDirectory implements GroupFilterCache {
     for (const dropped of this.spares.splice(0, Math.max(0, this.spares.length - SPARES))) this.letGo(dropped.words.byteLength);
   }
 
+  built(slots: string, grp: number, gens: readonly number[], filter: DedupFilter): void {
+    const versions = `${slots} G${grp}/`;
+    const next = new Map<string, Held>([[groupKey(slots, grp, gens), { filter, slots, gens: [...gens] }]]);
+    for (const [key, h] of this.held) if (!key.startsWith(versions)) next.set(key, h);
+    this.retire(next);
+    this.held = next;
+    this.publish();
+  }
+
   stored(slots: string, grp: number, gens: readonly number[], filter: DedupFilter): void {
     this.fresh.set(`${slots} G${grp}`, { gens: gens.length, filter });
     // Writing it took a buffer of its size (the Bind message), as its generation's own filter did a tenth.
@@ -266,6 +275,11 @@ export class FilterDirectory implements GroupFilterCache {
   /** Every filter held, for the workers (they replace what they had). */
   list(): PublishedFilter[] {
     return [...this.held.values()].map((h) => ({ slots: h.slots, gens: h.gens, words: h.filter.shared }));
+  }
+
+  /** The last publication's number (what a worker's FilterReaders slot holds once it took it). */
+  get lastPublication(): number {
+    return this.seq;
   }
 
   publish(): void {

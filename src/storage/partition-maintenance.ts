@@ -7,6 +7,7 @@ import { buildDedupGroups, maintainDedupGenerations } from "./dedup-partitions";
 import { maintainBookkeeping } from "./bookkeeping-partitions";
 import type { FilterReaders } from "../shared/filter-readers";
 import { FilterDirectory, type FilterDirectorySize } from "./filter-directory";
+import { OpenGenerationFilters } from "./open-generation-filters";
 import type pg from "pg";
 
 /**
@@ -81,6 +82,7 @@ export function startPartitionMaintenance(
     config.dedupFilterMb * 2 ** 20,
     readers,
   );
+  const prefills = new OpenGenerationFilters();
   let unfiltered = 0;
   const publish = async (client: pg.ClientBase) => {
     await filters.refresh(client);
@@ -120,6 +122,7 @@ export function startPartitionMaintenance(
         undefined,
         undefined,
         filters,
+        prefills,
       );
       if (ids.sealed.length > 0) log.debug({ sealed: ids.sealed }, "id-state generations sealed");
       if (ids.filtered.length > 0) log.info({ filtered: ids.filtered }, "id-state filters built for sealed generations");
