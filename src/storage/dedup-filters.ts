@@ -4,6 +4,8 @@
  * written again (the rotation waited for every claim into it), so its filter can be built at once. Each
  * filter is built once, by whichever daemon's maintenance gets there first.
  */
+import { performance } from "node:perf_hooks";
+import { setImmediate as nextTurn } from "node:timers/promises";
 import type pg from "pg";
 import { to as copyTo } from "pg-copy-streams";
 import { DedupFilter, DedupFilterFull } from "../shared/dedup-filter";
@@ -18,18 +20,30 @@ import { locked } from "./partitions";
 const KEY_ROW_BYTES = 22;
 
 /**
+ * The longest the front thread adds keys before it lets its sockets run: chunks a COPY has already buffered are
+ * taken without a turn of the event loop, so a pass's read held every ack back while it hashed
+ * (docs/performance.md#latency-under-paced-load).
+ */
+const SLICE_MS = 4;
+
+/**
  * Streams every key of a partition (a partition may hold millions) in binary to `add`, as its 16 bytes at
  * `at` in `data`: no text to format in PostgreSQL nor to parse and slice here. `add` returns false once it
- * wants no more; the COPY is then drained, so the connection stays usable. `where`: a condition on the rows,
- * from ` WHERE` on.
+ * wants no more; the COPY is then drained, so the connection stays usable. Yields to the event loop every
+ * SLICE_MS. `where`: a condition on the rows, from ` WHERE` on.
  */
 export async function readKeys(client: pg.ClientBase, part: string, add: (data: Buffer, at: number) => boolean, where = ""): Promise<void> {
   const stream = client.query(copyTo(`COPY (SELECT ${quoteIdent(DEDUP_KEY_COLUMN)} FROM ${part}${where}) TO STDOUT (FORMAT binary)`));
   let rest: Buffer | null = null;
   let header = true;
   let wanted = true;
+  let sliceStart = performance.now();
   for await (const chunk of stream as AsyncIterable<Buffer>) {
     if (!wanted) continue;
+    if (performance.now() - sliceStart >= SLICE_MS) {
+      await nextTurn();
+      sliceStart = performance.now();
+    }
     const data: Buffer = rest === null ? chunk : Buffer.concat([rest, chunk]);
     let at = 0;
     if (header) {
