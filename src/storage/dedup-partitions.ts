@@ -336,6 +336,8 @@ export interface DedupPass {
   sealed: string[];
   dropped: string[];
   filtered: string[];
+  /** Streams whose open generation's fill failed (`stream: message`): their next seal reads it whole. */
+  unfilled: string[];
 }
 
 /**
@@ -378,10 +380,12 @@ export async function maintainDedupGenerations(
   const sealed: string[] = [];
   const dropped: string[] = [];
   const filtered: string[] = [];
+  const unfilled: string[] = [];
   const hot = hotBytes ?? (await dedupHotBytes(client));
   for (const stream of streams.filter((s) => s.dedupKey !== undefined)) {
-    // Read just before a rotation, the open generation leaves its seal only the keys of the moments between.
-    await prefills?.fill(client, dedupShape(schema, stream)!, cache);
+    // Read just before a rotation, the open generation leaves its seal only the keys of the moments between. A
+    // failed fill only costs its seal a whole read: it never keeps the rotation from running.
+    await prefills?.fill(client, dedupShape(schema, stream)!, cache).catch((err: Error) => unfilled.push(`${stream.name}: ${err.message}`));
     const rotated = await rotateDedupGeneration(client, schema, stream, windowHours, hot, at);
     if (rotated !== null) sealed.push(rotated);
     await locked(client, async () => {
@@ -390,7 +394,7 @@ export async function maintainDedupGenerations(
     });
     filtered.push(...(await buildDedupFilters(client, schema, stream, cache, prefills)));
   }
-  return { created, sealed, dropped, filtered };
+  return { created, sealed, dropped, filtered, unfilled };
 }
 
 /**

@@ -77,12 +77,14 @@ export class OpenGenerationFilters {
       const snapshot = await client.query<{ oldest: string }>(
         "SELECT (pg_snapshot_xmin(pg_current_snapshot())::text::bigint % 4294967296)::text AS oldest",
       );
+      const oldest = snapshot.rows[0].oldest;
+      if (!/^\d+$/.test(oldest)) throw new Error(`not a transaction id: ${oldest}`);
       const read = await readSince(client, p);
       await client.query("COMMIT");
-      if (!/^\d+$/.test(snapshot.rows[0].oldest)) throw new Error(`not a transaction id: ${snapshot.rows[0].oldest}`);
-      if (read) p.readFrom = snapshot.rows[0].oldest;
+      if (read) p.readFrom = oldest;
       else p.failed = true;
     } catch (err) {
+      p.failed = true; // some of the read may be in the filters, not noted: the seal reads the generation whole
       await client.query("ROLLBACK").catch(() => undefined);
       throw err;
     }

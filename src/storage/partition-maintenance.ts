@@ -126,6 +126,8 @@ export function startPartitionMaintenance(
       );
       if (ids.sealed.length > 0) log.debug({ sealed: ids.sealed }, "id-state generations sealed");
       if (ids.filtered.length > 0) log.info({ filtered: ids.filtered }, "id-state filters built for sealed generations");
+      if (ids.unfilled.length > 0)
+        log.warn({ unfilled: ids.unfilled }, "id-state filters of the open generation not filled: its seal reads it whole");
       if (ids.dropped.length > 0)
         log.info({ dropped: ids.dropped, window_hours: config.dedupWindowHours }, "id-state generations dropped past the window");
       // A generation sealed without a published filter is probed with every id: publish before the groups.
