@@ -363,8 +363,9 @@ export async function maintainDedupState(
  * The quick part of a pass: the keys the open generation took since the last pass into the filters filled
  * while it is open, the rotation when due, the generations ahead, the ones past the window dropped (under the
  * schema lock), and the filters of the sealed ones with their groups' (one generation's keys each, seconds at
- * most; the rest of them, for a generation filled while open). `cache`: the group filters this process holds (buildDedupFilters); `prefills`: the open generations' filters
- * this process fills (src/storage/open-generation-filters.ts).
+ * most; only the last moments' keys for a generation filled while open). `cache`: the group filters this
+ * process holds (buildDedupFilters); `prefills`: the open generations' filters this process fills
+ * (src/storage/open-generation-filters.ts).
  */
 export async function maintainDedupGenerations(
   client: pg.ClientBase,

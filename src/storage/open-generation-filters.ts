@@ -1,5 +1,5 @@
 /**
- * The open generation's filters, filled while it fills (docs/storage.md#filters-filled-while-a-generation-is-open).
+ * The open generation's filters, filled while it fills (docs/storage.md#the-window-and-the-id-state).
  * From a generation's seal until its filter is published every claim probes it in PostgreSQL with all its keys
  * (about 10 µs a key under load, against 2 for the fast path); reading its ~420,000 keys only then made that
  * gap a second long, at every rotation. So each maintenance pass reads the keys the open generation took since
