@@ -140,7 +140,7 @@ export interface GroupFilterCache {
    * workers at once (a failed store leaves it valid: a sealed generation's keys never change).
    */
   built(slots: string, grp: number, gens: readonly number[], filter: DedupFilter): void;
-  /** The filter just stored for group `grp` of `slots`, holding `gens`. */
+  /** The filter just stored for group `grp` of `slots`, holding `gens` (after `built`). */
   stored(slots: string, grp: number, gens: readonly number[], filter: DedupFilter): void;
 }
 

@@ -76,11 +76,6 @@ function groupKey(slots: string, grp: number, gens: readonly number[]): string {
 export class FilterDirectory implements GroupFilterCache {
   /** By `<slots table> g<gen>` (one generation) or groupKey (a group). */
   private held = new Map<string, Held>();
-  /**
-   * The last filter this process's maintenance stored for each group (GroupFilterCache.stored), by slots table
-   * and group (one version each) with the generations it holds: taken at the next refresh instead of read back.
-   */
-  private fresh = new Map<string, { gens: number; filter: DedupFilter }>();
   /** Filters the budget left out: not loaded again (a filter never changes; it goes with its generations). */
   private leftOut = new Map<string, number>();
   private readonly channel = new BroadcastChannel(DEDUP_FILTERS_CHANNEL);
@@ -148,9 +143,8 @@ export class FilterDirectory implements GroupFilterCache {
       }
       let h = this.held.get(w.key);
       if (h === undefined) {
-        const filter =
-          (w.column === "grp" ? this.freshFilter(w.slots, w.id, w.gens) : undefined) ??
-          (await loadFilter(client, w.table, w.column, w.id, (n) => this.spare(n)));
+        // A group version this process built is held already (built), never read back.
+        const filter = await loadFilter(client, w.table, w.column, w.id, (n) => this.spare(n));
         if (filter === null) continue;
         h = { filter, slots: w.slots, gens: w.gens };
       }
@@ -161,7 +155,6 @@ export class FilterDirectory implements GroupFilterCache {
     this.retire(next);
     this.held = next;
     this.leftOut = leftOut;
-    this.fresh.clear();
     this.refreshed = true;
     if (this.garbage > 0) this.collect();
   }
@@ -187,7 +180,7 @@ export class FilterDirectory implements GroupFilterCache {
   }
 
   copyOf(slots: string, grp: number, gens: readonly number[]): DedupFilter | undefined {
-    const filter = this.freshFilter(slots, grp, gens) ?? this.held.get(groupKey(slots, grp, gens))?.filter;
+    const filter = this.held.get(groupKey(slots, grp, gens))?.filter;
     // A folded filter takes no keys: the group's is read from PostgreSQL instead.
     if (!filter?.takesKeys) return undefined;
     const words = this.spare(filter.byteLength) ?? new SharedArrayBuffer(filter.byteLength);
@@ -228,15 +221,9 @@ export class FilterDirectory implements GroupFilterCache {
     this.publish();
   }
 
-  stored(slots: string, grp: number, gens: readonly number[], filter: DedupFilter): void {
-    this.fresh.set(`${slots} G${grp}`, { gens: gens.length, filter });
+  stored(_slots: string, _grp: number, _gens: readonly number[], filter: DedupFilter): void {
     // Writing it took a buffer of its size (the Bind message), as its generation's own filter did a tenth.
     this.letGo(filter.byteLength);
-  }
-
-  private freshFilter(slots: string, grp: number, gens: readonly number[]): DedupFilter | undefined {
-    const f = this.fresh.get(`${slots} G${grp}`);
-    return f?.gens === gens.length ? f.filter : undefined;
   }
 
   /**
