@@ -152,6 +152,7 @@ export function startPartitionMaintenance(
       clearInterval(partitionTimer);
       clearInterval(idStateTimer);
       filters.close();
+      void prefills.close();
     },
   };
 }
