@@ -30,7 +30,6 @@ import { once } from "node:events";
 import path from "node:path";
 import { Worker } from "node:worker_threads";
 import { FilterDirectory } from "../src/storage/filter-directory";
-import { FilterFill } from "../src/storage/filter-fill";
 import { FilterReaders } from "../src/shared/filter-readers";
 import { IdFilters, type FilterCheck } from "../workers/commit/id-filters";
 import { claimIds, probeFilterHits } from "../workers/commit/id-claim";
@@ -401,39 +400,6 @@ describe("the sealed generations' filters", () => {
       );
     } finally {
       directory.close();
-      await prefills.close();
-    }
-  });
-
-  test("the filter-fill thread: every key added reaches every filter of its fill by the settle; a filter without room fails its fill alone", async () => {
-    const fill = new FilterFill();
-    const dedupKeyOf = (b: Buffer, at: number) => {
-      const h = b.toString("hex", at, at + 16);
-      return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
-    };
-    try {
-      const keys = crypto.randomBytes(16 * 10_000);
-      const own = new DedupFilter(10_000);
-      const group = new DedupFilter(40_000);
-      fill.begin([own, group]);
-      for (let at = 0; at < keys.length; at += 16) fill.add(keys, at);
-      fill.add(keys, 0); // read twice (a row of a transaction running at the last read): takes no second slot
-      assert.equal(await fill.settle(), true, "room for every key");
-      const count = (f: DedupFilter) => new Uint16Array(f.shared, 8).reduce((n, fp) => n + (fp === 0 ? 0 : 1), 0);
-      for (const f of [own, group]) {
-        for (let at = 0; at < keys.length; at += 16) assert.ok(f.has(dedupKeyOf(keys, at)), "a key added is held");
-        assert.equal(count(f), 10_000, "each key once");
-      }
-      const small = new DedupFilter(100);
-      fill.begin([small]);
-      for (let at = 0; at < keys.length; at += 16) fill.add(keys, at);
-      assert.equal(await fill.settle(), false, "a filter too small for its keys fails its fill");
-      const next = new DedupFilter(1_000);
-      fill.begin([next]);
-      for (let at = 0; at < 16 * 500; at += 16) fill.add(keys, at);
-      assert.equal(await fill.settle(), true, "the next fill starts afresh");
-    } finally {
-      await fill.close();
     }
   });
 

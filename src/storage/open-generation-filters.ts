@@ -13,10 +13,9 @@
  * (DedupFilter.addBytesOnce).
  */
 import type pg from "pg";
-import { DedupFilter } from "../shared/dedup-filter";
+import { DedupFilter, DedupFilterFull } from "../shared/dedup-filter";
 import { DEDUP_FILTER_IDENT as FILTER, type dedupShape } from "../shared/dedup-sql";
 import { GROUP_GENERATIONS, type GroupFilterCache, keysAtMost, openGroup, readKeys } from "./dedup-filters";
-import { FilterFill } from "./filter-fill";
 
 type DedupShape = NonNullable<ReturnType<typeof dedupShape>>;
 
@@ -50,8 +49,6 @@ export class OpenGenerationFilters {
    * (another daemon may have sealed it since this one's last read).
    */
   private readonly prefills = new Map<string, Prefill>();
-  /** Hashes the keys read into the filters, off the front thread. */
-  private readonly filling = new FilterFill();
   /** Seals that took a prefill over, for tests. */
   completed = 0;
 
@@ -82,7 +79,7 @@ export class OpenGenerationFilters {
       );
       const oldest = snapshot.rows[0].oldest;
       if (!/^\d+$/.test(oldest)) throw new Error(`not a transaction id: ${oldest}`);
-      const read = await readSince(client, p, this.filling);
+      const read = await readSince(client, p);
       await client.query("COMMIT");
       if (read) p.readFrom = oldest;
       else p.failed = true;
@@ -107,14 +104,9 @@ export class OpenGenerationFilters {
       const { rows } = await client.query<{ grp: number; gens: number[] }>(`SELECT grp, gens FROM ${d.groups} ORDER BY grp DESC LIMIT 1`);
       if (rows[0]?.grp !== p.joins.grp || rows[0].gens.join() !== p.joins.gens.join()) return null;
     }
-    if (!(await readSince(client, p, this.filling))) return null;
+    if (!(await readSince(client, p))) return null;
     this.completed++;
     return { own: p.own, group: p.group, joins: p.joins };
-  }
-
-  /** Stops the thread that fills the filters (a fill under way fails; the seal reads its generation whole). */
-  close(): Promise<void> {
-    return this.filling.close();
   }
 }
 
@@ -148,18 +140,25 @@ async function start(
 }
 
 /** Adds the rows of transactions from `p.readFrom` on (every row before the first read); false once a filter filled. */
-async function readSince(client: pg.ClientBase, p: Prefill, fill: FilterFill): Promise<boolean> {
+async function readSince(client: pg.ClientBase, p: Prefill): Promise<boolean> {
   // An xid literal: COPY takes no parameters, and readFrom is digits PostgreSQL returned.
   const where = p.readFrom === null ? "" : ` WHERE age(xmin) <= age('${p.readFrom}'::xid)`;
-  fill.begin([p.own, p.group]);
+  let full = false;
   await readKeys(
     client,
     p.part,
     (data, at) => {
-      fill.add(data, at);
-      return true;
+      try {
+        p.own.addBytesOnce(data, at);
+        p.group.addBytesOnce(data, at);
+        return true;
+      } catch (err) {
+        if (!(err instanceof DedupFilterFull)) throw err;
+        full = true;
+        return false;
+      }
     },
     where,
   );
-  return fill.settle();
+  return !full;
 }

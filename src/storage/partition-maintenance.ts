@@ -152,7 +152,6 @@ export function startPartitionMaintenance(
       clearInterval(partitionTimer);
       clearInterval(idStateTimer);
       filters.close();
-      void prefills.close();
     },
   };
 }
