@@ -68,12 +68,13 @@ export async function readKeys(client: pg.ClientBase, part: string, add: (data: 
 }
 
 /**
- * Adds the key at `at` in `data` to `filter`; null, or the DedupFilterFull it threw (the filter then misses a
- * key, and must be discarded).
+ * Adds the key at `at` in `data` to `filter` (`once`: unless it already answers yes for it, a key read twice);
+ * null, or the DedupFilterFull it threw (the filter then misses a key, and must be discarded).
  */
-function tryAdd(filter: DedupFilter, data: Buffer, at: number): DedupFilterFull | null {
+export function tryAdd(filter: DedupFilter, data: Buffer, at: number, once = false): DedupFilterFull | null {
   try {
-    filter.addBytes(data, at);
+    if (once) filter.addBytesOnce(data, at);
+    else filter.addBytes(data, at);
     return null;
   } catch (err) {
     if (!(err instanceof DedupFilterFull)) throw err;

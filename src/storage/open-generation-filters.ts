@@ -13,9 +13,9 @@
  * (DedupFilter.addBytesOnce).
  */
 import type pg from "pg";
-import { DedupFilter, DedupFilterFull } from "../shared/dedup-filter";
+import { DedupFilter } from "../shared/dedup-filter";
 import { DEDUP_FILTER_IDENT as FILTER, type dedupShape } from "../shared/dedup-sql";
-import { GROUP_GENERATIONS, type GroupFilterCache, keysAtMost, openGroup, readKeys } from "./dedup-filters";
+import { GROUP_GENERATIONS, type GroupFilterCache, keysAtMost, openGroup, readKeys, tryAdd } from "./dedup-filters";
 
 type DedupShape = NonNullable<ReturnType<typeof dedupShape>>;
 
@@ -148,15 +148,8 @@ async function readSince(client: pg.ClientBase, p: Prefill): Promise<boolean> {
     client,
     p.part,
     (data, at) => {
-      try {
-        p.own.addBytesOnce(data, at);
-        p.group.addBytesOnce(data, at);
-        return true;
-      } catch (err) {
-        if (!(err instanceof DedupFilterFull)) throw err;
-        full = true;
-        return false;
-      }
+      full = tryAdd(p.own, data, at, true) !== null || tryAdd(p.group, data, at, true) !== null;
+      return !full;
     },
     where,
   );
