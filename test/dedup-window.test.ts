@@ -277,27 +277,6 @@ describe("the sealed generations' filters", () => {
       const checked = filters.check(ids.map(dedupKey));
       assert.equal(checked.covered!.length, GROUP_GENERATIONS + 1, "all sealed generations are covered");
       for (const id of ids) assert.ok(checked.maybe!.includes(dedupKey(id)), `${id} hits a filter`);
-      // The group's filter tags each key with its generation: each id is probed in its own generation alone.
-      const gensOf = (c: FilterCheck, id: string) => c.gens!.filter((_, i) => c.maybe![i] === dedupKey(id));
-      const sealed = checked.covered!;
-      ids.forEach((id, i) => assert.deepEqual(gensOf(checked, id), [sealed[i]], `${id}: probed in its generation`));
-      // A byte short of the budget: the oldest filter (the full group's) gives up its tags before any fingerprint
-      // is folded, and its ids are then probed in each of its generations.
-      const { bytes } = directory.size();
-      const tight = new FilterDirectory("public", [eventsStream], bytes - 1);
-      try {
-        await withClient(url, (c) => tight.refresh(c));
-        const size = tight.size();
-        assert.equal(size.folded, 0, "no fingerprint folded");
-        assert.ok(size.bytes < bytes && size.count === 2, `${size.bytes} of ${bytes} bytes in ${size.count} filters`);
-        filters.set(tight.list());
-        const stripped = filters.check(ids.map(dedupKey));
-        ids.forEach((id, i) =>
-          assert.deepEqual(gensOf(stripped, id), i < GROUP_GENERATIONS ? sealed.slice(0, GROUP_GENERATIONS) : [sealed[i]], id),
-        );
-      } finally {
-        tight.close();
-      }
     } finally {
       directory.close();
     }
@@ -629,12 +608,11 @@ describe("the sealed generations' filters", () => {
       }
       const group = await c.query<{ filter: Buffer }>(`SELECT filter_v3 AS filter FROM events_dedup_groups_v3`);
       assert.equal(group.rowCount, 1);
-      // Sized for GROUP_GENERATIONS of its first generation; each generation's keys added to a copy of it, tagged
-      // with the generation's position in the group.
-      let expected = new DedupFilter(GROUP_GENERATIONS * (await keysAtMost(c, [rows[0].part])), true);
+      // Sized for GROUP_GENERATIONS of its first generation; each generation's keys added to a copy of it.
+      let expected = new DedupFilter(GROUP_GENERATIONS * (await keysAtMost(c, [rows[0].part])));
       for (let g = 0; g < GROUP_GENERATIONS; g++) {
         if (g > 0) expected = new DedupFilter(expected.bytes());
-        for (const id of ids.slice(g * perGen, (g + 1) * perGen)) expected.add(dedupKey(id), g);
+        for (const id of ids.slice(g * perGen, (g + 1) * perGen)) expected.add(dedupKey(id));
       }
       assert.ok(group.rows[0].filter.equals(expected.bytes()), "the group's filter equals the one from all its keys' text");
     });
@@ -736,58 +714,6 @@ describe("the sealed generations' filters", () => {
     const highBytes = Uint8Array.from({ length: fingerprints / 2 }, (_, i) => built[8 + 2 * i + 1]);
     assert.ok(Buffer.from(folded.bytes().subarray(8)).equals(highBytes), "each slot's high byte, in its slot");
     assert.throws(() => folded.fold(), /cannot be folded again/, "8-bit fingerprints are not folded again");
-  });
-
-  test("a group's filter tags each key with its generation's position: a hit is probed there alone; its first fold drops the tags", () => {
-    const gens = [41, 42, 43, 44, 45, 46, 47, 48, 49, 50];
-    const perGen = 20_000;
-    const held = gens.map(() => Array.from({ length: perGen }, () => crypto.randomUUID()));
-    // A copy per generation, as the maintenance extends a group; the 4-bit tags travel with evicted fingerprints.
-    let filter = new DedupFilter(perGen * gens.length, true);
-    held.forEach((keys, g) => {
-      if (g > 0) filter = new DedupFilter(filter.bytes());
-      for (const k of keys) filter.add(k, g);
-    });
-    assert.ok(filter.tagged && filter.bits === 16);
-    const plainBytes = new DedupFilter(perGen * gens.length).byteLength;
-    assert.equal(filter.byteLength, plainBytes + (plainBytes - 8) / 4, "a tag is 4 bits beside a 16-bit slot");
-    assert.throws(() => filter.add(crypto.randomUUID(), 16), /tag is 0..15/);
-    const ids = new IdFilters("slots");
-    const sample = held.flatMap((keys) => keys.slice(0, 2_000));
-    const others = Array.from({ length: 100_000 }, () => crypto.randomUUID());
-    /** Each key's probed generations, and the probes of keys not held per such key that hits. */
-    const probes = (f: DedupFilter) => {
-      ids.set([{ slots: "slots", gens, words: f.shared }]);
-      const check = ids.check(sample);
-      const at = new Map<string, number[]>();
-      check.maybe!.forEach((k, i) => at.set(k, [...(at.get(k) ?? []), check.gens![i]]));
-      const miss = ids.check(others);
-      return { at, extra: check.maybe!.length - sample.length, perFalseHit: miss.maybe!.length / new Set(miss.maybe).size };
-    };
-    const tagged = probes(new DedupFilter(Uint8Array.from(filter.bytes())));
-    held.forEach((keys, g) => {
-      for (const k of keys.slice(0, 2_000))
-        assert.ok(tagged.at.get(k)?.includes(gens[g]), `a key of generation ${gens[g]} is probed there`);
-    });
-    assert.ok(tagged.extra < sample.length * 0.001, `${tagged.extra} probes in other generations for ${sample.length} held keys`);
-    assert.ok(tagged.perFalseHit < 1.1, `${tagged.perFalseHit} probes a key not held that hits`);
-    // Folded: the tags go first, the fingerprints stay; every hit is then probed in each generation.
-    const plain = filter.fold();
-    assert.ok(!plain.tagged && plain.bits === 16 && plain.byteLength === plainBytes);
-    assert.ok(plain.shared instanceof SharedArrayBuffer);
-    const untagged = probes(plain);
-    for (const k of sample) assert.deepEqual(untagged.at.get(k), gens);
-    assert.equal(untagged.perFalseHit, gens.length);
-    assert.equal(plain.fold().bits, 14, "then the fingerprints are folded");
-    // A key read twice is added once, unless it comes with another generation's tag.
-    const empty = new DedupFilter(1_000, true).roomLeft();
-    const g0 = new DedupFilter(1_000, true);
-    const bytes = Buffer.alloc(16, 7);
-    g0.addBytesOnce(bytes, 0, 3);
-    g0.addBytesOnce(bytes, 0, 3);
-    assert.equal(g0.roomLeft(), empty - 1, "the same key and tag take one slot");
-    g0.addBytesOnce(bytes, 0, 5);
-    assert.equal(g0.roomLeft(), empty - 2, "another generation's copy takes its own");
   });
 
   test("a batch checked against a filter at once (collectHits) finds the keys a check per key finds, at every width", () => {

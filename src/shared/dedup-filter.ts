@@ -5,8 +5,7 @@
  * (docs/storage.md#deduplication). A miss is exact: the key is not in the partition. A key leaves a 16-bit
  * fingerprint in one of its two buckets of 8 bytes, so a check reads two of them; at 17 bits a key it lets
  * about 0.011% of other keys through, an eighth of what the blocked Bloom filter of format 2 let through at
- * 16 (docs/storage.md#filter-format), and every false positive is a probe in PostgreSQL. A group's filter also
- * tags each fingerprint with its generation's position in the group (docs/storage.md#tags).
+ * 16 (docs/storage.md#filter-format), and every false positive is a probe in PostgreSQL.
  */
 
 /**
@@ -25,20 +24,8 @@ const FINE_BUCKET_BYTES = (SLOTS * 14) / 8;
 const MID_BUCKET_BYTES = (SLOTS * 12) / 8;
 /** Evictions before an insertion gives up (DedupFilterFull): far beyond what LOAD needs. */
 const MAX_KICKS = 4_000;
-/**
- * Header: the bucket count, then the fingerprint width in bits (16 as built, 14, 12 or 8 once folded) with
- * TAGGED set for a group's filter, little-endian.
- */
+/** Header: the bucket count and the fingerprint width in bits (16 as built, 14, 12 or 8 once folded), little-endian. */
 const HEADER_BYTES = 8;
-/**
- * In the header's second word: the filter keeps, after its fingerprints, a 4-bit tag per slot, the position in
- * its group of the generation whose key left that fingerprint, so a key that hits a group's filter is probed in
- * that generation alone instead of in each of the group's (docs/storage.md#filter-format). Filters without it
- * (a generation's own, and groups stored before it) answer for all their generations, as before.
- */
-const TAGGED = 0x100;
-/** Generations a tagged filter tells apart: 4 bits a slot. */
-export const MAX_TAGS = 16;
 
 /** An insertion found no free slot: the filter was sized too small for its keys, and must be built again larger. */
 export class DedupFilterFull extends Error {
@@ -111,8 +98,6 @@ export class DedupFilter {
   /** The fingerprints folded to their high byte, or null. */
   private readonly narrow: Uint8Array | null;
   private readonly all: Uint8Array;
-  /** The slots' tags, two a byte (slot s in byte s >> 1, the low nibble for even s), or null: untagged. */
-  private readonly tags: Uint8Array | null;
   /**
    * ALT_OFFSET[high] % buckets for each high byte: the other bucket without a division per check (a worker
    * checks every id against every filter it holds; docs/storage.md#what-it-costs-measured).
@@ -123,14 +108,13 @@ export class DedupFilter {
   private seed = 0x9e3779b9;
 
   /**
-   * An empty filter for `keys` keys (`tagged`: a group's, whose keys are added with their generation's position
-   * in the group), one read back from its bytes, or one over shared memory published by the front thread.
-   * Always in shared memory, so the front can publish whatever it builds or reads.
+   * An empty filter for `keys` keys, one read back from its bytes, or one over shared memory published by the
+   * front thread. Always in shared memory, so the front can publish whatever it builds or reads.
    */
-  constructor(keysOrBytes: number | Uint8Array | SharedArrayBuffer, tagged = false) {
+  constructor(keysOrBytes: number | Uint8Array | SharedArrayBuffer) {
     let all: Uint8Array;
     if (typeof keysOrBytes === "number") {
-      all = emptyFilter(Math.max(1, Math.ceil(keysOrBytes / (SLOTS * LOAD))), 16, tagged);
+      all = emptyFilter(Math.max(1, Math.ceil(keysOrBytes / (SLOTS * LOAD))), 16);
     } else if (keysOrBytes instanceof SharedArrayBuffer) {
       all = new Uint8Array(keysOrBytes);
     } else {
@@ -140,19 +124,16 @@ export class DedupFilter {
     }
     const header = new DataView(all.buffer, all.byteOffset, Math.min(all.byteLength, HEADER_BYTES));
     const buckets = all.byteLength >= HEADER_BYTES ? header.getUint32(0, true) : 0;
-    const word = all.byteLength >= HEADER_BYTES ? header.getUint32(4, true) : 0;
-    const bits = word & ~TAGGED;
-    const tagBytes = word & TAGGED ? (buckets * SLOTS) / 2 : 0;
+    const bits = all.byteLength >= HEADER_BYTES ? header.getUint32(4, true) : 0;
     if (
       buckets === 0 ||
       (bits !== 16 && bits !== 14 && bits !== 12 && bits !== 8) ||
-      all.byteLength !== HEADER_BYTES + (buckets * SLOTS * bits) / 8 + tagBytes
+      all.byteLength !== HEADER_BYTES + (buckets * SLOTS * bits) / 8
     ) {
       throw new Error(`not a dedup filter of format 3: ${all.byteLength} bytes, ${buckets} buckets of ${bits}-bit fingerprints`);
     }
     this.all = all;
     this.buckets = buckets;
-    this.tags = tagBytes > 0 ? new Uint8Array(all.buffer, all.byteOffset + all.byteLength - tagBytes, tagBytes) : null;
     this.wide = bits === 16 ? new Uint16Array(all.buffer, all.byteOffset + HEADER_BYTES, buckets * SLOTS) : null;
     this.fine = bits === 14 ? new Uint8Array(all.buffer, all.byteOffset + HEADER_BYTES, buckets * FINE_BUCKET_BYTES) : null;
     this.mid = bits === 12 ? new Uint8Array(all.buffer, all.byteOffset + HEADER_BYTES, buckets * MID_BUCKET_BYTES) : null;
@@ -166,28 +147,24 @@ export class DedupFilter {
     return this.all.buffer;
   }
 
-  /** Adds a key; `tag`: in a tagged filter, the position in its group of the key's generation (below MAX_TAGS). */
-  add(key: string, tag = 0): void {
+  add(key: string): void {
     hashKey(key, this.h);
-    this.addHashed(this.h, tag);
+    this.addHashed(this.h);
   }
 
   /** add() of the key whose 16 bytes start at `at`. */
-  addBytes(bytes: Buffer, at: number, tag = 0): void {
+  addBytes(bytes: Buffer, at: number): void {
     hashKeyBytes(bytes, at, this.h);
-    this.addHashed(this.h, tag);
+    this.addHashed(this.h);
   }
 
   /**
-   * addBytes() unless the filter already answers yes for the key (with this tag, in a tagged filter): a key read
-   * twice takes no second slot. A yes for another key's fingerprint stays a yes for this one (both entries live
-   * in the same two buckets, and a tagged filter answers with the other's tag only if it is this one's too).
+   * addBytes() unless the filter already answers yes for the key: a key read twice takes no second slot. A yes
+   * for another key's fingerprint stays a yes for this one (both entries live in the same two buckets).
    */
-  addBytesOnce(bytes: Buffer, at: number, tag = 0): void {
+  addBytesOnce(bytes: Buffer, at: number): void {
     hashKeyBytes(bytes, at, this.h);
-    const h = this.h;
-    const held = this.tags === null ? this.hasHashed(h) : (this.tagsOf(h[0], fingerprint(h)) & (1 << tag)) !== 0;
-    if (!held) this.addHashed(h, tag);
+    if (!this.hasHashed(this.h)) this.addHashed(this.h);
   }
 
   /**
@@ -195,15 +172,14 @@ export class DedupFilter {
    * own other bucket, and so on. Throws DedupFilterFull when MAX_KICKS evictions found no room (the filter
    * then misses the key last evicted, and must be discarded).
    */
-  private addHashed(h: Uint32Array, tag: number): void {
+  private addHashed(h: Uint32Array): void {
     const slots = this.wide;
     if (slots === null) throw new Error("a folded filter takes no keys");
-    if (this.tags !== null && !(tag >= 0 && tag < MAX_TAGS)) throw new Error(`a dedup filter's tag is 0..${MAX_TAGS - 1}, not ${tag}`);
     let fp = fingerprint(h);
     let b = h[0] % this.buckets;
-    if (this.put(slots, b, fp, tag)) return;
+    if (this.put(slots, b, fp)) return;
     b = this.other(b, fp >>> 8);
-    if (this.put(slots, b, fp, tag)) return;
+    if (this.put(slots, b, fp)) return;
     for (let kick = 0; kick < MAX_KICKS; kick++) {
       let x = this.seed;
       x ^= x << 13;
@@ -214,71 +190,21 @@ export class DedupFilter {
       const evicted = slots[s];
       slots[s] = fp;
       fp = evicted;
-      if (this.tags !== null) {
-        const evictedTag = this.tagAt(s);
-        this.setTag(s, tag);
-        tag = evictedTag;
-      }
       b = this.other(b, fp >>> 8);
-      if (this.put(slots, b, fp, tag)) return;
+      if (this.put(slots, b, fp)) return;
     }
     throw new DedupFilterFull(this.buckets);
   }
 
-  private put(slots: Uint16Array, b: number, fp: number, tag: number): boolean {
+  private put(slots: Uint16Array, b: number, fp: number): boolean {
     const at = b * SLOTS;
     for (let s = at; s < at + SLOTS; s++) {
       if (slots[s] === 0) {
         slots[s] = fp;
-        if (this.tags !== null) this.setTag(s, tag);
         return true;
       }
     }
     return false;
-  }
-
-  private tagAt(s: number): number {
-    return (this.tags![s >>> 1] >>> ((s & 1) << 2)) & 15;
-  }
-
-  private setTag(s: number, tag: number): void {
-    const shift = (s & 1) << 2;
-    const tags = this.tags!;
-    tags[s >>> 1] = (tags[s >>> 1] & ~(15 << shift)) | (tag << shift);
-  }
-
-  /** Whether it keeps a tag per slot (a group's filter built since format 3 took tags; see TAGGED). */
-  get tagged(): boolean {
-    return this.tags !== null;
-  }
-
-  /**
-   * Of a key that hits (its first hash word and fingerprint), the tags of the slots that match it, a bit each
-   * (bit t: tag t); 0 when none matches. Only asked of a hit, so written for clarity over speed.
-   */
-  tagsOf(h0: number, fp: number): number {
-    if (this.tags === null) throw new Error("an untagged filter keeps no tags");
-    const b1 = h0 % this.buckets;
-    const b2 = this.other(b1, fp >>> 8);
-    let mask = 0;
-    for (const b of [b1, b2]) {
-      for (let i = 0; i < SLOTS; i++) if (this.slotHolds(b, i, fp)) mask |= 1 << this.tagAt(b * SLOTS + i);
-    }
-    return mask;
-  }
-
-  /** Whether slot `i` of bucket `b` holds fingerprint `fp` (cut to the filter's width). */
-  private slotHolds(b: number, i: number, fp: number): boolean {
-    if (this.wide !== null) return this.wide[b * SLOTS + i] === fp;
-    if (this.fine !== null) {
-      const at = b * FINE_BUCKET_BYTES;
-      return this.fine[at + i] === fp >>> 8 && ((pair(this.fine, at + SLOTS) >>> (6 * i)) & 63) === ((fp >>> 2) & 63);
-    }
-    if (this.mid !== null) {
-      const v = pair(this.mid, b * MID_BUCKET_BYTES + (i >>> 1) * 3);
-      return ((i & 1) === 0 ? v & 0xfff : v >>> 12) === fp >>> 4;
-    }
-    return this.narrow![b * SLOTS + i] === fp >>> 8;
   }
 
   /**
@@ -443,26 +369,18 @@ export class DedupFilter {
   }
 
   /**
-   * The same keys in less memory, in a new SharedArrayBuffer. A tagged filter loses its tags first (a fifth of
-   * it: a hit is then probed in each of its group's generations). Then each fingerprint is cut to fewer of its
-   * high bits in the same slot: from 16 to 14 (an eighth less memory; 8 slots of 16,320 values: about 0.046% false
+   * The same keys in less memory, in a new SharedArrayBuffer, each fingerprint cut to fewer of its high bits in
+   * the same slot: from 16 to 14 (an eighth less memory; 8 slots of 16,320 values: about 0.046% false
    * positives), from 14 to 12 (a quarter less than as built; 4,080 values: about 0.18%), from 12 to its high
    * byte (half; 255 values: about 2.9%). A key's buckets follow from its hash and that byte alone, so every key
    * this filter holds is still found (docs/storage.md#filter-memory).
    */
   fold(): DedupFilter {
-    if (this.tags !== null) {
-      // The tags go first: 4 bits a slot for a tenth of the probes of a hit, where 4 bits of fingerprint keep
-      // a sixteenth of the hits (docs/storage.md#filter-memory).
-      const out = emptyFilter(this.buckets, this.bits, false);
-      out.set(this.all.subarray(HEADER_BYTES, this.all.byteLength - this.tags.byteLength), HEADER_BYTES);
-      return new DedupFilter(out.buffer as SharedArrayBuffer);
-    }
     const wide = this.wide;
     const fine = this.fine;
     const mid = this.mid;
     if (wide !== null) {
-      const out = emptyFilter(this.buckets, 14, false);
+      const out = emptyFilter(this.buckets, 14);
       for (let b = 0, s = 0, o = HEADER_BYTES; b < this.buckets; b++, s += SLOTS, o += FINE_BUCKET_BYTES) {
         let lows = 0;
         for (let i = 0; i < SLOTS; i++) {
@@ -474,7 +392,7 @@ export class DedupFilter {
       return new DedupFilter(out.buffer as SharedArrayBuffer);
     }
     if (fine !== null) {
-      const out = emptyFilter(this.buckets, 12, false);
+      const out = emptyFilter(this.buckets, 12);
       for (let b = 0, f = 0, o = HEADER_BYTES; b < this.buckets; b++, f += FINE_BUCKET_BYTES, o += MID_BUCKET_BYTES) {
         const lows = pair(fine, f + SLOTS);
         putPair(out, o, fineTo12(fine, f, lows, 0) | (fineTo12(fine, f, lows, 1) << 12));
@@ -483,7 +401,7 @@ export class DedupFilter {
       return new DedupFilter(out.buffer as SharedArrayBuffer);
     }
     if (mid !== null) {
-      const out = emptyFilter(this.buckets, 8, false);
+      const out = emptyFilter(this.buckets, 8);
       for (let b = 0, o = 0, s = HEADER_BYTES; b < this.buckets; b++, o += MID_BUCKET_BYTES, s += SLOTS) {
         const lo = pair(mid, o);
         const hi = pair(mid, o + 3);
@@ -548,12 +466,11 @@ function midHas(m: Uint8Array, at: number, q: number): boolean {
  * The bytes of an empty filter of `buckets` buckets of `bits`-bit fingerprints, its header written (the one
  * place the header is laid out), in shared memory, as the front publishes filters.
  */
-function emptyFilter(buckets: number, bits: 8 | 12 | 14 | 16, tagged: boolean): Uint8Array {
-  const tagBytes = tagged ? (buckets * SLOTS) / 2 : 0;
-  const all = new Uint8Array(new SharedArrayBuffer(HEADER_BYTES + (buckets * SLOTS * bits) / 8 + tagBytes));
+function emptyFilter(buckets: number, bits: 8 | 12 | 14 | 16): Uint8Array {
+  const all = new Uint8Array(new SharedArrayBuffer(HEADER_BYTES + (buckets * SLOTS * bits) / 8));
   const header = new DataView(all.buffer);
   header.setUint32(0, buckets, true);
-  header.setUint32(4, tagged ? bits | TAGGED : bits, true);
+  header.setUint32(4, bits, true);
   return all;
 }
 

@@ -8,7 +8,7 @@ import { performance } from "node:perf_hooks";
 import { setImmediate as nextTurn } from "node:timers/promises";
 import type pg from "pg";
 import { to as copyTo } from "pg-copy-streams";
-import { DedupFilter, DedupFilterFull, MAX_TAGS } from "../shared/dedup-filter";
+import { DedupFilter, DedupFilterFull } from "../shared/dedup-filter";
 import { DEDUP_FILTER_IDENT as FILTER, DEDUP_KEY_COLUMN, dedupShape } from "../shared/dedup-sql";
 import type { StreamDefinition } from "../shared/stream-definition";
 import { quoteIdent } from "../shared/sql-identifiers";
@@ -68,14 +68,13 @@ export async function readKeys(client: pg.ClientBase, part: string, add: (data: 
 }
 
 /**
- * Adds the key at `at` in `data` to `filter` (`once`: unless it already answers yes for it, a key read twice;
- * `tag`: a group filter's tag, its generation's position in the group); null, or the DedupFilterFull it threw
- * (the filter then misses a key, and must be discarded).
+ * Adds the key at `at` in `data` to `filter` (`once`: unless it already answers yes for it, a key read twice);
+ * null, or the DedupFilterFull it threw (the filter then misses a key, and must be discarded).
  */
-export function tryAdd(filter: DedupFilter, data: Buffer, at: number, once = false, tag = 0): DedupFilterFull | null {
+export function tryAdd(filter: DedupFilter, data: Buffer, at: number, once = false): DedupFilterFull | null {
   try {
-    if (once) filter.addBytesOnce(data, at, tag);
-    else filter.addBytes(data, at, tag);
+    if (once) filter.addBytesOnce(data, at);
+    else filter.addBytes(data, at);
     return null;
   } catch (err) {
     if (!(err instanceof DedupFilterFull)) throw err;
@@ -83,13 +82,10 @@ export function tryAdd(filter: DedupFilter, data: Buffer, at: number, once = fal
   }
 }
 
-/**
- * Adds every key of a partition to a filter (with `tag`, in a group's); throws DedupFilterFull, once the COPY has
- * ended, if it filled.
- */
-async function fillFilter(client: pg.ClientBase, part: string, filter: DedupFilter, tag = 0): Promise<void> {
+/** Adds every key of a partition to a filter; throws DedupFilterFull, once the COPY has ended, if it filled. */
+async function fillFilter(client: pg.ClientBase, part: string, filter: DedupFilter): Promise<void> {
   let full: DedupFilterFull | null = null;
-  await readKeys(client, part, (data, at) => (full = tryAdd(filter, data, at, false, tag)) === null);
+  await readKeys(client, part, (data, at) => (full = tryAdd(filter, data, at)) === null);
   if (full !== null) throw full as DedupFilterFull;
 }
 
@@ -111,13 +107,12 @@ export async function keysAtMost(client: pg.ClientBase, parts: readonly string[]
 }
 
 /**
- * A filter of `keys` keys filled by `fill` (`tagged`: a group's). A cuckoo filter sized for its keys may, very
- * rarely, find no room for the last of them (DedupFilterFull); it is then discarded and built again a quarter
- * larger.
+ * A filter of `keys` keys filled by `fill`. A cuckoo filter sized for its keys may, very rarely, find no room
+ * for the last of them (DedupFilterFull); it is then discarded and built again a quarter larger.
  */
-async function filterOf(keys: number, fill: (filter: DedupFilter) => Promise<void>, tagged = false): Promise<DedupFilter> {
+async function filterOf(keys: number, fill: (filter: DedupFilter) => Promise<void>): Promise<DedupFilter> {
   for (let room = keys; ; room = Math.ceil(room * 1.25)) {
-    const filter = new DedupFilter(room, tagged);
+    const filter = new DedupFilter(room);
     try {
       await fill(filter);
       return filter;
@@ -130,12 +125,9 @@ async function filterOf(keys: number, fill: (filter: DedupFilter) => Promise<voi
 /**
  * Sealed generations per group filter. A worker checks every id against each filter it holds, one cache miss
  * each: every generation joins a group as its filter is built, so that is about
- * generations / GROUP_GENERATIONS + 1 filters (docs/storage.md#the-window-and-the-id-state). At most
- * MAX_TAGS: a group's filter tags each key with its generation's position in the group.
+ * generations / GROUP_GENERATIONS + 1 filters (docs/storage.md#the-window-and-the-id-state).
  */
 export const GROUP_GENERATIONS = 10;
-
-if (GROUP_GENERATIONS > MAX_TAGS) throw new Error("GROUP_GENERATIONS exceeds the tags a filter keeps");
 
 /**
  * The group filters a process holds (the front's FilterDirectory): the open group's filter is then neither
@@ -195,19 +187,17 @@ async function readGeneration(
 ): Promise<PrefilledFilters> {
   const open = await openGroup(client, d, keys, last, cache);
   let own: DedupFilter | null = new DedupFilter(keys);
-  let group: DedupFilter | null = open?.filter ?? new DedupFilter(keys * GROUP_GENERATIONS, true);
-  // The generation's position in the group it joins: its keys' tag there.
-  const tag = open?.gens.length ?? 0;
+  let group: DedupFilter | null = open?.filter ?? new DedupFilter(keys * GROUP_GENERATIONS);
   // One read for both; a filter that fills (DedupFilterFull, rare) drops out and is built again below.
   await readKeys(client, part, (data, at) => {
     if (own !== null && tryAdd(own, data, at) !== null) own = null;
-    if (group !== null && tryAdd(group, data, at, false, tag) !== null) group = null;
+    if (group !== null && tryAdd(group, data, at) !== null) group = null;
     return own !== null || group !== null;
   });
   own ??= await filterOf(Math.ceil(keys * 1.25), (f) => fillFilter(client, part, f));
   // A group that filled after all: the generation starts a new one.
   const joins = group !== null ? open : null;
-  group ??= await filterOf(keys * GROUP_GENERATIONS, (f) => fillFilter(client, part, f, 0), true);
+  group ??= await filterOf(keys * GROUP_GENERATIONS, (f) => fillFilter(client, part, f));
   return { own, group, joins: joins === null ? null : { grp: joins.grp, gens: joins.gens } };
 }
 
@@ -281,19 +271,15 @@ export async function buildDedupGroupFilters(client: pg.ClientBase, schema: stri
       client,
       rows.map((r) => r.part),
     );
-    const filter = await filterOf(
-      room,
-      async (f) => {
-        for (const [tag, r] of rows.entries()) {
-          try {
-            await fillFilter(client, r.part, f, tag);
-          } catch (err) {
-            if ((err as { code?: string }).code !== "42P01") throw err; // undefined_table: dropped past the window meanwhile
-          }
+    const filter = await filterOf(room, async (f) => {
+      for (const r of rows) {
+        try {
+          await fillFilter(client, r.part, f);
+        } catch (err) {
+          if ((err as { code?: string }).code !== "42P01") throw err; // undefined_table: dropped past the window meanwhile
         }
-      },
-      true,
-    );
+      }
+    });
     const gens = rows.map((r) => r.gen);
     const done = await locked(client, async () => {
       const taken = await client.query(`SELECT 1 FROM ${d.groups} WHERE gens && $1::integer[]`, [gens]);

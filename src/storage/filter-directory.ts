@@ -181,9 +181,8 @@ export class FilterDirectory implements GroupFilterCache {
 
   copyOf(slots: string, grp: number, gens: readonly number[]): DedupFilter | undefined {
     const filter = this.held.get(groupKey(slots, grp, gens))?.filter;
-    // Only a group's filter as built (tagged) is extended here: one folded, or stripped of its tags, is read from
-    // PostgreSQL instead (as is a group stored before filters took tags).
-    if (!filter?.takesKeys || !filter.tagged) return undefined;
+    // A folded filter takes no keys: the group's is read from PostgreSQL instead.
+    if (!filter?.takesKeys) return undefined;
     const words = this.spare(filter.byteLength) ?? new SharedArrayBuffer(filter.byteLength);
     new Uint8Array(words).set(filter.bytes());
     return new DedupFilter(words);
@@ -228,23 +227,16 @@ export class FilterDirectory implements GroupFilterCache {
   }
 
   /**
-   * Until `next` fits the budget: strips the oldest tagged filter of its tags (but a stream's newest group), then,
-   * when none is left, folds the oldest filter still of 16-bit fingerprints to 14 bits (a tagged one loses its
-   * tags first), then the oldest of 14 bits to 12, then of 12 to 8,
-   * then leaves out the oldest; its bytes. Past FOLDS_PER_PASS folds of filters the workers hold, the rest wait
-   * for the next refresh. Each step costs more probes per byte saved than the one before: the tags about 10
-   * times a hit's probes for a fifth of a group's filter, then about 3.5, 13 and 136 more false positives in
+   * Until `next` fits the budget: folds the oldest filter still of 16-bit fingerprints to 14 bits, then, when
+   * none is left, the oldest of 14 bits to 12, then of 12 to 8, then leaves out the oldest; its bytes. Past
+   * FOLDS_PER_PASS folds of filters the workers hold, the rest wait for the next refresh. Each
+   * step costs more probes per byte saved than the one before: about 3.5, 13 and 136 more false positives in
    * ten thousand ids per eighth of the filter as built saved (docs/storage.md#filter-memory).
    */
   private fit(next: Map<string, Held>, bytes: number, leftOut: Map<string, number>): number {
     while (bytes > this.budgetBytes && next.size > 0) {
       const held = [...next.entries()].reverse(); // oldest first
-      // Each stream's newest group keeps its tags in this step: it is still taking generations, and a seal
-      // extends a copy of it only as built (copyOf), where a stripped one is read from PostgreSQL each time.
-      const opening = new Map<string, string>();
-      for (const [key, h] of next) if (h.filter.tagged && !opening.has(h.slots)) opening.set(h.slots, key);
       const fold =
-        held.find(([key, h]) => h.filter.tagged && opening.get(h.slots) !== key) ??
         held.find(([, h]) => h.filter.bits === 16) ??
         held.find(([, h]) => h.filter.bits === 14) ??
         held.find(([, h]) => h.filter.bits === 12);

@@ -133,7 +133,7 @@ async function start(
     ...given,
     own: new DedupFilter(Math.ceil(last * ROOM_OVER_LAST)),
     // A new group is sized as buildDedupFilters sizes one: for GROUP_GENERATIONS of its first generation.
-    group: group?.filter ?? new DedupFilter(last * GROUP_GENERATIONS, true),
+    group: group?.filter ?? new DedupFilter(last * GROUP_GENERATIONS),
     joins: group === null ? null : { grp: group.grp, gens: group.gens },
     failed: false,
   };
@@ -144,13 +144,11 @@ async function readSince(client: pg.ClientBase, p: Prefill): Promise<boolean> {
   // An xid literal: COPY takes no parameters, and readFrom is digits PostgreSQL returned.
   const where = p.readFrom === null ? "" : ` WHERE age(xmin) <= age('${p.readFrom}'::xid)`;
   let full = false;
-  // The generation's position in the group it joins: its keys' tag there.
-  const tag = p.joins?.gens.length ?? 0;
   await readKeys(
     client,
     p.part,
     (data, at) => {
-      full = tryAdd(p.own, data, at, true) !== null || tryAdd(p.group, data, at, true, tag) !== null;
+      full = tryAdd(p.own, data, at, true) !== null || tryAdd(p.group, data, at, true) !== null;
       return !full;
     },
     where,

@@ -52,24 +52,16 @@ export class IdFilters {
       h0s[i] = h[0];
       fps[i] = fingerprint(h);
     }
-    // A key that hits a group's filter is probed in the generations its matching slots are tagged with, or in
-    // each of the group's when its filter keeps no tags (docs/storage.md#filter-format).
+    // A key that hits a group's filter may be in any of its generations: it is probed in each.
     const maybe: string[] = [];
     const gens: number[] = [];
     const filters = this.filters;
     for (let f = 0; f < filters.length; f++) {
-      const filter = filters[f];
-      const found = filter.collectHits(h0s, fps, n, hits);
+      const found = filters[f].collectHits(h0s, fps, n, hits);
       const of = this.filterGens[f];
-      const tagged = filter.tagged && of.length > 1;
       for (let j = 0; j < found; j++) {
-        const i = hits[j];
-        const mask = tagged ? filter.tagsOf(h0s[i], fps[i]) : 0;
-        // No tag, or one past the group's generations (no key it took leaves either): every generation is probed.
-        const only = mask !== 0 && mask >>> of.length === 0 ? mask : -1;
         for (let g = 0; g < of.length; g++) {
-          if ((only & (1 << g)) === 0) continue;
-          maybe.push(keys[i]);
+          maybe.push(keys[hits[j]]);
           gens.push(of[g]);
         }
       }
