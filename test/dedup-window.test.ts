@@ -32,8 +32,7 @@ import { Worker } from "node:worker_threads";
 import { FilterDirectory } from "../src/storage/filter-directory";
 import { FilterReaders } from "../src/shared/filter-readers";
 import { IdFilters, type FilterCheck } from "../workers/commit/id-filters";
-import { claimIds, PROBE_SIDES, probeFilterHits, spread } from "../workers/commit/id-claim";
-import { CopyWriter } from "../workers/commit/copy-writer";
+import { claimIds, probeFilterHits } from "../workers/commit/id-claim";
 import { commitTarget } from "../workers/commit/commit-targets";
 import { GROUP_GENERATIONS, keysAtMost } from "../src/storage/dedup-filters";
 import { metric } from "./faults-helpers";
@@ -975,76 +974,6 @@ describe("the claim's fast path", () => {
       const where = await c.query(`SELECT DISTINCT gen FROM ${d.ids} WHERE id_key = ANY($1::uuid[])`, [fresh]);
       assert.deepEqual(where.rows, [{ gen: sealedGen + 1 }]);
     });
-  });
-});
-
-describe("the probe of filter hits", () => {
-  test("a large probe is spread over side connections, whole generations each; a stored id among its hits is found on any; a reset closes them", async () => {
-    const url = await freshDatabase();
-    const first = await daemon({}, url);
-    await first.stop();
-    const target = commitTarget("public", eventsStream, 0, true);
-    const stored = Array.from({ length: 6 }, () => crypto.randomUUID());
-    const gens: number[] = [];
-    await withClient(url, async (c) => {
-      for (const [i, id] of stored.entries()) {
-        const part = await pastGeneration(c, 60 - i * 5);
-        await remember(c, part, [id]);
-        gens.push((await c.query(`SELECT gen FROM events_dedup_slots WHERE part = $1`, [part])).rows[0].gen);
-      }
-    });
-    // As a group filter's false positives: each key hit probed in every generation of the group.
-    const others = Array.from({ length: 20 }, () => dedupKey(crypto.randomUUID()));
-    const check = (extra: { key: string; gen: number }[]): FilterCheck => {
-      const maybe: string[] = [];
-      const at: number[] = [];
-      for (const k of others) for (const g of gens) maybe.push(k), at.push(g);
-      for (const e of extra) maybe.push(e.key), at.push(e.gen);
-      return { maybe, gens: at, covered: gens };
-    };
-    const writer = new CopyWriter({ connectionString: url, applicationName: "probe-spread-test", stallTimeoutMs: 10_000 });
-    try {
-      const client = await writer.connection();
-      const sides = (n: number) => writer.sides(n);
-      assert.deepEqual((await probeFilterHits(client, target.dedup!, check([]), sides)).clear, true, "120 false positives: none stored");
-      for (const [i, id] of stored.entries()) {
-        const found = await probeFilterHits(client, target.dedup!, check([{ key: dedupKey(id), gen: gens[i] }]), sides);
-        assert.equal(found.clear, false, `the id stored in generation ${gens[i]} is found`);
-      }
-      // Each side connection ran a share of the probe.
-      const pids = (await writer.sides(PROBE_SIDES)).map((c) => (c as unknown as { processID: number }).processID);
-      assert.equal(new Set(pids).size, PROBE_SIDES);
-      await withClient(url, async (c) => {
-        const ran = await c.query(`SELECT pid, query FROM pg_stat_activity WHERE pid = ANY($1)`, [pids]);
-        assert.equal(ran.rowCount, PROBE_SIDES);
-        for (const r of ran.rows) assert.match(r.query, /coalesce\(sum\(x\.n\)/, `side ${r.pid} ran a probe`);
-      });
-      // A small probe stays on the main connection.
-      assert.equal(
-        (await probeFilterHits(client, target.dedup!, { maybe: [dedupKey(stored[0])], gens: [gens[0]], covered: gens })).clear,
-        false,
-      );
-      writer.reset();
-      await waitFor(
-        "the side connections closed",
-        () => withClient(url, async (c) => (await c.query(`SELECT 1 FROM pg_stat_activity WHERE pid = ANY($1)`, [pids])).rowCount === 0),
-        5_000,
-      );
-    } finally {
-      await writer.close();
-    }
-    // Spread in shares of whole generations, about even.
-    const shares = spread(["a", "b", "c", "d", "e", "f", "g"], [1, 1, 1, 2, 2, 3, 4], 3);
-    assert.deepEqual(
-      shares.map((s) => s.gens),
-      [
-        [1, 1, 1],
-        [2, 2],
-        [3, 4],
-      ],
-    );
-    assert.deepEqual(shares.flatMap((s) => s.maybe).sort(), ["a", "b", "c", "d", "e", "f", "g"]);
-    assert.equal(spread(["a", "b"], [5, 5], 4).length, 1, "one generation: one share");
   });
 });
 

@@ -64,9 +64,6 @@ export interface CopyWriterOptions {
 export class CopyWriter {
   private client: pg.Client | null = null;
   private connecting: Promise<pg.Client> | null = null;
-  /** More connections, opened when first wanted (sides()), closed with the main one. */
-  private extra: pg.Client[] = [];
-  private extraConnecting: Promise<void> | null = null;
   /** performance.now() of the last message PostgreSQL sent on the current connection. */
   private lastAnswerAt = 0;
 
@@ -80,25 +77,6 @@ export class CopyWriter {
       });
     }
     return this.connecting;
-  }
-
-  /**
-   * `n` connections beside the main one, opened on first use and kept until the main one is reset: what a large
-   * probe of filter hits is spread over (id-claim.ts), so that its reads of cold index pages wait side by side.
-   * Their answers count for the stall watchdog as the main connection's do, and a stall drops them too.
-   */
-  async sides(n: number): Promise<pg.Client[]> {
-    while (this.extra.length < n) {
-      this.extraConnecting ??= this.open(false)
-        .then((client) => {
-          this.extra.push(client);
-        })
-        .finally(() => {
-          this.extraConnecting = null;
-        });
-      await this.extraConnecting;
-    }
-    return this.extra.slice(0, n);
   }
 
   /**
@@ -183,29 +161,21 @@ export class CopyWriter {
     const client = this.client;
     this.client = null;
     client?.end().catch(() => undefined);
-    for (const side of this.extra.splice(0)) side.end().catch(() => undefined);
   }
 
-  /** Drops a connection that stopped answering, and the sides: end() would wait for a server that may never reply. */
+  /** Drops a connection that stopped answering: end() would wait for a server that may never reply. */
   private destroy(client: pg.Client): void {
     if (this.client === client) this.client = null;
-    for (const c of [client, ...this.extra.splice(0)]) (c as unknown as { connection: PgConnection }).connection.stream.destroy();
+    (client as unknown as { connection: PgConnection }).connection.stream.destroy();
   }
 
   async close(): Promise<void> {
     const client = this.client;
     this.client = null;
-    await Promise.all([client, ...this.extra.splice(0)].map((c) => c?.end().catch(() => undefined)));
+    if (client) await client.end().catch(() => undefined);
   }
 
   private async connect(): Promise<pg.Client> {
-    const client = await this.open(true);
-    this.client = client;
-    return client;
-  }
-
-  /** A new connection, set up; `main`: the one transactions run on, else a side. */
-  private async open(main: boolean): Promise<pg.Client> {
     const client = new pg.Client({
       connectionString: this.options.connectionString,
       application_name: this.options.applicationName,
@@ -217,13 +187,11 @@ export class CopyWriter {
     });
     const forget = () => {
       if (this.client === client) this.client = null;
-      const side = this.extra.indexOf(client);
-      if (side >= 0) this.extra.splice(side, 1);
     };
     client.on("error", forget);
     client.on("end", forget);
     (client as unknown as { connection: PgConnection }).connection.on("message", () => {
-      if (this.client === client || this.extra.includes(client)) this.lastAnswerAt = performance.now();
+      if (this.client === client) this.lastAnswerAt = performance.now();
     });
     try {
       await client.connect();
@@ -232,6 +200,7 @@ export class CopyWriter {
       client.end().catch(() => undefined);
       throw new DatabaseUnavailable(err);
     }
+    this.client = client;
     return client;
   }
 }

@@ -265,10 +265,7 @@ export class GroupCommitter {
     // Filter hits are probed before BEGIN, so no lock on an id-state parent is held through the transaction.
     const checks = new Map<CommitTarget, CheckedKeys>();
     for (const [target, part] of all.parts) {
-      if (target.dedup !== null) {
-        const checked = target.dedup.filters.check(part.keys);
-        checks.set(target, await probeFilterHits(client, target.dedup, checked, (n) => this.writer.sides(n)));
-      }
+      if (target.dedup !== null) checks.set(target, await probeFilterHits(client, target.dedup, target.dedup.filters.check(part.keys)));
     }
     await client.query("BEGIN");
     let batch = all;

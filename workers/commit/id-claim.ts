@@ -61,69 +61,19 @@ export interface CheckedKeys {
 const PRUNED_HIT_SHARE = 3;
 
 /**
- * Hits from which the probe is spread over PROBE_SIDES more connections. Each (key, generation) hit is an
- * index lookup in a sealed generation, mostly on pages that are not in memory; once the filters are folded to
- * fit `dedupFilterMb` a batch of 1,500 ids makes 400-500 of them, 50-100 ms of one backend waiting on reads
- * one at a time (docs/performance.md#the-probe-spread-over-connections).
- */
-const SPREAD_HITS = 64;
-export const PROBE_SIDES = 3;
-
-/**
  * Probes the hits of a filter check (IdFilters.check) in the generations under the parent table, before the
- * group commit's transaction begins (dedupHitsProbeSql says why there). `sides`: connections beside `client`
- * (CopyWriter.sides) that a large probe is spread over, a share of the generations hit each.
+ * group commit's transaction begins (dedupHitsProbeSql says why there).
  */
-export async function probeFilterHits(
-  client: pg.ClientBase,
-  sql: ClaimSql,
-  checked: FilterCheck,
-  sides?: (n: number) => Promise<pg.ClientBase[]>,
-): Promise<CheckedKeys> {
+export async function probeFilterHits(client: pg.ClientBase, sql: ClaimSql, checked: FilterCheck): Promise<CheckedKeys> {
   if (checked.covered === null || checked.maybe!.length === 0) return { checked, clear: true };
-  const covered = checked.covered.length;
-  if (sides === undefined || checked.maybe!.length < SPREAD_HITS) {
-    return { checked, clear: (await storedHits(client, sql, checked.maybe!, checked.gens!, covered)) === 0 };
-  }
-  const shares = spread(checked.maybe!, checked.gens!, PROBE_SIDES + 1);
-  const clients = [client, ...(await sides(shares.length - 1))];
-  const stored = await Promise.all(shares.map((s, i) => storedHits(clients[i], sql, s.maybe, s.gens, covered)));
-  return { checked, clear: stored.every((n) => n === 0) };
-}
-
-/** How many of the hits `maybe` (each in generation `gens[i]`) are stored, on one connection. */
-async function storedHits(client: pg.ClientBase, sql: ClaimSql, maybe: string[], gens: number[], covered: number): Promise<number> {
-  const hit = [...new Set(gens)];
+  const hit = [...new Set(checked.gens)];
   // The prepared form opens every partition (~16 µs each), the pruned one plans and opens those hit (~70 µs
   // each): measured on 52 generations, even at about a third of them hit (dedupHitsProbeSql).
   const { rows } =
-    hit.length * PRUNED_HIT_SHARE < covered
-      ? await client.query<{ stored: number }>(sql.hits.pruned, [maybe, gens, hit])
-      : await client.query<{ stored: number }>({ name: sql.hits.name, text: sql.hits.text, values: [maybe, gens] });
-  return rows[0].stored;
-}
-
-/**
- * The hits in at most `n` shares of whole generations (a generation's hits are one index scan), about even: each
- * generation, most hits first, goes to the share with the fewest so far. Empty shares are left out.
- */
-export function spread(maybe: readonly string[], gens: readonly number[], n: number): { maybe: string[]; gens: number[] }[] {
-  const byGen = new Map<number, number[]>();
-  for (let i = 0; i < gens.length; i++) {
-    const at = byGen.get(gens[i]);
-    if (at === undefined) byGen.set(gens[i], [i]);
-    else at.push(i);
-  }
-  const shares = Array.from({ length: Math.min(n, byGen.size) }, () => ({ maybe: [] as string[], gens: [] as number[] }));
-  for (const at of [...byGen.values()].sort((a, b) => b.length - a.length)) {
-    let least = shares[0];
-    for (const s of shares) if (s.maybe.length < least.maybe.length) least = s;
-    for (const i of at) {
-      least.maybe.push(maybe[i]);
-      least.gens.push(gens[i]);
-    }
-  }
-  return shares;
+    hit.length * PRUNED_HIT_SHARE < checked.covered.length
+      ? await client.query<{ stored: number }>(sql.hits.pruned, [checked.maybe, checked.gens, hit])
+      : await client.query<{ stored: number }>({ name: sql.hits.name, text: sql.hits.text, values: [checked.maybe, checked.gens] });
+  return { checked, clear: rows[0].stored === 0 };
 }
 
 /**
