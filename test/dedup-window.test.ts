@@ -25,6 +25,8 @@ import { OpenGenerationFilters } from "../src/storage/open-generation-filters";
 import { locked } from "../src/storage/partitions";
 import { BOOKKEEPING_TABLES, ensureDayPartitions, maintainBookkeeping } from "../src/storage/bookkeeping-partitions";
 import { DedupFilter, DedupFilterFull, fingerprint, hashKey } from "../src/shared/dedup-filter";
+import { FuseFilter, SHARD_KEYS, sealFilter } from "../src/shared/fuse-filter";
+import { filterFrom } from "../src/shared/id-state-filter";
 import crypto from "node:crypto";
 import { once } from "node:events";
 import path from "node:path";
@@ -248,7 +250,7 @@ describe("the sealed generations' filters", () => {
     }
   });
 
-  test("each sealed generation joins a group filter as its own is built, GROUP_GENERATIONS a group, checked instead of theirs; their ids stay duplicates", async () => {
+  test("each sealed generation joins a group filter as its own is built, GROUP_GENERATIONS a group, checked instead of theirs; a closed group is sealed and its sealed filter published instead; their ids stay duplicates", async () => {
     const url = await freshDatabase();
     const first = await daemon({}, url);
     await first.stop();
@@ -264,6 +266,11 @@ describe("the sealed generations' filters", () => {
           [GROUP_GENERATIONS, 1],
           "the oldest generations in one group, the newest opening the next",
         );
+        const sealed = await c.query<{ cuckoo: number; sealed: number | null }>(
+          `SELECT octet_length(filter_v3) AS cuckoo, octet_length(sealed_v1) AS sealed FROM events_dedup_groups_v3 ORDER BY grp`,
+        );
+        assert.ok(sealed.rows[0].sealed! > 0 && sealed.rows[0].cuckoo > 0, "the closed group sealed, its cuckoo filter kept beside");
+        assert.equal(sealed.rows[1].sealed, null, "the open group is not sealed: generations still join it");
         await directory.refresh(c);
       });
       const published = directory.list();
@@ -271,6 +278,14 @@ describe("the sealed generations' filters", () => {
         published.map((f) => f.gens.length).sort((a, b) => a - b),
         [1, GROUP_GENERATIONS],
         "the workers get the groups' filters, not the grouped generations' own",
+      );
+      assert.deepEqual(
+        published.map((f) => [f.gens.length, FuseFilter.holds(new Uint8Array(f.words))]).sort(),
+        [
+          [1, false],
+          [GROUP_GENERATIONS, true],
+        ],
+        "the closed group's sealed filter is published, the open group's cuckoo filter",
       );
       const filters = new IdFilters(dedupShape("public", eventsStream)!.slots);
       filters.set(published);
@@ -322,6 +337,11 @@ describe("the sealed generations' filters", () => {
         // Sized for GROUP_GENERATIONS of its first generation's room (one page, 157 keys): 3,000 keys do not fit.
         await remember(c, await pastGeneration(c, 10), [...many, "open-3"]);
         await pass();
+        // The first group closed: sealed in the same pass from the filter held, handed to the directory as stored.
+        const closed = await c.query<{ sealed: Buffer }>(`SELECT sealed_v1 AS sealed FROM events_dedup_groups_v3 WHERE grp = 1`);
+        const published = directory.list().find((f) => f.gens.length === 2)!;
+        assert.ok(FuseFilter.holds(new Uint8Array(published.words)), "the closed group's sealed filter is published");
+        assert.ok(Buffer.from(published.words).equals(closed.rows[0].sealed), "the one stored, byte for byte");
         return (await c.query(`SELECT gens FROM events_dedup_groups_v3 ORDER BY grp`)).rows;
       });
       assert.deepEqual(
@@ -714,6 +734,62 @@ describe("the sealed generations' filters", () => {
     const highBytes = Uint8Array.from({ length: fingerprints / 2 }, (_, i) => built[8 + 2 * i + 1]);
     assert.ok(Buffer.from(folded.bytes().subarray(8)).equals(highBytes), "each slot's high byte, in its slot");
     assert.throws(() => folded.fold(), /cannot be folded again/, "8-bit fingerprints are not folded again");
+  });
+
+  test("a closed group's sealed filter (binary fuse) holds every key its cuckoo filter holds, at every width, and lets through fewer others than the cuckoo filter folded alike", () => {
+    // More keys than a shard takes: the filter is built in several.
+    const held = Array.from({ length: SHARD_KEYS + 100_000 }, () => crypto.randomUUID());
+    const cuckoo = new DedupFilter(held.length);
+    for (const k of held) cuckoo.add(k);
+    cuckoo.add(held[0]); // a key twice in the cuckoo filter is held once in the sealed one
+    const build = sealFilter(cuckoo);
+    let step = build.next();
+    let pauses = 0;
+    for (; !step.done; step = build.next()) pauses++;
+    assert.ok(pauses > 10, `the build pauses every few thousand keys (${pauses} pauses)`);
+    let sealed = step.value;
+    assert.ok(sealed instanceof FuseFilter, "built");
+    const h = new Uint32Array(4);
+    const hashes = (keys: string[]) => {
+      const h0s = new Uint32Array(keys.length);
+      const fps = new Uint32Array(keys.length);
+      keys.forEach((k, i) => {
+        hashKey(k, h);
+        h0s[i] = h[0];
+        fps[i] = fingerprint(h);
+      });
+      return { h0s, fps, n: keys.length, out: new Uint32Array(keys.length) };
+    };
+    const mine = hashes(held);
+    const others = hashes(Array.from({ length: 200_000 }, () => crypto.randomUUID()));
+    let folded: DedupFilter = cuckoo;
+    for (;;) {
+      assert.equal(sealed.collectHits(mine.h0s, mine.fps, mine.n, mine.out), held.length, `${sealed.bits} bits: no false negative`);
+      const copy = new SharedArrayBuffer(sealed.byteLength);
+      new Uint8Array(copy).set(sealed.bytes());
+      const again = filterFrom(copy);
+      assert.ok(again instanceof FuseFilter, "read back from its bytes as a sealed filter");
+      assert.equal(again.collectHits(mine.h0s, mine.fps, mine.n, mine.out), held.length);
+      const sealedHits = sealed.collectHits(others.h0s, others.fps, others.n, others.out);
+      assert.equal(again.collectHits(others.h0s, others.fps, others.n, others.out), sealedHits, "and answers alike for others");
+      const cuckooHits = folded.collectHits(others.h0s, others.fps, others.n, others.out);
+      // What the cuckoo filter as built lets through (0.011%), plus 1 in 2^bits.
+      const expected = others.n * (0.00011 + 2 ** -sealed.bits);
+      assert.ok(
+        sealedHits < expected * 1.6 + 20,
+        `${sealed.bits} bits: ${sealedHits} false positives, about ${expected.toFixed(0)} expected`,
+      );
+      if (folded.bits === sealed.bits) {
+        assert.ok(sealed.byteLength < folded.byteLength * 1.15, `${sealed.bits} bits: in about the cuckoo filter's memory`);
+        if (sealed.bits < 16) assert.ok(sealedHits * 2 < cuckooHits, `${sealed.bits} bits: fewer than the cuckoo filter's ${cuckooHits}`);
+      }
+      if (sealed.bits === 8) break;
+      sealed = sealed.fold();
+      // The cuckoo filter has no 10-bit width: it goes from 12 to 8.
+      if (folded.bits > sealed.bits) folded = folded.fold();
+    }
+    assert.throws(() => sealed.fold(), /cannot be folded again/);
+    assert.throws(() => sealFilter(folded).next(), /from a cuckoo filter as built/);
   });
 
   test("a batch checked against a filter at once (collectHits) finds the keys a check per key finds, at every width", () => {

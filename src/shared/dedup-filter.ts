@@ -34,7 +34,8 @@ export class DedupFilterFull extends Error {
   }
 }
 
-function fmix32(h: number): number {
+/** murmur3's 32-bit finaliser: every bit of `h` reaches every bit of the result. */
+export function fmix32(h: number): number {
   h ^= h >>> 16;
   h = Math.imul(h, 0x85ebca6b);
   h ^= h >>> 13;
@@ -138,7 +139,17 @@ export class DedupFilter {
     this.fine = bits === 14 ? new Uint8Array(all.buffer, all.byteOffset + HEADER_BYTES, buckets * FINE_BUCKET_BYTES) : null;
     this.mid = bits === 12 ? new Uint8Array(all.buffer, all.byteOffset + HEADER_BYTES, buckets * MID_BUCKET_BYTES) : null;
     this.narrow = bits === 8 ? new Uint8Array(all.buffer, all.byteOffset + HEADER_BYTES, buckets * SLOTS) : null;
-    this.alt = ALT_OFFSET.map((o) => o % buckets);
+    this.alt = altOffsets(buckets);
+  }
+
+  /** Its buckets: with a fingerprint's high byte, what places a key (a sealed group's filter is keyed by them; src/shared/fuse-filter.ts). */
+  get bucketCount(): number {
+    return this.buckets;
+  }
+
+  /** Its slots of 16-bit fingerprints (0: empty), bucket after bucket, as built; null once folded. */
+  slotsAsBuilt(): Uint16Array | null {
+    return this.wide;
   }
 
   /** The shared memory of a filter read back from its bytes (what the front publishes). */
@@ -484,3 +495,11 @@ export function fingerprint(h: Uint32Array): number {
 
 /** The offset of the other bucket for each high byte (DedupFilter.other). */
 const ALT_OFFSET = Uint32Array.from({ length: 256 }, (_, i) => fmix32(Math.imul(i + 1, 0x5bd1e995)));
+
+/**
+ * For a filter of `buckets` buckets, the offset of a fingerprint's other bucket by its high byte: the other of
+ * bucket b is (offset - b) mod buckets.
+ */
+export function altOffsets(buckets: number): Uint32Array {
+  return ALT_OFFSET.map((o) => o % buckets);
+}

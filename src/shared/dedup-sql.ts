@@ -54,6 +54,14 @@ export const DEDUP_FILTER_COLUMN = "filter_v3";
 /** DEDUP_FILTER_COLUMN quoted, as the statements that read and write it spell it. */
 export const DEDUP_FILTER_IDENT = quoteIdent(DEDUP_FILTER_COLUMN);
 
+/**
+ * The column of the groups table holding a closed group's sealed filter (src/shared/fuse-filter.ts), beside its
+ * cuckoo filter, which daemons of earlier releases go on reading; empty when its keys could not be sealed
+ * (the group keeps its cuckoo filter). docs/storage.md#sealed-group-filters.
+ */
+export const DEDUP_SEALED_COLUMN = "sealed_v1";
+export const DEDUP_SEALED_IDENT = quoteIdent(DEDUP_SEALED_COLUMN);
+
 /** The table of a stream's group filters (format 3): one filter over the keys of several sealed generations. */
 export function dedupGroupsTable(table: string): string {
   return `${dedupTable(table)}_groups_v3`;

@@ -9,6 +9,7 @@ import { setImmediate as nextTurn } from "node:timers/promises";
 import type pg from "pg";
 import { to as copyTo } from "pg-copy-streams";
 import { DedupFilter, DedupFilterFull } from "../shared/dedup-filter";
+import type { FuseFilter } from "../shared/fuse-filter";
 import { DEDUP_FILTER_IDENT as FILTER, DEDUP_KEY_COLUMN, dedupShape } from "../shared/dedup-sql";
 import type { StreamDefinition } from "../shared/stream-definition";
 import { quoteIdent } from "../shared/sql-identifiers";
@@ -143,6 +144,10 @@ export interface GroupFilterCache {
   built(slots: string, grp: number, gens: readonly number[], filter: DedupFilter): void;
   /** The filter just stored for group `grp` of `slots`, holding `gens` (after `built`). */
   stored(slots: string, grp: number, gens: readonly number[], filter: DedupFilter): void;
+  /** The cuckoo filter held as built for closed group `grp` (not a copy: it never changes), to seal. */
+  asBuilt(slots: string, grp: number, gens: readonly number[]): DedupFilter | undefined;
+  /** The sealed filter just stored for closed group `grp`: the next refresh takes it instead of reading it back. */
+  sealed(slots: string, grp: number, gens: readonly number[], filter: FuseFilter): void;
 }
 
 /** A group taking generations: its number and generations as stored, and a private copy of its filter. */
@@ -172,7 +177,8 @@ export async function openGroup(
   const filter =
     (same ? new DedupFilter(last.filter.bytes()) : cache?.copyOf(d.slots, newest.grp, newest.gens)) ??
     (await loadFilter(client, d.groups, "grp", newest.grp));
-  if (filter === null || filter.roomLeft() < keys) return null;
+  // The newest group is never sealed (src/storage/sealed-groups.ts): its cuckoo filter takes keys.
+  if (!(filter instanceof DedupFilter) || filter.roomLeft() < keys) return null;
   return { grp: newest.grp, gens: newest.gens, filter };
 }
 

@@ -14,6 +14,8 @@ import {
   DEDUP_FILTER_IDENT as FILTER,
   DEDUP_GEN_COLUMN,
   DEDUP_KEY_COLUMN,
+  DEDUP_SEALED_COLUMN,
+  DEDUP_SEALED_IDENT as SEALED,
   dedupGenerationName,
   LAST_ADOPTED_GENERATION,
   dedupLegacyGroupsTables,
@@ -23,6 +25,7 @@ import { dedupKeySql } from "../shared/dedup-key";
 import { locked } from "./partitions";
 import { buildDedupFilters, buildDedupGroupFilters, type GroupFilterCache } from "./dedup-filters";
 import type { OpenGenerationFilters } from "./open-generation-filters";
+import { sealDedupGroups } from "./sealed-groups";
 
 /** Sealing after an eighth of the window at the latest keeps a generation's ids from outliving it by more. */
 export const GENERATIONS_PER_WINDOW = 8;
@@ -68,6 +71,13 @@ export function dedupStateDdl(schema: string, stream: StreamDefinition): string[
   END IF;
 END $column$`,
     `CREATE TABLE IF NOT EXISTS ${d.groups} (grp integer PRIMARY KEY, gens integer[] NOT NULL, ${FILTER} bytea NOT NULL)`,
+    // A closed group's sealed filter (docs/storage.md#sealed-group-filters); only when missing, as above.
+    `DO $column$ BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = '${d.groups.replace(/'/g, "''")}'::regclass AND attname = '${DEDUP_SEALED_COLUMN}' AND NOT attisdropped) THEN
+    ALTER TABLE ${d.groups} ADD COLUMN ${SEALED} bytea;
+    ALTER TABLE ${d.groups} ALTER COLUMN ${SEALED} SET STORAGE EXTERNAL;
+  END IF;
+END $column$`,
     // Random bits do not compress; stored plainly, a slice of a filter is read without the rest. Only when not
     // yet so: the ALTER would wait for, and then hold up, the claims reading the slots table.
     ...[d.slots, d.groups].map(
@@ -355,7 +365,7 @@ export async function maintainDedupState(
   prefills?: OpenGenerationFilters,
 ): Promise<DedupPass> {
   const done = await maintainDedupGenerations(client, schema, streams, windowHours, at, hotBytes, cache, prefills);
-  done.filtered.push(...(await buildDedupGroups(client, schema, streams)));
+  done.filtered.push(...(await buildDedupGroups(client, schema, streams, cache)));
   return done;
 }
 
@@ -400,11 +410,20 @@ export async function maintainDedupGenerations(
 
 /**
  * The long part: group filters for runs of GROUP_GENERATIONS filtered generations in no group (an earlier
- * release built groups only so; ten generations' keys streamed each); labels of the groups built.
+ * release built groups only so; ten generations' keys streamed each), then the sealed filter of a closed group
+ * (src/storage/sealed-groups.ts); labels of the groups built or sealed. `cache`: the group filters this process
+ * holds (a sealed filter is then built from the cuckoo filter held, and handed over rather than read back).
  */
-export async function buildDedupGroups(client: pg.ClientBase, schema: string, streams: readonly StreamDefinition[]): Promise<string[]> {
+export async function buildDedupGroups(
+  client: pg.ClientBase,
+  schema: string,
+  streams: readonly StreamDefinition[],
+  cache?: GroupFilterCache,
+): Promise<string[]> {
   const built: string[] = [];
-  for (const stream of streams.filter((s) => s.dedupKey !== undefined))
+  for (const stream of streams.filter((s) => s.dedupKey !== undefined)) {
     built.push(...(await buildDedupGroupFilters(client, schema, stream)));
+    built.push(...(await sealDedupGroups(client, schema, stream, cache)));
+  }
   return built;
 }

@@ -4,8 +4,8 @@
  */
 import type pg from "pg";
 import { to as copyTo } from "pg-copy-streams";
-import { DedupFilter } from "../shared/dedup-filter";
-import { DEDUP_FILTER_IDENT as FILTER } from "../shared/dedup-sql";
+import { DEDUP_FILTER_IDENT } from "../shared/dedup-sql";
+import { filterFrom, type IdStateFilter } from "../shared/id-state-filter";
 
 /** A binary COPY's signature, flags and header-extension length. */
 export const COPY_HEADER_BYTES = 19;
@@ -23,6 +23,7 @@ const LOAD_CHUNK_BYTES = 1 << 20;
  * time, each slice by a binary COPY: measured ~1.3 s of the front thread's CPU for 60 MiB of filters as hex
  * text, 0.66 s so. `table` and `column` name the row (`column` = `id`, an integer of the slots or groups
  * table). Null: gone meanwhile. `reuse`: memory of that size to fill instead of a new buffer, if it has some.
+ * `field`: the quoted column holding it (a sealed group's filter is in DEDUP_SEALED_IDENT).
  */
 export async function loadFilter(
   client: pg.ClientBase,
@@ -30,9 +31,10 @@ export async function loadFilter(
   column: "gen" | "grp",
   id: number,
   reuse?: (bytes: number) => SharedArrayBuffer | undefined,
-): Promise<DedupFilter | null> {
+  field = DEDUP_FILTER_IDENT,
+): Promise<IdStateFilter | null> {
   if (!Number.isSafeInteger(id)) throw new Error(`${table}: ${column} ${id} is not an integer`);
-  const size = await client.query<{ n: number | null }>(`SELECT octet_length(${FILTER}) AS n FROM ${table} WHERE ${column} = $1`, [id]);
+  const size = await client.query<{ n: number | null }>(`SELECT octet_length(${field}) AS n FROM ${table} WHERE ${column} = $1`, [id]);
   const bytes = size.rows[0]?.n ?? null;
   if (bytes === null) return null;
   const words = reuse?.(bytes) ?? new SharedArrayBuffer(bytes);
@@ -41,12 +43,12 @@ export async function loadFilter(
     // COPY takes no parameters: the id is an integer checked above, the names are quoted identifiers.
     const slice = await copyOutField(
       client,
-      `COPY (SELECT substring(${FILTER} FROM ${at + 1} FOR ${LOAD_CHUNK_BYTES}) FROM ${table} WHERE ${column} = ${id}) TO STDOUT (FORMAT binary)`,
+      `COPY (SELECT substring(${field} FROM ${at + 1} FOR ${LOAD_CHUNK_BYTES}) FROM ${table} WHERE ${column} = ${id}) TO STDOUT (FORMAT binary)`,
     );
     if (slice === null || slice.length !== Math.min(LOAD_CHUNK_BYTES, bytes - at)) return null;
     into.set(slice, at);
   }
-  return new DedupFilter(words);
+  return filterFrom(words);
 }
 
 /** The one field of the one row a binary COPY sends, or null when it sent no row or a null. */

@@ -13,7 +13,9 @@ import { BroadcastChannel } from "node:worker_threads";
 import type pg from "pg";
 import { DedupFilter } from "../shared/dedup-filter";
 import type { FilterReaders } from "../shared/filter-readers";
-import { DEDUP_FILTER_IDENT as FILTER, dedupShape } from "../shared/dedup-sql";
+import { DEDUP_FILTER_IDENT as FILTER, DEDUP_SEALED_IDENT as SEALED, dedupShape } from "../shared/dedup-sql";
+import type { FuseFilter } from "../shared/fuse-filter";
+import type { IdStateFilter } from "../shared/id-state-filter";
 import type { StreamDefinition } from "../shared/stream-definition";
 import { DEDUP_FILTERS_CHANNEL, DEDUP_FILTERS_WANTED, type FilterPublication, type PublishedFilter } from "../shared/task-protocol";
 import type { GroupFilterCache } from "./dedup-filters";
@@ -50,7 +52,7 @@ interface Spare {
 
 /** A filter held, the stream's slots table and the generations whose keys it holds (as published). */
 interface Held {
-  filter: DedupFilter;
+  filter: IdStateFilter;
   slots: string;
   gens: number[];
 }
@@ -73,6 +75,11 @@ function groupKey(slots: string, grp: number, gens: readonly number[]): string {
   return `${slots} G${grp}/${gens.length}`;
 }
 
+/** The key of a closed group's sealed filter (docs/storage.md#sealed-group-filters). */
+function sealedKey(slots: string, grp: number, gens: readonly number[]): string {
+  return `${groupKey(slots, grp, gens)} sealed`;
+}
+
 export class FilterDirectory implements GroupFilterCache {
   /** By `<slots table> g<gen>` (one generation) or groupKey (a group). */
   private held = new Map<string, Held>();
@@ -89,6 +96,8 @@ export class FilterDirectory implements GroupFilterCache {
   private garbage = 0;
   /** Folds of filters the workers hold in this refresh (FOLDS_PER_PASS). */
   private heldFolds = 0;
+  /** Sealed filters this process built since the last refresh, by key: taken instead of read back. */
+  private sealedHere = new Map<string, Held>();
   /** Collections asked for, for tests. */
   collections = 0;
 
@@ -116,18 +125,37 @@ export class FilterDirectory implements GroupFilterCache {
    * Asks for a collection once it let go of memory (filters replaced, folded or forgotten; collectGarbageSoon).
    */
   async refresh(client: pg.ClientBase): Promise<void> {
-    const wanted: { key: string; slots: string; table: string; column: "gen" | "grp"; id: number; gens: number[] }[] = [];
+    const wanted: { key: string; slots: string; table: string; column: "gen" | "grp"; field: string; id: number; gens: number[] }[] = [];
     for (const stream of this.streams) {
       const d = dedupShape(this.schema, stream);
       if (d === null) continue;
-      const groups = await client.query<{ grp: number; gens: number[] }>(`SELECT grp, gens FROM ${d.groups}`);
+      // A closed group's sealed filter replaces its cuckoo filter (docs/storage.md#sealed-group-filters).
+      const groups = await client.query<{ grp: number; gens: number[]; sealed: boolean }>(
+        `SELECT grp, gens, coalesce(octet_length(${SEALED}), 0) > 0 AS sealed FROM ${d.groups}`,
+      );
       const filtered = await client.query<{ gen: number }>(`SELECT gen FROM ${d.slots} WHERE ${FILTER} IS NOT NULL`);
       const grouped = new Set(groups.rows.flatMap((g) => g.gens));
       for (const g of groups.rows)
-        wanted.push({ key: groupKey(d.slots, g.grp, g.gens), slots: d.slots, table: d.groups, column: "grp", id: g.grp, gens: g.gens });
+        wanted.push({
+          key: g.sealed ? sealedKey(d.slots, g.grp, g.gens) : groupKey(d.slots, g.grp, g.gens),
+          slots: d.slots,
+          table: d.groups,
+          column: "grp",
+          field: g.sealed ? SEALED : FILTER,
+          id: g.grp,
+          gens: g.gens,
+        });
       for (const r of filtered.rows) {
         if (!grouped.has(r.gen))
-          wanted.push({ key: `${d.slots} g${r.gen}`, slots: d.slots, table: d.slots, column: "gen", id: r.gen, gens: [r.gen] });
+          wanted.push({
+            key: `${d.slots} g${r.gen}`,
+            slots: d.slots,
+            table: d.slots,
+            column: "gen",
+            field: FILTER,
+            id: r.gen,
+            gens: [r.gen],
+          });
       }
     }
     // Newest first (several streams share the budget, taken by generation number).
@@ -141,10 +169,10 @@ export class FilterDirectory implements GroupFilterCache {
         leftOut.set(w.key, w.gens.length); // older than one the budget left out: left out too
         continue;
       }
-      let h = this.held.get(w.key);
+      let h = this.held.get(w.key) ?? this.sealedHere.get(w.key);
       if (h === undefined) {
         // A group version this process built is held already (built), never read back.
-        const filter = await loadFilter(client, w.table, w.column, w.id, (n) => this.spare(n));
+        const filter = await loadFilter(client, w.table, w.column, w.id, (n) => this.spare(n), w.field);
         if (filter === null) continue;
         h = { filter, slots: w.slots, gens: w.gens };
       }
@@ -152,6 +180,8 @@ export class FilterDirectory implements GroupFilterCache {
       bytes += h.filter.byteLength;
       bytes = this.fit(next, bytes, leftOut);
     }
+    for (const [key, h] of this.sealedHere) if (!next.has(key)) this.letGo(h.filter.byteLength);
+    this.sealedHere.clear();
     this.retire(next);
     this.held = next;
     this.leftOut = leftOut;
@@ -160,7 +190,7 @@ export class FilterDirectory implements GroupFilterCache {
   }
 
   /** Whether `filter` is the one published for `key`, which the workers may still read (next and held share keys). */
-  private isPublished(key: string, filter: DedupFilter): boolean {
+  private isPublished(key: string, filter: IdStateFilter): boolean {
     return this.held.get(key)?.filter === filter;
   }
 
@@ -182,7 +212,7 @@ export class FilterDirectory implements GroupFilterCache {
   copyOf(slots: string, grp: number, gens: readonly number[]): DedupFilter | undefined {
     const filter = this.held.get(groupKey(slots, grp, gens))?.filter;
     // A folded filter takes no keys: the group's is read from PostgreSQL instead.
-    if (!filter?.takesKeys) return undefined;
+    if (!(filter instanceof DedupFilter) || !filter.takesKeys) return undefined;
     const words = this.spare(filter.byteLength) ?? new SharedArrayBuffer(filter.byteLength);
     new Uint8Array(words).set(filter.bytes());
     return new DedupFilter(words);
@@ -221,25 +251,33 @@ export class FilterDirectory implements GroupFilterCache {
     this.publish();
   }
 
+  asBuilt(slots: string, grp: number, gens: readonly number[]): DedupFilter | undefined {
+    const filter = this.held.get(groupKey(slots, grp, gens))?.filter;
+    return filter instanceof DedupFilter && filter.takesKeys ? filter : undefined;
+  }
+
+  sealed(slots: string, grp: number, gens: readonly number[], filter: FuseFilter): void {
+    this.sealedHere.set(sealedKey(slots, grp, gens), { filter, slots, gens: [...gens] });
+  }
+
   stored(_slots: string, _grp: number, _gens: readonly number[], filter: DedupFilter): void {
     // Writing it took a buffer of its size (the Bind message), as its generation's own filter did a tenth.
     this.letGo(filter.byteLength);
   }
 
   /**
-   * Until `next` fits the budget: folds the oldest filter still of 16-bit fingerprints to 14 bits, then, when
-   * none is left, the oldest of 14 bits to 12, then of 12 to 8, then leaves out the oldest; its bytes. Past
-   * FOLDS_PER_PASS folds of filters the workers hold, the rest wait for the next refresh. Each
-   * step costs more probes per byte saved than the one before: about 3.5, 13 and 136 more false positives in
-   * ten thousand ids per eighth of the filter as built saved (docs/storage.md#filter-memory).
+   * Until `next` fits the budget: folds the oldest of the widest filters, 16 bits to 14, then when none is left
+   * of 14 to 12, and so on to 8 (a cuckoo filter 16 → 14 → 12 → 8, a sealed group's two bits at a time), then
+   * leaves out the oldest; its bytes. Past FOLDS_PER_PASS folds of filters the workers hold, the rest wait for
+   * the next refresh. Each step costs more probes per byte saved than the one before: for a cuckoo filter about
+   * 3.5, 13 and 136 more false positives in ten thousand ids per eighth of the filter as built saved
+   * (docs/storage.md#filter-memory).
    */
   private fit(next: Map<string, Held>, bytes: number, leftOut: Map<string, number>): number {
     while (bytes > this.budgetBytes && next.size > 0) {
       const held = [...next.entries()].reverse(); // oldest first
-      const fold =
-        held.find(([, h]) => h.filter.bits === 16) ??
-        held.find(([, h]) => h.filter.bits === 14) ??
-        held.find(([, h]) => h.filter.bits === 12);
+      const widest = Math.max(...held.map(([, h]) => h.filter.bits));
+      const fold = widest > 8 ? held.find(([, h]) => h.filter.bits === widest) : undefined;
       if (fold) {
         const [key, h] = fold;
         const published = this.isPublished(key, h.filter);

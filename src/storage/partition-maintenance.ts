@@ -132,7 +132,7 @@ export function startPartitionMaintenance(
         log.info({ dropped: ids.dropped, window_hours: config.dedupWindowHours }, "id-state generations dropped past the window");
       // A generation sealed without a published filter is probed with every id: publish before the groups.
       await publish(client);
-      const grouped = await buildDedupGroups(client, config.dbSchema, idStreams);
+      const grouped = await buildDedupGroups(client, config.dbSchema, idStreams, filters);
       if (grouped.length > 0) {
         log.info({ filtered: grouped }, "id-state filters built for groups of sealed generations");
         await publish(client);

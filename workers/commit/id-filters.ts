@@ -6,8 +6,9 @@
  * not received yet is simply probed for every id: a stale view costs time, never correctness.
  */
 import { BroadcastChannel } from "node:worker_threads";
-import { DedupFilter, fingerprint, hashKey } from "../../src/shared/dedup-filter";
+import { fingerprint, hashKey } from "../../src/shared/dedup-filter";
 import type { FilterReaders } from "../../src/shared/filter-readers";
+import { filterFrom, type IdStateFilter } from "../../src/shared/id-state-filter";
 import { DEDUP_FILTERS_CHANNEL, DEDUP_FILTERS_WANTED, type FilterPublication, type PublishedFilter } from "../../src/shared/task-protocol";
 
 export interface FilterCheck {
@@ -20,7 +21,7 @@ export interface FilterCheck {
 }
 
 export class IdFilters {
-  private filters: DedupFilter[] = [];
+  private filters: IdStateFilter[] = [];
   /** The generations each filter holds the keys of (one, or a group's). */
   private filterGens: number[][] = [];
   /** null until the front's first publication: until then PostgreSQL probes every sealed generation. */
@@ -37,7 +38,7 @@ export class IdFilters {
   set(published: readonly PublishedFilter[]): void {
     const mine = published.filter((p) => p.slots === this.slotsTable);
     this.filterGens = mine.map((p) => p.gens);
-    this.filters = mine.map((p) => new DedupFilter(p.words));
+    this.filters = mine.map((p) => filterFrom(p.words));
     this.covered = mine.flatMap((p) => p.gens).sort((a, b) => a - b);
   }
 
@@ -45,7 +46,7 @@ export class IdFilters {
     if (this.covered === null) return { maybe: null, gens: null, covered: null };
     const n = keys.length;
     if (this.fps.length < n) this.grow(n);
-    // Hashed and fingerprinted once, then each filter checks the whole batch (DedupFilter.collectHits).
+    // Hashed and fingerprinted once, then each filter checks the whole batch (collectHits).
     const { h0s, fps, hits, h } = this;
     for (let i = 0; i < n; i++) {
       hashKey(keys[i], h);
