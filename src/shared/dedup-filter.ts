@@ -370,8 +370,13 @@ export class DedupFilter {
   }
 
   /** The width of its fingerprints: 16 as built, 14, 12 or 8 once folded. */
-  get bits(): 16 | 14 | 12 | 8 {
+  get bits(): number {
     return this.wide !== null ? 16 : this.fine !== null ? 14 : this.mid !== null ? 12 : 8;
+  }
+
+  /** Whether fold() can narrow it further: down to 8 bits. */
+  get foldable(): boolean {
+    return this.narrow === null;
   }
 
   /** Whether it takes keys (add): only as built, with 16-bit fingerprints. */

@@ -20,8 +20,11 @@ import { altOffsets, type DedupFilter, fmix32 } from "./dedup-filter";
 
 /** Flag of header word 1 (a cuckoo filter's holds its width alone: 16, 14, 12 or 8). */
 const FUSE_FORMAT = 0x10000;
-/** Its entries' widths: as built, then each fold's. */
-const WIDTHS = [16, 14, 12, 10, 8];
+/**
+ * Its entries' widths: as built, then each fold's. Down to 4 bits (6.25%), since a filter left out of the
+ * budget sends every id to its 10 generations; a cuckoo filter stops at 8 (2.9%).
+ */
+const WIDTHS = [16, 14, 12, 10, 8, 6, 4];
 const HEADER_WORDS = 4;
 const SHARD_WORDS = 4;
 /** A shard's keys at most: the scratch of a build is sized for one shard (sealFilter). */
@@ -125,9 +128,14 @@ export class FuseFilter {
     return hits;
   }
 
-  /** The width of its entries: 16 as built, 14, 12, 10 or 8 once folded. */
-  get bits(): 16 | 14 | 12 | 10 | 8 {
-    return this.width as 16 | 14 | 12 | 10 | 8;
+  /** The width of its entries: 16 as built, 14, 12, 10, 8, 6 or 4 once folded. */
+  get bits(): number {
+    return this.width;
+  }
+
+  /** Whether fold() can narrow it further. */
+  get foldable(): boolean {
+    return this.width > WIDTHS[WIDTHS.length - 1];
   }
 
   /** It takes no keys: a closed group's filter never changes. */
@@ -137,11 +145,11 @@ export class FuseFilter {
 
   /**
    * The same keys in less memory (a new SharedArrayBuffer), each entry cut to its low bits, as the budget folds
-   * a cuckoo filter (docs/storage.md#filter-memory), two bits at a time: 16 → 14 → 12 → 10 → 8; 1 in 2^width
-   * absent keys let through beyond what the cuckoo filter as built let through.
+   * a cuckoo filter (docs/storage.md#filter-memory), two bits at a time: 16 → 14 → … → 4; 1 in 2^width absent
+   * keys let through beyond what the cuckoo filter as built let through.
    */
   fold(): FuseFilter {
-    if (this.width === 8) throw new Error("a sealed group filter of 8-bit entries cannot be folded again");
+    if (!this.foldable) throw new Error(`a sealed group filter of ${this.width}-bit entries cannot be folded again`);
     const to = this.width - 2;
     const entries = this.entryCount;
     const out = emptyFuse(this.buckets, to, this.shards, entries);

@@ -144,8 +144,8 @@ export interface GroupFilterCache {
   built(slots: string, grp: number, gens: readonly number[], filter: DedupFilter): void;
   /** The filter just stored for group `grp` of `slots`, holding `gens` (after `built`). */
   stored(slots: string, grp: number, gens: readonly number[], filter: DedupFilter): void;
-  /** The cuckoo filter held as built for closed group `grp` (not a copy: it never changes), to seal. */
-  asBuilt(slots: string, grp: number, gens: readonly number[]): DedupFilter | undefined;
+  /** Whether closed groups are worth sealing here: past the filter budget. */
+  readonly wantsSealed: boolean;
   /** The sealed filter just stored for closed group `grp`: the next refresh takes it instead of reading it back. */
   sealed(slots: string, grp: number, gens: readonly number[], filter: FuseFilter): void;
 }

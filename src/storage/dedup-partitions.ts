@@ -411,8 +411,8 @@ export async function maintainDedupGenerations(
 /**
  * The long part: group filters for runs of GROUP_GENERATIONS filtered generations in no group (an earlier
  * release built groups only so; ten generations' keys streamed each), then the sealed filter of a closed group
- * (src/storage/sealed-groups.ts); labels of the groups built or sealed. `cache`: the group filters this process
- * holds (a sealed filter is then built from the cuckoo filter held, and handed over rather than read back).
+ * (src/storage/sealed-groups.ts) that `cache`, the group filters this process holds, has outgrown (folded or
+ * left out; the sealed filter is handed to it rather than read back); labels of the groups built or sealed.
  */
 export async function buildDedupGroups(
   client: pg.ClientBase,
@@ -423,7 +423,7 @@ export async function buildDedupGroups(
   const built: string[] = [];
   for (const stream of streams.filter((s) => s.dedupKey !== undefined)) {
     built.push(...(await buildDedupGroupFilters(client, schema, stream)));
-    built.push(...(await sealDedupGroups(client, schema, stream, cache)));
+    if (cache !== undefined) built.push(...(await sealDedupGroups(client, schema, stream, cache)));
   }
   return built;
 }

@@ -13,7 +13,7 @@ import { BroadcastChannel } from "node:worker_threads";
 import type pg from "pg";
 import { DedupFilter } from "../shared/dedup-filter";
 import type { FilterReaders } from "../shared/filter-readers";
-import { DEDUP_FILTER_IDENT as FILTER, DEDUP_SEALED_IDENT as SEALED, dedupShape } from "../shared/dedup-sql";
+import { DEDUP_FILTER_IDENT as FILTER, DEDUP_SEALED_IDENT as SEALED, type DedupShape, dedupShape } from "../shared/dedup-sql";
 import type { FuseFilter } from "../shared/fuse-filter";
 import type { IdStateFilter } from "../shared/id-state-filter";
 import type { StreamDefinition } from "../shared/stream-definition";
@@ -44,10 +44,24 @@ const GARBAGE_BYTES = 64 * 2 ** 20;
  */
 const FOLDS_PER_PASS = 2;
 
+/**
+ * Groups whose cuckoo filter held is replaced by their sealed filter per refresh: each is read (~10 MiB) and
+ * folded while the workers still hold the cuckoo filter, as a fold does.
+ */
+const SWITCHES_PER_PASS = 2;
+
 /** A buffer no publication since `after - 1` holds: free once every worker has taken `after`. */
 interface Spare {
   words: SharedArrayBuffer;
   after: number;
+}
+
+/** A group as the refresh reads it: whether it has a sealed filter, and its cuckoo filter's bytes. */
+interface GroupRow {
+  grp: number;
+  gens: number[];
+  sealed: boolean;
+  bytes: number;
 }
 
 /** A filter held, the stream's slots table and the generations whose keys it holds (as published). */
@@ -98,6 +112,10 @@ export class FilterDirectory implements GroupFilterCache {
   private heldFolds = 0;
   /** Sealed filters this process built since the last refresh, by key: taken instead of read back. */
   private sealedHere = new Map<string, Held>();
+  /** Groups switched between their cuckoo and sealed filters in this refresh (SWITCHES_PER_PASS). */
+  private switches = 0;
+  /** Whether the filters as built outgrew the budget at the last refresh (closed groups then sealed). */
+  private pastBudget = false;
   /** Collections asked for, for tests. */
   collections = 0;
 
@@ -126,26 +144,43 @@ export class FilterDirectory implements GroupFilterCache {
    */
   async refresh(client: pg.ClientBase): Promise<void> {
     const wanted: { key: string; slots: string; table: string; column: "gen" | "grp"; field: string; id: number; gens: number[] }[] = [];
+    this.switches = 0;
+    const shapes: { d: DedupShape; groups: GroupRow[]; filtered: { gen: number; bytes: number }[] }[] = [];
     for (const stream of this.streams) {
       const d = dedupShape(this.schema, stream);
       if (d === null) continue;
-      // A closed group's sealed filter replaces its cuckoo filter (docs/storage.md#sealed-group-filters).
-      const groups = await client.query<{ grp: number; gens: number[]; sealed: boolean }>(
-        `SELECT grp, gens, coalesce(octet_length(${SEALED}), 0) > 0 AS sealed FROM ${d.groups}`,
+      const groups = await client.query<GroupRow>(
+        `SELECT grp, gens, coalesce(octet_length(${SEALED}), 0) > 0 AS sealed, octet_length(${FILTER}) AS bytes FROM ${d.groups}`,
       );
-      const filtered = await client.query<{ gen: number }>(`SELECT gen FROM ${d.slots} WHERE ${FILTER} IS NOT NULL`);
-      const grouped = new Set(groups.rows.flatMap((g) => g.gens));
-      for (const g of groups.rows)
+      const filtered = await client.query<{ gen: number; bytes: number }>(
+        `SELECT gen, octet_length(${FILTER}) AS bytes FROM ${d.slots} WHERE ${FILTER} IS NOT NULL`,
+      );
+      shapes.push({ d, groups: groups.rows, filtered: filtered.rows });
+    }
+    // Past the budget (its filters as built outgrow it; back below at nine tenths of it), closed groups' sealed
+    // filters replace their cuckoo filters (docs/storage.md#sealed-group-filters).
+    let asBuilt = 0;
+    for (const { groups, filtered } of shapes) {
+      const grouped = new Set(groups.flatMap((g) => g.gens));
+      for (const g of groups) asBuilt += g.bytes;
+      for (const r of filtered) if (!grouped.has(r.gen)) asBuilt += r.bytes;
+    }
+    this.pastBudget = asBuilt > this.budgetBytes || (this.pastBudget && asBuilt > this.budgetBytes * 0.9);
+    for (const { d, groups, filtered } of shapes) {
+      const grouped = new Set(groups.flatMap((g) => g.gens));
+      for (const g of groups) {
+        const sealed = g.sealed && this.takesSealed(d.slots, g.grp, g.gens);
         wanted.push({
-          key: g.sealed ? sealedKey(d.slots, g.grp, g.gens) : groupKey(d.slots, g.grp, g.gens),
+          key: sealed ? sealedKey(d.slots, g.grp, g.gens) : groupKey(d.slots, g.grp, g.gens),
           slots: d.slots,
           table: d.groups,
           column: "grp",
-          field: g.sealed ? SEALED : FILTER,
+          field: sealed ? SEALED : FILTER,
           id: g.grp,
           gens: g.gens,
         });
-      for (const r of filtered.rows) {
+      }
+      for (const r of filtered) {
         if (!grouped.has(r.gen))
           wanted.push({
             key: `${d.slots} g${r.gen}`,
@@ -251,9 +286,27 @@ export class FilterDirectory implements GroupFilterCache {
     this.publish();
   }
 
-  asBuilt(slots: string, grp: number, gens: readonly number[]): DedupFilter | undefined {
-    const filter = this.held.get(groupKey(slots, grp, gens))?.filter;
-    return filter instanceof DedupFilter && filter.takesKeys ? filter : undefined;
+  /**
+   * Whether closed groups are worth sealing here: only past the budget. Below it a cuckoo filter as built lets
+   * through as few ids as a sealed one and is checked faster (docs/storage.md#sealed-group-filters).
+   */
+  get wantsSealed(): boolean {
+    return this.pastBudget;
+  }
+
+  /**
+   * Whether a refresh takes group `grp`'s sealed filter (it has one) rather than its cuckoo filter: past the
+   * budget, and back below it, the kind held is swapped for SWITCHES_PER_PASS groups a refresh at most; one
+   * held in neither kind (a start) is read in the kind wanted.
+   */
+  private takesSealed(slots: string, grp: number, gens: readonly number[]): boolean {
+    const sealed = sealedKey(slots, grp, gens);
+    if (this.sealedHere.has(sealed)) return true;
+    const holdsSealed = this.held.has(sealed);
+    if (!holdsSealed && !this.held.has(groupKey(slots, grp, gens))) return this.pastBudget;
+    if (holdsSealed === this.pastBudget || this.switches >= SWITCHES_PER_PASS) return holdsSealed;
+    this.switches++;
+    return this.pastBudget;
   }
 
   sealed(slots: string, grp: number, gens: readonly number[], filter: FuseFilter): void {
@@ -266,9 +319,9 @@ export class FilterDirectory implements GroupFilterCache {
   }
 
   /**
-   * Until `next` fits the budget: folds the oldest of the widest filters, 16 bits to 14, then when none is left
-   * of 14 to 12, and so on to 8 (a cuckoo filter 16 → 14 → 12 → 8, a sealed group's two bits at a time), then
-   * leaves out the oldest; its bytes. Past FOLDS_PER_PASS folds of filters the workers hold, the rest wait for
+   * Until `next` fits the budget: folds the oldest of the widest filters that can be, 16 bits to 14, then when
+   * none is left of 14 to 12, and so on (a cuckoo filter 16 → 14 → 12 → 8, a sealed group's two bits at a time
+   * down to 4), then leaves out the oldest; its bytes. Past FOLDS_PER_PASS folds of filters the workers hold, the rest wait for
    * the next refresh. Each step costs more probes per byte saved than the one before: for a cuckoo filter about
    * 3.5, 13 and 136 more false positives in ten thousand ids per eighth of the filter as built saved
    * (docs/storage.md#filter-memory).
@@ -276,8 +329,9 @@ export class FilterDirectory implements GroupFilterCache {
   private fit(next: Map<string, Held>, bytes: number, leftOut: Map<string, number>): number {
     while (bytes > this.budgetBytes && next.size > 0) {
       const held = [...next.entries()].reverse(); // oldest first
-      const widest = Math.max(...held.map(([, h]) => h.filter.bits));
-      const fold = widest > 8 ? held.find(([, h]) => h.filter.bits === widest) : undefined;
+      const foldable = held.filter(([, h]) => h.filter.foldable);
+      const widest = Math.max(...foldable.map(([, h]) => h.filter.bits));
+      const fold = foldable.find(([, h]) => h.filter.bits === widest);
       if (fold) {
         const [key, h] = fold;
         const published = this.isPublished(key, h.filter);

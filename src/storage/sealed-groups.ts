@@ -1,9 +1,10 @@
 /**
  * Seals closed groups of id-state generations (docs/storage.md#sealed-group-filters): once a newer group exists
- * no generation joins a group any more, so its cuckoo filter is rebuilt as a binary fuse filter
+ * no generation joins a group any more, so its cuckoo filter can be rebuilt as a binary fuse filter
  * (src/shared/fuse-filter.ts), which lets through several times fewer absent ids at the widths the budget folds
- * filters to. Stored beside the cuckoo filter (earlier releases keep reading that one); every daemon's next
- * refresh loads it instead. Idempotent and racing daemons are harmless: the first store wins.
+ * filters to. A daemon past its filter budget seals the closed groups and takes their sealed filters instead;
+ * stored beside the cuckoo filter (earlier releases keep reading that one), for every daemon. Idempotent, and
+ * racing daemons are harmless: the first store wins.
  */
 import { performance } from "node:perf_hooks";
 import { setImmediate as nextTurn } from "node:timers/promises";
@@ -16,8 +17,8 @@ import type { GroupFilterCache } from "./dedup-filters";
 import { loadFilter } from "./filter-copy";
 
 /**
- * Groups sealed per pass and stream: a group of ~5 million keys takes a few hundred milliseconds of the front
- * thread, a shard at a time; a database of an earlier release seals its groups over its first minute.
+ * Groups sealed per pass and stream: a group of ~5 million keys takes about 1.5 s of the front thread, in
+ * slices; a daemon whose budget starts folding seals its groups over the next minute or so.
  */
 const GROUPS_PER_PASS = 1;
 
@@ -25,9 +26,10 @@ const GROUPS_PER_PASS = 1;
 const SLICE_MS = 4;
 
 /**
- * Seals up to GROUPS_PER_PASS closed groups of `stream`, newest first (the oldest are the first the budget folds
- * and the window drops); returns a label per group sealed. A group whose keys no seed could place is marked
- * with an empty sealed filter and keeps its cuckoo filter.
+ * Seals up to GROUPS_PER_PASS closed groups of `stream`, oldest first (the budget folds the oldest first, and
+ * deepest), when `cache` (the filters this process holds) is past its budget, or always without one; returns a
+ * label per group sealed. A group whose keys no seed could place is marked with an empty sealed filter and
+ * keeps its cuckoo filter.
  */
 export async function sealDedupGroups(
   client: pg.ClientBase,
@@ -35,14 +37,15 @@ export async function sealDedupGroups(
   stream: StreamDefinition,
   cache?: GroupFilterCache,
 ): Promise<string[]> {
+  if (cache !== undefined && !cache.wantsSealed) return [];
   const d = dedupShape(schema, stream)!;
   const { rows } = await client.query<{ grp: number; gens: number[] }>(
-    `SELECT grp, gens FROM ${d.groups} WHERE ${SEALED} IS NULL AND grp < (SELECT max(grp) FROM ${d.groups}) ORDER BY grp DESC LIMIT ${GROUPS_PER_PASS}`,
+    `SELECT grp, gens FROM ${d.groups} WHERE ${SEALED} IS NULL AND grp < (SELECT max(grp) FROM ${d.groups}) ORDER BY grp LIMIT ${GROUPS_PER_PASS}`,
   );
   const sealed: string[] = [];
   for (const { grp, gens } of rows) {
-    // The filter this process holds as built, else PostgreSQL's copy (which it always keeps as built).
-    const cuckoo = cache?.asBuilt(d.slots, grp, gens) ?? (await loadFilter(client, d.groups, "grp", grp));
+    // PostgreSQL keeps the cuckoo filter as built (the one held here is folded).
+    const cuckoo = await loadFilter(client, d.groups, "grp", grp);
     if (!(cuckoo instanceof DedupFilter) || !cuckoo.takesKeys) continue; // gone meanwhile
     const build = sealFilter(cuckoo);
     let sliceStart = performance.now();
@@ -54,11 +57,14 @@ export async function sealDedupGroups(
       }
       step = build.next();
     }
-    const ok = step.value !== null;
-    const bytes = step.value?.buffer() ?? Buffer.alloc(0);
-    const stored = await client.query(`UPDATE ${d.groups} SET ${SEALED} = $2 WHERE grp = $1 AND ${SEALED} IS NULL`, [grp, bytes]);
-    if (stored.rowCount === 1 && step.value !== null) cache?.sealed(d.slots, grp, gens, step.value);
-    if (stored.rowCount === 1) sealed.push(`${d.groups} ${grp} ${ok ? "sealed" : "kept its cuckoo filter (keys not separable)"}`);
+    const filter = step.value;
+    const stored = await client.query(`UPDATE ${d.groups} SET ${SEALED} = $2 WHERE grp = $1 AND ${SEALED} IS NULL`, [
+      grp,
+      filter?.buffer() ?? Buffer.alloc(0),
+    ]);
+    if (stored.rowCount !== 1) continue; // another daemon sealed it first
+    if (filter !== null) cache?.sealed(d.slots, grp, gens, filter);
+    sealed.push(`${d.groups} ${grp} ${filter !== null ? "sealed" : "kept its cuckoo filter (keys not separable)"}`);
   }
   return sealed;
 }
