@@ -731,6 +731,11 @@ describe("the sealed generations' filters", () => {
     assert.ok(pauses > 10, `the build pauses every few thousand keys (${pauses} pauses)`);
     let sealed = step.value;
     assert.ok(sealed instanceof FuseFilter, "built");
+    assert.ok(
+      Buffer.from(sealed.fold(10).bytes()).equals(Buffer.from(sealed.fold().fold().fold().bytes())),
+      "folded straight to 10 bits: the bytes of three folds of two bits",
+    );
+    assert.throws(() => sealed!.fold(11), /cannot be folded to 11/);
     const h = new Uint32Array(4);
     const hashes = (keys: string[]) => {
       const h0s = new Uint32Array(keys.length);
@@ -805,7 +810,7 @@ describe("the sealed generations' filters", () => {
     }
   });
 
-  test("past the budget the closed groups are sealed, oldest first, one a pass, and their sealed filters taken instead of their cuckoo filters (folded in turn); below it none is; the open group never", async () => {
+  test("past the budget the closed groups are sealed, oldest first, one at a time, and their sealed filters taken instead of their cuckoo filters (folded in turn); below it none is; the open group never", async () => {
     const url = await freshDatabase();
     const first = await daemon({}, url);
     await first.stop();
@@ -843,7 +848,7 @@ describe("the sealed generations' filters", () => {
           assert.deepEqual(
             (await sealedNow(c)).rows.map((r) => r.sealed),
             [true, false, false],
-            "past the budget the oldest closed group is sealed in a pass; the next waits for the next pass, the open one is never",
+            "past the budget the oldest closed group is sealed; the next waits its turn, the open one is never sealed",
           );
           await tight.refresh(c);
         });

@@ -145,12 +145,13 @@ export class FuseFilter {
 
   /**
    * The same keys in less memory (a new SharedArrayBuffer), each entry cut to its low bits, as the budget folds
-   * a cuckoo filter (docs/storage.md#filter-memory), two bits at a time: 16 → 14 → … → 4; 1 in 2^width absent
-   * keys let through beyond what the cuckoo filter as built let through.
+   * a cuckoo filter (docs/storage.md#filter-memory), two bits at a time: 16 → 14 → … → 4, or straight to `to`
+   * (one copy); 1 in 2^width absent keys let through beyond what the cuckoo filter as built let through.
    */
-  fold(): FuseFilter {
+  fold(to = this.width - 2): FuseFilter {
     if (!this.foldable) throw new Error(`a sealed group filter of ${this.width}-bit entries cannot be folded again`);
-    const to = this.width - 2;
+    if (to >= this.width || !WIDTHS.includes(to))
+      throw new Error(`a sealed group filter of ${this.width}-bit entries cannot be folded to ${to}`);
     const entries = this.entryCount;
     const out = emptyFuse(this.buckets, to, this.shards, entries);
     new Uint32Array(out.buffer, HEADER_WORDS * 4, this.shards * SHARD_WORDS).set(this.table);

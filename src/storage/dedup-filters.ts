@@ -146,8 +146,11 @@ export interface GroupFilterCache {
   stored(slots: string, grp: number, gens: readonly number[], filter: DedupFilter): void;
   /** Whether closed groups are worth sealing here: past the filter budget. */
   readonly wantsSealed: boolean;
-  /** The sealed filter just stored for closed group `grp`: the next refresh takes it instead of reading it back. */
-  sealed(slots: string, grp: number, gens: readonly number[], filter: FuseFilter): void;
+  /**
+   * The sealed filter just stored for closed group `grp`: the next refresh takes it instead of reading it back.
+   * `scratchBytes`: what building and storing it held and let go of.
+   */
+  sealed(slots: string, grp: number, gens: readonly number[], filter: FuseFilter, scratchBytes: number): void;
 }
 
 /** A group taking generations: its number and generations as stored, and a private copy of its filter. */

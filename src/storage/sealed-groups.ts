@@ -18,7 +18,7 @@ import { loadFilter } from "./filter-copy";
 
 /**
  * Groups sealed per pass and stream: a group of ~5 million keys takes about 1.5 s of the front thread, in
- * slices; a daemon whose budget starts folding seals its groups over the next minute or so.
+ * slices (and the filter directory spaces seals further apart: FilterDirectory.wantsSealed).
  */
 const GROUPS_PER_PASS = 1;
 
@@ -63,7 +63,8 @@ export async function sealDedupGroups(
       filter?.buffer() ?? Buffer.alloc(0),
     ]);
     if (stored.rowCount !== 1) continue; // another daemon sealed it first
-    if (filter !== null) cache?.sealed(d.slots, grp, gens, filter);
+    // Let go of: the cuckoo filter read, the build's scratch (about its size), the statement's copy of the filter.
+    if (filter !== null) cache?.sealed(d.slots, grp, gens, filter, 2 * cuckoo.byteLength + filter.byteLength);
     sealed.push(`${d.groups} ${grp} ${filter !== null ? "sealed" : "kept its cuckoo filter (keys not separable)"}`);
   }
   return sealed;
