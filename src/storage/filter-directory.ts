@@ -5,7 +5,8 @@
  * dropped, and published whole to the workers on
  * DEDUP_FILTERS_CHANNEL. One copy per process, whatever the number of workers; a worker started since the
  * last pass gets them at the next (until then it probes every sealed generation: slower, never wrong). Within
- * a budget (`dedupFilterMb`, docs/storage.md#filter-memory): past it the oldest are folded, then left out. A
+ * a budget (`dedupFilterMb`, docs/storage.md#filter-memory): past it closed groups are sealed
+ * (docs/storage.md#sealed-group-filters) and the oldest filters folded, then left out. A
  * filter no longer published is kept as a spare for the next copy of the open group's filter, once every worker
  * has taken a publication without it (src/shared/filter-readers.ts).
  */
@@ -149,7 +150,8 @@ export class FilterDirectory implements GroupFilterCache {
   /**
    * Loads the filters built since the last pass and forgets the others: each group's, and each sealed
    * generation's that belongs to no group (a grouped generation's own filter would only cost memory). Newest
-   * first, within the budget: past it the oldest filters are folded (to 14-bit fingerprints, then 12, then 8), then left out.
+   * first, within the budget: past it the closed groups take their sealed filters where they have one
+   * (takesSealed), and the oldest filters are folded (to 14-bit fingerprints, then 12, and so on), then left out.
    * Asks for a collection once it let go of memory (filters replaced, folded or forgotten; collectGarbageSoon).
    */
   async refresh(client: pg.ClientBase): Promise<void> {
