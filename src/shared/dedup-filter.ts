@@ -220,9 +220,10 @@ export class DedupFilter {
 
   /**
    * A fingerprint's other bucket, from its high byte alone, so that a folded filter (high bytes only) finds
-   * it too: (offset - b) mod buckets, its own inverse, so either bucket leads to the other.
+   * it too: (offset - b) mod buckets, its own inverse, so either bucket leads to the other. A sealed group's
+   * filter is keyed by the lower of the two (src/shared/fuse-filter.ts).
    */
-  private other(b: number, high: number): number {
+  other(b: number, high: number): number {
     const o = this.alt[high] - b;
     return o < 0 ? o + this.buckets : o;
   }

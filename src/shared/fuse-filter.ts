@@ -75,6 +75,8 @@ export class FuseFilter {
   private readonly table: Uint32Array;
   private readonly shardOf: Uint8Array;
   private readonly entries: Uint8Array;
+  /** How many entries (the header's fourth word). */
+  private readonly entryCount: number;
   private readonly w = new Uint32Array(2);
 
   constructor(words: SharedArrayBuffer) {
@@ -96,6 +98,7 @@ export class FuseFilter {
     this.shardOf = shardsByHigh(shards);
     this.table = new Uint32Array(words, HEADER_WORDS * 4, shards * SHARD_WORDS);
     this.entries = new Uint8Array(words, at);
+    this.entryCount = entries;
   }
 
   /** Whether `bytes` hold a filter of this kind (header word 1). */
@@ -173,10 +176,6 @@ export class FuseFilter {
     return new FuseFilter(out.buffer as SharedArrayBuffer);
   }
 
-  private get entryCount(): number {
-    return new DataView(this.all.buffer, this.all.byteOffset, HEADER_WORDS * 4).getUint32(12, true);
-  }
-
   get shared(): SharedArrayBuffer {
     return this.all.buffer as SharedArrayBuffer;
   }
@@ -229,13 +228,8 @@ export function* sealFilter(cuckoo: DedupFilter): Generator<void, FuseFilter | n
   const slots = cuckoo.slotsAsBuilt();
   if (slots === null) throw new Error("a sealed group filter is built from a cuckoo filter as built");
   const buckets = cuckoo.bucketCount;
-  const alt = altOffsets(buckets);
   /** The other bucket of slot q's fingerprint. */
-  const other = (q: number): number => {
-    const b = (q / SLOTS) | 0;
-    const o = alt[slots[q] >>> 8] - b;
-    return o < 0 ? o + buckets : o;
-  };
+  const other = (q: number): number => cuckoo.other((q / SLOTS) | 0, slots[q] >>> 8);
   /**
    * Whether an earlier slot of the same two buckets holds the same fingerprint: the same key of this filter (the
    * cuckoo filter answers alike for both), held once here, since a key twice never peels.

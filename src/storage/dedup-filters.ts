@@ -25,7 +25,7 @@ const KEY_ROW_BYTES = 22;
  * taken without a turn of the event loop, so a pass's read held every ack back while it hashed
  * (docs/performance.md#latency-under-paced-load).
  */
-const SLICE_MS = 4;
+export const SLICE_MS = 4;
 
 /**
  * Streams every key of a partition (a partition may hold millions) in binary to `add`, as its 16 bytes at

@@ -157,7 +157,7 @@ export class FilterDirectory implements GroupFilterCache {
   async refresh(client: pg.ClientBase): Promise<void> {
     const wanted: { key: string; slots: string; table: string; column: "gen" | "grp"; field: string; id: number; gens: number[] }[] = [];
     this.switches = 0;
-    const shapes: { d: DedupShape; groups: GroupRow[]; filtered: { gen: number; bytes: number }[] }[] = [];
+    const shapes: { d: DedupShape; groups: GroupRow[]; filtered: { gen: number; bytes: number }[]; grouped: Set<number> }[] = [];
     for (const stream of this.streams) {
       const d = dedupShape(this.schema, stream);
       if (d === null) continue;
@@ -167,19 +167,17 @@ export class FilterDirectory implements GroupFilterCache {
       const filtered = await client.query<{ gen: number; bytes: number }>(
         `SELECT gen, octet_length(${FILTER}) AS bytes FROM ${d.slots} WHERE ${FILTER} IS NOT NULL`,
       );
-      shapes.push({ d, groups: groups.rows, filtered: filtered.rows });
+      shapes.push({ d, groups: groups.rows, filtered: filtered.rows, grouped: new Set(groups.rows.flatMap((g) => g.gens)) });
     }
     // Past the budget (its filters as built outgrow it; back below at nine tenths of it), closed groups' sealed
     // filters replace their cuckoo filters (docs/storage.md#sealed-group-filters).
     let asBuilt = 0;
-    for (const { groups, filtered } of shapes) {
-      const grouped = new Set(groups.flatMap((g) => g.gens));
+    for (const { groups, filtered, grouped } of shapes) {
       for (const g of groups) asBuilt += g.bytes;
       for (const r of filtered) if (!grouped.has(r.gen)) asBuilt += r.bytes;
     }
     this.pastBudget = asBuilt > this.budgetBytes || (this.pastBudget && asBuilt > this.budgetBytes * 0.9);
-    for (const { d, groups, filtered } of shapes) {
-      const grouped = new Set(groups.flatMap((g) => g.gens));
+    for (const { d, groups, filtered, grouped } of shapes) {
       for (const g of groups) {
         const sealed = g.sealed && this.takesSealed(d.slots, g.grp, g.gens);
         wanted.push({

@@ -13,7 +13,7 @@ import { DedupFilter } from "../shared/dedup-filter";
 import { DEDUP_SEALED_IDENT as SEALED, dedupShape } from "../shared/dedup-sql";
 import { sealFilter } from "../shared/fuse-filter";
 import type { StreamDefinition } from "../shared/stream-definition";
-import type { GroupFilterCache } from "./dedup-filters";
+import { type GroupFilterCache, SLICE_MS } from "./dedup-filters";
 import { loadFilter } from "./filter-copy";
 
 /**
@@ -21,9 +21,6 @@ import { loadFilter } from "./filter-copy";
  * slices (and the filter directory spaces seals further apart: FilterDirectory.wantsSealed).
  */
 const GROUPS_PER_PASS = 1;
-
-/** The longest a build runs before the sockets get a turn (as the reads of keys, src/storage/dedup-filters.ts). */
-const SLICE_MS = 4;
 
 /**
  * Seals up to GROUPS_PER_PASS closed groups of `stream`, oldest first (the budget folds the oldest first, and
