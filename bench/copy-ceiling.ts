@@ -15,6 +15,7 @@ import { from as copyFrom } from "pg-copy-streams";
 import { dedupKey } from "../src/shared/dedup-key";
 import { copyStatement } from "../src/shared/sql-identifiers";
 import { commitTarget } from "../workers/commit/commit-targets";
+import { copyIn } from "../workers/commit/copy-in";
 import { claimIds, probeFilterHits } from "../workers/commit/id-claim";
 import { type FilterCheck, IdFilters } from "../workers/commit/id-filters";
 import { dedupShape } from "../src/shared/dedup-sql";
@@ -181,13 +182,12 @@ export async function measureCopyCeiling(
     const batchBytes = batches.reduce((a, c) => a + c.length, 0);
     const run = await timedRun(db, schema, n, batches, batchBytes, rows, cores, async (client, share) => {
       for (const batch of share) {
-        // As a worker does (workers/commit/group-commit.ts): the filters' hits probed before BEGIN.
+        // As a worker does (workers/commit/group-commit.ts): the filters' hits probed before BEGIN, BEGIN sent
+        // with the claim's probe, the COPY with the COMMIT.
         const claim = target.dedup !== null ? claims.get(batch)! : null;
         const pre = claim !== null ? await probeFilterHits(client, target.dedup!, claim.checked) : null;
-        await client.query("BEGIN");
-        if (claim !== null) await claimIds(client, target.dedup!, claim.keys, pre!);
-        await copyChunks(client, target.copySql, [batch]);
-        await client.query("COMMIT");
+        if (claim !== null) await claimIds(client, target.dedup!, claim.keys, pre!, "BEGIN");
+        await copyIn(client, `${claim !== null ? "" : "BEGIN; "}${target.copySql}; COMMIT`, [batch]);
       }
     });
     commitSql = { ...run, batch_size: batchSize, dedup: target.dedup !== null };

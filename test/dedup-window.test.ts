@@ -1059,13 +1059,16 @@ describe("the claim's fast path", () => {
         sent.push(typeof q === "string" ? q : String((q as { text?: string }).text ?? ""));
         return query(q, ...rest);
       };
+      /** Queries the last claim sent (round trips to PostgreSQL), BEGIN included. */
+      let trips = 0;
       const claim = async (keys: string[], checked: FilterCheck) => {
         sent.length = 0;
         const pre = await probeFilterHits(c, target.dedup!, checked);
-        await c.query("BEGIN");
-        const notStored = await claimIds(c, target.dedup!, keys, pre);
+        // BEGIN travels with the claim's first statement, as a worker sends it (workers/commit/group-commit.ts).
+        const notStored = await claimIds(c, target.dedup!, keys, pre, "BEGIN");
+        trips = sent.length;
         await c.query("COMMIT");
-        const path = sent.some((q) => q.startsWith("COPY")) ? "copy" : "";
+        const path = sent.some((q) => /\bCOPY\b/.test(q)) ? "copy" : "";
         const fell = sent.some((q) => q.includes(d.claim)) ? "claim" : "";
         const hits = sent.some((q) => q.includes("ANY($3::integer[])"))
           ? "pruned hits+"
@@ -1077,6 +1080,8 @@ describe("the claim's fast path", () => {
       const none: FilterCheck = { maybe: [], gens: [], covered: [] };
       const first = Array.from({ length: 300 }, () => crypto.randomUUID());
       assert.deepEqual(await claim(first, none), { notStored: [], path: "copy" }, "300 new ids: one COPY, nothing else");
+      assert.equal(trips, 2, "two round trips: BEGIN with the probe, then the savepoint, the COPY and its release");
+      assert.match(sent[0], /^BEGIN; SELECT \* FROM /);
       const stored = await c.query(`SELECT count(*)::int AS n FROM ${d.ids} WHERE id_key = ANY($1::uuid[])`, [first]);
       assert.equal(stored.rows[0].n, 300);
 

@@ -81,3 +81,46 @@ test("one batch: fenced, already committed and out-of-order frames are left out,
     { producer: "Q", epoch: 1, committed_seq: 2 },
   ]);
 });
+
+test("a plain stream's batch commits in one round trip; a row PostgreSQL refuses fails that Query and the batch is redone with row isolation", async () => {
+  const logs = commitTargets("public", streams, []).find((t) => t.stream === "logs")!;
+  const committer = new GroupCommitter(writer, {
+    batchSize: 1_000_000,
+    maxBatchBytes: 1 << 30,
+    batchTimeoutMs: 50,
+    batchesCopySql: batchesCopySql("public"),
+    deadLettersCopySql: deadLettersCopySql("public"),
+    markReplayedSql: markReplayedSql("public"),
+    producers: producerSql("public"),
+  });
+  // The Queries the commits send, read off the worker's real connection.
+  const client = await writer.connection();
+  const sent: string[] = [];
+  const query = client.query.bind(client) as (...a: unknown[]) => unknown;
+  (client as unknown as { query: (...a: unknown[]) => unknown }).query = (q: unknown, ...rest: unknown[]) => {
+    sent.push(typeof q === "string" ? q : String((q as { text?: string }).text ?? ""));
+    return query(q, ...rest);
+  };
+  const task = (message: string, time = "2026-12-03T00:00:00Z"): TaskWork => ({
+    priority: 0,
+    parts: [{ target: logs, rows: CopyRows.encode([`svc\tINFO\t${message}\t\\N\t${time}\n`]) }],
+    bytes: 60,
+    finalize: () => ({ batchRow: null, deadLetters: [] }),
+  });
+  await Promise.all([committer.add(task("rt-1")), committer.add(task("rt-2"))]);
+  assert.equal(sent.length, 1, `one Query for the batch: ${JSON.stringify(sent)}`);
+  assert.match(sent[0], /^BEGIN; COPY .+ FROM STDIN; COMMIT$/);
+
+  sent.length = 0;
+  const [good, bad] = await Promise.all([committer.add(task("rt-3")), committer.add(task("rt-4", "not a time"))]);
+  assert.deepEqual(good.outcomes[0].failures, []);
+  assert.equal(bad.outcomes[0].failures.length, 1, "the refused row is the failing task's");
+  assert.equal(bad.outcomes[0].failures[0].code, "22007");
+  assert.ok(sent.length > 2, "the failed Query, then the batch again row by row");
+  const rows = await fx.db.query("SELECT message FROM logs WHERE message LIKE 'rt-%' ORDER BY message");
+  assert.deepEqual(
+    rows.rows.map((r) => r.message),
+    ["rt-1", "rt-2", "rt-3"],
+  );
+  (client as unknown as { query: unknown }).query = query;
+});

@@ -1,6 +1,6 @@
 import pg from "pg";
-import { from as copyFrom } from "pg-copy-streams";
 import type { RowSource } from "../records/copy-rows";
+import { copyIn } from "./copy-in";
 
 /**
  * One worker's PostgreSQL connection and the statements group commit runs on it. Row isolation lives
@@ -24,16 +24,6 @@ export function isRowError(err: unknown): err is pg.DatabaseError {
 function failingLine(err: pg.DatabaseError): number | null {
   const m = /COPY [^,]+, line (\d+)/.exec(err.where ?? "");
   return m ? Number(m[1]) : null;
-}
-
-/** Streams `payload` (the whole COPY data, text or binary) through one COPY statement. */
-export function copyPayload(client: pg.ClientBase, copySql: string, payload: Buffer): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const stream = client.query(copyFrom(copySql));
-    stream.on("error", reject);
-    stream.on("finish", resolve);
-    stream.end(payload);
-  });
 }
 
 export class DatabaseUnavailable extends Error {
@@ -113,7 +103,7 @@ export class CopyWriter {
 
   /** Streams COPY text rows `[from, to)` through one COPY statement. */
   copy(client: pg.Client, copySql: string, rows: RowSource, from = 0, to = rows.length): Promise<void> {
-    return copyPayload(client, copySql, rows.payload(from, to));
+    return copyIn(client, copySql, [rows.payload(from, to)]);
   }
 
   /**

@@ -3,6 +3,7 @@ import { now } from "../../src/shared/clock";
 import { CopyRows, type RowSource } from "../records/copy-rows";
 import { BatchRows } from "./batch-rows";
 import type { CommitTarget, UpsertSql } from "./commit-targets";
+import { copyIn } from "./copy-in";
 import { type CopyWriter, DatabaseUnavailable, isRowError, type RowFailure } from "./copy-writer";
 import { COMMIT_GAUGE_COMMITTING, COMMIT_GAUGE_WAITING, COMMIT_GAUGE_SLOTS } from "../../src/shared/task-protocol";
 import { type CheckedKeys, claimIds, probeFilterHits } from "./id-claim";
@@ -260,18 +261,37 @@ export class GroupCommitter {
     return stored;
   }
 
-  /** One transaction for the batch; returns each member's part outcomes. */
+  /**
+   * One transaction for the batch; returns each member's part outcomes. Statements whose answers decide nothing
+   * here travel with the next one that does: BEGIN with the first claim's probe, the COPYs of rows, dead letters
+   * and batch rows with the COMMIT, in one Query (copy-in.ts). A plain stream's batch then commits in one round
+   * trip to PostgreSQL, a deduplicating stream's common batch in three, four when a filter was hit
+   * (docs/performance.md#round-trips-of-a-group-commit). A row PostgreSQL refuses fails that Query: nothing
+   * after it ran, and the batch is redone with row isolation.
+   */
   private async transaction(client: pg.Client, all: Batch, isolating: boolean): Promise<MemberResult[]> {
     // Filter hits are probed before BEGIN, so no lock on an id-state parent is held through the transaction.
     const checks = new Map<CommitTarget, CheckedKeys>();
     for (const [target, part] of all.parts) {
       if (target.dedup !== null) checks.set(target, await probeFilterHits(client, target.dedup, target.dedup.filters.check(part.keys)));
     }
-    await client.query("BEGIN");
+    /** Statements not sent yet, sent with the next Query: BEGIN, then COPYs (and their payloads). */
+    let opening = "BEGIN";
+    const copies: string[] = [];
+    const payloads: Buffer[] = [];
+    const send = async (tail: string): Promise<void> => {
+      const text = [opening, ...copies, tail].filter((t) => t !== "").join("; ");
+      if (text === "") return;
+      await copyIn(client, text, payloads);
+      opening = "";
+      copies.length = 0;
+      payloads.length = 0;
+    };
     let batch = all;
     let skips: Array<SessionSkip | null> | null = null;
     let advance: Map<string, SessionMark> | null = null;
     if (all.sessions) {
+      await send("");
       ({ skips, advance } = await checkSessions(
         client,
         this.options.producers,
@@ -289,8 +309,11 @@ export class GroupCommitter {
       let copied: number[] | null = null;
       let stored: Uint8Array | null = null;
       if (target.dedup !== null) {
-        // Claim the ids first; only rows whose id this batch recorded are copied.
-        const notStored = await claimIds(client, target.dedup, part.keys, checks.get(target)!);
+        // Claim the ids first; only rows whose id this batch recorded are copied. Sent before the claim, the
+        // COPYs of the targets before this one keep stream order.
+        if (copies.length > 0) await send("");
+        const notStored = await claimIds(client, target.dedup, part.keys, checks.get(target)!, opening);
+        opening = "";
         stored = new Uint8Array(n).fill(1);
         for (const r of notStored) stored[r - 1] = 0;
         if (notStored.length > 0) {
@@ -301,10 +324,16 @@ export class GroupCommitter {
       }
       const failures: RowFailure[] = [];
       if (target.upsert !== null) {
+        await send("");
         stored = await this.upsert(client, target.upsert, rows, isolating, failures);
       } else if (rows.length > 0) {
-        if (isolating) await this.writer.copyIsolating(client, target.copySql, rows, 0, rows.length, failures);
-        else await this.writer.copy(client, target.copySql, rows);
+        if (isolating) {
+          await send("");
+          await this.writer.copyIsolating(client, target.copySql, rows, 0, rows.length, failures);
+        } else {
+          copies.push(target.copySql);
+          payloads.push(rows.payload(0, rows.length));
+        }
       }
       if (copied !== null) for (const f of failures) f.row = copied[f.row];
       if (target.dedup !== null && failures.length > 0) {
@@ -339,12 +368,23 @@ export class GroupCommitter {
       if (extra.batchRow !== null) batchRows.push(extra.batchRow);
       for (const d of extra.deadLetters) deadLetters.push(d);
     }
-    if (deadLetters.length > 0) await this.writer.copy(client, this.options.deadLettersCopySql, CopyRows.encode(deadLetters));
-    if (batchRows.length > 0) await this.writer.copy(client, this.options.batchesCopySql, CopyRows.encode(batchRows));
+    if (deadLetters.length > 0) {
+      copies.push(this.options.deadLettersCopySql);
+      payloads.push(CopyRows.encode(deadLetters).payload());
+    }
+    if (batchRows.length > 0) {
+      copies.push(this.options.batchesCopySql);
+      payloads.push(CopyRows.encode(batchRows).payload());
+    }
     const replayed = batch.members.flatMap((m) => m.work.replayOf ?? []);
-    if (replayed.length > 0) await client.query(this.options.markReplayedSql, [replayed]);
-    if (advance !== null) await advanceSessions(client, this.options.producers, advance);
-    await client.query("COMMIT");
+    if (replayed.length > 0 || (advance !== null && advance.size > 0)) {
+      // Statements with parameters go ahead of the COPYs still queued: the order within the transaction is free.
+      if (opening !== "") await client.query(opening);
+      opening = "";
+      if (replayed.length > 0) await client.query(this.options.markReplayedSql, [replayed]);
+      if (advance !== null) await advanceSessions(client, this.options.producers, advance);
+    }
+    await send("COMMIT");
     if (skips === null) return outcomes.map((o) => ({ outcomes: o, skipped: null }));
     // Back to every member of the batch: a skipped frame stored nothing now (an earlier commit stored it, or nothing will).
     let kept = 0;

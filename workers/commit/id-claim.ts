@@ -17,7 +17,7 @@
 import type pg from "pg";
 import { writeKeyBytes } from "../../src/shared/dedup-key";
 import { dedupKeysCopySql, LAST_ADOPTED_GENERATION } from "../../src/shared/dedup-sql";
-import { copyPayload } from "./copy-writer";
+import { copyIn } from "./copy-in";
 import type { FilterCheck } from "./id-filters";
 
 export interface ClaimSql {
@@ -28,8 +28,8 @@ export interface ClaimSql {
    * each call and opening only their partitions (probeFilterHits picks it when few generations were hit).
    */
   hits: { name: string; text: string; pruned: string };
-  /** `$1` keys that hit a filter, `$2` the generation of each hit, `$3` the generations covered: one row (ProbeRow). */
-  probe: string;
+  /** The probe function's call on the keys that hit a filter, the generation of each hit, the generations covered: one row (ProbeRow). */
+  probeCall(maybe: readonly string[], gens: readonly number[], covered: readonly number[]): string;
   /** `$1` keys in row order, then as `probe`: returns `n`, the 1-based position of each row it did NOT record. */
   claim: string;
 }
@@ -81,29 +81,43 @@ export async function probeFilterHits(client: pg.ClientBase, sql: ClaimSql, chec
  * positions of the rows whose id was NOT recorded (stored before, or a later copy within the batch). `pre`: the
  * check made before the transaction, of these keys or of more (a batch regrouped since only loses rows).
  */
-export async function claimIds(client: pg.ClientBase, sql: ClaimSql, keys: readonly string[], pre: CheckedKeys): Promise<number[]> {
+export async function claimIds(
+  client: pg.ClientBase,
+  sql: ClaimSql,
+  keys: readonly string[],
+  pre: CheckedKeys,
+  opening = "",
+): Promise<number[]> {
   const { checked } = pre;
   if (checked.covered !== null && pre.clear) {
     // The hits already probed are left out: the probe function probes the adopted generations' alone.
     const adopted = adoptedHits(checked);
-    const { rows } = await client.query<ProbeRow>(sql.probe, [adopted.maybe, adopted.gens, checked.covered]);
-    const probe = rows[0];
+    const call = sql.probeCall(adopted.maybe, adopted.gens, checked.covered);
+    const probe = await firstRowOfLast<ProbeRow>(client, opening === "" ? call : `${opening}; ${call}`);
+    opening = "";
     if (!probe.uncovered && probe.stored_keys === 0) {
-      await client.query("SAVEPOINT ingestd_claim");
       try {
-        await copyPayload(client, dedupKeysCopySql(probe.open_part), keyRows(keys, probe.open_gen));
-        await client.query("RELEASE SAVEPOINT ingestd_claim");
+        // The savepoint, the COPY and its release in one round trip (copy-in.ts).
+        await copyIn(client, `SAVEPOINT ingestd_claim; ${dedupKeysCopySql(probe.open_part)}; RELEASE SAVEPOINT ingestd_claim`, [
+          keyRows(keys, probe.open_gen),
+        ]);
         return [];
       } catch (err) {
         if ((err as pg.DatabaseError).code !== UNIQUE_VIOLATION) throw err;
         // Some id is stored already, or twice in the batch: claimed key by key below.
-        await client.query("ROLLBACK TO SAVEPOINT ingestd_claim");
-        await client.query("RELEASE SAVEPOINT ingestd_claim");
+        await client.query("ROLLBACK TO SAVEPOINT ingestd_claim; RELEASE SAVEPOINT ingestd_claim");
       }
     }
   }
+  if (opening !== "") await client.query(opening);
   const { rows } = await client.query<{ n: number }>(sql.claim, [keys, checked.maybe, checked.gens, checked.covered]);
   return rows.map((r) => r.n);
+}
+
+/** The first row of the last statement's result (pg answers a Query of several statements with one result each). */
+async function firstRowOfLast<R extends pg.QueryResultRow>(client: pg.ClientBase, text: string): Promise<R> {
+  const result = (await client.query(text)) as unknown as pg.QueryResult<R> | Array<pg.QueryResult<R>>;
+  return (Array.isArray(result) ? result[result.length - 1] : result).rows[0];
 }
 
 /** The hits in generations adopted from the time-slot shape (not under the parent table: dedupHitsProbeSql). */
