@@ -48,6 +48,20 @@ async function findLocalPostmaster(client: pg.Client, url: string): Promise<numb
   }
 }
 
+/**
+ * What a full run leaves in its database at the end (2026-12-05: 60-70 million ids, ~50 million events with their
+ * index, the WAL): a server whose disk fills stops answering, and the phase running then waits it out.
+ */
+const FULL_RUN_GIB = 30;
+
+function warnIfShortOfDisk(dir: string, log: (line: string) => void): void {
+  const fsStats = fs.statfsSync(dir);
+  const freeGib = (fsStats.bavail * fsStats.bsize) / 2 ** 30;
+  if (freeGib < FULL_RUN_GIB) {
+    log(`warning: ${freeGib.toFixed(1)} GiB free under ${dir}; a full run writes about ${FULL_RUN_GIB} GiB (--quick a few)`);
+  }
+}
+
 export async function startBenchDb(log: (line: string) => void, env: NodeJS.ProcessEnv = process.env): Promise<BenchDb> {
   let embedded: EmbeddedDb | null = null;
   let dir: string | null = null;
@@ -61,11 +75,14 @@ export async function startBenchDb(log: (line: string) => void, env: NodeJS.Proc
   try {
     if (serverUrl === null) {
       dir = fs.mkdtempSync(path.join(os.tmpdir(), "ingestd-bench-pg-"));
+      warnIfShortOfDisk(dir, log);
       const started = Date.now();
       // PostgreSQL's own word on a crash or a killed backend, which the bench's clients only see as a closed connection.
       const serious = /PANIC|FATAL|terminated by signal|out of memory|was terminated/;
       embedded = await startEmbeddedDb({ dir, ephemeral: true, log: (line) => serious.test(line) && log(`postgres: ${line}`) });
-      serverUrl = embedded.url;
+      // Through the cluster's Unix-domain socket, as a daemon reaches its own embedded cluster: the ceiling and
+      // the daemon phases over the same transport.
+      serverUrl = embedded.localUrl;
       log(`embedded PostgreSQL ready on port ${embedded.port} in ${Date.now() - started} ms (${dir})`);
     }
 

@@ -137,6 +137,16 @@ describe("a checkout in a private directory", () => {
     try {
       const rows = await client.query("SELECT event_id, service_name FROM events WHERE event_id = 'private-1'");
       assert.deepEqual(rows.rows, [{ event_id: "private-1", service_name: "checkout" }]);
+      // The daemon's own connections go through the cluster's Unix-domain socket (no client address), this one by TCP.
+      const by = await client.query<{ tcp: boolean; n: number }>(
+        `SELECT client_addr IS NOT NULL AS tcp, count(*)::int AS n FROM pg_stat_activity
+          WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() GROUP BY 1`,
+      );
+      assert.deepEqual(
+        by.rows.map((r) => r.tcp),
+        [false],
+        JSON.stringify(by.rows),
+      );
     } finally {
       await client.end();
     }
@@ -296,6 +306,9 @@ describe("when the embedded database cannot start", () => {
           notices.join("\n"),
         );
         assert.deepEqual(await query(second.url, "SELECT n FROM kept"), [{ n: 7 }]);
+        // The process that started it connects through its Unix-domain socket (no server address), others over TCP.
+        assert.deepEqual(await query(second.localUrl, "SELECT inet_server_addr() AS a, (SELECT n FROM kept) AS n"), [{ a: null, n: 7 }]);
+        assert.deepEqual(await query(second.url, "SELECT host(inet_server_addr()) AS a"), [{ a: "127.0.0.1" }]);
       } finally {
         await second.remove();
       }

@@ -110,7 +110,8 @@ export async function startServer(config: IngestdConfig, log: Logger): Promise<R
       log: (line) => log.debug({ postgres: line }),
       notice: (message, fields) => log.info(fields, message),
     });
-    databaseUrl = embedded.url;
+    // Its own connections through the cluster's Unix-domain socket; commands elsewhere use embedded.url (TCP).
+    databaseUrl = embedded.localUrl;
     log.info({ port: embedded.port, data_dir: embedded.dataDir, binaries: embedded.binDir }, "embedded PostgreSQL ready");
   }
 

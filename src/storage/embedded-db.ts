@@ -47,7 +47,13 @@ export interface EmbeddedDbOptions {
 }
 
 export interface EmbeddedDb {
+  /** Over loopback TCP: the URL a command in another process (or another /tmp) reaches the cluster by. */
   url: string;
+  /**
+   * The URL of this process's own connections: the cluster's Unix-domain socket when this process sees it, else
+   * `url` (docs/performance.md#round-trips-of-a-group-commit: 3-4% more events/s than loopback TCP).
+   */
+  localUrl: string;
   port: number;
   /** Where the data files are (`<dir>/pg`, or where that links to). */
   dataDir: string;
@@ -94,6 +100,21 @@ interface Credentials {
 
 function urlFor(credentials: Credentials): string {
   return `postgres://postgres:${encodeURIComponent(credentials.password)}@127.0.0.1:${credentials.port}/postgres`;
+}
+
+/**
+ * Where the server puts its Unix-domain socket: PostgreSQL's compiled default, set explicitly so that localUrlFor
+ * knows it. A data directory can be too deep for a socket path (107 bytes); /tmp never is.
+ */
+const SOCKET_DIR = "/tmp";
+
+/**
+ * `urlFor` through the Unix-domain socket, when this process sees it: a cluster adopted from a process with
+ * another /tmp (a systemd unit's PrivateTmp) is reached over TCP.
+ */
+function localUrlFor(credentials: Credentials): string {
+  if (!fs.existsSync(path.join(SOCKET_DIR, `.s.PGSQL.${credentials.port}`))) return urlFor(credentials);
+  return `${urlFor(credentials)}?host=${encodeURIComponent(SOCKET_DIR)}`;
 }
 
 /** The pid in a cluster's postmaster.pid when that process is alive (and a postgres), else null. */
@@ -233,7 +254,7 @@ async function open({ options, dir, user, binaries, place, initialised, log, not
   if (!initialised) await initdb(binaries, place, user, credentials.password, log);
   if (adoptedPid === undefined) fs.rmSync(path.join(place.dataDir, "postmaster.pid"), { force: true });
 
-  const settings = { listen_addresses: "127.0.0.1", max_connections: "200", ...options.settings };
+  const settings = { listen_addresses: "127.0.0.1", unix_socket_directories: SOCKET_DIR, max_connections: "200", ...options.settings };
   const server: ServerSpec = { binaries, place, user, port: credentials.port, settings, log };
   let child: Server | undefined = adoptedPid === undefined ? await launch(server) : undefined;
   const currentPid = () => child?.pid ?? adoptedPid;
@@ -258,6 +279,7 @@ async function open({ options, dir, user, binaries, place, initialised, log, not
 
   return {
     url: urlFor(credentials),
+    localUrl: localUrlFor(credentials),
     port: credentials.port,
     dataDir: place.dataDir,
     binDir: path.dirname(binaries.postgres),
