@@ -30,7 +30,7 @@ export interface ClaimSql {
   hits: { name: string; text: string; pruned: string };
   /** The probe function's call on the keys that hit a filter, the generation of each hit, the generations covered: one row (ProbeRow). */
   probeCall(maybe: readonly string[], gens: readonly number[], covered: readonly number[]): string;
-  /** `$1` keys in row order, then as `probe`: returns `n`, the 1-based position of each row it did NOT record. */
+  /** `$1` keys in row order, `$2`-`$4` as probeCall's: returns `n`, the 1-based position of each row it did NOT record. */
   claim: string;
 }
 
@@ -80,6 +80,7 @@ export async function probeFilterHits(client: pg.ClientBase, sql: ClaimSql, chec
  * Records the keys (src/shared/dedup-key.ts, one per row) in the open generation; returns the 1-based
  * positions of the rows whose id was NOT recorded (stored before, or a later copy within the batch). `pre`: the
  * check made before the transaction, of these keys or of more (a batch regrouped since only loses rows).
+ * `opening`: statements not sent yet that must run first (the transaction's BEGIN), sent with the claim's first.
  */
 export async function claimIds(
   client: pg.ClientBase,
