@@ -30,12 +30,9 @@ fx.setup(async () => {
 
 fx.teardown(() => writer?.close());
 
-test("one batch: fenced, already committed and out-of-order frames are left out, the rest commits with each session's seq", async () => {
-  await fx.db.query(
-    "INSERT INTO ingest_producers (stream, producer, epoch, committed_seq) VALUES ('logs', 'P', 2, 5), ('logs', 'Q', 1, 0)",
-  );
-  const logs = commitTargets("public", streams, []).find((t) => t.stream === "logs")!;
-  const committer = new GroupCommitter(writer, {
+/** A group committer on the test's writer whose batches age after 50 ms: work added together shares a transaction. */
+function committer(): GroupCommitter {
+  return new GroupCommitter(writer, {
     batchSize: 1_000_000,
     maxBatchBytes: 1 << 30,
     batchTimeoutMs: 50,
@@ -44,6 +41,14 @@ test("one batch: fenced, already committed and out-of-order frames are left out,
     markReplayedSql: markReplayedSql("public"),
     producers: producerSql("public"),
   });
+}
+
+test("one batch: fenced, already committed and out-of-order frames are left out, the rest commits with each session's seq", async () => {
+  await fx.db.query(
+    "INSERT INTO ingest_producers (stream, producer, epoch, committed_seq) VALUES ('logs', 'P', 2, 5), ('logs', 'Q', 1, 0)",
+  );
+  const logs = commitTargets("public", streams, []).find((t) => t.stream === "logs")!;
+  const commits = committer();
   const work = (producer: string, epoch: number, seq: number): TaskWork => {
     const session: SessionMark = { stream: "logs", producer, epoch, seq };
     return {
@@ -56,12 +61,12 @@ test("one batch: fenced, already committed and out-of-order frames are left out,
   };
   // All added before the batch ages, so they share one transaction.
   const results = await Promise.all([
-    committer.add(work("P", 1, 6)), // an older epoch of P: fenced
-    committer.add(work("Q", 1, 1)),
-    committer.add(work("Q", 1, 2)),
-    committer.add(work("P", 2, 5)), // P's seq 5 is committed already
-    committer.add(work("P", 2, 6)),
-    committer.add(work("Q", 1, 4)), // Q's seq 3 is missing
+    commits.add(work("P", 1, 6)), // an older epoch of P: fenced
+    commits.add(work("Q", 1, 1)),
+    commits.add(work("Q", 1, 2)),
+    commits.add(work("P", 2, 5)), // P's seq 5 is committed already
+    commits.add(work("P", 2, 6)),
+    commits.add(work("Q", 1, 4)), // Q's seq 3 is missing
   ]);
   assert.deepEqual(
     results.map((r) => r.skipped),
@@ -84,15 +89,7 @@ test("one batch: fenced, already committed and out-of-order frames are left out,
 
 test("a plain stream's batch commits in one round trip; a row PostgreSQL refuses fails that Query and the batch is redone with row isolation", async () => {
   const logs = commitTargets("public", streams, []).find((t) => t.stream === "logs")!;
-  const committer = new GroupCommitter(writer, {
-    batchSize: 1_000_000,
-    maxBatchBytes: 1 << 30,
-    batchTimeoutMs: 50,
-    batchesCopySql: batchesCopySql("public"),
-    deadLettersCopySql: deadLettersCopySql("public"),
-    markReplayedSql: markReplayedSql("public"),
-    producers: producerSql("public"),
-  });
+  const commits = committer();
   // The Queries the commits send, read off the worker's real connection.
   const client = await writer.connection();
   const sent: string[] = [];
@@ -107,12 +104,12 @@ test("a plain stream's batch commits in one round trip; a row PostgreSQL refuses
     bytes: 60,
     finalize: () => ({ batchRow: null, deadLetters: [] }),
   });
-  await Promise.all([committer.add(task("rt-1")), committer.add(task("rt-2"))]);
+  await Promise.all([commits.add(task("rt-1")), commits.add(task("rt-2"))]);
   assert.equal(sent.length, 1, `one Query for the batch: ${JSON.stringify(sent)}`);
   assert.match(sent[0], /^BEGIN; COPY .+ FROM STDIN; COMMIT$/);
 
   sent.length = 0;
-  const [good, bad] = await Promise.all([committer.add(task("rt-3")), committer.add(task("rt-4", "not a time"))]);
+  const [good, bad] = await Promise.all([commits.add(task("rt-3")), commits.add(task("rt-4", "not a time"))]);
   assert.deepEqual(good.outcomes[0].failures, []);
   assert.equal(bad.outcomes[0].failures.length, 1, "the refused row is the failing task's");
   assert.equal(bad.outcomes[0].failures[0].code, "22007");
