@@ -24,17 +24,16 @@ const GROUPS_PER_PASS = 1;
 
 /**
  * Seals up to GROUPS_PER_PASS closed groups of `stream`, oldest first (the budget folds the oldest first, and
- * deepest), when `cache` (the filters this process holds) is past its budget, or always without one; returns a
- * label per group sealed. A group whose keys no seed could place is marked with an empty sealed filter and
+ * deepest), when `cache` (the filters this process holds) is past its budget; returns a label per group sealed. A group whose keys no seed could place is marked with an empty sealed filter and
  * keeps its cuckoo filter.
  */
 export async function sealDedupGroups(
   client: pg.ClientBase,
   schema: string,
   stream: StreamDefinition,
-  cache?: GroupFilterCache,
+  cache: GroupFilterCache,
 ): Promise<string[]> {
-  if (cache !== undefined && !cache.wantsSealed) return [];
+  if (!cache.wantsSealed) return [];
   const d = dedupShape(schema, stream)!;
   const { rows } = await client.query<{ grp: number; gens: number[] }>(
     `SELECT grp, gens FROM ${d.groups} WHERE ${SEALED} IS NULL AND grp < (SELECT max(grp) FROM ${d.groups}) ORDER BY grp LIMIT ${GROUPS_PER_PASS}`,
@@ -61,7 +60,7 @@ export async function sealDedupGroups(
     ]);
     if (stored.rowCount !== 1) continue; // another daemon sealed it first
     // Let go of: the cuckoo filter read, the build's scratch (about its size), the statement's copy of the filter.
-    if (filter !== null) cache?.sealed(d.slots, grp, gens, filter, 2 * cuckoo.byteLength + filter.byteLength);
+    if (filter !== null) cache.sealed(d.slots, grp, gens, filter, 2 * cuckoo.byteLength + filter.byteLength);
     sealed.push(`${d.groups} ${grp} ${filter !== null ? "sealed" : "kept its cuckoo filter (keys not separable)"}`);
   }
   return sealed;
