@@ -4,7 +4,10 @@
  * milliseconds later, so the two line up to within that. What a soak's slow minute cost, and whose it was:
  * the daemon's, PostgreSQL's, or the WAL of a checkpoint's full-page images (docs/performance.md#measured);
  * and the id-state filters the daemon held at its end, as its /metrics says (past `dedupFilterMb` they are
- * folded, and their false positives cost PostgreSQL probes: docs/storage.md#filter-memory).
+ * folded, and their false positives cost PostgreSQL probes: docs/storage.md#filter-memory). And the seconds
+ * in which a vacuum of the events table ran: with data checksums its passes over the month's partition write
+ * every page they mark all-visible to the WAL again as a full-page image, gigabytes that bring the next
+ * checkpoints forward (docs/performance.md#the-soaks-dear-minutes).
  */
 import type { BenchDb } from "./bench-db";
 import { scrapeMetrics } from "./daemon-metrics";
@@ -19,25 +22,56 @@ export interface IntervalSample {
    * many of them are folded; null where not scraped (or no deduplication).
    */
   filters: { bytes: number; count: number; folded: number } | null;
+  /** Seconds of the interval in which a vacuum (auto or not) of the table ran, polled each second; null: not polled. */
+  vacuumS: number | null;
 }
+
+/** How often the vacuum poll asks; a pass over a partition of millions of rows lasts tens of seconds. */
+const VACUUM_POLL_MS = 1000;
 
 export interface IntervalMeter {
   /** Stops sampling; the samples of the intervals completed so far, in order. */
   stop(): IntervalSample[];
 }
 
-export function meterIntervals(db: BenchDb, daemonPid: number | null, port: number, cores: number, intervalS: number): IntervalMeter {
+/** `table`: the events table, schema-qualified; its partitions' vacuums are what the poll counts. */
+export function meterIntervals(
+  db: BenchDb,
+  daemonPid: number | null,
+  port: number,
+  cores: number,
+  intervalS: number,
+  table: string,
+): IntervalMeter {
   const samples: IntervalSample[] = [];
   let meter = new CpuMeter(daemonPid, db.postmasterPid());
   let mark = markDb(db);
   let stopped = false;
+  // Null until one poll answered: a server that hides other sessions' progress (no pg_read_all_stats) says 0.
+  let vacuumS: number | null = null;
+  const poll = setInterval(() => {
+    void db
+      .query<{ n: number }>(
+        `SELECT count(*)::int AS n FROM pg_stat_progress_vacuum
+          WHERE relid = $1::regclass OR relid IN (SELECT inhrelid FROM pg_inherits WHERE inhparent = $1::regclass)`,
+        [table],
+      )
+      .then(
+        (r) => {
+          vacuumS = (vacuumS ?? 0) + (r.rows[0].n > 0 ? VACUUM_POLL_MS / 1000 : 0);
+        },
+        () => undefined,
+      );
+  }, VACUUM_POLL_MS);
+  poll.unref();
   const timer = setInterval(() => {
     const cpu = meter.read(cores);
     meter = new CpuMeter(daemonPid, db.postmasterPid());
     const before = mark;
     mark = markDb(db);
     const at = samples.length;
-    samples.push({ cpu, db: null, filters: null });
+    samples.push({ cpu, db: null, filters: null, vacuumS });
+    if (vacuumS !== null) vacuumS = 0;
     // The WAL position comes back asynchronously; a sample whose query has not answered by stop() keeps null.
     void Promise.all([before, mark]).then(([b, a]) => {
       if (!stopped) samples[at].db = dbDelta(b, a);
@@ -54,6 +88,7 @@ export function meterIntervals(db: BenchDb, daemonPid: number | null, port: numb
     stop() {
       stopped = true;
       clearInterval(timer);
+      clearInterval(poll);
       return samples;
     },
   };

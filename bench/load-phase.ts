@@ -9,12 +9,13 @@ import type { BenchDb } from "./bench-db";
 import { dbDelta, markDb, type DbDelta } from "./db-counters";
 import { counterDeltas, scrapeMetrics, type DaemonCounters } from "./daemon-metrics";
 import type { IdKind } from "./event-factory";
-import { BENCH_STREAM } from "./event-table";
+import { BENCH_STREAM, benchStream } from "./event-table";
 import type { FromGenerator, GeneratorResult, GeneratorSpec, LoadMode, ToGenerator } from "./generator-protocol";
 import { mergeHistograms, summarize, type LatencySummary } from "./latency-histogram";
 import { meterIntervals, type IntervalSample } from "./interval-meter";
 import { CpuMeter, type CpuShare, type RssSampler } from "./proc-stats";
 import { countRows } from "./row-count";
+import { qualifiedName } from "../src/shared/sql-identifiers";
 
 export interface PhaseSpec {
   /** Label in the report. */
@@ -52,6 +53,10 @@ export interface IntervalResult {
   daemon_us_per_event: number | null;
   postgres_us_per_event: number | null;
   wal_bytes_per_event: number | null;
+  /** Checkpoints started in the interval; null where not known. */
+  checkpoints: number | null;
+  /** Seconds of the interval in which a vacuum of the events table ran; null where not known. */
+  vacuum_s: number | null;
   /** The daemon's id-state filters at the interval's end: MiB held, how many (each id is checked against all), how many folded. */
   filter_mib: number | null;
   filters_held: number | null;
@@ -257,6 +262,8 @@ function mergeIntervals(spec: PhaseSpec, results: GeneratorResult[], samples: In
       daemon_us_per_event: sample === undefined ? null : usPerEvent(sample.cpu.daemon_cores, sample.cpu.wall_s, accepted),
       postgres_us_per_event: sample === undefined ? null : usPerEvent(sample.cpu.postgres_cores, sample.cpu.wall_s, accepted),
       wal_bytes_per_event: sample?.db == null || accepted === 0 ? null : Math.round(sample.db.wal_bytes / accepted),
+      checkpoints: sample?.db?.checkpoints ?? null,
+      vacuum_s: sample?.vacuumS ?? null,
       filter_mib: sample?.filters == null ? null : Math.round((sample.filters.bytes / 2 ** 20) * 10) / 10,
       filters_held: sample?.filters?.count ?? null,
       filters_folded: sample?.filters?.folded ?? null,
@@ -330,7 +337,10 @@ export async function runLoadPhase(spec: PhaseSpec, ctx: PhaseContext): Promise<
     const meter = new CpuMeter(ctx.daemonPid, ctx.db.postmasterPid());
     const stages = pollStages(ctx.port);
     for (const g of generators) g.send({ type: "go" });
-    const perInterval = spec.intervalS > 0 ? meterIntervals(ctx.db, ctx.daemonPid, ctx.port, ctx.cores, spec.intervalS) : null;
+    const perInterval =
+      spec.intervalS > 0
+        ? meterIntervals(ctx.db, ctx.daemonPid, ctx.port, ctx.cores, spec.intervalS, qualifiedName(ctx.schema, benchStream().table))
+        : null;
     const limit = (spec.durationS + spec.drainTimeoutS + 30) * 1000;
     let results: GeneratorResult[];
     let samples: IntervalSample[] = [];

@@ -354,7 +354,19 @@ export function renderReport(r: BenchReport): string {
     );
     out.push(
       ...table(
-        ["", "events/s", "× ceiling", "p50 ms", "p99 ms", "daemon µs/event", "pg µs/event", "WAL B/event", "filters: MiB, count (folded)"],
+        [
+          "",
+          "events/s",
+          "× ceiling",
+          "p50 ms",
+          "p99 ms",
+          "daemon µs/event",
+          "pg µs/event",
+          "WAL B/event",
+          "ckpts",
+          "vacuum s",
+          "filters: MiB, count (folded)",
+        ],
         soak.intervals.map((i) => [
           `  from ${i.from_s} s`,
           int(i.events_per_s),
@@ -364,6 +376,8 @@ export function renderReport(r: BenchReport): string {
           i.daemon_us_per_event?.toFixed(1) ?? "-",
           i.postgres_us_per_event?.toFixed(1) ?? "-",
           i.wal_bytes_per_event == null ? "-" : int(i.wal_bytes_per_event),
+          i.checkpoints == null ? "-" : String(i.checkpoints),
+          i.vacuum_s == null ? "-" : String(Math.round(i.vacuum_s)),
           i.filter_mib == null ? "-" : `${i.filter_mib.toFixed(1)}, ${i.filters_held ?? "-"} (${i.filters_folded})`,
         ]),
       ),
