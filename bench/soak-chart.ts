@@ -1,7 +1,8 @@
 /**
  * The soak phase drawn as an SVG line chart (written next to the JSON report): events/s per interval on the
- * left axis, with the 2-stream COPY ceiling as a dashed line, and ack p99 on the right axis. Plain SVG text:
- * a few lines and labels need no charting library.
+ * left axis, with the 2-stream COPY ceiling as a dashed line, and ack p99 on the right axis; each interval
+ * shaded by the share of it in which a vacuum of the events table ran (docs/performance.md#the-soaks-dear-minutes).
+ * Plain SVG text: a few lines and labels need no charting library.
  */
 import type { PhaseResult } from "./load-phase";
 import type { BenchReport } from "./report";
@@ -68,6 +69,18 @@ export function soakChartSvg(report: BenchReport, soak: PhaseResult, ceiling: nu
   for (let s = 0; s <= xMax + 1e-9; s += xStep) {
     out.push(
       `<text x="${f(x(s))}" y="${H - BOTTOM + 16}" text-anchor="middle">${s >= 60 && s % 60 === 0 ? `${s / 60} min` : `${s} s`}</text>`,
+    );
+  }
+  const vacuumed = points.filter((p) => (p.vacuum_s ?? 0) > 0);
+  for (const p of vacuumed) {
+    const share = Math.min(1, (p.vacuum_s ?? 0) / step);
+    out.push(
+      `<rect x="${f(x(p.from_s))}" y="${TOP}" width="${f(x(p.from_s + step) - x(p.from_s))}" height="${plotH}" fill="#e0a100" opacity="${(0.3 * share).toFixed(2)}"/>`,
+    );
+  }
+  if (vacuumed.length > 0) {
+    out.push(
+      `<text x="${W - RIGHT - 6}" y="${TOP + plotH - 8}" text-anchor="end" fill="#8a6300">shaded: the share of the interval a vacuum of the events table ran</text>`,
     );
   }
   out.push(`<rect x="${LEFT}" y="${TOP}" width="${plotW}" height="${plotH}" fill="none" stroke="#999"/>`);
