@@ -13,6 +13,7 @@ import type { BenchDb } from "./bench-db";
 import { scrapeMetrics } from "./daemon-metrics";
 import { dbDelta, markDb, type DbDelta } from "./db-counters";
 import { CpuMeter, type CpuShare } from "./proc-stats";
+import { pollVacuum } from "./vacuum-poll";
 
 export interface IntervalSample {
   cpu: CpuShare;
@@ -22,12 +23,9 @@ export interface IntervalSample {
    * many of them are folded; null where not scraped (or no deduplication).
    */
   filters: { bytes: number; count: number; folded: number } | null;
-  /** Seconds of the interval in which a vacuum (auto or not) of the table ran, polled each second; null: not polled. */
+  /** Seconds of the interval in which a vacuum (auto or not) of the table ran (bench/vacuum-poll.ts); null: not known. */
   vacuumS: number | null;
 }
-
-/** How often the vacuum poll asks; a pass over a partition of millions of rows lasts tens of seconds. */
-const VACUUM_POLL_MS = 1000;
 
 export interface IntervalMeter {
   /** Stops sampling; the samples of the intervals completed so far, in order. */
@@ -47,31 +45,14 @@ export function meterIntervals(
   let meter = new CpuMeter(daemonPid, db.postmasterPid());
   let mark = markDb(db);
   let stopped = false;
-  // Null until one poll answered: a server that hides other sessions' progress (no pg_read_all_stats) says 0.
-  let vacuumS: number | null = null;
-  const poll = setInterval(() => {
-    void db
-      .query<{ n: number }>(
-        `SELECT count(*)::int AS n FROM pg_stat_progress_vacuum
-          WHERE relid = $1::regclass OR relid IN (SELECT inhrelid FROM pg_inherits WHERE inhparent = $1::regclass)`,
-        [table],
-      )
-      .then(
-        (r) => {
-          vacuumS = (vacuumS ?? 0) + (r.rows[0].n > 0 ? VACUUM_POLL_MS / 1000 : 0);
-        },
-        () => undefined,
-      );
-  }, VACUUM_POLL_MS);
-  poll.unref();
+  const vacuum = pollVacuum(db, table);
   const timer = setInterval(() => {
     const cpu = meter.read(cores);
     meter = new CpuMeter(daemonPid, db.postmasterPid());
     const before = mark;
     mark = markDb(db);
     const at = samples.length;
-    samples.push({ cpu, db: null, filters: null, vacuumS });
-    if (vacuumS !== null) vacuumS = 0;
+    samples.push({ cpu, db: null, filters: null, vacuumS: vacuum.take() });
     // The WAL position comes back asynchronously; a sample whose query has not answered by stop() keeps null.
     void Promise.all([before, mark]).then(([b, a]) => {
       if (!stopped) samples[at].db = dbDelta(b, a);
@@ -88,7 +69,7 @@ export function meterIntervals(
     stop() {
       stopped = true;
       clearInterval(timer);
-      clearInterval(poll);
+      vacuum.stop();
       return samples;
     },
   };

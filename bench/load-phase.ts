@@ -15,6 +15,7 @@ import { mergeHistograms, summarize, type LatencySummary } from "./latency-histo
 import { meterIntervals, type IntervalSample } from "./interval-meter";
 import { CpuMeter, type CpuShare, type RssSampler } from "./proc-stats";
 import { countRows } from "./row-count";
+import { pollVacuum } from "./vacuum-poll";
 import { qualifiedName } from "../src/shared/sql-identifiers";
 
 export interface PhaseSpec {
@@ -115,6 +116,8 @@ export interface PhaseResult {
   cpu_us_per_event: { daemon: number | null; postgres: number | null; generators: number; capacity_events_per_s: number | null };
   /** PostgreSQL over the phase: write transactions (≈ group-commit batches) and WAL. */
   db: DbDelta | null;
+  /** Seconds of the phase in which a vacuum of the events table ran (bench/vacuum-poll.ts); null: not known. */
+  vacuum_s: number | null;
 }
 
 export interface PhaseContext {
@@ -336,11 +339,10 @@ export async function runLoadPhase(spec: PhaseSpec, ctx: PhaseContext): Promise<
     ctx.rss.resetSpan();
     const meter = new CpuMeter(ctx.daemonPid, ctx.db.postmasterPid());
     const stages = pollStages(ctx.port);
+    const table = qualifiedName(ctx.schema, benchStream().table);
+    const vacuum = pollVacuum(ctx.db, table);
     for (const g of generators) g.send({ type: "go" });
-    const perInterval =
-      spec.intervalS > 0
-        ? meterIntervals(ctx.db, ctx.daemonPid, ctx.port, ctx.cores, spec.intervalS, qualifiedName(ctx.schema, benchStream().table))
-        : null;
+    const perInterval = spec.intervalS > 0 ? meterIntervals(ctx.db, ctx.daemonPid, ctx.port, ctx.cores, spec.intervalS, table) : null;
     const limit = (spec.durationS + spec.drainTimeoutS + 30) * 1000;
     let results: GeneratorResult[];
     let samples: IntervalSample[] = [];
@@ -348,6 +350,7 @@ export async function runLoadPhase(spec: PhaseSpec, ctx: PhaseContext): Promise<
       results = (await Promise.all(generators.map((g) => g.next("result", limit)))).map((m) => m.result);
     } finally {
       stages.stop();
+      vacuum.stop();
       samples = perInterval?.stop() ?? [];
     }
     const cpu = meter.read(ctx.cores);
@@ -407,6 +410,7 @@ export async function runLoadPhase(spec: PhaseSpec, ctx: PhaseContext): Promise<
       daemon_counters: counters,
       cpu_us_per_event: perEvent(cpu, generatorCpu, accepted, ctx.cores),
       db: dbDelta(dbBefore, dbAfter),
+      vacuum_s: vacuum.take(),
     };
   } finally {
     for (const g of generators) if (g.child.exitCode === null && g.child.signalCode === null) g.child.kill("SIGKILL");

@@ -324,11 +324,13 @@ export function renderReport(r: BenchReport): string {
     if (staged.length > 0 || r.phases.some((p) => p.db)) {
       out.push("where the time goes: daemon stages (GET /v1/latency, last 1 s under load) p50 / p99 ms; over the phase:");
       out.push("  busy workers (event-loop utilisation summed, /metrics), mean COPY+commit per batch (request-weighted),");
-      out.push("  PostgreSQL write transactions (≈ group-commit batches), accepted rows per transaction, WAL bytes per row");
+      out.push(
+        "  PostgreSQL write transactions (≈ group-commit batches), accepted rows per transaction, WAL bytes per row, seconds a vacuum of the table ran",
+      );
       const stageNames = ["receive", "validate", "commit", "ack"];
       out.push(
         ...table(
-          ["", ...stageNames, "busy workers", "COPY+commit ms", "xacts", "rows/xact", "WAL B/row"],
+          ["", ...stageNames, "busy workers", "COPY+commit ms", "xacts", "rows/xact", "WAL B/row", "vacuum s"],
           staged.map((p) => [
             `  ${p.name}`,
             ...stageNames.map((s) => {
@@ -340,6 +342,7 @@ export function renderReport(r: BenchReport): string {
             p.db ? int(p.db.transactions) : "-",
             p.db && p.db.transactions > 0 ? int(p.accepted / p.db.transactions) : "-",
             p.db && p.accepted > 0 ? int(p.db.wal_bytes / p.accepted) : "-",
+            p.vacuum_s == null ? "-" : String(Math.round(p.vacuum_s)),
           ]),
         ),
       );
