@@ -13,7 +13,7 @@ import type { BenchDb } from "./bench-db";
 import { scrapeMetrics } from "./daemon-metrics";
 import { dbDelta, markDb, type DbDelta } from "./db-counters";
 import { CpuMeter, type CpuShare } from "./proc-stats";
-import { pollVacuum } from "./vacuum-poll";
+import type { VacuumPoll } from "./vacuum-poll";
 
 export interface IntervalSample {
   cpu: CpuShare;
@@ -32,27 +32,29 @@ export interface IntervalMeter {
   stop(): IntervalSample[];
 }
 
-/** `table`: the events table, schema-qualified; its partitions' vacuums are what the poll counts. */
+/** `vacuum`: the phase's poll of the events table's vacuums (its owner stops it); each interval takes its share. */
 export function meterIntervals(
   db: BenchDb,
   daemonPid: number | null,
   port: number,
   cores: number,
   intervalS: number,
-  table: string,
+  vacuum: VacuumPoll,
 ): IntervalMeter {
   const samples: IntervalSample[] = [];
   let meter = new CpuMeter(daemonPid, db.postmasterPid());
   let mark = markDb(db);
   let stopped = false;
-  const vacuum = pollVacuum(db, table);
+  let vacuumBefore = vacuum.seconds();
   const timer = setInterval(() => {
     const cpu = meter.read(cores);
     meter = new CpuMeter(daemonPid, db.postmasterPid());
     const before = mark;
     mark = markDb(db);
     const at = samples.length;
-    samples.push({ cpu, db: null, filters: null, vacuumS: vacuum.take() });
+    const vacuumNow = vacuum.seconds();
+    samples.push({ cpu, db: null, filters: null, vacuumS: vacuumNow === null ? null : vacuumNow - (vacuumBefore ?? 0) });
+    vacuumBefore = vacuumNow;
     // The WAL position comes back asynchronously; a sample whose query has not answered by stop() keeps null.
     void Promise.all([before, mark]).then(([b, a]) => {
       if (!stopped) samples[at].db = dbDelta(b, a);
@@ -69,7 +71,6 @@ export function meterIntervals(
     stop() {
       stopped = true;
       clearInterval(timer);
-      vacuum.stop();
       return samples;
     },
   };

@@ -339,10 +339,9 @@ export async function runLoadPhase(spec: PhaseSpec, ctx: PhaseContext): Promise<
     ctx.rss.resetSpan();
     const meter = new CpuMeter(ctx.daemonPid, ctx.db.postmasterPid());
     const stages = pollStages(ctx.port);
-    const table = qualifiedName(ctx.schema, benchStream().table);
-    const vacuum = pollVacuum(ctx.db, table);
+    const vacuum = pollVacuum(ctx.db, qualifiedName(ctx.schema, benchStream().table));
     for (const g of generators) g.send({ type: "go" });
-    const perInterval = spec.intervalS > 0 ? meterIntervals(ctx.db, ctx.daemonPid, ctx.port, ctx.cores, spec.intervalS, table) : null;
+    const perInterval = spec.intervalS > 0 ? meterIntervals(ctx.db, ctx.daemonPid, ctx.port, ctx.cores, spec.intervalS, vacuum) : null;
     const limit = (spec.durationS + spec.drainTimeoutS + 30) * 1000;
     let results: GeneratorResult[];
     let samples: IntervalSample[] = [];
@@ -410,7 +409,7 @@ export async function runLoadPhase(spec: PhaseSpec, ctx: PhaseContext): Promise<
       daemon_counters: counters,
       cpu_us_per_event: perEvent(cpu, generatorCpu, accepted, ctx.cores),
       db: dbDelta(dbBefore, dbAfter),
-      vacuum_s: vacuum.take(),
+      vacuum_s: vacuum.seconds(),
     };
   } finally {
     for (const g of generators) if (g.child.exitCode === null && g.child.signalCode === null) g.child.kill("SIGKILL");

@@ -9,8 +9,8 @@ import type { BenchDb } from "./bench-db";
 const POLL_MS = 1000;
 
 export interface VacuumPoll {
-  /** Seconds with a vacuum running since the last take (or the start); null until a poll has answered. */
-  take(): number | null;
+  /** Seconds with a vacuum running since the poll started; null until a poll has answered. */
+  seconds(): number | null;
   stop(): void;
 }
 
@@ -33,11 +33,7 @@ export function pollVacuum(db: BenchDb, table: string): VacuumPoll {
   }, POLL_MS);
   timer.unref();
   return {
-    take() {
-      const s = seconds;
-      if (seconds !== null) seconds = 0;
-      return s;
-    },
+    seconds: () => seconds,
     stop() {
       clearInterval(timer);
     },

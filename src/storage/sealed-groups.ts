@@ -24,8 +24,8 @@ const GROUPS_PER_PASS = 1;
 
 /**
  * Seals up to GROUPS_PER_PASS closed groups of `stream`, oldest first (the budget folds the oldest first, and
- * deepest), when `cache` (the filters this process holds) is past its budget; returns a label per group sealed. A group whose keys no seed could place is marked with an empty sealed filter and
- * keeps its cuckoo filter.
+ * deepest), when `cache` (the filters this process holds) is past its budget; returns a label per group sealed.
+ * A group whose keys no seed could place is marked with an empty sealed filter and keeps its cuckoo filter.
  */
 export async function sealDedupGroups(
   client: pg.ClientBase,
