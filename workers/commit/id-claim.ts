@@ -15,7 +15,7 @@
  * WAL record, the sort done here).
  */
 import type pg from "pg";
-import { writeKeyBytes } from "../../src/shared/dedup-key";
+import { keyPrefix, writeKeyBytes } from "../../src/shared/dedup-key";
 import { dedupKeysCopySql, LAST_ADOPTED_GENERATION } from "../../src/shared/dedup-sql";
 import { copyIn } from "./copy-in";
 import type { FilterCheck } from "./id-filters";
@@ -134,24 +134,74 @@ function adoptedHits(checked: FilterCheck): { maybe: string[]; gens: number[] } 
   return { maybe, gens };
 }
 
+/** A sort entry holds a key's first 32 bits above its position's SORT_POSITION_BITS bits: exact in a double. */
+const SORT_POSITION_BITS = 21;
+const SORT_POSITIONS = 2 ** SORT_POSITION_BITS;
+
 /**
  * The binary COPY data of the keys in key order: a transaction only ever waits for another's uncommitted id
  * while holding smaller ones itself, so two claims never wait for each other (the claim function inserts in
- * the same order). Canonical UUID strings sort as their bytes do.
+ * the same order). Canonical UUID strings sort as their bytes do. The order comes from a native sort of
+ * numbers (first 32 bits, then position), ties on those bits settled by the strings; each key is then written
+ * once, into its row. A sort of the strings cost ~160 ns a key (docs/performance.md#daemon-cpu-per-event).
  */
 export function keyRows(keys: readonly string[], gen: number): Buffer {
-  const sorted = keys.slice().sort();
-  const buf = Buffer.allocUnsafe(BINARY_HEADER.length + sorted.length * ROW_BYTES + 2);
+  const n = keys.length;
+  const order = keyOrder(keys);
+  const buf = Buffer.allocUnsafe(BINARY_HEADER.length + n * ROW_BYTES + 2);
   BINARY_HEADER.copy(buf, 0);
+  const g0 = (gen >>> 24) & 255;
+  const g1 = (gen >>> 16) & 255;
+  const g2 = (gen >>> 8) & 255;
+  const g3 = gen & 255;
   let o = BINARY_HEADER.length;
-  for (let i = 0; i < sorted.length; i++) {
-    buf.writeInt16BE(2, o);
-    buf.writeInt32BE(16, o + 2);
-    writeKeyBytes(sorted[i], buf, o + 6);
-    buf.writeInt32BE(4, o + 22);
-    buf.writeInt32BE(gen, o + 26);
+  for (let j = 0; j < n; j++) {
+    // 2 fields; 16 key bytes; 4 generation bytes (big-endian, as writeInt16BE / writeInt32BE would).
+    buf[o] = 0;
+    buf[o + 1] = 2;
+    buf[o + 2] = 0;
+    buf[o + 3] = 0;
+    buf[o + 4] = 0;
+    buf[o + 5] = 16;
+    writeKeyBytes(keys[order[j]], buf, o + 6);
+    buf[o + 22] = 0;
+    buf[o + 23] = 0;
+    buf[o + 24] = 0;
+    buf[o + 25] = 4;
+    buf[o + 26] = g0;
+    buf[o + 27] = g1;
+    buf[o + 28] = g2;
+    buf[o + 29] = g3;
     o += ROW_BYTES;
   }
   buf.writeInt16BE(-1, o);
   return buf;
+}
+
+/** The positions of the keys in ascending order. */
+function keyOrder(keys: readonly string[]): ArrayLike<number> {
+  const n = keys.length;
+  if (n >= SORT_POSITIONS) return Array.from({ length: n }, (_, i) => i).sort((a, b) => byKey(keys, a, b));
+  const entries = new Float64Array(n);
+  for (let i = 0; i < n; i++) entries[i] = keyPrefix(keys[i]) * SORT_POSITIONS + i;
+  entries.sort();
+  const order = new Uint32Array(n);
+  for (let j = 0; j < n; j++) order[j] = entries[j] % SORT_POSITIONS;
+  // Keys sharing their first 32 bits are in position order: each such run is sorted by the whole key.
+  for (let j = 1; j < n; j++) {
+    const prefix = Math.floor(entries[j] / SORT_POSITIONS);
+    if (prefix !== Math.floor(entries[j - 1] / SORT_POSITIONS)) continue;
+    let end = j + 1;
+    while (end < n && Math.floor(entries[end] / SORT_POSITIONS) === prefix) end++;
+    order.set(
+      Array.from(order.subarray(j - 1, end)).sort((a, b) => byKey(keys, a, b)),
+      j - 1,
+    );
+    j = end - 1;
+  }
+  return order;
+}
+
+function byKey(keys: readonly string[], a: number, b: number): number {
+  return keys[a] < keys[b] ? -1 : keys[a] > keys[b] ? 1 : 0;
 }
