@@ -7,6 +7,7 @@
  * about 0.011% of other keys through, an eighth of what the blocked Bloom filter of format 2 let through at
  * 16 (docs/storage.md#filter-format), and every false positive is a probe in PostgreSQL.
  */
+import { keyBits16 } from "./dedup-key";
 
 /**
  * Fingerprints per bucket. A key's fingerprint sits in one of 4 slots of one of its two buckets, so a check
@@ -43,17 +44,6 @@ export function fmix32(h: number): number {
   return (h ^ (h >>> 16)) >>> 0;
 }
 
-/** The value of each lowercase hex digit's char code (canonical keys only hold 0-9 and a-f). */
-const HEX = new Uint8Array(128);
-for (let i = 0; i < 16; i++) HEX["0123456789abcdef".charCodeAt(i)] = i;
-
-/** 16 bits of a canonical UUID from its 4 hex digits starting at `at`. */
-function half(key: string, at: number): number {
-  return (
-    (HEX[key.charCodeAt(at)] << 12) | (HEX[key.charCodeAt(at + 1)] << 8) | (HEX[key.charCodeAt(at + 2)] << 4) | HEX[key.charCodeAt(at + 3)]
-  );
-}
-
 /**
  * The hashes of a key into `out` (4 words): out[0] picks its first bucket, out[1] and out[2] give its
  * fingerprint. Two independent mixes of all 128 bits, so structured ids spread too, and two keys share a
@@ -62,12 +52,11 @@ function half(key: string, at: number): number {
  * docs/storage.md#filter-format). Computed once per key, then checked against every filter (collectHits for a batch).
  */
 export function hashKey(key: string, out: Uint32Array): void {
-  // xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx, read 4 fixed digits at a time: a loop skipping the hyphens cost
-  // ~280 ns a key, this ~90 (docs/performance.md#daemon-cpu-per-event).
-  const a = (half(key, 0) << 16) | half(key, 4);
-  const b = (half(key, 9) << 16) | half(key, 14);
-  const c = (half(key, 19) << 16) | half(key, 24);
-  const d = (half(key, 28) << 16) | half(key, 32);
+  // xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx, its four 32-bit words read 4 digits at a time.
+  const a = (keyBits16(key, 0) << 16) | keyBits16(key, 4);
+  const b = (keyBits16(key, 9) << 16) | keyBits16(key, 14);
+  const c = (keyBits16(key, 19) << 16) | keyBits16(key, 24);
+  const d = (keyBits16(key, 28) << 16) | keyBits16(key, 32);
   hashWords(a, b, c, d, out);
 }
 
