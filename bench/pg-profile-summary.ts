@@ -35,7 +35,6 @@ const COPY_FROM_STAGES: ReadonlyArray<[string, string]> = [
 ];
 
 const STATEMENT_STAGES: ReadonlyArray<[string, string]> = [
-  ["CopyFrom", "COPY FROM: other"],
   ["DoCopyTo", "COPY TO"],
   ["plpgsql_call_handler", "PL/pgSQL functions"],
   ["CommitTransaction", "commit"],
