@@ -12,7 +12,13 @@ import { before, describe, test } from "node:test";
 import pg from "pg";
 import { streams } from "../config/streams";
 import { dedupKey } from "../src/shared/dedup-key";
-import { dedupClaimFunctionDdl, dedupProbeFunctionDdl, dedupShape } from "../src/shared/dedup-sql";
+import {
+  DEDUP_NOT_ENTERED,
+  dedupClaimFunctionDdl,
+  dedupEnterFunctionDdl,
+  dedupProbeFunctionDdl,
+  dedupShape,
+} from "../src/shared/dedup-sql";
 import {
   createGeneration,
   dedupStateDdl,
@@ -34,7 +40,8 @@ import { Worker } from "node:worker_threads";
 import { FilterDirectory } from "../src/storage/filter-directory";
 import { FilterReaders } from "../src/shared/filter-readers";
 import { IdFilters, type FilterCheck } from "../workers/commit/id-filters";
-import { claimIds, probeFilterHits } from "../workers/commit/id-claim";
+import { claimIds, oneTripClaim, probeFilterHits } from "../workers/commit/id-claim";
+import { copyIn } from "../workers/commit/copy-in";
 import { commitTarget } from "../workers/commit/commit-targets";
 import { GROUP_GENERATIONS, keysAtMost } from "../src/storage/dedup-filters";
 import { metric } from "./faults-helpers";
@@ -1122,6 +1129,79 @@ describe("the claim's fast path", () => {
       // Its filter checked and not hit: the fast path again, into the new open generation.
       const fresh = [crypto.randomUUID(), crypto.randomUUID()];
       assert.deepEqual(await claim(fresh, { maybe: [], gens: [], covered: [sealedGen] }), { notStored: [], path: "copy" });
+      const where = await c.query(`SELECT DISTINCT gen FROM ${d.ids} WHERE id_key = ANY($1::uuid[])`, [fresh]);
+      assert.deepEqual(where.rows, [{ gen: sealedGen + 1 }]);
+    });
+  });
+});
+
+describe("the claim in one trip", () => {
+  test("once a claim learnt the open generation, BEGIN, the claim, the COPY and COMMIT go in one Query; a stored id, a rotation or an unfiltered generation fails it whole", async () => {
+    const url = await freshDatabase();
+    const stream = { ...eventsStream };
+    const d = dedupShape("trip", stream)!;
+    const target = commitTarget("trip", stream, 0, true);
+    const sql = target.dedup!;
+    await withClient(url, async (c) => {
+      await c.query(`CREATE SCHEMA trip`);
+      for (const s of dedupStateDdl("trip", stream)) await c.query(s);
+      await c.query(dedupClaimFunctionDdl("trip", stream)!);
+      await c.query(dedupProbeFunctionDdl("trip", stream)!);
+      await c.query(dedupEnterFunctionDdl("trip", stream)!);
+      await locked(c, () => ensureDedupGenerations(c, "trip", stream));
+      const none: FilterCheck = { maybe: [], gens: [], covered: [] };
+      const clear = { checked: none, clear: true };
+      const storedOf = async (keys: string[]) =>
+        (await c.query(`SELECT count(*)::int AS n FROM ${d.ids} WHERE id_key = ANY($1::uuid[])`, [keys])).rows[0].n as number;
+      /** The one-trip Query, as a worker sends it (workers/commit/group-commit.ts); the error's SQLSTATE, or "committed". */
+      const trip = async (keys: string[], checked = clear) => {
+        const claim = oneTripClaim(sql, keys, checked);
+        assert.ok(claim !== null);
+        try {
+          await copyIn(c, ["BEGIN", ...claim.statements, "COMMIT"].join("; "), [claim.payload]);
+          return "committed";
+        } catch (err) {
+          await c.query("ROLLBACK");
+          return (err as pg.DatabaseError).code;
+        }
+      };
+
+      const first = Array.from({ length: 200 }, () => crypto.randomUUID());
+      assert.equal(oneTripClaim(sql, first, clear), null, "no generation learnt yet: the long way");
+      assert.equal(oneTripClaim(sql, first, { checked: { maybe: null, gens: null, covered: null }, clear: true }), null);
+      assert.deepEqual(await claimIds(c, sql, first.slice(0, 100), await probeFilterHits(c, sql, none), "BEGIN"), []);
+      await c.query("COMMIT");
+      const open = sql.openGeneration;
+      assert.ok(open !== null, "the long way's probe taught the open generation");
+      assert.equal(
+        oneTripClaim(sql, first, { checked: { maybe: [first[0]], gens: [open.gen - 1], covered: [open.gen - 1] }, clear: false }),
+        null,
+      );
+
+      assert.equal(await trip(first.slice(100)), "committed");
+      assert.equal(await storedOf(first), 200);
+      const withStored = [crypto.randomUUID(), first[150], crypto.randomUUID()];
+      assert.equal(await trip(withStored), "23505", "an id stored before fails the COPY on the unique index");
+      assert.equal(await storedOf([withStored[0], withStored[2]]), 0, "and nothing of its Query committed");
+      const twice = crypto.randomUUID();
+      assert.equal(await trip([twice, crypto.randomUUID(), twice]), "23505", "so does an id twice in the batch");
+      assert.equal(await storedOf([twice]), 0);
+
+      // A rotation: the generation the worker expects is sealed, the enter function raises before any COPY.
+      assert.notEqual(await rotateDedupGeneration(c, "trip", stream, 168, 0), null);
+      const sealedGen = open.gen;
+      const late = [crypto.randomUUID(), crypto.randomUUID()];
+      assert.equal(await trip(late, { checked: { maybe: [], gens: [], covered: [sealedGen] }, clear: true }), DEDUP_NOT_ENTERED);
+      assert.equal(await storedOf(late), 0);
+      const inSealed = (await c.query(`SELECT count(*)::int AS n FROM ${open.part}`)).rows[0].n as number;
+      assert.equal(inSealed, 200, "the sealed generation was not written");
+      // The worker had no filter for the sealed generation: raised, whatever generation it expects.
+      assert.deepEqual(await claimIds(c, sql, late, { checked: { maybe: [], gens: [], covered: [sealedGen] }, clear: true }, "BEGIN"), []);
+      await c.query("COMMIT");
+      assert.equal(sql.openGeneration?.gen, sealedGen + 1, "the long way learnt the new open generation");
+      assert.equal(await trip([crypto.randomUUID()]), DEDUP_NOT_ENTERED, "a sealed generation without a filter here");
+      const fresh = [crypto.randomUUID(), crypto.randomUUID()];
+      assert.equal(await trip(fresh, { checked: { maybe: [], gens: [], covered: [sealedGen] }, clear: true }), "committed");
       const where = await c.query(`SELECT DISTINCT gen FROM ${d.ids} WHERE id_key = ANY($1::uuid[])`, [fresh]);
       assert.deepEqual(where.rows, [{ gen: sealedGen + 1 }]);
     });

@@ -127,6 +127,50 @@ describe("the same 10,000 event ids sent three times", () => {
   });
 });
 
+/** A labelled sample of GET /metrics (0 when absent). */
+async function sample(base: string, series: string): Promise<number> {
+  const text = await (await fetch(`${base}/metrics`)).text();
+  const line = text.split("\n").find((l) => l.startsWith(`${series} `));
+  return line === undefined ? 0 : Number(line.slice(series.length + 1));
+}
+
+describe("a group commit in one round trip", () => {
+  test("batches of new ids commit in one trip, a batch holding a stored id the long way; answers, rows and batch rows agree", async () => {
+    const oneTrip = 'ingestd_group_commits_total{path="one_trip"}';
+    const long = 'ingestd_group_commits_total{path="long"}';
+    const before = { oneTrip: await sample(fx.daemon.base, oneTrip), long: await sample(fx.daemon.base, long) };
+    const answers = [];
+    // One request at a time: each is its own batch, and each worker learns the open generation on its first.
+    for (let r = 0; r < 8; r++) {
+      const res = await post(
+        `${fx.daemon.base}/v1/streams/events/events`,
+        JSON.stringify(Array.from({ length: 50 }, (_, i) => event(`trip-${r}-${i}`))),
+      );
+      assert.equal(res.status, 200, res.text);
+      answers.push(res.json);
+    }
+    assert.deepEqual(
+      answers.map((a) => [a.accepted, a.duplicates]),
+      answers.map(() => [50, 0]),
+    );
+    const mid = { oneTrip: await sample(fx.daemon.base, oneTrip), long: await sample(fx.daemon.base, long) };
+    assert.ok(mid.oneTrip - before.oneTrip >= 6, `one-trip commits ${before.oneTrip} -> ${mid.oneTrip}`);
+    const res = await post(
+      `${fx.daemon.base}/v1/streams/events/events`,
+      JSON.stringify([event("trip-new-a"), event("trip-3-7"), event("trip-new-b")]),
+    );
+    assert.equal(res.status, 200, res.text);
+    assert.deepEqual([res.json.accepted, res.json.duplicates], [2, 1]);
+    assert.ok((await sample(fx.daemon.base, long)) > mid.long, "the stored id took the batch the long way");
+    assert.deepEqual(await countEvents("trip-"), { rows: 402, distinct: 402 });
+    const batches = await fx.db.query(
+      `SELECT sum(accepted)::int AS accepted, sum(duplicates)::int AS duplicates FROM ingest_batches WHERE batch_id = ANY($1)`,
+      [[...answers, res.json].map((a) => a.batch_id)],
+    );
+    assert.deepEqual(batches.rows[0], { accepted: 402, duplicates: 1 });
+  });
+});
+
 describe("duplicates in other shapes", () => {
   test("within one request: the first copy is stored, the later ones are duplicates", async () => {
     const res = await post(

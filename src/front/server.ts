@@ -14,7 +14,13 @@ import { openApiDocument } from "../ops/openapi";
 import { Stats } from "../ops/stats";
 import { VERSION } from "../ops/version";
 import { FilterReaders } from "../shared/filter-readers";
-import { COMMIT_GAUGE_COMMITTING, COMMIT_GAUGE_SLOTS, COMMIT_GAUGE_WAITING } from "../shared/task-protocol";
+import {
+  COMMIT_GAUGE_COMMITTING,
+  COMMIT_GAUGE_LONG,
+  COMMIT_GAUGE_ONE_TRIP,
+  COMMIT_GAUGE_SLOTS,
+  COMMIT_GAUGE_WAITING,
+} from "../shared/task-protocol";
 import { ApiKeysError } from "../security/api-keys";
 import { Auth } from "../security/auth";
 import { CorsPolicy } from "../security/cors";
@@ -153,6 +159,7 @@ export async function startServer(config: IngestdConfig, log: Logger): Promise<R
     ringReserveBytes: ring.reserveCapacity,
     ringWaiting: () => ring.waiting,
     commitTasks: (state) => Atomics.load(commitGauges, state === "waiting" ? COMMIT_GAUGE_WAITING : COMMIT_GAUGE_COMMITTING),
+    groupCommits: (path) => Atomics.load(commitGauges, path === "one_trip" ? COMMIT_GAUGE_ONE_TRIP : COMMIT_GAUGE_LONG) >>> 0,
     wsConnections: () => ws.connections(),
     databaseUp: () => db.up,
     workerThreads: () => dispatcher.pool.threads,

@@ -17,6 +17,8 @@ export interface MetricsSources {
   ringWaiting: () => number;
   /** Tasks in the workers' group commit: waiting in a batch not yet started, or in the running transaction. */
   commitTasks: (state: "waiting" | "committing") => number;
+  /** Group-commit transactions committed by each path, summed over workers: a count that wraps at 2^32. */
+  groupCommits: (path: "one_trip" | "long") => number;
   wsConnections: () => number;
   databaseUp: () => boolean;
   /** The pool's worker threads, whose event-loop utilisation is the pool's utilisation. */
@@ -285,6 +287,22 @@ export class Metrics {
       collect() {
         this.set({ state: "waiting" }, sources.commitTasks("waiting"));
         this.set({ state: "committing" }, sources.commitTasks("committing"));
+      },
+    });
+    // The workers' counts wrap at 2^32: each scrape adds what they grew by since the last, modulo 2^32.
+    const seenCommits = { one_trip: 0, long: 0 };
+    new client.Counter({
+      name: "ingestd_group_commits_total",
+      help: "Group-commit transactions committed: path=one_trip the whole batch in one round trip, path=long the rest (an id claim that could not be entered in one trip, producer sessions, upserts, replays, row isolation).",
+      labelNames: ["path"],
+      registers,
+      collect() {
+        for (const path of ["one_trip", "long"] as const) {
+          const count = sources.groupCommits(path);
+          const grown = (count - seenCommits[path]) >>> 0;
+          seenCommits[path] = count;
+          this.inc({ path }, grown);
+        }
       },
     });
     new client.Gauge({

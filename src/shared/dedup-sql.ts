@@ -86,6 +86,22 @@ export function dedupProbeFunction(table: string): string {
 export const DEDUP_PROBE_ARGUMENTS = "maybe_keys uuid[], maybe_gens integer[], covered integer[]";
 export const DEDUP_PROBE_RESULT = "TABLE(open_gen integer, open_part text, stored_keys integer, uncovered boolean)";
 
+/** The function that opens a claim on the one-trip path: the probe function's checks, raising where they fail (dedupEnterFunctionDdl). */
+export function dedupEnterFunction(table: string): string {
+  return `${dedupTable(table)}_enter`;
+}
+
+/** The enter function's parameters and result as pg_get_function_identity_arguments / _result spell them. */
+export const DEDUP_ENTER_ARGUMENTS = "expected_gen integer, maybe_keys uuid[], maybe_gens integer[], covered integer[]";
+export const DEDUP_ENTER_RESULT = "void";
+
+/**
+ * SQLSTATE the enter function raises when a claim cannot take the one-trip path: the open generation is not the
+ * one the worker expected, a sealed generation has no filter in the worker, or a key that hit an adopted
+ * generation's filter is stored there. The worker rolls back and claims the batch the long way.
+ */
+export const DEDUP_NOT_ENTERED = "IGD01";
+
 /** The binary COPY of a batch's keys into the open generation (rows: key, generation; workers/commit/id-claim.ts). */
 export function dedupKeysCopySql(part: string): string {
   return `COPY ${part} (${DEDUP_KEY_COLUMN}, ${DEDUP_GEN_COLUMN}) FROM STDIN (FORMAT binary)`;
@@ -107,6 +123,8 @@ export interface DedupShape {
   claim: string;
   /** Qualified probe function. */
   probe: string;
+  /** Qualified enter function. */
+  enter: string;
   /** SQL arguments of the rotation lock: `DEDUP_ROTATION_LOCK, hashtext('<table>')`. */
   lockArgs: string;
 }
@@ -119,6 +137,7 @@ export function dedupShape(schema: string, stream: StreamDefinition): DedupShape
     groups: qualifiedName(schema, dedupGroupsTable(stream.table)),
     claim: qualifiedName(schema, dedupClaimFunction(stream.table)),
     probe: qualifiedName(schema, dedupProbeFunction(stream.table)),
+    enter: qualifiedName(schema, dedupEnterFunction(stream.table)),
     lockArgs: `${DEDUP_ROTATION_LOCK}, hashtext('${qualifiedName(schema, dedupTable(stream.table)).replace(/'/g, "''")}')`,
   };
 }
@@ -287,4 +306,31 @@ BEGIN
   RETURN NEXT;
 END
 $probe$`;
+}
+
+/**
+ * `CREATE OR REPLACE FUNCTION` of the stream's enter function, or null when the stream has no dedup key: the
+ * first statement of a claim on the one-trip path (workers/commit/id-claim.ts), which sends the transaction's
+ * BEGIN, this call, the COPY of the keys into the open generation the worker expects (`expected_gen`, learnt
+ * from the probe function's last answer), the rows' COPY and the COMMIT in one Query. It runs the probe
+ * function (the rotation lock taken shared until the transaction ends, so the generation it checked stays open
+ * until the COPY is committed) and raises DEDUP_NOT_ENTERED where the probe's answer would have taken the
+ * worker off the fast path; PostgreSQL then skips the rest of the Query.
+ */
+export function dedupEnterFunctionDdl(schema: string, stream: StreamDefinition): string | null {
+  const d = dedupShape(schema, stream);
+  if (d === null) return null;
+  return `CREATE OR REPLACE FUNCTION ${d.enter}(expected_gen integer, maybe_keys uuid[], maybe_gens integer[], covered integer[])
+RETURNS void
+LANGUAGE plpgsql AS $enter$
+DECLARE
+  p record;
+BEGIN
+  SELECT * INTO p FROM ${d.probe}(maybe_keys, maybe_gens, covered);
+  IF p.open_gen IS DISTINCT FROM expected_gen OR p.uncovered OR p.stored_keys > 0 THEN
+    RAISE EXCEPTION 'claim not entered: generation % open (expected %), uncovered %, % stored', p.open_gen, expected_gen, p.uncovered, p.stored_keys
+      USING ERRCODE = '${DEDUP_NOT_ENTERED}';
+  END IF;
+END
+$enter$`;
 }

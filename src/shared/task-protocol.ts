@@ -230,8 +230,12 @@ export interface FilterPublication {
 /**
  * Slots of the Int32Array over `WorkerData.commitGauges`: every worker adds and subtracts its own tasks with
  * Atomics, so each slot is the sum over workers. WAITING: tasks whose rows sit in a group-commit batch not
- * yet started; COMMITTING: tasks in the transaction under way.
+ * yet started; COMMITTING: tasks in the transaction under way. ONE_TRIP and LONG count the group-commit
+ * transactions committed by each path (workers/commit/group-commit.ts), wrapping at 2^32: read as Uint32,
+ * differences taken modulo 2^32.
  */
 export const COMMIT_GAUGE_WAITING = 0;
 export const COMMIT_GAUGE_COMMITTING = 1;
-export const COMMIT_GAUGE_SLOTS = 2;
+export const COMMIT_GAUGE_ONE_TRIP = 2;
+export const COMMIT_GAUGE_LONG = 3;
+export const COMMIT_GAUGE_SLOTS = 4;

@@ -9,10 +9,14 @@ import { BATCHES_TABLE, DEAD_LETTERS_TABLE, PRODUCERS_TABLE, qualifiedName, quot
 import {
   DEDUP_CLAIM_ARGUMENTS,
   DEDUP_CLAIM_RESULT,
+  DEDUP_ENTER_ARGUMENTS,
+  DEDUP_ENTER_RESULT,
   DEDUP_PROBE_ARGUMENTS,
   DEDUP_PROBE_RESULT,
   dedupClaimFunction,
   dedupClaimFunctionDdl,
+  dedupEnterFunction,
+  dedupEnterFunctionDdl,
   dedupProbeFunction,
   dedupProbeFunctionDdl,
 } from "../shared/dedup-sql";
@@ -214,6 +218,13 @@ async function schemaTransaction(
           args: DEDUP_PROBE_ARGUMENTS,
           result: DEDUP_PROBE_RESULT,
           ddl: dedupProbeFunctionDdl(schema, stream)!,
+        },
+        // After the probe function, which it calls.
+        {
+          name: dedupEnterFunction(stream.table),
+          args: DEDUP_ENTER_ARGUMENTS,
+          result: DEDUP_ENTER_RESULT,
+          ddl: dedupEnterFunctionDdl(schema, stream)!,
         },
       ];
       for (const f of functions) {

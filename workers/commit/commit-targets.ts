@@ -99,15 +99,25 @@ export function commitTarget(schema: string, stream: StreamDefinition, order: nu
   const claim = `SELECT n FROM ${d.claim}($1::uuid[], $2::uuid[], $3::integer[], $4::integer[]) AS n`;
   // Spelled out, not bound: the call travels in one Query with the BEGIN before it (id-claim.ts). Keys are
   // canonical UUIDs (src/shared/dedup-key.ts) and generations integers, so the literals need no escaping.
+  const arrays = (maybe: readonly string[], gens: readonly number[], covered: readonly number[]) =>
+    `'{${maybe.join(",")}}'::uuid[], '{${gens.join(",")}}'::integer[], '{${covered.join(",")}}'::integer[]`;
   const probeCall = (maybe: readonly string[], gens: readonly number[], covered: readonly number[]) =>
-    `SELECT * FROM ${d.probe}('{${maybe.join(",")}}'::uuid[], '{${gens.join(",")}}'::integer[], '{${covered.join(",")}}'::integer[])`;
+    `SELECT * FROM ${d.probe}(${arrays(maybe, gens, covered)})`;
+  const enterCall = (expectedGen: number, maybe: readonly string[], gens: readonly number[], covered: readonly number[]) =>
+    `SELECT ${d.enter}(${expectedGen}, ${arrays(maybe, gens, covered)})`;
   // This transaction's claim wrote its ids into the open generation, which cannot change before it ends
   // (the claim holds the rotation lock shared): the DELETE touches that one partition only.
   const release = `DELETE FROM ${d.ids} WHERE ${quoteIdent(DEDUP_KEY_COLUMN)} = ANY($1::uuid[])
     AND ${quoteIdent(DEDUP_GEN_COLUMN)} = (SELECT gen FROM ${d.slots} WHERE opened_at IS NOT NULL AND sealed_at IS NULL)`;
   // By position: a prepared statement's name is cut at 63 bytes, a table's name need not be.
   const hits = { name: `ingestd-dedup-hits-${order}`, text: dedupHitsProbeSql(d), pruned: dedupHitsProbeSql(d, true) };
-  return { stream: stream.name, order, copySql, dedup: { claim, probeCall, hits, release, filters: new IdFilters(d.slots) }, upsert };
+  return {
+    stream: stream.name,
+    order,
+    copySql,
+    dedup: { claim, probeCall, enterCall, openGeneration: null, hits, release, filters: new IdFilters(d.slots) },
+    upsert,
+  };
 }
 
 /** Every stream's target, in config/streams order (the index a compiled stream's `order` gives). */

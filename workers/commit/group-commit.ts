@@ -1,12 +1,18 @@
-import type pg from "pg";
+import pg from "pg";
 import { now } from "../../src/shared/clock";
 import { CopyRows, type RowSource } from "../records/copy-rows";
 import { BatchRows } from "./batch-rows";
 import type { CommitTarget, UpsertSql } from "./commit-targets";
 import { copyIn } from "./copy-in";
 import { type CopyWriter, DatabaseUnavailable, isRowError, type RowFailure } from "./copy-writer";
-import { COMMIT_GAUGE_COMMITTING, COMMIT_GAUGE_WAITING, COMMIT_GAUGE_SLOTS } from "../../src/shared/task-protocol";
-import { type CheckedKeys, claimIds, probeFilterHits } from "./id-claim";
+import {
+  COMMIT_GAUGE_COMMITTING,
+  COMMIT_GAUGE_LONG,
+  COMMIT_GAUGE_ONE_TRIP,
+  COMMIT_GAUGE_SLOTS,
+  COMMIT_GAUGE_WAITING,
+} from "../../src/shared/task-protocol";
+import { type CheckedKeys, claimIds, oneTripClaim, probeFilterHits } from "./id-claim";
 import { advanceSessions, checkSessions, type ProducerSql, type SessionMark, type SessionSkip } from "./producer-seqs";
 
 /**
@@ -275,6 +281,13 @@ export class GroupCommitter {
     for (const [target, part] of all.parts) {
       if (target.dedup !== null) checks.set(target, await probeFilterHits(client, target.dedup, target.dedup.filters.check(part.keys)));
     }
+    if (!isolating) {
+      const committed = await oneTrip(client, all, checks, this.options);
+      if (committed !== null) {
+        Atomics.add(this.gauges, COMMIT_GAUGE_ONE_TRIP, 1);
+        return committed;
+      }
+    }
     /** Statements not sent yet, sent with the next Query: BEGIN, then COPYs (and their payloads). */
     let opening = "BEGIN";
     const copies: string[] = [];
@@ -368,14 +381,7 @@ export class GroupCommitter {
       if (extra.batchRow !== null) batchRows.push(extra.batchRow);
       for (const d of extra.deadLetters) deadLetters.push(d);
     }
-    if (deadLetters.length > 0) {
-      copies.push(this.options.deadLettersCopySql);
-      payloads.push(CopyRows.encode(deadLetters).payload());
-    }
-    if (batchRows.length > 0) {
-      copies.push(this.options.batchesCopySql);
-      payloads.push(CopyRows.encode(batchRows).payload());
-    }
+    bookkeepingCopies(this.options, deadLetters, batchRows, copies, payloads);
     const replayed = batch.members.flatMap((m) => m.work.replayOf ?? []);
     if (replayed.length > 0 || (advance !== null && advance.size > 0)) {
       // Statements with parameters go ahead of the COPYs still queued: the order within the transaction is free.
@@ -385,6 +391,7 @@ export class GroupCommitter {
       if (advance !== null) await advanceSessions(client, this.options.producers, advance);
     }
     await send("COMMIT");
+    Atomics.add(this.gauges, COMMIT_GAUGE_LONG, 1);
     if (skips === null) return outcomes.map((o) => ({ outcomes: o, skipped: null }));
     // Back to every member of the batch: a skipped frame stored nothing now (an earlier commit stored it, or nothing will).
     let kept = 0;
@@ -393,6 +400,84 @@ export class GroupCommitter {
       if (skipped === null) return { outcomes: outcomes[kept++], skipped: null };
       return { outcomes: m.work.parts.map(() => ({ failures: [], duplicates: null })), skipped };
     });
+  }
+}
+
+/**
+ * The common batch in one round trip: BEGIN, each deduplicating stream's claim on the one-trip path
+ * (id-claim.ts oneTripClaim), every COPY of rows, the batch rows and dead letters, and COMMIT in one Query,
+ * the outcomes as they are when it commits (every row stored, none a duplicate: had a row been refused or an id
+ * been stored, a statement would have failed). On PostgreSQL's error nothing of it committed: rolled back, and
+ * null, for GroupCommitter.transaction to commit the batch the long way. Null too where that way is known to be
+ * needed (producer sessions, upserts, replays, an id claim that cannot be entered in one trip).
+ * docs/performance.md#round-trips-of-a-group-commit.
+ */
+async function oneTrip(
+  client: pg.Client,
+  batch: Batch,
+  checks: ReadonlyMap<CommitTarget, CheckedKeys>,
+  options: GroupCommitOptions,
+): Promise<MemberResult[] | null> {
+  if (batch.sessions) return null;
+  const statements = ["BEGIN"];
+  const payloads: Buffer[] = [];
+  const targets = [...batch.parts.keys()].sort((a, b) => a.order - b.order);
+  for (const target of targets) {
+    if (target.upsert !== null) return null;
+    const part = batch.parts.get(target)!;
+    if (target.dedup !== null) {
+      const claim = oneTripClaim(target.dedup, part.keys, checks.get(target)!);
+      if (claim === null) return null;
+      statements.push(...claim.statements);
+      payloads.push(claim.payload);
+    }
+    if (part.rows.length > 0) {
+      statements.push(target.copySql);
+      payloads.push(part.rows.payload(0, part.rows.length));
+    }
+  }
+  const outcomes: PartOutcome[][] = [];
+  const batchRows: string[] = [];
+  const deadLetters: string[] = [];
+  for (const member of batch.members) {
+    if (member.work.replayOf !== undefined && member.work.replayOf.length > 0) return null;
+    const mine = member.work.parts.map((part) => ({
+      failures: [],
+      duplicates: part.target.dedup !== null ? new Uint8Array(part.rows.length) : null,
+    }));
+    outcomes.push(mine);
+    const extra = member.work.finalize(mine);
+    if (extra.batchRow !== null) batchRows.push(extra.batchRow);
+    for (const d of extra.deadLetters) deadLetters.push(d);
+  }
+  bookkeepingCopies(options, deadLetters, batchRows, statements, payloads);
+  statements.push("COMMIT");
+  try {
+    await copyIn(client, statements.join("; "), payloads);
+  } catch (err) {
+    // Not PostgreSQL's answer (the connection failed): the caller's to handle.
+    if (!(err instanceof pg.DatabaseError)) throw err;
+    await client.query("ROLLBACK");
+    return null;
+  }
+  return outcomes.map((o) => ({ outcomes: o, skipped: null }));
+}
+
+/** Appends the COPYs of a batch's dead letters and batch rows (those it has) to the statements and payloads to send. */
+function bookkeepingCopies(
+  options: GroupCommitOptions,
+  deadLetters: readonly string[],
+  batchRows: readonly string[],
+  statements: string[],
+  payloads: Buffer[],
+): void {
+  if (deadLetters.length > 0) {
+    statements.push(options.deadLettersCopySql);
+    payloads.push(CopyRows.encode(deadLetters).payload());
+  }
+  if (batchRows.length > 0) {
+    statements.push(options.batchesCopySql);
+    payloads.push(CopyRows.encode(batchRows).payload());
   }
 }
 

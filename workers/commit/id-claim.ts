@@ -32,6 +32,13 @@ export interface ClaimSql {
   probeCall(maybe: readonly string[], gens: readonly number[], covered: readonly number[]): string;
   /** `$1` keys in row order, `$2`-`$4` as probeCall's: returns `n`, the 1-based position of each row it did NOT record. */
   claim: string;
+  /** The enter function's call (oneTripClaim): probeCall's checks, raising unless `expectedGen` is open and they pass. */
+  enterCall(expectedGen: number, maybe: readonly string[], gens: readonly number[], covered: readonly number[]): string;
+  /**
+   * The open generation as the probe function last answered this worker (null before its first claim): where
+   * the one-trip path copies the keys, the enter function checking that it is still open.
+   */
+  openGeneration: { gen: number; part: string } | null;
 }
 
 interface ProbeRow {
@@ -96,6 +103,8 @@ export async function claimIds(
     const call = sql.probeCall(adopted.maybe, adopted.gens, checked.covered);
     const probe = await firstRowOfLast<ProbeRow>(client, opening === "" ? call : `${opening}; ${call}`);
     opening = "";
+    // While a sealed generation has no filter here the enter function would refuse every one-trip claim.
+    sql.openGeneration = probe.uncovered ? null : { gen: probe.open_gen, part: probe.open_part };
     if (!probe.uncovered && probe.stored_keys === 0) {
       try {
         // The savepoint, the COPY and its release in one round trip (copy-in.ts).
@@ -113,6 +122,27 @@ export async function claimIds(
   if (opening !== "") await client.query(opening);
   const { rows } = await client.query<{ n: number }>(sql.claim, [keys, checked.maybe, checked.gens, checked.covered]);
   return rows.map((r) => r.n);
+}
+
+/**
+ * The claim of `keys` on the one-trip path: the statements (the enter function's call, then the keys' binary
+ * COPY into the open generation the probe function last named) and that COPY's data, to travel in one Query
+ * between the transaction's BEGIN and the rows' COPY and COMMIT (workers/commit/group-commit.ts). If the
+ * generation was sealed since, a sealed one has no filter here, or a key is stored or twice in the batch, a
+ * statement fails, PostgreSQL skips the rest of the Query and nothing of it commits: the caller rolls back and
+ * claims the long way (claimIds), which learns the new open generation. Null where that long way is known to be
+ * needed: no generation learnt yet, no filters received, or a filter's hit found stored or not probed.
+ * docs/performance.md#round-trips-of-a-group-commit.
+ */
+export function oneTripClaim(sql: ClaimSql, keys: readonly string[], pre: CheckedKeys): { statements: string[]; payload: Buffer } | null {
+  const open = sql.openGeneration;
+  const { checked } = pre;
+  if (open === null || checked.covered === null || !pre.clear) return null;
+  const adopted = adoptedHits(checked);
+  return {
+    statements: [sql.enterCall(open.gen, adopted.maybe, adopted.gens, checked.covered), dedupKeysCopySql(open.part)],
+    payload: keyRows(keys, open.gen),
+  };
 }
 
 /** The first row of the last statement's result (pg answers a Query of several statements with one result each). */
