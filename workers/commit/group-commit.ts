@@ -407,8 +407,9 @@ export class GroupCommitter {
  * The common batch in one round trip: BEGIN, each deduplicating stream's claim on the one-trip path
  * (id-claim.ts oneTripClaim), every COPY of rows, the batch rows and dead letters, and COMMIT in one Query,
  * the outcomes as they are when it commits (every row stored, none a duplicate: had a row been refused or an id
- * been stored, a statement would have failed). On PostgreSQL's error nothing of it committed: rolled back, and
- * null, for GroupCommitter.transaction to commit the batch the long way. Null too where that way is known to be
+ * been stored, a statement would have failed). On PostgreSQL's error nothing of it committed: a batch with an id
+ * claim is rolled back, and null returned for GroupCommitter.transaction to commit it the long way; the error of
+ * a batch without one is thrown, as the long way would throw it. Null too where that way is known to be
  * needed (producer sessions, upserts, replays, an id claim that cannot be entered in one trip).
  * docs/performance.md#round-trips-of-a-group-commit.
  */
@@ -421,6 +422,7 @@ async function oneTrip(
   if (batch.sessions) return null;
   const statements = ["BEGIN"];
   const payloads: Buffer[] = [];
+  let claims = 0;
   const targets = [...batch.parts.keys()].sort((a, b) => a.order - b.order);
   for (const target of targets) {
     if (target.upsert !== null) return null;
@@ -430,6 +432,7 @@ async function oneTrip(
       if (claim === null) return null;
       statements.push(...claim.statements);
       payloads.push(claim.payload);
+      claims++;
     }
     if (part.rows.length > 0) {
       statements.push(target.copySql);
@@ -455,8 +458,9 @@ async function oneTrip(
   try {
     await copyIn(client, statements.join("; "), payloads);
   } catch (err) {
-    // Not PostgreSQL's answer (the connection failed): the caller's to handle.
-    if (!(err instanceof pg.DatabaseError)) throw err;
+    // Not PostgreSQL's answer (the connection failed), or a batch without a claim, whose long way is this very
+    // Query (a refused row then goes to row isolation): the caller's to handle.
+    if (!(err instanceof pg.DatabaseError) || claims === 0) throw err;
     await client.query("ROLLBACK");
     return null;
   }
