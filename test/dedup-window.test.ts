@@ -103,6 +103,16 @@ async function remember(c: pg.ClientBase, part: string, ids: string[]): Promise<
   await c.query(`INSERT INTO ${part} (id_key, gen) SELECT unnest($1::uuid[]), $2`, [ids.map(dedupKey), gen]);
 }
 
+/** A schema holding a stream's id state as the daemon builds it: its tables, claim functions and first generations. */
+async function idStateSchema(c: pg.ClientBase, schema: string, stream: typeof eventsStream): Promise<void> {
+  await c.query(`CREATE SCHEMA ${schema}`);
+  for (const s of dedupStateDdl(schema, stream)) await c.query(s);
+  await c.query(dedupClaimFunctionDdl(schema, stream)!);
+  await c.query(dedupProbeFunctionDdl(schema, stream)!);
+  await c.query(dedupEnterFunctionDdl(schema, stream)!);
+  await locked(c, () => ensureDedupGenerations(c, schema, stream));
+}
+
 describe("duplicates are found wherever the first copy came from", () => {
   let d: Daemon;
   before(async () => {
@@ -1054,11 +1064,7 @@ describe("the claim's fast path", () => {
     const d = dedupShape("fast", stream)!;
     const target = commitTarget("fast", stream, 0, true);
     await withClient(url, async (c) => {
-      await c.query(`CREATE SCHEMA fast`);
-      for (const s of dedupStateDdl("fast", stream)) await c.query(s);
-      await c.query(dedupClaimFunctionDdl("fast", stream)!);
-      await c.query(dedupProbeFunctionDdl("fast", stream)!);
-      await locked(c, () => ensureDedupGenerations(c, "fast", stream));
+      await idStateSchema(c, "fast", stream);
       // The statements the claim sends, read off the real connection.
       const sent: string[] = [];
       const query = c.query.bind(c) as (...a: unknown[]) => unknown;
@@ -1143,12 +1149,7 @@ describe("the claim in one trip", () => {
     const target = commitTarget("trip", stream, 0, true);
     const sql = target.dedup!;
     await withClient(url, async (c) => {
-      await c.query(`CREATE SCHEMA trip`);
-      for (const s of dedupStateDdl("trip", stream)) await c.query(s);
-      await c.query(dedupClaimFunctionDdl("trip", stream)!);
-      await c.query(dedupProbeFunctionDdl("trip", stream)!);
-      await c.query(dedupEnterFunctionDdl("trip", stream)!);
-      await locked(c, () => ensureDedupGenerations(c, "trip", stream));
+      await idStateSchema(c, "trip", stream);
       const none: FilterCheck = { maybe: [], gens: [], covered: [] };
       const clear = { checked: none, clear: true };
       const storedOf = async (keys: string[]) =>
@@ -1263,10 +1264,7 @@ describe("the window", () => {
     const d = dedupShape("race", stream)!;
     const key = dedupKey("race-1");
     await withClient(url, async (c) => {
-      await c.query(`CREATE SCHEMA race`);
-      for (const s of dedupStateDdl("race", stream)) await c.query(s);
-      await c.query(dedupClaimFunctionDdl("race", stream)!);
-      await locked(c, () => ensureDedupGenerations(c, "race", stream));
+      await idStateSchema(c, "race", stream);
       const t1 = new pg.Client({ connectionString: url });
       const t2 = new pg.Client({ connectionString: url });
       await Promise.all([t1.connect(), t2.connect()]);

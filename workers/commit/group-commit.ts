@@ -358,30 +358,27 @@ export class GroupCommitter {
       results.set(target, { failures, stored });
     }
 
-    const outcomes: PartOutcome[][] = [];
-    const batchRows: string[] = [];
-    const deadLetters: string[] = [];
-    for (const member of batch.members) {
-      const mine: PartOutcome[] = member.work.parts.map((part, p) => {
-        const { failures, stored } = results.get(part.target)!;
-        const first = member.offsets[p];
-        const end = first + part.rows.length;
-        const own: RowFailure[] = [];
-        for (const f of failures) if (f.row >= first && f.row < end) own.push({ ...f, row: f.row - first });
-        let duplicates: Uint8Array | null = null;
-        if (stored !== null) {
-          duplicates = new Uint8Array(part.rows.length);
-          const failed = new Set(own.map((f) => f.row));
-          for (let i = 0; i < part.rows.length; i++) if (!stored[first + i] && !failed.has(i)) duplicates[i] = 1;
-        }
-        return { failures: own, duplicates };
-      });
-      outcomes.push(mine);
-      const extra = member.work.finalize(mine);
-      if (extra.batchRow !== null) batchRows.push(extra.batchRow);
-      for (const d of extra.deadLetters) deadLetters.push(d);
-    }
-    bookkeepingCopies(this.options, deadLetters, batchRows, copies, payloads);
+    const outcomes = settleMembers(
+      batch.members,
+      (member) =>
+        member.work.parts.map((part, p) => {
+          const { failures, stored } = results.get(part.target)!;
+          const first = member.offsets[p];
+          const end = first + part.rows.length;
+          const own: RowFailure[] = [];
+          for (const f of failures) if (f.row >= first && f.row < end) own.push({ ...f, row: f.row - first });
+          let duplicates: Uint8Array | null = null;
+          if (stored !== null) {
+            duplicates = new Uint8Array(part.rows.length);
+            const failed = new Set(own.map((f) => f.row));
+            for (let i = 0; i < part.rows.length; i++) if (!stored[first + i] && !failed.has(i)) duplicates[i] = 1;
+          }
+          return { failures: own, duplicates };
+        }),
+      this.options,
+      copies,
+      payloads,
+    );
     const replayed = batch.members.flatMap((m) => m.work.replayOf ?? []);
     if (replayed.length > 0 || (advance !== null && advance.size > 0)) {
       // Statements with parameters go ahead of the COPYs still queued: the order within the transaction is free.
@@ -419,7 +416,7 @@ async function oneTrip(
   checks: ReadonlyMap<CommitTarget, CheckedKeys>,
   options: GroupCommitOptions,
 ): Promise<MemberResult[] | null> {
-  if (batch.sessions) return null;
+  if (batch.sessions || batch.members.some((m) => (m.work.replayOf?.length ?? 0) > 0)) return null;
   const statements = ["BEGIN"];
   const payloads: Buffer[] = [];
   let claims = 0;
@@ -439,21 +436,18 @@ async function oneTrip(
       payloads.push(part.rows.payload(0, part.rows.length));
     }
   }
-  const outcomes: PartOutcome[][] = [];
-  const batchRows: string[] = [];
-  const deadLetters: string[] = [];
-  for (const member of batch.members) {
-    if (member.work.replayOf !== undefined && member.work.replayOf.length > 0) return null;
-    const mine = member.work.parts.map((part) => ({
-      failures: [],
-      duplicates: part.target.dedup !== null ? new Uint8Array(part.rows.length) : null,
-    }));
-    outcomes.push(mine);
-    const extra = member.work.finalize(mine);
-    if (extra.batchRow !== null) batchRows.push(extra.batchRow);
-    for (const d of extra.deadLetters) deadLetters.push(d);
-  }
-  bookkeepingCopies(options, deadLetters, batchRows, statements, payloads);
+  // Every row stored, none a duplicate: the outcomes if this Query commits.
+  const outcomes = settleMembers(
+    batch.members,
+    (member) =>
+      member.work.parts.map((part) => ({
+        failures: [],
+        duplicates: part.target.dedup !== null ? new Uint8Array(part.rows.length) : null,
+      })),
+    options,
+    statements,
+    payloads,
+  );
   statements.push("COMMIT");
   try {
     await copyIn(client, statements.join("; "), payloads);
@@ -467,14 +461,27 @@ async function oneTrip(
   return outcomes.map((o) => ({ outcomes: o, skipped: null }));
 }
 
-/** Appends the COPYs of a batch's dead letters and batch rows (those it has) to the statements and payloads to send. */
-function bookkeepingCopies(
+/**
+ * Gives each member its part outcomes (`outcomesOf`) through its finalize, and appends the COPYs of the dead
+ * letters and batch rows those return to the statements and payloads still to send. The outcomes, in member order.
+ */
+function settleMembers(
+  members: readonly Member[],
+  outcomesOf: (member: Member) => PartOutcome[],
   options: GroupCommitOptions,
-  deadLetters: readonly string[],
-  batchRows: readonly string[],
   statements: string[],
   payloads: Buffer[],
-): void {
+): PartOutcome[][] {
+  const outcomes: PartOutcome[][] = [];
+  const batchRows: string[] = [];
+  const deadLetters: string[] = [];
+  for (const member of members) {
+    const mine = outcomesOf(member);
+    outcomes.push(mine);
+    const extra = member.work.finalize(mine);
+    if (extra.batchRow !== null) batchRows.push(extra.batchRow);
+    for (const d of extra.deadLetters) deadLetters.push(d);
+  }
   if (deadLetters.length > 0) {
     statements.push(options.deadLettersCopySql);
     payloads.push(CopyRows.encode(deadLetters).payload());
@@ -483,6 +490,7 @@ function bookkeepingCopies(
     statements.push(options.batchesCopySql);
     payloads.push(CopyRows.encode(batchRows).payload());
   }
+  return outcomes;
 }
 
 interface MemberResult {
